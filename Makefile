@@ -1,0 +1,116 @@
+# kv - build, dependencies, tests, local cluster.
+#
+#   make            libkv.a, libkv.so, kvnode, kvclient (into build/)
+#   make deps       install missing Debian packages (apt-get, as root)
+#   make test       deps + build + every test        (SAN=1: under ASan/UBSan)
+#   make run        deps + build + start the cluster of cluster.conf + demo
+#   make stop       stop exactly the nodes `make run` started (by PID)
+#   make clean      remove build outputs
+#
+# SAN=1 builds everything with -fsanitize=address,undefined into build/san.
+
+SAN ?= 0
+CC ?= cc
+ifeq ($(SAN),1)
+B := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+OPT := -O1 -g
+else
+B := build
+SANFLAGS :=
+OPT := -O2 -g
+endif
+
+WARN := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wpedantic -Werror \
+        -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wvla \
+        -Wimplicit-fallthrough
+PKGS := libzmq libsodium libprotobuf-c
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lleveldb -lpthread
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+CFLAGS := $(OPT) $(WARN) $(SANFLAGS) -fPIC -Ilibkv -I$(B)/gen
+LDFLAGS := $(SANFLAGS)
+
+LIB_SRC := $(wildcard libkv/*.c)
+LIB_OBJ := $(patsubst libkv/%.c,$(B)/obj/libkv/%.o,$(LIB_SRC)) $(B)/obj/gen/kv.pb-c.o
+NODE_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard kvnode/*.c))
+CLI_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard kvclient/*.c))
+UNIT_SUITES := $(patsubst tests/unit/check_%.c,%,$(wildcard tests/unit/check_*.c))
+UNIT_BINS := $(patsubst %,$(B)/tests/unit_%,$(UNIT_SUITES))
+CLUSTER_BINS := $(patsubst tests/cluster/%.c,$(B)/tests/%,$(filter-out tests/cluster/harness.c,$(wildcard tests/cluster/*.c)))
+PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
+
+.PHONY: all deps test run stop clean format-check unit-test cluster-test
+.DELETE_ON_ERROR:
+
+all: deps-check $(B)/libkv.a $(B)/libkv.so $(B)/kvnode $(B)/kvclient $(PROC_SOS)
+
+# --- dependencies -----------------------------------------------------------
+# Installs only when something is missing, so a built tree needs no network.
+deps:
+	@sh .ci/deps.sh
+
+deps-check:
+	@sh .ci/deps.sh --quiet
+
+# --- build ------------------------------------------------------------------
+$(B)/gen/kv.pb-c.c $(B)/gen/kv.pb-c.h: libkv/kv.proto | deps-check
+	@mkdir -p $(B)/gen
+	protoc-c --proto_path=libkv --c_out=$(B)/gen libkv/kv.proto
+
+$(B)/obj/gen/kv.pb-c.o: $(B)/gen/kv.pb-c.c
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(SANFLAGS) -fPIC -I$(B)/gen $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/obj/%.o: %.c $(B)/gen/kv.pb-c.h $(wildcard libkv/*.h kvnode/*.h kvclient/*.h tests/cluster/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Ikvnode -Itests/cluster -c $< -o $@
+
+$(B)/libkv.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/libkv.so: $(LIB_OBJ)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(B)/kvnode: $(NODE_OBJ) $(B)/libkv.a
+	$(CC) $(LDFLAGS) -o $@ $(NODE_OBJ) $(B)/libkv.a $(PKG_LIBS) -ldl
+
+$(B)/kvclient: $(CLI_OBJ) $(B)/libkv.a
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libkv.a $(PKG_LIBS) -lm
+
+$(B)/procs/%.so: procs/%.c libkv/kvproc.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -o $@ $<
+
+# --- tests ------------------------------------------------------------------
+$(B)/tests/unit_%: $(B)/obj/tests/unit/check_%.o tests/unit/runner.c $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=$*_suite -o $@ tests/unit/runner.c \
+	    $(B)/obj/tests/unit/check_$*.o $(B)/libkv.a $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+$(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/tests/cluster/harness.o $(B)/libkv.a \
+	    $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+$(B)/tests/libkv_example: docs/libkv_example.c $(B)/libkv.so
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
+
+test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/libkv_example
+	@B=$(B) SAN=$(SAN) sh tests/run.sh
+
+# --- local cluster ----------------------------------------------------------
+run: deps all
+	@B=$(B) sh .ci/cluster.sh start cluster.conf
+
+stop:
+	@B=$(B) sh .ci/cluster.sh stop cluster.conf
+
+clean:
+	rm -rf build
+
+format-check:
+	clang-format --dry-run --Werror libkv/*.c libkv/*.h kvnode/*.c kvnode/*.h \
+	    kvclient/*.c tests/unit/*.c tests/cluster/*.c

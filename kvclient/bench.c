@@ -1,0 +1,463 @@
+/*
+ * bench - the load generator behind `kvclient bench` (see bench.h).
+ *
+ * Each client is a thread with its own kv handle. Work is split up front:
+ * client i runs ops/N operations (the first ops%N clients one more) and
+ * writes each latency into its own slice of one array, so the timed loop
+ * shares nothing but a relaxed progress counter. Setup (opening handles and,
+ * for the read workload, writing the key space once) is untimed: every
+ * client reports ready, then the main thread starts the clock and lets them
+ * go, or stops them all if any setup failed. It never runs more than the
+ * configured number of operations.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "kv.h"
+
+#define PRELOAD_ATTEMPTS 3
+#define PROGRESS_NS 250000000L /* progress line refresh: 4 times a second */
+
+/* What every client thread shares. */
+struct bench_shared {
+    const struct bench_config *cfg;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned ready; /* clients done with setup (under mu) */
+    int go;         /* 0 wait, 1 run, -1 stop (under mu) */
+    atomic_uint_fast64_t done; /* timed operations finished */
+};
+
+/* One client thread. */
+struct bench_client {
+    pthread_t tid;
+    unsigned index;
+    struct bench_shared *sh;
+    uint64_t nops;   /* timed operations to run */
+    uint64_t *lat;   /* nops latencies in ns: a slice of the shared array */
+    uint64_t first_key, end_key; /* the preload slice of the key space */
+    uint64_t rng;
+    uint64_t errors, not_found;
+    uint64_t by_code[BENCH_NCODES];
+    struct timespec end; /* when its timed loop ended */
+    int setup_rc;        /* KV_OK or why its setup failed */
+    char setup_err[256];
+};
+
+/* Nanoseconds of the monotonic clock. */
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64*: a small per-thread generator, good enough to pick keys. */
+static uint64_t next_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545f4914f6cdd1dULL;
+}
+
+/* Formats key number K into BUF; returns its length. */
+static size_t bench_key(char *buf, size_t len, uint64_t k)
+{
+    int n = snprintf(buf, len, "bench-%08llu", (unsigned long long)k);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* Counts a failed operation of code RC. */
+static void count_error(struct bench_client *cl, int rc)
+{
+    int idx = -rc;
+
+    if (idx <= 0 || idx >= BENCH_NCODES)
+        idx = 0;
+    cl->errors++;
+    cl->by_code[idx]++;
+}
+
+/* Writes the client's slice of the key space once, untimed (read workload).
+ * Transient failures (timeouts, no serving node yet) are retried a few
+ * times. Returns KV_OK or the code of the put that failed. */
+static int preload(struct bench_client *cl, kv *db, const void *val,
+                   size_t vlen)
+{
+    const struct bench_config *cfg = cl->sh->cfg;
+    kv_opts o = {0};
+    char key[48];
+    uint64_t k;
+    int rc = KV_OK, attempt;
+
+    o.timeout_ms = cfg->timeout_ms;
+    for (k = cl->first_key; k < cl->end_key; k++) {
+        size_t klen = bench_key(key, sizeof key, k);
+        for (attempt = 0; attempt < PRELOAD_ATTEMPTS; attempt++) {
+            rc = kv_put(db, key, klen, val, vlen, &o, NULL);
+            if (rc != KV_ETIMEDOUT && rc != KV_EUNAVAILABLE)
+                break;
+        }
+        if (rc != KV_OK) {
+            snprintf(cl->setup_err, sizeof cl->setup_err,
+                     "client %u: preload put %s: %s", cl->index, key,
+                     kv_errmsg(db));
+            return rc;
+        }
+    }
+    return KV_OK;
+}
+
+/* The timed loop of one client. */
+static void run_ops(struct bench_client *cl, kv *db, const void *val,
+                    size_t vlen)
+{
+    const struct bench_config *cfg = cl->sh->cfg;
+    kv_opts o = {0};
+    char key[48];
+    uint64_t i;
+
+    o.timeout_ms = cfg->timeout_ms;
+    for (i = 0; i < cl->nops; i++) {
+        uint64_t r = next_rand(&cl->rng);
+        size_t klen = bench_key(key, sizeof key, (r >> 1) % cfg->keys);
+        int is_read = cfg->workload == BENCH_READ ||
+                      (cfg->workload == BENCH_MIXED && (r & 1));
+        uint64_t t0, t1;
+        int rc;
+
+        t0 = now_ns();
+        if (is_read) {
+            void *got = NULL;
+            size_t glen = 0;
+            rc = kv_get(db, key, klen, &o, &got, &glen, NULL);
+            if (rc == KV_OK)
+                kv_free(got);
+        } else {
+            rc = kv_put(db, key, klen, val, vlen, &o, NULL);
+        }
+        t1 = now_ns();
+        cl->lat[i] = t1 - t0;
+        if (rc == KV_ENOTFOUND && is_read)
+            cl->not_found++;
+        else if (rc != KV_OK)
+            count_error(cl, rc);
+        atomic_fetch_add_explicit(&cl->sh->done, 1, memory_order_relaxed);
+    }
+}
+
+/* A client thread: setup, wait for the start, run, report. */
+static void *client_main(void *arg)
+{
+    struct bench_client *cl = arg;
+    struct bench_shared *sh = cl->sh;
+    const struct bench_config *cfg = sh->cfg;
+    kv_open_opts oo = {0};
+    unsigned char *val = NULL;
+    kv *db = NULL;
+    size_t i;
+    int go;
+
+    oo.timeout_ms = cfg->timeout_ms;
+    cl->setup_rc = kv_open(cfg->target, &oo, &db);
+    if (cl->setup_rc != KV_OK) {
+        db = NULL;
+        snprintf(cl->setup_err, sizeof cl->setup_err,
+                 "client %u: open %s: %s", cl->index, cfg->target,
+                 kv_errmsg(NULL));
+        goto ready;
+    }
+    val = malloc(cfg->value_size ? cfg->value_size : 1);
+    if (val == NULL) {
+        cl->setup_rc = KV_ENOMEM;
+        snprintf(cl->setup_err, sizeof cl->setup_err,
+                 "client %u: value buffer", cl->index);
+        goto ready;
+    }
+    for (i = 0; i < cfg->value_size; i++)
+        val[i] = (unsigned char)('a' + next_rand(&cl->rng) % 26);
+    if (cfg->workload == BENCH_READ)
+        cl->setup_rc = preload(cl, db, val, cfg->value_size);
+
+ready:
+    pthread_mutex_lock(&sh->mu);
+    sh->ready++;
+    pthread_cond_broadcast(&sh->cv);
+    while (sh->go == 0)
+        pthread_cond_wait(&sh->cv, &sh->mu);
+    go = sh->go;
+    pthread_mutex_unlock(&sh->mu);
+
+    if (go > 0 && cl->setup_rc == KV_OK)
+        run_ops(cl, db, val, cfg->value_size);
+    clock_gettime(CLOCK_MONOTONIC, &cl->end);
+    free(val);
+    kv_close(db);
+    return NULL;
+}
+
+/* Seconds between A and B. */
+static double elapsed(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) +
+           (double)(b->tv_nsec - a->tv_nsec) / 1e9;
+}
+
+/* Sorts latencies ascending. */
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* The nearest-rank Q-quantile of the N sorted values V, in ms. */
+static double quantile_ms(const uint64_t *v, uint64_t n, double q)
+{
+    uint64_t rank;
+
+    if (n == 0)
+        return 0.0;
+    rank = (uint64_t)(q * (double)n);
+    if ((double)rank < q * (double)n)
+        rank++;
+    if (rank == 0)
+        rank = 1;
+    if (rank > n)
+        rank = n;
+    return (double)v[rank - 1] / 1e6;
+}
+
+/* Prints a progress line on stderr until every operation is done. */
+static void show_progress(struct bench_shared *sh, uint64_t total,
+                          uint64_t t0)
+{
+    struct timespec nap = {0, PROGRESS_NS};
+    uint64_t done;
+
+    for (;;) {
+        double secs;
+        done = atomic_load_explicit(&sh->done, memory_order_relaxed);
+        secs = (double)(now_ns() - t0) / 1e9;
+        fprintf(stderr, "\rbench: %llu/%llu ops, %.0f ops/s   ",
+                (unsigned long long)done, (unsigned long long)total,
+                secs > 0 ? (double)done / secs : 0.0);
+        if (done >= total)
+            break;
+        nanosleep(&nap, NULL);
+    }
+    fprintf(stderr, "\r%60s\r", "");
+}
+
+/* Runs the benchmark (see bench.h). */
+int bench_run(const struct bench_config *cfg, struct bench_result *res,
+              char *err, size_t errlen)
+{
+    struct bench_shared sh;
+    struct bench_client *cls = NULL;
+    uint64_t *lat = NULL, off = 0, seed;
+    unsigned i, created = 0;
+    struct timespec start, end;
+    int rc = KV_OK, go;
+
+    memset(res, 0, sizeof *res);
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (cfg->clients == 0 || cfg->clients > BENCH_MAX_CLIENTS ||
+        cfg->ops == 0 || cfg->ops > BENCH_MAX_OPS || cfg->keys == 0 ||
+        cfg->keys > BENCH_MAX_KEYS || cfg->value_size > BENCH_MAX_VALUE) {
+        snprintf(err, errlen, "settings out of range");
+        return KV_EINVAL;
+    }
+    memset(&sh, 0, sizeof sh);
+    sh.cfg = cfg;
+    atomic_init(&sh.done, 0);
+    if (pthread_mutex_init(&sh.mu, NULL) != 0) {
+        snprintf(err, errlen, "mutex");
+        return KV_ENOMEM;
+    }
+    if (pthread_cond_init(&sh.cv, NULL) != 0) {
+        snprintf(err, errlen, "condition variable");
+        rc = KV_ENOMEM;
+        goto out_mutex;
+    }
+    cls = calloc(cfg->clients, sizeof *cls);
+    lat = malloc(cfg->ops * sizeof *lat);
+    if (cls == NULL || lat == NULL) {
+        snprintf(err, errlen, "memory for %llu latencies",
+                 (unsigned long long)cfg->ops);
+        rc = KV_ENOMEM;
+        goto out_mem;
+    }
+    seed = now_ns() ^ (uint64_t)getpid() << 32;
+    for (i = 0; i < cfg->clients; i++) {
+        struct bench_client *cl = &cls[i];
+        cl->index = i;
+        cl->sh = &sh;
+        cl->nops = cfg->ops / cfg->clients + (i < cfg->ops % cfg->clients);
+        cl->lat = lat + off;
+        off += cl->nops;
+        cl->first_key = cfg->keys * i / cfg->clients;
+        cl->end_key = cfg->keys * (i + 1) / cfg->clients;
+        cl->rng = (seed + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL) | 1;
+    }
+
+    for (i = 0; i < cfg->clients; i++) {
+        if (pthread_create(&cls[i].tid, NULL, client_main, &cls[i]) != 0) {
+            snprintf(err, errlen, "cannot start client thread %u", i);
+            rc = KV_ENOMEM;
+            break;
+        }
+        created++;
+    }
+    if (created > 0 && cfg->workload == BENCH_READ && isatty(2))
+        fprintf(stderr, "bench: writing %llu keys first...\r",
+                (unsigned long long)cfg->keys);
+    pthread_mutex_lock(&sh.mu);
+    while (sh.ready < created)
+        pthread_cond_wait(&sh.cv, &sh.mu);
+    for (i = 0; i < created && rc == KV_OK; i++) {
+        if (cls[i].setup_rc != KV_OK) {
+            rc = cls[i].setup_rc;
+            snprintf(err, errlen, "%s", cls[i].setup_err);
+        }
+    }
+    sh.go = rc == KV_OK ? 1 : -1;
+    go = sh.go;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    pthread_cond_broadcast(&sh.cv);
+    pthread_mutex_unlock(&sh.mu);
+
+    if (go > 0 && isatty(2))
+        show_progress(&sh, cfg->ops, now_ns());
+    for (i = 0; i < created; i++)
+        pthread_join(cls[i].tid, NULL);
+    if (rc != KV_OK)
+        goto out_mem;
+
+    end = start;
+    for (i = 0; i < cfg->clients; i++) {
+        unsigned c;
+        if (elapsed(&end, &cls[i].end) > 0)
+            end = cls[i].end;
+        res->errors += cls[i].errors;
+        res->not_found += cls[i].not_found;
+        for (c = 0; c < BENCH_NCODES; c++)
+            res->by_code[c] += cls[i].by_code[c];
+    }
+    res->ops = cfg->ops;
+    res->seconds = elapsed(&start, &end);
+    res->ops_per_sec =
+        res->seconds > 0 ? (double)res->ops / res->seconds : 0.0;
+    qsort(lat, cfg->ops, sizeof *lat, cmp_u64);
+    res->p50_ms = quantile_ms(lat, cfg->ops, 0.50);
+    res->p95_ms = quantile_ms(lat, cfg->ops, 0.95);
+    res->p99_ms = quantile_ms(lat, cfg->ops, 0.99);
+    res->max_ms = (double)lat[cfg->ops - 1] / 1e6;
+
+out_mem:
+    free(lat);
+    free(cls);
+    pthread_cond_destroy(&sh.cv);
+out_mutex:
+    pthread_mutex_destroy(&sh.mu);
+    return rc;
+}
+
+/* Prints the result (see bench.h). */
+void bench_print(FILE *out, const struct bench_config *cfg,
+                 const struct bench_result *res)
+{
+    int c, first = 1;
+
+    if (cfg->json) {
+        fprintf(out,
+                "{\"workload\":\"%s\",\"clients\":%u,\"ops\":%llu,"
+                "\"errors\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,"
+                "\"p50_ms\":%.4f,\"p95_ms\":%.4f,\"p99_ms\":%.4f,"
+                "\"max_ms\":%.4f,\"not_found\":%llu,\"value_size\":%zu,"
+                "\"keys\":%llu,\"errors_by_code\":{",
+                bench_workload_name(cfg->workload), cfg->clients,
+                (unsigned long long)res->ops, (unsigned long long)res->errors,
+                res->seconds, res->ops_per_sec, res->p50_ms, res->p95_ms,
+                res->p99_ms, res->max_ms, (unsigned long long)res->not_found,
+                cfg->value_size, (unsigned long long)cfg->keys);
+        for (c = 0; c < BENCH_NCODES; c++) {
+            if (res->by_code[c] == 0)
+                continue;
+            fprintf(out, "%s\"%s\":%llu", first ? "" : ",",
+                    c ? cli_code_name(-c) : "unknown",
+                    (unsigned long long)res->by_code[c]);
+            first = 0;
+        }
+        fputs("}}\n", out);
+        return;
+    }
+    fprintf(out,
+            "workload %s\nclients %u\nops %llu\nerrors %llu\n"
+            "not_found %llu\nseconds %.3f\nops_per_sec %.1f\n"
+            "p50_ms %.3f\np95_ms %.3f\np99_ms %.3f\nmax_ms %.3f\n",
+            bench_workload_name(cfg->workload), cfg->clients,
+            (unsigned long long)res->ops, (unsigned long long)res->errors,
+            (unsigned long long)res->not_found, res->seconds,
+            res->ops_per_sec, res->p50_ms, res->p95_ms, res->p99_ms,
+            res->max_ms);
+    for (c = 0; c < BENCH_NCODES; c++)
+        if (res->by_code[c] != 0)
+            fprintf(out, "error %s %llu\n", c ? cli_code_name(-c) : "unknown",
+                    (unsigned long long)res->by_code[c]);
+}
+
+/* The most frequent error code (see bench.h). */
+int bench_top_error(const struct bench_result *res)
+{
+    uint64_t best = 0;
+    int c, code = KV_OK;
+
+    for (c = 0; c < BENCH_NCODES; c++) {
+        if (res->by_code[c] > best) {
+            best = res->by_code[c];
+            code = c ? -c : KV_EINTERNAL;
+        }
+    }
+    return code;
+}
+
+/* Parses a workload name (see bench.h). */
+int bench_parse_workload(const char *s, enum bench_workload *out)
+{
+    if (strcmp(s, "write") == 0)
+        *out = BENCH_WRITE;
+    else if (strcmp(s, "read") == 0)
+        *out = BENCH_READ;
+    else if (strcmp(s, "mixed") == 0)
+        *out = BENCH_MIXED;
+    else
+        return -1;
+    return 0;
+}
+
+/* The name of a workload (see bench.h). */
+const char *bench_workload_name(enum bench_workload w)
+{
+    switch (w) {
+    case BENCH_READ:
+        return "read";
+    case BENCH_MIXED:
+        return "mixed";
+    case BENCH_WRITE:
+    default:
+        return "write";
+    }
+}

@@ -1,0 +1,84 @@
+/*
+ * bench - the load generator behind `kvclient bench`.
+ *
+ * It runs a bounded number of operations from N client threads, each with
+ * its own kv handle on the same target (a kv handle is used by one thread at
+ * a time), records the latency of every operation and reports throughput,
+ * percentiles and errors by code. It never runs unbounded: it stops after
+ * the configured number of operations. It does not parse the command line
+ * (main.c does) and prints only through bench_print() and, when stderr is a
+ * terminal, a progress line on stderr.
+ */
+#ifndef KVCLIENT_BENCH_H
+#define KVCLIENT_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Upper bounds of the settings, checked by the command line. */
+#define BENCH_MAX_CLIENTS 1024
+#define BENCH_MAX_OPS 20000000ULL /* latencies take 8 bytes per op */
+#define BENCH_MAX_KEYS 1000000000ULL
+#define BENCH_MAX_VALUE (64u * 1024 * 1024)
+
+/* Error counters are indexed by -code for codes KV_ENOTFOUND..KV_EINTERNAL;
+ * index 0 counts codes this build does not know. */
+#define BENCH_NCODES 15
+
+enum bench_workload {
+    BENCH_WRITE, /* puts only */
+    BENCH_READ,  /* gets only, after an untimed write of the whole key space */
+    BENCH_MIXED  /* 50% gets, 50% puts, no preload */
+};
+
+struct bench_config {
+    const char *target;   /* what kv_open() gets, for every client */
+    uint32_t timeout_ms;  /* per call; 0 = the handle's default */
+    unsigned clients;     /* threads, 1..BENCH_MAX_CLIENTS */
+    uint64_t ops;         /* timed operations in total, 1..BENCH_MAX_OPS */
+    size_t value_size;    /* bytes per written value, 0..BENCH_MAX_VALUE */
+    uint64_t keys;        /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
+    enum bench_workload workload;
+    int json; /* bench_print() writes one JSON object instead of text */
+};
+
+struct bench_result {
+    uint64_t ops;       /* timed operations run */
+    uint64_t errors;    /* of them, failed (a get's KV_ENOTFOUND is no error) */
+    uint64_t not_found; /* gets that found no key */
+    uint64_t by_code[BENCH_NCODES];
+    double seconds;     /* wall time of the timed phase */
+    double ops_per_sec;
+    double p50_ms, p95_ms, p99_ms, max_ms; /* over every timed operation */
+};
+
+/* Runs the benchmark described by CFG and fills *RES. Returns KV_OK when
+ * the timed phase ran (its operations may have failed: see res->errors), or
+ * the code that stopped it before (a client could not open its handle, the
+ * read workload's preload failed, memory or threads ran out); then ERR
+ * (ERRLEN bytes) says what failed. */
+int bench_run(const struct bench_config *cfg, struct bench_result *res,
+              char *err, size_t errlen);
+
+/* Prints RES to OUT: a few "name value" lines, or one JSON object when
+ * cfg->json is set. */
+void bench_print(FILE *out, const struct bench_config *cfg,
+                 const struct bench_result *res);
+
+/* The most frequent error code of RES (on a tie the one closest to 0;
+ * KV_EINTERNAL stands for codes this build does not know), or KV_OK when no
+ * operation failed. */
+int bench_top_error(const struct bench_result *res);
+
+/* Parses "write", "read" or "mixed". Returns 0, or -1 for anything else. */
+int bench_parse_workload(const char *s, enum bench_workload *out);
+
+/* The name of W: "write", "read" or "mixed". */
+const char *bench_workload_name(enum bench_workload w);
+
+/* Provided by main.c: the stable symbolic name of a kv result code
+ * ("KV_ENOTFOUND", ...; "KV_E?" for a code this build does not know). */
+const char *cli_code_name(int code);
+
+#endif

@@ -1,0 +1,1298 @@
+/*
+ * kvclient - the command-line client of kv.
+ *
+ *   kvclient [-c TARGET] [--timeout MS] [--json] [--hex] COMMAND [ARGS]
+ *
+ * Commands are rows of one table (name, handler, argument counts, accepted
+ * options, flags) checked in one place before a handler runs, in the style
+ * of Redis' command table. Options may come before or after the command.
+ * Only main() turns results into exit codes, which are a fixed contract
+ * (docs/cli.md): 0 ok, 1 not found, 2 usage or invalid input, 3 condition
+ * failed, 4 unavailable or timed out, 5 anything else.
+ *
+ * This program talks to kv through libkv/kv.h and the internal admin.h only;
+ * it never trusts what a node says about itself beyond printing it.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+#include "bench.h"
+#include "kv.h"
+
+/* Exit codes: a fixed contract, documented in docs/cli.md. */
+enum {
+    EXIT_OKAY = 0,
+    EXIT_NOTFOUND = 1,
+    EXIT_USAGE = 2,
+    EXIT_CONFLICT = 3,
+    EXIT_UNAVAILABLE = 4,
+    EXIT_OTHER = 5
+};
+
+#define DEFAULT_TARGET "./cluster.conf"
+#define STATUS_TIMEOUT_MS 1000
+#define MAX_TIMEOUT_MS 86400000ULL
+#define MAX_ARGS 8
+#define STDIN_MAX_RAW (64u * 1024 * 1024) /* the hard cap on values */
+#define STDIN_MAX_HEX (3u * STDIN_MAX_RAW) /* hex digits plus whitespace */
+
+/* --- options ------------------------------------------------------------ */
+
+enum opt_id {
+    OPT_CONF,
+    OPT_TIMEOUT,
+    OPT_JSON,
+    OPT_HEX,
+    OPT_HELP,
+    OPT_IF_VERSION,
+    OPT_IF_ABSENT,
+    OPT_PREFIX,
+    OPT_START,
+    OPT_END,
+    OPT_LIMIT,
+    OPT_CLIENTS,
+    OPT_OPS,
+    OPT_VALUE_SIZE,
+    OPT_KEYS,
+    OPT_WORKLOAD,
+    OPT_COUNT
+};
+
+#define BIT(o) (1u << (o))
+#define GLOBAL_OPTS                                                            \
+    (BIT(OPT_CONF) | BIT(OPT_TIMEOUT) | BIT(OPT_JSON) | BIT(OPT_HEX) |         \
+     BIT(OPT_HELP))
+
+struct optdef {
+    const char *name; /* long name, after "--" */
+    char shortname;   /* 0 when it has none */
+    const char *arg;  /* the argument's name, NULL for a flag */
+    const char *help;
+};
+
+static const struct optdef optdefs[OPT_COUNT] = {
+    [OPT_CONF] = {"conf", 'c', "TARGET",
+                  "cluster.conf path, tcp://h:p,... or embedded:DIR "
+                  "(default " DEFAULT_TARGET ")"},
+    [OPT_TIMEOUT] = {"timeout", 0, "MS", "per-call timeout in milliseconds"},
+    [OPT_JSON] = {"json", 0, NULL, "print JSON instead of text"},
+    [OPT_HEX] = {"hex", 0, NULL,
+                 "keys and values are hex on input and output"},
+    [OPT_HELP] = {"help", 'h', NULL, "print this help and exit"},
+    [OPT_IF_VERSION] = {"if-version", 0, "V",
+                        "put/del: only if the key's version is V"},
+    [OPT_IF_ABSENT] = {"if-absent", 0, NULL,
+                       "put: only if the key does not exist"},
+    [OPT_PREFIX] = {"prefix", 0, "P", "scan: keys beginning with P"},
+    [OPT_START] = {"start", 0, "S", "scan: keys >= S"},
+    [OPT_END] = {"end", 0, "E", "scan: keys < E"},
+    [OPT_LIMIT] = {"limit", 0, "N", "scan: at most N entries (0: all)"},
+    [OPT_CLIENTS] = {"clients", 0, "N", "bench: client threads (16)"},
+    [OPT_OPS] = {"ops", 0, "N", "bench: operations in total (100000)"},
+    [OPT_VALUE_SIZE] = {"value-size", 0, "N", "bench: value bytes (100)"},
+    [OPT_KEYS] = {"keys", 0, "N", "bench: key space (100000)"},
+    [OPT_WORKLOAD] = {"workload", 0, "W", "bench: write, read or mixed"},
+};
+
+/* --- the parsed command line -------------------------------------------- */
+
+struct command;
+
+struct cli {
+    const char *optval[OPT_COUNT]; /* argument of each given option */
+    unsigned seen;                 /* BIT(opt) for each given option */
+    const char *args[MAX_ARGS];    /* positional arguments after the command */
+    size_t nargs;                  /* how many were given (may be > MAX_ARGS) */
+    const char *cmdname;
+    const struct command *cmd;
+    const char *target;
+    uint32_t timeout_ms; /* 0 = the handle's default */
+    int json;
+    int hex;
+    kv *db;
+};
+
+/* A command: a row of the dispatch table. */
+struct command {
+    const char *name;
+    int (*handler)(struct cli *c);
+    size_t min_args, max_args;
+    unsigned opts;  /* options accepted besides GLOBAL_OPTS */
+    unsigned flags; /* CMD_* */
+    const char *usage;
+    const char *summary;
+};
+
+#define CMD_OPEN 1u /* the handler needs c->db opened on the target */
+
+static int cmd_get(struct cli *c);
+static int cmd_put(struct cli *c);
+static int cmd_del(struct cli *c);
+static int cmd_scan(struct cli *c);
+static int cmd_status(struct cli *c);
+static int cmd_bench(struct cli *c);
+static int cmd_help(struct cli *c);
+
+static const struct command commands[] = {
+    {"get", cmd_get, 1, 1, 0, CMD_OPEN, "get KEY",
+     "print the value of KEY"},
+    {"put", cmd_put, 2, 2, BIT(OPT_IF_VERSION) | BIT(OPT_IF_ABSENT), CMD_OPEN,
+     "put KEY VALUE|- [--if-version V | --if-absent]",
+     "write KEY (VALUE - reads stdin); print the new version"},
+    {"del", cmd_del, 1, 1, BIT(OPT_IF_VERSION), CMD_OPEN,
+     "del KEY [--if-version V]", "delete KEY"},
+    {"scan", cmd_scan, 0, 0,
+     BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT),
+     CMD_OPEN, "scan [--prefix P] [--start S] [--end E] [--limit N]",
+     "print keys and values in key order"},
+    {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
+     "print nodes and shards; exit 4 if a node is down"},
+    {"bench", cmd_bench, 0, 0,
+     BIT(OPT_CLIENTS) | BIT(OPT_OPS) | BIT(OPT_VALUE_SIZE) | BIT(OPT_KEYS) |
+         BIT(OPT_WORKLOAD),
+     0,
+     "bench [--clients N] [--ops N] [--value-size N] [--keys N] "
+     "[--workload write|read|mixed]",
+     "measure throughput and latency"},
+    {"help", cmd_help, 0, 1, 0, 0, "help [COMMAND]", "print help"},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+/* --- result codes --------------------------------------------------------- */
+
+/* The stable symbolic name of a kv result code (see bench.h). */
+const char *cli_code_name(int code)
+{
+    static const char *const names[] = {
+        "KV_OK",         "KV_ENOTFOUND", "KV_ENOTLEADER", "KV_ECONFLICT",
+        "KV_ETIMEDOUT",  "KV_EUNAVAILABLE", "KV_EINVAL", "KV_ETOOBIG",
+        "KV_EPROTO",     "KV_EIO",       "KV_ECORRUPT",   "KV_ENOMEM",
+        "KV_EAUTH",      "KV_EOF",       "KV_EINTERNAL",
+    };
+    if (code > 0 || code < -(int)(sizeof names / sizeof names[0] - 1))
+        return "KV_E?";
+    return names[-code];
+}
+
+/* The exit code for a kv result code: the contract of docs/cli.md. */
+static int exit_code_for(int code)
+{
+    switch (code) {
+    case KV_OK:
+        return EXIT_OKAY;
+    case KV_ENOTFOUND:
+        return EXIT_NOTFOUND;
+    case KV_EINVAL:
+    case KV_ETOOBIG:
+        return EXIT_USAGE;
+    case KV_ECONFLICT:
+        return EXIT_CONFLICT;
+    case KV_EUNAVAILABLE:
+    case KV_ETIMEDOUT:
+        return EXIT_UNAVAILABLE;
+    default:
+        return EXIT_OTHER;
+    }
+}
+
+/* --- output helpers ----------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at P (N bytes left), or 0 when the
+ * bytes there are not one (overlong forms, surrogates and code points above
+ * U+10FFFF are not valid). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    size_t len, i;
+    uint32_t cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        cp = p[0] & 0x1fu;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        cp = p[0] & 0x0fu;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        cp = p[0] & 0x07u;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* Whether the N bytes at P are valid UTF-8 text. */
+static int utf8_valid(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    size_t i = 0, len;
+
+    while (i < n) {
+        len = utf8_seq(s + i, n - i);
+        if (len == 0)
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Prints the N bytes at P as lowercase hex. */
+static void print_hex(FILE *out, const void *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *s = p;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        putc(digits[s[i] >> 4], out);
+        putc(digits[s[i] & 15], out);
+    }
+}
+
+/* Prints the N bytes at P as a JSON string with its quotes. Bytes that are
+ * not valid UTF-8 become U+FFFD, so the output is always valid JSON (callers
+ * that must keep every byte check utf8_valid() first and use hex). */
+static void json_string(FILE *out, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    size_t i = 0, len;
+
+    putc('"', out);
+    while (i < n) {
+        unsigned char ch = s[i];
+        len = utf8_seq(s + i, n - i);
+        if (len == 0) {
+            fputs("\\ufffd", out);
+            i++;
+            continue;
+        }
+        if (len > 1) {
+            fwrite(s + i, 1, len, out);
+            i += len;
+            continue;
+        }
+        switch (ch) {
+        case '"':
+            fputs("\\\"", out);
+            break;
+        case '\\':
+            fputs("\\\\", out);
+            break;
+        case '\n':
+            fputs("\\n", out);
+            break;
+        case '\r':
+            fputs("\\r", out);
+            break;
+        case '\t':
+            fputs("\\t", out);
+            break;
+        default:
+            if (ch < 0x20 || ch == 0x7f)
+                fprintf(out, "\\u%04x", ch);
+            else
+                putc(ch, out);
+            break;
+        }
+        i++;
+    }
+    putc('"', out);
+}
+
+/* Prints the JSON member for binary data: "NAME":"text" when the bytes are
+ * UTF-8 text and --hex is off, else "NAME_hex":"hex digits". */
+static void json_bytes(struct cli *c, const char *name, const void *p,
+                       size_t n)
+{
+    if (!c->hex && utf8_valid(p, n)) {
+        fprintf(stdout, "\"%s\":", name);
+        json_string(stdout, p, n);
+    } else {
+        fprintf(stdout, "\"%s_hex\":\"", name);
+        print_hex(stdout, p, n);
+        putc('"', stdout);
+    }
+}
+
+/* Prints binary data in text mode: raw bytes, or hex with --hex. */
+static void text_bytes(struct cli *c, const void *p, size_t n)
+{
+    if (c->hex)
+        print_hex(stdout, p, n);
+    else if (n > 0)
+        fwrite(p, 1, n, stdout);
+}
+
+/* Reports an error with kv code CODE about WHAT, DETAIL being the longer
+ * story (may be NULL or ""). Text goes to stderr; with --json one object
+ * goes to stdout. Returns the exit code for CODE. */
+static int report(struct cli *c, const char *what, int code,
+                  const char *detail)
+{
+    if (detail == NULL)
+        detail = "";
+    if (c->json) {
+        printf("{\"ok\":false,\"error\":\"%s\",\"code\":%d,\"message\":",
+               cli_code_name(code), code);
+        if (detail[0] != '\0')
+            json_string(stdout, detail, strlen(detail));
+        else
+            json_string(stdout, what, strlen(what));
+        fputs("}\n", stdout);
+    } else if (detail[0] != '\0') {
+        fprintf(stderr, "kvclient: %s: %s (%s)\n", what, kv_strerror(code),
+                detail);
+    } else {
+        fprintf(stderr, "kvclient: %s: %s\n", what, kv_strerror(code));
+    }
+    return exit_code_for(code);
+}
+
+/* Reports a failed libkv call on the open handle. */
+static int fail(struct cli *c, const char *what, int code)
+{
+    return report(c, what, code, c->db ? kv_errmsg(c->db) : NULL);
+}
+
+/* Reports a usage error (exit 2) with a printf-style message. */
+__attribute__((format(printf, 2, 3))) static int usage_error(struct cli *c,
+                                                             const char *fmt,
+                                                             ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (c->json) {
+        report(c, "usage", KV_EINVAL, msg);
+    } else {
+        fprintf(stderr, "kvclient: %s\n", msg);
+        fprintf(stderr, "Try 'kvclient --help'.\n");
+    }
+    return EXIT_USAGE;
+}
+
+/* --- input helpers ------------------------------------------------------ */
+
+/* Parses S as a decimal integer in MIN..MAX: digits only, no sign, no
+ * spaces, no trailing text, no overflow. Returns 0 or -1. */
+static int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    const char *p;
+
+    if (s == NULL || *s == '\0')
+        return -1;
+    for (p = s; *p != '\0'; p++) {
+        unsigned d;
+        if (*p < '0' || *p > '9')
+            return -1;
+        d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parses the numeric option OPT into *out when given (else leaves *out).
+ * Returns 0, or the usage exit code after reporting. */
+static int opt_u64(struct cli *c, enum opt_id opt, uint64_t min, uint64_t max,
+                   uint64_t *out)
+{
+    if (!(c->seen & BIT(opt)))
+        return 0;
+    if (parse_u64(c->optval[opt], min, max, out) != 0)
+        return usage_error(c,
+                           "invalid --%s '%s': expected an integer in "
+                           "%llu..%llu",
+                           optdefs[opt].name, c->optval[opt],
+                           (unsigned long long)min, (unsigned long long)max);
+    return 0;
+}
+
+/* The value of hex digit CH, or -1. */
+static int hex_digit(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decodes the hex text S (N chars; ASCII whitespace skipped when SKIP_WS)
+ * into a malloc'd buffer *out of *outlen bytes (at least 1 byte allocated).
+ * Returns KV_OK, KV_EINVAL for a bad digit or an odd count, KV_ENOMEM. */
+static int hex_decode(const char *s, size_t n, int skip_ws,
+                      unsigned char **out, size_t *outlen)
+{
+    unsigned char *buf;
+    size_t i, m = 0;
+    int hi = -1;
+
+    buf = malloc(n / 2 + 1);
+    if (buf == NULL)
+        return KV_ENOMEM;
+    for (i = 0; i < n; i++) {
+        int d = hex_digit((unsigned char)s[i]);
+        if (d < 0) {
+            if (skip_ws && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' ||
+                            s[i] == '\r'))
+                continue;
+            goto fail_input;
+        }
+        if (hi < 0) {
+            hi = d;
+        } else {
+            buf[m++] = (unsigned char)(hi << 4 | d);
+            hi = -1;
+        }
+    }
+    if (hi >= 0)
+        goto fail_input;
+    *out = buf;
+    *outlen = m;
+    return KV_OK;
+
+fail_input:
+    free(buf);
+    return KV_EINVAL;
+}
+
+/* Binary data from the command line: points into argv, or owns a decoded
+ * copy when --hex is on. */
+struct bytes {
+    const void *p;
+    size_t n;
+    unsigned char *owned;
+};
+
+/* Takes argument S (named WHAT in errors) as bytes: as is, or hex-decoded
+ * with --hex. Returns 0, or the exit code after reporting. */
+static int arg_bytes(struct cli *c, const char *what, const char *s,
+                     struct bytes *b)
+{
+    int rc;
+
+    b->owned = NULL;
+    if (!c->hex) {
+        b->p = s;
+        b->n = strlen(s);
+        return 0;
+    }
+    rc = hex_decode(s, strlen(s), 0, &b->owned, &b->n);
+    if (rc == KV_EINVAL)
+        return usage_error(c, "%s '%s' is not valid hex (--hex)", what, s);
+    if (rc != KV_OK)
+        return report(c, what, rc, NULL);
+    b->p = b->owned;
+    return 0;
+}
+
+/* Reads all of stdin, binary-safe, into a malloc'd *out of *outlen bytes.
+ * More than MAX bytes is KV_ETOOBIG. Returns KV_OK, KV_ETOOBIG, KV_EIO or
+ * KV_ENOMEM. */
+static int read_stdin(size_t max, unsigned char **out, size_t *outlen)
+{
+    unsigned char *buf = NULL, *nb;
+    size_t len = 0, cap = 0, got;
+    int rc;
+
+    for (;;) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            if (ncap > max + 1)
+                ncap = max + 1;
+            if (ncap <= cap) {
+                rc = KV_ETOOBIG;
+                goto fail_buf;
+            }
+            nb = realloc(buf, ncap);
+            if (nb == NULL) {
+                rc = KV_ENOMEM;
+                goto fail_buf;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        got = fread(buf + len, 1, cap - len, stdin);
+        len += got;
+        if (got == 0) {
+            if (ferror(stdin)) {
+                rc = KV_EIO;
+                goto fail_buf;
+            }
+            break;
+        }
+    }
+    if (len > max) {
+        rc = KV_ETOOBIG;
+        goto fail_buf;
+    }
+    *out = buf;
+    *outlen = len;
+    return KV_OK;
+
+fail_buf:
+    free(buf);
+    return rc;
+}
+
+/* The value argument of put: S itself, hex with --hex, or stdin for "-"
+ * (raw bytes, or hex text with whitespace ignored under --hex). Returns 0
+ * or the exit code after reporting. */
+static int value_bytes(struct cli *c, const char *s, struct bytes *b)
+{
+    unsigned char *raw;
+    size_t len;
+    int rc;
+
+    if (strcmp(s, "-") != 0)
+        return arg_bytes(c, "value", s, b);
+    b->owned = NULL;
+    rc = read_stdin(c->hex ? STDIN_MAX_HEX : STDIN_MAX_RAW, &raw, &len);
+    if (rc == KV_ETOOBIG)
+        return report(c, "read value from stdin", rc,
+                      "more than the 64 MiB values can hold");
+    if (rc != KV_OK)
+        return report(c, "read value from stdin", rc,
+                      rc == KV_EIO ? strerror(errno) : NULL);
+    if (!c->hex) {
+        b->owned = raw;
+        b->p = raw ? (const void *)raw : "";
+        b->n = len;
+        return 0;
+    }
+    rc = hex_decode((const char *)raw, len, 1, &b->owned, &b->n);
+    free(raw);
+    if (rc == KV_EINVAL)
+        return usage_error(c, "stdin is not valid hex (--hex)");
+    if (rc != KV_OK)
+        return report(c, "read value from stdin", rc, NULL);
+    b->p = b->owned;
+    return 0;
+}
+
+/* Per-call options common to every command, from --timeout. */
+static kv_opts call_opts(const struct cli *c)
+{
+    kv_opts o = {0};
+    o.timeout_ms = c->timeout_ms;
+    return o;
+}
+
+/* Reads --if-version into o->if_version (1..2^64-1; 0 would mean "no
+ * condition", so it is refused). Returns 0 or the exit code. */
+static int opt_if_version(struct cli *c, kv_opts *o)
+{
+    uint64_t v = 0;
+    int rc = opt_u64(c, OPT_IF_VERSION, 1, UINT64_MAX, &v);
+    if (rc != 0)
+        return rc;
+    o->if_version = v;
+    return 0;
+}
+
+/* --- commands ------------------------------------------------------------- */
+
+/* get KEY: prints the value (and a newline), or a JSON object. */
+static int cmd_get(struct cli *c)
+{
+    struct bytes key;
+    kv_opts o = call_opts(c);
+    void *val = NULL;
+    size_t vlen = 0;
+    uint64_t version = 0;
+    int rc, ret;
+
+    ret = arg_bytes(c, "key", c->args[0], &key);
+    if (ret != 0)
+        return ret;
+    rc = kv_get(c->db, key.p, key.n, &o, &val, &vlen, &version);
+    if (rc != KV_OK) {
+        ret = fail(c, "get", rc);
+        goto out_key;
+    }
+    if (c->json) {
+        fputs("{\"ok\":true,", stdout);
+        json_bytes(c, "key", key.p, key.n);
+        putc(',', stdout);
+        json_bytes(c, "value", val, vlen);
+        printf(",\"version\":%llu}\n", (unsigned long long)version);
+    } else {
+        text_bytes(c, val, vlen);
+        putc('\n', stdout);
+    }
+    kv_free(val);
+    ret = EXIT_OKAY;
+out_key:
+    free(key.owned);
+    return ret;
+}
+
+/* put KEY VALUE: writes, prints the version it created. */
+static int cmd_put(struct cli *c)
+{
+    struct bytes key, val;
+    kv_opts o = call_opts(c);
+    uint64_t version = 0;
+    int rc, ret;
+
+    if ((c->seen & BIT(OPT_IF_VERSION)) && (c->seen & BIT(OPT_IF_ABSENT)))
+        return usage_error(c, "--if-version and --if-absent exclude each "
+                              "other");
+    ret = opt_if_version(c, &o);
+    if (ret != 0)
+        return ret;
+    o.if_absent = (c->seen & BIT(OPT_IF_ABSENT)) != 0;
+    ret = arg_bytes(c, "key", c->args[0], &key);
+    if (ret != 0)
+        return ret;
+    ret = value_bytes(c, c->args[1], &val);
+    if (ret != 0)
+        goto out_key;
+    rc = kv_put(c->db, key.p, key.n, val.p, val.n, &o, &version);
+    if (rc != KV_OK) {
+        ret = fail(c, "put", rc);
+        goto out_val;
+    }
+    if (c->json) {
+        fputs("{\"ok\":true,", stdout);
+        json_bytes(c, "key", key.p, key.n);
+        printf(",\"version\":%llu}\n", (unsigned long long)version);
+    } else {
+        printf("OK version %llu\n", (unsigned long long)version);
+    }
+    ret = EXIT_OKAY;
+out_val:
+    free(val.owned);
+out_key:
+    free(key.owned);
+    return ret;
+}
+
+/* del KEY: deletes, prints OK. */
+static int cmd_del(struct cli *c)
+{
+    struct bytes key;
+    kv_opts o = call_opts(c);
+    int rc, ret;
+
+    ret = opt_if_version(c, &o);
+    if (ret != 0)
+        return ret;
+    ret = arg_bytes(c, "key", c->args[0], &key);
+    if (ret != 0)
+        return ret;
+    rc = kv_del(c->db, key.p, key.n, &o);
+    if (rc != KV_OK) {
+        ret = fail(c, "del", rc);
+        goto out_key;
+    }
+    if (c->json) {
+        fputs("{\"ok\":true,", stdout);
+        json_bytes(c, "key", key.p, key.n);
+        fputs("}\n", stdout);
+    } else {
+        fputs("OK\n", stdout);
+    }
+    ret = EXIT_OKAY;
+out_key:
+    free(key.owned);
+    return ret;
+}
+
+/* scan: prints "key<TAB>value" lines, or one JSON object per entry. */
+static int cmd_scan(struct cli *c)
+{
+    struct bytes prefix = {"", 0, NULL}, start = {"", 0, NULL},
+                 end = {"", 0, NULL};
+    kv_scan_opts so = {0};
+    kv_opts o = call_opts(c);
+    kv_iter *it = NULL;
+    uint64_t limit = 0;
+    int rc, ret;
+
+    ret = opt_u64(c, OPT_LIMIT, 0, UINT64_MAX, &limit);
+    if (ret != 0)
+        return ret;
+    if ((c->seen & BIT(OPT_PREFIX)) &&
+        (ret = arg_bytes(c, "--prefix", c->optval[OPT_PREFIX], &prefix)) != 0)
+        goto out_bounds;
+    if ((c->seen & BIT(OPT_START)) &&
+        (ret = arg_bytes(c, "--start", c->optval[OPT_START], &start)) != 0)
+        goto out_bounds;
+    if ((c->seen & BIT(OPT_END)) &&
+        (ret = arg_bytes(c, "--end", c->optval[OPT_END], &end)) != 0)
+        goto out_bounds;
+    so.prefix = prefix.p;
+    so.prefix_len = prefix.n;
+    so.start = start.p;
+    so.start_len = start.n;
+    so.end = end.p;
+    so.end_len = end.n;
+    so.limit = limit;
+    rc = kv_scan(c->db, &so, &o, &it);
+    if (rc != KV_OK) {
+        ret = fail(c, "scan", rc);
+        goto out_bounds;
+    }
+    for (;;) {
+        const void *k = NULL, *v = NULL;
+        size_t klen = 0, vlen = 0;
+        uint64_t version = 0;
+
+        rc = kv_iter_next(it, &k, &klen, &v, &vlen, &version);
+        if (rc == KV_EOF)
+            break;
+        if (rc != KV_OK) {
+            ret = fail(c, "scan", rc);
+            goto out_iter;
+        }
+        if (c->json) {
+            putc('{', stdout);
+            json_bytes(c, "key", k, klen);
+            putc(',', stdout);
+            json_bytes(c, "value", v, vlen);
+            printf(",\"version\":%llu}\n", (unsigned long long)version);
+        } else {
+            text_bytes(c, k, klen);
+            putc('\t', stdout);
+            text_bytes(c, v, vlen);
+            putc('\n', stdout);
+        }
+    }
+    ret = EXIT_OKAY;
+out_iter:
+    kv_iter_free(it);
+out_bounds:
+    free(prefix.owned);
+    free(start.owned);
+    free(end.owned);
+    return ret;
+}
+
+/* What `status` learned about one shard, merged over the nodes' answers. */
+struct shard_view {
+    uint32_t leader;
+    int leader_rank; /* 0 unknown, 1 said by some node, 2 said by itself */
+    int keys_rank;   /* 0 unknown, 1 from a holder, 2 from the leader */
+    uint64_t keys;
+    uint64_t applied;
+};
+
+/* Merges node answer ST into the shard table VIEW (NSHARDS rows). Shard
+ * numbers from the node are checked against the table, never trusted. */
+static void merge_status(const Kv__StatusResult *st, struct shard_view *view,
+                         uint32_t nshards)
+{
+    size_t j;
+
+    for (j = 0; j < st->n_shard_info; j++) {
+        const Kv__ShardInfo *si = st->shard_info[j];
+        struct shard_view *sv;
+        int self;
+
+        if (si == NULL || si->shard >= nshards)
+            continue;
+        sv = &view[si->shard];
+        self = si->leader != 0 && si->leader == st->node_id;
+        if (si->leader != 0 && sv->leader_rank < (self ? 2 : 1)) {
+            sv->leader = si->leader;
+            sv->leader_rank = self ? 2 : 1;
+        }
+        if (si->local && sv->keys_rank < (self ? 2 : 1)) {
+            sv->keys = si->keys;
+            sv->applied = si->applied;
+            sv->keys_rank = self ? 2 : 1;
+        }
+    }
+}
+
+/* Prints uptime MS as "1d02h03m04s"-style text into BUF. */
+static void format_uptime(uint64_t ms, char *buf, size_t len)
+{
+    uint64_t s = ms / 1000;
+    unsigned long long d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60,
+                       sec = s % 60;
+
+    if (d > 0)
+        snprintf(buf, len, "%llud%02lluh%02llum", d, h, m);
+    else if (h > 0)
+        snprintf(buf, len, "%lluh%02llum%02llus", h, m, sec);
+    else if (m > 0)
+        snprintf(buf, len, "%llum%02llus", m, sec);
+    else
+        snprintf(buf, len, "%llu.%llus", sec,
+                 (unsigned long long)(ms % 1000 / 100));
+}
+
+/* Prints the status table (text) of N nodes and NSHARDS shards. */
+static void print_status_text(struct cli *c, size_t n,
+                              Kv__StatusResult **sts, const int *rcs,
+                              const Kv__StatusResult *any,
+                              const struct shard_view *view, uint32_t nshards)
+{
+    size_t i;
+    uint32_t s;
+    size_t up = 0;
+
+    for (i = 0; i < n; i++)
+        up += rcs[i] == KV_OK;
+    if (any != NULL)
+        printf("cluster %s: %zu/%zu nodes up, %u shards, %u replicas\n",
+               any->cluster, up, n, (unsigned)any->shards,
+               (unsigned)any->replicas);
+    else
+        printf("cluster ?: 0/%zu nodes up\n", n);
+    printf("\n%-6s %-28s %-5s %-10s %-10s %s\n", "NODE", "ADDRESS", "STATE",
+           "UPTIME", "REQUESTS", "NOTE");
+    for (i = 0; i < n; i++) {
+        char up_s[32] = "-", req[24] = "-";
+        const char *note = "";
+        if (rcs[i] == KV_OK) {
+            format_uptime(sts[i]->uptime_ms, up_s, sizeof up_s);
+            snprintf(req, sizeof req, "%llu",
+                     (unsigned long long)sts[i]->requests);
+            if (sts[i]->node_id != admin_node_id(c->db, i))
+                note = "answers with another node id";
+        } else {
+            note = kv_strerror(rcs[i]);
+        }
+        printf("%-6u %-28s %-5s %-10s %-10s %s\n",
+               (unsigned)admin_node_id(c->db, i), admin_node_addr(c->db, i),
+               rcs[i] == KV_OK ? "up" : "down", up_s, req, note);
+    }
+    if (nshards == 0)
+        return;
+    printf("\n%-6s %-6s %-10s %s\n", "SHARD", "NODE", "KEYS", "APPLIED");
+    for (s = 0; s < nshards; s++) {
+        char node[16] = "-", keys[24] = "-", applied[24] = "-";
+        if (view[s].leader_rank > 0)
+            snprintf(node, sizeof node, "%u", (unsigned)view[s].leader);
+        if (view[s].keys_rank > 0) {
+            snprintf(keys, sizeof keys, "%llu",
+                     (unsigned long long)view[s].keys);
+            snprintf(applied, sizeof applied, "%llu",
+                     (unsigned long long)view[s].applied);
+        }
+        printf("%-6u %-6s %-10s %s\n", (unsigned)s, node, keys, applied);
+    }
+}
+
+/* Prints the status as one JSON object. */
+static void print_status_json(struct cli *c, size_t n, Kv__StatusResult **sts,
+                              const int *rcs, const Kv__StatusResult *any,
+                              const struct shard_view *view, uint32_t nshards,
+                              int all_up)
+{
+    size_t i;
+    uint32_t s;
+
+    printf("{\"ok\":%s,\"cluster\":", all_up ? "true" : "false");
+    if (any != NULL) {
+        json_string(stdout, any->cluster, strlen(any->cluster));
+        printf(",\"shard_count\":%u,\"replicas\":%u", (unsigned)any->shards,
+               (unsigned)any->replicas);
+    } else {
+        fputs("null,\"shard_count\":null,\"replicas\":null", stdout);
+    }
+    fputs(",\"nodes\":[", stdout);
+    for (i = 0; i < n; i++) {
+        const char *addr = admin_node_addr(c->db, i);
+        printf("%s{\"id\":%u,\"address\":", i ? "," : "",
+               (unsigned)admin_node_id(c->db, i));
+        json_string(stdout, addr, strlen(addr));
+        if (rcs[i] == KV_OK)
+            printf(",\"up\":true,\"uptime_ms\":%llu,\"requests\":%llu,"
+                   "\"bad_frames\":%llu}",
+                   (unsigned long long)sts[i]->uptime_ms,
+                   (unsigned long long)sts[i]->requests,
+                   (unsigned long long)sts[i]->bad_frames);
+        else
+            printf(",\"up\":false,\"error\":\"%s\"}", cli_code_name(rcs[i]));
+    }
+    fputs("],\"shards\":[", stdout);
+    for (s = 0; s < nshards; s++) {
+        printf("%s{\"shard\":%u,\"node\":", s ? "," : "", (unsigned)s);
+        if (view[s].leader_rank > 0)
+            printf("%u", (unsigned)view[s].leader);
+        else
+            fputs("null", stdout);
+        if (view[s].keys_rank > 0)
+            printf(",\"keys\":%llu,\"applied\":%llu}",
+                   (unsigned long long)view[s].keys,
+                   (unsigned long long)view[s].applied);
+        else
+            fputs(",\"keys\":null,\"applied\":null}", stdout);
+    }
+    fputs("]}\n", stdout);
+}
+
+/* status: asks every node, prints nodes and shards; exit 4 if any is down. */
+static int cmd_status(struct cli *c)
+{
+    size_t n = admin_node_count(c->db), i, up = 0;
+    Kv__StatusResult **sts = NULL;
+    const Kv__StatusResult *any = NULL;
+    struct shard_view *view = NULL;
+    uint32_t nshards = 0;
+    int *rcs = NULL;
+    int ret;
+
+    sts = calloc(n ? n : 1, sizeof *sts);
+    rcs = calloc(n ? n : 1, sizeof *rcs);
+    if (sts == NULL || rcs == NULL) {
+        ret = report(c, "status", KV_ENOMEM, NULL);
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        rcs[i] = admin_status(c->db, i,
+                              c->timeout_ms ? c->timeout_ms : STATUS_TIMEOUT_MS,
+                              &sts[i]);
+        if (rcs[i] != KV_OK) {
+            sts[i] = NULL;
+            continue;
+        }
+        up++;
+        if (any == NULL)
+            any = sts[i];
+    }
+    if (any != NULL) {
+        /* CONF_MAX_SHARDS: a node claiming more is not believed. */
+        nshards = any->shards <= 4096 ? any->shards : 4096;
+        view = calloc(nshards ? nshards : 1, sizeof *view);
+        if (view == NULL) {
+            ret = report(c, "status", KV_ENOMEM, NULL);
+            goto out;
+        }
+        for (i = 0; i < n; i++)
+            if (sts[i] != NULL)
+                merge_status(sts[i], view, nshards);
+    }
+    if (c->json)
+        print_status_json(c, n, sts, rcs, any, view, nshards, up == n);
+    else
+        print_status_text(c, n, sts, rcs, any, view, nshards);
+    ret = up == n ? EXIT_OKAY : EXIT_UNAVAILABLE;
+out:
+    if (sts != NULL)
+        for (i = 0; i < n; i++)
+            admin_status_free(sts[i]);
+    free(sts);
+    free(rcs);
+    free(view);
+    return ret;
+}
+
+/* bench: see bench.h. */
+static int cmd_bench(struct cli *c)
+{
+    struct bench_config cfg = {0};
+    struct bench_result res;
+    uint64_t v;
+    char err[512] = "";
+    int rc, ret;
+
+    cfg.target = c->target;
+    cfg.timeout_ms = c->timeout_ms;
+    cfg.json = c->json;
+    v = 16;
+    if ((ret = opt_u64(c, OPT_CLIENTS, 1, BENCH_MAX_CLIENTS, &v)) != 0)
+        return ret;
+    cfg.clients = (unsigned)v;
+    v = 100000;
+    if ((ret = opt_u64(c, OPT_OPS, 1, BENCH_MAX_OPS, &v)) != 0)
+        return ret;
+    cfg.ops = v;
+    v = 100;
+    if ((ret = opt_u64(c, OPT_VALUE_SIZE, 0, BENCH_MAX_VALUE, &v)) != 0)
+        return ret;
+    cfg.value_size = (size_t)v;
+    v = 100000;
+    if ((ret = opt_u64(c, OPT_KEYS, 1, BENCH_MAX_KEYS, &v)) != 0)
+        return ret;
+    cfg.keys = v;
+    cfg.workload = BENCH_WRITE;
+    if ((c->seen & BIT(OPT_WORKLOAD)) &&
+        bench_parse_workload(c->optval[OPT_WORKLOAD], &cfg.workload) != 0)
+        return usage_error(c,
+                           "invalid --workload '%s': expected write, read "
+                           "or mixed",
+                           c->optval[OPT_WORKLOAD]);
+    if (c->hex)
+        return usage_error(c, "bench does not take --hex");
+    rc = bench_run(&cfg, &res, err, sizeof err);
+    if (rc != KV_OK)
+        return report(c, "bench", rc, err);
+    bench_print(stdout, &cfg, &res);
+    return exit_code_for(bench_top_error(&res));
+}
+
+/* Prints the general help to OUT. */
+static void print_usage(FILE *out)
+{
+    size_t i;
+    int o;
+
+    fputs("usage: kvclient [options] COMMAND [ARGS]\n\ncommands:\n", out);
+    for (i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "  %-8s %s\n", commands[i].name, commands[i].summary);
+    fputs("\noptions (before or after the command):\n", out);
+    for (o = 0; o < OPT_COUNT; o++) {
+        char left[40];
+        if (optdefs[o].shortname)
+            snprintf(left, sizeof left, "-%c, --%s%s%s", optdefs[o].shortname,
+                     optdefs[o].name, optdefs[o].arg ? " " : "",
+                     optdefs[o].arg ? optdefs[o].arg : "");
+        else
+            snprintf(left, sizeof left, "    --%s%s%s", optdefs[o].name,
+                     optdefs[o].arg ? " " : "",
+                     optdefs[o].arg ? optdefs[o].arg : "");
+        fprintf(out, "  %-22s %s\n", left, optdefs[o].help);
+    }
+    fputs("\nexit codes: 0 ok, 1 not found, 2 usage or invalid input,\n"
+          "  3 condition failed, 4 unavailable or timed out (a write's\n"
+          "  outcome is then unknown), 5 other errors. See docs/cli.md.\n",
+          out);
+}
+
+/* The command named NAME, or NULL. */
+static const struct command *find_command(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* help [COMMAND] */
+static int cmd_help(struct cli *c)
+{
+    const struct command *cmd;
+
+    if (c->nargs == 0) {
+        print_usage(stdout);
+        return EXIT_OKAY;
+    }
+    cmd = find_command(c->args[0]);
+    if (cmd == NULL)
+        return usage_error(c, "unknown command '%s'", c->args[0]);
+    printf("usage: kvclient [options] %s\n  %s\n", cmd->usage, cmd->summary);
+    return EXIT_OKAY;
+}
+
+/* --- command line parsing ------------------------------------------------- */
+
+/* The option with long name NAME (LEN chars), or -1. */
+static int find_long(const char *name, size_t len)
+{
+    int o;
+
+    for (o = 0; o < OPT_COUNT; o++)
+        if (strlen(optdefs[o].name) == len &&
+            strncmp(optdefs[o].name, name, len) == 0)
+            return o;
+    return -1;
+}
+
+/* The option with short name CH, or -1. */
+static int find_short(char ch)
+{
+    int o;
+
+    for (o = 0; o < OPT_COUNT; o++)
+        if (optdefs[o].shortname != 0 && optdefs[o].shortname == ch)
+            return o;
+    return -1;
+}
+
+/* Splits ARGV into options and positional arguments (the first one is the
+ * command). "--" ends the options; "-" alone is an argument. Returns 0, or
+ * the usage exit code after reporting. */
+static int parse_args(struct cli *c, int argc, char **argv)
+{
+    int i, o, end_opts = 0;
+
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = NULL;
+
+        if (end_opts || a[0] != '-' || a[1] == '\0') {
+            if (c->cmdname == NULL)
+                c->cmdname = a;
+            else if (c->nargs++ < MAX_ARGS)
+                c->args[c->nargs - 1] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            end_opts = 1;
+            continue;
+        }
+        if (a[1] == '-') {
+            const char *eq = strchr(a + 2, '=');
+            size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+            o = find_long(a + 2, len);
+            if (o < 0)
+                return usage_error(c, "unknown option '%.*s'", (int)len + 2,
+                                   a);
+            if (eq != NULL) {
+                if (optdefs[o].arg == NULL)
+                    return usage_error(c, "option --%s takes no value",
+                                       optdefs[o].name);
+                val = eq + 1;
+            }
+        } else {
+            o = find_short(a[1]);
+            if (o < 0)
+                return usage_error(c, "unknown option '-%c'", a[1]);
+            if (a[2] != '\0') {
+                if (optdefs[o].arg == NULL)
+                    return usage_error(c, "unknown option '%s'", a);
+                val = a + 2;
+            }
+        }
+        if (optdefs[o].arg != NULL && val == NULL) {
+            if (i + 1 >= argc)
+                return usage_error(c, "option --%s needs a value (%s)",
+                                   optdefs[o].name, optdefs[o].arg);
+            val = argv[++i];
+        }
+        if (c->seen & BIT(o))
+            return usage_error(c, "option --%s given twice", optdefs[o].name);
+        c->seen |= BIT(o);
+        c->optval[o] = val ? val : "";
+    }
+    return 0;
+}
+
+/* Checks the command, its argument count and options in one place, and the
+ * global options' values. Returns 0 or the usage exit code. */
+static int check_command(struct cli *c)
+{
+    unsigned bad;
+    uint64_t t = 0;
+    int o, ret;
+
+    c->cmd = find_command(c->cmdname);
+    if (c->cmd == NULL)
+        return usage_error(c, "unknown command '%s'", c->cmdname);
+    bad = c->seen & ~(GLOBAL_OPTS | c->cmd->opts);
+    for (o = 0; o < OPT_COUNT; o++)
+        if (bad & BIT(o))
+            return usage_error(c, "option --%s does not apply to %s",
+                               optdefs[o].name, c->cmd->name);
+    if (c->nargs < c->cmd->min_args || c->nargs > c->cmd->max_args)
+        return usage_error(c, "wrong number of arguments: usage: kvclient %s",
+                           c->cmd->usage);
+    if ((ret = opt_u64(c, OPT_TIMEOUT, 1, MAX_TIMEOUT_MS, &t)) != 0)
+        return ret;
+    c->timeout_ms = (uint32_t)t;
+    if (c->seen & BIT(OPT_CONF)) {
+        if (c->optval[OPT_CONF][0] == '\0')
+            return usage_error(c, "-c needs a non-empty target");
+        c->target = c->optval[OPT_CONF];
+    }
+    return 0;
+}
+
+/* Whether "--json" is among the options (looked for first, so that even an
+ * error in parsing the rest is reported as JSON). */
+static int wants_json(int argc, char **argv)
+{
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0)
+            return 0;
+        if (strcmp(argv[i], "--json") == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Parses the command line, opens the target when the command needs it, runs
+ * the command and maps the outcome to the exit code. */
+int main(int argc, char **argv)
+{
+    struct cli c;
+    int ret, rc;
+
+    memset(&c, 0, sizeof c);
+    c.target = DEFAULT_TARGET;
+    c.json = wants_json(argc, argv);
+    ret = parse_args(&c, argc, argv);
+    if (ret != 0)
+        goto out;
+    c.json = (c.seen & BIT(OPT_JSON)) != 0;
+    c.hex = (c.seen & BIT(OPT_HEX)) != 0;
+    if (c.seen & BIT(OPT_HELP)) {
+        const struct command *cmd = c.cmdname ? find_command(c.cmdname) : NULL;
+        if (cmd != NULL && cmd->handler != cmd_help)
+            printf("usage: kvclient [options] %s\n  %s\n\n", cmd->usage,
+                   cmd->summary);
+        print_usage(stdout);
+        ret = EXIT_OKAY;
+        goto out;
+    }
+    if (c.cmdname == NULL) {
+        if (c.json) {
+            ret = usage_error(&c, "no command given");
+        } else {
+            print_usage(stderr);
+            ret = EXIT_USAGE;
+        }
+        goto out;
+    }
+    ret = check_command(&c);
+    if (ret != 0)
+        goto out;
+    if (c.cmd->flags & CMD_OPEN) {
+        kv_open_opts oo = {0};
+        oo.timeout_ms = c.timeout_ms;
+        rc = kv_open(c.target, &oo, &c.db);
+        if (rc != KV_OK) {
+            char what[300];
+            c.db = NULL;
+            snprintf(what, sizeof what, "open %s", c.target);
+            /* kv_errmsg(NULL): the detail of this thread's failed open. */
+            ret = report(&c, what, rc, kv_errmsg(NULL));
+            goto out;
+        }
+    }
+    ret = c.cmd->handler(&c);
+    kv_close(c.db);
+out:
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "kvclient: write to stdout: %s\n", strerror(errno));
+        if (ret == EXIT_OKAY)
+            ret = EXIT_OTHER;
+    }
+    return ret;
+}

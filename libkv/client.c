@@ -1,0 +1,605 @@
+/*
+ * client - cluster mode: routing, redirects and timeouts over ZeroMQ.
+ *
+ * A handle keeps one DEALER socket per node (made on first use) and a route
+ * table: for each shard, the node it believes serves it, starting from the
+ * static placement. A node that does not serve a shard answers
+ * KV_ENOTLEADER naming the node that does; the handle updates its table and
+ * retries there. Replies are matched to requests by id; a late reply to a
+ * request that timed out is discarded. Sockets use ZMQ_IMMEDIATE, so a
+ * request to a node with no live connection is never queued: the send times
+ * out and the call fails with KV_EUNAVAILABLE (the request was not sent).
+ *
+ * All handles of a process share one ZeroMQ context (reference counted).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "conf.h"
+#include "kvimpl.h"
+#include "wire.h"
+
+#define MAX_REDIRECTS 8
+
+struct client {
+    struct kv base;
+    struct conf *conf;
+    void **socks;    /* per node, NULL until first use */
+    size_t *route;   /* per shard: index of the node believed to serve it */
+    uint64_t next_id;
+};
+
+static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *shared_ctx;
+static int ctx_refs;
+
+static void *ctx_get(void)
+{
+    pthread_mutex_lock(&ctx_mu);
+    if (!shared_ctx)
+        shared_ctx = zmq_ctx_new();
+    if (shared_ctx)
+        ctx_refs++;
+    void *c = shared_ctx;
+    pthread_mutex_unlock(&ctx_mu);
+    return c;
+}
+
+static void ctx_put(void)
+{
+    pthread_mutex_lock(&ctx_mu);
+    if (--ctx_refs == 0) {
+        zmq_ctx_term(shared_ctx);
+        shared_ctx = NULL;
+    }
+    pthread_mutex_unlock(&ctx_mu);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static struct client *client_of(kv *db)
+{
+    return (struct client *)db;
+}
+
+/* The DEALER socket to node I, connecting it on first use. */
+static void *node_socket(struct client *c, size_t i)
+{
+    if (c->socks[i])
+        return c->socks[i];
+    void *s = zmq_socket(shared_ctx, ZMQ_DEALER);
+    if (!s)
+        return NULL;
+    int zero = 0, one = 1;
+    int64_t maxmsg = (int64_t)c->conf->max_message_bytes + 4096;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof(one));
+    zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    if (zmq_connect(s, c->conf->nodes[i].address) != 0) {
+        zmq_close(s);
+        return NULL;
+    }
+    c->socks[i] = s;
+    return s;
+}
+
+/* Drops node I's socket (after a timeout), so that a later request starts
+ * on a fresh connection with no stale replies queued. */
+static void node_reset(struct client *c, size_t i)
+{
+    if (c->socks[i]) {
+        zmq_close(c->socks[i]);
+        c->socks[i] = NULL;
+    }
+}
+
+/* Sends BUF to node I and waits until DEADLINE for a reply envelope with
+ * id ID (0: accept any). */
+static int exchange(struct client *c, size_t i, const void *buf, size_t len,
+                    uint64_t id, uint64_t deadline, Kv__Envelope **out)
+{
+    kv *db = &c->base;
+    const char *addr = c->conf->nodes[i].address;
+    void *s = node_socket(c, i);
+    if (!s)
+        return kv_fail(db, KV_EUNAVAILABLE, "cannot connect to %s: %s", addr,
+                       zmq_strerror(zmq_errno()));
+    uint64_t now = now_ms();
+    int wait = deadline > now ? (int)(deadline - now) : 0;
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &wait, sizeof(wait));
+    if (zmq_send(s, buf, len, 0) < 0) {
+        int e = zmq_errno();
+        node_reset(c, i);
+        if (e == EAGAIN)
+            return kv_fail(db, KV_EUNAVAILABLE,
+                           "node %u (%s) is not reachable (request not sent)",
+                           c->conf->nodes[i].id, addr);
+        return kv_fail(db, KV_EUNAVAILABLE, "send to %s failed: %s", addr,
+                       zmq_strerror(e));
+    }
+    for (;;) {
+        now = now_ms();
+        if (now >= deadline)
+            break;
+        zmq_pollitem_t item = {.socket = s, .events = ZMQ_POLLIN};
+        int n = zmq_poll(&item, 1, (long)(deadline - now));
+        if (n < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            break;
+        }
+        if (n == 0)
+            break;
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, s, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            continue;
+        }
+        char err[128];
+        Kv__Envelope *env = NULL;
+        int rc = wire_decode(zmq_msg_data(&msg), zmq_msg_size(&msg),
+                             c->conf->max_message_bytes + 4096, &env, err,
+                             sizeof(err));
+        zmq_msg_close(&msg);
+        if (rc != KV_OK)
+            continue; /* garbage from the wire is not an answer */
+        if (env->body_case != KV__ENVELOPE__BODY_RESPONSE ||
+            (id && env->response->id != id)) {
+            wire_free(env); /* a late reply to an earlier request */
+            continue;
+        }
+        *out = env;
+        return KV_OK;
+    }
+    node_reset(c, i);
+    return kv_fail(db, KV_ETIMEDOUT, "node %u (%s) did not answer in time",
+                   c->conf->nodes[i].id, addr);
+}
+
+static size_t node_index(const struct conf *conf, uint32_t id)
+{
+    for (size_t i = 0; i < conf->nnodes; i++)
+        if (conf->nodes[i].id == id)
+            return i;
+    return conf->nnodes;
+}
+
+/* Sends REQ for SHARD to the node serving it, following redirects. On KV_OK
+ * *out is the reply (its code may still be an error; the caller maps it). */
+static int route_request(struct client *c, uint32_t shard, Kv__Request *req,
+                         uint32_t timeout_ms, Kv__Envelope **out)
+{
+    kv *db = &c->base;
+    uint64_t deadline = now_ms() + timeout_ms;
+    req->id = ++c->next_id;
+    req->timeout_ms = timeout_ms;
+    void *buf;
+    size_t len;
+    int rc = wire_encode_request(req, &buf, &len);
+    if (rc != KV_OK)
+        return rc;
+    for (int hop = 0; hop < MAX_REDIRECTS; hop++) {
+        size_t i = c->route[shard];
+        Kv__Envelope *env = NULL;
+        rc = exchange(c, i, buf, len, req->id, deadline, &env);
+        if (rc != KV_OK)
+            break;
+        Kv__Response *r = env->response;
+        if (r->code == KV_ENOTLEADER) {
+            size_t j = node_index(c->conf, r->leader_id);
+            wire_free(env);
+            if (j == c->conf->nnodes || j == i) {
+                rc = kv_fail(db, KV_EUNAVAILABLE,
+                             "no node serves shard %u right now", shard);
+                break;
+            }
+            c->route[shard] = j;
+            continue;
+        }
+        *out = env;
+        free(buf);
+        return KV_OK;
+    }
+    if (rc == KV_OK)
+        rc = kv_fail(db, KV_EUNAVAILABLE, "too many redirects for shard %u",
+                     shard);
+    free(buf);
+    return rc;
+}
+
+/* Maps a reply's error code to the handle's result. */
+static int reply_code(kv *db, const Kv__Response *r)
+{
+    if (r->code >= 0)
+        return KV_OK;
+    if (r->code < KV_EINTERNAL)
+        return kv_fail(db, KV_EPROTO, "unknown error code %d from node",
+                       r->code);
+    if (r->message && r->message[0])
+        kv_fail(db, r->code, "%s", r->message);
+    return r->code;
+}
+
+static int cl_get(kv *db, uint32_t shard, const void *key, size_t klen,
+                  uint32_t timeout_ms, bool stale, void **val, size_t *vlen,
+                  uint64_t *version)
+{
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__GetRequest g = KV__GET_REQUEST__INIT;
+    g.key.data = (uint8_t *)key;
+    g.key.len = klen;
+    g.stale = stale;
+    req.op_case = KV__REQUEST__OP_GET;
+    req.get = &g;
+    Kv__Envelope *env = NULL;
+    int rc = route_request(client_of(db), shard, &req, timeout_ms, &env);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Response *r = env->response;
+    rc = reply_code(db, r);
+    if (rc == KV_OK && r->result_case != KV__RESPONSE__RESULT_GET)
+        rc = kv_fail(db, KV_EPROTO, "reply to get without a result");
+    if (rc == KV_OK) {
+        void *copy = NULL;
+        size_t n = r->get->value.len;
+        if (n) {
+            copy = malloc(n);
+            if (!copy) {
+                rc = KV_ENOMEM;
+                goto out;
+            }
+            memcpy(copy, r->get->value.data, n);
+        }
+        *val = copy;
+        *vlen = n;
+        *version = r->get->version;
+    }
+out:
+    wire_free(env);
+    return rc;
+}
+
+static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
+                    uint64_t *version)
+{
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__PutRequest p = KV__PUT_REQUEST__INIT;
+    Kv__DeleteRequest d = KV__DELETE_REQUEST__INIT;
+    if (w->op == ENGINE_PUT) {
+        p.key.data = (uint8_t *)w->key;
+        p.key.len = w->klen;
+        p.value.data = (uint8_t *)w->val;
+        p.value.len = w->vlen;
+        p.if_version = w->if_version;
+        p.if_absent = w->if_absent;
+        req.op_case = KV__REQUEST__OP_PUT;
+        req.put = &p;
+    } else {
+        d.key.data = (uint8_t *)w->key;
+        d.key.len = w->klen;
+        d.if_version = w->if_version;
+        req.op_case = KV__REQUEST__OP_DEL;
+        req.del = &d;
+    }
+    Kv__Envelope *env = NULL;
+    int rc = route_request(client_of(db), w->shard, &req, timeout_ms, &env);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Response *r = env->response;
+    rc = reply_code(db, r);
+    if (rc == KV_OK) {
+        if (r->result_case == KV__RESPONSE__RESULT_WRITE)
+            *version = r->write->version;
+        else
+            rc = kv_fail(db, KV_EPROTO, "reply to a write without a result");
+    }
+    wire_free(env);
+    return rc;
+}
+
+static int cl_scan_page(kv *db, const struct engine_scan *sc,
+                        uint32_t timeout_ms, bool stale, struct scan_page *p)
+{
+    (void)stale;
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__ScanRequest s = KV__SCAN_REQUEST__INIT;
+    s.shard = sc->shard;
+    s.start.data = (uint8_t *)sc->start;
+    s.start.len = sc->start_len;
+    s.end.data = (uint8_t *)sc->end;
+    s.end.len = sc->end_len;
+    s.prefix.data = (uint8_t *)sc->prefix;
+    s.prefix.len = sc->prefix_len;
+    s.after.data = (uint8_t *)sc->after;
+    s.after.len = sc->after_len;
+    s.has_after = sc->has_after;
+    s.limit = (uint32_t)sc->limit;
+    req.op_case = KV__REQUEST__OP_SCAN;
+    req.scan = &s;
+    Kv__Envelope *env = NULL;
+    int rc = route_request(client_of(db), sc->shard, &req, timeout_ms, &env);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Response *r = env->response;
+    rc = reply_code(db, r);
+    if (rc == KV_OK && r->result_case != KV__RESPONSE__RESULT_SCAN)
+        rc = kv_fail(db, KV_EPROTO, "reply to scan without a result");
+    for (size_t i = 0; rc == KV_OK && i < r->scan->n_entries; i++) {
+        Kv__Entry *e = r->scan->entries[i];
+        rc = scan_page_add(p, e->key.data, e->key.len, e->value.data,
+                           e->value.len, e->version);
+    }
+    if (rc == KV_OK)
+        p->more = r->scan->more;
+    wire_free(env);
+    return rc;
+}
+
+/* Asks node I for its status. On KV_OK *out is the detached result. */
+static int status_of(struct client *c, size_t i, uint32_t timeout_ms,
+                     Kv__StatusResult **out)
+{
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__StatusRequest sr = KV__STATUS_REQUEST__INIT;
+    req.op_case = KV__REQUEST__OP_STATUS;
+    req.status = &sr;
+    req.id = ++c->next_id;
+    req.timeout_ms = timeout_ms;
+    void *buf;
+    size_t len;
+    int rc = wire_encode_request(&req, &buf, &len);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Envelope *env = NULL;
+    rc = exchange(c, i, buf, len, req.id, now_ms() + timeout_ms, &env);
+    free(buf);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Response *r = env->response;
+    rc = reply_code(&c->base, r);
+    if (rc == KV_OK && r->result_case != KV__RESPONSE__RESULT_STATUS)
+        rc = kv_fail(&c->base, KV_EPROTO, "reply to status without a result");
+    if (rc == KV_OK) {
+        *out = r->status;
+        r->status = NULL; /* detach: the caller frees it */
+        r->result_case = KV__RESPONSE__RESULT__NOT_SET;
+    }
+    wire_free(env);
+    return rc;
+}
+
+static int cl_status(kv *db, size_t node, uint32_t timeout_ms,
+                     Kv__StatusResult **out)
+{
+    return status_of(client_of(db), node, timeout_ms, out);
+}
+
+static int cl_raw(kv *db, size_t node, const void *buf, size_t len,
+                  uint32_t timeout_ms, Kv__Envelope **out)
+{
+    return exchange(client_of(db), node, buf, len, 0, now_ms() + timeout_ms,
+                    out);
+}
+
+static size_t cl_node_count(const kv *db)
+{
+    return ((const struct client *)db)->conf->nnodes;
+}
+
+static uint32_t cl_node_id(const kv *db, size_t i)
+{
+    return ((const struct client *)db)->conf->nodes[i].id;
+}
+
+static const char *cl_node_addr(const kv *db, size_t i)
+{
+    return ((const struct client *)db)->conf->nodes[i].address;
+}
+
+static void client_free(struct client *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; c->socks && c->conf && i < c->conf->nnodes; i++)
+        node_reset(c, i);
+    free(c->socks);
+    free(c->route);
+    conf_free(c->conf);
+    free(c);
+    ctx_put();
+}
+
+static void cl_close(kv *db)
+{
+    client_free(client_of(db));
+}
+
+static const struct kv_ops client_ops = {
+    .get = cl_get,
+    .write = cl_write,
+    .scan_page = cl_scan_page,
+    .status = cl_status,
+    .raw = cl_raw,
+    .node_count = cl_node_count,
+    .node_id = cl_node_id,
+    .node_addr = cl_node_addr,
+    .close = cl_close,
+};
+
+/* Sets up sockets and routes for C->conf. */
+static int client_layout(struct client *c)
+{
+    c->socks = calloc(c->conf->nnodes, sizeof(void *));
+    c->route = calloc(c->conf->shards, sizeof(size_t));
+    if (!c->socks || !c->route)
+        return KV_ENOMEM;
+    for (uint32_t s = 0; s < c->conf->shards; s++)
+        c->route[s] = conf_replica(c->conf, s, 0);
+    c->base.nshards = c->conf->shards;
+    c->base.max_key_bytes = c->conf->max_key_bytes;
+    c->base.max_value_bytes = c->conf->max_value_bytes;
+    return KV_OK;
+}
+
+/* Builds a conf from a node's status: the layout of a seed-list handle. */
+static int conf_from_status(const Kv__StatusResult *st, struct conf **out)
+{
+    struct conf *c = calloc(1, sizeof(*c));
+    if (!c)
+        return KV_ENOMEM;
+    c->path = strdup("");
+    c->cluster = strdup(st->cluster ? st->cluster : "");
+    c->data_dir = strdup("");
+    c->log_level = strdup("info");
+    c->nodes = calloc(st->n_nodes ? st->n_nodes : 1, sizeof(*c->nodes));
+    if (!c->path || !c->cluster || !c->data_dir || !c->log_level || !c->nodes)
+        goto nomem;
+    for (size_t i = 0; i < st->n_nodes; i++) {
+        c->nodes[i].id = st->nodes[i]->id;
+        c->nodes[i].address = strdup(st->nodes[i]->address);
+        if (!c->nodes[i].address)
+            goto nomem;
+        c->nnodes++;
+    }
+    c->shards = st->shards;
+    c->replicas = st->replicas;
+    c->max_key_bytes = st->max_key_bytes;
+    c->max_value_bytes = st->max_value_bytes;
+    c->max_message_bytes = st->max_message_bytes;
+    c->request_timeout_ms = 5000;
+    c->txn_timeout_ms = 5000;
+    if (c->nnodes == 0 || c->shards == 0 || c->shards > CONF_MAX_SHARDS) {
+        conf_free(c);
+        return KV_EPROTO;
+    }
+    *out = c;
+    return KV_OK;
+nomem:
+    conf_free(c);
+    return KV_ENOMEM;
+}
+
+/* Asks each seed in turn for the cluster's layout. */
+static int client_from_seeds(struct client *c, const char *seeds,
+                             uint32_t timeout_ms, char *err, size_t errlen)
+{
+    /* A temporary conf whose "nodes" are the seeds. */
+    struct conf *tmp = calloc(1, sizeof(*tmp));
+    if (!tmp)
+        return KV_ENOMEM;
+    tmp->max_message_bytes = 64u << 20;
+    int rc = KV_EINVAL;
+    char *list = strdup(seeds);
+    size_t count = 1;
+    for (const char *p = seeds; *p; p++)
+        count += *p == ',';
+    tmp->nodes = calloc(count, sizeof(*tmp->nodes));
+    if (!list || !tmp->nodes) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    char *save = NULL;
+    for (char *tok = strtok_r(list, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (strncmp(tok, "tcp://", 6) != 0) {
+            snprintf(err, errlen, "seed \"%s\" is not tcp://host:port", tok);
+            rc = KV_EINVAL;
+            goto out;
+        }
+        tmp->nodes[tmp->nnodes].address = strdup(tok);
+        if (!tmp->nodes[tmp->nnodes].address) {
+            rc = KV_ENOMEM;
+            goto out;
+        }
+        tmp->nnodes++;
+    }
+    if (tmp->nnodes == 0) {
+        snprintf(err, errlen, "empty seed list");
+        goto out;
+    }
+    c->conf = tmp;
+    c->socks = calloc(tmp->nnodes, sizeof(void *));
+    if (!c->socks) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    rc = KV_EUNAVAILABLE;
+    for (size_t i = 0; i < tmp->nnodes; i++) {
+        Kv__StatusResult *st = NULL;
+        rc = status_of(c, i, timeout_ms, &st);
+        if (rc != KV_OK)
+            continue;
+        struct conf *real = NULL;
+        rc = conf_from_status(st, &real);
+        kv__status_result__free_unpacked(st, NULL);
+        if (rc == KV_OK) {
+            for (size_t j = 0; j < tmp->nnodes; j++)
+                node_reset(c, j);
+            free(c->socks);
+            c->socks = NULL;
+            c->conf = real;
+            break;
+        }
+    }
+    if (rc != KV_OK)
+        snprintf(err, errlen, "no seed of \"%s\" answered: %s", seeds,
+                 c->base.errmsg);
+out:
+    if (c->conf == tmp) {
+        for (size_t j = 0; c->socks && j < tmp->nnodes; j++)
+            node_reset(c, j);
+        free(c->socks);
+        c->socks = NULL;
+        c->conf = NULL;
+    }
+    conf_free(tmp);
+    free(list);
+    return rc;
+}
+
+int client_open(const char *target, const kv_open_opts *opts, kv **out,
+                char *err, size_t errlen)
+{
+    struct client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return KV_ENOMEM;
+    if (!ctx_get()) {
+        free(c);
+        snprintf(err, errlen, "cannot create a ZeroMQ context");
+        return KV_ENOMEM;
+    }
+    c->base.ops = &client_ops;
+    uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 0;
+    int rc;
+    if (strncmp(target, "tcp://", 6) == 0) {
+        rc = client_from_seeds(c, target, timeout ? timeout : 5000, err,
+                               errlen);
+    } else {
+        rc = conf_load(target, &c->conf, err, errlen);
+    }
+    if (rc == KV_OK)
+        rc = client_layout(c);
+    if (rc != KV_OK) {
+        client_free(c);
+        return rc;
+    }
+    c->base.timeout_ms = timeout ? timeout : c->conf->request_timeout_ms;
+    /* Request ids start at a random point so that two handles' replies are
+     * never confused if a node answers late. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->next_id = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)(uintptr_t)c;
+    *out = &c->base;
+    return KV_OK;
+}

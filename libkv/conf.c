@@ -1,0 +1,928 @@
+/*
+ * conf - the cluster.conf parser.
+ *
+ * Turns the text of a cluster.conf into a validated struct conf, or into one
+ * "FILE:LINE: problem" message. The parser is strict on purpose: a typo in a
+ * key, a duplicate node or an out-of-range number is an error, never a
+ * silent default, because a cluster started from a misread file is worse
+ * than one that does not start. Problems that belong to the whole file
+ * rather than to one line (a missing key, no nodes) are reported at line 0.
+ *
+ * This module must never open sockets or create files: conf_load() reads
+ * the config file, nothing else, and resolves data_dir without touching it.
+ */
+#include "conf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kv.h"
+
+#define CONF_FILE_LIMIT (1024u * 1024u) /* bytes; larger files are refused */
+#define CONF_NAME_MAX 64                /* cluster name length */
+#define CONF_HOST_MAX 253               /* host part of an address */
+#define CONF_PATH_MAX 4095              /* data_dir length */
+#define CONF_MESSAGE_MAX (1024u * 1024u * 1024u) /* max_message_bytes cap */
+#define CONF_TIMEOUT_MAX 3600000u                /* one hour, in ms */
+#define CONF_MESSAGE_SLACK 1024u /* envelope room beyond key + value */
+#define SHOW_MAX 48              /* bytes of input quoted in a message */
+
+#if defined(__GNUC__)
+#define CONF_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define CONF_PRINTF(f, a)
+#endif
+
+/* ---- the global keys ---------------------------------------------------- */
+
+enum key_id {
+    KEY_CLUSTER,
+    KEY_SHARDS,
+    KEY_REPLICAS,
+    KEY_DATA_DIR,
+    KEY_MAX_KEY_BYTES,
+    KEY_MAX_VALUE_BYTES,
+    KEY_MAX_MESSAGE_BYTES,
+    KEY_REQUEST_TIMEOUT_MS,
+    KEY_TXN_TIMEOUT_MS,
+    KEY_LOG_LEVEL,
+    KEY_COUNT
+};
+
+/* One row per key: numbers are checked against [min, max] in one place
+ * (set_number); strings each have their own validator (set_string). */
+static const struct key_def {
+    const char *name;
+    int is_number;
+    uint64_t min, max; /* inclusive range of a number */
+} key_defs[KEY_COUNT] = {
+    [KEY_CLUSTER] = {"cluster", 0, 0, 0},
+    [KEY_SHARDS] = {"shards", 1, 1, CONF_MAX_SHARDS},
+    [KEY_REPLICAS] = {"replicas", 1, 1, UINT32_MAX},
+    [KEY_DATA_DIR] = {"data_dir", 0, 0, 0},
+    [KEY_MAX_KEY_BYTES] = {"max_key_bytes", 1, 1, CONF_KEY_LIMIT},
+    [KEY_MAX_VALUE_BYTES] = {"max_value_bytes", 1, 0, CONF_VALUE_LIMIT},
+    [KEY_MAX_MESSAGE_BYTES] = {"max_message_bytes", 1, 1, CONF_MESSAGE_MAX},
+    [KEY_REQUEST_TIMEOUT_MS] = {"request_timeout_ms", 1, 1, CONF_TIMEOUT_MAX},
+    [KEY_TXN_TIMEOUT_MS] = {"txn_timeout_ms", 1, 1, CONF_TIMEOUT_MAX},
+    [KEY_LOG_LEVEL] = {"log_level", 0, 0, 0},
+};
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error"};
+
+/* ---- parser state ------------------------------------------------------- */
+
+struct parser {
+    const char *name; /* file name used in messages */
+    char *err;
+    size_t errlen;
+    unsigned line;  /* current line, 1-based */
+    struct conf *c; /* being filled; freed by the caller on error */
+    size_t cap;     /* capacity of c->nodes */
+    size_t section; /* 0 = global, else 1 + index of the node in c->nodes */
+    unsigned key_line[KEY_COUNT];       /* where each key was set, 0 = not */
+    unsigned node_line[CONF_MAX_NODES]; /* line of each [node ID] header */
+    unsigned addr_line[CONF_MAX_NODES]; /* line of each node's address */
+    char show[SHOW_MAX + 4];            /* scratch for quoting input */
+};
+
+/* Writes "NAME:LINE: message" into the caller's buffer and returns
+ * KV_EINVAL, so every check reads "return fail(...)". */
+CONF_PRINTF(3, 4)
+static int fail(struct parser *p, unsigned line, const char *fmt, ...)
+{
+    if (p->err != NULL && p->errlen > 0) {
+        int n = snprintf(p->err, p->errlen, "%s:%u: ", p->name, line);
+        if (n >= 0 && (size_t)n < p->errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return KV_EINVAL;
+}
+
+static int fail_nomem(struct parser *p)
+{
+    if (p->err != NULL && p->errlen > 0)
+        snprintf(p->err, p->errlen, "%s: out of memory", p->name);
+    return KV_ENOMEM;
+}
+
+/* A printable copy of input bytes for a message: control and non-ASCII
+ * bytes become '?', long input is cut with "...". Valid until the next call. */
+static const char *show(struct parser *p, const char *s, size_t n)
+{
+    size_t m = n > SHOW_MAX ? SHOW_MAX : n;
+    for (size_t i = 0; i < m; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        p->show[i] = (ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
+    }
+    if (m < n) {
+        memcpy(p->show + m, "...", 3);
+        m += 3;
+    }
+    p->show[m] = '\0';
+    return p->show;
+}
+
+/* ---- small text helpers ------------------------------------------------- */
+
+static int is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\f' || ch == '\v';
+}
+
+static int is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+
+static int is_alnum(char ch)
+{
+    return is_digit(ch) || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+static char lower(char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+}
+
+/* Shrinks [*s, *s + *n) to drop leading and trailing whitespace. */
+static void trim(const char **s, size_t *n)
+{
+    while (*n > 0 && is_space(**s)) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && is_space((*s)[*n - 1]))
+        (*n)--;
+}
+
+static int equals(const char *s, size_t n, const char *word)
+{
+    return strlen(word) == n && memcmp(s, word, n) == 0;
+}
+
+/* Parses a plain decimal number: digits only (no sign, no spaces, no
+ * suffix), at most UINT64_MAX. Returns 0, or -1 if S is not one. */
+static int parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (n == 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_digit(s[i]))
+            return -1;
+        unsigned d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- addresses ---------------------------------------------------------- */
+
+/* Splits "tcp://HOST:PORT" (HOST a name, an IPv4 address or a bracketed
+ * IPv6 address) into its host and port. Returns NULL when it is well formed,
+ * else what is wrong with it. */
+static const char *split_address(const char *s, size_t n, const char **host,
+                                 size_t *hostlen, uint32_t *port)
+{
+    static const char scheme[] = "tcp://";
+    const size_t slen = sizeof scheme - 1;
+    const char *h, *colon;
+    size_t hn;
+    uint64_t pv;
+
+    if (n < slen || memcmp(s, scheme, slen) != 0)
+        return "must start with tcp://";
+    h = s + slen;
+    n -= slen;
+    if (n > 0 && h[0] == '[') {
+        const char *close = memchr(h, ']', n);
+        if (close == NULL)
+            return "has '[' without ']'";
+        hn = (size_t)(close - h) - 1;
+        for (size_t i = 0; i < hn; i++) {
+            char ch = h[1 + i];
+            if (!is_digit(ch) && !(lower(ch) >= 'a' && lower(ch) <= 'f') &&
+                ch != ':' && ch != '.')
+                return "has a bad IPv6 host";
+        }
+        if (hn == 0)
+            return "has an empty host";
+        colon = close + 1;
+        if ((size_t)(colon - h) >= n || *colon != ':')
+            return "needs a :port after the host";
+        *host = h + 1;
+    } else {
+        colon = NULL;
+        for (size_t i = n; i > 0; i--)
+            if (h[i - 1] == ':') {
+                colon = h + i - 1;
+                break;
+            }
+        if (colon == NULL)
+            return "needs a :port after the host";
+        hn = (size_t)(colon - h);
+        if (hn == 0)
+            return "has an empty host";
+        if (hn > CONF_HOST_MAX)
+            return "has a host longer than 253 characters";
+        for (size_t i = 0; i < hn; i++)
+            if (!is_alnum(h[i]) && h[i] != '.' && h[i] != '-' && h[i] != '_')
+                return "has a host with characters other than "
+                       "A-Z a-z 0-9 . - _";
+        *host = h;
+    }
+    if (parse_u64(colon + 1, n - (size_t)(colon + 1 - h), &pv) != 0 || pv < 1 ||
+        pv > 65535)
+        return "needs a port of 1..65535";
+    *hostlen = hn;
+    *port = (uint32_t)pv;
+    return NULL;
+}
+
+/* Whether two valid addresses name the same host (case-insensitively) and
+ * port, so "tcp://Node:07101" and "tcp://node:7101" are one address. */
+static int same_address(const char *a, const char *b)
+{
+    const char *ha, *hb;
+    size_t na, nb;
+    uint32_t pa, pb;
+
+    if (split_address(a, strlen(a), &ha, &na, &pa) != NULL ||
+        split_address(b, strlen(b), &hb, &nb, &pb) != NULL)
+        return 0; /* defensive: only validated addresses are stored */
+    if (na != nb || pa != pb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (lower(ha[i]) != lower(hb[i]))
+            return 0;
+    return 1;
+}
+
+/* ---- keys --------------------------------------------------------------- */
+
+static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
+{
+    const struct key_def *d = &key_defs[k];
+    struct conf *c = p->c;
+    uint64_t x;
+
+    if (parse_u64(v, n, &x) != 0) {
+        int only_digits = 1;
+        for (size_t i = 0; i < n; i++)
+            only_digits &= is_digit(v[i]);
+        if (only_digits)
+            return fail(p, p->line,
+                        "%s: number '%s' is out of range %" PRIu64 "..%" PRIu64,
+                        d->name, show(p, v, n), d->min, d->max);
+        return fail(p, p->line,
+                    "%s: bad number '%s' (want plain decimal digits)", d->name,
+                    show(p, v, n));
+    }
+    if (x < d->min || x > d->max)
+        return fail(p, p->line,
+                    "%s = %" PRIu64 " is out of range %" PRIu64 "..%" PRIu64,
+                    d->name, x, d->min, d->max);
+    switch (k) {
+    case KEY_SHARDS:
+        c->shards = (uint32_t)x;
+        break;
+    case KEY_REPLICAS:
+        c->replicas = (uint32_t)x;
+        break;
+    case KEY_MAX_KEY_BYTES:
+        c->max_key_bytes = x;
+        break;
+    case KEY_MAX_VALUE_BYTES:
+        c->max_value_bytes = x;
+        break;
+    case KEY_MAX_MESSAGE_BYTES:
+        c->max_message_bytes = x;
+        break;
+    case KEY_REQUEST_TIMEOUT_MS:
+        c->request_timeout_ms = (uint32_t)x;
+        break;
+    case KEY_TXN_TIMEOUT_MS:
+        c->txn_timeout_ms = (uint32_t)x;
+        break;
+    default:
+        return fail(p, p->line, "internal: %s is not a number", d->name);
+    }
+    return KV_OK;
+}
+
+/* Replaces *slot by a copy of V. */
+static int replace(struct parser *p, char **slot, const char *v, size_t n)
+{
+    char *copy = strndup(v, n);
+    if (copy == NULL)
+        return fail_nomem(p);
+    free(*slot);
+    *slot = copy;
+    return KV_OK;
+}
+
+static int set_string(struct parser *p, enum key_id k, const char *v, size_t n)
+{
+    struct conf *c = p->c;
+
+    switch (k) {
+    case KEY_CLUSTER:
+        if (n > CONF_NAME_MAX)
+            return fail(p, p->line, "cluster name is longer than %d characters",
+                        CONF_NAME_MAX);
+        for (size_t i = 0; i < n; i++)
+            if (!is_alnum(v[i]) && v[i] != '_' && v[i] != '.' && v[i] != '-')
+                return fail(p, p->line,
+                            "cluster name '%s' may only contain A-Z a-z "
+                            "0-9 _ . -",
+                            show(p, v, n));
+        return replace(p, &c->cluster, v, n);
+    case KEY_DATA_DIR:
+        if (n > CONF_PATH_MAX)
+            return fail(p, p->line, "data_dir is longer than %d bytes",
+                        CONF_PATH_MAX);
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+                return fail(p, p->line,
+                            "data_dir contains a control character");
+        return replace(p, &c->data_dir, v, n);
+    case KEY_LOG_LEVEL:
+        for (size_t i = 0; i < sizeof log_levels / sizeof log_levels[0]; i++)
+            if (equals(v, n, log_levels[i]))
+                return replace(p, &c->log_level, v, n);
+        return fail(p, p->line,
+                    "log_level must be debug, info, warn or error, not '%s'",
+                    show(p, v, n));
+    default:
+        return fail(p, p->line, "internal: %s is not a string",
+                    key_defs[k].name);
+    }
+}
+
+static int find_key(const char *k, size_t n)
+{
+    for (int i = 0; i < KEY_COUNT; i++)
+        if (equals(k, n, key_defs[i].name))
+            return i;
+    return -1;
+}
+
+static int global_key(struct parser *p, const char *k, size_t kn, const char *v,
+                      size_t vn)
+{
+    int id = find_key(k, kn);
+
+    if (id < 0) {
+        if (equals(k, kn, "address"))
+            return fail(p, p->line,
+                        "key 'address' belongs in a [node ID] section");
+        return fail(p, p->line, "unknown key '%s'", show(p, k, kn));
+    }
+    if (p->key_line[id] != 0)
+        return fail(p, p->line, "duplicate key '%s' (first set at line %u)",
+                    key_defs[id].name, p->key_line[id]);
+    p->key_line[id] = p->line;
+    if (key_defs[id].is_number)
+        return set_number(p, (enum key_id)id, v, vn);
+    return set_string(p, (enum key_id)id, v, vn);
+}
+
+static int node_key(struct parser *p, const char *k, size_t kn, const char *v,
+                    size_t vn)
+{
+    size_t i = p->section - 1;
+    struct conf_node *node = &p->c->nodes[i];
+    const char *host, *why;
+    size_t hostlen;
+    uint32_t port;
+
+    if (!equals(k, kn, "address")) {
+        if (find_key(k, kn) >= 0)
+            return fail(p, p->line,
+                        "key '%s' must come before the first [node ID] section",
+                        show(p, k, kn));
+        return fail(p, p->line, "unknown key '%s' in [node %" PRIu32 "]",
+                    show(p, k, kn), node->id);
+    }
+    if (node->address != NULL)
+        return fail(p, p->line,
+                    "duplicate key 'address' in [node %" PRIu32
+                    "] (first set at line %u)",
+                    node->id, p->addr_line[i]);
+    why = split_address(v, vn, &host, &hostlen, &port);
+    if (why != NULL)
+        return fail(p, p->line, "address '%s' %s (the form is tcp://HOST:PORT)",
+                    show(p, v, vn), why);
+    if (replace(p, &node->address, v, vn) != KV_OK)
+        return KV_ENOMEM;
+    p->addr_line[i] = p->line;
+    for (size_t j = 0; j < p->c->nnodes; j++)
+        if (j != i && p->c->nodes[j].address != NULL &&
+            same_address(p->c->nodes[j].address, node->address))
+            return fail(p, p->line,
+                        "address %s of node %" PRIu32
+                        " is already used by node %" PRIu32 " (line %u)",
+                        node->address, node->id, p->c->nodes[j].id,
+                        p->addr_line[j]);
+    return KV_OK;
+}
+
+/* ---- sections and lines ------------------------------------------------- */
+
+/* "[node ID]": S..S+N is the text between the brackets, trimmed. */
+static int parse_section(struct parser *p, const char *s, size_t n)
+{
+    struct conf *c = p->c;
+    uint64_t id;
+
+    if (!(n >= 4 && memcmp(s, "node", 4) == 0 && (n == 4 || is_space(s[4]))))
+        return fail(p, p->line,
+                    "unknown section '[%s]' (the only section is [node ID])",
+                    show(p, s, n));
+    s += 4;
+    n -= 4;
+    trim(&s, &n);
+    if (n == 0)
+        return fail(p, p->line, "missing node id in [node ID]");
+    if (parse_u64(s, n, &id) != 0 || id < 1 || id > 65535)
+        return fail(p, p->line, "bad node id '%s' (want 1..65535)",
+                    show(p, s, n));
+    for (size_t i = 0; i < c->nnodes; i++)
+        if (c->nodes[i].id == id)
+            return fail(p, p->line,
+                        "duplicate node %" PRIu64 " (first at line %u)", id,
+                        p->node_line[i]);
+    if (c->nnodes == CONF_MAX_NODES)
+        return fail(p, p->line, "too many nodes (at most %d)", CONF_MAX_NODES);
+    if (c->nnodes == p->cap) {
+        size_t ncap = p->cap == 0 ? 8 : p->cap * 2;
+        struct conf_node *nn;
+        if (ncap > CONF_MAX_NODES)
+            ncap = CONF_MAX_NODES;
+        nn = realloc(c->nodes, ncap * sizeof *nn);
+        if (nn == NULL)
+            return fail_nomem(p);
+        c->nodes = nn;
+        p->cap = ncap;
+    }
+    c->nodes[c->nnodes].id = (uint32_t)id;
+    c->nodes[c->nnodes].address = NULL;
+    p->node_line[c->nnodes] = p->line;
+    p->addr_line[c->nnodes] = 0;
+    c->nnodes++;
+    p->section = c->nnodes;
+    return KV_OK;
+}
+
+static int parse_line(struct parser *p, const char *s, size_t n)
+{
+    const char *hash, *eq, *k, *v;
+    size_t kn, vn;
+
+    if (memchr(s, '\0', n) != NULL)
+        return fail(p, p->line, "NUL byte in line");
+    hash = memchr(s, '#', n);
+    if (hash != NULL)
+        n = (size_t)(hash - s);
+    trim(&s, &n);
+    if (n == 0)
+        return KV_OK;
+    if (s[0] == '[') {
+        if (s[n - 1] != ']')
+            return fail(p, p->line, "section header '%s' has no closing ']'",
+                        show(p, s, n));
+        s++;
+        n -= 2;
+        trim(&s, &n);
+        return parse_section(p, s, n);
+    }
+    eq = memchr(s, '=', n);
+    if (eq == NULL)
+        return fail(p, p->line,
+                    "expected 'key = value' or '[node ID]', got '%s'",
+                    show(p, s, n));
+    k = s;
+    kn = (size_t)(eq - s);
+    v = eq + 1;
+    vn = n - kn - 1;
+    trim(&k, &kn);
+    trim(&v, &vn);
+    if (kn == 0)
+        return fail(p, p->line, "missing key before '='");
+    if (vn == 0)
+        return fail(p, p->line, "empty value for key '%s'", show(p, k, kn));
+    if (p->section == 0)
+        return global_key(p, k, kn, v, vn);
+    return node_key(p, k, kn, v, vn);
+}
+
+static int node_cmp(const void *a, const void *b)
+{
+    uint32_t x = ((const struct conf_node *)a)->id;
+    uint32_t y = ((const struct conf_node *)b)->id;
+    return (x > y) - (x < y);
+}
+
+/* Checks what only the whole file can tell, then sorts the nodes. */
+static int finish(struct parser *p)
+{
+    struct conf *c = p->c;
+    uint64_t need;
+
+    if (p->key_line[KEY_CLUSTER] == 0)
+        return fail(p, 0, "missing required key 'cluster'");
+    if (c->nnodes == 0)
+        return fail(p, 0,
+                    "no nodes: at least one [node ID] section with an address "
+                    "is required");
+    for (size_t i = 0; i < c->nnodes; i++)
+        if (c->nodes[i].address == NULL)
+            return fail(p, p->node_line[i],
+                        "node %" PRIu32
+                        " has no address (add 'address = tcp://HOST:PORT')",
+                        c->nodes[i].id);
+    if (c->replicas > c->nnodes) {
+        if (p->key_line[KEY_REPLICAS] != 0)
+            return fail(p, p->key_line[KEY_REPLICAS],
+                        "replicas = %" PRIu32
+                        " exceeds the number of nodes (%zu)",
+                        c->replicas, c->nnodes);
+        c->replicas = (uint32_t)c->nnodes; /* only the default is clamped */
+    }
+    need = c->max_key_bytes + c->max_value_bytes + CONF_MESSAGE_SLACK;
+    if (c->max_message_bytes < need) {
+        unsigned at = p->key_line[KEY_MAX_MESSAGE_BYTES];
+        if (p->key_line[KEY_MAX_KEY_BYTES] > at)
+            at = p->key_line[KEY_MAX_KEY_BYTES];
+        if (p->key_line[KEY_MAX_VALUE_BYTES] > at)
+            at = p->key_line[KEY_MAX_VALUE_BYTES];
+        return fail(p, at,
+                    "max_message_bytes = %" PRIu64
+                    " is too small: it must be at least max_key_bytes + "
+                    "max_value_bytes + %u = %" PRIu64,
+                    c->max_message_bytes, CONF_MESSAGE_SLACK, need);
+    }
+    qsort(c->nodes, c->nnodes, sizeof *c->nodes, node_cmp);
+    return KV_OK;
+}
+
+static int parse_all(struct parser *p, const char *text, size_t len)
+{
+    size_t pos = 0;
+    int rc = KV_OK;
+
+    if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+        pos = 3; /* a UTF-8 byte order mark some editors write */
+    while (pos < len) {
+        const char *s = text + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t n = nl != NULL ? (size_t)(nl - s) : len - pos;
+        pos += n + (nl != NULL);
+        p->line++;
+        rc = parse_line(p, s, n);
+        if (rc != KV_OK)
+            goto out;
+    }
+    rc = finish(p);
+out:
+    return rc;
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+/* Parses TEXT; see conf.h. Returns KV_OK, KV_EINVAL with "NAME:LINE: problem"
+ * in ERR, or KV_ENOMEM. *out is only written on KV_OK. */
+int conf_parse(const char *text, size_t len, const char *name,
+               struct conf **out, char *err, size_t errlen)
+{
+    struct parser *p = NULL;
+    struct conf *c = NULL;
+    int rc;
+
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s: out of memory", name ? name : "-");
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    p->name = name != NULL ? name : "-";
+    p->err = err;
+    p->errlen = errlen;
+    if (out == NULL || (text == NULL && len > 0)) {
+        rc = fail(p, 0, "conf_parse: no text or no output");
+        goto free_parser;
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        rc = fail_nomem(p);
+        goto free_parser;
+    }
+    p->c = c;
+    c->shards = 8;
+    c->replicas = 3;
+    c->max_key_bytes = 4096;
+    c->max_value_bytes = 1048576;
+    c->max_message_bytes = 4194304;
+    c->request_timeout_ms = 5000;
+    c->txn_timeout_ms = 5000;
+    c->path = strdup("");
+    c->data_dir = strdup("data");
+    c->log_level = strdup("info");
+    if (c->path == NULL || c->data_dir == NULL || c->log_level == NULL) {
+        rc = fail_nomem(p);
+        goto free_conf;
+    }
+    rc = parse_all(p, text, len);
+    if (rc != KV_OK)
+        goto free_conf;
+    *out = c;
+    c = NULL;
+free_conf:
+    conf_free(c);
+free_parser:
+    free(p);
+out:
+    return rc;
+}
+
+static int io_error(const char *path, int e, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+    return KV_EIO;
+}
+
+/* Reads all of PATH into a new buffer *text (not NUL-terminated). */
+static int read_file(const char *path, char **text, size_t *len, char *err,
+                     size_t errlen)
+{
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    int rc = KV_OK;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        rc = io_error(path, errno, err, errlen);
+        goto out;
+    }
+    for (;;) {
+        ssize_t r;
+        if (n == cap) {
+            size_t ncap = cap == 0 ? 4096 : cap * 2;
+            char *nb;
+            if (cap > CONF_FILE_LIMIT) {
+                if (err != NULL && errlen > 0)
+                    snprintf(err, errlen,
+                             "%s:0: file is larger than the 1 MiB limit of a "
+                             "config file",
+                             path);
+                rc = KV_EINVAL;
+                goto free_buf;
+            }
+            if (ncap > CONF_FILE_LIMIT + 1)
+                ncap = CONF_FILE_LIMIT + 1;
+            nb = realloc(buf, ncap);
+            if (nb == NULL) {
+                if (err != NULL && errlen > 0)
+                    snprintf(err, errlen, "%s: out of memory", path);
+                rc = KV_ENOMEM;
+                goto free_buf;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = io_error(path, errno, err, errlen);
+            goto free_buf;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    *text = buf;
+    *len = n;
+    buf = NULL;
+free_buf:
+    free(buf);
+    close(fd);
+out:
+    return rc;
+}
+
+/* Rewrites an absolute path without empty, "." and ".." parts, lexically
+ * (as Go's filepath.Clean does), so the folders need not exist yet. */
+static char *clean_path(const char *in)
+{
+    size_t o = 0;
+    char *out = malloc(strlen(in) + 2);
+
+    if (out == NULL)
+        return NULL;
+    out[o++] = '/';
+    while (*in != '\0') {
+        const char *seg;
+        size_t n;
+        while (*in == '/')
+            in++;
+        seg = in;
+        while (*in != '\0' && *in != '/')
+            in++;
+        n = (size_t)(in - seg);
+        if (n == 0 || (n == 1 && seg[0] == '.'))
+            continue;
+        if (n == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (o > 1 && out[o - 1] != '/')
+                o--;
+            if (o > 1)
+                o--;
+            continue;
+        }
+        if (o > 1)
+            out[o++] = '/';
+        memcpy(out + o, seg, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* The current directory in a new string, or NULL with errno set. */
+static char *current_dir(void)
+{
+    size_t cap = 256;
+    char *buf = NULL;
+
+    while (cap <= 65536) {
+        char *nb = realloc(buf, cap);
+        if (nb == NULL)
+            break;
+        buf = nb;
+        if (getcwd(buf, cap) != NULL)
+            return buf;
+        if (errno != ERANGE)
+            break;
+        cap *= 2;
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Makes c->data_dir absolute and clean. A relative one is joined to the
+ * folder of PATH (itself joined to the current directory when relative);
+ * "." and ".." are resolved lexically, so the folders need not exist. */
+static int resolve_data_dir(struct conf *c, const char *path, char *err,
+                            size_t errlen)
+{
+    char *cwd = NULL, *joined = NULL, *clean = NULL;
+    const char *slash = strrchr(path, '/');
+    size_t dirlen = slash == NULL ? 0 : (size_t)(slash - path) + 1;
+    int rc = KV_OK;
+
+    if (c->data_dir[0] == '/') {
+        clean = clean_path(c->data_dir);
+        if (clean == NULL)
+            goto nomem;
+        goto done;
+    }
+    if (path[0] != '/') {
+        cwd = current_dir();
+        if (cwd == NULL) {
+            rc = io_error(path, errno, err, errlen);
+            goto free_all;
+        }
+    }
+    /* CWD "/" PATH's folder including its last '/' DATA_DIR */
+    joined = malloc((cwd != NULL ? strlen(cwd) + 1 : 0) + dirlen +
+                    strlen(c->data_dir) + 1);
+    if (joined == NULL)
+        goto nomem;
+    joined[0] = '\0';
+    if (cwd != NULL) {
+        strcat(joined, cwd);
+        strcat(joined, "/");
+    }
+    strncat(joined, path, dirlen);
+    strcat(joined, c->data_dir);
+    clean = clean_path(joined);
+    if (clean == NULL)
+        goto nomem;
+done:
+    free(c->data_dir);
+    c->data_dir = clean;
+    goto free_all;
+nomem:
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s: out of memory", path);
+    rc = KV_ENOMEM;
+free_all:
+    free(joined);
+    free(cwd);
+    return rc;
+}
+
+/* Reads and parses PATH; see conf.h. On KV_OK c->path is a copy of PATH and
+ * c->data_dir is absolute. Returns KV_EIO ("PATH: reason") when the file
+ * (or the current directory, for a relative PATH) cannot be read, KV_EINVAL for
+ * a bad or over-1-MiB file, KV_ENOMEM. *out is only written on KV_OK. */
+int conf_load(const char *path, struct conf **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    struct conf *c = NULL;
+    char *copy;
+    int rc;
+
+    if (path == NULL || out == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "conf_load: no path or no output");
+        rc = KV_EINVAL;
+        goto out;
+    }
+    rc = read_file(path, &text, &len, err, errlen);
+    if (rc != KV_OK)
+        goto out;
+    rc = conf_parse(text, len, path, &c, err, errlen);
+    if (rc != KV_OK)
+        goto free_text;
+    copy = strdup(path);
+    if (copy == NULL) {
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "%s: out of memory", path);
+        rc = KV_ENOMEM;
+        goto free_conf;
+    }
+    free(c->path);
+    c->path = copy;
+    rc = resolve_data_dir(c, path, err, errlen);
+    if (rc != KV_OK)
+        goto free_conf;
+    *out = c;
+    c = NULL;
+free_conf:
+    conf_free(c);
+free_text:
+    free(text);
+out:
+    return rc;
+}
+
+/* Frees C and everything it owns. NULL is a no-op. */
+void conf_free(struct conf *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < c->nnodes; i++)
+        free(c->nodes[i].address);
+    free(c->nodes);
+    free(c->path);
+    free(c->cluster);
+    free(c->data_dir);
+    free(c->log_level);
+    free(c);
+}
+
+/* The node with id ID, or NULL. The pointer is owned by C. */
+const struct conf_node *conf_node_by_id(const struct conf *c, uint32_t id)
+{
+    size_t lo = 0, hi;
+
+    if (c == NULL)
+        return NULL;
+    hi = c->nnodes;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->nodes[mid].id == id)
+            return &c->nodes[mid];
+        if (c->nodes[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* The index in c->nodes of replica R of SHARD: (shard + r) mod nnodes.
+ * Returns 0 for a conf without nodes (which conf_parse never returns). */
+size_t conf_replica(const struct conf *c, uint32_t shard, uint32_t r)
+{
+    if (c == NULL || c->nnodes == 0)
+        return 0;
+    return (size_t)(((uint64_t)shard + r) % c->nnodes);
+}

@@ -1,0 +1,63 @@
+/*
+ * conf - the cluster.conf parser.
+ *
+ * A cluster.conf is an INI-style file: global "key = value" lines, then one
+ * "[node ID]" section per node with its address. Comments start with '#'.
+ * Every error names the file, the line and the problem; unknown keys,
+ * duplicate keys or nodes, and out-of-range values are errors. This module
+ * only parses and validates: it opens no sockets and creates no files.
+ */
+#ifndef KV_CONF_H
+#define KV_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONF_MAX_NODES 256
+#define CONF_MAX_SHARDS 4096
+#define CONF_KEY_LIMIT 4096                  /* hard cap on max_key_bytes */
+#define CONF_VALUE_LIMIT (64u * 1024 * 1024) /* hard cap on max_value_bytes */
+
+struct conf_node {
+    uint32_t id;   /* 1..65535, unique */
+    char *address; /* "tcp://host:port" */
+};
+
+struct conf {
+    char *path;     /* the file it was read from ("" when parsed from text) */
+    char *cluster;  /* cluster name, stored in every node's metadata */
+    uint32_t shards;
+    uint32_t replicas; /* clamped to nnodes by conf_parse */
+    char *data_dir;    /* absolute, or relative to the config file's folder */
+    struct conf_node *nodes; /* sorted by id */
+    size_t nnodes;
+    uint64_t max_key_bytes;
+    uint64_t max_value_bytes;
+    uint64_t max_message_bytes;
+    uint32_t request_timeout_ms; /* client default per-call timeout */
+    uint32_t txn_timeout_ms;
+    char *log_level; /* "debug", "info", "warn" or "error" */
+};
+
+/* Parses TEXT (LEN bytes) read from a file named NAME (used in errors).
+ * On KV_OK *out is a new conf freed with conf_free(). On error returns
+ * KV_EINVAL and writes "NAME:LINE: problem" into ERR (ERRLEN bytes). */
+int conf_parse(const char *text, size_t len, const char *name,
+               struct conf **out, char *err, size_t errlen);
+
+/* Reads and parses the file PATH. A relative data_dir is resolved against the
+ * folder of PATH. Errors as conf_parse(), plus KV_EIO if PATH cannot be read. */
+int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
+
+/* Frees a conf. NULL is a no-op. */
+void conf_free(struct conf *c);
+
+/* The node with id ID, or NULL. */
+const struct conf_node *conf_node_by_id(const struct conf *c, uint32_t id);
+
+/* The index in c->nodes of replica R (0 = the first, which serves the shard
+ * until replication lands) of SHARD: placement is (shard + r) mod nnodes over
+ * the nodes sorted by id, a pure function every node and client agrees on. */
+size_t conf_replica(const struct conf *c, uint32_t shard, uint32_t r);
+
+#endif

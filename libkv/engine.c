@@ -1,0 +1,614 @@
+/*
+ * engine - the shard state machine (see engine.h).
+ *
+ * Staged writes live in one store batch plus an overlay: a small hash table
+ * from (shard, key) to the version a staged write left (0 = deleted), so
+ * that conditions evaluated before the next commit see every earlier staged
+ * write. Committed reads never look at the overlay.
+ */
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv.h"
+#include "store.h"
+
+#define REC_TAG 0x01
+#define REC_HDR 9 /* tag + u64 version */
+#define PREFIX_LEN 5 /* 'D' + u32 shard */
+
+struct overlay_slot {
+    unsigned char *key; /* store key ("D" shard key); NULL = empty slot */
+    size_t klen;
+    uint64_t version; /* 0: the staged write deleted the key */
+};
+
+/* What the "A" record of a shard holds: its last version and key count. */
+struct shard_state {
+    uint64_t version;
+    uint64_t keys;
+};
+
+/* A generation of staged writes: the batch and the overlay that mirrors it. */
+struct gen {
+    struct store_batch *batch;
+    size_t nstaged;
+    struct overlay_slot *slots;
+    size_t nslots; /* power of two */
+    size_t used;
+};
+
+struct engine {
+    struct store *store;
+    uint32_t nshards;
+    struct shard_state *applied;  /* per shard: as committed */
+    struct shard_state *staged;   /* per shard: after the last staged write */
+    struct shard_state *flushing; /* per shard: as the flushing gen leaves it */
+    struct gen gens[2];
+    struct gen *cur;      /* where engine_stage() adds writes */
+    struct gen *inflight; /* between commit_begin and commit_end, or NULL */
+    unsigned char *scratch;
+    size_t scratch_cap;
+};
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Makes sure the scratch buffer holds N bytes. */
+static int scratch_reserve(struct engine *e, size_t n)
+{
+    if (n <= e->scratch_cap)
+        return KV_OK;
+    size_t cap = e->scratch_cap ? e->scratch_cap : 256;
+    while (cap < n)
+        cap *= 2;
+    unsigned char *p = realloc(e->scratch, cap);
+    if (!p)
+        return KV_ENOMEM;
+    e->scratch = p;
+    e->scratch_cap = cap;
+    return KV_OK;
+}
+
+/* Builds "D" shard key into a malloc()ed buffer. */
+static unsigned char *data_key(uint32_t shard, const void *key, size_t klen,
+                               size_t *out_len)
+{
+    unsigned char *k = malloc(PREFIX_LEN + klen);
+    if (!k)
+        return NULL;
+    k[0] = 'D';
+    put_u32(k + 1, shard);
+    if (klen)
+        memcpy(k + PREFIX_LEN, key, klen);
+    *out_len = PREFIX_LEN + klen;
+    return k;
+}
+
+static void applied_key(uint32_t shard, unsigned char out[5])
+{
+    out[0] = 'A';
+    put_u32(out + 1, shard);
+}
+
+/* Decodes a stored record. Returns KV_ECORRUPT when it is not one. */
+static int decode_record(const unsigned char *rec, size_t len,
+                         uint64_t *version, const unsigned char **val,
+                         size_t *vlen)
+{
+    if (len < REC_HDR || rec[0] != REC_TAG)
+        return KV_ECORRUPT;
+    *version = get_u64(rec + 1);
+    *val = rec + REC_HDR;
+    *vlen = len - REC_HDR;
+    return *version ? KV_OK : KV_ECORRUPT;
+}
+
+/* --- overlay ---------------------------------------------------------- */
+
+static uint64_t hash_bytes(const unsigned char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static struct overlay_slot *overlay_find(struct gen *g,
+                                         const unsigned char *key, size_t klen)
+{
+    size_t mask = g->nslots - 1;
+    size_t i = (size_t)hash_bytes(key, klen) & mask;
+    for (;;) {
+        struct overlay_slot *s = &g->slots[i];
+        if (!s->key || (s->klen == klen && memcmp(s->key, key, klen) == 0))
+            return s;
+        i = (i + 1) & mask;
+    }
+}
+
+static int overlay_grow(struct gen *g)
+{
+    size_t n = g->nslots * 2;
+    struct overlay_slot *old = g->slots;
+    size_t oldn = g->nslots;
+    struct overlay_slot *slots = calloc(n, sizeof(*slots));
+    if (!slots)
+        return KV_ENOMEM;
+    g->slots = slots;
+    g->nslots = n;
+    for (size_t i = 0; i < oldn; i++) {
+        if (old[i].key)
+            *overlay_find(g, old[i].key, old[i].klen) = old[i];
+    }
+    free(old);
+    return KV_OK;
+}
+
+/* Records that KEY (a store key, whose ownership passes to the overlay when
+ * the slot is new) now has VERSION. Frees KEY if the slot existed. */
+static void overlay_set(struct gen *g, struct overlay_slot *s,
+                        unsigned char *key, size_t klen, uint64_t version)
+{
+    if (s->key) {
+        free(key);
+    } else {
+        s->key = key;
+        s->klen = klen;
+        g->used++;
+    }
+    s->version = version;
+}
+
+/* Empties a generation: its batch and its overlay. */
+static void gen_clear(struct gen *g)
+{
+    for (size_t i = 0; i < g->nslots && g->used; i++) {
+        if (g->slots[i].key) {
+            free(g->slots[i].key);
+            g->slots[i].key = NULL;
+            g->used--;
+        }
+    }
+    g->used = 0;
+    g->nstaged = 0;
+    if (g->batch)
+        store_batch_clear(g->batch);
+}
+
+static int gen_init(struct gen *g)
+{
+    g->batch = store_batch_new();
+    g->nslots = 64;
+    g->slots = calloc(g->nslots, sizeof(*g->slots));
+    return g->batch && g->slots ? KV_OK : KV_ENOMEM;
+}
+
+static void gen_release(struct gen *g)
+{
+    if (g->slots)
+        gen_clear(g);
+    free(g->slots);
+    store_batch_free(g->batch);
+}
+
+/* --- open / close ------------------------------------------------------- */
+
+int engine_open(struct store *s, uint32_t nshards, struct engine **out)
+{
+    int rc = KV_ENOMEM;
+    struct engine *e = calloc(1, sizeof(*e));
+    if (!e)
+        return KV_ENOMEM;
+    e->store = s;
+    e->nshards = nshards;
+    e->applied = calloc(nshards, sizeof(*e->applied));
+    e->staged = calloc(nshards, sizeof(*e->staged));
+    e->flushing = calloc(nshards, sizeof(*e->flushing));
+    e->cur = &e->gens[0];
+    if (!e->applied || !e->staged || !e->flushing ||
+        gen_init(&e->gens[0]) != KV_OK || gen_init(&e->gens[1]) != KV_OK)
+        goto fail;
+    for (uint32_t i = 0; i < nshards; i++) {
+        unsigned char k[5];
+        void *v = NULL;
+        size_t vlen = 0;
+        applied_key(i, k);
+        rc = store_get(s, k, sizeof(k), &v, &vlen);
+        if (rc == KV_ENOTFOUND)
+            continue;
+        if (rc != KV_OK)
+            goto fail;
+        if (vlen != 16) {
+            free(v);
+            rc = KV_ECORRUPT;
+            goto fail;
+        }
+        e->applied[i].version = get_u64(v);
+        e->applied[i].keys = get_u64((unsigned char *)v + 8);
+        e->staged[i] = e->applied[i];
+        free(v);
+    }
+    *out = e;
+    return KV_OK;
+fail:
+    engine_close(e);
+    return rc;
+}
+
+void engine_close(struct engine *e)
+{
+    if (!e)
+        return;
+    gen_release(&e->gens[0]);
+    gen_release(&e->gens[1]);
+    free(e->applied);
+    free(e->staged);
+    free(e->flushing);
+    free(e->scratch);
+    free(e);
+}
+
+/* Reads metadata NAME; compares with WANT or writes it into the batch. */
+static int meta_check_one(struct engine *e, struct store_batch *b,
+                          const char *name, const char *want, int *writes,
+                          char *err, size_t errlen)
+{
+    char key[64];
+    int klen = snprintf(key, sizeof(key), "M%s", name);
+    void *v = NULL;
+    size_t vlen = 0;
+    int rc = store_get(e->store, key, (size_t)klen, &v, &vlen);
+    if (rc == KV_ENOTFOUND) {
+        store_batch_put(b, key, (size_t)klen, want, strlen(want));
+        (*writes)++;
+        return KV_OK;
+    }
+    if (rc != KV_OK) {
+        snprintf(err, errlen, "cannot read metadata %s: %s", name,
+                 kv_strerror(rc));
+        return rc;
+    }
+    if (vlen != strlen(want) || memcmp(v, want, vlen) != 0) {
+        snprintf(err, errlen,
+                 "data directory belongs to %s \"%.*s\", not \"%s\"", name,
+                 (int)(vlen > 200 ? 200 : vlen), (const char *)v, want);
+        free(v);
+        return KV_EINVAL;
+    }
+    free(v);
+    return KV_OK;
+}
+
+int engine_check_meta(struct engine *e, const char *cluster, uint32_t node_id,
+                      char *err, size_t errlen)
+{
+    char node[16], shards[16];
+    snprintf(node, sizeof(node), "%u", node_id);
+    snprintf(shards, sizeof(shards), "%u", e->nshards);
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    int writes = 0;
+    int rc = meta_check_one(e, b, "format", "1", &writes, err, errlen);
+    if (rc == KV_OK)
+        rc = meta_check_one(e, b, "cluster", cluster, &writes, err, errlen);
+    if (rc == KV_OK)
+        rc = meta_check_one(e, b, "node", node, &writes, err, errlen);
+    if (rc == KV_OK)
+        rc = meta_check_one(e, b, "shards", shards, &writes, err, errlen);
+    if (rc == KV_OK && writes)
+        rc = store_write(e->store, b, true);
+    store_batch_free(b);
+    return rc;
+}
+
+/* --- reads -------------------------------------------------------------- */
+
+int engine_get(struct engine *e, uint32_t shard, const void *key, size_t klen,
+               void **val, size_t *vlen, uint64_t *version)
+{
+    if (shard >= e->nshards)
+        return KV_EINVAL;
+    size_t dlen;
+    unsigned char *dk = data_key(shard, key, klen, &dlen);
+    if (!dk)
+        return KV_ENOMEM;
+    void *rec = NULL;
+    size_t rlen = 0;
+    int rc = store_get(e->store, dk, dlen, &rec, &rlen);
+    free(dk);
+    if (rc != KV_OK)
+        return rc;
+    uint64_t ver;
+    const unsigned char *v;
+    size_t n;
+    rc = decode_record(rec, rlen, &ver, &v, &n);
+    if (rc != KV_OK)
+        goto out;
+    if (val) {
+        void *copy = NULL;
+        if (n) {
+            copy = malloc(n);
+            if (!copy) {
+                rc = KV_ENOMEM;
+                goto out;
+            }
+            memcpy(copy, v, n);
+        }
+        *val = copy;
+    }
+    if (vlen)
+        *vlen = n;
+    if (version)
+        *version = ver;
+out:
+    free(rec);
+    return rc;
+}
+
+/* The latest version of a store key, staged writes included (0: absent). */
+static int latest_version(struct engine *e, const unsigned char *dk,
+                          size_t dlen, struct overlay_slot *slot,
+                          uint64_t *version)
+{
+    if (slot->key) {
+        *version = slot->version;
+        return KV_OK;
+    }
+    if (e->inflight) {
+        struct overlay_slot *f = overlay_find(e->inflight, dk, dlen);
+        if (f->key) {
+            *version = f->version;
+            return KV_OK;
+        }
+    }
+    void *rec = NULL;
+    size_t rlen = 0;
+    int rc = store_get(e->store, dk, dlen, &rec, &rlen);
+    if (rc == KV_ENOTFOUND) {
+        *version = 0;
+        return KV_OK;
+    }
+    if (rc != KV_OK)
+        return rc;
+    const unsigned char *v;
+    size_t n;
+    rc = decode_record(rec, rlen, version, &v, &n);
+    free(rec);
+    return rc;
+}
+
+/* --- writes ------------------------------------------------------------- */
+
+int engine_stage(struct engine *e, const struct engine_write *w,
+                 uint64_t *version)
+{
+    if (w->shard >= e->nshards)
+        return KV_EINVAL;
+    struct gen *g = e->cur;
+    if (g->used * 2 >= g->nslots && overlay_grow(g) != KV_OK)
+        return KV_ENOMEM;
+    size_t dlen;
+    unsigned char *dk = data_key(w->shard, w->key, w->klen, &dlen);
+    if (!dk)
+        return KV_ENOMEM;
+    struct overlay_slot *slot = overlay_find(g, dk, dlen);
+    int rc = KV_OK;
+    uint64_t cur = 0;
+    /* Always read: the shard's key count depends on whether KEY exists. */
+    rc = latest_version(e, dk, dlen, slot, &cur);
+    if (rc != KV_OK)
+        goto fail;
+    if (w->if_version && cur != w->if_version) {
+        rc = KV_ECONFLICT;
+        goto fail;
+    }
+    if (w->op == ENGINE_PUT && w->if_absent && cur != 0) {
+        rc = KV_ECONFLICT;
+        goto fail;
+    }
+    if (w->op == ENGINE_DEL && cur == 0) {
+        rc = KV_ENOTFOUND;
+        goto fail;
+    }
+
+    struct shard_state *st = &e->staged[w->shard];
+    uint64_t ver = st->version + 1;
+    if (w->op == ENGINE_PUT) {
+        rc = scratch_reserve(e, REC_HDR + w->vlen);
+        if (rc != KV_OK)
+            goto fail;
+        e->scratch[0] = REC_TAG;
+        put_u64(e->scratch + 1, ver);
+        if (w->vlen)
+            memcpy(e->scratch + REC_HDR, w->val, w->vlen);
+        store_batch_put(g->batch, dk, dlen, e->scratch, REC_HDR + w->vlen);
+    } else {
+        store_batch_del(g->batch, dk, dlen);
+    }
+    st->version = ver;
+    if (w->op == ENGINE_PUT && cur == 0)
+        st->keys++;
+    else if (w->op == ENGINE_DEL)
+        st->keys--;
+    unsigned char ak[5], av[16];
+    applied_key(w->shard, ak);
+    put_u64(av, st->version);
+    put_u64(av + 8, st->keys);
+    store_batch_put(g->batch, ak, sizeof(ak), av, sizeof(av));
+    g->nstaged++;
+    overlay_set(g, slot, dk, dlen, w->op == ENGINE_PUT ? ver : 0);
+    *version = w->op == ENGINE_PUT ? ver : 0;
+    return KV_OK;
+fail:
+    free(dk);
+    return rc;
+}
+
+bool engine_has_staged(const struct engine *e)
+{
+    return e->cur->nstaged > 0;
+}
+
+struct store_batch *engine_commit_begin(struct engine *e)
+{
+    if (e->inflight || !e->cur->nstaged)
+        return NULL;
+    e->inflight = e->cur;
+    e->cur = e->cur == &e->gens[0] ? &e->gens[1] : &e->gens[0];
+    memcpy(e->flushing, e->staged, e->nshards * sizeof(*e->staged));
+    return e->inflight->batch;
+}
+
+void engine_commit_end(struct engine *e, int rc)
+{
+    if (!e->inflight)
+        return;
+    if (rc == KV_OK) {
+        memcpy(e->applied, e->flushing, e->nshards * sizeof(*e->applied));
+    } else {
+        /* Later staged writes were evaluated against the failed ones:
+         * drop them too, so that nothing depends on a write that failed. */
+        memcpy(e->staged, e->applied, e->nshards * sizeof(*e->staged));
+        gen_clear(e->cur);
+    }
+    gen_clear(e->inflight);
+    e->inflight = NULL;
+}
+
+int engine_commit(struct engine *e)
+{
+    struct store_batch *b = engine_commit_begin(e);
+    if (!b)
+        return KV_OK;
+    int rc = store_write(e->store, b, true);
+    engine_commit_end(e, rc);
+    return rc;
+}
+
+/* --- scans -------------------------------------------------------------- */
+
+static int cmp_bytes(const void *a, size_t alen, const void *b, size_t blen)
+{
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
+}
+
+/* Whether user key K (KLEN) is inside the scan's range (not the cursor). */
+static int in_range(const struct engine_scan *sc, const unsigned char *k,
+                    size_t klen)
+{
+    if (sc->prefix_len &&
+        (klen < sc->prefix_len || memcmp(k, sc->prefix, sc->prefix_len) != 0))
+        return 0;
+    if (sc->end_len && cmp_bytes(k, klen, sc->end, sc->end_len) >= 0)
+        return 0;
+    return 1;
+}
+
+int engine_scan(struct engine *e, const struct engine_scan *sc,
+                engine_emit_fn emit, void *arg, bool *more)
+{
+    if (sc->shard >= e->nshards)
+        return KV_EINVAL;
+    if (more)
+        *more = false;
+    /* Seek to the greatest of start, prefix and the cursor. */
+    const void *lo = sc->start;
+    size_t lolen = sc->start_len;
+    if (sc->prefix_len && cmp_bytes(sc->prefix, sc->prefix_len, lo, lolen) > 0) {
+        lo = sc->prefix;
+        lolen = sc->prefix_len;
+    }
+    if (sc->has_after && cmp_bytes(sc->after, sc->after_len, lo, lolen) >= 0) {
+        lo = sc->after;
+        lolen = sc->after_len;
+    }
+    size_t seek_len;
+    unsigned char *seek = data_key(sc->shard, lo, lolen, &seek_len);
+    if (!seek)
+        return KV_ENOMEM;
+    struct store_iter *it = store_iter_new(e->store);
+    if (!it) {
+        free(seek);
+        return KV_ENOMEM;
+    }
+    int rc = KV_OK;
+    uint64_t n = 0;
+    for (store_iter_seek(it, seek, seek_len); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen, rlen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen < PREFIX_LEN || memcmp(k, seek, PREFIX_LEN) != 0)
+            break; /* past the shard */
+        const unsigned char *uk = k + PREFIX_LEN;
+        size_t uklen = klen - PREFIX_LEN;
+        if (sc->has_after &&
+            cmp_bytes(uk, uklen, sc->after, sc->after_len) <= 0)
+            continue;
+        if (!in_range(sc, uk, uklen))
+            break; /* keys are ordered: nothing later is in range either */
+        if (sc->limit && n == sc->limit) {
+            if (more)
+                *more = true;
+            break;
+        }
+        const unsigned char *rec = store_iter_value(it, &rlen);
+        uint64_t ver;
+        const unsigned char *v;
+        size_t vlen;
+        rc = decode_record(rec, rlen, &ver, &v, &vlen);
+        if (rc != KV_OK)
+            break;
+        rc = emit(arg, uk, uklen, v, vlen, ver);
+        if (rc != 0)
+            break;
+        n++;
+    }
+    if (rc == KV_OK)
+        rc = store_iter_status(it);
+    store_iter_free(it);
+    free(seek);
+    return rc;
+}
+
+int engine_shard_info(struct engine *e, uint32_t shard, uint64_t *keys,
+                      uint64_t *applied)
+{
+    if (shard >= e->nshards)
+        return KV_EINVAL;
+    if (applied)
+        *applied = e->applied[shard].version;
+    if (keys)
+        *keys = e->applied[shard].keys;
+    return KV_OK;
+}

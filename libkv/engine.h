@@ -1,0 +1,120 @@
+/*
+ * engine - the shard state machine: records, versions, conditional writes.
+ *
+ * One piece of code serves embedded mode (called directly) and kvnode (called
+ * from its event loop), so the two cannot drift. The engine is
+ * single-threaded: its caller serialises calls.
+ *
+ * Writes are staged, then committed in groups: engine_stage() evaluates a
+ * write's condition against the latest state (staged writes included),
+ * assigns its version and adds it to one pending batch; engine_commit()
+ * writes that batch to the store with sync=true. A caller acknowledges a
+ * staged write (success or failed condition) only after the commit that
+ * follows it succeeded. Reads (engine_get, engine_scan) see committed state
+ * only, which is linearizable because nothing staged has been acknowledged.
+ *
+ * Layout in the store (see docs/architecture.md):
+ *   "M" name                     node metadata
+ *   "A" shard(u32 BE)            the shard's last version and key count
+ *                                (u64 BE each), written with every write
+ *   "D" shard(u32 BE) user key   record: 0x01, version (u64 BE), value
+ */
+#ifndef KV_ENGINE_H
+#define KV_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+struct engine;
+
+enum engine_op { ENGINE_PUT, ENGINE_DEL };
+
+struct engine_write {
+    enum engine_op op;
+    uint32_t shard;
+    const void *key;
+    size_t klen;
+    const void *val; /* ENGINE_PUT only */
+    size_t vlen;
+    uint64_t if_version; /* 0: no version condition */
+    bool if_absent;      /* ENGINE_PUT only */
+};
+
+struct engine_scan {
+    uint32_t shard;
+    const void *start; /* inclusive; NULL/0 = from the first key */
+    size_t start_len;
+    const void *end; /* exclusive; NULL/0 = no bound */
+    size_t end_len;
+    const void *prefix; /* NULL/0 = all keys */
+    size_t prefix_len;
+    const void *after; /* resume cursor, exclusive; used when has_after */
+    size_t after_len;
+    bool has_after;
+    uint64_t limit; /* at most this many entries; 0 = no limit */
+};
+
+/* Called by engine_scan() for each entry; a non-zero return stops the scan
+ * and is returned by engine_scan(). Pointers are valid during the call. */
+typedef int (*engine_emit_fn)(void *arg, const void *key, size_t klen,
+                              const void *val, size_t vlen, uint64_t version);
+
+/* Opens the engine over S (which the caller keeps and closes after
+ * engine_close) for NSHARDS shards, loading each shard's applied version.
+ * On KV_OK *out is an engine to engine_close(). */
+int engine_open(struct store *s, uint32_t nshards, struct engine **out);
+
+/* Frees the engine. Staged, uncommitted writes are discarded. */
+void engine_close(struct engine *e);
+
+/* Checks the metadata of the store against CLUSTER, NODE_ID and NSHARDS,
+ * writing it (synced) on first use. Returns KV_EINVAL with the mismatch in
+ * ERR when the directory belongs to another cluster, node or shard count. */
+int engine_check_meta(struct engine *e, const char *cluster, uint32_t node_id,
+                      char *err, size_t errlen);
+
+/* Reads KEY of SHARD from committed state. On KV_OK *val is a malloc()ed copy
+ * (NULL when *vlen is 0; free() it) and *version its version (either out
+ * pointer may be NULL). Returns KV_ENOTFOUND, KV_EIO or KV_ECORRUPT. */
+int engine_get(struct engine *e, uint32_t shard, const void *key, size_t klen,
+               void **val, size_t *vlen, uint64_t *version);
+
+/* Evaluates W against the latest state and stages it. Returns KV_OK with
+ * *version set (the new version for a put, 0 for a delete), KV_ECONFLICT
+ * when a condition fails, KV_ENOTFOUND when deleting a missing key; nothing
+ * is staged unless KV_OK. The outcome is final only after engine_commit(). */
+int engine_stage(struct engine *e, const struct engine_write *w,
+                 uint64_t *version);
+
+/* Whether writes are staged and not yet committed. */
+bool engine_has_staged(const struct engine *e);
+
+/* Writes every staged write in one synced batch. On failure (KV_EIO) all
+ * staged writes are dropped and versions roll back: none took effect. */
+int engine_commit(struct engine *e);
+
+/* The same in two steps, so a caller can stage more writes while a commit
+ * is on its way to disk (embedded mode's group commit): commit_begin moves
+ * every staged write into a flushing batch and returns it (NULL when nothing
+ * is staged or a flush is already under way); the caller writes it with
+ * store_write(sync=true) without other engine calls running at the same
+ * time as the begin/end calls, then calls commit_end with the result. On
+ * failure, writes staged since begin are dropped too (they were evaluated
+ * against the failed ones) and must be answered KV_EIO by the caller. */
+struct store_batch *engine_commit_begin(struct engine *e);
+void engine_commit_end(struct engine *e, int rc);
+
+/* Scans committed state of one shard in key order, calling EMIT per entry.
+ * *more (if not NULL) is set when the limit stopped the scan before the end
+ * of the range. Returns KV_OK, EMIT's non-zero result, or a store error. */
+int engine_scan(struct engine *e, const struct engine_scan *sc,
+                engine_emit_fn emit, void *arg, bool *more);
+
+/* The number of keys of SHARD and its last applied version, as committed.
+ * Either out pointer may be NULL. */
+int engine_shard_info(struct engine *e, uint32_t shard, uint64_t *keys,
+                      uint64_t *applied);
+
+#endif

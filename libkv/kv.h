@@ -1,0 +1,152 @@
+/*
+ * kv.h - the client API of kv, a sharded, replicated key-value store.
+ *
+ * The same API serves two modes, chosen by the target given to kv_open():
+ *   - cluster:  a cluster.conf path, or a seed list "tcp://host:port,...";
+ *               requests go over ZeroMQ to the node that serves each key.
+ *   - embedded: "embedded:DIR"; the storage engine runs in this process on a
+ *               LevelDB directory DIR.
+ *
+ * Conventions, stated once:
+ *   - Every fallible function returns an int: KV_OK (0) or a negative KV_E*
+ *     code. kv_strerror() names a code; kv_errmsg() gives the detail of the
+ *     last error on a handle. Codes are never renumbered or reused.
+ *   - Keys and values are (pointer, length) pairs and binary-safe. Keys are
+ *     1..4096 bytes (or the cluster's max_key_bytes); values 0..max_value_bytes
+ *     (1 MiB by default). Larger input fails with KV_ETOOBIG, nothing stored.
+ *   - Outputs go through pointers. A buffer the library allocates for the
+ *     caller is freed with kv_free(); handles with their own *_close/_free.
+ *     On error, output pointers are left untouched.
+ *   - Not found is the code KV_ENOTFOUND, never a NULL.
+ *   - A kv handle is used by one thread at a time; open one handle per
+ *     thread. Handles on the same "embedded:DIR" share one engine (and its
+ *     group commit), so several threads of one process can use it at once.
+ *   - A write returns KV_OK only once it is durable (fsynced). When a call
+ *     returns KV_ETIMEDOUT or KV_EUNAVAILABLE for a write, the write may or
+ *     may not have taken effect.
+ *   - Versions: every key carries a version, a number that strictly
+ *     increases with each write to the key's shard. Conditional writes
+ *     compare against it. Version 0 never names an existing key.
+ */
+#ifndef KV_H
+#define KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Result codes. */
+#define KV_OK 0
+#define KV_ENOTFOUND (-1)    /* the key does not exist */
+#define KV_ENOTLEADER (-2)   /* this node does not serve the key (redirect) */
+#define KV_ECONFLICT (-3)    /* a condition (version, absence) did not hold */
+#define KV_ETIMEDOUT (-4)    /* no answer in time; a write's outcome unknown */
+#define KV_EUNAVAILABLE (-5) /* no node able to serve the request answers */
+#define KV_EINVAL (-6)       /* invalid argument or configuration */
+#define KV_ETOOBIG (-7)      /* key, value or message over its limit */
+#define KV_EPROTO (-8)       /* malformed or incompatible message */
+#define KV_EIO (-9)          /* storage or system I/O failed */
+#define KV_ECORRUPT (-10)    /* stored data failed a check */
+#define KV_ENOMEM (-11)      /* out of memory */
+#define KV_EAUTH (-12)       /* authentication failed or not allowed */
+#define KV_EOF (-13)         /* an iterator has no more entries */
+#define KV_EINTERNAL (-14)   /* a bug: please report it */
+
+/* Returns a static, human-readable name for a result code. */
+const char *kv_strerror(int code);
+
+/* An open database: a connection to a cluster or an embedded engine. */
+typedef struct kv kv;
+
+/* Options for kv_open(). Zero-initialise ({0}) and set what you need; fields
+ * are only ever added at the end. NULL means all defaults. */
+typedef struct kv_open_opts {
+    uint32_t timeout_ms; /* default per-call timeout; 0 = 5000 ms */
+} kv_open_opts;
+
+/* Opens TARGET: "embedded:DIR" (created if missing), "tcp://h:p,tcp://h:p"
+ * (a seed list: the cluster's layout is asked from the first node that
+ * answers), or the path of a cluster.conf. On success *db is a new handle
+ * the caller closes with kv_close(). */
+int kv_open(const char *target, const kv_open_opts *opts, kv **db);
+
+/* Closes a handle and frees everything it owns. NULL is a no-op. Every
+ * acknowledged write is already durable; closing loses nothing. */
+void kv_close(kv *db);
+
+/* The detail of the last error returned on DB ("" if none). The string
+ * belongs to the handle and is valid until its next call. With DB NULL: the
+ * detail of this thread's last failed kv_open() (e.g. the file, line and
+ * problem of a broken cluster.conf). */
+const char *kv_errmsg(const kv *db);
+
+/* Frees a buffer returned by this library (a value from kv_get). */
+void kv_free(void *p);
+
+/* Per-call options. Zero-initialise ({0}); NULL means all defaults. Fields
+ * are only ever added at the end. */
+typedef struct kv_opts {
+    uint32_t timeout_ms; /* this call's timeout; 0 = the handle's default */
+    uint64_t if_version; /* put/del: only if the key's version equals this */
+    int if_absent;       /* put: only if the key does not exist */
+    int stale;           /* get/scan: a replica may answer (may be stale) */
+} kv_opts;
+
+/* Reads KEY. On KV_OK, *val is a kv_free()able copy of the value (NULL when
+ * its length is 0), *vlen its length and, if VERSION is not NULL, *version
+ * the key's version. Returns KV_ENOTFOUND when the key does not exist. */
+int kv_get(kv *db, const void *key, size_t klen, const kv_opts *o, void **val,
+           size_t *vlen, uint64_t *version);
+
+/* Writes KEY = VAL. With o->if_version, only when the key exists at that
+ * version; with o->if_absent, only when it does not exist; otherwise
+ * KV_ECONFLICT and nothing is written. On KV_OK the write is durable and, if
+ * VERSION is not NULL, *version is the version it created. */
+int kv_put(kv *db, const void *key, size_t klen, const void *val, size_t vlen,
+           const kv_opts *o, uint64_t *version);
+
+/* Deletes KEY. Returns KV_ENOTFOUND when it did not exist, KV_ECONFLICT when
+ * o->if_version is set and differs from the key's version. */
+int kv_del(kv *db, const void *key, size_t klen, const kv_opts *o);
+
+/* A scan: keys in byte order across all shards. */
+typedef struct kv_iter kv_iter;
+
+/* What to scan. Zero-initialise ({0}); empty bounds mean unbounded. */
+typedef struct kv_scan_opts {
+    const void *start; /* inclusive lower bound */
+    size_t start_len;
+    const void *end; /* exclusive upper bound */
+    size_t end_len;
+    const void *prefix; /* only keys beginning with this */
+    size_t prefix_len;
+    uint64_t limit; /* at most this many entries; 0 = no limit */
+} kv_scan_opts;
+
+/* Starts a scan. Entries are fetched in pages as the caller iterates, so a
+ * scan of any size uses bounded memory. Each page is consistent per shard;
+ * the whole scan is not a snapshot. Free *it with kv_iter_free(). */
+int kv_scan(kv *db, const kv_scan_opts *so, const kv_opts *o, kv_iter **it);
+
+/* Moves to the next entry. On KV_OK the pointers (any may be NULL) are set
+ * to the entry, valid until the next call on IT. Returns KV_EOF after the
+ * last entry, or an error code. */
+int kv_iter_next(kv_iter *it, const void **key, size_t *klen, const void **val,
+                 size_t *vlen, uint64_t *version);
+
+/* Frees an iterator. NULL is a no-op. */
+void kv_iter_free(kv_iter *it);
+
+/* The shard that holds KEY in a cluster of NSHARDS shards: siphash-2-4 of
+ * the key, or of the part inside its first {...} (a hash tag) when that part
+ * is not empty, modulo NSHARDS. Keys with the same tag share a shard. */
+uint32_t kv_shard_of(const void *key, size_t klen, uint32_t nshards);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KV_H */
