@@ -33,7 +33,7 @@ LDFLAGS := $(SANFLAGS)
 
 LIB_SRC := $(wildcard libkv/*.c)
 LIB_OBJ := $(patsubst libkv/%.c,$(B)/obj/libkv/%.o,$(LIB_SRC)) $(B)/obj/gen/kv.pb-c.o
-NODE_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard kvnode/*.c))
+NODE_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(filter-out kvnode/main.c,$(wildcard kvnode/*.c)))
 CLI_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard kvclient/*.c))
 UNIT_SUITES := $(patsubst tests/unit/check_%.c,%,$(wildcard tests/unit/check_*.c))
 UNIT_BINS := $(patsubst %,$(B)/tests/unit_%,$(UNIT_SUITES))
@@ -42,6 +42,7 @@ PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
 
 .PHONY: all deps test run stop clean format-check unit-test cluster-test
 .DELETE_ON_ERROR:
+.SECONDARY:
 
 all: deps-check $(B)/libkv.a $(B)/libkv.so $(B)/kvnode $(B)/kvclient $(PROC_SOS)
 
@@ -73,8 +74,13 @@ $(B)/libkv.a: $(LIB_OBJ)
 $(B)/libkv.so: $(LIB_OBJ)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(B)/kvnode: $(NODE_OBJ) $(B)/libkv.a
-	$(CC) $(LDFLAGS) -o $@ $(NODE_OBJ) $(B)/libkv.a $(PKG_LIBS) -ldl
+# The server's modules (all but main) also link into unit tests and the sim.
+$(B)/libkvnode.a: $(NODE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/kvnode: $(B)/obj/kvnode/main.o $(B)/libkvnode.a $(B)/libkv.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) -ldl
 
 $(B)/kvclient: $(CLI_OBJ) $(B)/libkv.a
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libkv.a $(PKG_LIBS) -lm
@@ -84,10 +90,10 @@ $(B)/procs/%.so: procs/%.c libkv/kvproc.h
 	$(CC) $(CFLAGS) -shared -o $@ $<
 
 # --- tests ------------------------------------------------------------------
-$(B)/tests/unit_%: $(B)/obj/tests/unit/check_%.o tests/unit/runner.c $(B)/libkv.a
+$(B)/tests/unit_%: $(B)/obj/tests/unit/check_%.o tests/unit/runner.c $(B)/libkvnode.a $(B)/libkv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=$*_suite -o $@ tests/unit/runner.c \
-	    $(B)/obj/tests/unit/check_$*.o $(B)/libkv.a $(CHECK_LIBS) $(PKG_LIBS) -lm
+	    $(B)/obj/tests/unit/check_$*.o $(B)/libkvnode.a $(B)/libkv.a $(CHECK_LIBS) $(PKG_LIBS) -lm
 
 $(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/libkv.a
 	@mkdir -p $(dir $@)

@@ -70,6 +70,22 @@ read_config() {
     [ -n "$NODE_IDS" ] || die "kvnode --check printed no nodes"
 }
 
+# The address of node ID, from the layout kvnode printed.
+node_addr() {
+    printf '%s\n' "$LAYOUT" | sed -n "s/^node $1 //p"
+}
+
+# Whether some process listens on the TCP port of ADDR (tcp://host:port),
+# read from /proc/net/tcp{,6} (state 0A = LISTEN), so that start does not
+# mistake another program on that port for the node it launched.
+port_busy() {
+    port=${1##*:}
+    case $port in '' | *[!0-9]*) return 1 ;; esac
+    hex=$(printf ':%04X' "$port")
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        awk -v p="$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }'
+}
+
 # Whether PID is a live (not zombie) process.
 alive() {
     kill -0 "$1" 2>/dev/null || return 1
@@ -108,6 +124,8 @@ show_logs() {
         echo "--- tail of $DATA_DIR/node-$id.log" >&2
         tail -n 20 "$DATA_DIR/node-$id.log" >&2 2>/dev/null
     done
+    echo "--- nodes that did start keep running; stop them with:" >&2
+    echo "    B=$B sh .ci/cluster.sh stop $CONF_ARG   (make stop)" >&2
 }
 
 # ARG quoted for a shell when it needs it (for commands shown to copy).
@@ -151,6 +169,12 @@ start() {
             echo "node $id: already running (pid $p)"
             continue
         fi
+        addr=$(node_addr "$id")
+        if port_busy "$addr"; then
+            echo "node $id: $addr is already in use by another process" >&2
+            echo "(another cluster? see: ss -ltnp, or stop it first)" >&2
+            exit 1
+        fi
         rm -f "$pidf"
         # The inner shell writes its own PID, then becomes kvnode (exec), so
         # the file names kvnode whether or not setsid had to fork.
@@ -163,7 +187,14 @@ start() {
             n=$((n + 1))
         done
         [ -s "$pidf" ] || die "node $id: no pid file after 5 s"
-        echo "node $id: started (pid $(cat "$pidf"), log $log)"
+        # Until its exec, the process is the wrapper shell: wait for kvnode.
+        p=$(cat "$pidf")
+        n=0
+        while ! is_our_node "$p" "$id" && alive "$p" && [ $n -lt 50 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        echo "node $id: started (pid $p, log $log)"
     done
 
     printf 'waiting for the cluster to answer'
@@ -186,6 +217,18 @@ start() {
         sleep 0.3
     done
     echo
+    # Something else may have answered (a port taken by another program):
+    # every node started here must still be running.
+    if [ $ok -eq 1 ]; then
+        sleep 0.5
+        for id in $NODE_IDS; do
+            if ! running_pid "$id" >/dev/null; then
+                echo "node $id is not running (see its log)" >&2
+                show_logs
+                exit 1
+            fi
+        done
+    fi
     if [ $ok -eq 0 ]; then
         echo "the cluster did not answer status within ${START_WAIT} s" >&2
         show_logs
@@ -203,6 +246,8 @@ start() {
     echo "=== demo"
     echo
     DEMO_OK=1
+    echo "# keys spread over the shards by hash; the two {cart:7} keys share"
+    echo "# one shard (a hash tag): see the KEYS column of status at the end"
     for i in 1 2 3 4 5 6; do
         demo put "user:$i" "name-$i"
     done

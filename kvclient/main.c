@@ -77,8 +77,8 @@ struct optdef {
 
 static const struct optdef optdefs[OPT_COUNT] = {
     [OPT_CONF] = {"conf", 'c', "TARGET",
-                  "cluster.conf path, tcp://h:p,... or embedded:DIR "
-                  "(default " DEFAULT_TARGET ")"},
+                  "a cluster.conf (" DEFAULT_TARGET "), tcp://h:p,... or "
+                  "embedded:DIR"},
     [OPT_TIMEOUT] = {"timeout", 0, "MS", "per-call timeout in milliseconds"},
     [OPT_JSON] = {"json", 0, NULL, "print JSON instead of text"},
     [OPT_HEX] = {"hex", 0, NULL,
@@ -806,10 +806,11 @@ struct shard_view {
     uint64_t applied;
 };
 
-/* Merges node answer ST into the shard table VIEW (NSHARDS rows). Shard
- * numbers from the node are checked against the table, never trusted. */
+/* Merges node answer ST into the shard table VIEW (NSHARDS rows); EMBEDDED
+ * says the answer is the local engine's. Shard numbers from the node are
+ * checked against the table, never trusted. */
 static void merge_status(const Kv__StatusResult *st, struct shard_view *view,
-                         uint32_t nshards)
+                         uint32_t nshards, int embedded)
 {
     size_t j;
 
@@ -821,6 +822,11 @@ static void merge_status(const Kv__StatusResult *st, struct shard_view *view,
         if (si == NULL || si->shard >= nshards)
             continue;
         sv = &view[si->shard];
+        if (embedded && si->local) {
+            /* The one local engine (node 0) serves every shard. */
+            sv->leader = st->node_id;
+            sv->leader_rank = 2;
+        }
         self = si->leader != 0 && si->leader == st->node_id;
         if (si->leader != 0 && sv->leader_rank < (self ? 2 : 1)) {
             sv->leader = si->leader;
@@ -993,7 +999,8 @@ static int cmd_status(struct cli *c)
         }
         for (i = 0; i < n; i++)
             if (sts[i] != NULL)
-                merge_status(sts[i], view, nshards);
+                merge_status(sts[i], view, nshards,
+                             admin_is_embedded(c->db));
     }
     if (c->json)
         print_status_json(c, n, sts, rcs, any, view, nshards, up == n);

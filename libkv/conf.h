@@ -27,7 +27,8 @@ struct conf {
     char *path;     /* the file it was read from ("" when parsed from text) */
     char *cluster;  /* cluster name, stored in every node's metadata */
     uint32_t shards;
-    uint32_t replicas; /* clamped to nnodes by conf_parse */
+    uint32_t replicas; /* default 3, lowered to nnodes; an explicit value
+                          greater than nnodes is an error */
     char *data_dir;    /* absolute, or relative to the config file's folder */
     struct conf_node *nodes; /* sorted by id */
     size_t nnodes;

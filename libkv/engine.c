@@ -23,6 +23,8 @@ struct overlay_slot {
     unsigned char *key; /* store key ("D" shard key); NULL = empty slot */
     size_t klen;
     uint64_t version; /* 0: the staged write deleted the key */
+    uint64_t seq;     /* session slots ("S" keys): the recorded write */
+    int code;
 };
 
 /* What the "A" record of a shard holds: its last version and key count. */
@@ -406,40 +408,199 @@ static int latest_version(struct engine *e, const unsigned char *dk,
 
 /* --- writes ------------------------------------------------------------- */
 
+#define SESSION_LEN 20 /* seq u64, code (i32 as u32), version u64 */
+
+static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
+                                  size_t *out_len)
+{
+    unsigned char *k = data_key(shard, cid, len, out_len);
+    if (k)
+        k[0] = 'S';
+    return k;
+}
+
+/* Looks up the session of a client: *found and the recorded outcome, from
+ * the staged generations first (a retry can be applied in the same batch as
+ * the first attempt), then the store. */
+static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
+                       bool *found, uint64_t *seq, int *code,
+                       uint64_t *version)
+{
+    struct gen *gens[2] = {e->cur, e->inflight};
+    for (int i = 0; i < 2; i++) {
+        if (!gens[i])
+            continue;
+        struct overlay_slot *o = overlay_find(gens[i], sk, sklen);
+        if (o->key) {
+            *found = true;
+            *seq = o->seq;
+            *code = o->code;
+            *version = o->version;
+            return KV_OK;
+        }
+    }
+    *found = false;
+    void *v = NULL;
+    size_t vlen = 0;
+    int rc = store_get(e->store, sk, sklen, &v, &vlen);
+    if (rc == KV_ENOTFOUND)
+        return KV_OK;
+    if (rc != KV_OK)
+        return rc;
+    if (vlen != SESSION_LEN) {
+        free(v);
+        return KV_ECORRUPT;
+    }
+    const unsigned char *p = v;
+    *found = true;
+    *seq = get_u64(p);
+    *code = (int)(int32_t)(uint32_t)((uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
+                                     (uint32_t)p[10] << 8 | p[11]);
+    *version = get_u64(p + 12);
+    free(v);
+    return KV_OK;
+}
+
+/* Stages a session record, and mirrors it in the overlay (taking SK). */
+static void session_put(struct gen *g, unsigned char *sk, size_t sklen,
+                        uint64_t seq, int code, uint64_t version)
+{
+    struct overlay_slot *o = overlay_find(g, sk, sklen);
+    if (o->key) {
+        free(sk);
+        sk = o->key;
+    } else {
+        o->key = sk;
+        o->klen = sklen;
+        g->used++;
+    }
+    o->seq = seq;
+    o->code = code;
+    o->version = version;
+    unsigned char v[SESSION_LEN];
+    put_u64(v, seq);
+    put_u32(v + 8, (uint32_t)(int32_t)code);
+    put_u64(v + 12, version);
+    store_batch_put(g->batch, sk, sklen, v, sizeof(v));
+}
+
+static void stage_shard_state(struct engine *e, struct gen *g, uint32_t shard)
+{
+    unsigned char ak[5], av[16];
+    applied_key(shard, ak);
+    put_u64(av, e->staged[shard].version);
+    put_u64(av + 8, e->staged[shard].keys);
+    store_batch_put(g->batch, ak, sizeof(ak), av, sizeof(av));
+}
+
+int engine_stage_applied(struct engine *e, uint32_t shard, uint64_t index)
+{
+    if (shard >= e->nshards || index <= e->staged[shard].version)
+        return KV_EINVAL;
+    e->staged[shard].version = index;
+    stage_shard_state(e, e->cur, shard);
+    e->cur->nstaged++;
+    return KV_OK;
+}
+
+void engine_stage_raw(struct engine *e, const void *key, size_t klen,
+                      const void *val, size_t vlen)
+{
+    if (val)
+        store_batch_put(e->cur->batch, key, klen, val, vlen);
+    else
+        store_batch_del(e->cur->batch, key, klen);
+    e->cur->nstaged++;
+}
+
+void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
+                        uint64_t keys)
+{
+    if (shard >= e->nshards)
+        return;
+    struct shard_state st = {.version = index, .keys = keys};
+    e->applied[shard] = e->staged[shard] = e->flushing[shard] = st;
+}
+
+uint64_t engine_applied(const struct engine *e, uint32_t shard)
+{
+    return shard < e->nshards ? e->staged[shard].version : 0;
+}
+
 int engine_stage(struct engine *e, const struct engine_write *w,
                  uint64_t *version)
 {
     if (w->shard >= e->nshards)
         return KV_EINVAL;
+    if (w->index && w->index <= e->staged[w->shard].version)
+        return KV_EINVAL;
+    if (w->seq && (!w->client_id || w->client_id_len == 0 ||
+                   w->client_id_len > ENGINE_MAX_CLIENT_ID))
+        return KV_EINVAL;
     struct gen *g = e->cur;
     if (g->used * 2 >= g->nslots && overlay_grow(g) != KV_OK)
         return KV_ENOMEM;
+    struct shard_state *st = &e->staged[w->shard];
+    uint64_t ver = w->index ? w->index : st->version + 1;
+    unsigned char *sk = NULL;
+    size_t sklen = 0;
     size_t dlen;
     unsigned char *dk = data_key(w->shard, w->key, w->klen, &dlen);
     if (!dk)
         return KV_ENOMEM;
     struct overlay_slot *slot = overlay_find(g, dk, dlen);
     int rc = KV_OK;
+    if (w->seq) {
+        sk = session_key(w->shard, w->client_id, w->client_id_len, &sklen);
+        if (!sk) {
+            rc = KV_ENOMEM;
+            goto fail;
+        }
+        bool found;
+        uint64_t seq = 0, sver = 0;
+        int scode = 0;
+        /* Sessions are written only at commit time in one generation per
+         * client write: a client has one write in flight, so the store
+         * holds every earlier one by the time a retry arrives. */
+        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver);
+        if (rc != KV_OK)
+            goto fail;
+        if (found && seq >= w->seq) {
+            /* A retry of a write already applied: answer as the first time. */
+            free(sk);
+            free(dk);
+            if (w->index) {
+                st->version = w->index;
+                stage_shard_state(e, g, w->shard);
+                g->nstaged++;
+            }
+            *version = scode == KV_OK ? sver : 0;
+            return scode;
+        }
+    }
     uint64_t cur = 0;
     /* Always read: the shard's key count depends on whether KEY exists. */
     rc = latest_version(e, dk, dlen, slot, &cur);
     if (rc != KV_OK)
         goto fail;
-    if (w->if_version && cur != w->if_version) {
+    if (w->if_version && cur != w->if_version)
         rc = KV_ECONFLICT;
-        goto fail;
-    }
-    if (w->op == ENGINE_PUT && w->if_absent && cur != 0) {
+    else if (w->op == ENGINE_PUT && w->if_absent && cur != 0)
         rc = KV_ECONFLICT;
-        goto fail;
-    }
-    if (w->op == ENGINE_DEL && cur == 0) {
+    else if (w->op == ENGINE_DEL && cur == 0)
         rc = KV_ENOTFOUND;
-        goto fail;
+    if (rc != KV_OK) {
+        if (!w->index) /* nothing to record: the write did not happen */
+            goto fail;
+        /* Replicated: the entry is applied (as a no-op) whatever happens. */
+        st->version = ver;
+        stage_shard_state(e, g, w->shard);
+        if (sk)
+            session_put(g, sk, sklen, w->seq, rc, 0);
+        g->nstaged++;
+        free(dk);
+        return rc;
     }
-
-    struct shard_state *st = &e->staged[w->shard];
-    uint64_t ver = st->version + 1;
     if (w->op == ENGINE_PUT) {
         rc = scratch_reserve(e, REC_HDR + w->vlen);
         if (rc != KV_OK)
@@ -457,17 +618,17 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         st->keys++;
     else if (w->op == ENGINE_DEL)
         st->keys--;
-    unsigned char ak[5], av[16];
-    applied_key(w->shard, ak);
-    put_u64(av, st->version);
-    put_u64(av + 8, st->keys);
-    store_batch_put(g->batch, ak, sizeof(ak), av, sizeof(av));
+    stage_shard_state(e, g, w->shard);
     g->nstaged++;
     overlay_set(g, slot, dk, dlen, w->op == ENGINE_PUT ? ver : 0);
+    if (sk) /* no overlay growth between the two inserts: see the check above */
+        session_put(g, sk, sklen, w->seq, KV_OK,
+                    w->op == ENGINE_PUT ? ver : 0);
     *version = w->op == ENGINE_PUT ? ver : 0;
     return KV_OK;
 fail:
     free(dk);
+    free(sk);
     return rc;
 }
 

@@ -18,6 +18,7 @@
  *   "A" shard(u32 BE)            the shard's last version and key count
  *                                (u64 BE each), written with every write
  *   "D" shard(u32 BE) user key   record: 0x01, version (u64 BE), value
+ *   "S" shard(u32 BE) client id  session: seq, code (i32), version
  */
 #ifndef KV_ENGINE_H
 #define KV_ENGINE_H
@@ -40,7 +41,20 @@ struct engine_write {
     size_t vlen;
     uint64_t if_version; /* 0: no version condition */
     bool if_absent;      /* ENGINE_PUT only */
+    /* Replicated mode: the Raft index of the entry being applied. It becomes
+     * the write's version and the shard's applied index whatever the
+     * outcome; it must exceed the shard's applied index. 0: the next
+     * version (embedded mode and unreplicated nodes). */
+    uint64_t index;
+    /* Exactly-once: a write with seq > 0 from a client whose session already
+     * recorded seq or later is not applied again; it gets the recorded
+     * outcome. The session table is part of the shard's state. */
+    const void *client_id;
+    size_t client_id_len; /* 1..64 */
+    uint64_t seq;
 };
+
+#define ENGINE_MAX_CLIENT_ID 64
 
 struct engine_scan {
     uint32_t shard;
@@ -83,10 +97,31 @@ int engine_get(struct engine *e, uint32_t shard, const void *key, size_t klen,
 
 /* Evaluates W against the latest state and stages it. Returns KV_OK with
  * *version set (the new version for a put, 0 for a delete), KV_ECONFLICT
- * when a condition fails, KV_ENOTFOUND when deleting a missing key; nothing
- * is staged unless KV_OK. The outcome is final only after engine_commit(). */
+ * when a condition fails, KV_ENOTFOUND when deleting a missing key; no data
+ * is staged unless KV_OK (with W->index the applied index and the session
+ * are staged whatever the outcome). A write the session table has seen gets
+ * its first outcome again. The outcome is final only after engine_commit().
+ * KV_EINVAL: bad shard, index not above the applied index, bad client id. */
 int engine_stage(struct engine *e, const struct engine_write *w,
                  uint64_t *version);
+
+/* Stages only a new applied index for SHARD (a Raft entry with no write). */
+int engine_stage_applied(struct engine *e, uint32_t shard, uint64_t index);
+
+/* Stages a raw store record (put, or delete when VAL is NULL) in the batch
+ * engine_commit() writes next, so a replicated node writes its Raft state
+ * (log entries, hard state) in the same synced batch as the applies. */
+void engine_stage_raw(struct engine *e, const void *key, size_t klen,
+                      const void *val, size_t vlen);
+
+/* Sets SHARD's committed and staged state (applied index, key count) after
+ * its records were replaced directly in the store (snapshot install). Call
+ * with nothing staged for the shard. */
+void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
+                        uint64_t keys);
+
+/* The shard's last staged (or committed) applied index. */
+uint64_t engine_applied(const struct engine *e, uint32_t shard);
 
 /* Whether writes are staged and not yet committed. */
 bool engine_has_staged(const struct engine *e);

@@ -64,7 +64,8 @@ typedef struct kv kv;
 /* Options for kv_open(). Zero-initialise ({0}) and set what you need; fields
  * are only ever added at the end. NULL means all defaults. */
 typedef struct kv_open_opts {
-    uint32_t timeout_ms; /* default per-call timeout; 0 = 5000 ms */
+    uint32_t timeout_ms; /* default per-call timeout; 0 = the cluster's
+                            request_timeout_ms (embedded: 5000 ms) */
 } kv_open_opts;
 
 /* Opens TARGET: "embedded:DIR" (created if missing), "tcp://h:p,tcp://h:p"

@@ -36,6 +36,7 @@ int wire_decode(const void *buf, size_t len, size_t max_len, Kv__Envelope **out,
         }
         break;
     case KV__ENVELOPE__BODY_RESPONSE:
+    case KV__ENVELOPE__BODY_PEER:
         break;
     default:
         snprintf(err, errlen, "frame without a body");
@@ -81,5 +82,14 @@ int wire_encode_response(const Kv__Response *resp, void **buf, size_t *len)
     env.version = WIRE_VERSION;
     env.body_case = KV__ENVELOPE__BODY_RESPONSE;
     env.response = (Kv__Response *)resp;
+    return encode(&env, buf, len);
+}
+
+int wire_encode_peer(const Kv__PeerBatch *batch, void **buf, size_t *len)
+{
+    Kv__Envelope env = KV__ENVELOPE__INIT;
+    env.version = WIRE_VERSION;
+    env.body_case = KV__ENVELOPE__BODY_PEER;
+    env.peer = (Kv__PeerBatch *)batch;
     return encode(&env, buf, len);
 }

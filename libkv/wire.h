@@ -29,5 +29,6 @@ void wire_free(Kv__Envelope *env);
  * Returns KV_ENOMEM. */
 int wire_encode_request(const Kv__Request *req, void **buf, size_t *len);
 int wire_encode_response(const Kv__Response *resp, void **buf, size_t *len);
+int wire_encode_peer(const Kv__PeerBatch *batch, void **buf, size_t *len);
 
 #endif

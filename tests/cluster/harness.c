@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,7 +127,7 @@ static void dump_file_tail(const char *title, const char *path, size_t max)
     if (fd < 0)
         return;
     struct stat st;
-    if (fstat(fd, &st) != 0)
+    if (fstat(fd, &st) != 0 || st.st_size == 0)
         goto out_close;
     off_t from = 0;
     if ((size_t)st.st_size > max)
@@ -376,12 +377,28 @@ static pid_t spawn(char *const argv[], int outfd, int errfd)
     pid_t parent = getpid();
     fflush(stdout);
     fflush(stderr);
+    /* Block every signal across fork: until the child has reset them, a
+     * signal sent to it (say our own SIGTERM when a start fails) must not
+     * run a handler of this process, such as Check's, which kills the
+     * whole process group. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t pid = fork();
     if (pid == 0) {
         /* Only async-signal-safe calls until exec. */
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        for (int sig = 1; sig < 65; sig++)
+            sigaction(sig, &dfl, NULL); /* fails harmlessly for some */
 #ifdef __linux__
         prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
+        sigset_t none;
+        sigemptyset(&none);
+        pthread_sigmask(SIG_SETMASK, &none, NULL);
         if (getppid() != parent)
             _exit(127);
         if (dup2(nullfd, 0) < 0 || dup2(outfd, 1) < 0 || dup2(errfd, 2) < 0)
@@ -392,6 +409,7 @@ static pid_t spawn(char *const argv[], int outfd, int errfd)
         (void)ignored;
         _exit(127);
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(nullfd);
     return pid;
 }

@@ -1,0 +1,233 @@
+/*
+ * raft - a pure Raft consensus state machine, one instance per shard replica.
+ *
+ * In the style of etcd's raft package: no I/O, no clock, no threads, no
+ * globals, no rand(). Input is a message (raft_step), a tick (raft_tick), a
+ * proposal (raft_propose) or a read request (raft_read_index); output is a
+ * Ready (raft_ready): state to persist, messages to send, committed entries
+ * to apply, a snapshot to install, reads that may now be served. The driver
+ * persists (synced), then sends, then applies, then calls raft_advance().
+ * Randomness (election timeouts) comes from a per-instance generator seeded
+ * by the caller, so a simulation replays exactly.
+ *
+ * Implemented: randomized election timeouts, pre-vote, check-quorum (a leader
+ * that has not heard from a majority within an election timeout steps down,
+ * and followers that hear from a leader ignore votes for that long), the
+ * commit rule (only entries of the current term are committed by counting
+ * replicas), fast log backtracking (a rejecting follower names a hint), flow
+ * controlled pipelined appends (a window of in-flight appends per follower),
+ * ReadIndex (linearizable reads confirmed by a heartbeat round), snapshots
+ * (the log is compacted up to an applied index; a follower behind that point
+ * gets a snapshot streamed by the driver), leadership transfer.
+ *
+ * Memory: entries live in an in-memory log from the last compaction point
+ * on; the driver bounds it with raft_compact(). Entry data is copied in by
+ * raft_propose/raft_step and owned by the instance; pointers handed out in a
+ * Ready stay valid until raft_advance().
+ *
+ * Membership is static: the peers given to raft_new (changes come later).
+ */
+#ifndef KV_RAFT_H
+#define KV_RAFT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RAFT_NONE 0u /* no node: "no vote", "no leader" */
+
+/* Results (negative, like KV_E* codes but private to raft). */
+#define RAFT_OK 0
+#define RAFT_ENOTLEADER (-1) /* a proposal or read on a non-leader */
+#define RAFT_EBUSY (-2)      /* leadership transfer in progress */
+#define RAFT_ENOMEM (-3)
+#define RAFT_EINVAL (-4)
+
+enum raft_role {
+    RAFT_FOLLOWER,
+    RAFT_PRECANDIDATE,
+    RAFT_CANDIDATE,
+    RAFT_LEADER,
+};
+
+enum raft_entry_type {
+    RAFT_ENTRY_NORMAL = 0, /* data proposed by the driver */
+    RAFT_ENTRY_NOOP = 1,   /* appended by a new leader; apply ignores it */
+};
+
+struct raft_entry {
+    uint64_t term;
+    uint64_t index;
+    uint32_t type; /* enum raft_entry_type */
+    void *data;
+    size_t len;
+};
+
+enum raft_msg_type {
+    RAFT_MSG_APPEND = 1,    /* index/log_term: the entry before entries[] */
+    RAFT_MSG_APPEND_RESP,   /* index: last index matched, or with reject the
+                               rejected index; reject_hint: follower's hint */
+    RAFT_MSG_VOTE,          /* index/log_term: candidate's last entry */
+    RAFT_MSG_VOTE_RESP,
+    RAFT_MSG_PREVOTE,       /* term: the term the candidate would use */
+    RAFT_MSG_PREVOTE_RESP,
+    RAFT_MSG_HEARTBEAT,     /* commit: min(leader commit, follower match) */
+    RAFT_MSG_HEARTBEAT_RESP,
+    RAFT_MSG_SNAPSHOT,      /* leader->driver: send a snapshot to `to`;
+                               driver->follower: the snapshot at index/log_term
+                               has been received in full and may be installed */
+    RAFT_MSG_TIMEOUT_NOW,   /* leadership transfer: campaign now */
+};
+
+struct raft_msg {
+    enum raft_msg_type type;
+    uint32_t from;
+    uint32_t to;
+    uint64_t term;
+    uint64_t log_term;
+    uint64_t index;
+    struct raft_entry *entries;
+    size_t n_entries;
+    uint64_t commit;
+    bool reject;
+    uint64_t reject_hint; /* APPEND_RESP with reject: follower's last index,
+                             or the first index of its conflicting term */
+    uint64_t context;     /* HEARTBEAT(_RESP): ReadIndex round; VOTE:
+                             1 when the vote is a leadership transfer */
+};
+
+struct raft_hardstate {
+    uint64_t term;
+    uint32_t vote;
+    uint64_t commit;
+};
+
+/* A read that may be served once the applied index reaches `index`. */
+struct raft_read {
+    uint64_t ctx; /* the caller's id from raft_read_index */
+    uint64_t index;
+};
+
+struct raft_ready {
+    bool hs_changed;           /* persist hs */
+    struct raft_hardstate hs;
+    struct raft_entry *entries; /* append to the log (persist, synced) */
+    size_t n_entries;
+    uint64_t truncate_after;   /* if entries: also delete stored entries with
+                                  index in (last of entries, truncate_after] */
+    struct raft_msg *msgs;     /* send after persisting */
+    size_t n_msgs;
+    struct raft_entry *committed; /* apply in order */
+    size_t n_committed;
+    bool has_snapshot;          /* install the received snapshot: the state
+                                   machine is now at snap_index/snap_term */
+    uint64_t snap_index;
+    uint64_t snap_term;
+    struct raft_read *reads;    /* serve when applied >= index */
+    size_t n_reads;
+    bool soft_changed;          /* role or leader changed */
+    enum raft_role role;
+    uint32_t leader;
+};
+
+struct raft_config {
+    uint32_t id;           /* this replica's node id, != RAFT_NONE */
+    const uint32_t *peers; /* every member's id, self included */
+    size_t npeers;
+    int election_ticks;    /* base election timeout, e.g. 50 (x 10 ms);
+                              each timeout is random in [base, 2*base) */
+    int heartbeat_ticks;   /* e.g. 5 */
+    uint64_t seed;         /* for the election timeout generator */
+    size_t max_inflight;   /* appends in flight per follower, e.g. 64 */
+    size_t max_msg_bytes;  /* entry bytes per append, e.g. 1 MiB */
+    bool pre_vote;
+    bool check_quorum;
+};
+
+/* What the driver read back from storage at start (all zero when new). */
+struct raft_init {
+    struct raft_hardstate hs;
+    uint64_t snap_index; /* the log was compacted up to here */
+    uint64_t snap_term;
+    const struct raft_entry *entries; /* stored entries after snap_index, in
+                                         order; copied */
+    size_t n_entries;
+    uint64_t applied; /* the state machine reflects entries up to here */
+};
+
+struct raft;
+
+/* Creates an instance. Returns NULL on bad config or no memory. */
+struct raft *raft_new(const struct raft_config *cfg,
+                      const struct raft_init *init);
+void raft_free(struct raft *r);
+
+/* Input. raft_step ignores (and reports with RAFT_EINVAL) messages not for
+ * this replica or from a non-member; it copies what it keeps. */
+int raft_step(struct raft *r, const struct raft_msg *m);
+void raft_tick(struct raft *r);
+
+/* Appends DATA as a new entry if this replica is the leader. On RAFT_OK
+ * *index is the entry's index (it is committed, or lost, later). */
+int raft_propose(struct raft *r, const void *data, size_t len,
+                 uint64_t *index);
+
+/* Asks for a linearizable read point. The leader answers in a later Ready
+ * (reads[]) once a heartbeat round confirmed it is still the leader and it
+ * has committed an entry of its term. RAFT_ENOTLEADER on other replicas. */
+int raft_read_index(struct raft *r, uint64_t ctx);
+
+/* Starts a leadership transfer to TARGET (leader only). Proposals fail with
+ * RAFT_EBUSY until it ends (success, or an election timeout passed). */
+int raft_transfer_leader(struct raft *r, uint32_t target);
+
+/* Campaign now (used by tests and by a single-member group at start). */
+void raft_campaign(struct raft *r);
+
+/* Output. Fills RD and returns true if there is anything to do. Everything
+ * in RD is owned by the instance until raft_advance(r, rd). */
+bool raft_ready(struct raft *r, struct raft_ready *rd);
+void raft_advance(struct raft *r, const struct raft_ready *rd);
+
+/* The driver finished (OK) or gave up on a snapshot it was streaming to
+ * PEER; the leader resumes normal replication to it. */
+void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok);
+
+/* Drops log entries up to INDEX (which must be <= the applied index). The
+ * term of INDEX is kept as the snapshot point. */
+int raft_compact(struct raft *r, uint64_t index);
+
+/* The term of the entry at INDEX, or 0 when it is not in the log (compacted
+ * or beyond the end; the snapshot point itself is known). */
+uint64_t raft_term_at(const struct raft *r, uint64_t index);
+
+struct raft_progress {
+    uint32_t id;
+    uint64_t match;
+    uint64_t next;
+    int state; /* 0 probe, 1 replicate, 2 snapshot */
+    bool active; /* heard from within the last election timeout */
+};
+
+struct raft_status {
+    uint32_t id;
+    enum raft_role role;
+    uint32_t leader;
+    uint64_t term;
+    uint64_t commit;
+    uint64_t applied;
+    uint64_t first_index; /* first entry in the log (snap_index + 1) */
+    uint64_t last_index;
+    struct raft_progress *progress; /* leader only: npeers entries; owned by
+                                       the instance, valid until next call */
+    size_t n_progress;
+};
+
+void raft_get_status(struct raft *r, struct raft_status *st);
+
+/* Checks the invariants of this instance (term never decreases, one vote per
+ * term, commit <= last index, applied <= commit, log terms never decrease,
+ * the log is contiguous). Returns 0, or -1 with the broken rule in WHY. */
+int raft_check_invariants(const struct raft *r, char *why, size_t whylen);
+
+#endif

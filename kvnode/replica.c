@@ -1,0 +1,1859 @@
+/*
+ * replica - the multi-Raft driver (see replica.h).
+ *
+ * Store records owned here, per shard (u32 BE) of a hosted group:
+ *   "H" shard            hard state: term, vote, commit, snap index, snap term
+ *   "L" shard index(u64) a log entry (kv.LogEntry)
+ *   "Z" shard store-key  a record of a snapshot being received (staging)
+ *   "N" shard            a snapshot install in progress: index, term, phase
+ * The engine owns "A", "D" and "S" (see engine.h).
+ *
+ * A snapshot is the shard's applied state read through a LevelDB snapshot
+ * and streamed in chunks; the receiver stages the chunks under "Z" and only
+ * once the whole snapshot is there and Raft accepted it replaces the
+ * shard's records, in bounded batches, behind an "N" marker that lets a
+ * restart finish an interrupted install. Memory never grows with the size
+ * of the shard.
+ */
+#include "replica.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conf.h"
+#include "engine.h"
+#include "kv.h"
+#include "log.h"
+#include "raft.h"
+#include "shard.h"
+#include "store.h"
+#include "wire.h"
+
+#define ELECTION_TICKS 50 /* x 10 ms: 500-1000 ms, randomized by raft */
+#define HEARTBEAT_TICKS 5
+#define MAX_INFLIGHT 256
+#define MAX_MSG_BYTES (1u << 20)
+#define COMPACT_EVERY 10000 /* compact when the log holds this many... */
+#define COMPACT_KEEP 2000   /* ...keeping this tail for slow followers */
+#define SNAP_CHUNK_BYTES (256u << 10)
+#define SNAP_WINDOW 4        /* chunks in flight per stream */
+#define SNAP_STALL_TICKS 500 /* 5 s without an ack ends a stream */
+#define INSTALL_BATCH 1000   /* records per batch while installing */
+#define HS_LEN 36
+#define MAX_WAITERS 100000   /* writes in flight per node before EUNAVAILABLE */
+
+struct waiter {
+    uint64_t index;
+    uint64_t term;
+    unsigned char *client;
+    size_t clen;
+    uint64_t req_id;
+    int code;
+    uint64_t version;
+    bool done;
+};
+
+struct pending_read {
+    Kv__Envelope *env;
+    unsigned char *client;
+    size_t clen;
+    uint64_t ctx; /* 0: no ReadIndex asked yet */
+    uint64_t index;
+    bool indexed;
+};
+
+struct snap_out {
+    bool active;
+    uint32_t peer;
+    uint64_t index, term;
+    uint64_t next_seq;  /* next chunk to send */
+    uint64_t acked;     /* chunks acknowledged (seq < acked) */
+    bool sent_last;
+    int idle;
+    struct store_iter *it;
+    int phase; /* 0: "D" records, 1: "S" records, 2: done */
+};
+
+struct snap_in {
+    bool active;
+    uint32_t from;
+    uint64_t index, term;
+    uint64_t next_seq;
+    bool complete;
+};
+
+struct group {
+    uint32_t shard;
+    struct raft *raft;
+    uint32_t members[CONF_MAX_NODES];
+    size_t nmembers;
+    struct raft_hardstate hs;
+    uint64_t snap_index, snap_term;
+    enum raft_role role;
+    uint32_t leader;
+    struct waiter *waiters;
+    size_t nwaiters, capwaiters;
+    struct pending_read *reads;
+    size_t nreads, capreads;
+    uint64_t read_ctx;
+    struct snap_out *out; /* one per member */
+    struct snap_in in;
+};
+
+struct replica {
+    const struct conf *conf;
+    uint32_t id;
+    struct store *store;
+    struct engine *engine;
+    struct replica_env env;
+    struct group **groups; /* by shard; NULL where this node is no member */
+    struct raft_ready *rd; /* by shard: the Ready being processed */
+    bool *has_rd;
+    size_t total_waiters;
+    struct replica_stats stats;
+    unsigned char *scratch;
+    size_t scratch_cap;
+};
+
+/* --- small helpers ------------------------------------------------------ */
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+           p[3];
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void shard_key(unsigned char *k, char tag, uint32_t shard)
+{
+    k[0] = (unsigned char)tag;
+    put_u32(k + 1, shard);
+}
+
+static void log_key(unsigned char k[13], uint32_t shard, uint64_t index)
+{
+    shard_key(k, 'L', shard);
+    put_u64(k + 5, index);
+}
+
+static void *grow(void *p, size_t *cap, size_t elem)
+{
+    size_t n = *cap ? *cap * 2 : 16;
+    void *q = realloc(p, n * elem);
+    if (q)
+        *cap = n;
+    return q;
+}
+
+static bool is_member(const struct group *g, uint32_t id)
+{
+    for (size_t i = 0; i < g->nmembers; i++)
+        if (g->members[i] == id)
+            return true;
+    return false;
+}
+
+static const struct conf_node *node_of(const struct replica *r, uint32_t id)
+{
+    return conf_node_by_id(r->conf, id);
+}
+
+/* --- replies ------------------------------------------------------------ */
+
+static void reply_code(struct replica *r, const void *client, size_t clen,
+                       uint64_t req_id, int code, const char *msg)
+{
+    Kv__Response resp = KV__RESPONSE__INIT;
+    resp.id = req_id;
+    resp.code = code;
+    resp.message = (char *)(msg ? msg : "");
+    r->env.reply(r->env.arg, client, clen, &resp);
+}
+
+/* Answers KV_ENOTLEADER, naming the leader of SHARD if this node knows one,
+ * else the first member of its placement. */
+static void reply_redirect(struct replica *r, const void *client, size_t clen,
+                           uint64_t req_id, uint32_t shard)
+{
+    struct group *g = r->groups[shard];
+    uint32_t hint = RAFT_NONE;
+    if (g && g->leader != RAFT_NONE && g->leader != r->id)
+        hint = g->leader;
+    if (!g)
+        hint = r->conf->nodes[conf_replica(r->conf, shard, 0)].id;
+    Kv__Response resp = KV__RESPONSE__INIT;
+    char msg[80];
+    if (hint)
+        snprintf(msg, sizeof(msg), "shard %u: ask node %u", shard, hint);
+    else
+        snprintf(msg, sizeof(msg), "shard %u has no known leader", shard);
+    resp.id = req_id;
+    resp.code = KV_ENOTLEADER;
+    resp.message = msg;
+    resp.leader_id = hint;
+    const struct conf_node *n = hint ? node_of(r, hint) : NULL;
+    resp.leader_addr = n ? n->address : "";
+    r->env.reply(r->env.arg, client, clen, &resp);
+}
+
+/* --- persistence ------------------------------------------------------- */
+
+static void stage_hardstate(struct replica *r, struct group *g)
+{
+    unsigned char k[5], v[HS_LEN];
+    shard_key(k, 'H', g->shard);
+    put_u64(v, g->hs.term);
+    put_u32(v + 8, g->hs.vote);
+    put_u64(v + 12, g->hs.commit);
+    put_u64(v + 20, g->snap_index);
+    put_u64(v + 28, g->snap_term);
+    engine_stage_raw(r->engine, k, sizeof(k), v, sizeof(v));
+}
+
+static int scratch_reserve(struct replica *r, size_t n)
+{
+    if (n <= r->scratch_cap)
+        return KV_OK;
+    unsigned char *p = realloc(r->scratch, n);
+    if (!p)
+        return KV_ENOMEM;
+    r->scratch = p;
+    r->scratch_cap = n;
+    return KV_OK;
+}
+
+static int stage_entry(struct replica *r, uint32_t shard,
+                       const struct raft_entry *e)
+{
+    Kv__LogEntry le = KV__LOG_ENTRY__INIT;
+    le.term = e->term;
+    le.index = e->index;
+    le.type = e->type;
+    le.data.data = e->data;
+    le.data.len = e->len;
+    size_t n = kv__log_entry__get_packed_size(&le);
+    if (scratch_reserve(r, n) != KV_OK)
+        return KV_ENOMEM;
+    kv__log_entry__pack(&le, r->scratch);
+    unsigned char k[13];
+    log_key(k, shard, e->index);
+    engine_stage_raw(r->engine, k, sizeof(k), r->scratch, n);
+    return KV_OK;
+}
+
+/* Loads a group's Raft state from the store. */
+static int load_group(struct replica *r, struct group *g,
+                      struct raft_init *init, struct raft_entry **entries,
+                      size_t *n)
+{
+    unsigned char k[13];
+    void *v = NULL;
+    size_t vlen = 0;
+    shard_key(k, 'H', g->shard);
+    int rc = store_get(r->store, k, 5, &v, &vlen);
+    if (rc == KV_OK) {
+        if (vlen != HS_LEN) {
+            free(v);
+            return KV_ECORRUPT;
+        }
+        const unsigned char *p = v;
+        g->hs.term = get_u64(p);
+        g->hs.vote = get_u32(p + 8);
+        g->hs.commit = get_u64(p + 12);
+        g->snap_index = get_u64(p + 20);
+        g->snap_term = get_u64(p + 28);
+        free(v);
+    } else if (rc != KV_ENOTFOUND) {
+        return rc;
+    }
+    uint64_t applied = engine_applied(r->engine, g->shard);
+    struct raft_entry *es = NULL;
+    size_t ne = 0, cap = 0;
+    struct store_iter *it = store_iter_new(r->store);
+    if (!it)
+        return KV_ENOMEM;
+    log_key(k, g->shard, g->snap_index + 1);
+    rc = KV_OK;
+    for (store_iter_seek(it, k, sizeof(k)); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen, elen;
+        const unsigned char *key = store_iter_key(it, &klen);
+        if (klen != 13 || memcmp(key, k, 5) != 0)
+            break;
+        const unsigned char *val = store_iter_value(it, &elen);
+        Kv__LogEntry *le = kv__log_entry__unpack(NULL, elen, val);
+        if (!le || le->index != get_u64(key + 5) ||
+            (ne && le->index != es[ne - 1].index + 1)) {
+            if (le)
+                kv__log_entry__free_unpacked(le, NULL);
+            rc = KV_ECORRUPT;
+            break;
+        }
+        if (ne == cap) {
+            struct raft_entry *x = grow(es, &cap, sizeof(*es));
+            if (!x) {
+                kv__log_entry__free_unpacked(le, NULL);
+                rc = KV_ENOMEM;
+                break;
+            }
+            es = x;
+        }
+        void *data = NULL;
+        if (le->data.len) {
+            data = malloc(le->data.len);
+            if (!data) {
+                kv__log_entry__free_unpacked(le, NULL);
+                rc = KV_ENOMEM;
+                break;
+            }
+            memcpy(data, le->data.data, le->data.len);
+        }
+        es[ne++] = (struct raft_entry){.term = le->term,
+                                       .index = le->index,
+                                       .type = le->type,
+                                       .data = data,
+                                       .len = le->data.len};
+        kv__log_entry__free_unpacked(le, NULL);
+    }
+    if (rc == KV_OK)
+        rc = store_iter_status(it);
+    store_iter_free(it);
+    if (rc == KV_OK && ne && es[0].index != g->snap_index + 1)
+        rc = KV_ECORRUPT;
+    if (rc != KV_OK) {
+        for (size_t i = 0; i < ne; i++)
+            free(es[i].data);
+        free(es);
+        return rc;
+    }
+    init->hs = g->hs;
+    init->snap_index = g->snap_index;
+    init->snap_term = g->snap_term;
+    init->entries = es;
+    init->n_entries = ne;
+    init->applied = applied > g->snap_index ? applied : g->snap_index;
+    if (init->hs.commit < init->applied)
+        init->hs.commit = init->applied;
+    *entries = es;
+    *n = ne;
+    return KV_OK;
+}
+
+/* --- snapshot install (receiver) --------------------------------------- */
+
+/* Deletes every store key that starts with PREFIX (PLEN bytes), in bounded
+ * batches, counting them. */
+static int delete_prefix(struct replica *r, const unsigned char *prefix,
+                         size_t plen)
+{
+    int rc = KV_OK;
+    for (;;) {
+        struct store_iter *it = store_iter_new(r->store);
+        struct store_batch *b = store_batch_new();
+        if (!it || !b) {
+            store_iter_free(it);
+            store_batch_free(b);
+            return KV_ENOMEM;
+        }
+        size_t n = 0;
+        for (store_iter_seek(it, prefix, plen);
+             store_iter_valid(it) && n < INSTALL_BATCH; store_iter_next(it)) {
+            size_t klen;
+            const unsigned char *k = store_iter_key(it, &klen);
+            if (klen < plen || memcmp(k, prefix, plen) != 0)
+                break;
+            store_batch_del(b, k, klen);
+            n++;
+        }
+        rc = store_iter_status(it);
+        store_iter_free(it);
+        if (rc == KV_OK && n)
+            rc = store_write(r->store, b, false);
+        store_batch_free(b);
+        if (rc != KV_OK || n < INSTALL_BATCH)
+            return rc;
+    }
+}
+
+static int write_install_marker(struct replica *r, uint32_t shard,
+                                uint64_t index, uint64_t term, int phase)
+{
+    unsigned char k[5], v[17];
+    shard_key(k, 'N', shard);
+    put_u64(v, index);
+    put_u64(v + 8, term);
+    v[16] = (unsigned char)phase;
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    store_batch_put(b, k, 5, v, sizeof(v));
+    int rc = store_write(r->store, b, true);
+    store_batch_free(b);
+    return rc;
+}
+
+/* Phase 1 deletes the shard's records; phase 2 moves the staged ones in and
+ * counts the keys; then the applied state is written and the marker goes. */
+static int run_install(struct replica *r, uint32_t shard, uint64_t index,
+                       uint64_t term, int phase)
+{
+    int rc = KV_OK;
+    unsigned char p[5];
+    if (phase == 1) {
+        shard_key(p, 'D', shard);
+        rc = delete_prefix(r, p, 5);
+        if (rc == KV_OK) {
+            shard_key(p, 'S', shard);
+            rc = delete_prefix(r, p, 5);
+        }
+        if (rc == KV_OK)
+            rc = write_install_marker(r, shard, index, term, 2);
+        if (rc != KV_OK)
+            return rc;
+    }
+    /* Phase 2: move "Z" shard storekey -> storekey. */
+    uint64_t keys = 0;
+    unsigned char z[5];
+    shard_key(z, 'Z', shard);
+    for (;;) {
+        struct store_iter *it = store_iter_new(r->store);
+        struct store_batch *b = store_batch_new();
+        if (!it || !b) {
+            store_iter_free(it);
+            store_batch_free(b);
+            return KV_ENOMEM;
+        }
+        size_t n = 0;
+        for (store_iter_seek(it, z, 5); store_iter_valid(it) && n < INSTALL_BATCH;
+             store_iter_next(it)) {
+            size_t klen, vlen;
+            const unsigned char *k = store_iter_key(it, &klen);
+            if (klen < 5 || memcmp(k, z, 5) != 0)
+                break;
+            const void *v = store_iter_value(it, &vlen);
+            store_batch_put(b, k + 5, klen - 5, v, vlen);
+            store_batch_del(b, k, klen);
+            n++;
+        }
+        rc = store_iter_status(it);
+        store_iter_free(it);
+        if (rc == KV_OK && n)
+            rc = store_write(r->store, b, false);
+        store_batch_free(b);
+        if (rc != KV_OK)
+            return rc;
+        if (n < INSTALL_BATCH)
+            break;
+    }
+    /* Count the keys now in place (moved ones, and on a resumed install the
+     * ones moved before the crash). */
+    struct store_iter *it = store_iter_new(r->store);
+    if (!it)
+        return KV_ENOMEM;
+    shard_key(p, 'D', shard);
+    for (store_iter_seek(it, p, 5); store_iter_valid(it); store_iter_next(it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen < 5 || memcmp(k, p, 5) != 0)
+            break;
+        keys++;
+    }
+    rc = store_iter_status(it);
+    store_iter_free(it);
+    if (rc != KV_OK)
+        return rc;
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    unsigned char ak[5], av[16], nk[5];
+    shard_key(ak, 'A', shard);
+    put_u64(av, index);
+    put_u64(av + 8, keys);
+    store_batch_put(b, ak, 5, av, sizeof(av));
+    shard_key(nk, 'N', shard);
+    store_batch_del(b, nk, 5);
+    rc = store_write(r->store, b, true);
+    store_batch_free(b);
+    if (rc == KV_OK)
+        engine_reset_shard(r->engine, shard, index, keys);
+    (void)term;
+    return rc;
+}
+
+/* Finishes an install a crash interrupted, if any. */
+static int resume_install(struct replica *r, uint32_t shard)
+{
+    unsigned char k[5];
+    shard_key(k, 'N', shard);
+    void *v = NULL;
+    size_t vlen = 0;
+    int rc = store_get(r->store, k, 5, &v, &vlen);
+    if (rc == KV_ENOTFOUND)
+        return KV_OK;
+    if (rc != KV_OK)
+        return rc;
+    if (vlen != 17) {
+        free(v);
+        return KV_ECORRUPT;
+    }
+    const unsigned char *p = v;
+    uint64_t index = get_u64(p), term = get_u64(p + 8);
+    int phase = p[16];
+    free(v);
+    log_msg(LOG_WARN, "resuming an interrupted snapshot install",
+            "shard=%u index=%llu phase=%d", shard, (unsigned long long)index,
+            phase);
+    return run_install(r, shard, index, term, phase == 2 ? 2 : 1);
+}
+
+/* Raft accepted the staged snapshot: make the store match it. */
+static int install_snapshot(struct replica *r, struct group *g, uint64_t index,
+                            uint64_t term)
+{
+    if (!g->in.complete || g->in.index != index) {
+        log_msg(LOG_ERROR, "raft installed a snapshot that is not staged",
+                "shard=%u index=%llu", g->shard, (unsigned long long)index);
+        return KV_EINTERNAL;
+    }
+    /* From this synced write on, the node's state is "snapshot at INDEX":
+     * the hard state and the log say so, and the marker says the data
+     * still has to be moved in. */
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    unsigned char hk[5], hv[HS_LEN], nk[5], nv[17];
+    g->snap_index = index;
+    g->snap_term = term;
+    if (g->hs.commit < index)
+        g->hs.commit = index;
+    shard_key(hk, 'H', g->shard);
+    put_u64(hv, g->hs.term);
+    put_u32(hv + 8, g->hs.vote);
+    put_u64(hv + 12, g->hs.commit);
+    put_u64(hv + 20, g->snap_index);
+    put_u64(hv + 28, g->snap_term);
+    store_batch_put(b, hk, 5, hv, sizeof(hv));
+    shard_key(nk, 'N', g->shard);
+    put_u64(nv, index);
+    put_u64(nv + 8, term);
+    nv[16] = 1;
+    store_batch_put(b, nk, 5, nv, sizeof(nv));
+    int rc = store_write(r->store, b, true);
+    store_batch_free(b);
+    if (rc != KV_OK)
+        return rc;
+    /* Old log entries up to the snapshot are now garbage. */
+    unsigned char lp[5];
+    shard_key(lp, 'L', g->shard);
+    rc = run_install(r, g->shard, index, term, 1);
+    if (rc != KV_OK)
+        return rc;
+    for (;;) {
+        struct store_iter *it = store_iter_new(r->store);
+        struct store_batch *d = store_batch_new();
+        if (!it || !d) {
+            store_iter_free(it);
+            store_batch_free(d);
+            return KV_ENOMEM;
+        }
+        size_t n = 0;
+        for (store_iter_seek(it, lp, 5); store_iter_valid(it) && n < INSTALL_BATCH;
+             store_iter_next(it)) {
+            size_t klen;
+            const unsigned char *k = store_iter_key(it, &klen);
+            if (klen != 13 || memcmp(k, lp, 5) != 0 || get_u64(k + 5) > index)
+                break;
+            store_batch_del(d, k, klen);
+            n++;
+        }
+        rc = store_iter_status(it);
+        store_iter_free(it);
+        if (rc == KV_OK && n)
+            rc = store_write(r->store, d, false);
+        store_batch_free(d);
+        if (rc != KV_OK || n < INSTALL_BATCH)
+            break;
+    }
+    g->in = (struct snap_in){0};
+    r->stats.snapshots_installed++;
+    log_msg(LOG_INFO, "installed a snapshot", "shard=%u index=%llu",
+            g->shard, (unsigned long long)index);
+    return rc;
+}
+
+/* --- snapshot streaming (sender) --------------------------------------- */
+
+static void snap_out_end(struct replica *r, struct group *g,
+                         struct snap_out *o, bool ok)
+{
+    store_iter_free(o->it);
+    o->it = NULL;
+    if (o->active)
+        raft_report_snapshot(g->raft, o->peer, ok);
+    o->active = false;
+    (void)r;
+}
+
+static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b)
+{
+    b->from = r->id;
+    b->cluster = r->conf->cluster;
+    void *buf;
+    size_t len;
+    if (wire_encode_peer(b, &buf, &len) != KV_OK)
+        return;
+    r->env.send(r->env.arg, to, buf, len);
+    free(buf);
+}
+
+/* Starts streaming the shard's applied state to PEER. */
+static void snap_out_start(struct replica *r, struct group *g,
+                           struct snap_out *o, uint32_t peer)
+{
+    if (o->active)
+        return;
+    struct store_iter *it = store_iter_new(r->store);
+    if (!it)
+        return;
+    /* The applied index that this store snapshot reflects. */
+    unsigned char ak[5];
+    shard_key(ak, 'A', g->shard);
+    store_iter_seek(it, ak, 5);
+    uint64_t index = 0;
+    size_t klen, vlen;
+    if (store_iter_valid(it)) {
+        const unsigned char *k = store_iter_key(it, &klen);
+        const unsigned char *v = store_iter_value(it, &vlen);
+        if (klen == 5 && memcmp(k, ak, 5) == 0 && vlen == 16)
+            index = get_u64(v);
+    }
+    uint64_t term = raft_term_at(g->raft, index);
+    if (index == 0 || term == 0) {
+        store_iter_free(it);
+        raft_report_snapshot(g->raft, peer, false);
+        return;
+    }
+    *o = (struct snap_out){.active = true,
+                           .peer = peer,
+                           .index = index,
+                           .term = term,
+                           .it = it};
+    unsigned char dk[5];
+    shard_key(dk, 'D', g->shard);
+    store_iter_seek(it, dk, 5);
+    r->stats.snapshots_sent++;
+    log_msg(LOG_INFO, "streaming a snapshot", "shard=%u to=%u index=%llu",
+            g->shard, peer, (unsigned long long)index);
+}
+
+/* Sends the next chunks of a stream, within its window. */
+static void snap_out_pump(struct replica *r, struct group *g,
+                          struct snap_out *o)
+{
+    while (o->active && !o->sent_last && o->next_seq < o->acked + SNAP_WINDOW) {
+        Kv__Entry *recs = NULL, **ptrs = NULL;
+        size_t n = 0, cap = 0, bytes = 0;
+        bool ok = true;
+        while (o->phase < 2 && bytes < SNAP_CHUNK_BYTES) {
+            unsigned char want[5];
+            shard_key(want, o->phase == 0 ? 'D' : 'S', g->shard);
+            size_t klen, vlen;
+            if (!store_iter_valid(o->it) ||
+                (store_iter_key(o->it, &klen), klen < 5) ||
+                memcmp(store_iter_key(o->it, &klen), want, 5) != 0) {
+                if (store_iter_status(o->it) != KV_OK) {
+                    ok = false;
+                    break;
+                }
+                o->phase++;
+                if (o->phase == 1) {
+                    shard_key(want, 'S', g->shard);
+                    store_iter_seek(o->it, want, 5);
+                }
+                continue;
+            }
+            if (n == cap) {
+                size_t c2 = cap;
+                Kv__Entry *x = grow(recs, &c2, sizeof(*recs));
+                if (!x) {
+                    ok = false;
+                    break;
+                }
+                recs = x;
+                cap = c2;
+            }
+            const void *k = store_iter_key(o->it, &klen);
+            const void *v = store_iter_value(o->it, &vlen);
+            kv__entry__init(&recs[n]);
+            /* Copies: the iterator's memory moves on with next(). */
+            void *copy = malloc(klen + vlen + 1);
+            if (!copy) {
+                ok = false;
+                break;
+            }
+            memcpy(copy, k, klen);
+            memcpy((char *)copy + klen, v, vlen);
+            recs[n].key.data = copy;
+            recs[n].key.len = klen;
+            recs[n].value.data = (uint8_t *)copy + klen;
+            recs[n].value.len = vlen;
+            n++;
+            bytes += klen + vlen + 16;
+            store_iter_next(o->it);
+        }
+        if (ok && n)
+            ok = (ptrs = malloc(n * sizeof(*ptrs))) != NULL;
+        if (ok) {
+            for (size_t i = 0; i < n; i++)
+                ptrs[i] = &recs[i];
+            Kv__SnapshotChunk c = KV__SNAPSHOT_CHUNK__INIT;
+            Kv__SnapshotChunk *cp = &c;
+            c.shard = g->shard;
+            c.index = o->index;
+            c.term = o->term;
+            c.seq = o->next_seq++;
+            c.n_records = n;
+            c.records = ptrs;
+            c.last = o->phase >= 2;
+            c.leader_term = g->hs.term;
+            c.to = o->peer;
+            Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+            b.n_chunks = 1;
+            b.chunks = &cp;
+            send_peer(r, o->peer, &b);
+            o->sent_last = c.last;
+        }
+        for (size_t i = 0; i < n; i++)
+            free(recs[i].key.data);
+        free(recs);
+        free(ptrs);
+        if (!ok) {
+            log_msg(LOG_WARN, "snapshot stream failed", "shard=%u to=%u",
+                    g->shard, o->peer);
+            snap_out_end(r, g, o, false);
+        }
+    }
+}
+
+/* --- groups ------------------------------------------------------------- */
+
+static void group_free(struct group *g)
+{
+    if (!g)
+        return;
+    raft_free(g->raft);
+    for (size_t i = 0; i < g->nwaiters; i++)
+        free(g->waiters[i].client);
+    free(g->waiters);
+    for (size_t i = 0; i < g->nreads; i++) {
+        free(g->reads[i].client);
+        wire_free(g->reads[i].env);
+    }
+    free(g->reads);
+    for (size_t i = 0; g->out && i < g->nmembers; i++)
+        store_iter_free(g->out[i].it);
+    free(g->out);
+    free(g);
+}
+
+static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
+                      struct group **out)
+{
+    struct group *g = calloc(1, sizeof(*g));
+    if (!g)
+        return KV_ENOMEM;
+    g->shard = shard;
+    for (uint32_t i = 0; i < r->conf->replicas; i++)
+        g->members[g->nmembers++] =
+            r->conf->nodes[conf_replica(r->conf, shard, i)].id;
+    g->out = calloc(g->nmembers, sizeof(*g->out));
+    if (!g->out) {
+        free(g);
+        return KV_ENOMEM;
+    }
+    int rc = resume_install(r, shard);
+    struct raft_init init = {0};
+    struct raft_entry *es = NULL;
+    size_t ne = 0;
+    if (rc == KV_OK)
+        rc = load_group(r, g, &init, &es, &ne);
+    if (rc != KV_OK) {
+        group_free(g);
+        return rc;
+    }
+    struct raft_config cfg = {.id = r->id,
+                              .peers = g->members,
+                              .npeers = g->nmembers,
+                              .election_ticks = ELECTION_TICKS,
+                              .heartbeat_ticks = HEARTBEAT_TICKS,
+                              .seed = seed ^ ((uint64_t)shard << 32),
+                              .max_inflight = MAX_INFLIGHT,
+                              .max_msg_bytes = MAX_MSG_BYTES,
+                              .pre_vote = true,
+                              .check_quorum = true};
+    g->raft = raft_new(&cfg, &init);
+    for (size_t i = 0; i < ne; i++)
+        free(es[i].data);
+    free(es);
+    if (!g->raft) {
+        group_free(g);
+        return KV_ENOMEM;
+    }
+    /* A group of one elects itself at once. */
+    if (g->nmembers == 1)
+        raft_campaign(g->raft);
+    *out = g;
+    return KV_OK;
+}
+
+/* --- client requests ---------------------------------------------------- */
+
+static int add_waiter(struct replica *r, struct group *g, uint64_t index,
+                      uint64_t term, const void *client, size_t clen,
+                      uint64_t req_id)
+{
+    if (g->nwaiters == g->capwaiters) {
+        struct waiter *w = grow(g->waiters, &g->capwaiters, sizeof(*w));
+        if (!w)
+            return KV_ENOMEM;
+        g->waiters = w;
+    }
+    unsigned char *c = malloc(clen ? clen : 1);
+    if (!c)
+        return KV_ENOMEM;
+    memcpy(c, client, clen);
+    g->waiters[g->nwaiters++] = (struct waiter){.index = index,
+                                                .term = term,
+                                                .client = c,
+                                                .clen = clen,
+                                                .req_id = req_id};
+    r->total_waiters++;
+    return KV_OK;
+}
+
+static bool key_ok(struct replica *r, const void *client, size_t clen,
+                   uint64_t req_id, const ProtobufCBinaryData *key)
+{
+    char msg[96];
+    if (key->len == 0) {
+        reply_code(r, client, clen, req_id, KV_EINVAL, "empty key");
+        return false;
+    }
+    if (key->len > r->conf->max_key_bytes) {
+        snprintf(msg, sizeof(msg), "key of %zu bytes over the limit of %llu",
+                 key->len, (unsigned long long)r->conf->max_key_bytes);
+        reply_code(r, client, clen, req_id, KV_ETOOBIG, msg);
+        return false;
+    }
+    return true;
+}
+
+static void handle_write(struct replica *r, const void *client, size_t clen,
+                         const Kv__Request *req)
+{
+    const ProtobufCBinaryData *key;
+    Kv__Command cmd = KV__COMMAND__INIT;
+    if (req->op_case == KV__REQUEST__OP_PUT) {
+        const Kv__PutRequest *p = req->put;
+        key = &p->key;
+        if (p->if_version && p->if_absent) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "if_version and if_absent exclude each other");
+            return;
+        }
+        if (p->value.len > r->conf->max_value_bytes) {
+            char msg[96];
+            snprintf(msg, sizeof(msg),
+                     "value of %zu bytes over the limit of %llu", p->value.len,
+                     (unsigned long long)r->conf->max_value_bytes);
+            reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+            return;
+        }
+        cmd.op_case = KV__COMMAND__OP_PUT;
+        cmd.put = req->put;
+    } else {
+        key = &req->del->key;
+        cmd.op_case = KV__COMMAND__OP_DEL;
+        cmd.del = req->del;
+    }
+    if (!key_ok(r, client, clen, req->id, key))
+        return;
+    if (req->seq && (req->client_id.len == 0 ||
+                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "a write with a sequence number needs a client id");
+        return;
+    }
+    uint32_t shard = shard_of(key->data, key->len, r->conf->shards);
+    struct group *g = r->groups[shard];
+    if (!g || g->role != RAFT_LEADER) {
+        reply_redirect(r, client, clen, req->id, shard);
+        return;
+    }
+    if (r->total_waiters >= MAX_WAITERS) {
+        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
+                   "too many writes in flight; retry");
+        return;
+    }
+    cmd.client_id = req->client_id;
+    cmd.seq = req->seq;
+    size_t n = kv__command__get_packed_size(&cmd);
+    if (scratch_reserve(r, n ? n : 1) != KV_OK) {
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        return;
+    }
+    kv__command__pack(&cmd, r->scratch);
+    uint64_t index = 0;
+    int rc = raft_propose(g->raft, r->scratch, n, &index);
+    if (rc == RAFT_ENOTLEADER || rc == RAFT_EBUSY) {
+        reply_redirect(r, client, clen, req->id, shard);
+        return;
+    }
+    if (rc != RAFT_OK || add_waiter(r, g, index, raft_term_at(g->raft, index),
+                                    client, clen, req->id) != KV_OK) {
+        /* Proposed but nobody will be told: the client times out and
+         * retries; its session makes the retry safe. */
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        return;
+    }
+    r->stats.proposals++;
+}
+
+/* Serves a read (get or scan) from this node's applied state. */
+static void serve_read(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req);
+
+static void handle_read(struct replica *r, const void *client, size_t clen,
+                        Kv__Envelope *env)
+{
+    const Kv__Request *req = env->request;
+    uint32_t shard;
+    bool stale;
+    if (req->op_case == KV__REQUEST__OP_GET) {
+        if (!key_ok(r, client, clen, req->id, &req->get->key))
+            goto done;
+        shard = shard_of(req->get->key.data, req->get->key.len,
+                         r->conf->shards);
+        stale = req->get->stale;
+    } else {
+        shard = req->scan->shard;
+        if (shard >= r->conf->shards) {
+            reply_code(r, client, clen, req->id, KV_EINVAL, "no such shard");
+            goto done;
+        }
+        stale = false;
+    }
+    struct group *g = r->groups[shard];
+    if (!g || (!stale && g->role != RAFT_LEADER)) {
+        reply_redirect(r, client, clen, req->id, shard);
+        goto done;
+    }
+    if (stale) {
+        serve_read(r, client, clen, req);
+        goto done;
+    }
+    if (g->nreads == g->capreads) {
+        struct pending_read *p = grow(g->reads, &g->capreads, sizeof(*p));
+        if (!p) {
+            reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+            goto done;
+        }
+        g->reads = p;
+    }
+    unsigned char *c = malloc(clen ? clen : 1);
+    if (!c) {
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        goto done;
+    }
+    memcpy(c, client, clen);
+    g->reads[g->nreads++] =
+        (struct pending_read){.env = env, .client = c, .clen = clen};
+    return; /* the read owns ENV now */
+done:
+    wire_free(env);
+}
+
+void replica_request(struct replica *r, const void *client, size_t clen,
+                     Kv__Envelope *env)
+{
+    const Kv__Request *req = env->request;
+    switch (req->op_case) {
+    case KV__REQUEST__OP_PUT:
+    case KV__REQUEST__OP_DEL:
+        handle_write(r, client, clen, req);
+        break;
+    case KV__REQUEST__OP_GET:
+    case KV__REQUEST__OP_SCAN:
+        handle_read(r, client, clen, env);
+        return;
+    default:
+        reply_code(r, client, clen, req->id, KV_EPROTO, "unknown operation");
+        break;
+    }
+    wire_free(env);
+}
+
+/* --- reads -------------------------------------------------------------- */
+
+struct scan_reply {
+    Kv__Entry *entries;
+    unsigned char **copies;
+    size_t n, cap;
+    size_t bytes, budget;
+};
+
+static int scan_collect(void *arg, const void *key, size_t klen,
+                        const void *val, size_t vlen, uint64_t version)
+{
+    struct scan_reply *s = arg;
+    if (s->n > 0 && s->bytes + klen + vlen + 32 > s->budget)
+        return 1; /* the reply would outgrow a message */
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        Kv__Entry *e = realloc(s->entries, cap * sizeof(*e));
+        if (!e)
+            return KV_ENOMEM;
+        s->entries = e;
+        unsigned char **c = realloc(s->copies, cap * sizeof(*c));
+        if (!c)
+            return KV_ENOMEM;
+        s->copies = c;
+        s->cap = cap;
+    }
+    unsigned char *copy = malloc(klen + vlen + 1);
+    if (!copy)
+        return KV_ENOMEM;
+    memcpy(copy, key, klen);
+    if (vlen)
+        memcpy(copy + klen, val, vlen);
+    Kv__Entry e = KV__ENTRY__INIT;
+    e.key.data = copy;
+    e.key.len = klen;
+    e.value.data = copy + klen;
+    e.value.len = vlen;
+    e.version = version;
+    s->entries[s->n] = e;
+    s->copies[s->n] = copy;
+    s->n++;
+    s->bytes += klen + vlen + 32;
+    return 0;
+}
+
+static void serve_scan(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req)
+{
+    const Kv__ScanRequest *q = req->scan;
+    uint64_t limit = q->limit && q->limit < 4096 ? q->limit : 4096;
+    struct engine_scan sc = {.shard = q->shard,
+                             .start = q->start.data,
+                             .start_len = q->start.len,
+                             .end = q->end.data,
+                             .end_len = q->end.len,
+                             .prefix = q->prefix.data,
+                             .prefix_len = q->prefix.len,
+                             .after = q->after.data,
+                             .after_len = q->after.len,
+                             .has_after = q->has_after,
+                             .limit = limit};
+    struct scan_reply s = {.budget = r->conf->max_message_bytes - 1024};
+    if (s.budget > (1u << 20))
+        s.budget = 1u << 20;
+    bool more = false;
+    Kv__Entry **ptrs = NULL;
+    int rc = engine_scan(r->engine, &sc, scan_collect, &s, &more);
+    if (rc == 1) {
+        more = true;
+        rc = KV_OK;
+    }
+    if (rc == KV_OK && !(ptrs = malloc((s.n ? s.n : 1) * sizeof(*ptrs))))
+        rc = KV_ENOMEM;
+    if (rc != KV_OK) {
+        reply_code(r, client, clen, req->id, rc, "scan failed");
+    } else {
+        for (size_t i = 0; i < s.n; i++)
+            ptrs[i] = &s.entries[i];
+        Kv__ScanResult res = KV__SCAN_RESULT__INIT;
+        res.n_entries = s.n;
+        res.entries = ptrs;
+        res.more = more;
+        Kv__Response resp = KV__RESPONSE__INIT;
+        resp.id = req->id;
+        resp.result_case = KV__RESPONSE__RESULT_SCAN;
+        resp.scan = &res;
+        r->env.reply(r->env.arg, client, clen, &resp);
+    }
+    for (size_t i = 0; i < s.n; i++)
+        free(s.copies[i]);
+    free(s.copies);
+    free(s.entries);
+    free(ptrs);
+}
+
+static void serve_read(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req)
+{
+    r->stats.reads++;
+    if (req->op_case == KV__REQUEST__OP_SCAN) {
+        serve_scan(r, client, clen, req);
+        return;
+    }
+    const Kv__GetRequest *g = req->get;
+    uint32_t shard = shard_of(g->key.data, g->key.len, r->conf->shards);
+    void *val = NULL;
+    size_t vlen = 0;
+    uint64_t ver = 0;
+    int rc = engine_get(r->engine, shard, g->key.data, g->key.len, &val, &vlen,
+                        &ver);
+    if (rc != KV_OK) {
+        reply_code(r, client, clen, req->id, rc,
+                   rc == KV_ENOTFOUND ? "" : "storage error");
+        return;
+    }
+    Kv__Response resp = KV__RESPONSE__INIT;
+    Kv__GetResult res = KV__GET_RESULT__INIT;
+    res.value.data = val;
+    res.value.len = vlen;
+    res.version = ver;
+    resp.id = req->id;
+    resp.result_case = KV__RESPONSE__RESULT_GET;
+    resp.get = &res;
+    r->env.reply(r->env.arg, client, clen, &resp);
+    free(val);
+}
+
+/* Asks Raft for one read index covering every read that has none yet. */
+static void start_reads(struct replica *r, struct group *g)
+{
+    bool need = false;
+    for (size_t i = 0; i < g->nreads; i++)
+        need |= g->reads[i].ctx == 0;
+    if (!need)
+        return;
+    uint64_t ctx = ++g->read_ctx;
+    if (raft_read_index(g->raft, ctx) != RAFT_OK) {
+        /* Lost leadership: every waiting read goes elsewhere. */
+        for (size_t i = 0; i < g->nreads; i++) {
+            struct pending_read *p = &g->reads[i];
+            reply_redirect(r, p->client, p->clen, p->env->request->id,
+                           g->shard);
+            free(p->client);
+            wire_free(p->env);
+        }
+        g->nreads = 0;
+        return;
+    }
+    for (size_t i = 0; i < g->nreads; i++)
+        if (g->reads[i].ctx == 0)
+            g->reads[i].ctx = ctx;
+}
+
+/* Serves the reads whose read index is applied. */
+static void finish_reads(struct replica *r, struct group *g)
+{
+    uint64_t applied = engine_applied(r->engine, g->shard);
+    size_t keep = 0;
+    for (size_t i = 0; i < g->nreads; i++) {
+        struct pending_read *p = &g->reads[i];
+        if (p->indexed && p->index <= applied) {
+            serve_read(r, p->client, p->clen, p->env->request);
+            free(p->client);
+            wire_free(p->env);
+        } else {
+            g->reads[keep++] = *p;
+        }
+    }
+    g->nreads = keep;
+}
+
+/* A group that lost leadership sends its waiting reads elsewhere. */
+static void bounce_reads(struct replica *r, struct group *g)
+{
+    for (size_t i = 0; i < g->nreads; i++) {
+        struct pending_read *p = &g->reads[i];
+        reply_redirect(r, p->client, p->clen, p->env->request->id, g->shard);
+        free(p->client);
+        wire_free(p->env);
+    }
+    g->nreads = 0;
+}
+
+/* --- apply ---------------------------------------------------------------- */
+
+static struct waiter *find_waiter(struct group *g, uint64_t index)
+{
+    for (size_t i = 0; i < g->nwaiters; i++)
+        if (g->waiters[i].index == index && !g->waiters[i].done)
+            return &g->waiters[i];
+    return NULL;
+}
+
+static int apply_entry(struct replica *r, struct group *g,
+                       const struct raft_entry *e)
+{
+    if (e->index <= engine_applied(r->engine, g->shard))
+        return KV_OK; /* applied before a restart */
+    struct waiter *w = find_waiter(g, e->index);
+    if (w && w->term != e->term) {
+        /* Another leader's entry took the index: ours was never committed.
+         * A retry is safe (and would be even without the session). */
+        w->done = true;
+        w->code = KV_ENOTLEADER;
+        w = NULL;
+    }
+    Kv__Command *cmd = NULL;
+    if (e->type == RAFT_ENTRY_NORMAL && e->len)
+        cmd = kv__command__unpack(NULL, e->len, e->data);
+    if (!cmd || cmd->op_case == KV__COMMAND__OP__NOT_SET) {
+        if (e->type == RAFT_ENTRY_NORMAL)
+            log_msg(LOG_ERROR, "undecodable log entry applied as a no-op",
+                    "shard=%u index=%llu", g->shard,
+                    (unsigned long long)e->index);
+        if (cmd)
+            kv__command__free_unpacked(cmd, NULL);
+        int rc = engine_stage_applied(r->engine, g->shard, e->index);
+        if (w) {
+            w->done = true;
+            w->code = KV_EINTERNAL;
+        }
+        return rc == KV_EINVAL ? KV_OK : rc;
+    }
+    struct engine_write wr = {.shard = g->shard,
+                              .index = e->index,
+                              .client_id = cmd->client_id.data,
+                              .client_id_len = cmd->client_id.len,
+                              .seq = cmd->seq};
+    if (cmd->op_case == KV__COMMAND__OP_PUT) {
+        wr.op = ENGINE_PUT;
+        wr.key = cmd->put->key.data;
+        wr.klen = cmd->put->key.len;
+        wr.val = cmd->put->value.data;
+        wr.vlen = cmd->put->value.len;
+        wr.if_version = cmd->put->if_version;
+        wr.if_absent = cmd->put->if_absent;
+    } else {
+        wr.op = ENGINE_DEL;
+        wr.key = cmd->del->key.data;
+        wr.klen = cmd->del->key.len;
+        wr.if_version = cmd->del->if_version;
+    }
+    if (!wr.seq) {
+        wr.client_id = NULL;
+        wr.client_id_len = 0;
+    }
+    uint64_t version = 0;
+    int rc = engine_stage(r->engine, &wr, &version);
+    kv__command__free_unpacked(cmd, NULL);
+    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND &&
+        rc != KV_EINVAL)
+        return rc; /* storage failure: the node stops */
+    if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
+        engine_stage_applied(r->engine, g->shard, e->index);
+    r->stats.applied++;
+    if (w) {
+        w->done = true;
+        w->code = rc;
+        w->version = version;
+    }
+    return KV_OK;
+}
+
+static void answer_waiters(struct replica *r, struct group *g)
+{
+    size_t keep = 0;
+    uint64_t applied = engine_applied(r->engine, g->shard);
+    for (size_t i = 0; i < g->nwaiters; i++) {
+        struct waiter *w = &g->waiters[i];
+        if (!w->done && w->index <= applied) {
+            /* Skipped by a snapshot: the outcome is unknown here; the
+             * client retries and its session answers. */
+            w->done = true;
+            w->code = KV_EUNAVAILABLE;
+        }
+        if (!w->done) {
+            g->waiters[keep++] = *w;
+            continue;
+        }
+        Kv__Response resp = KV__RESPONSE__INIT;
+        Kv__WriteResult res = KV__WRITE_RESULT__INIT;
+        resp.id = w->req_id;
+        if (w->code == KV_OK) {
+            res.version = w->version;
+            resp.result_case = KV__RESPONSE__RESULT_WRITE;
+            resp.write = &res;
+        } else {
+            resp.code = w->code;
+            resp.message = w->code == KV_ECONFLICT ? "condition failed"
+                           : w->code == KV_ENOTLEADER
+                               ? "leadership changed before commit; retry"
+                           : w->code == KV_EUNAVAILABLE
+                               ? "outcome unknown here; retry"
+                               : "";
+            if (w->code == KV_ENOTLEADER)
+                resp.leader_id = g->leader != r->id ? g->leader : 0;
+        }
+        r->env.reply(r->env.arg, w->client, w->clen, &resp);
+        free(w->client);
+        r->total_waiters--;
+    }
+    g->nwaiters = keep;
+}
+
+/* --- messages ----------------------------------------------------------- */
+
+static void to_raft_msg(const Kv__RaftMessage *m, struct raft_msg *out,
+                        struct raft_entry *es)
+{
+    *out = (struct raft_msg){.type = (enum raft_msg_type)m->type,
+                             .from = m->from,
+                             .to = m->to,
+                             .term = m->term,
+                             .log_term = m->log_term,
+                             .index = m->index,
+                             .entries = es,
+                             .n_entries = m->n_entries,
+                             .commit = m->commit,
+                             .reject = m->reject,
+                             .reject_hint = m->reject_hint,
+                             .context = m->context};
+    for (size_t i = 0; i < m->n_entries; i++) {
+        const Kv__LogEntry *le = m->entries[i];
+        es[i] = (struct raft_entry){.term = le->term,
+                                    .index = le->index,
+                                    .type = le->type,
+                                    .data = le->data.data,
+                                    .len = le->data.len};
+    }
+}
+
+static void handle_chunk(struct replica *r, uint32_t from,
+                         const Kv__SnapshotChunk *c)
+{
+    struct group *g = c->shard < r->conf->shards ? r->groups[c->shard] : NULL;
+    Kv__SnapshotAck ack = KV__SNAPSHOT_ACK__INIT;
+    Kv__SnapshotAck *ap = &ack;
+    ack.shard = c->shard;
+    ack.index = c->index;
+    ack.seq = c->seq;
+    if (!g || c->to != r->id || !is_member(g, from)) {
+        r->stats.dropped_msgs++;
+        return;
+    }
+    if (c->seq == 0) {
+        unsigned char z[5];
+        shard_key(z, 'Z', g->shard);
+        if (delete_prefix(r, z, 5) != KV_OK)
+            goto refuse;
+        g->in = (struct snap_in){.active = true,
+                                 .from = from,
+                                 .index = c->index,
+                                 .term = c->term};
+    }
+    if (!g->in.active || g->in.from != from || g->in.index != c->index ||
+        g->in.term != c->term || g->in.next_seq != c->seq)
+        goto refuse;
+    /* Only records of this shard's data and sessions may be staged. */
+    for (size_t i = 0; i < c->n_records; i++) {
+        const Kv__Entry *e = c->records[i];
+        if (e->key.len < 5 ||
+            (e->key.data[0] != 'D' && e->key.data[0] != 'S') ||
+            get_u32(e->key.data + 1) != g->shard)
+            goto refuse;
+    }
+    /* Staged records go straight to the store, synced: an install reads
+     * them from there, possibly within this same loop iteration. */
+    struct store_batch *zb = store_batch_new();
+    if (!zb)
+        goto refuse;
+    for (size_t i = 0; i < c->n_records; i++) {
+        const Kv__Entry *e = c->records[i];
+        if (scratch_reserve(r, e->key.len + 5) != KV_OK) {
+            store_batch_free(zb);
+            goto refuse;
+        }
+        shard_key(r->scratch, 'Z', g->shard);
+        memcpy(r->scratch + 5, e->key.data, e->key.len);
+        store_batch_put(zb, r->scratch, e->key.len + 5, e->value.data,
+                        e->value.len);
+    }
+    int zrc = store_write(r->store, zb, true);
+    store_batch_free(zb);
+    if (zrc != KV_OK)
+        goto refuse;
+    g->in.next_seq++;
+    ack.ok = true;
+    Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+    b.n_acks = 1;
+    b.acks = &ap;
+    send_peer(r, from, &b);
+    if (c->last) {
+        g->in.complete = true;
+        struct raft_msg m = {.type = RAFT_MSG_SNAPSHOT,
+                             .from = from,
+                             .to = r->id,
+                             .term = c->leader_term,
+                             .log_term = c->term,
+                             .index = c->index};
+        raft_step(g->raft, &m);
+    }
+    return;
+refuse:
+    g->in = (struct snap_in){0};
+    ack.ok = false;
+    Kv__PeerBatch rb = KV__PEER_BATCH__INIT;
+    rb.n_acks = 1;
+    rb.acks = &ap;
+    send_peer(r, from, &rb);
+}
+
+static void handle_ack(struct replica *r, uint32_t from,
+                       const Kv__SnapshotAck *a)
+{
+    struct group *g = a->shard < r->conf->shards ? r->groups[a->shard] : NULL;
+    if (!g)
+        return;
+    for (size_t i = 0; i < g->nmembers; i++) {
+        struct snap_out *o = &g->out[i];
+        if (!o->active || o->peer != from || o->index != a->index)
+            continue;
+        if (!a->ok) {
+            snap_out_end(r, g, o, false);
+            return;
+        }
+        if (a->seq + 1 > o->acked)
+            o->acked = a->seq + 1;
+        o->idle = 0;
+        if (o->sent_last && o->acked == o->next_seq) {
+            snap_out_end(r, g, o, true);
+            log_msg(LOG_INFO, "snapshot delivered", "shard=%u to=%u",
+                    g->shard, from);
+        }
+        return;
+    }
+}
+
+void replica_peer(struct replica *r, const Kv__PeerBatch *b)
+{
+    if (!node_of(r, b->from) || b->from == r->id || !b->cluster ||
+        strcmp(b->cluster, r->conf->cluster) != 0) {
+        r->stats.dropped_msgs += b->n_msgs + b->n_chunks + b->n_acks;
+        return;
+    }
+    struct raft_entry *es = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < b->n_msgs; i++) {
+        const Kv__RaftMessage *m = b->msgs[i];
+        struct group *g =
+            m->shard < r->conf->shards ? r->groups[m->shard] : NULL;
+        if (!g || m->from != b->from || m->to != r->id ||
+            m->type == RAFT_MSG_SNAPSHOT) {
+            r->stats.dropped_msgs++;
+            continue;
+        }
+        if (m->n_entries > cap) {
+            struct raft_entry *x = realloc(es, m->n_entries * sizeof(*es));
+            if (!x) {
+                r->stats.dropped_msgs++;
+                continue;
+            }
+            es = x;
+            cap = m->n_entries;
+        }
+        struct raft_msg rm;
+        to_raft_msg(m, &rm, es);
+        if (raft_step(g->raft, &rm) != RAFT_OK)
+            r->stats.dropped_msgs++;
+    }
+    free(es);
+    for (size_t i = 0; i < b->n_chunks; i++)
+        handle_chunk(r, b->from, b->chunks[i]);
+    for (size_t i = 0; i < b->n_acks; i++)
+        handle_ack(r, b->from, b->acks[i]);
+}
+
+/* Sends every Raft message of this flush, one PeerBatch per peer node. */
+static void send_messages(struct replica *r)
+{
+    const struct conf *c = r->conf;
+    for (size_t ni = 0; ni < c->nnodes; ni++) {
+        uint32_t peer = c->nodes[ni].id;
+        if (peer == r->id)
+            continue;
+        size_t count = 0, nent = 0;
+        for (uint32_t s = 0; s < c->shards; s++) {
+            if (!r->has_rd[s])
+                continue;
+            for (size_t i = 0; i < r->rd[s].n_msgs; i++) {
+                const struct raft_msg *m = &r->rd[s].msgs[i];
+                if (m->to == peer && m->type != RAFT_MSG_SNAPSHOT) {
+                    count++;
+                    nent += m->n_entries;
+                }
+            }
+        }
+        if (!count)
+            continue;
+        Kv__RaftMessage *ms = calloc(count, sizeof(*ms));
+        Kv__RaftMessage **mp = calloc(count, sizeof(*mp));
+        Kv__LogEntry *les = calloc(nent ? nent : 1, sizeof(*les));
+        Kv__LogEntry **lp = calloc(nent ? nent : 1, sizeof(*lp));
+        if (!ms || !mp || !les || !lp)
+            goto next; /* dropped: Raft retries */
+        size_t k = 0, e = 0;
+        for (uint32_t s = 0; s < c->shards; s++) {
+            if (!r->has_rd[s])
+                continue;
+            for (size_t i = 0; i < r->rd[s].n_msgs; i++) {
+                const struct raft_msg *m = &r->rd[s].msgs[i];
+                if (m->to != peer || m->type == RAFT_MSG_SNAPSHOT)
+                    continue;
+                Kv__RaftMessage *pm = &ms[k];
+                kv__raft_message__init(pm);
+                pm->shard = s;
+                pm->type = m->type;
+                pm->from = m->from;
+                pm->to = m->to;
+                pm->term = m->term;
+                pm->log_term = m->log_term;
+                pm->index = m->index;
+                pm->commit = m->commit;
+                pm->reject = m->reject;
+                pm->reject_hint = m->reject_hint;
+                pm->context = m->context;
+                pm->n_entries = m->n_entries;
+                pm->entries = &lp[e];
+                for (size_t j = 0; j < m->n_entries; j++) {
+                    kv__log_entry__init(&les[e]);
+                    les[e].term = m->entries[j].term;
+                    les[e].index = m->entries[j].index;
+                    les[e].type = m->entries[j].type;
+                    les[e].data.data = m->entries[j].data;
+                    les[e].data.len = m->entries[j].len;
+                    lp[e] = &les[e];
+                    e++;
+                }
+                mp[k] = pm;
+                k++;
+            }
+        }
+        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+        b.n_msgs = count;
+        b.msgs = mp;
+        send_peer(r, peer, &b);
+    next:
+        free(ms);
+        free(mp);
+        free(les);
+        free(lp);
+    }
+}
+
+/* --- the driver step ------------------------------------------------------ */
+
+static void maybe_compact(struct replica *r, struct group *g)
+{
+    uint64_t applied = engine_applied(r->engine, g->shard);
+    if (applied < g->snap_index + COMPACT_EVERY + COMPACT_KEEP)
+        return;
+    uint64_t to = applied - COMPACT_KEEP;
+    uint64_t term = raft_term_at(g->raft, to);
+    if (!term || raft_compact(g->raft, to) != RAFT_OK)
+        return;
+    for (uint64_t i = g->snap_index + 1; i <= to; i++) {
+        unsigned char k[13];
+        log_key(k, g->shard, i);
+        engine_stage_raw(r->engine, k, sizeof(k), NULL, 0);
+    }
+    g->snap_index = to;
+    g->snap_term = term;
+    stage_hardstate(r, g);
+}
+
+int replica_flush(struct replica *r)
+{
+    const struct conf *c = r->conf;
+    int rc = KV_OK;
+    for (uint32_t s = 0; s < c->shards; s++) {
+        struct group *g = r->groups[s];
+        r->has_rd[s] = false;
+        if (!g)
+            continue;
+        if (g->role == RAFT_LEADER)
+            start_reads(r, g);
+        if (!raft_ready(g->raft, &r->rd[s]))
+            continue;
+        r->has_rd[s] = true;
+        struct raft_ready *rd = &r->rd[s];
+        if (rd->soft_changed) {
+            if (g->role == RAFT_LEADER && rd->role != RAFT_LEADER)
+                bounce_reads(r, g);
+            if (rd->role != g->role || rd->leader != g->leader)
+                log_msg(rd->role == RAFT_LEADER ? LOG_INFO : LOG_DEBUG,
+                        "role changed", "shard=%u role=%d leader=%u term=%llu",
+                        s, rd->role, rd->leader,
+                        (unsigned long long)rd->hs.term);
+            g->role = rd->role;
+            g->leader = rd->leader;
+        }
+        if (rd->has_snapshot) {
+            rc = install_snapshot(r, g, rd->snap_index, rd->snap_term);
+            if (rc != KV_OK)
+                return rc;
+        }
+        if (rd->hs_changed) {
+            g->hs = rd->hs;
+            stage_hardstate(r, g);
+        }
+        for (size_t i = 0; i < rd->n_entries; i++) {
+            rc = stage_entry(r, s, &rd->entries[i]);
+            if (rc != KV_OK)
+                return rc;
+        }
+        if (rd->n_entries && rd->truncate_after) {
+            uint64_t last = rd->entries[rd->n_entries - 1].index;
+            for (uint64_t i = last + 1; i <= rd->truncate_after; i++) {
+                unsigned char k[13];
+                log_key(k, s, i);
+                engine_stage_raw(r->engine, k, sizeof(k), NULL, 0);
+            }
+        }
+        for (size_t i = 0; i < rd->n_committed; i++) {
+            rc = apply_entry(r, g, &rd->committed[i]);
+            if (rc != KV_OK)
+                return rc;
+        }
+        for (size_t i = 0; i < rd->n_reads; i++)
+            for (size_t j = 0; j < g->nreads; j++)
+                if (g->reads[j].ctx == rd->reads[i].ctx) {
+                    g->reads[j].indexed = true;
+                    g->reads[j].index = rd->reads[i].index;
+                }
+        for (size_t i = 0; i < rd->n_msgs; i++) {
+            const struct raft_msg *m = &rd->msgs[i];
+            if (m->type != RAFT_MSG_SNAPSHOT)
+                continue;
+            for (size_t j = 0; j < g->nmembers; j++)
+                if (g->members[j] == m->to)
+                    snap_out_start(r, g, &g->out[j], m->to);
+        }
+    }
+    /* 2. One synced batch for every group. */
+    rc = engine_commit(r->engine);
+    if (rc != KV_OK) {
+        log_msg(LOG_ERROR, "cannot persist raft state", "error=\"%s\"",
+                kv_strerror(rc));
+        return rc;
+    }
+    /* 3. Send. */
+    send_messages(r);
+    /* 4. Answer. 5. Advance. */
+    for (uint32_t s = 0; s < c->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g)
+            continue;
+        answer_waiters(r, g);
+        finish_reads(r, g);
+        if (r->has_rd[s])
+            raft_advance(g->raft, &r->rd[s]);
+        r->has_rd[s] = false;
+        for (size_t j = 0; j < g->nmembers; j++)
+            if (g->out[j].active)
+                snap_out_pump(r, g, &g->out[j]);
+        maybe_compact(r, g);
+    }
+    return KV_OK;
+}
+
+void replica_tick(struct replica *r)
+{
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g)
+            continue;
+        raft_tick(g->raft);
+        for (size_t j = 0; j < g->nmembers; j++) {
+            struct snap_out *o = &g->out[j];
+            if (o->active && ++o->idle > SNAP_STALL_TICKS) {
+                log_msg(LOG_WARN, "snapshot stream stalled", "shard=%u to=%u",
+                        s, o->peer);
+                snap_out_end(r, g, o, false);
+            }
+        }
+    }
+}
+
+size_t replica_transfer_all(struct replica *r)
+{
+    size_t led = 0;
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g || g->role != RAFT_LEADER || g->nmembers < 2)
+            continue;
+        led++;
+        struct raft_status st;
+        raft_get_status(g->raft, &st);
+        uint32_t best = RAFT_NONE;
+        uint64_t best_match = 0;
+        for (size_t i = 0; i < st.n_progress; i++) {
+            const struct raft_progress *p = &st.progress[i];
+            if (p->id == r->id || !p->active)
+                continue;
+            if (best == RAFT_NONE || p->match > best_match) {
+                best = p->id;
+                best_match = p->match;
+            }
+        }
+        if (best != RAFT_NONE)
+            raft_transfer_leader(g->raft, best);
+    }
+    return led;
+}
+
+/* --- status ------------------------------------------------------------- */
+
+static const char *role_name(enum raft_role role)
+{
+    switch (role) {
+    case RAFT_LEADER:
+        return "leader";
+    case RAFT_CANDIDATE:
+        return "candidate";
+    case RAFT_PRECANDIDATE:
+        return "precandidate";
+    default:
+        return "follower";
+    }
+}
+
+int replica_status(struct replica *r, Kv__StatusResult *st)
+{
+    for (size_t i = 0; i < st->n_shard_info; i++) {
+        Kv__ShardInfo *si = st->shard_info[i];
+        struct group *g = si->shard < r->conf->shards ? r->groups[si->shard]
+                                                      : NULL;
+        if (!g)
+            continue;
+        struct raft_status rs;
+        raft_get_status(g->raft, &rs);
+        si->local = true;
+        si->leader = rs.leader;
+        si->term = rs.term;
+        si->commit = rs.commit;
+        si->role = (char *)role_name(rs.role);
+        engine_shard_info(r->engine, g->shard, &si->keys, &si->applied);
+        if (rs.role != RAFT_LEADER || rs.n_progress == 0)
+            continue;
+        Kv__MemberInfo *mi = calloc(rs.n_progress, sizeof(*mi));
+        Kv__MemberInfo **mp = calloc(rs.n_progress, sizeof(*mp));
+        if (!mi || !mp) {
+            free(mi);
+            free(mp);
+            return KV_ENOMEM;
+        }
+        for (size_t j = 0; j < rs.n_progress; j++) {
+            kv__member_info__init(&mi[j]);
+            mi[j].id = rs.progress[j].id;
+            mi[j].match = rs.progress[j].match;
+            mi[j].active = rs.progress[j].active || rs.progress[j].id == r->id;
+            mp[j] = &mi[j];
+        }
+        si->n_members = rs.n_progress;
+        si->members = mp;
+    }
+    return KV_OK;
+}
+
+void replica_status_free(Kv__StatusResult *st)
+{
+    for (size_t i = 0; i < st->n_shard_info; i++) {
+        Kv__ShardInfo *si = st->shard_info[i];
+        if (si->n_members) {
+            free(si->members[0]);
+            free(si->members);
+            si->members = NULL;
+            si->n_members = 0;
+        }
+    }
+}
+
+void replica_get_stats(const struct replica *r, struct replica_stats *st)
+{
+    *st = r->stats;
+}
+
+/* --- open / close ------------------------------------------------------- */
+
+int replica_open(const struct conf *conf, uint32_t id, struct store *store,
+                 const struct replica_env *env, uint64_t seed,
+                 struct replica **out, char *err, size_t errlen)
+{
+    struct replica *r = calloc(1, sizeof(*r));
+    if (!r)
+        return KV_ENOMEM;
+    r->conf = conf;
+    r->id = id;
+    r->store = store;
+    r->env = *env;
+    r->groups = calloc(conf->shards, sizeof(*r->groups));
+    r->rd = calloc(conf->shards, sizeof(*r->rd));
+    r->has_rd = calloc(conf->shards, sizeof(*r->has_rd));
+    int rc = r->groups && r->rd && r->has_rd ? KV_OK : KV_ENOMEM;
+    if (rc == KV_OK)
+        rc = engine_open(store, conf->shards, &r->engine);
+    if (rc == KV_OK)
+        rc = engine_check_meta(r->engine, conf->cluster, id, err, errlen);
+    for (uint32_t s = 0; rc == KV_OK && s < conf->shards; s++) {
+        bool member = false;
+        for (uint32_t i = 0; i < conf->replicas; i++)
+            member |= conf->nodes[conf_replica(conf, s, i)].id == id;
+        if (member) {
+            rc = group_open(r, s, seed, &r->groups[s]);
+            if (rc != KV_OK)
+                snprintf(err, errlen, "cannot restore shard %u: %s", s,
+                         kv_strerror(rc));
+        }
+    }
+    if (rc != KV_OK) {
+        replica_close(r);
+        return rc;
+    }
+    *out = r;
+    return KV_OK;
+}
+
+void replica_close(struct replica *r)
+{
+    if (!r)
+        return;
+    for (uint32_t s = 0; r->groups && s < r->conf->shards; s++)
+        group_free(r->groups[s]);
+    free(r->groups);
+    free(r->rd);
+    free(r->has_rd);
+    engine_close(r->engine);
+    free(r->scratch);
+    free(r);
+}

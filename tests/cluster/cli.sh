@@ -1,0 +1,595 @@
+#!/bin/sh
+# cli.sh - kvclient end to end, against a real 3-node cluster on 127.0.0.1.
+#
+#   B=build sh tests/cluster/cli.sh
+#
+# It starts its own cluster (free ports, a cluster.conf in a temp dir, one
+# kvnode per node in the background), then checks the output and exit code
+# of every kvclient command and flag: usage errors, get/put/del, conditions,
+# binary values (stdin, --hex), scan bounds across shards, --json output
+# (parsed with python3), size limits, the tcp:// and embedded: targets,
+# bench, and status/get with nodes down. Every started process is ended by
+# its PID and the temp dir removed on exit. The last line is exactly
+# "N passed, M failed"; the exit status is non-zero on any failure.
+set -u
+
+B=${B:-build}
+B=$(cd "$B" && pwd) || exit 1
+KVC="$B/kvclient"
+KVNODE="$B/kvnode"
+
+passed=0
+failed=0
+PIDS=""
+T=$(mktemp -d "${TMPDIR:-/tmp}/kv-cli.XXXXXX") || exit 1
+
+# --- cleanup: end every started node by PID, remove the temp dir ---------
+cleanup() {
+    for pid in $PIDS; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in $PIDS; do
+        n=0
+        while kill -0 "$pid" 2>/dev/null && [ $n -lt 50 ]; do
+            sleep 0.1
+            n=$((n + 1))
+        done
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    PIDS=""
+    rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- reporting ------------------------------------------------------------
+ok() {
+    passed=$((passed + 1))
+    echo "ok   $1"
+}
+
+bad() {
+    failed=$((failed + 1))
+    echo "FAIL $1"
+    if [ -s "$T/err" ]; then
+        sed -n '1,5s/^/     stderr: /p' "$T/err"
+    fi
+    if [ -s "$T/out" ]; then
+        head -c 600 "$T/out" | sed -n '1,5s/^/     stdout: /p'
+    fi
+}
+
+now_ms() {
+    echo $(($(date +%s%N) / 1000000))
+}
+
+# kvc ARGS...: runs kvclient on the test cluster; stdout in $T/out, stderr
+# in $T/err, exit status in $rc. Stdin is /dev/null unless redirected.
+kvc() {
+    "$KVC" -c "$CONF" "$@" >"$T/out" 2>"$T/err" </dev/null
+    rc=$?
+}
+
+# kvc_in FILE ARGS...: as kvc, with stdin from FILE.
+kvc_in() {
+    f=$1
+    shift
+    "$KVC" -c "$CONF" "$@" >"$T/out" 2>"$T/err" <"$f"
+    rc=$?
+}
+
+# kvt TARGET ARGS...: as kvc, on another target.
+kvt() {
+    tgt=$1
+    shift
+    "$KVC" -c "$tgt" "$@" >"$T/out" 2>"$T/err" </dev/null
+    rc=$?
+}
+
+# expect DESC RC [STDOUT]: checks $rc and, when given, the exact stdout
+# (without trailing newlines).
+expect() {
+    if [ "$rc" != "$2" ]; then
+        bad "$1: exit $rc, want $2"
+        return
+    fi
+    if [ $# -ge 3 ] && [ "$(cat "$T/out")" != "$3" ]; then
+        bad "$1: stdout differs, want: $(printf '%s' "$3" | head -c 200)"
+        return
+    fi
+    ok "$1"
+}
+
+# expect_json DESC RC PYEXPR: checks $rc and that stdout is one JSON value
+# d for which the Python expression PYEXPR is true.
+expect_json() {
+    if [ "$rc" != "$2" ]; then
+        bad "$1: exit $rc, want $2"
+        return
+    fi
+    if python3 -c '
+import json, sys
+d = json.loads(open(sys.argv[1], "rb").read().decode("utf-8"))
+sys.exit(0 if (eval(sys.argv[2])) else 1)' "$T/out" "$3" 2>"$T/pyerr"; then
+        ok "$1"
+    else
+        bad "$1: JSON check failed: $3 $(head -c 300 "$T/pyerr")"
+    fi
+}
+
+# expect_jsonl DESC RC PYEXPR: as expect_json, stdout being JSON lines in
+# the list L.
+expect_jsonl() {
+    if [ "$rc" != "$2" ]; then
+        bad "$1: exit $rc, want $2"
+        return
+    fi
+    if python3 -c '
+import json, sys
+L = [json.loads(x) for x in open(sys.argv[1], "rb").read().decode("utf-8").splitlines()]
+sys.exit(0 if (eval(sys.argv[2])) else 1)' "$T/out" "$3" 2>"$T/pyerr"; then
+        ok "$1"
+    else
+        bad "$1: JSON lines check failed: $3 $(head -c 300 "$T/pyerr")"
+    fi
+}
+
+# expect_err DESC RC: checks $rc, an empty stdout and a "kvclient: " line
+# on stderr.
+expect_err() {
+    if [ "$rc" != "$2" ]; then
+        bad "$1: exit $rc, want $2"
+    elif [ -s "$T/out" ]; then
+        bad "$1: stdout not empty"
+    elif ! grep -q '^kvclient: ' "$T/err"; then
+        bad "$1: no 'kvclient: ' message on stderr"
+    else
+        ok "$1"
+    fi
+}
+
+# version_of: the N of "OK version N" in $T/out (empty if absent).
+version_of() {
+    sed -n 's/^OK version \([0-9][0-9]*\)$/\1/p' "$T/out"
+}
+
+# --- the cluster ----------------------------------------------------------
+if [ ! -x "$KVC" ] || [ ! -x "$KVNODE" ]; then
+    echo "FAIL $KVC or $KVNODE is not built"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+PORTS=$(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(3)]
+for s in ss:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))
+for s in ss:
+    s.close()') || {
+    echo "FAIL no free ports"
+    echo "0 passed, 1 failed"
+    exit 1
+}
+# shellcheck disable=SC2086 # split into the three ports on purpose
+set -- $PORTS
+P1=$1
+P2=$2
+P3=$3
+CONF="$T/cluster.conf"
+cat >"$CONF" <<EOF
+# written by tests/cluster/cli.sh
+cluster = clitest
+shards = 8
+replicas = 3
+data_dir = data
+max_key_bytes = 256
+max_value_bytes = 65536
+max_message_bytes = 1048576
+request_timeout_ms = 3000
+txn_timeout_ms = 3000
+log_level = warn
+
+[node 1]
+address = tcp://127.0.0.1:$P1
+[node 2]
+address = tcp://127.0.0.1:$P2
+[node 3]
+address = tcp://127.0.0.1:$P3
+EOF
+
+for id in 1 2 3; do
+    "$KVNODE" -c "$CONF" -n "$id" 2>"$T/node$id.log" &
+    pid=$!
+    PIDS="$PIDS $pid"
+    case $id in
+    1) PID1=$pid ;;
+    2) PID2=$pid ;;
+    *) PID3=$pid ;;
+    esac
+done
+
+# Up when status answers for every node (10 s at most), then when a write
+# goes through (the shards have a serving node; 10 s at most).
+t0=$(now_ms)
+up=0
+while [ $(($(now_ms) - t0)) -lt 10000 ]; do
+    if "$KVC" -c "$CONF" --timeout 300 status >/dev/null 2>&1; then
+        up=1
+        break
+    fi
+    sleep 0.1
+done
+if [ $up = 1 ]; then
+    ok "cluster: status exits 0 once all 3 nodes are up"
+else
+    bad "cluster: status does not exit 0 within 10 s"
+fi
+t0=$(now_ms)
+up=0
+while [ $up = 0 ] && [ $(($(now_ms) - t0)) -lt 10000 ]; do
+    if "$KVC" -c "$CONF" --timeout 1000 put cli-probe x >/dev/null 2>&1; then
+        up=1
+    else
+        sleep 0.1
+    fi
+done
+if [ $up = 1 ]; then
+    ok "cluster: accepts writes"
+else
+    bad "cluster: no write accepted within 10 s"
+    for id in 1 2 3; do
+        sed -n '1,10s/^/     node '"$id"': /p' "$T/node$id.log"
+    done
+    echo "$passed passed, $failed failed"
+    exit 1
+fi
+
+# --- usage errors (exit 2) --------------------------------------------------
+kvc
+expect "usage: no command" 2
+kvc frobnicate
+expect_err "usage: unknown command" 2
+kvc get
+expect_err "usage: get without a key" 2
+kvc get a b
+expect_err "usage: get with two keys" 2
+kvc put a
+expect_err "usage: put without a value" 2
+kvc get a --bogus
+expect_err "usage: unknown option" 2
+kvc get a --timeout
+expect_err "usage: option without its value" 2
+kvc --timeout abc get a
+expect_err "usage: --timeout abc" 2
+kvc --timeout 10x get a
+expect_err "usage: --timeout with trailing garbage" 2
+kvc --timeout ' 10' get a
+expect_err "usage: --timeout with a leading space" 2
+kvc --timeout 0 get a
+expect_err "usage: --timeout 0" 2
+kvc scan --limit 99999999999999999999
+expect_err "usage: --limit that overflows 64 bits" 2
+kvc scan --limit -1
+expect_err "usage: --limit -1" 2
+kvc get a --if-version 3
+expect_err "usage: --if-version does not apply to get" 2
+kvc scan --workload read
+expect_err "usage: --workload does not apply to scan" 2
+kvc put a b --if-absent --if-version 3
+expect_err "usage: --if-absent with --if-version" 2
+kvc put a b --if-version 0
+expect_err "usage: --if-version 0" 2
+kvc put a b --if-version 18446744073709551616
+expect_err "usage: --if-version over 2^64-1" 2
+kvc --hex get 6g
+expect_err "usage: --hex key with a bad digit" 2
+kvc --hex get abc
+expect_err "usage: --hex key with an odd digit count" 2
+kvc get a --json --json
+expect "usage: an option given twice" 2
+kvc bench --workload sideways
+expect_err "usage: bench --workload sideways" 2
+kvc bench --clients 0
+expect_err "usage: bench --clients 0" 2
+kvc bench --ops 1e5
+expect_err "usage: bench --ops 1e5" 2
+kvc --json frobnicate
+expect_json "usage: --json error object" 2 \
+    'd["ok"] is False and d["error"] == "KV_EINVAL" and d["code"] == -6 and "frobnicate" in d["message"]'
+kvc --help
+if [ $rc = 0 ] && grep -q '^usage: kvclient' "$T/out" && grep -q 'bench' "$T/out"; then
+    ok "help: --help prints usage on stdout, exit 0"
+else
+    bad "help: --help (exit $rc)"
+fi
+kvc help put
+if [ $rc = 0 ] && grep -q 'if-absent' "$T/out"; then
+    ok "help: help put"
+else
+    bad "help: help put (exit $rc)"
+fi
+
+# --- get / put / del -------------------------------------------------------
+kvc get cli-missing
+expect_err "get: missing key exits 1" 1
+if grep -q 'not found' "$T/err"; then
+    ok "get: missing key says 'not found' on stderr"
+else
+    bad "get: missing key message"
+fi
+kvc put cli-k hello
+v1=$(version_of)
+if [ $rc = 0 ] && [ -n "$v1" ] && [ "$v1" -gt 0 ]; then
+    ok "put: prints 'OK version N' (N=$v1)"
+else
+    bad "put: exit $rc, want 0 and 'OK version N'"
+fi
+kvc get cli-k
+expect "get: returns what put wrote" 0 "hello"
+printf 'hello\n' >"$T/want"
+if cmp -s "$T/out" "$T/want"; then
+    ok "get: value bytes then exactly one newline"
+else
+    bad "get: output bytes are not the value plus a newline"
+fi
+kvc put cli-k world
+v2=$(version_of)
+if [ $rc = 0 ] && [ -n "$v2" ] && [ -n "$v1" ] && [ "$v2" -gt "$v1" ]; then
+    ok "put: overwrite gives a higher version ($v1 -> $v2)"
+else
+    bad "put: overwrite versions ($v1 -> $v2, exit $rc)"
+fi
+kvc get cli-k --json
+expect_json "get --json: ok, key, value, version" 0 \
+    'd == {"ok": True, "key": "cli-k", "value": "world", "version": '"${v2:-0}"'}'
+kvc put -- -dash -5
+expect "put: '--' lets a key and value start with '-'" 0 "OK version $(version_of)"
+kvc get -- -dash
+expect "get: key after '--'" 0 "-5"
+kvc put cli-empty ''
+expect "put: empty value" 0 "OK version $(version_of)"
+kvc get cli-empty
+expect "get: empty value prints just the newline" 0 ""
+
+# binary values through stdin
+printf 'a\000b\377\n\tz' >"$T/bin"
+kvc_in "$T/bin" put cli-bin -
+expect "put -: binary value from stdin" 0 "OK version $(version_of)"
+kvc get cli-bin
+{ cat "$T/bin"; printf '\n'; } >"$T/want"
+if [ $rc = 0 ] && cmp -s "$T/out" "$T/want"; then
+    ok "get: binary value comes back byte for byte"
+else
+    bad "get: binary value differs (exit $rc)"
+fi
+kvc get --hex 636c692d62696e
+expect "get --hex: key and value in hex" 0 "610062ff0a097a"
+kvc get cli-bin --json
+expect_json "get --json: non-UTF-8 value as value_hex" 0 \
+    'd["value_hex"] == "610062ff0a097a" and "value" not in d and d["key"] == "cli-bin"'
+kvc put --hex 636c692d686578 00ff10
+expect "put --hex: hex key and value" 0 "OK version $(version_of)"
+kvc get cli-hex --json
+expect_json "get: the --hex key 636c692d686578 is the text key cli-hex" 0 \
+    'd["key"] == "cli-hex" and d["value_hex"] == "00ff10"'
+kvc get --hex 636c692d686578
+expect "get --hex: value written with --hex" 0 "00ff10"
+kvc get --hex 636c692d686578 --json
+expect_json "get --hex --json: key_hex and value_hex" 0 \
+    'd["key_hex"] == "636c692d686578" and d["value_hex"] == "00ff10"'
+printf 'de ad\nBE ef\n' >"$T/hexin"
+kvc_in "$T/hexin" put --hex 636c692d686578 -
+expect "put --hex -: hex text from stdin, whitespace ignored" 0 \
+    "OK version $(version_of)"
+kvc get --hex 636c692d686578
+expect "get --hex: value from hex stdin" 0 "deadbeef"
+printf 'xyz' >"$T/badhex"
+kvc_in "$T/badhex" put --hex 636c692d686578 -
+expect_err "put --hex -: stdin that is not hex exits 2" 2
+printf 'he said "hi"\\\n\001ok' >"$T/jsonv"
+kvc_in "$T/jsonv" put cli-json -
+kvc get cli-json --json
+expect_json "get --json: quotes, backslash, control bytes escaped" 0 \
+    'd["value"] == "he said \"hi\"\\\n\x01ok"'
+printf 'caf\303\251 \342\202\254' >"$T/utf8"
+kvc_in "$T/utf8" put cli-utf8 -
+kvc get cli-utf8 --json
+expect_json "get --json: UTF-8 text stays text" 0 \
+    'd["value"] == "caf\u00e9 \u20ac"'
+
+# conditions
+kvc put cli-abs one --if-absent
+expect "put --if-absent: first time" 0 "OK version $(version_of)"
+kvc put cli-abs two --if-absent
+expect_err "put --if-absent: second time exits 3" 3
+kvc get cli-abs
+expect "put --if-absent: the refused write changed nothing" 0 "one"
+kvc put cli-ver one
+vv=$(version_of)
+kvc put cli-ver two --if-version $((vv + 1000))
+expect_err "put --if-version: wrong version exits 3" 3
+kvc put cli-ver-none x --if-version 5
+expect_err "put --if-version: missing key exits 3" 3
+kvc put cli-ver two --if-version "$vv" --json
+expect_json "put --if-version: right version, --json" 0 \
+    'd["ok"] is True and d["key"] == "cli-ver" and d["version"] > '"$vv"
+vv2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' "$T/out" 2>/dev/null)
+kvc get cli-ver
+expect "get: value after the conditional put" 0 "two"
+kvc del cli-ver --if-version "$vv"
+expect_err "del --if-version: old version exits 3" 3
+kvc del cli-ver --if-version "${vv2:-1}"
+expect "del --if-version: current version" 0 "OK"
+kvc get cli-ver
+expect_err "get: deleted key exits 1" 1
+kvc del cli-ver
+expect_err "del: missing key exits 1" 1
+kvc del cli-k --json
+expect_json "del --json" 0 'd == {"ok": True, "key": "cli-k"}'
+kvc get cli-k --json
+expect_json "get --json: missing key error object" 1 \
+    'd["ok"] is False and d["error"] == "KV_ENOTFOUND" and d["code"] == -1 and isinstance(d["message"], str)'
+
+# limits (max_key_bytes = 256, max_value_bytes = 65536 in this cluster)
+k300=$(printf '%300s' '' | tr ' ' k)
+kvc put "$k300" x
+expect_err "put: key over max_key_bytes exits 2" 2
+k5000=$(printf '%5000s' '' | tr ' ' k)
+kvc get "$k5000"
+expect_err "get: key over 4096 bytes exits 2" 2
+kvc put '' x
+expect_err "put: empty key exits 2" 2
+head -c 70000 /dev/zero >"$T/big"
+kvc_in "$T/big" put cli-big -
+expect_err "put: value over max_value_bytes exits 2" 2
+kvc get cli-big
+expect_err "put: the refused value was not stored" 1
+head -c 65536 /dev/zero >"$T/max"
+kvc_in "$T/max" put cli-big -
+expect "put: value of exactly max_value_bytes" 0 "OK version $(version_of)"
+kvc get 636c692d626967 --hex --json
+expect_json "get: the 64 KiB value comes back" 0 'd["value_hex"] == "00" * 65536'
+
+# --- scan across shards ------------------------------------------------------
+for i in 13 02 19 07 00 11 05 16 09 03 18 01 14 06 10 17 04 12 08 15; do
+    "$KVC" -c "$CONF" put "s/$i" "v$i" >/dev/null 2>&1 || bad "scan: put s/$i"
+done
+"$KVC" -c "$CONF" put "r/x" rx >/dev/null 2>&1
+"$KVC" -c "$CONF" put "t/x" tx >/dev/null 2>&1
+want=""
+for i in 00 01 02 03 04 05 06 07 08 09 10 11 12 13 14 15 16 17 18 19; do
+    want="$want$(printf 's/%s\tv%s' "$i" "$i")
+"
+done
+want=${want%?}
+kvc scan --prefix s/
+expect "scan --prefix: 20 keys in order" 0 "$want"
+kvc scan --prefix s/ --json
+expect_jsonl "scan --prefix --json: one object per entry, with versions" 0 \
+    'len(L) == 20 and [e["key"] for e in L] == ["s/%02d" % i for i in range(20)] and all(e["value"] == "v" + e["key"][2:] and e["version"] > 0 for e in L)'
+kvc scan --prefix 732f --json --hex
+expect_jsonl "scan --json --hex: key_hex, value_hex" 0 \
+    'len(L) == 20 and bytes.fromhex(L[0]["key_hex"]) == b"s/00" and bytes.fromhex(L[0]["value_hex"]) == b"v00"'
+kvc scan --start s/05 --end s/10
+expect "scan --start --end: [s/05, s/10)" 0 "$(printf 's/05\tv05\ns/06\tv06\ns/07\tv07\ns/08\tv08\ns/09\tv09')"
+kvc scan --prefix s/ --limit 3
+expect "scan --limit 3" 0 "$(printf 's/00\tv00\ns/01\tv01\ns/02\tv02')"
+kvc scan --prefix s/ --start s/17
+expect "scan --prefix --start" 0 "$(printf 's/17\tv17\ns/18\tv18\ns/19\tv19')"
+kvc scan --start s/19 --end t/y
+expect "scan: range across prefixes" 0 "$(printf 's/19\tv19\nt/x\ttx')"
+kvc scan --hex --prefix 732f31 --limit 2
+expect "scan --hex: hex bounds and output" 0 "$(printf '732f3130\t763130\n732f3131\t763131')"
+kvc scan --prefix nothing/
+expect "scan: empty range prints nothing, exit 0" 0 ""
+kvc scan --hex
+if [ $rc = 0 ] && [ "$(wc -l <"$T/out")" -ge 22 ] &&
+    LC_ALL=C sort -c "$T/out" 2>/dev/null; then
+    ok "scan: whole key space, sorted"
+else
+    bad "scan: whole key space (exit $rc)"
+fi
+
+# --- targets --------------------------------------------------------------
+kvt "tcp://127.0.0.1:$P2" get s/07
+expect "target tcp:// seed list" 0 "v07"
+kvt "tcp://127.0.0.1:$P3,tcp://127.0.0.1:$P1" scan --prefix s/1 --limit 1
+expect "target tcp:// with two seeds, scan" 0 "$(printf 's/10\tv10')"
+E="embedded:$T/emb"
+kvt "$E" put e1 one
+expect "target embedded: put" 0 "OK version $(version_of)"
+kvt "$E" put e2 two --if-absent
+kvt "$E" get e1
+expect "target embedded: get" 0 "one"
+kvt "$E" scan
+expect "target embedded: scan" 0 "$(printf 'e1\tone\ne2\ttwo')"
+kvt "$E" del e1
+kvt "$E" get e1
+expect_err "target embedded: deleted key exits 1" 1
+kvt "$E" status --json
+expect_json "target embedded: status --json" 0 'd["ok"] is True and len(d["nodes"]) == 1'
+kvt "$T/no-such.conf" get a
+expect_err "target: missing cluster.conf fails with a message" 5
+
+# --- bench ----------------------------------------------------------------
+kvc bench --ops 2000 --json
+expect_json "bench --ops 2000 --json (16 clients, writes)" 0 \
+    'd["workload"] == "write" and d["clients"] == 16 and d["ops"] == 2000 and d["errors"] == 0 and d["seconds"] > 0 and d["ops_per_sec"] > 0 and 0 < d["p50_ms"] <= d["p95_ms"] <= d["p99_ms"] <= d["max_ms"]'
+kvc bench --ops 1000 --clients 4 --keys 200 --value-size 10 --workload read
+if [ $rc = 0 ] && grep -q '^workload read$' "$T/out" && grep -q '^ops 1000$' "$T/out" &&
+    grep -q '^errors 0$' "$T/out" && grep -q '^not_found 0$' "$T/out" &&
+    grep -q '^p99_ms [0-9.]*$' "$T/out"; then
+    ok "bench --workload read: text report, every preloaded key found"
+else
+    bad "bench --workload read (exit $rc)"
+fi
+kvc bench --ops 1000 --clients 8 --keys 50 --workload mixed --json
+expect_json "bench --workload mixed --json" 0 \
+    'd["workload"] == "mixed" and d["ops"] == 1000 and d["errors"] == 0'
+kvt "embedded:$T/emb-bench" bench --ops 2000 --clients 4 --json
+expect_json "bench on an embedded target" 0 'd["ops"] == 2000 and d["errors"] == 0'
+
+# --- status, then nodes going down ----------------------------------------
+kvc status
+if [ $rc = 0 ] && [ "$(grep -c ' up ' "$T/out")" = 3 ] && grep -q 'clitest' "$T/out"; then
+    ok "status: 3 nodes up, exit 0"
+else
+    bad "status: all up (exit $rc)"
+fi
+kvc status --json
+expect_json "status --json: cluster, nodes, shards" 0 \
+    'd["ok"] is True and d["cluster"] == "clitest" and sorted(n["id"] for n in d["nodes"]) == [1, 2, 3] and all(n["up"] for n in d["nodes"]) and [s["shard"] for s in d["shards"]] == list(range(8)) and all(s["node"] in (1, 2, 3) for s in d["shards"]) and sum(s["keys"] for s in d["shards"]) >= 22'
+
+kill -TERM "$PID3"
+wait "$PID3"
+st=$?
+if [ $st = 0 ]; then
+    ok "kvnode 3 exits 0 on SIGTERM"
+else
+    bad "kvnode 3 exit status $st on SIGTERM"
+fi
+kvc status
+if [ $rc = 4 ] && grep -q ' down ' "$T/out" && [ "$(grep -c ' up ' "$T/out")" = 2 ]; then
+    ok "status: node 3 down -> exit 4, the others still listed"
+else
+    bad "status with node 3 down (exit $rc, want 4)"
+fi
+kvc status --json
+expect_json "status --json with node 3 down" 4 \
+    'd["ok"] is False and [n["up"] for n in sorted(d["nodes"], key=lambda n: n["id"])] == [True, True, False] and "error" in [n for n in d["nodes"] if n["id"] == 3][0]'
+
+kill -TERM "$PID1" "$PID2"
+wait "$PID1"
+wait "$PID2"
+PIDS=""
+t0=$(now_ms)
+kvc --timeout 1000 get s/01
+t1=$(now_ms)
+if [ $rc = 4 ] && [ $((t1 - t0)) -lt 5000 ]; then
+    ok "get: all nodes down -> exit 4 in $((t1 - t0)) ms"
+else
+    bad "get with all nodes down: exit $rc in $((t1 - t0)) ms, want 4 within 5 s"
+fi
+t0=$(now_ms)
+kvc --timeout 1000 put s/01 x --json
+t1=$(now_ms)
+if [ $((t1 - t0)) -lt 5000 ]; then
+    expect_json "put --json: all nodes down -> exit 4, error object" 4 \
+        'd["ok"] is False and d["error"] in ("KV_EUNAVAILABLE", "KV_ETIMEDOUT")'
+else
+    bad "put with all nodes down took $((t1 - t0)) ms"
+fi
+kvc --timeout 500 status
+expect "status: all nodes down -> exit 4" 4
+kvt "tcp://127.0.0.1:$P1" --timeout 1000 get s/01
+expect_err "target tcp:// with its node down -> exit 4" 4
+
+if [ $failed -gt 0 ]; then
+    for id in 1 2 3; do
+        sed -n '1,20s/^/     node '"$id"' log: /p' "$T/node$id.log"
+    done
+fi
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]

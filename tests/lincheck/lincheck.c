@@ -1,0 +1,1317 @@
+/*
+ * lincheck - decides whether a history of kv operations is linearizable.
+ *
+ * The search is Wing & Gong's, with Lowe's just-in-time linearization and
+ * memoization as Porcupine does it: the history is split by key (each key is
+ * an independent register, so the checks compose), the call and return
+ * events of one key are put in a doubly linked list by time, and a
+ * depth-first search linearizes, at each point, one of the calls that come
+ * before the first remaining return, lifting it (and its return) out of the
+ * list, and backtracking when a return is reached with its call not yet
+ * linearized. A cache of configurations (set of linearized operations, model
+ * state) already explored prunes repeated work.
+ *
+ * Two refinements for operations of unknown outcome (pending), which may
+ * take effect at any point after their call or never: pending operations
+ * have no return event, so they are never forced; the search tries them only
+ * after every completed candidate at a point has failed; and the cache treats
+ * a configuration that has linearized a superset of the pending operations
+ * of an explored one (same completed set, same state) as already explored,
+ * because a pending operation can always be left out.
+ *
+ * When a key fails, a binary search over return times finds the shortest
+ * failing prefix of its history (prefixes of a linearizable history are
+ * linearizable, so failure is monotone in the prefix length).
+ *
+ * This module must never hang on a pathological history (every search obeys
+ * a budget of states, time and memory) and never trust its input.
+ */
+#include "lincheck.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------------ */
+/* Histories                                                                */
+/* ------------------------------------------------------------------------ */
+
+struct lin_history {
+    struct lin_op *ops;
+    size_t n, cap;
+};
+
+struct lin_history *lin_new(void)
+{
+    return calloc(1, sizeof(struct lin_history));
+}
+
+void lin_free(struct lin_history *h)
+{
+    if (h == NULL)
+        return;
+    free(h->ops);
+    free(h);
+}
+
+size_t lin_count(const struct lin_history *h)
+{
+    return h->n;
+}
+
+const struct lin_op *lin_get(const struct lin_history *h, size_t i)
+{
+    return i < h->n ? &h->ops[i] : NULL;
+}
+
+/* A version an operation reports: >= 1 (kv never names a key with version
+ * 0) and below UINT64_MAX (so "the next version" always exists). */
+static int version_ok(uint64_t v)
+{
+    return v >= 1 && v < UINT64_MAX;
+}
+
+const char *lin_op_problem(const struct lin_op *op)
+{
+    int o = op->outcome;
+
+    if (op->kind < LIN_READ || op->kind > LIN_DELETE)
+        return "unknown kind";
+    if (o < LIN_OUT_OK || o > LIN_OUT_UNKNOWN)
+        return "unknown outcome";
+    if (op->client < 0)
+        return "negative client";
+    if (op->call == LIN_PENDING)
+        return "call time is the reserved value LIN_PENDING";
+    if ((o == LIN_OUT_UNKNOWN) != (op->ret == LIN_PENDING))
+        return "ret must be LIN_PENDING exactly when the outcome is unknown";
+    if (op->ret < op->call)
+        return "returned before it was called";
+    switch (op->kind) {
+    case LIN_READ:
+        if (o == LIN_OUT_FAILED)
+            return "a read cannot fail a condition";
+        if (o == LIN_OUT_OK && !version_ok(op->out_version))
+            return "a read returned version 0 or UINT64_MAX";
+        break;
+    case LIN_WRITE:
+        if (o == LIN_OUT_ABSENT || o == LIN_OUT_FAILED)
+            return "a plain write is ok or unknown";
+        break;
+    case LIN_CAS:
+        if (!version_ok(op->expect_version))
+            return "cas needs an expected version >= 1";
+        if (o == LIN_OUT_ABSENT)
+            return "a cas is ok, failed or unknown";
+        break;
+    case LIN_INSERT:
+        if (o == LIN_OUT_ABSENT)
+            return "an insert is ok, failed or unknown";
+        break;
+    default: /* LIN_DELETE */
+        if (op->expect_version == UINT64_MAX)
+            return "expected version UINT64_MAX";
+        if (o == LIN_OUT_FAILED && op->expect_version == 0)
+            return "an unconditional delete cannot fail a condition";
+        break;
+    }
+    if (o == LIN_OUT_OK && op->kind != LIN_READ && op->kind != LIN_DELETE &&
+        !version_ok(op->out_version))
+        return "a write returned version 0 or UINT64_MAX";
+    return NULL;
+}
+
+/* Returns a copy of OP (valid) with the fields its kind ignores zeroed. */
+static struct lin_op normalized(const struct lin_op *op)
+{
+    struct lin_op n = *op;
+    int ok = op->outcome == LIN_OUT_OK;
+
+    if (op->kind == LIN_READ || op->kind == LIN_DELETE)
+        n.value = 0;
+    if (op->kind != LIN_CAS && op->kind != LIN_DELETE)
+        n.expect_version = 0;
+    if (!(op->kind == LIN_READ && ok))
+        n.out_value = 0;
+    if (!ok || op->kind == LIN_DELETE)
+        n.out_version = 0;
+    return n;
+}
+
+int lin_add(struct lin_history *h, const struct lin_op *op)
+{
+    if (lin_op_problem(op) != NULL)
+        return LIN_EINVAL;
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        struct lin_op *ops;
+        if (cap > SIZE_MAX / sizeof *ops)
+            return LIN_ENOMEM;
+        ops = realloc(h->ops, cap * sizeof *ops);
+        if (ops == NULL)
+            return LIN_ENOMEM;
+        h->ops = ops;
+        h->cap = cap;
+    }
+    h->ops[h->n++] = normalized(op);
+    return LIN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The model                                                                */
+/* ------------------------------------------------------------------------ */
+
+static const struct lin_state initial_state = {0, 1, 0, 0, 1};
+
+/* The record of S may be at version E: true if its version is E, or if it
+ * is not yet fixed and E is allowed, in which case it is fixed to E. */
+static int version_may_be(struct lin_state *s, uint64_t e)
+{
+    if (s->version_known)
+        return s->version == e;
+    if (e < s->version || e == UINT64_MAX)
+        return 0;
+    s->version = e;
+    s->version_known = 1;
+    s->next_version = e + 1;
+    return 1;
+}
+
+/* A write of VALUE that created version V (checked against S). */
+static int write_known(struct lin_state *s, uint64_t value, uint64_t v)
+{
+    if (v < s->next_version)
+        return 0;
+    s->present = 1;
+    s->version_known = 1;
+    s->value = value;
+    s->version = v;
+    s->next_version = v + 1;
+    return 1;
+}
+
+/* A write of VALUE whose version nobody saw: it is at least next_version. */
+static int write_unknown(struct lin_state *s, uint64_t value)
+{
+    if (s->next_version >= UINT64_MAX - 1)
+        return 0;
+    s->present = 1;
+    s->version_known = 0;
+    s->value = value;
+    s->version = s->next_version;
+    s->next_version++;
+    return 1;
+}
+
+/* A delete: absent, and later versions still exceed the deleted one. */
+static void remove_record(struct lin_state *s)
+{
+    s->present = 0;
+    s->version_known = 1;
+    s->value = 0;
+    s->version = 0;
+}
+
+/* The record's version is certainly not E? Unknown versions may differ. */
+static int version_may_differ(const struct lin_state *s, uint64_t e)
+{
+    return !s->version_known || s->version != e;
+}
+
+/* Applies OP to IN, into OUT. PENDING: its outcome counts as unknown, and
+ * the step is the one where it takes effect (the other possibility, no
+ * effect, is the search leaving it out). Returns 1 when OP's result is
+ * possible in state IN, else 0 (OUT is then garbage). */
+static int model_step(const struct lin_state *in, const struct lin_op *op,
+                      int pending, struct lin_state *out)
+{
+    int o = pending ? LIN_OUT_UNKNOWN : op->outcome;
+    uint64_t e = op->expect_version;
+
+    *out = *in;
+    switch (op->kind) {
+    case LIN_READ:
+        if (o == LIN_OUT_ABSENT)
+            return !in->present;
+        if (o != LIN_OUT_OK) /* pending reads are never searched */
+            return 0;
+        return in->present && in->value == op->out_value &&
+               version_may_be(out, op->out_version);
+    case LIN_WRITE:
+        if (o == LIN_OUT_UNKNOWN)
+            return write_unknown(out, op->value);
+        return write_known(out, op->value, op->out_version);
+    case LIN_CAS:
+        if (o == LIN_OUT_FAILED)
+            return !in->present || version_may_differ(in, e);
+        if (!in->present || !version_may_be(out, e))
+            return 0;
+        if (o == LIN_OUT_UNKNOWN)
+            return write_unknown(out, op->value);
+        return write_known(out, op->value, op->out_version);
+    case LIN_INSERT:
+        if (o == LIN_OUT_FAILED)
+            return in->present;
+        if (in->present)
+            return 0;
+        if (o == LIN_OUT_UNKNOWN)
+            return write_unknown(out, op->value);
+        return write_known(out, op->value, op->out_version);
+    default: /* LIN_DELETE */
+        if (o == LIN_OUT_ABSENT)
+            return !in->present;
+        if (o == LIN_OUT_FAILED)
+            return !in->present || version_may_differ(in, e);
+        if (!in->present || (e != 0 && !version_may_be(out, e)))
+            return 0;
+        remove_record(out);
+        return 1;
+    }
+}
+
+static int state_eq(const struct lin_state *a, const struct lin_state *b)
+{
+    return a->present == b->present && a->version_known == b->version_known &&
+           a->value == b->value && a->version == b->version &&
+           a->next_version == b->next_version;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+static uint64_t state_hash(const struct lin_state *s)
+{
+    uint64_t h = mix64(s->value + 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ s->version);
+    h = mix64(h ^ s->next_version);
+    return mix64(h ^ (uint64_t)(s->present * 2 + s->version_known));
+}
+
+/* ------------------------------------------------------------------------ */
+/* The search over one key                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* An operation as one search sees it. */
+struct sop {
+    const struct lin_op *op;
+    size_t id;   /* index in the history */
+    int pending; /* outcome counts as unknown (no return event) */
+};
+
+/* An event of the list: a call, a return, or a sentinel. */
+struct ent {
+    struct ent *prev, *next;
+    struct ent *match; /* of a call: its return, NULL when pending */
+    uint32_t op;
+    int is_call;
+};
+
+/* A cached configuration; its linearized set is in cbits. */
+struct centry {
+    uint64_t hash;
+    struct lin_state st;
+    uint32_t next; /* chain in its bucket */
+};
+
+/* A choice on the current path: OP was linearized from state SAVED while
+ * scanning in PHASE. */
+struct frame {
+    uint32_t op;
+    int phase;
+    struct lin_state saved;
+};
+
+#define NO_ENTRY UINT32_MAX
+
+struct search {
+    const struct sop *ops;
+    size_t n, words;
+    struct ent *ents; /* the 2n + 2 events, head and tail sentinels last */
+    struct ent *head, *tail;
+    struct ent **calls; /* op -> its call event */
+    uint64_t *zob;      /* op -> random key (completed ops) */
+    uint64_t *pmask;    /* set of pending ops */
+    uint64_t *cur;      /* set of linearized ops */
+    uint64_t curzob;    /* xor of zob over linearized completed ops */
+    uint32_t *buckets;
+    size_t nbuckets;
+    struct centry *ce;
+    uint64_t *cbits; /* cap * words */
+    size_t nce, cap;
+    struct frame *stack;
+    size_t depth;
+    struct lin_state final; /* the state after a successful search */
+    /* budget */
+    uint64_t max_states, max_bytes, deadline; /* deadline 0: none */
+    uint64_t states;
+    int limit;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int past(uint64_t deadline)
+{
+    return deadline != 0 && now_ms() >= deadline;
+}
+
+/* Orders events by time; at equal times calls come first (so operations
+ * that touch at one instant overlap), then by operation. */
+struct evt {
+    uint64_t t;
+    uint32_t op;
+    int is_ret;
+};
+
+static int evt_cmp(const void *pa, const void *pb)
+{
+    const struct evt *a = pa, *b = pb;
+    if (a->t != b->t)
+        return a->t < b->t ? -1 : 1;
+    if (a->is_ret != b->is_ret)
+        return a->is_ret - b->is_ret;
+    return a->op < b->op ? -1 : a->op > b->op;
+}
+
+static size_t cache_bytes(size_t cap, size_t nbuckets, size_t words)
+{
+    return nbuckets * sizeof(uint32_t) + cap * sizeof(struct centry) +
+           cap * words * sizeof(uint64_t);
+}
+
+static void search_release(struct search *s)
+{
+    free(s->ents);
+    free(s->calls);
+    free(s->zob);
+    free(s->pmask);
+    free(s->cur);
+    free(s->buckets);
+    free(s->ce);
+    free(s->cbits);
+    free(s->stack);
+    memset(s, 0, sizeof *s);
+}
+
+/* Sets up S for the N operations OPS (sorted by call time). Returns LIN_OK,
+ * LIN_ENOMEM, or LIN_UNKNOWN (limit set) when N is beyond what the search
+ * can index or the first cache exceeds max_bytes. */
+static int search_init(struct search *s, const struct sop *ops, size_t n,
+                       uint64_t max_states, uint64_t max_bytes,
+                       uint64_t deadline)
+{
+    struct evt *ev = NULL;
+    size_t nev = 0, i;
+    int rc = LIN_ENOMEM;
+
+    memset(s, 0, sizeof *s);
+    s->ops = ops;
+    s->n = n;
+    s->max_states = max_states;
+    s->max_bytes = max_bytes;
+    s->deadline = deadline;
+    if (n >= (UINT32_MAX - 2) / 2) {
+        s->limit = LIN_LIMIT_BYTES;
+        return LIN_UNKNOWN;
+    }
+    s->words = n / 64 + 1;
+    s->nbuckets = 1024;
+    s->cap = 1024;
+    if (cache_bytes(s->cap, s->nbuckets, s->words) > max_bytes) {
+        s->limit = LIN_LIMIT_BYTES;
+        return LIN_UNKNOWN;
+    }
+    s->ents = calloc(2 * n + 2, sizeof *s->ents);
+    s->calls = calloc(n + 1, sizeof *s->calls);
+    s->zob = calloc(n + 1, sizeof *s->zob);
+    s->pmask = calloc(s->words, sizeof *s->pmask);
+    s->cur = calloc(s->words, sizeof *s->cur);
+    s->buckets = malloc(s->nbuckets * sizeof *s->buckets);
+    s->ce = malloc(s->cap * sizeof *s->ce);
+    s->cbits = malloc(s->cap * s->words * sizeof *s->cbits);
+    s->stack = malloc((n + 1) * sizeof *s->stack);
+    ev = malloc((2 * n + 1) * sizeof *ev);
+    if (!s->ents || !s->calls || !s->zob || !s->pmask || !s->cur ||
+        !s->buckets || !s->ce || !s->cbits || !s->stack || !ev)
+        goto fail;
+    memset(s->buckets, 0xff, s->nbuckets * sizeof *s->buckets);
+
+    for (i = 0; i < n; i++) {
+        s->zob[i] = mix64((uint64_t)i * 0x9e3779b97f4a7c15ULL + 12345u);
+        if (ops[i].pending)
+            s->pmask[i / 64] |= (uint64_t)1 << (i % 64);
+        ev[nev++] = (struct evt){ops[i].op->call, (uint32_t)i, 0};
+        if (!ops[i].pending)
+            ev[nev++] = (struct evt){ops[i].op->ret, (uint32_t)i, 1};
+    }
+    qsort(ev, nev, sizeof *ev, evt_cmp);
+
+    /* Link head, the events in order, tail. */
+    s->head = &s->ents[2 * n];
+    s->tail = &s->ents[2 * n + 1];
+    s->head->op = s->tail->op = NO_ENTRY;
+    {
+        struct ent *prev = s->head;
+        struct ent **ret_of = (struct ent **)s->stack; /* scratch, reused */
+        (void)ret_of;
+        for (i = 0; i < nev; i++) {
+            struct ent *e = &s->ents[i];
+            e->op = ev[i].op;
+            e->is_call = !ev[i].is_ret;
+            e->prev = prev;
+            prev->next = e;
+            prev = e;
+            if (e->is_call)
+                s->calls[e->op] = e;
+        }
+        prev->next = s->tail;
+        s->tail->prev = prev;
+        /* Returns always follow their calls in the list: match them. */
+        for (i = 0; i < nev; i++) {
+            struct ent *e = &s->ents[i];
+            if (!e->is_call)
+                s->calls[e->op]->match = e;
+        }
+    }
+    rc = LIN_OK;
+    free(ev);
+    return rc;
+fail:
+    free(ev);
+    search_release(s);
+    return rc;
+}
+
+static void lift(struct ent *c)
+{
+    struct ent *r = c->match;
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    if (r != NULL) {
+        r->prev->next = r->next;
+        r->next->prev = r->prev;
+    }
+}
+
+static void unlift(struct ent *c)
+{
+    struct ent *r = c->match;
+    if (r != NULL) {
+        r->prev->next = r;
+        r->next->prev = r;
+    }
+    c->prev->next = c;
+    c->next->prev = c;
+}
+
+/* Is the configuration (NEW set, same state) covered by the cached set C?
+ * C must hold no operation NEW lacks, and NEW may hold more only of
+ * pending operations (which could have been left out). */
+static int covered(const uint64_t *c, const uint64_t *nw, const uint64_t *pm,
+                   size_t words)
+{
+    size_t w;
+    for (w = 0; w < words; w++) {
+        if ((c[w] & ~nw[w]) != 0)
+            return 0;
+        if ((nw[w] & ~c[w] & ~pm[w]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Doubles the buckets and rehashes. Returns 0 or -1 (out of memory). */
+static int cache_rehash(struct search *s)
+{
+    size_t nb = s->nbuckets * 2, i;
+    uint32_t *b = malloc(nb * sizeof *b);
+    if (b == NULL)
+        return -1;
+    memset(b, 0xff, nb * sizeof *b);
+    for (i = 0; i < s->nce; i++) {
+        size_t k = s->ce[i].hash & (nb - 1);
+        s->ce[i].next = b[k];
+        b[k] = (uint32_t)i;
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->nbuckets = nb;
+    return 0;
+}
+
+/* Records the configuration (s->cur, ZOB, ST). Returns 1 if it is new, 0 if
+ * an explored one covers it, LIN_UNKNOWN when a budget ran out (s->limit
+ * says which) or LIN_ENOMEM. */
+static int cache_add(struct search *s, uint64_t zob, const struct lin_state *st)
+{
+    uint64_t h = mix64(zob ^ state_hash(st));
+    size_t k = h & (s->nbuckets - 1);
+    uint32_t i;
+
+    for (i = s->buckets[k]; i != NO_ENTRY; i = s->ce[i].next) {
+        if (s->ce[i].hash == h && state_eq(&s->ce[i].st, st) &&
+            covered(s->cbits + (size_t)i * s->words, s->cur, s->pmask,
+                    s->words))
+            return 0;
+    }
+    if (s->states >= s->max_states || s->nce >= NO_ENTRY - 1) {
+        s->limit = LIN_LIMIT_STATES;
+        return LIN_UNKNOWN;
+    }
+    if (s->nce == s->cap) {
+        size_t cap = s->cap * 2;
+        struct centry *ce;
+        uint64_t *cb;
+        if (cache_bytes(cap, s->nbuckets * 2, s->words) > s->max_bytes) {
+            s->limit = LIN_LIMIT_BYTES;
+            return LIN_UNKNOWN;
+        }
+        ce = realloc(s->ce, cap * sizeof *ce);
+        if (ce == NULL)
+            return LIN_ENOMEM;
+        s->ce = ce;
+        cb = realloc(s->cbits, cap * s->words * sizeof *cb);
+        if (cb == NULL)
+            return LIN_ENOMEM;
+        s->cbits = cb;
+        s->cap = cap;
+    }
+    s->ce[s->nce].hash = h;
+    s->ce[s->nce].st = *st;
+    s->ce[s->nce].next = s->buckets[k];
+    memcpy(s->cbits + s->nce * s->words, s->cur, s->words * sizeof *s->cur);
+    s->buckets[k] = (uint32_t)s->nce;
+    s->nce++;
+    s->states++;
+    if (s->nce > s->nbuckets && cache_rehash(s) != 0)
+        return LIN_ENOMEM;
+    return 1;
+}
+
+static void bit_set(uint64_t *b, uint32_t i)
+{
+    b[i / 64] |= (uint64_t)1 << (i % 64);
+}
+
+static void bit_clear(uint64_t *b, uint32_t i)
+{
+    b[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+/* Runs the search. Returns LIN_OK (s->stack[0..depth) is a linearization of
+ * the operations that take effect, s->final the state after it),
+ * LIN_VIOLATION, LIN_UNKNOWN (s->limit) or LIN_ENOMEM. */
+static int search_run(struct search *s)
+{
+    struct lin_state st = initial_state, ns;
+    size_t remaining = 0, pending_left = 0, i;
+    struct ent *e;
+    int phase = 0, rc;
+    uint64_t iter = 0;
+
+    for (i = 0; i < s->n; i++) {
+        if (s->ops[i].pending)
+            pending_left++;
+        else
+            remaining++;
+    }
+    if (remaining > 0 && past(s->deadline)) {
+        s->limit = LIN_LIMIT_TIME;
+        return LIN_UNKNOWN;
+    }
+    e = s->head->next;
+    while (remaining > 0) {
+        uint32_t o;
+        int pend;
+        uint64_t zob;
+
+        if ((++iter & 4095) == 0 && past(s->deadline)) {
+            s->limit = LIN_LIMIT_TIME;
+            return LIN_UNKNOWN;
+        }
+        if (!e->is_call) {
+            /* A return (or the end): every candidate of this phase failed.
+             * Phase 0 tries completed calls, phase 1 pending ones. */
+            struct frame *f;
+            if (phase == 0 && pending_left > 0) {
+                phase = 1;
+                e = s->head->next;
+                continue;
+            }
+            if (s->depth == 0)
+                return LIN_VIOLATION;
+            f = &s->stack[--s->depth];
+            o = f->op;
+            st = f->saved;
+            unlift(s->calls[o]);
+            bit_clear(s->cur, o);
+            if (s->ops[o].pending) {
+                pending_left++;
+            } else {
+                remaining++;
+                s->curzob ^= s->zob[o];
+            }
+            e = s->calls[o]->next;
+            phase = f->phase;
+            continue;
+        }
+        o = e->op;
+        pend = s->ops[o].pending;
+        if (pend != phase || !model_step(&st, s->ops[o].op, pend, &ns)) {
+            e = e->next;
+            continue;
+        }
+        zob = pend ? s->curzob : s->curzob ^ s->zob[o];
+        bit_set(s->cur, o);
+        rc = cache_add(s, zob, &ns);
+        if (rc <= 0) {
+            bit_clear(s->cur, o);
+            if (rc < 0 || rc == LIN_UNKNOWN)
+                return rc;
+            e = e->next;
+            continue;
+        }
+        s->stack[s->depth].op = o;
+        s->stack[s->depth].phase = phase;
+        s->stack[s->depth].saved = st;
+        s->depth++;
+        st = ns;
+        lift(e);
+        if (pend) {
+            pending_left--;
+        } else {
+            remaining--;
+            s->curzob = zob;
+        }
+        e = s->head->next;
+        phase = 0;
+    }
+    s->final = st;
+    return LIN_OK;
+}
+
+/* Copies the linearization S found into *ORDER (malloc'd, *N steps).
+ * Returns LIN_OK or LIN_ENOMEM. */
+static int search_order(const struct search *s, struct lin_step **order,
+                        size_t *n)
+{
+    size_t i;
+    struct lin_step *o = malloc((s->depth + 1) * sizeof *o);
+    if (o == NULL)
+        return LIN_ENOMEM;
+    for (i = 0; i < s->depth; i++) {
+        const struct sop *p = &s->ops[s->stack[i].op];
+        o[i].id = p->id;
+        o[i].unknown = p->pending;
+        o[i].after = i + 1 < s->depth ? s->stack[i + 1].saved : s->final;
+    }
+    *order = o;
+    *n = s->depth;
+    return LIN_OK;
+}
+
+/* Checks the N operations OPS of one key. Adds the states explored to
+ * *STATES, sets *LIMIT on LIN_UNKNOWN, and on LIN_OK when ORDER is not NULL
+ * returns the linearization in *ORDER / *NORDER (and state *FINAL). */
+static int check_ops(const struct sop *ops, size_t n,
+                     const struct lin_budget *b, uint64_t deadline,
+                     uint64_t *states, int *limit, struct lin_step **order,
+                     size_t *norder, struct lin_state *final)
+{
+    struct search s;
+    int rc = search_init(&s, ops, n, b->max_states, b->max_bytes, deadline);
+
+    if (rc != LIN_OK) {
+        *limit = s.limit;
+        return rc;
+    }
+    rc = search_run(&s);
+    *states += s.states;
+    if (rc == LIN_UNKNOWN)
+        *limit = s.limit;
+    if (rc == LIN_OK && order != NULL) {
+        rc = search_order(&s, order, norder);
+        *final = s.final;
+    }
+    search_release(&s);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Checking a history                                                       */
+/* ------------------------------------------------------------------------ */
+
+struct kidx {
+    uint64_t key, call;
+    size_t id;
+};
+
+static int kidx_cmp(const void *pa, const void *pb)
+{
+    const struct kidx *a = pa, *b = pb;
+    if (a->key != b->key)
+        return a->key < b->key ? -1 : 1;
+    if (a->call != b->call)
+        return a->call < b->call ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+static int u64_cmp(const void *pa, const void *pb)
+{
+    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+/* The operations of KOPS (N, of one key, by call time) called by time T,
+ * those not returned by T counted as unknown, into OUT. Returns how many. */
+static size_t prefix_ops(const struct sop *kops, size_t n, uint64_t t,
+                         struct sop *out)
+{
+    size_t i, m = 0;
+    for (i = 0; i < n && kops[i].op->call <= t; i++) {
+        struct sop p = kops[i];
+        if (p.op->ret > t)
+            p.pending = 1;
+        if (p.pending && p.op->kind == LIN_READ)
+            continue;
+        out[m++] = p;
+    }
+    return m;
+}
+
+/* For a key whose N operations KOPS are not linearizable, finds the
+ * shortest failing prefix and fills the violation fields of R. Returns
+ * LIN_OK or LIN_ENOMEM. */
+static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
+                  uint64_t deadline, struct lin_report *r)
+{
+    uint64_t *t = malloc((n + 1) * sizeof *t);
+    struct sop *buf = malloc((n + 1) * sizeof *buf);
+    struct lin_step *order = NULL;
+    size_t m = 0, i, norder = 0, k;
+    ptrdiff_t lo = -1, hi;
+    int rc = LIN_ENOMEM, lo_known = 1;
+    struct lin_state before = initial_state;
+
+    if (t == NULL || buf == NULL)
+        goto out;
+    for (i = 0; i < n; i++) {
+        if (!kops[i].pending)
+            t[m++] = kops[i].op->ret;
+    }
+    qsort(t, m, sizeof *t, u64_cmp);
+    for (i = 0, k = 0; i < m; i++) {
+        if (k == 0 || t[k - 1] != t[i])
+            t[k++] = t[i];
+    }
+    m = k;
+    /* m >= 1: a key with no completed operation is linearizable. The
+     * prefix at the last return fails because the whole history does. */
+    hi = (ptrdiff_t)m - 1;
+    while (hi - lo > 1) {
+        ptrdiff_t mid = lo + (hi - lo) / 2;
+        struct lin_step *o = NULL;
+        size_t no = 0;
+        struct lin_state fin = initial_state;
+        int limit = 0;
+        size_t pn = prefix_ops(kops, n, t[mid], buf);
+
+        rc = check_ops(buf, pn, b, deadline, &r->states, &limit, &o, &no,
+                       &fin);
+        if (rc == LIN_VIOLATION) {
+            hi = mid;
+        } else if (rc == LIN_OK || rc == LIN_UNKNOWN) {
+            lo = mid;
+            free(order);
+            order = o;
+            norder = no;
+            before = fin;
+            lo_known = rc == LIN_OK;
+        } else {
+            goto out;
+        }
+    }
+
+    /* The failing prefix, with roles. */
+    r->fail_time = t[hi];
+    r->prefix = calloc(n + 1, sizeof *r->prefix);
+    if (r->prefix == NULL) {
+        rc = LIN_ENOMEM;
+        goto out;
+    }
+    for (i = 0; i < n && kops[i].op->call <= t[hi]; i++) {
+        struct lin_report_op *p = &r->prefix[r->nprefix++];
+        p->op = *kops[i].op;
+        p->id = kops[i].id;
+        if (kops[i].op->ret > t[hi])
+            p->role = LIN_ROLE_RUNNING;
+        else if (kops[i].op->ret == t[hi])
+            p->role = LIN_ROLE_FAILING;
+        else
+            p->role = LIN_ROLE_DONE;
+    }
+    r->before_known = lo_known;
+    r->before_time = lo >= 0 ? t[lo] : 0;
+    r->before_done = 0;
+    for (i = 0; lo >= 0 && i < n; i++) {
+        if (!kops[i].pending && kops[i].op->ret <= t[lo])
+            r->before_done++;
+    }
+    r->order = lo_known ? order : NULL;
+    r->norder = lo_known ? norder : 0;
+    r->before = lo_known ? before : initial_state;
+    if (lo_known)
+        order = NULL;
+    rc = LIN_OK;
+out:
+    free(order);
+    free(buf);
+    free(t);
+    return rc;
+}
+
+void lin_report_release(struct lin_report *r)
+{
+    if (r == NULL)
+        return;
+    free(r->prefix);
+    free(r->order);
+    memset(r, 0, sizeof *r);
+}
+
+static uint64_t pick(uint64_t v, uint64_t dflt)
+{
+    return v != 0 ? v : dflt;
+}
+
+int lin_check(const struct lin_history *h, const struct lin_budget *budget,
+              struct lin_report *r)
+{
+    struct lin_budget b = {0, 0, 0};
+    struct lin_report rep;
+    struct kidx *ki = NULL;
+    struct sop *kops = NULL;
+    size_t nk = 0, i, a;
+    uint64_t start = now_ms(), deadline;
+    int rc = LIN_ENOMEM;
+
+    memset(&rep, 0, sizeof rep);
+    if (budget != NULL)
+        b = *budget;
+    b.max_states = pick(b.max_states, LIN_DEFAULT_MAX_STATES);
+    b.max_ms = pick(b.max_ms, LIN_DEFAULT_MAX_MS);
+    b.max_bytes = pick(b.max_bytes, LIN_DEFAULT_MAX_BYTES);
+    deadline = b.max_ms >= UINT64_MAX - start ? 0 : start + b.max_ms;
+    if (deadline == 0)
+        deadline = UINT64_MAX; /* 0 means "none" to the search */
+
+    ki = malloc((h->n + 1) * sizeof *ki);
+    kops = malloc((h->n + 1) * sizeof *kops);
+    if (ki == NULL || kops == NULL)
+        goto out;
+    for (i = 0; i < h->n; i++) {
+        const struct lin_op *op = &h->ops[i];
+        if (op->kind == LIN_READ && op->outcome == LIN_OUT_UNKNOWN)
+            continue; /* a pending read tells nothing */
+        ki[nk].key = op->key;
+        ki[nk].call = op->call;
+        ki[nk].id = i;
+        nk++;
+    }
+    qsort(ki, nk, sizeof *ki, kidx_cmp);
+    rep.ops = nk;
+
+    for (a = 0; a < nk;) {
+        size_t e = a, n;
+        int limit = 0, v;
+        while (e < nk && ki[e].key == ki[a].key)
+            e++;
+        n = e - a;
+        for (i = 0; i < n; i++) {
+            kops[i].op = &h->ops[ki[a + i].id];
+            kops[i].id = ki[a + i].id;
+            kops[i].pending = kops[i].op->outcome == LIN_OUT_UNKNOWN;
+        }
+        rep.keys++;
+        v = check_ops(kops, n, &b, deadline, &rep.states, &limit, NULL, NULL,
+                      NULL);
+        if (v == LIN_VIOLATION) {
+            if (rep.keys_violating++ == 0) {
+                rep.key = ki[a].key;
+                rc = shrink(kops, n, &b, deadline, &rep);
+                if (rc != LIN_OK)
+                    goto out;
+            }
+        } else if (v == LIN_UNKNOWN) {
+            if (rep.keys_unknown++ == 0) {
+                rep.unknown_key = ki[a].key;
+                rep.unknown_reason = limit;
+            }
+        } else if (v != LIN_OK) {
+            rc = v;
+            goto out;
+        }
+        a = e;
+    }
+    if (rep.keys_violating > 0)
+        rc = LIN_VIOLATION;
+    else if (rep.keys_unknown > 0)
+        rc = LIN_UNKNOWN;
+    else
+        rc = LIN_OK;
+out:
+    rep.result = rc;
+    rep.elapsed_ms = now_ms() - start;
+    if (r != NULL)
+        *r = rep;
+    else
+        lin_report_release(&rep);
+    free(kops);
+    free(ki);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Text                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static const char *const kind_names[] = {NULL,     "read",   "write",
+                                         "cas",    "insert", "delete"};
+static const char *const outcome_names[] = {NULL, "ok", "absent", "failed",
+                                            "unknown"};
+
+/* Formats OP (valid) as a history line without newline into BUF. */
+static void format_op(const struct lin_op *op, char *buf, size_t len)
+{
+    size_t n;
+    char ret[24];
+    int ok = op->outcome == LIN_OUT_OK;
+
+    if (op->ret == LIN_PENDING)
+        snprintf(ret, sizeof ret, "pending");
+    else
+        snprintf(ret, sizeof ret, "%llu", (unsigned long long)op->ret);
+    n = (size_t)snprintf(buf, len, "%s key=%llu client=%d call=%llu ret=%s",
+                         kind_names[op->kind], (unsigned long long)op->key,
+                         op->client, (unsigned long long)op->call, ret);
+    if (n < len && (op->kind == LIN_CAS ||
+                    (op->kind == LIN_DELETE && op->expect_version != 0)))
+        n += (size_t)snprintf(buf + n, len - n, " expect=%llu",
+                              (unsigned long long)op->expect_version);
+    if (n < len && op->kind != LIN_READ && op->kind != LIN_DELETE)
+        n += (size_t)snprintf(buf + n, len - n, " value=%llu",
+                              (unsigned long long)op->value);
+    if (n < len)
+        n += (size_t)snprintf(buf + n, len - n, " result=%s",
+                              outcome_names[op->outcome]);
+    if (n < len && ok && op->kind == LIN_READ)
+        n += (size_t)snprintf(buf + n, len - n, " value=%llu",
+                              (unsigned long long)op->out_value);
+    if (n < len && ok && op->kind != LIN_DELETE)
+        snprintf(buf + n, len - n, " version=%llu",
+                 (unsigned long long)op->out_version);
+}
+
+#define LINE_MAX_LEN 512
+
+int lin_write_op(FILE *f, const struct lin_op *op)
+{
+    char line[LINE_MAX_LEN];
+    if (lin_op_problem(op) != NULL)
+        return LIN_EINVAL;
+    format_op(op, line, sizeof line);
+    return fprintf(f, "%s\n", line) < 0 ? LIN_EIO : LIN_OK;
+}
+
+int lin_write(FILE *f, const struct lin_history *h)
+{
+    size_t i;
+    for (i = 0; i < h->n; i++) {
+        int rc = lin_write_op(f, &h->ops[i]);
+        if (rc != LIN_OK)
+            return rc;
+    }
+    return fflush(f) == 0 ? LIN_OK : LIN_EIO;
+}
+
+/* Parses a decimal uint64 of exactly the string S. Returns 0 or -1. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (*s == '\0')
+        return -1;
+    for (; *s != '\0'; s++) {
+        unsigned d;
+        if (*s < '0' || *s > '9')
+            return -1;
+        d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Fields of a line, each at most once. */
+enum {
+    F_KEY,
+    F_CLIENT,
+    F_CALL,
+    F_RET,
+    F_VALUE,
+    F_EXPECT,
+    F_RESULT,
+    F_VERSION,
+    F_COUNT
+};
+static const char *const field_names[F_COUNT] = {
+    "key", "client", "call", "ret", "value", "expect", "result", "version"};
+
+static int name_index(const char *const *names, size_t n, const char *s)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (names[i] != NULL && strcmp(names[i], s) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* Parses one line (comments stripped, NUL-terminated, at least one token)
+ * into OP. Returns NULL or a static sentence saying what is wrong. */
+static const char *parse_line(char *line, struct lin_op *op)
+{
+    static const char sep[] = " \t\r\n";
+    char *save = NULL, *tok;
+    uint64_t num[F_COUNT];
+    int have[F_COUNT] = {0};
+    int kind, outcome = 0;
+
+    memset(op, 0, sizeof *op);
+    tok = strtok_r(line, sep, &save);
+    kind = name_index(kind_names, 6, tok);
+    if (kind < 0)
+        return "unknown operation (read, write, cas, insert, delete)";
+    while ((tok = strtok_r(NULL, sep, &save)) != NULL) {
+        char *eq = strchr(tok, '=');
+        int f;
+        if (eq == NULL)
+            return "expected field=value";
+        *eq = '\0';
+        f = name_index(field_names, F_COUNT, tok);
+        if (f < 0)
+            return "unknown field";
+        if (have[f])
+            return "field given twice";
+        have[f] = 1;
+        if (f == F_RESULT) {
+            outcome = name_index(outcome_names, 5, eq + 1);
+            if (outcome < 0)
+                return "result must be ok, absent, failed or unknown";
+        } else if (f == F_RET && strcmp(eq + 1, "pending") == 0) {
+            num[f] = LIN_PENDING;
+        } else if (parse_u64(eq + 1, &num[f]) != 0) {
+            return "a value is not a decimal number below 2^64";
+        }
+    }
+    if (!have[F_KEY] || !have[F_CALL] || !have[F_RET] || !have[F_RESULT])
+        return "key=, call=, ret= and result= are required";
+    if (have[F_CLIENT] && num[F_CLIENT] > INT_MAX)
+        return "client too large";
+    op->kind = kind;
+    op->outcome = outcome;
+    op->key = num[F_KEY];
+    op->client = have[F_CLIENT] ? (int)num[F_CLIENT] : 0;
+    op->call = num[F_CALL];
+    op->ret = num[F_RET];
+    if (have[F_EXPECT] && kind != LIN_CAS && kind != LIN_DELETE)
+        return "expect= only for cas and delete";
+    if (kind == LIN_CAS && !have[F_EXPECT])
+        return "cas needs expect=";
+    op->expect_version = have[F_EXPECT] ? num[F_EXPECT] : 0;
+    if (kind == LIN_READ) {
+        if (have[F_VALUE] != (outcome == LIN_OUT_OK) ||
+            have[F_VERSION] != (outcome == LIN_OUT_OK))
+            return "a read has value= and version= exactly when ok";
+        op->out_value = have[F_VALUE] ? num[F_VALUE] : 0;
+    } else if (kind == LIN_DELETE) {
+        if (have[F_VALUE] || have[F_VERSION])
+            return "a delete has no value= or version=";
+    } else {
+        if (!have[F_VALUE])
+            return "value= is required";
+        if (have[F_VERSION] != (outcome == LIN_OUT_OK))
+            return "version= exactly when ok";
+        op->value = num[F_VALUE];
+    }
+    op->out_version = have[F_VERSION] ? num[F_VERSION] : 0;
+    return lin_op_problem(op);
+}
+
+int lin_read(FILE *f, struct lin_history *h, char *err, size_t errlen)
+{
+    char *line = NULL;
+    size_t cap = 0, lineno = 0, start = h->n;
+    ssize_t len;
+    int rc = LIN_OK;
+    const char *why = NULL;
+
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        char *hash;
+        struct lin_op op;
+        lineno++;
+        if ((size_t)len != strlen(line)) {
+            why = "NUL byte in line";
+            break;
+        }
+        if (len > LINE_MAX_LEN) {
+            why = "line too long";
+            break;
+        }
+        hash = strchr(line, '#');
+        if (hash != NULL)
+            *hash = '\0';
+        if (line[strspn(line, " \t\r\n")] == '\0')
+            continue;
+        why = parse_line(line, &op);
+        if (why != NULL)
+            break;
+        rc = lin_add(h, &op);
+        if (rc != LIN_OK)
+            break;
+    }
+    if (why != NULL) {
+        rc = LIN_EINVAL;
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "line %zu: %s", lineno, why);
+    } else if (rc == LIN_OK && ferror(f)) {
+        rc = LIN_EIO;
+        if (err != NULL && errlen > 0)
+            snprintf(err, errlen, "line %zu: read error", lineno + 1);
+    } else if (rc != LIN_OK && err != NULL && errlen > 0) {
+        snprintf(err, errlen, "line %zu: out of memory", lineno);
+    }
+    if (rc != LIN_OK)
+        h->n = start;
+    free(line);
+    return rc;
+}
+
+/* Formats S into BUF. */
+static void format_state(const struct lin_state *s, char *buf, size_t len)
+{
+    if (!s->present)
+        snprintf(buf, len, "absent (next version >= %llu)",
+                 (unsigned long long)s->next_version);
+    else if (s->version_known)
+        snprintf(buf, len, "value=%llu version=%llu",
+                 (unsigned long long)s->value,
+                 (unsigned long long)s->version);
+    else
+        snprintf(buf, len, "value=%llu version>=%llu (not yet seen)",
+                 (unsigned long long)s->value,
+                 (unsigned long long)s->version);
+}
+
+static const char *limit_name(int l)
+{
+    switch (l) {
+    case LIN_LIMIT_STATES:
+        return "the budget of states";
+    case LIN_LIMIT_TIME:
+        return "the time budget";
+    case LIN_LIMIT_BYTES:
+        return "the memory budget";
+    default:
+        return "a budget";
+    }
+}
+
+/* How many prefix ops and order steps a report prints at most (the last
+ * ones, nearest the failure); the report structure holds all of them. */
+#define PRINT_OPS 200
+#define PRINT_STEPS 40
+
+int lin_report_print(const struct lin_report *r, FILE *f)
+{
+    const char *verdict = r->result == LIN_OK          ? "yes"
+                          : r->result == LIN_VIOLATION ? "no"
+                          : r->result == LIN_UNKNOWN   ? "unknown"
+                                                       : "error";
+    char line[LINE_MAX_LEN], st[128];
+    size_t i, from;
+    int e = 0;
+
+    e |= fprintf(f, "linearizable: %s\n", verdict) < 0;
+    e |= fprintf(f,
+                 "%zu ops on %zu keys: %zu violating, %zu undecided; "
+                 "%llu states explored in %llu ms\n",
+                 r->ops, r->keys, r->keys_violating, r->keys_unknown,
+                 (unsigned long long)r->states,
+                 (unsigned long long)r->elapsed_ms) < 0;
+    if (r->keys_unknown > 0)
+        e |= fprintf(f, "key %llu (the first undecided) ran out of %s\n",
+                     (unsigned long long)r->unknown_key,
+                     limit_name(r->unknown_reason)) < 0;
+    if (r->result != LIN_VIOLATION || r->nprefix == 0)
+        return e ? LIN_EIO : LIN_OK;
+
+    e |= fprintf(f,
+                 "\nkey %llu: the ops called by t=%llu have no valid order "
+                 "once the op marked FAILS returns.\n"
+                 "Its %zu ops by call time, as history lines ('running': "
+                 "not returned at t=%llu, so counted as unknown):\n",
+                 (unsigned long long)r->key, (unsigned long long)r->fail_time,
+                 r->nprefix, (unsigned long long)r->fail_time) < 0;
+    from = r->nprefix > PRINT_OPS ? r->nprefix - PRINT_OPS : 0;
+    if (from > 0)
+        e |= fprintf(f, "# (%zu earlier ops not shown)\n", from) < 0;
+    for (i = from; i < r->nprefix; i++) {
+        const struct lin_report_op *p = &r->prefix[i];
+        format_op(&p->op, line, sizeof line);
+        e |= fprintf(f, "%s  # op %zu%s\n", line, p->id,
+                     p->role == LIN_ROLE_FAILING   ? " FAILS"
+                     : p->role == LIN_ROLE_RUNNING ? " running"
+                                                   : "") < 0;
+    }
+    if (!r->before_known) {
+        e |= fprintf(f,
+                     "Whether the ops before t=%llu have a valid order was "
+                     "not decided within the budget.\n",
+                     (unsigned long long)r->before_time) < 0;
+    } else if (r->before_done == 0) {
+        e |= fprintf(f, "No op of the key returned before it.\n") < 0;
+    } else {
+        e |= fprintf(f,
+                     "Up to t=%llu (the return before), the %zu returned ops "
+                     "have a valid order; one, with the state after each "
+                     "op:\n",
+                     (unsigned long long)r->before_time, r->before_done) < 0;
+        from = r->norder > PRINT_STEPS ? r->norder - PRINT_STEPS : 0;
+        if (from > 0)
+            e |= fprintf(f, "  (%zu earlier steps not shown)\n", from) < 0;
+        for (i = from; i < r->norder; i++) {
+            format_state(&r->order[i].after, st, sizeof st);
+            e |= fprintf(f, "  op %zu%s -> %s\n", r->order[i].id,
+                         r->order[i].unknown ? " (unknown outcome, takes "
+                                               "effect here)"
+                                             : "",
+                         st) < 0;
+        }
+    }
+    return e ? LIN_EIO : LIN_OK;
+}

@@ -1,0 +1,1163 @@
+/*
+ * check_engine - unit tests of the shard state machine (libkv/engine.c).
+ *
+ * Versions, staging and group commit, conditional writes (conditions see
+ * staged writes), per-shard key counts and applied versions, recovery by
+ * reopening the store, node metadata checks, scans with every bound, and
+ * the rollback of a failed commit. Every test runs on a real store in its
+ * own directory under /tmp that the fixture removes.
+ */
+#define _XOPEN_SOURCE 700 /* nftw() */
+
+#include <check.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "engine.h"
+#include "kv.h"
+#include "log.h"
+#include "store.h"
+
+Suite *engine_suite(void);
+
+#define NSHARDS 4
+
+static char rootdir[64]; /* per test case, made and removed by the parent */
+static char tmpdir[128]; /* per test, inside rootdir */
+static char dbdir[160];
+static struct store *st;
+static struct engine *eng;
+
+static int remove_entry(const char *path, const struct stat *sb, int flag,
+                        struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* Removes PATH and everything below it (never follows symlinks). */
+static void rm_tree(const char *path)
+{
+    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Opens the store of the fixture and an engine of N shards over it. */
+static void open_engine(uint32_t n)
+{
+    char err[256] = "";
+
+    ck_assert_msg(store_open(dbdir, &st, err, sizeof err) == KV_OK,
+                  "store_open: %s", err);
+    ck_assert_int_eq(engine_open(st, n, &eng), KV_OK);
+    ck_assert_ptr_nonnull(eng);
+}
+
+static void close_engine(void)
+{
+    engine_close(eng);
+    eng = NULL;
+    store_close(st);
+    st = NULL;
+}
+
+/* What a restart does: close everything, then store_open + engine_open. */
+static void reopen(uint32_t n)
+{
+    close_engine();
+    open_engine(n);
+}
+
+/* The unchecked fixture runs in the parent process: even when a failed test
+ * ends its forked child before the checked teardown, this removes its
+ * directory. */
+static void root_setup(void)
+{
+    snprintf(rootdir, sizeof rootdir, "/tmp/kv-check-engine-XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(rootdir));
+}
+
+static void root_teardown(void)
+{
+    if (rootdir[0])
+        rm_tree(rootdir);
+    rootdir[0] = '\0';
+}
+
+static void setup(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "%s/t-XXXXXX", rootdir);
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    snprintf(dbdir, sizeof dbdir, "%s/db", tmpdir);
+    st = NULL;
+    eng = NULL;
+    open_engine(NSHARDS);
+}
+
+static void teardown(void)
+{
+    close_engine();
+    log_setup(LOG_WARN, NULL);
+    if (tmpdir[0])
+        rm_tree(tmpdir);
+    tmpdir[0] = '\0';
+}
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int stage_put(uint32_t shard, const char *k, const char *v,
+                     uint64_t if_version, bool if_absent, uint64_t *version)
+{
+    struct engine_write w = {
+        .op = ENGINE_PUT,
+        .shard = shard,
+        .key = k,
+        .klen = strlen(k),
+        .val = v,
+        .vlen = strlen(v),
+        .if_version = if_version,
+        .if_absent = if_absent,
+    };
+    uint64_t ver = 0xdead;
+    int rc = engine_stage(eng, &w, &ver);
+    if (version)
+        *version = ver;
+    return rc;
+}
+
+static int stage_del(uint32_t shard, const char *k, uint64_t if_version)
+{
+    struct engine_write w = {
+        .op = ENGINE_DEL,
+        .shard = shard,
+        .key = k,
+        .klen = strlen(k),
+        .if_version = if_version,
+    };
+    uint64_t ver = 0xdead;
+    int rc = engine_stage(eng, &w, &ver);
+    if (rc == KV_OK)
+        ck_assert_uint_eq(ver, 0); /* a delete reports version 0 */
+    return rc;
+}
+
+/* Puts K=V on SHARD and commits; returns the new version. */
+static uint64_t put_ok(uint32_t shard, const char *k, const char *v)
+{
+    uint64_t ver = 0;
+
+    ck_assert_int_eq(stage_put(shard, k, v, 0, false, &ver), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_gt(ver, 0);
+    return ver;
+}
+
+static void del_ok(uint32_t shard, const char *k)
+{
+    ck_assert_int_eq(stage_del(shard, k, 0), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+}
+
+/* Asserts that K on SHARD holds V at VERSION (0: any version). */
+static void expect_value(uint32_t shard, const char *k, const char *v,
+                         uint64_t version)
+{
+    void *got = NULL;
+    size_t n = 0;
+    uint64_t ver = 0;
+    int rc = engine_get(eng, shard, k, strlen(k), &got, &n, &ver);
+
+    ck_assert_msg(rc == KV_OK, "get %u/'%s': %d", shard, k, rc);
+    ck_assert_uint_eq(n, strlen(v));
+    if (n)
+        ck_assert_mem_eq(got, v, n);
+    else
+        ck_assert_ptr_null(got);
+    if (version)
+        ck_assert_uint_eq(ver, version);
+    else
+        ck_assert_uint_gt(ver, 0);
+    free(got);
+}
+
+static void expect_missing(uint32_t shard, const char *k)
+{
+    void *got = NULL;
+    size_t n = 0;
+    uint64_t ver = 0;
+
+    ck_assert_int_eq(engine_get(eng, shard, k, strlen(k), &got, &n, &ver),
+                     KV_ENOTFOUND);
+}
+
+static void expect_info(uint32_t shard, uint64_t keys, uint64_t applied)
+{
+    uint64_t k = 0xdead, a = 0xdead;
+
+    ck_assert_int_eq(engine_shard_info(eng, shard, &k, &a), KV_OK);
+    ck_assert_msg(k == keys, "shard %u has %llu keys, expected %llu", shard,
+                  (unsigned long long)k, (unsigned long long)keys);
+    ck_assert_msg(a == applied, "shard %u applied %llu, expected %llu", shard,
+                  (unsigned long long)a, (unsigned long long)applied);
+}
+
+/* The applied version of SHARD. */
+static uint64_t applied_of(uint32_t shard)
+{
+    uint64_t a = 0;
+
+    ck_assert_int_eq(engine_shard_info(eng, shard, NULL, &a), KV_OK);
+    return a;
+}
+
+/* ---- versions --------------------------------------------------------- */
+
+START_TEST(versions_strictly_increase_within_a_shard)
+{
+    uint64_t v1 = put_ok(0, "a", "1");
+    uint64_t v2 = put_ok(0, "b", "2");
+    uint64_t v3 = put_ok(0, "a", "3"); /* an overwrite */
+    del_ok(0, "b");
+    uint64_t v4 = put_ok(0, "b", "4");
+
+    ck_assert_uint_gt(v1, 0);
+    ck_assert_uint_gt(v2, v1);
+    ck_assert_uint_gt(v3, v2);
+    ck_assert_uint_gt(v4, v3);
+    expect_value(0, "a", "3", v3);
+    expect_value(0, "b", "4", v4);
+
+    /* Versions staged together before one commit increase as well. */
+    uint64_t s1 = 0, s2 = 0;
+    ck_assert_int_eq(stage_put(0, "c", "x", 0, false, &s1), KV_OK);
+    ck_assert_int_eq(stage_put(0, "d", "y", 0, false, &s2), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_gt(s1, v4);
+    ck_assert_uint_gt(s2, s1);
+    expect_value(0, "c", "x", s1);
+    expect_value(0, "d", "y", s2);
+}
+END_TEST
+
+START_TEST(versions_of_different_shards_are_independent)
+{
+    uint64_t a1 = put_ok(0, "k", "a");
+    uint64_t a2 = put_ok(0, "k", "b");
+    uint64_t a3 = put_ok(0, "k", "c");
+
+    /* Writes to shard 0 do not advance shard 1: its sequence starts where
+     * shard 0's did. */
+    uint64_t b1 = put_ok(1, "k", "x");
+    uint64_t b2 = put_ok(1, "other", "y");
+    ck_assert_uint_eq(b1, a1);
+    ck_assert_uint_eq(b2, a2);
+
+    /* And shard 1's writes do not advance shard 0: its fourth version is
+     * the one shard 2 gets for its fourth write with no other shard busy. */
+    uint64_t a4 = put_ok(0, "k", "d");
+    ck_assert_uint_gt(a4, a3);
+    ck_assert_uint_eq(put_ok(2, "k", "1"), a1);
+    ck_assert_uint_eq(put_ok(2, "k", "2"), a2);
+    ck_assert_uint_eq(put_ok(2, "k", "3"), a3);
+    ck_assert_uint_eq(put_ok(2, "k", "4"), a4);
+
+    /* The same key lives separately in each shard. */
+    expect_value(0, "k", "d", a4);
+    expect_value(1, "k", "x", b1);
+    expect_value(2, "k", "4", a4);
+    expect_missing(3, "k");
+}
+END_TEST
+
+/* ---- staging and commit ----------------------------------------------- */
+
+START_TEST(staged_writes_are_invisible_until_commit)
+{
+    uint64_t v0 = put_ok(0, "old", "committed");
+    uint64_t v = 0;
+
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_int_eq(stage_put(0, "new", "staged", 0, false, &v), KV_OK);
+    ck_assert_int_eq(stage_put(0, "old", "overwritten", 0, false, NULL),
+                     KV_OK);
+    ck_assert_int_eq(stage_del(0, "old", 0), KV_OK);
+    ck_assert(engine_has_staged(eng));
+
+    expect_missing(0, "new");
+    expect_value(0, "old", "committed", v0);
+    expect_info(0, 1, v0);
+
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert(!engine_has_staged(eng));
+    expect_value(0, "new", "staged", v);
+    expect_missing(0, "old");
+    /* The overwrite and the delete came after the put. */
+    uint64_t applied = applied_of(0);
+    ck_assert_uint_gt(applied, v + 1);
+    expect_info(0, 1, applied);
+    /* Committing with nothing staged is a no-op. */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(0, 1, applied);
+}
+END_TEST
+
+START_TEST(conditions_see_staged_writes)
+{
+    uint64_t v1 = 0, v2 = 0, v3 = 0;
+
+    /* Two if_absent puts of one key before one commit: the second loses. */
+    ck_assert_int_eq(stage_put(0, "k", "first", 0, true, &v1), KV_OK);
+    ck_assert_int_eq(stage_put(0, "k", "second", 0, true, NULL),
+                     KV_ECONFLICT);
+    /* if_version matches the staged version, not the committed one. */
+    ck_assert_int_eq(stage_put(0, "k", "third", v1, false, &v2), KV_OK);
+    ck_assert_int_eq(stage_put(0, "k", "stale", v1, false, NULL),
+                     KV_ECONFLICT);
+    /* A staged delete makes the key absent for what follows. */
+    ck_assert_int_eq(stage_del(0, "k", v2), KV_OK);
+    ck_assert_int_eq(stage_del(0, "k", 0), KV_ENOTFOUND);
+    ck_assert_int_eq(stage_put(0, "k", "fourth", 0, true, &v3), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    expect_value(0, "k", "fourth", v3);
+    expect_info(0, 1, v3);
+}
+END_TEST
+
+START_TEST(if_version_succeeds_only_on_the_current_version)
+{
+    uint64_t v1 = put_ok(0, "k", "one");
+    uint64_t v2 = 0;
+
+    /* Wrong version: conflict, nothing changes. */
+    ck_assert_int_eq(stage_put(0, "k", "x", v1 + 1, false, NULL),
+                     KV_ECONFLICT);
+    ck_assert(!engine_has_staged(eng));
+    expect_value(0, "k", "one", v1);
+
+    /* Right version: a new version. */
+    ck_assert_int_eq(stage_put(0, "k", "two", v1, false, &v2), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_gt(v2, v1);
+    expect_value(0, "k", "two", v2);
+
+    /* The old version no longer matches. */
+    ck_assert_int_eq(stage_put(0, "k", "x", v1, false, NULL), KV_ECONFLICT);
+
+    /* A missing key has no version to match. */
+    ck_assert_int_eq(stage_put(0, "missing", "x", v2, false, NULL),
+                     KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "missing", "x", 1, false, NULL),
+                     KV_ECONFLICT);
+    ck_assert(!engine_has_staged(eng));
+    expect_missing(0, "missing");
+    expect_info(0, 1, v2);
+}
+END_TEST
+
+START_TEST(if_absent_fails_on_an_existing_key)
+{
+    uint64_t v1 = put_ok(0, "k", "one");
+    uint64_t v2 = 0;
+
+    ck_assert_int_eq(stage_put(0, "k", "x", 0, true, NULL), KV_ECONFLICT);
+    ck_assert(!engine_has_staged(eng));
+    expect_value(0, "k", "one", v1);
+    ck_assert_int_eq(stage_put(0, "fresh", "y", 0, true, &v2), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "fresh", "y", v2);
+    /* After a delete the key is absent again. */
+    del_ok(0, "k");
+    ck_assert_int_eq(stage_put(0, "k", "back", 0, true, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "back", 0);
+}
+END_TEST
+
+START_TEST(deleting_a_missing_key_is_not_found)
+{
+    ck_assert_int_eq(stage_del(0, "nothing", 0), KV_ENOTFOUND);
+    ck_assert(!engine_has_staged(eng));
+    put_ok(1, "elsewhere", "x");
+    ck_assert_int_eq(stage_del(0, "elsewhere", 0), KV_ENOTFOUND);
+    expect_info(0, 0, 0);
+}
+END_TEST
+
+START_TEST(deleting_with_a_wrong_version_conflicts_and_changes_nothing)
+{
+    uint64_t v1 = put_ok(0, "k", "keep");
+
+    ck_assert_int_eq(stage_del(0, "k", v1 + 5), KV_ECONFLICT);
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "keep", v1);
+    expect_info(0, 1, v1);
+
+    /* The right version deletes. */
+    ck_assert_int_eq(stage_del(0, "k", v1), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(0, "k");
+    ck_assert_uint_gt(applied_of(0), v1); /* a delete takes a version */
+    expect_info(0, 0, applied_of(0));
+}
+END_TEST
+
+START_TEST(empty_and_binary_values_and_keys_are_kept_exactly)
+{
+    static const unsigned char key[] = {'k', 0, 0xff};
+    static const unsigned char val[] = {0, 1, 0, 0xff};
+    struct engine_write w = {.op = ENGINE_PUT,
+                             .shard = 3,
+                             .key = key,
+                             .klen = sizeof key,
+                             .val = val,
+                             .vlen = sizeof val};
+    uint64_t ver = 0, got_ver = 0;
+    void *got = NULL;
+    size_t n = 0;
+
+    ck_assert_int_eq(engine_stage(eng, &w, &ver), KV_OK);
+    ck_assert_int_eq(stage_put(3, "empty", "", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(engine_get(eng, 3, key, sizeof key, &got, &n, &got_ver),
+                     KV_OK);
+    ck_assert_uint_eq(n, sizeof val);
+    ck_assert_mem_eq(got, val, sizeof val);
+    ck_assert_uint_eq(got_ver, ver);
+    free(got);
+    /* A key that differs after the NUL byte is another key. */
+    ck_assert_int_eq(engine_get(eng, 3, "k\0", 2, NULL, NULL, NULL),
+                     KV_ENOTFOUND);
+    expect_value(3, "empty", "", 0);
+    /* Every out pointer may be NULL. */
+    ck_assert_int_eq(engine_get(eng, 3, "empty", 5, NULL, NULL, NULL), KV_OK);
+}
+END_TEST
+
+START_TEST(a_shard_beyond_the_count_is_invalid)
+{
+    uint64_t ver = 0, k = 0, a = 0;
+    struct engine_scan sc = {.shard = NSHARDS};
+    bool more = false;
+
+    ck_assert_int_eq(stage_put(NSHARDS, "k", "v", 0, false, &ver), KV_EINVAL);
+    ck_assert_int_eq(stage_put(UINT32_MAX, "k", "v", 0, false, &ver),
+                     KV_EINVAL);
+    ck_assert_int_eq(stage_del(NSHARDS, "k", 0), KV_EINVAL);
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_int_eq(engine_get(eng, NSHARDS, "k", 1, NULL, NULL, NULL),
+                     KV_EINVAL);
+    ck_assert_int_eq(engine_shard_info(eng, NSHARDS, &k, &a), KV_EINVAL);
+    ck_assert_int_eq(engine_scan(eng, &sc, NULL, NULL, &more), KV_EINVAL);
+    /* The last valid shard works. */
+    put_ok(NSHARDS - 1, "k", "v");
+    expect_value(NSHARDS - 1, "k", "v", 0);
+}
+END_TEST
+
+/* ---- shard info and recovery ------------------------------------------ */
+
+START_TEST(shard_info_counts_keys_and_tracks_the_applied_version)
+{
+    expect_info(0, 0, 0);
+    uint64_t v = put_ok(0, "a", "1");
+    expect_info(0, 1, v);
+    v = put_ok(0, "b", "2");
+    expect_info(0, 2, v);
+    v = put_ok(0, "a", "overwrite"); /* an overwrite adds no key */
+    expect_info(0, 2, v);
+    del_ok(0, "a");
+    uint64_t d = applied_of(0);
+    ck_assert_uint_gt(d, v); /* a delete takes a version too */
+    expect_info(0, 1, d);
+    uint64_t w = put_ok(2, "z", "on another shard");
+    expect_info(0, 1, d);
+    expect_info(2, 1, w);
+    expect_info(1, 0, 0);
+
+    /* Failed conditions change nothing. */
+    ck_assert_int_eq(stage_put(0, "b", "x", 0, true, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(stage_del(0, "a", 0), KV_ENOTFOUND);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(0, 1, d);
+
+    /* Either out pointer may be NULL. */
+    ck_assert_int_eq(engine_shard_info(eng, 0, NULL, NULL), KV_OK);
+}
+END_TEST
+
+START_TEST(state_survives_close_and_reopen)
+{
+    uint64_t a = put_ok(0, "a", "1");
+    uint64_t b = put_ok(0, "b", "2");
+    del_ok(0, "a");
+    uint64_t c = put_ok(1, "c", "3");
+    uint64_t applied0 = 0, keys0 = 0;
+    ck_assert_int_eq(engine_shard_info(eng, 0, &keys0, &applied0), KV_OK);
+    ck_assert_uint_gt(applied0, b);
+
+    reopen(NSHARDS);
+
+    expect_missing(0, "a");
+    expect_value(0, "b", "2", b);
+    expect_value(1, "c", "3", c);
+    expect_info(0, keys0, applied0);
+    expect_info(1, 1, c);
+    expect_info(2, 0, 0);
+
+    /* Versions continue after the restart, they never go back. */
+    uint64_t d = put_ok(0, "d", "4");
+    ck_assert_uint_gt(d, applied0);
+    ck_assert_uint_gt(put_ok(1, "e", "5"), c);
+    /* And conditions see the recovered versions. */
+    uint64_t e = 0;
+    ck_assert_int_eq(stage_put(0, "b", "x", a, false, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "b", "x", b, false, &e), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_gt(e, d);
+    expect_info(0, 2, e);
+}
+END_TEST
+
+START_TEST(staged_writes_are_lost_when_closed_before_commit)
+{
+    uint64_t v = put_ok(0, "kept", "yes");
+
+    ck_assert_int_eq(stage_put(0, "lost", "no", 0, false, NULL), KV_OK);
+    reopen(NSHARDS);
+    expect_value(0, "kept", "yes", v);
+    expect_missing(0, "lost");
+    expect_info(0, 1, v);
+}
+END_TEST
+
+/* ---- metadata --------------------------------------------------------- */
+
+START_TEST(metadata_is_written_once_and_then_checked)
+{
+    char err[256] = "";
+
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+    reopen(NSHARDS);
+    ck_assert_msg(engine_check_meta(eng, "local", 1, err, sizeof err) ==
+                      KV_OK,
+                  "after reopen: %s", err);
+    /* Metadata is not user data. */
+    expect_info(0, 0, 0);
+}
+END_TEST
+
+START_TEST(metadata_of_another_cluster_is_refused_naming_it)
+{
+    char err[256] = "";
+
+    ck_assert_int_eq(engine_check_meta(eng, "alpha", 1, err, sizeof err),
+                     KV_OK);
+    reopen(NSHARDS);
+    ck_assert_int_eq(engine_check_meta(eng, "beta", 1, err, sizeof err),
+                     KV_EINVAL);
+    ck_assert_msg(strstr(err, "cluster") && strstr(err, "alpha") &&
+                      strstr(err, "beta"),
+                  "message '%s' should name the cluster", err);
+    /* The refusal did not overwrite what the directory belongs to. */
+    ck_assert_int_eq(engine_check_meta(eng, "alpha", 1, err, sizeof err),
+                     KV_OK);
+}
+END_TEST
+
+START_TEST(metadata_of_another_node_is_refused_naming_it)
+{
+    char err[256] = "";
+
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 2, err, sizeof err),
+                     KV_EINVAL);
+    ck_assert_msg(strstr(err, "node") && strstr(err, "1") && strstr(err, "2"),
+                  "message '%s' should name the node", err);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+}
+END_TEST
+
+START_TEST(metadata_of_another_shard_count_is_refused_naming_it)
+{
+    char err[256] = "";
+
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+    reopen(8);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_EINVAL);
+    ck_assert_msg(strstr(err, "shards") && strstr(err, "4") &&
+                      strstr(err, "8"),
+                  "message '%s' should name the shard count", err);
+    reopen(NSHARDS);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+}
+END_TEST
+
+/* ---- scans ------------------------------------------------------------ */
+
+#define MAX_SEEN 64
+
+struct seen {
+    unsigned n;
+    char keys[MAX_SEEN][16];
+    char vals[MAX_SEEN][16];
+    uint64_t versions[MAX_SEEN];
+    unsigned stop_after; /* return 42 after this many entries; 0: never */
+};
+
+static int collect(void *arg, const void *key, size_t klen, const void *val,
+                   size_t vlen, uint64_t version)
+{
+    struct seen *s = arg;
+
+    ck_assert_uint_lt(s->n, MAX_SEEN);
+    ck_assert_uint_lt(klen, sizeof s->keys[0]);
+    ck_assert_uint_lt(vlen, sizeof s->vals[0]);
+    memcpy(s->keys[s->n], key, klen);
+    s->keys[s->n][klen] = '\0';
+    if (vlen)
+        memcpy(s->vals[s->n], val, vlen);
+    s->vals[s->n][vlen] = '\0';
+    s->versions[s->n] = version;
+    s->n++;
+    return s->stop_after && s->n == s->stop_after ? 42 : 0;
+}
+
+/* Shard 1 holds a, ab, abc, b, ba, c (values are the key in upper case);
+ * shards 0 and 2 hold keys that must never show up in its scans. */
+static void put_scan_keys(void)
+{
+    static const char *keys[] = {"ba", "a", "c", "abc", "b", "ab"};
+    for (size_t i = 0; i < 6; i++) {
+        char up[8];
+        size_t n = strlen(keys[i]);
+        for (size_t j = 0; j <= n; j++)
+            up[j] = keys[i][j] ? (char)(keys[i][j] - 'a' + 'A') : '\0';
+        ck_assert_int_eq(stage_put(1, keys[i], up, 0, false, NULL), KV_OK);
+    }
+    ck_assert_int_eq(stage_put(0, "aa", "shard0", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(stage_put(0, "zz", "shard0", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(stage_put(2, "a", "shard2", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(stage_put(2, "\x01", "shard2", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+}
+
+/* Runs SC (on shard 1 unless set) and asserts it emits exactly WANT (a
+ * space-separated key list, "" for none) with *more equal to WANT_MORE. */
+static void expect_scan(struct engine_scan sc, const char *want,
+                        bool want_more)
+{
+    struct seen s;
+    bool more = !want_more;
+    char got[256] = "";
+
+    memset(&s, 0, sizeof s);
+    if (!sc.shard)
+        sc.shard = 1;
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), KV_OK);
+    for (unsigned i = 0; i < s.n; i++) {
+        if (i)
+            strcat(got, " ");
+        strcat(got, s.keys[i]);
+        /* Values and versions come with each key. */
+        for (size_t j = 0; s.keys[i][j]; j++)
+            ck_assert_int_eq(s.vals[i][j], s.keys[i][j] - 'a' + 'A');
+        ck_assert_uint_gt(s.versions[i], 0);
+    }
+    ck_assert_msg(strcmp(got, want) == 0, "scan gave '%s', expected '%s'",
+                  got, want);
+    ck_assert_msg(more == want_more, "more is %d after '%s'", more, got);
+}
+
+#define B(s) (s), (sizeof(s) - 1)
+
+START_TEST(a_scan_returns_a_shards_keys_in_order)
+{
+    struct engine_scan sc = {.shard = 1};
+
+    put_scan_keys();
+    expect_scan(sc, "a ab abc b ba c", false);
+}
+END_TEST
+
+START_TEST(a_scan_reports_each_entrys_value_and_version)
+{
+    struct engine_scan sc = {.shard = 1};
+    struct seen s;
+    uint64_t v1 = put_ok(1, "x", "X1");
+    uint64_t v2 = put_ok(1, "y", "Y2");
+    bool more = true;
+
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), KV_OK);
+    ck_assert_uint_eq(s.n, 2);
+    ck_assert_str_eq(s.vals[0], "X1");
+    ck_assert_uint_eq(s.versions[0], v1);
+    ck_assert_str_eq(s.vals[1], "Y2");
+    ck_assert_uint_eq(s.versions[1], v2);
+    ck_assert(!more);
+}
+END_TEST
+
+START_TEST(a_scan_honours_start_and_end)
+{
+    put_scan_keys();
+    expect_scan((struct engine_scan){.start = B("ab")}, "ab abc b ba c", false);
+    expect_scan((struct engine_scan){.start = B("abd")}, "b ba c", false);
+    expect_scan((struct engine_scan){.end = B("b")}, "a ab abc", false);
+    expect_scan((struct engine_scan){.end = B("ba")}, "a ab abc b", false);
+    expect_scan((struct engine_scan){.start = B("ab"), .end = B("ba")},
+                "ab abc b", false);
+    expect_scan((struct engine_scan){.start = B("c"), .end = B("d")}, "c",
+                false);
+    expect_scan((struct engine_scan){.start = B("b"), .end = B("b")}, "",
+                false);
+    expect_scan((struct engine_scan){.start = B("c"), .end = B("a")}, "",
+                false);
+    expect_scan((struct engine_scan){.start = B("d")}, "", false);
+}
+END_TEST
+
+START_TEST(a_scan_honours_a_prefix)
+{
+    put_scan_keys();
+    expect_scan((struct engine_scan){.prefix = B("a")}, "a ab abc", false);
+    expect_scan((struct engine_scan){.prefix = B("ab")}, "ab abc", false);
+    expect_scan((struct engine_scan){.prefix = B("b")}, "b ba", false);
+    expect_scan((struct engine_scan){.prefix = B("abcd")}, "", false);
+    expect_scan((struct engine_scan){.prefix = B("z")}, "", false);
+    /* With start: the greater bound wins. */
+    expect_scan((struct engine_scan){.prefix = B("a"), .start = B("ab")},
+                "ab abc", false);
+    expect_scan((struct engine_scan){.prefix = B("b"), .start = B("a")},
+                "b ba", false);
+    expect_scan((struct engine_scan){.prefix = B("a"), .start = B("b")}, "",
+                false);
+    /* With end. */
+    expect_scan((struct engine_scan){.prefix = B("a"), .end = B("abc")},
+                "a ab", false);
+}
+END_TEST
+
+START_TEST(a_scan_resumes_strictly_after_the_cursor)
+{
+    put_scan_keys();
+    expect_scan((struct engine_scan){.after = B("ab"), .has_after = true},
+                "abc b ba c", false);
+    expect_scan((struct engine_scan){.after = B("abz"), .has_after = true},
+                "b ba c", false);
+    expect_scan((struct engine_scan){.after = B("c"), .has_after = true}, "",
+                false);
+    /* An empty cursor is before every key. */
+    expect_scan((struct engine_scan){.after = "", .has_after = true},
+                "a ab abc b ba c", false);
+    /* The cursor is ignored unless has_after is set. */
+    expect_scan((struct engine_scan){.after = B("b")}, "a ab abc b ba c",
+                false);
+    /* Cursor and start: the greater one wins. */
+    expect_scan((struct engine_scan){.start = B("b"),
+                                     .after = B("a"),
+                                     .has_after = true},
+                "b ba c", false);
+    expect_scan((struct engine_scan){.start = B("a"),
+                                     .after = B("b"),
+                                     .has_after = true},
+                "ba c", false);
+    /* Cursor with prefix and end. */
+    expect_scan((struct engine_scan){.prefix = B("a"),
+                                     .after = B("a"),
+                                     .has_after = true},
+                "ab abc", false);
+    expect_scan((struct engine_scan){.end = B("c"),
+                                     .after = B("ab"),
+                                     .has_after = true},
+                "abc b ba", false);
+}
+END_TEST
+
+START_TEST(a_scan_stops_at_the_limit_and_says_whether_more_remain)
+{
+    put_scan_keys();
+    expect_scan((struct engine_scan){.limit = 2}, "a ab", true);
+    expect_scan((struct engine_scan){.limit = 5}, "a ab abc b ba", true);
+    /* Exactly the rest of the shard: nothing more. */
+    expect_scan((struct engine_scan){.limit = 6}, "a ab abc b ba c", false);
+    expect_scan((struct engine_scan){.limit = 100}, "a ab abc b ba c", false);
+    /* Exactly the rest of the range: keys after it do not count. */
+    expect_scan((struct engine_scan){.prefix = B("a"), .limit = 3},
+                "a ab abc", false);
+    expect_scan((struct engine_scan){.prefix = B("a"), .limit = 2}, "a ab",
+                true);
+    expect_scan((struct engine_scan){.end = B("b"), .limit = 3}, "a ab abc",
+                false);
+    expect_scan((struct engine_scan){.start = B("b"),
+                                     .end = B("c"),
+                                     .limit = 1},
+                "b", true);
+    /* more may be NULL. */
+    struct engine_scan sc = {.shard = 1, .limit = 1};
+    struct seen s;
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, NULL), KV_OK);
+    ck_assert_uint_eq(s.n, 1);
+}
+END_TEST
+
+START_TEST(paging_with_limit_and_cursor_visits_every_key_once)
+{
+    char last[16] = "";
+    char all[256] = "";
+    bool more = true;
+    int pages = 0;
+
+    put_scan_keys();
+    while (more && pages < 10) {
+        struct engine_scan sc = {.shard = 1, .limit = 2};
+        struct seen s;
+        memset(&s, 0, sizeof s);
+        if (pages) {
+            sc.after = last;
+            sc.after_len = strlen(last);
+            sc.has_after = true;
+        }
+        ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), KV_OK);
+        for (unsigned i = 0; i < s.n; i++) {
+            strcat(all, s.keys[i]);
+            strcat(all, " ");
+        }
+        if (s.n)
+            strcpy(last, s.keys[s.n - 1]);
+        pages++;
+    }
+    ck_assert_str_eq(all, "a ab abc b ba c ");
+    ck_assert_int_eq(pages, 3);
+}
+END_TEST
+
+START_TEST(a_non_zero_emit_result_stops_the_scan_and_is_returned)
+{
+    struct engine_scan sc = {.shard = 1};
+    struct seen s;
+    bool more = true;
+
+    put_scan_keys();
+    memset(&s, 0, sizeof s);
+    s.stop_after = 2;
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), 42);
+    ck_assert_uint_eq(s.n, 2);
+    ck_assert_str_eq(s.keys[1], "ab");
+    /* A stop on the very first entry. */
+    memset(&s, 0, sizeof s);
+    s.stop_after = 1;
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), 42);
+    ck_assert_uint_eq(s.n, 1);
+}
+END_TEST
+
+START_TEST(scans_never_cross_into_another_shard)
+{
+    struct engine_scan sc = {.shard = 0};
+    struct seen s;
+
+    put_scan_keys();
+    /* Shard 0 sits before shard 1 in the store: its scan stops in time. */
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, NULL), KV_OK);
+    ck_assert_uint_eq(s.n, 2);
+    ck_assert_str_eq(s.keys[0], "aa");
+    ck_assert_str_eq(s.keys[1], "zz");
+    ck_assert_str_eq(s.vals[1], "shard0");
+    /* Shard 2 starts right after shard 1's keys. */
+    sc.shard = 2;
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, NULL), KV_OK);
+    ck_assert_uint_eq(s.n, 2);
+    ck_assert_str_eq(s.keys[0], "\x01");
+    ck_assert_str_eq(s.keys[1], "a");
+    ck_assert_str_eq(s.vals[1], "shard2");
+    /* The last shard is empty, with nothing after it to run into. */
+    expect_scan((struct engine_scan){.shard = 3}, "", false);
+}
+END_TEST
+
+START_TEST(scans_see_committed_state_only)
+{
+    put_scan_keys();
+    ck_assert_int_eq(stage_put(1, "aa", "AA", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(stage_del(1, "c", 0), KV_OK);
+    expect_scan((struct engine_scan){.shard = 1}, "a ab abc b ba c", false);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_scan((struct engine_scan){.shard = 1}, "a aa ab abc b ba", false);
+}
+END_TEST
+
+START_TEST(a_scan_handles_keys_with_high_bytes)
+{
+    static const unsigned char k1[] = {0xff};
+    static const unsigned char k2[] = {0xff, 0xff};
+    static const unsigned char k3[] = {0xff, 0x00};
+    const unsigned char *keys[] = {k2, k1, k3};
+    size_t lens[] = {2, 1, 2};
+    struct seen s;
+    bool more = true;
+
+    for (int i = 0; i < 3; i++) {
+        struct engine_write w = {.op = ENGINE_PUT,
+                                 .shard = NSHARDS - 1,
+                                 .key = keys[i],
+                                 .klen = lens[i],
+                                 .val = "",
+                                 .vlen = 0};
+        uint64_t ver;
+        ck_assert_int_eq(engine_stage(eng, &w, &ver), KV_OK);
+    }
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    struct engine_scan sc = {
+        .shard = NSHARDS - 1, .prefix = k1, .prefix_len = 1};
+    memset(&s, 0, sizeof s);
+    ck_assert_int_eq(engine_scan(eng, &sc, collect, &s, &more), KV_OK);
+    ck_assert_uint_eq(s.n, 3);
+    ck_assert_mem_eq(s.keys[0], k1, 1);
+    ck_assert_mem_eq(s.keys[1], k3, 2);
+    ck_assert_mem_eq(s.keys[2], k2, 2);
+    ck_assert_str_eq(s.vals[0], "");
+    ck_assert(!more);
+}
+END_TEST
+
+/* ---- two-step commit and rollback ------------------------------------- */
+
+START_TEST(writes_staged_during_a_flush_go_to_the_next_commit)
+{
+    uint64_t va = 0, vb = 0;
+
+    ck_assert_ptr_null(engine_commit_begin(eng)); /* nothing staged */
+    ck_assert_int_eq(stage_put(0, "a", "A", 0, true, &va), KV_OK);
+    struct store_batch *b = engine_commit_begin(eng);
+    ck_assert_ptr_nonnull(b);
+    ck_assert(!engine_has_staged(eng));
+
+    /* During the flush: conditions see the flushing writes... */
+    ck_assert_int_eq(stage_put(0, "a", "again", 0, true, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "b", "B", 0, false, &vb), KV_OK);
+    ck_assert_uint_gt(vb, va);
+    ck_assert(engine_has_staged(eng));
+    /* ...and only one flush runs at a time. */
+    ck_assert_ptr_null(engine_commit_begin(eng));
+
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    engine_commit_end(eng, KV_OK);
+    expect_value(0, "a", "A", va);
+    expect_missing(0, "b");
+    expect_info(0, 1, va);
+    ck_assert(engine_has_staged(eng));
+
+    /* The next commit carries the write staged during the flush. */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "b", "B", vb);
+    expect_info(0, 2, vb);
+    ck_assert(!engine_has_staged(eng));
+
+    /* Both are durable. */
+    reopen(NSHARDS);
+    expect_value(0, "a", "A", va);
+    expect_value(0, "b", "B", vb);
+    expect_info(0, 2, vb);
+}
+END_TEST
+
+START_TEST(a_failed_flush_rolls_back_versions_and_drops_later_writes)
+{
+    uint64_t v0 = put_ok(0, "base", "0");
+    uint64_t w0 = put_ok(1, "other", "1");
+    uint64_t va = 0, vbase = 0, vb = 0, vc = 0, vd = 0;
+
+    ck_assert_int_eq(stage_put(0, "a", "A", 0, false, &va), KV_OK);
+    ck_assert_int_eq(stage_put(0, "base", "changed", v0, false, &vbase),
+                     KV_OK);
+    struct store_batch *b = engine_commit_begin(eng);
+    ck_assert_ptr_nonnull(b);
+    /* Staged during the flush, evaluated against the failing writes. */
+    ck_assert_int_eq(stage_put(0, "b", "B", 0, false, &vb), KV_OK);
+    ck_assert_int_eq(stage_put(1, "c", "C", 0, false, &vc), KV_OK);
+    ck_assert_int_eq(stage_put(0, "base", "again", vbase, false, NULL),
+                     KV_OK);
+    ck_assert_int_eq(stage_del(0, "a", 0), KV_OK);
+
+    /* The batch never reaches the disk. */
+    engine_commit_end(eng, KV_EIO);
+
+    ck_assert(!engine_has_staged(eng));
+    expect_missing(0, "a");
+    expect_missing(0, "b");
+    expect_missing(1, "c");
+    expect_value(0, "base", "0", v0);
+    expect_info(0, 1, v0);
+    expect_info(1, 1, w0);
+    /* A commit now writes nothing of the dropped writes. */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(0, "b");
+
+    /* Conditions see the rolled back state: base is at v0 again, a and b
+     * are absent. */
+    ck_assert_int_eq(stage_put(0, "base", "x", vbase, false, NULL),
+                     KV_ECONFLICT);
+    ck_assert_int_eq(stage_del(0, "a", 0), KV_ENOTFOUND);
+    ck_assert_int_eq(stage_put(0, "b", "B2", 0, true, &vd), KV_OK);
+    /* The next version reuses the rolled back numbers. */
+    ck_assert_uint_eq(vd, va);
+    uint64_t ve = 0, vf = 0;
+    ck_assert_int_eq(stage_put(1, "c", "C2", 0, true, &ve), KV_OK);
+    ck_assert_uint_eq(ve, vc);
+    ck_assert_int_eq(stage_put(0, "base", "1", v0, false, &vf), KV_OK);
+    ck_assert_uint_eq(vf, vbase);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "b", "B2", vd);
+    expect_value(1, "c", "C2", ve);
+    expect_value(0, "base", "1", vf);
+    expect_info(0, 2, vf);
+    expect_info(1, 2, ve);
+
+    /* After a restart the same state comes back. */
+    reopen(NSHARDS);
+    expect_missing(0, "a");
+    expect_value(0, "base", "1", vf);
+    expect_value(0, "b", "B2", vd);
+    expect_info(0, 2, vf);
+    expect_info(1, 2, ve);
+}
+END_TEST
+
+START_TEST(a_failed_flush_with_nothing_staged_after_it_rolls_back)
+{
+    uint64_t v0 = put_ok(2, "k", "v");
+    uint64_t v1 = 0, v2 = 0;
+
+    ck_assert_int_eq(stage_put(2, "k", "lost", 0, false, &v1), KV_OK);
+    struct store_batch *b = engine_commit_begin(eng);
+    ck_assert_ptr_nonnull(b);
+    engine_commit_end(eng, KV_EIO);
+    expect_value(2, "k", "v", v0);
+    expect_info(2, 1, v0);
+    ck_assert_int_eq(stage_put(2, "k", "w", v0, false, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(2, "k", "w", v2);
+    /* commit_end without a flush under way is a no-op. */
+    engine_commit_end(eng, KV_EIO);
+    expect_value(2, "k", "w", v2);
+}
+END_TEST
+
+START_TEST(many_staged_writes_commit_together)
+{
+    /* Enough keys to grow the overlay several times. */
+    char k[16], v[16];
+    uint64_t last[NSHARDS] = {0}, first = 0;
+
+    for (int i = 0; i < 1000; i++) {
+        uint32_t shard = (uint32_t)i % NSHARDS;
+        uint64_t ver = 0;
+        snprintf(k, sizeof k, "k%04d", i);
+        snprintf(v, sizeof v, "v%d", i);
+        ck_assert_int_eq(stage_put(shard, k, v, 0, true, &ver), KV_OK);
+        ck_assert_uint_gt(ver, last[shard]);
+        last[shard] = ver;
+        if (i == 0)
+            first = ver;
+        /* Every key is new, and the overlay remembers each one. */
+        ck_assert_int_eq(stage_put(shard, k, v, 0, true, NULL), KV_ECONFLICT);
+    }
+    /* Nothing is visible before the commit. */
+    expect_missing(0, "k0000");
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    for (uint32_t s = 0; s < NSHARDS; s++)
+        expect_info(s, 250, last[s]);
+    expect_value(3, "k0999", "v999", last[3]);
+    expect_value(0, "k0000", "v0", first);
+    expect_value(1, "k0501", "v501", 0);
+}
+END_TEST
+
+/* ---- suite ------------------------------------------------------------ */
+
+/* The engine suite: versions, conditions, recovery, metadata, scans and the
+ * two-step commit, each test on its own store under /tmp. */
+Suite *engine_suite(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("writes");
+
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, versions_strictly_increase_within_a_shard);
+    tcase_add_test(tc, versions_of_different_shards_are_independent);
+    tcase_add_test(tc, staged_writes_are_invisible_until_commit);
+    tcase_add_test(tc, conditions_see_staged_writes);
+    tcase_add_test(tc, if_version_succeeds_only_on_the_current_version);
+    tcase_add_test(tc, if_absent_fails_on_an_existing_key);
+    tcase_add_test(tc, deleting_a_missing_key_is_not_found);
+    tcase_add_test(tc,
+                   deleting_with_a_wrong_version_conflicts_and_changes_nothing);
+    tcase_add_test(tc, empty_and_binary_values_and_keys_are_kept_exactly);
+    tcase_add_test(tc, a_shard_beyond_the_count_is_invalid);
+    tcase_add_test(tc, many_staged_writes_commit_together);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("recovery");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, shard_info_counts_keys_and_tracks_the_applied_version);
+    tcase_add_test(tc, state_survives_close_and_reopen);
+    tcase_add_test(tc, staged_writes_are_lost_when_closed_before_commit);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("metadata");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, metadata_is_written_once_and_then_checked);
+    tcase_add_test(tc, metadata_of_another_cluster_is_refused_naming_it);
+    tcase_add_test(tc, metadata_of_another_node_is_refused_naming_it);
+    tcase_add_test(tc, metadata_of_another_shard_count_is_refused_naming_it);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("scans");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, a_scan_returns_a_shards_keys_in_order);
+    tcase_add_test(tc, a_scan_reports_each_entrys_value_and_version);
+    tcase_add_test(tc, a_scan_honours_start_and_end);
+    tcase_add_test(tc, a_scan_honours_a_prefix);
+    tcase_add_test(tc, a_scan_resumes_strictly_after_the_cursor);
+    tcase_add_test(tc, a_scan_stops_at_the_limit_and_says_whether_more_remain);
+    tcase_add_test(tc, paging_with_limit_and_cursor_visits_every_key_once);
+    tcase_add_test(tc, a_non_zero_emit_result_stops_the_scan_and_is_returned);
+    tcase_add_test(tc, scans_never_cross_into_another_shard);
+    tcase_add_test(tc, scans_see_committed_state_only);
+    tcase_add_test(tc, a_scan_handles_keys_with_high_bytes);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("commit");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, writes_staged_during_a_flush_go_to_the_next_commit);
+    tcase_add_test(tc,
+                   a_failed_flush_rolls_back_versions_and_drops_later_writes);
+    tcase_add_test(tc, a_failed_flush_with_nothing_staged_after_it_rolls_back);
+    suite_add_tcase(s, tc);
+    return s;
+}
