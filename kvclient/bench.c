@@ -29,9 +29,10 @@ struct bench_shared {
     const struct bench_config *cfg;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    unsigned ready; /* clients done with setup (under mu) */
-    int go;         /* 0 wait, 1 run, -1 stop (under mu) */
+    unsigned ready;            /* clients done with setup (under mu) */
+    int go;                    /* 0 wait, 1 run, -1 stop (under mu) */
     atomic_uint_fast64_t done; /* timed operations finished */
+    unsigned char *value;      /* what every put writes (read-only) */
 };
 
 /* One client thread. */
@@ -39,8 +40,8 @@ struct bench_client {
     pthread_t tid;
     unsigned index;
     struct bench_shared *sh;
-    uint64_t nops;   /* timed operations to run */
-    uint64_t *lat;   /* nops latencies in ns: a slice of the shared array */
+    uint64_t nops; /* timed operations to run */
+    uint64_t *lat; /* nops latencies in ns: a slice of the shared array */
     uint64_t first_key, end_key; /* the preload slice of the key space */
     uint64_t rng;
     uint64_t errors, not_found;
@@ -164,33 +165,19 @@ static void *client_main(void *arg)
     struct bench_shared *sh = cl->sh;
     const struct bench_config *cfg = sh->cfg;
     kv_open_opts oo = {0};
-    unsigned char *val = NULL;
     kv *db = NULL;
-    size_t i;
     int go;
 
     oo.timeout_ms = cfg->timeout_ms;
     cl->setup_rc = kv_open(cfg->target, &oo, &db);
     if (cl->setup_rc != KV_OK) {
         db = NULL;
-        snprintf(cl->setup_err, sizeof cl->setup_err,
-                 "client %u: open %s: %s", cl->index, cfg->target,
-                 kv_errmsg(NULL));
-        goto ready;
+        snprintf(cl->setup_err, sizeof cl->setup_err, "client %u: open %s: %s",
+                 cl->index, cfg->target, kv_errmsg(NULL));
+    } else if (cfg->workload == BENCH_READ) {
+        cl->setup_rc = preload(cl, db, sh->value, cfg->value_size);
     }
-    val = malloc(cfg->value_size ? cfg->value_size : 1);
-    if (val == NULL) {
-        cl->setup_rc = KV_ENOMEM;
-        snprintf(cl->setup_err, sizeof cl->setup_err,
-                 "client %u: value buffer", cl->index);
-        goto ready;
-    }
-    for (i = 0; i < cfg->value_size; i++)
-        val[i] = (unsigned char)('a' + next_rand(&cl->rng) % 26);
-    if (cfg->workload == BENCH_READ)
-        cl->setup_rc = preload(cl, db, val, cfg->value_size);
 
-ready:
     pthread_mutex_lock(&sh->mu);
     sh->ready++;
     pthread_cond_broadcast(&sh->cv);
@@ -200,9 +187,8 @@ ready:
     pthread_mutex_unlock(&sh->mu);
 
     if (go > 0 && cl->setup_rc == KV_OK)
-        run_ops(cl, db, val, cfg->value_size);
+        run_ops(cl, db, sh->value, cfg->value_size);
     clock_gettime(CLOCK_MONOTONIC, &cl->end);
-    free(val);
     kv_close(db);
     return NULL;
 }
@@ -240,8 +226,7 @@ static double quantile_ms(const uint64_t *v, uint64_t n, double q)
 }
 
 /* Prints a progress line on stderr until every operation is done. */
-static void show_progress(struct bench_shared *sh, uint64_t total,
-                          uint64_t t0)
+static void show_progress(struct bench_shared *sh, uint64_t total, uint64_t t0)
 {
     struct timespec nap = {0, PROGRESS_NS};
     uint64_t done;
@@ -294,13 +279,17 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     }
     cls = calloc(cfg->clients, sizeof *cls);
     lat = malloc(cfg->ops * sizeof *lat);
-    if (cls == NULL || lat == NULL) {
-        snprintf(err, errlen, "memory for %llu latencies",
+    sh.value = malloc(cfg->value_size ? cfg->value_size : 1);
+    if (cls == NULL || lat == NULL || sh.value == NULL) {
+        snprintf(err, errlen, "memory for %llu latencies and the value",
                  (unsigned long long)cfg->ops);
         rc = KV_ENOMEM;
         goto out_mem;
     }
-    seed = now_ns() ^ (uint64_t)getpid() << 32;
+    seed = (now_ns() ^ (uint64_t)getpid() << 32) | 1;
+    for (off = 0; off < cfg->value_size; off++)
+        sh.value[off] = (unsigned char)('a' + next_rand(&seed) % 26);
+    off = 0;
     for (i = 0; i < cfg->clients; i++) {
         struct bench_client *cl = &cls[i];
         cl->index = i;
@@ -358,8 +347,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     }
     res->ops = cfg->ops;
     res->seconds = elapsed(&start, &end);
-    res->ops_per_sec =
-        res->seconds > 0 ? (double)res->ops / res->seconds : 0.0;
+    res->ops_per_sec = res->seconds > 0 ? (double)res->ops / res->seconds : 0.0;
     qsort(lat, cfg->ops, sizeof *lat, cmp_u64);
     res->p50_ms = quantile_ms(lat, cfg->ops, 0.50);
     res->p95_ms = quantile_ms(lat, cfg->ops, 0.95);
@@ -367,6 +355,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     res->max_ms = (double)lat[cfg->ops - 1] / 1e6;
 
 out_mem:
+    free(sh.value);
     free(lat);
     free(cls);
     pthread_cond_destroy(&sh.cv);
@@ -410,9 +399,8 @@ void bench_print(FILE *out, const struct bench_config *cfg,
             "p50_ms %.3f\np95_ms %.3f\np99_ms %.3f\nmax_ms %.3f\n",
             bench_workload_name(cfg->workload), cfg->clients,
             (unsigned long long)res->ops, (unsigned long long)res->errors,
-            (unsigned long long)res->not_found, res->seconds,
-            res->ops_per_sec, res->p50_ms, res->p95_ms, res->p99_ms,
-            res->max_ms);
+            (unsigned long long)res->not_found, res->seconds, res->ops_per_sec,
+            res->p50_ms, res->p95_ms, res->p99_ms, res->max_ms);
     for (c = 0; c < BENCH_NCODES; c++)
         if (res->by_code[c] != 0)
             fprintf(out, "error %s %llu\n", c ? cli_code_name(-c) : "unknown",

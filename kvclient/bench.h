@@ -33,12 +33,12 @@ enum bench_workload {
 };
 
 struct bench_config {
-    const char *target;   /* what kv_open() gets, for every client */
-    uint32_t timeout_ms;  /* per call; 0 = the handle's default */
-    unsigned clients;     /* threads, 1..BENCH_MAX_CLIENTS */
-    uint64_t ops;         /* timed operations in total, 1..BENCH_MAX_OPS */
-    size_t value_size;    /* bytes per written value, 0..BENCH_MAX_VALUE */
-    uint64_t keys;        /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
+    const char *target;  /* what kv_open() gets, for every client */
+    uint32_t timeout_ms; /* per call; 0 = the handle's default */
+    unsigned clients;    /* threads, 1..BENCH_MAX_CLIENTS */
+    uint64_t ops;        /* timed operations in total, 1..BENCH_MAX_OPS */
+    size_t value_size;   /* bytes per written value, 0..BENCH_MAX_VALUE */
+    uint64_t keys;       /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
     enum bench_workload workload;
     int json; /* bench_print() writes one JSON object instead of text */
 };
@@ -48,7 +48,7 @@ struct bench_result {
     uint64_t errors;    /* of them, failed (a get's KV_ENOTFOUND is no error) */
     uint64_t not_found; /* gets that found no key */
     uint64_t by_code[BENCH_NCODES];
-    double seconds;     /* wall time of the timed phase */
+    double seconds; /* wall time of the timed phase */
     double ops_per_sec;
     double p50_ms, p95_ms, p99_ms, max_ms; /* over every timed operation */
 };

@@ -38,7 +38,7 @@ enum {
 #define STATUS_TIMEOUT_MS 1000
 #define MAX_TIMEOUT_MS 86400000ULL
 #define MAX_ARGS 8
-#define STDIN_MAX_RAW (64u * 1024 * 1024) /* the hard cap on values */
+#define STDIN_MAX_RAW (64u * 1024 * 1024)  /* the hard cap on values */
 #define STDIN_MAX_HEX (3u * STDIN_MAX_RAW) /* hex digits plus whitespace */
 
 /* --- options ------------------------------------------------------------ */
@@ -81,8 +81,7 @@ static const struct optdef optdefs[OPT_COUNT] = {
                   "embedded:DIR"},
     [OPT_TIMEOUT] = {"timeout", 0, "MS", "per-call timeout in milliseconds"},
     [OPT_JSON] = {"json", 0, NULL, "print JSON instead of text"},
-    [OPT_HEX] = {"hex", 0, NULL,
-                 "keys and values are hex on input and output"},
+    [OPT_HEX] = {"hex", 0, NULL, "keys and values are hex on input and output"},
     [OPT_HELP] = {"help", 'h', NULL, "print this help and exit"},
     [OPT_IF_VERSION] = {"if-version", 0, "V",
                         "put/del: only if the key's version is V"},
@@ -139,16 +138,15 @@ static int cmd_bench(struct cli *c);
 static int cmd_help(struct cli *c);
 
 static const struct command commands[] = {
-    {"get", cmd_get, 1, 1, 0, CMD_OPEN, "get KEY",
-     "print the value of KEY"},
+    {"get", cmd_get, 1, 1, 0, CMD_OPEN, "get KEY", "print the value of KEY"},
     {"put", cmd_put, 2, 2, BIT(OPT_IF_VERSION) | BIT(OPT_IF_ABSENT), CMD_OPEN,
      "put KEY VALUE|- [--if-version V | --if-absent]",
      "write KEY (VALUE - reads stdin); print the new version"},
     {"del", cmd_del, 1, 1, BIT(OPT_IF_VERSION), CMD_OPEN,
      "del KEY [--if-version V]", "delete KEY"},
     {"scan", cmd_scan, 0, 0,
-     BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT),
-     CMD_OPEN, "scan [--prefix P] [--start S] [--end E] [--limit N]",
+     BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT), CMD_OPEN,
+     "scan [--prefix P] [--start S] [--end E] [--limit N]",
      "print keys and values in key order"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
      "print nodes and shards; exit 4 if a node is down"},
@@ -170,10 +168,10 @@ static const struct command commands[] = {
 const char *cli_code_name(int code)
 {
     static const char *const names[] = {
-        "KV_OK",         "KV_ENOTFOUND", "KV_ENOTLEADER", "KV_ECONFLICT",
-        "KV_ETIMEDOUT",  "KV_EUNAVAILABLE", "KV_EINVAL", "KV_ETOOBIG",
-        "KV_EPROTO",     "KV_EIO",       "KV_ECORRUPT",   "KV_ENOMEM",
-        "KV_EAUTH",      "KV_EOF",       "KV_EINTERNAL",
+        "KV_OK",        "KV_ENOTFOUND",    "KV_ENOTLEADER", "KV_ECONFLICT",
+        "KV_ETIMEDOUT", "KV_EUNAVAILABLE", "KV_EINVAL",     "KV_ETOOBIG",
+        "KV_EPROTO",    "KV_EIO",          "KV_ECORRUPT",   "KV_ENOMEM",
+        "KV_EAUTH",     "KV_EOF",          "KV_EINTERNAL",
     };
     if (code > 0 || code < -(int)(sizeof names / sizeof names[0] - 1))
         return "KV_E?";
@@ -318,8 +316,7 @@ static void json_string(FILE *out, const void *p, size_t n)
 
 /* Prints the JSON member for binary data: "NAME":"text" when the bytes are
  * UTF-8 text and --hex is off, else "NAME_hex":"hex digits". */
-static void json_bytes(struct cli *c, const char *name, const void *p,
-                       size_t n)
+static void json_bytes(struct cli *c, const char *name, const void *p, size_t n)
 {
     if (!c->hex && utf8_valid(p, n)) {
         fprintf(stdout, "\"%s\":", name);
@@ -343,18 +340,20 @@ static void text_bytes(struct cli *c, const void *p, size_t n)
 /* Reports an error with kv code CODE about WHAT, DETAIL being the longer
  * story (may be NULL or ""). Text goes to stderr; with --json one object
  * goes to stdout. Returns the exit code for CODE. */
-static int report(struct cli *c, const char *what, int code,
-                  const char *detail)
+static int report(struct cli *c, const char *what, int code, const char *detail)
 {
-    if (detail == NULL)
-        detail = "";
+    if (detail == NULL || strcmp(detail, kv_strerror(code)) == 0)
+        detail = ""; /* no detail, or just the code's name again */
     if (c->json) {
         printf("{\"ok\":false,\"error\":\"%s\",\"code\":%d,\"message\":",
                cli_code_name(code), code);
-        if (detail[0] != '\0')
+        if (detail[0] != '\0') {
             json_string(stdout, detail, strlen(detail));
-        else
-            json_string(stdout, what, strlen(what));
+        } else {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s: %s", what, kv_strerror(code));
+            json_string(stdout, msg, strlen(msg));
+        }
         fputs("}\n", stdout);
     } else if (detail[0] != '\0') {
         fprintf(stderr, "kvclient: %s: %s (%s)\n", what, kv_strerror(code),
@@ -372,9 +371,8 @@ static int fail(struct cli *c, const char *what, int code)
 }
 
 /* Reports a usage error (exit 2) with a printf-style message. */
-__attribute__((format(printf, 2, 3))) static int usage_error(struct cli *c,
-                                                             const char *fmt,
-                                                             ...)
+__attribute__((format(printf, 2, 3))) static int
+usage_error(struct cli *c, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -448,8 +446,8 @@ static int hex_digit(int ch)
 /* Decodes the hex text S (N chars; ASCII whitespace skipped when SKIP_WS)
  * into a malloc'd buffer *out of *outlen bytes (at least 1 byte allocated).
  * Returns KV_OK, KV_EINVAL for a bad digit or an odd count, KV_ENOMEM. */
-static int hex_decode(const char *s, size_t n, int skip_ws,
-                      unsigned char **out, size_t *outlen)
+static int hex_decode(const char *s, size_t n, int skip_ws, unsigned char **out,
+                      size_t *outlen)
 {
     unsigned char *buf;
     size_t i, m = 0;
@@ -461,8 +459,8 @@ static int hex_decode(const char *s, size_t n, int skip_ws,
     for (i = 0; i < n; i++) {
         int d = hex_digit((unsigned char)s[i]);
         if (d < 0) {
-            if (skip_ws && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' ||
-                            s[i] == '\r'))
+            if (skip_ws &&
+                (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r'))
                 continue;
             goto fail_input;
         }
@@ -859,9 +857,8 @@ static void format_uptime(uint64_t ms, char *buf, size_t len)
 }
 
 /* Prints the status table (text) of N nodes and NSHARDS shards. */
-static void print_status_text(struct cli *c, size_t n,
-                              Kv__StatusResult **sts, const int *rcs,
-                              const Kv__StatusResult *any,
+static void print_status_text(struct cli *c, size_t n, Kv__StatusResult **sts,
+                              const int *rcs, const Kv__StatusResult *any,
                               const struct shard_view *view, uint32_t nshards)
 {
     size_t i;
@@ -999,8 +996,7 @@ static int cmd_status(struct cli *c)
         }
         for (i = 0; i < n; i++)
             if (sts[i] != NULL)
-                merge_status(sts[i], view, nshards,
-                             admin_is_embedded(c->db));
+                merge_status(sts[i], view, nshards, admin_is_embedded(c->db));
     }
     if (c->json)
         print_status_json(c, n, sts, rcs, any, view, nshards, up == n);
@@ -1167,8 +1163,7 @@ static int parse_args(struct cli *c, int argc, char **argv)
             size_t len = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
             o = find_long(a + 2, len);
             if (o < 0)
-                return usage_error(c, "unknown option '%.*s'", (int)len + 2,
-                                   a);
+                return usage_error(c, "unknown option '%.*s'", (int)len + 2, a);
             if (eq != NULL) {
                 if (optdefs[o].arg == NULL)
                     return usage_error(c, "option --%s takes no value",

@@ -1799,6 +1799,28 @@ void replica_status_free(Kv__StatusResult *st)
     }
 }
 
+int replica_check_invariants(const struct replica *r, char *why,
+                             size_t whylen)
+{
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        const struct group *g = r->groups[s];
+        if (!g)
+            continue;
+        char buf[200];
+        if (raft_check_invariants(g->raft, buf, sizeof(buf)) != 0) {
+            snprintf(why, whylen, "node %u shard %u: %s", r->id, s, buf);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+uint32_t replica_leader(const struct replica *r, uint32_t shard)
+{
+    const struct group *g = shard < r->conf->shards ? r->groups[shard] : NULL;
+    return g ? g->leader : 0;
+}
+
 void replica_get_stats(const struct replica *r, struct replica_stats *st)
 {
     *st = r->stats;

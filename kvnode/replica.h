@@ -82,6 +82,15 @@ size_t replica_transfer_all(struct replica *r);
 int replica_status(struct replica *r, Kv__StatusResult *st);
 void replica_status_free(Kv__StatusResult *st);
 
+/* Runs raft_check_invariants() on every group. Returns 0, or -1 with the
+ * shard and the broken rule in WHY. */
+int replica_check_invariants(const struct replica *r, char *why,
+                             size_t whylen);
+
+/* Who this node believes leads SHARD (RAFT_NONE/0 if unknown or not a
+ * member). For tests. */
+uint32_t replica_leader(const struct replica *r, uint32_t shard);
+
 /* Counters for tests and status. */
 struct replica_stats {
     uint64_t proposals;

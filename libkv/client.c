@@ -18,13 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sodium.h>
 #include <zmq.h>
 
 #include "conf.h"
 #include "kvimpl.h"
 #include "wire.h"
 
-#define MAX_REDIRECTS 8
+#define SEND_WAIT_MS 250 /* a node with no live connection is skipped */
+#define CLIENT_ID_LEN 16
 
 struct client {
     struct kv base;
@@ -32,6 +34,8 @@ struct client {
     void **socks;    /* per node, NULL until first use */
     size_t *route;   /* per shard: index of the node believed to serve it */
     uint64_t next_id;
+    unsigned char client_id[CLIENT_ID_LEN]; /* names this handle's session */
+    uint64_t seq;                           /* last write's sequence number */
 };
 
 static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -116,6 +120,8 @@ static int exchange(struct client *c, size_t i, const void *buf, size_t len,
                        zmq_strerror(zmq_errno()));
     uint64_t now = now_ms();
     int wait = deadline > now ? (int)(deadline - now) : 0;
+    if (wait > SEND_WAIT_MS)
+        wait = SEND_WAIT_MS;
     zmq_setsockopt(s, ZMQ_SNDTIMEO, &wait, sizeof(wait));
     if (zmq_send(s, buf, len, 0) < 0) {
         int e = zmq_errno();
@@ -175,13 +181,42 @@ static size_t node_index(const struct conf *conf, uint32_t id)
     return conf->nnodes;
 }
 
-/* Sends REQ for SHARD to the node serving it, following redirects. On KV_OK
- * *out is the reply (its code may still be an error; the caller maps it). */
+/* The next member of SHARD's placement after node index I (or the first
+ * member when I is not one). */
+static size_t next_member(const struct client *c, uint32_t shard, size_t i)
+{
+    const struct conf *conf = c->conf;
+    for (uint32_t r = 0; r < conf->replicas; r++)
+        if (conf_replica(conf, shard, r) == i)
+            return conf_replica(conf, shard, (r + 1) % conf->replicas);
+    return conf_replica(conf, shard, 0);
+}
+
+static void sleep_ms(uint64_t ms)
+{
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+                          .tv_nsec = (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Sends REQ for SHARD to the node serving it until one answers or the
+ * deadline passes: it follows KV_ENOTLEADER hints, and after a node that
+ * does not answer (or has no leader to name) it tries the next member of
+ * the shard, backing off a little each round. A retried write is safe: it
+ * carries the same session id and sequence number, so a shard applies it
+ * at most once. On KV_OK *out is the reply (its code may still be an
+ * error). Failure: KV_ETIMEDOUT if a request may have been delivered,
+ * KV_EUNAVAILABLE if none was sent. */
 static int route_request(struct client *c, uint32_t shard, Kv__Request *req,
                          uint32_t timeout_ms, Kv__Envelope **out)
 {
     kv *db = &c->base;
     uint64_t deadline = now_ms() + timeout_ms;
+    uint64_t attempt_ms = timeout_ms / 10;
+    if (attempt_ms < 200)
+        attempt_ms = 200;
+    if (attempt_ms > 1000)
+        attempt_ms = 1000;
     req->id = ++c->next_id;
     req->timeout_ms = timeout_ms;
     void *buf;
@@ -189,33 +224,57 @@ static int route_request(struct client *c, uint32_t shard, Kv__Request *req,
     int rc = wire_encode_request(req, &buf, &len);
     if (rc != KV_OK)
         return rc;
-    for (int hop = 0; hop < MAX_REDIRECTS; hop++) {
-        size_t i = c->route[shard];
-        Kv__Envelope *env = NULL;
-        rc = exchange(c, i, buf, len, req->id, deadline, &env);
-        if (rc != KV_OK)
+    size_t i = c->route[shard];
+    bool delivered = false;
+    uint64_t backoff = 5;
+    char last[256] = "";
+    for (;;) {
+        uint64_t now = now_ms();
+        if (now >= deadline)
             break;
-        Kv__Response *r = env->response;
-        if (r->code == KV_ENOTLEADER) {
-            size_t j = node_index(c->conf, r->leader_id);
-            wire_free(env);
-            if (j == c->conf->nnodes || j == i) {
-                rc = kv_fail(db, KV_EUNAVAILABLE,
-                             "no node serves shard %u right now", shard);
-                break;
+        uint64_t until = now + attempt_ms < deadline ? now + attempt_ms
+                                                     : deadline;
+        Kv__Envelope *env = NULL;
+        rc = exchange(c, i, buf, len, req->id, until, &env);
+        if (rc == KV_OK) {
+            Kv__Response *r = env->response;
+            if (r->code != KV_ENOTLEADER && r->code != KV_EUNAVAILABLE) {
+                c->route[shard] = i;
+                *out = env;
+                free(buf);
+                return KV_OK;
             }
-            c->route[shard] = j;
-            continue;
+            snprintf(last, sizeof(last), "node %u: %.200s", c->conf->nodes[i].id,
+                     r->message ? r->message : kv_strerror(r->code));
+            size_t j = r->code == KV_ENOTLEADER
+                           ? node_index(c->conf, r->leader_id)
+                           : c->conf->nnodes;
+            wire_free(env);
+            if (j < c->conf->nnodes && j != i) {
+                i = j; /* a hint: follow it at once */
+                continue;
+            }
+        } else {
+            delivered |= rc == KV_ETIMEDOUT;
+            snprintf(last, sizeof(last), "%.200s", db->errmsg);
         }
-        *out = env;
-        free(buf);
-        return KV_OK;
+        /* No answer, or no leader known: try the next member, a bit later. */
+        i = next_member(c, shard, i);
+        now = now_ms();
+        if (now + backoff < deadline)
+            sleep_ms(backoff);
+        if (backoff < 100)
+            backoff *= 2;
     }
-    if (rc == KV_OK)
-        rc = kv_fail(db, KV_EUNAVAILABLE, "too many redirects for shard %u",
-                     shard);
     free(buf);
-    return rc;
+    if (delivered)
+        return kv_fail(db, KV_ETIMEDOUT,
+                       "shard %u: no answer in %u ms (a write may or may not "
+                       "have happened); last: %s",
+                       shard, timeout_ms, last);
+    return kv_fail(db, KV_EUNAVAILABLE,
+                   "shard %u: no node could serve it in %u ms; last: %s",
+                   shard, timeout_ms, last);
 }
 
 /* Maps a reply's error code to the handle's result. */
@@ -292,8 +351,12 @@ static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
         req.op_case = KV__REQUEST__OP_DEL;
         req.del = &d;
     }
+    struct client *c = client_of(db);
+    req.client_id.data = c->client_id;
+    req.client_id.len = sizeof(c->client_id);
+    req.seq = ++c->seq;
     Kv__Envelope *env = NULL;
-    int rc = route_request(client_of(db), w->shard, &req, timeout_ms, &env);
+    int rc = route_request(c, w->shard, &req, timeout_ms, &env);
     if (rc != KV_OK)
         return rc;
     Kv__Response *r = env->response;
@@ -311,7 +374,7 @@ static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
 static int cl_scan_page(kv *db, const struct engine_scan *sc,
                         uint32_t timeout_ms, bool stale, struct scan_page *p)
 {
-    (void)stale;
+    (void)stale; /* scans are linearizable per page */
     Kv__Request req = KV__REQUEST__INIT;
     Kv__ScanRequest s = KV__SCAN_REQUEST__INIT;
     s.shard = sc->shard;
@@ -595,11 +658,16 @@ int client_open(const char *target, const kv_open_opts *opts, kv **out,
         return rc;
     }
     c->base.timeout_ms = timeout ? timeout : c->conf->request_timeout_ms;
-    /* Request ids start at a random point so that two handles' replies are
-     * never confused if a node answers late. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    c->next_id = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)(uintptr_t)c;
+    /* A random session id; request ids start at a random point so that two
+     * handles' replies are never confused if a node answers late. */
+    if (sodium_init() < 0) {
+        client_free(c);
+        snprintf(err, errlen, "libsodium failed to initialise");
+        return KV_EINTERNAL;
+    }
+    randombytes_buf(c->client_id, sizeof(c->client_id));
+    randombytes_buf(&c->next_id, sizeof(c->next_id));
+    c->next_id >>= 1;
     *out = &c->base;
     return KV_OK;
 }

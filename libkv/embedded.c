@@ -74,7 +74,7 @@ static void shared_free(struct shared_engine *se)
 static int shared_get(const char *dir, struct shared_engine **out, char *err,
                       size_t errlen)
 {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    if (store_mkdirs(dir) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         return KV_EIO;
     }

@@ -45,7 +45,7 @@ static int leveldb_error(char *msg, const char *what)
     return code;
 }
 
-static int mkdirs(const char *dir)
+int store_mkdirs(const char *dir)
 {
     char path[4096];
     size_t n = strlen(dir);
@@ -69,7 +69,7 @@ int store_open(const char *dir, struct store **out, char *err, size_t errlen)
     struct store *s = calloc(1, sizeof(*s));
     if (!s)
         return KV_ENOMEM;
-    if (mkdirs(dir) != 0) {
+    if (store_mkdirs(dir) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         free(s);
         return KV_EIO;

@@ -23,6 +23,9 @@ struct store_iter;
  * KV_ECORRUPT when LevelDB reports corruption. */
 int store_open(const char *dir, struct store **out, char *err, size_t errlen);
 
+/* Creates DIR and its missing parents (mode 0755). Returns 0 or -1 (errno). */
+int store_mkdirs(const char *dir);
+
 /* Closes the store. Every synced write is on disk. NULL is a no-op. */
 void store_close(struct store *s);
 

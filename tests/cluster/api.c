@@ -27,11 +27,11 @@
 /* A string literal as a (pointer, length) pair, without its NUL. */
 #define S(lit) (lit), (sizeof(lit) - 1)
 
-static char target[600];      /* what kv_open() gets in this mode */
+static char target[600]; /* what kv_open() gets in this mode */
 static char embedded_dir[256];
-static struct cluster *cl;    /* the cluster mode's nodes */
-static int problems;          /* a fixture failed where it cannot assert */
-static kv *db;                /* this test's handle */
+static struct cluster *cl; /* the cluster mode's nodes */
+static int problems;       /* a fixture failed where it cannot assert */
+static kv *db;             /* this test's handle */
 
 /* --- fixtures ------------------------------------------------------------- */
 
@@ -71,8 +71,8 @@ static void open_db(void)
 {
     kv_open_opts oo = {.timeout_ms = 10000};
     int rc = kv_open(target, &oo, &db);
-    ck_assert_msg(rc == KV_OK, "kv_open(%s): %s (%s)", target,
-                  kv_strerror(rc), kv_errmsg(NULL));
+    ck_assert_msg(rc == KV_OK, "kv_open(%s): %s (%s)", target, kv_strerror(rc),
+                  kv_errmsg(NULL));
 }
 
 static void close_db(void)
@@ -119,8 +119,7 @@ static void expect_value(kv *h, const void *k, size_t kl, const void *v,
     int same = glen == vl && (vl == 0 || memcmp(got, v, vl) == 0);
     int null_when_empty = vl != 0 || got == NULL;
     kv_free(got);
-    ck_assert_msg(same, "read %zu bytes, wrote %zu (or other bytes)", glen,
-                  vl);
+    ck_assert_msg(same, "read %zu bytes, wrote %zu (or other bytes)", glen, vl);
     ck_assert_msg(null_when_empty, "an empty value came back non-NULL");
     if (ver != 0)
         ck_assert_uint_eq(gver, ver);
@@ -251,8 +250,7 @@ START_TEST(a_put_value_is_read_back)
     ck_assert_int_eq(kv_put(db, S("rt/three"), S("3"), NULL, NULL), KV_OK);
     void *val = NULL;
     size_t vlen = 0;
-    ck_assert_int_eq(kv_get(db, S("rt/three"), NULL, &val, &vlen, NULL),
-                     KV_OK);
+    ck_assert_int_eq(kv_get(db, S("rt/three"), NULL, &val, &vlen, NULL), KV_OK);
     ck_assert_uint_eq(vlen, 1);
     ck_assert_int_eq(((char *)val)[0], '3');
     kv_free(val);
@@ -374,8 +372,7 @@ START_TEST(if_version_on_a_missing_key_conflicts)
     uint64_t v = must_put(db, S("ifv/gone"), S("y"));
     ck_assert_int_eq(kv_del(db, S("ifv/gone"), NULL), KV_OK);
     o.if_version = v;
-    ck_assert_int_eq(kv_put(db, S("ifv/gone"), S("z"), &o, NULL),
-                     KV_ECONFLICT);
+    ck_assert_int_eq(kv_put(db, S("ifv/gone"), S("z"), &o, NULL), KV_ECONFLICT);
     expect_missing(db, S("ifv/gone"));
 }
 END_TEST
@@ -388,8 +385,8 @@ START_TEST(delete_removes_the_key_once)
     expect_missing(db, S("del/k"));
     ck_assert_int_eq(kv_del(db, S("del/k"), NULL), KV_ENOTFOUND);
     ck_assert_int_eq(kv_del(db, S("del/never"), NULL), KV_ENOTFOUND);
-    struct ent want[1] = {{(unsigned char *)"del/keep", 8,
-                           (unsigned char *)"k", 1, keep}};
+    struct ent want[1] = {
+        {(unsigned char *)"del/keep", 8, (unsigned char *)"k", 1, keep}};
     kv_scan_opts so = {.prefix = "del/", .prefix_len = 4};
     expect_scan(db, &so, want, 1);
 }
@@ -448,9 +445,9 @@ END_TEST
 
 START_TEST(a_scan_by_prefix_returns_only_that_prefix)
 {
-    static const char *const keys[] = {"pfx/a",  "pfx/a/1", "pfx/a/2",
+    static const char *const keys[] = {"pfx/a",  "pfx/a/1",   "pfx/a/2",
                                        "pfx/ab", "pfx/a\xff", "pfx/b",
-                                       "pfx/",   "pfw/a",   "pfx0"};
+                                       "pfx/",   "pfw/a",     "pfx0"};
     enum { NK = sizeof keys / sizeof keys[0] };
     struct ent *e = ents_new(NK);
     for (size_t i = 0; i < NK; i++)
@@ -481,9 +478,12 @@ START_TEST(a_scan_between_start_and_end_is_half_open)
     struct ent *e = ents_new(N);
     ents_numbered(e, N, "rng/");
     put_all(e, N);
-    kv_scan_opts so = {.prefix = "rng/", .prefix_len = 4,
-                       .start = "rng/0005", .start_len = 8,
-                       .end = "rng/0012", .end_len = 8};
+    kv_scan_opts so = {.prefix = "rng/",
+                       .prefix_len = 4,
+                       .start = "rng/0005",
+                       .start_len = 8,
+                       .end = "rng/0012",
+                       .end_len = 8};
     expect_scan(db, &so, &e[5], 7); /* 5..11 */
     so.end = NULL;
     so.end_len = 0;
@@ -494,8 +494,8 @@ START_TEST(a_scan_between_start_and_end_is_half_open)
     so.end_len = 8;
     expect_scan(db, &so, e, 3);
     /* Without a prefix: bounds alone select the range. */
-    kv_scan_opts r = {.start = "rng/0010", .start_len = 8,
-                      .end = "rng/0015", .end_len = 8};
+    kv_scan_opts r = {
+        .start = "rng/0010", .start_len = 8, .end = "rng/0015", .end_len = 8};
     expect_scan(db, &r, &e[10], 5);
     /* Bounds between keys. */
     r.start = "rng/0010x";
@@ -716,10 +716,11 @@ END_TEST
 
 START_TEST(kv_strerror_names_every_code)
 {
-    static const int codes[] = {
-        KV_OK,       KV_ENOTFOUND, KV_ENOTLEADER, KV_ECONFLICT, KV_ETIMEDOUT,
-        KV_EUNAVAILABLE, KV_EINVAL, KV_ETOOBIG,   KV_EPROTO,    KV_EIO,
-        KV_ECORRUPT, KV_ENOMEM,    KV_EAUTH,      KV_EOF,       KV_EINTERNAL};
+    static const int codes[] = {KV_OK,        KV_ENOTFOUND, KV_ENOTLEADER,
+                                KV_ECONFLICT, KV_ETIMEDOUT, KV_EUNAVAILABLE,
+                                KV_EINVAL,    KV_ETOOBIG,   KV_EPROTO,
+                                KV_EIO,       KV_ECORRUPT,  KV_ENOMEM,
+                                KV_EAUTH,     KV_EOF,       KV_EINTERNAL};
     enum { NC = sizeof codes / sizeof codes[0] };
     for (size_t i = 0; i < NC; i++) {
         const char *s = kv_strerror(codes[i]);
@@ -786,8 +787,8 @@ static void check_seed_handle(const char *seeds, const char *key)
     kv_open_opts oo = {.timeout_ms = 2000};
     kv *h = NULL;
     int rc = kv_open(seeds, &oo, &h);
-    ck_assert_msg(rc == KV_OK, "kv_open(%s): %s (%s)", seeds,
-                  kv_strerror(rc), kv_errmsg(NULL));
+    ck_assert_msg(rc == KV_OK, "kv_open(%s): %s (%s)", seeds, kv_strerror(rc),
+                  kv_errmsg(NULL));
     uint64_t v1 = must_put(db, key, strlen(key), S("via conf"));
     expect_value(h, key, strlen(key), S("via conf"), v1);
     uint64_t v2 = must_put(h, key, strlen(key), S("via seeds"));
@@ -864,8 +865,7 @@ static void add_common_tests(TCase *tc)
     tcase_add_test(tc, if_version_writes_only_at_that_version);
     tcase_add_test(tc, if_version_on_a_missing_key_conflicts);
     tcase_add_test(tc, delete_removes_the_key_once);
-    tcase_add_test(tc,
-                   delete_with_a_wrong_version_conflicts_and_keeps_the_key);
+    tcase_add_test(tc, delete_with_a_wrong_version_conflicts_and_keeps_the_key);
     tcase_add_test(tc, a_scan_returns_every_key_once_in_byte_order);
     tcase_add_test(tc, a_scan_by_prefix_returns_only_that_prefix);
     tcase_add_test(tc, a_scan_between_start_and_end_is_half_open);

@@ -103,9 +103,8 @@ static unsigned char *encode(uint32_t version, Kv__Request *req, size_t *len)
     return buf;
 }
 
-static unsigned char *encode_put(uint32_t version, const void *key,
-                                 size_t klen, const void *val, size_t vlen,
-                                 size_t *len)
+static unsigned char *encode_put(uint32_t version, const void *key, size_t klen,
+                                 const void *val, size_t vlen, size_t *len)
 {
     Kv__Request req = KV__REQUEST__INIT;
     Kv__PutRequest p = KV__PUT_REQUEST__INIT;
@@ -167,8 +166,8 @@ static void expect_cluster_serves(const char *tag)
             continue;
         uint64_t ver = 0;
         int rc = kv_put(db, k, (size_t)kl, v, (size_t)vl, NULL, &ver);
-        ck_assert_msg(rc == KV_OK, "put on shard %u after %s: %s (%s)", s,
-                      tag, kv_strerror(rc), kv_errmsg(db));
+        ck_assert_msg(rc == KV_OK, "put on shard %u after %s: %s (%s)", s, tag,
+                      kv_strerror(rc), kv_errmsg(db));
         void *got = NULL;
         size_t glen = 0;
         uint64_t gver = 0;
@@ -252,8 +251,8 @@ static int raw_recv(void *s, int timeout_ms, Kv__Envelope **out)
         rc = KV_ETIMEDOUT;
         goto out;
     }
-    Kv__Envelope *e = kv__envelope__unpack(NULL, zmq_msg_size(&msg),
-                                           zmq_msg_data(&msg));
+    Kv__Envelope *e =
+        kv__envelope__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
     if (e == NULL)
         goto out;
     if (e->body_case != KV__ENVELOPE__BODY_RESPONSE || zmq_msg_more(&msg)) {
@@ -313,8 +312,8 @@ static size_t random_frame(unsigned f, unsigned char *buf, size_t cap)
         int kl = snprintf(key, sizeof key, "rand/%u", f);
         int vl = snprintf(val, sizeof val, "value of frame %u", f);
         size_t plen;
-        unsigned char *p = encode_put(WIRE_VERSION, key, (size_t)kl, val,
-                                      (size_t)vl, &plen);
+        unsigned char *p =
+            encode_put(WIRE_VERSION, key, (size_t)kl, val, (size_t)vl, &plen);
         len = plen < cap ? plen : cap;
         memcpy(buf, p, len);
         free(p);
@@ -348,8 +347,10 @@ START_TEST(random_frames_get_eproto_and_the_node_keeps_serving)
 {
     uint64_t seed = test_seed();
     rng_state = seed;
-    fprintf(stderr, "random frames: seed %" PRIu64 " (KV_TEST_SEED=N to "
-                    "replay another)\n", seed);
+    fprintf(stderr,
+            "random frames: seed %" PRIu64
+            " (KV_TEST_SEED=N to replay another)\n",
+            seed);
     uint64_t before[NNODES];
     for (size_t i = 0; i < NNODES; i++)
         before[i] = bad_frames_of(i);
@@ -385,12 +386,13 @@ START_TEST(random_frames_get_eproto_and_the_node_keeps_serving)
             int rc = raw_recv(r.s[node], 2000, &e);
             if (rc == KV_ETIMEDOUT)
                 break; /* the rest were dropped */
-            ck_assert_msg(rc == 0, "node %d sent a frame that is not a "
-                                   "response", node + 1);
+            ck_assert_msg(rc == 0,
+                          "node %d sent a frame that is not a response",
+                          node + 1);
             int code = e->response->code;
             kv__envelope__free_unpacked(e, NULL);
-            ck_assert_msg(code <= 0 && code >= KV_EINTERNAL,
-                          "unknown code %d", code);
+            ck_assert_msg(code <= 0 && code >= KV_EINTERNAL, "unknown code %d",
+                          code);
             if (code == KV_EPROTO)
                 eproto++;
             else
@@ -401,21 +403,21 @@ START_TEST(random_frames_get_eproto_and_the_node_keeps_serving)
     }
     raw_close(&r);
     fprintf(stderr,
-            "random frames: %u sent (%u undecodable), %u answers "
-            "(%u KV_EPROTO, %u other)\n",
+            "random frames: %u sent (%u undecodable), %u answers (%u "
+            "KV_EPROTO, %u other)\n",
             RANDOM_FRAMES, garbage[0] + garbage[1] + garbage[2], replies,
             eproto, other);
     ck_assert_uint_le(replies, RANDOM_FRAMES);
     ck_assert_msg(other <= decodable,
-                  "%u undecodable frames got an answer other than "
-                  "KV_EPROTO", other - decodable);
+                  "%u undecodable frames got an answer other than KV_EPROTO",
+                  other - decodable);
 
     expect_cluster_serves("random frames");
     for (size_t i = 0; i < NNODES; i++) {
         uint64_t after = bad_frames_of(i);
         ck_assert_msg(after >= before[i] + garbage[i],
-                      "node %zu counted %" PRIu64 " bad frames, sent %u",
-                      i + 1, after - before[i], garbage[i]);
+                      "node %zu counted %" PRIu64 " bad frames, sent %u", i + 1,
+                      after - before[i], garbage[i]);
     }
 }
 END_TEST
@@ -437,10 +439,10 @@ static unsigned send_prefixes(const unsigned char *buf, size_t len,
             ck_assert_msg(rc == KV_OK, "admin_raw: %s", kv_strerror(rc));
             int code = e->response->code;
             wire_free(e);
-            ck_assert_msg(code == KV_EPROTO,
-                          "node %zu answered %s to the first %zu of %zu "
-                          "bytes of a frame",
-                          i + 1, kv_strerror(code), cut, len);
+            ck_assert_msg(
+                code == KV_EPROTO,
+                "node %zu answered %s to the first %zu of %zu bytes of a frame",
+                i + 1, kv_strerror(code), cut, len);
             answered++;
         }
     }
@@ -472,8 +474,7 @@ START_TEST(truncated_frames_get_eproto_and_store_nothing)
         Kv__Envelope *e = NULL;
         ck_assert_int_eq(admin_raw(db, i, status, slen, 3000, &e), KV_OK);
         ck_assert_int_eq(e->response->code, KV_OK);
-        ck_assert_int_eq(e->response->result_case,
-                         KV__RESPONSE__RESULT_STATUS);
+        ck_assert_int_eq(e->response->result_case, KV__RESPONSE__RESULT_STATUS);
         wire_free(e);
     }
     int stored = 0;
@@ -500,8 +501,8 @@ START_TEST(truncated_frames_get_eproto_and_store_nothing)
     for (size_t i = 0; i < NNODES; i++) {
         uint64_t after = bad_frames_of(i);
         ck_assert_msg(after >= before[i] + garbage[i],
-                      "node %zu counted %" PRIu64 " bad frames, sent %u",
-                      i + 1, after - before[i], garbage[i]);
+                      "node %zu counted %" PRIu64 " bad frames, sent %u", i + 1,
+                      after - before[i], garbage[i]);
     }
     expect_cluster_serves("truncated frames");
 }
@@ -516,17 +517,15 @@ START_TEST(a_frame_of_an_unknown_protocol_version_gets_eproto)
         for (size_t i = 0; i < NNODES; i++) {
             Kv__Envelope *e = NULL;
             int rc = admin_raw(db, i, buf, len, 3000, &e);
-            ck_assert_msg(rc == KV_OK, "node %zu did not answer version %u: "
-                                       "%s", i + 1, versions[v],
-                          kv_strerror(rc));
+            ck_assert_msg(rc == KV_OK, "node %zu did not answer version %u: %s",
+                          i + 1, versions[v], kv_strerror(rc));
             int code = e->response->code;
             char msg[256];
             snprintf(msg, sizeof msg, "%s",
-                     e->response->message != NULL ? e->response->message
-                                                  : "");
+                     e->response->message != NULL ? e->response->message : "");
             wire_free(e);
-            ck_assert_msg(code == KV_EPROTO, "version %u got %s",
-                          versions[v], kv_strerror(code));
+            ck_assert_msg(code == KV_EPROTO, "version %u got %s", versions[v],
+                          kv_strerror(code));
             if (versions[v] == 99)
                 ck_assert_msg(strstr(msg, "99") != NULL,
                               "the message \"%s\" does not name version 99",
@@ -610,8 +609,10 @@ START_TEST(multipart_and_empty_messages_do_not_break_a_node)
             int rc = raw_recv(r.s[i], 300, &e);
             if (rc == KV_ETIMEDOUT)
                 break;
-            ck_assert_msg(rc == 0, "node %d sent a frame that is not a "
-                                   "single-part response", i + 1);
+            ck_assert_msg(
+                rc == 0,
+                "node %d sent a frame that is not a single-part response",
+                i + 1);
             kv__envelope__free_unpacked(e, NULL);
         }
         raw_sync(r.s[i]);
@@ -632,8 +633,8 @@ START_TEST(an_oversized_frame_does_not_stop_the_node)
     unsigned char *val = calloc(1, 6 * MIB);
     ck_assert_ptr_nonnull(val);
     size_t plen;
-    unsigned char *put = encode_put(WIRE_VERSION, "huge/k", 6, val, 6 * MIB,
-                                    &plen);
+    unsigned char *put =
+        encode_put(WIRE_VERSION, "huge/k", 6, val, 6 * MIB, &plen);
     free(val);
 
     struct raw r;
@@ -686,24 +687,22 @@ START_TEST(oversized_keys_and_values_get_etoobig_and_store_nothing)
 
     /* Sent raw, past libkv's checks: the node must refuse them itself. */
     size_t klen_frame, vlen_frame;
-    unsigned char *kframe = encode_put(WIRE_VERSION, key, 5000, "v", 1,
-                                       &klen_frame);
-    unsigned char *vframe = encode_put(WIRE_VERSION, "toobig/v", 8, val,
-                                       2 * MIB, &vlen_frame);
+    unsigned char *kframe =
+        encode_put(WIRE_VERSION, key, 5000, "v", 1, &klen_frame);
+    unsigned char *vframe =
+        encode_put(WIRE_VERSION, "toobig/v", 8, val, 2 * MIB, &vlen_frame);
     int refused_k = 0, refused_v = 0;
     for (size_t i = 0; i < NNODES; i++) {
         Kv__Envelope *e = NULL;
-        ck_assert_int_eq(admin_raw(db, i, kframe, klen_frame, 3000, &e),
-                         KV_OK);
+        ck_assert_int_eq(admin_raw(db, i, kframe, klen_frame, 3000, &e), KV_OK);
         int code = e->response->code;
         wire_free(e);
         ck_assert_msg(code == KV_ETOOBIG || code == KV_ENOTLEADER,
-                      "a 5000-byte key got %s from node %zu",
-                      kv_strerror(code), i + 1);
+                      "a 5000-byte key got %s from node %zu", kv_strerror(code),
+                      i + 1);
         refused_k += code == KV_ETOOBIG;
         e = NULL;
-        ck_assert_int_eq(admin_raw(db, i, vframe, vlen_frame, 3000, &e),
-                         KV_OK);
+        ck_assert_int_eq(admin_raw(db, i, vframe, vlen_frame, 3000, &e), KV_OK);
         code = e->response->code;
         wire_free(e);
         ck_assert_msg(code == KV_ETOOBIG || code == KV_ENOTLEADER,
@@ -756,10 +755,13 @@ static const struct bad_conf bad_confs[] = {
     {"shards = 0",
      "cluster = bad\nshards = 0\nreplicas = 1\ndata_dir = data\n" NODE1, 2},
     {"shards over 4096",
-     "cluster = bad\nshards = 4097\nreplicas = 1\ndata_dir = data\n" NODE1,
-     2},
+     "cluster = bad\nshards = 4097\nreplicas = 1\ndata_dir = data\n" NODE1, 2},
     {"negative shards",
-     "# a comment\n\ncluster = bad\nshards = -8\nreplicas = 1\n"
+     "# a comment\n"
+     "\n"
+     "cluster = bad\n"
+     "shards = -8\n"
+     "replicas = 1\n"
      "data_dir = data\n" NODE1,
      4},
     {"replicas = 0",
@@ -773,19 +775,20 @@ static const struct bad_conf bad_confs[] = {
      HEAD "[node one]\naddress = tcp://127.0.0.1:7101\n", 5},
     {"a duplicate node",
      HEAD NODE1 "[node 1]\naddress = tcp://127.0.0.1:7102\n", 7},
-    {"an address without tcp://",
-     HEAD "[node 1]\naddress = 127.0.0.1:7101\n", 6},
+    {"an address without tcp://", HEAD "[node 1]\naddress = 127.0.0.1:7101\n",
+     6},
     {"an unterminated section", HEAD "[node 1\naddress = tcp://h:1\n", 5},
     {"a global key in a node section", HEAD NODE1 "shards = 8\n", 7},
     {"max_key_bytes over 4096", HEAD "max_key_bytes = 5000\n" NODE1, 5},
     {"max_value_bytes over 64 MiB", HEAD "max_value_bytes = 67108865\n" NODE1,
      5},
     {"max_message_bytes too small",
-     HEAD "max_key_bytes = 4096\nmax_value_bytes = 1048576\n"
+     HEAD "max_key_bytes = 4096\n"
+          "max_value_bytes = 1048576\n"
           "max_message_bytes = 4096\n" NODE1,
      7},
-    {"a timeout that is not a number",
-     HEAD "request_timeout_ms = soon\n" NODE1, 5},
+    {"a timeout that is not a number", HEAD "request_timeout_ms = soon\n" NODE1,
+     5},
     {"a number with trailing junk", HEAD "txn_timeout_ms = 100ms\n" NODE1, 5},
     {"an unknown log level", HEAD "log_level = loud\n" NODE1, 5},
 };
@@ -827,8 +830,7 @@ START_TEST(kv_open_on_a_broken_config_is_einval_naming_the_line)
     snprintf(want, sizeof want, "cluster.conf:%d", b->line);
     const char *msg = kv_errmsg(NULL);
     ck_assert_msg(strstr(msg, want) != NULL,
-                  "%s: kv_errmsg \"%s\" does not name %s", b->what, msg,
-                  want);
+                  "%s: kv_errmsg \"%s\" does not name %s", b->what, msg, want);
     conf_dir_free();
 }
 END_TEST
@@ -849,9 +851,8 @@ START_TEST(kvnode_exits_2_on_a_broken_config_naming_the_line)
                                     sizeof err);
         ck_assert_msg(rc == 0, "%s: kvnode %s did not exit in 10 s", b->what,
                       a == 0 ? "--check" : "-n 1");
-        ck_assert_msg(code == 2, "%s: kvnode %s exited %d, want 2 (stderr: "
-                                 "%s)", b->what, a == 0 ? "--check" : "-n 1",
-                      code, err);
+        ck_assert_msg(code == 2, "%s: kvnode %s exited %d, want 2 (stderr: %s)",
+                      b->what, a == 0 ? "--check" : "-n 1", code, err);
         ck_assert_msg(strstr(err, want) != NULL,
                       "%s: kvnode's stderr \"%s\" does not name %s", b->what,
                       err, want);
@@ -862,8 +863,12 @@ END_TEST
 
 START_TEST(a_valid_config_passes_kvnode_check)
 {
-    write_conf("# three nodes\ncluster = good\nshards = 16\nreplicas = 3\n"
-               "data_dir = data\n\n"
+    write_conf("# three nodes\n"
+               "cluster = good\n"
+               "shards = 16\n"
+               "replicas = 3\n"
+               "data_dir = data\n"
+               "\n"
                "[node 7]\naddress = tcp://127.0.0.1:7107\n"
                "[node 2]\naddress = tcp://127.0.0.1:7102\n"
                "[node 3]\naddress = tcp://127.0.0.1:7103\n");
@@ -876,8 +881,7 @@ START_TEST(a_valid_config_passes_kvnode_check)
     ck_assert_msg(code == 0, "kvnode --check exited %d: %s", code, err);
     char want[512];
     snprintf(want, sizeof want, "data_dir %s/data\n", conf_dir);
-    ck_assert_msg(strstr(out, want) != NULL, "no \"%s\" in \"%s\"", want,
-                  out);
+    ck_assert_msg(strstr(out, want) != NULL, "no \"%s\" in \"%s\"", want, out);
     /* Nodes are listed, sorted by id. */
     const char *n2 = strstr(out, "node 2 tcp://127.0.0.1:7102\n");
     const char *n3 = strstr(out, "node 3 tcp://127.0.0.1:7103\n");
@@ -896,7 +900,10 @@ END_TEST
 
 START_TEST(kvnode_without_a_usable_config_or_node_exits_non_zero)
 {
-    write_conf("cluster = good\nshards = 4\nreplicas = 1\ndata_dir = data\n"
+    write_conf("cluster = good\n"
+               "shards = 4\n"
+               "replicas = 1\n"
+               "data_dir = data\n"
                "[node 1]\naddress = tcp://127.0.0.1:7101\n");
     char missing[400];
     snprintf(missing, sizeof missing, "%s/no-such.conf", conf_dir);
@@ -936,8 +943,7 @@ START_TEST(kvnode_refuses_a_data_dir_of_another_cluster)
     char err[4096];
     int rc = harness_run_kvnode(args, 10000, &code, NULL, 0, err, sizeof err);
     ck_assert_msg(rc == 0, "kvnode started on another cluster's data");
-    ck_assert_msg(code != 0 && code < 128, "kvnode exited %d: %s", code,
-                  err);
+    ck_assert_msg(code != 0 && code < 128, "kvnode exited %d: %s", code, err);
     ck_assert_msg(strstr(err, "alpha") != NULL || strstr(err, "beta") != NULL,
                   "the message does not name the clusters: \"%s\"", err);
 
@@ -983,9 +989,8 @@ static Suite *config_suite(void)
     TCase *tc = tcase_create("config");
     int n = (int)(sizeof bad_confs / sizeof bad_confs[0]);
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc,
-                        kv_open_on_a_broken_config_is_einval_naming_the_line,
-                        0, n);
+    tcase_add_loop_test(
+        tc, kv_open_on_a_broken_config_is_einval_naming_the_line, 0, n);
     tcase_add_loop_test(tc, kvnode_exits_2_on_a_broken_config_naming_the_line,
                         0, n);
     tcase_add_test(tc, a_valid_config_passes_kvnode_check);

@@ -32,9 +32,9 @@
 #include "admin.h"
 #include "kv.h"
 
-#define ROOT_LEN 64                /* "/tmp/kvtest-XXXXXX" */
-#define DIR_LEN (ROOT_LEN + 32)    /* ROOT/cluster-XXXXXX */
-#define PATH_LEN (DIR_LEN + 64)    /* a file in a cluster directory */
+#define ROOT_LEN 64             /* "/tmp/kvtest-XXXXXX" */
+#define DIR_LEN (ROOT_LEN + 32) /* ROOT/cluster-XXXXXX */
+#define PATH_LEN (DIR_LEN + 64) /* a file in a cluster directory */
 #define MAX_LIVE 32
 #define READY_TIMEOUT_MS 15000
 #define STOP_TIMEOUT_MS 10000
@@ -46,7 +46,7 @@
 struct node {
     uint32_t id;
     uint16_t port;
-    pid_t pid;   /* 0: not running */
+    pid_t pid; /* 0: not running */
     char addr[48];
     char log[PATH_LEN];
 };
@@ -414,9 +414,8 @@ static pid_t spawn(char *const argv[], int outfd, int errfd)
     return pid;
 }
 
-int harness_run_kvnode(const char *const *args, int timeout_ms,
-                       int *exit_code, char *out, size_t outlen, char *err,
-                       size_t errlen)
+int harness_run_kvnode(const char *const *args, int timeout_ms, int *exit_code,
+                       char *out, size_t outlen, char *err, size_t errlen)
 {
     int rc = KV_EIO;
     char *argv[32];
@@ -529,9 +528,9 @@ static int write_conf(struct cluster *c)
                        c->name, c->shards, c->replicas,
                        c->extra != NULL ? c->extra : "");
     for (int i = 0; i < c->nnodes && len > 0 && (size_t)len < cap; i++)
-        len += snprintf(text + len, cap - (size_t)len,
-                        "[node %u]\naddress = %s\n", c->nodes[i].id,
-                        c->nodes[i].addr);
+        len +=
+            snprintf(text + len, cap - (size_t)len, "[node %u]\naddress = %s\n",
+                     c->nodes[i].id, c->nodes[i].addr);
     int rc = KV_EINTERNAL;
     if (len > 0 && (size_t)len < cap)
         rc = harness_write_file(c->conf, text, (size_t)len);
@@ -567,8 +566,8 @@ static void check_node(struct cluster *c, int i)
         return;
     char why[64];
     describe_status(status, why, sizeof why);
-    fprintf(stderr, "harness: node %u (pid %d) died unexpectedly: %s\n",
-            n->id, (int)n->pid, why);
+    fprintf(stderr, "harness: node %u (pid %d) died unexpectedly: %s\n", n->id,
+            (int)n->pid, why);
     n->pid = 0;
     c->unexpected = 1;
     cluster_dump_log(c, i);
@@ -584,8 +583,14 @@ int cluster_spawn_node(struct cluster *c, int i)
         return KV_EINVAL;
     char idbuf[16];
     snprintf(idbuf, sizeof idbuf, "%u", n->id);
-    char *argv[] = {(char *)harness_kvnode(), "-c", c->conf, "-n", idbuf,
-                    "--log-level", c->log_level, NULL};
+    char *argv[] = {(char *)harness_kvnode(),
+                    "-c",
+                    c->conf,
+                    "-n",
+                    idbuf,
+                    "--log-level",
+                    c->log_level,
+                    NULL};
     int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "harness: open %s: %s\n", n->log, strerror(errno));
@@ -678,10 +683,10 @@ int cluster_wait_ready(struct cluster *c, int timeout_ms)
         if (harness_now_ms() >= deadline) {
             for (int i = 0; i < c->nnodes; i++)
                 if (c->nodes[i].pid > 0 && !ready[i]) {
-                    fprintf(stderr,
-                            "harness: node %u not ready after %d ms "
-                            "(last: %s)\n",
-                            c->nodes[i].id, timeout_ms, kv_strerror(last));
+                    fprintf(
+                        stderr,
+                        "harness: node %u not ready after %d ms (last: %s)\n",
+                        c->nodes[i].id, timeout_ms, kv_strerror(last));
                     cluster_dump_log(c, i);
                 }
             rc = KV_ETIMEDOUT;
@@ -710,8 +715,9 @@ static int end_node(struct cluster *c, int i, int sig, int *status)
     int rc = 0;
     kill(n->pid, sig);
     if (!reap_within(n->pid, STOP_TIMEOUT_MS, status)) {
-        fprintf(stderr, "harness: node %u (pid %d) ignored signal %d for "
-                        "%d ms; sending SIGKILL\n",
+        fprintf(stderr,
+                "harness: node %u (pid %d) ignored signal %d for %d ms; "
+                "sending SIGKILL\n",
                 n->id, (int)n->pid, sig, STOP_TIMEOUT_MS);
         kill(n->pid, SIGKILL);
         if (!reap_within(n->pid, REAP_TIMEOUT_MS, status))
@@ -767,8 +773,9 @@ static int stop_nodes(struct cluster *c)
         int status = 0;
         int64_t left = deadline - harness_now_ms();
         if (!reap_within(n->pid, left > 0 ? (int)left : 0, &status)) {
-            fprintf(stderr, "harness: node %u (pid %d) still running %d ms "
-                            "after SIGTERM; sending SIGKILL\n",
+            fprintf(stderr,
+                    "harness: node %u (pid %d) still running %d ms after "
+                    "SIGTERM; sending SIGKILL\n",
                     n->id, (int)n->pid, STOP_TIMEOUT_MS);
             kill(n->pid, SIGKILL);
             if (!reap_within(n->pid, REAP_TIMEOUT_MS, &status))
@@ -782,8 +789,7 @@ static int stop_nodes(struct cluster *c)
         if (!status_expected(status, SIGTERM)) {
             char why[64];
             describe_status(status, why, sizeof why);
-            fprintf(stderr, "harness: node %u after SIGTERM: %s\n", n->id,
-                    why);
+            fprintf(stderr, "harness: node %u after SIGTERM: %s\n", n->id, why);
             cluster_dump_log(c, i);
             rc = KV_EINTERNAL;
         }

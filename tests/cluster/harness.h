@@ -78,9 +78,8 @@ int harness_write_file(const char *path, const char *text, size_t len);
  * Its stdout and stderr (truncated, NUL-terminated) go into OUT and ERR when
  * not NULL. Returns 0, or KV_ETIMEDOUT when it had to be killed (it is
  * killed and reaped), or KV_EIO. */
-int harness_run_kvnode(const char *const *args, int timeout_ms,
-                       int *exit_code, char *out, size_t outlen, char *err,
-                       size_t errlen);
+int harness_run_kvnode(const char *const *args, int timeout_ms, int *exit_code,
+                       char *out, size_t outlen, char *err, size_t errlen);
 
 /* --- a cluster ------------------------------------------------------------ */
 

@@ -98,8 +98,9 @@ static void put_key(kv *h, unsigned i, unsigned gen)
     int rc = kv_put(h, k, kl, v, vl, NULL, &ver);
     ck_assert_msg(rc == KV_OK, "put %s: %s (%s)", k, kv_strerror(rc),
                   kv_errmsg(h));
-    ck_assert_msg(ver > want.ver[i], "put %s: version %" PRIu64
-                  " after %" PRIu64, k, ver, want.ver[i]);
+    ck_assert_msg(ver > want.ver[i],
+                  "put %s: version %" PRIu64 " after %" PRIu64, k, ver,
+                  want.ver[i]);
     want.gen[i] = gen;
     want.ver[i] = ver;
 }
@@ -144,9 +145,8 @@ static void verify_keys(unsigned n)
         if (want.gen[i] == 0) {
             if (rc == KV_OK)
                 kv_free(got);
-            ck_assert_msg(rc == KV_ENOTFOUND,
-                          "%s was deleted, get returned %s", k,
-                          kv_strerror(rc));
+            ck_assert_msg(rc == KV_ENOTFOUND, "%s was deleted, get returned %s",
+                          k, kv_strerror(rc));
             continue;
         }
         ck_assert_msg(rc == KV_OK, "get %s: %s (%s)", k, kv_strerror(rc),
@@ -276,9 +276,8 @@ END_TEST
 
 /* Runs OP on a key served by a down node and checks it fails with
  * KV_ETIMEDOUT or KV_EUNAVAILABLE within the timeout. */
-static void expect_fast_failure(kv *h, const char *what, int op,
-                                const char *k, size_t kl, const kv_opts *o,
-                                int64_t limit_ms)
+static void expect_fast_failure(kv *h, const char *what, int op, const char *k,
+                                size_t kl, const kv_opts *o, int64_t limit_ms)
 {
     int64_t t0 = harness_now_ms();
     int rc;

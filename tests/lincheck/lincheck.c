@@ -31,6 +31,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------------ */
@@ -162,69 +163,133 @@ int lin_add(struct lin_history *h, const struct lin_op *op)
 /* The model                                                                */
 /* ------------------------------------------------------------------------ */
 
-static const struct lin_state initial_state = {0, 1, 0, 0, 1};
+/* The model's state of one key. When the record was made by a pending
+ * write whose version nobody has seen (!known), `version` is the least it
+ * can be and excl[] holds up to EXCL_MAX larger versions it cannot be (it
+ * failed a condition on them); beyond that the model forgets exclusions,
+ * erring towards "linearizable". `next` is the least version the next write
+ * can create. Unused fields are 0, so states compare field by field. */
+#define EXCL_MAX 4
+struct mst {
+    uint64_t value, version, next;
+    uint64_t excl[EXCL_MAX]; /* sorted, all > version */
+    uint8_t present, known, nexcl;
+};
+
+static const struct mst initial_state = {0, 0, 1, {0}, 0, 1, 0};
+
+static void clear_excl(struct mst *s)
+{
+    memset(s->excl, 0, sizeof s->excl);
+    s->nexcl = 0;
+}
+
+static void drop_first_excl(struct mst *s)
+{
+    memmove(s->excl, s->excl + 1, (EXCL_MAX - 1) * sizeof s->excl[0]);
+    s->excl[EXCL_MAX - 1] = 0;
+    s->nexcl--;
+}
+
+/* The unseen version of S cannot be E: raise the least version past
+ * excluded ones, or remember E. */
+static void exclude(struct mst *s, uint64_t e)
+{
+    size_t i;
+    if (e < s->version)
+        return;
+    if (e == s->version) {
+        s->version++;
+        while (s->nexcl > 0 && s->excl[0] == s->version) {
+            drop_first_excl(s);
+            s->version++;
+        }
+        s->next = s->version + 1;
+        return;
+    }
+    for (i = 0; i < s->nexcl && s->excl[i] < e; i++)
+        ;
+    if ((i < s->nexcl && s->excl[i] == e) || s->nexcl == EXCL_MAX)
+        return; /* known, or no room: forget it (lenient) */
+    memmove(s->excl + i + 1, s->excl + i, (s->nexcl - i) * sizeof s->excl[0]);
+    s->excl[i] = e;
+    s->nexcl++;
+}
 
 /* The record of S may be at version E: true if its version is E, or if it
- * is not yet fixed and E is allowed, in which case it is fixed to E. */
-static int version_may_be(struct lin_state *s, uint64_t e)
+ * is unseen and E is allowed, in which case it is fixed to E. */
+static int version_may_be(struct mst *s, uint64_t e)
 {
-    if (s->version_known)
+    size_t i;
+    if (s->known)
         return s->version == e;
-    if (e < s->version || e == UINT64_MAX)
+    if (e < s->version || e >= UINT64_MAX - 1)
         return 0;
+    for (i = 0; i < s->nexcl; i++) {
+        if (s->excl[i] == e)
+            return 0;
+    }
     s->version = e;
-    s->version_known = 1;
-    s->next_version = e + 1;
+    s->known = 1;
+    s->next = e + 1;
+    clear_excl(s);
     return 1;
 }
 
-/* A write of VALUE that created version V (checked against S). */
-static int write_known(struct lin_state *s, uint64_t value, uint64_t v)
+/* Whether the record's version may differ from E; remembers it does. */
+static int version_may_differ(struct mst *s, uint64_t e)
 {
-    if (v < s->next_version)
+    if (s->known)
+        return s->version != e;
+    exclude(s, e);
+    return 1;
+}
+
+/* A write of VALUE that created version V. */
+static int write_known(struct mst *s, uint64_t value, uint64_t v)
+{
+    if (v < s->next)
         return 0;
     s->present = 1;
-    s->version_known = 1;
+    s->known = 1;
     s->value = value;
     s->version = v;
-    s->next_version = v + 1;
+    s->next = v + 1;
+    clear_excl(s);
     return 1;
 }
 
-/* A write of VALUE whose version nobody saw: it is at least next_version. */
-static int write_unknown(struct lin_state *s, uint64_t value)
+/* A write of VALUE whose version nobody saw: it is at least next. */
+static int write_unknown(struct mst *s, uint64_t value)
 {
-    if (s->next_version >= UINT64_MAX - 1)
+    if (s->next >= UINT64_MAX - 1)
         return 0;
     s->present = 1;
-    s->version_known = 0;
+    s->known = 0;
     s->value = value;
-    s->version = s->next_version;
-    s->next_version++;
+    s->version = s->next;
+    s->next++;
+    clear_excl(s);
     return 1;
 }
 
-/* A delete: absent, and later versions still exceed the deleted one. */
-static void remove_record(struct lin_state *s)
+/* A delete: absent; later versions still exceed the deleted one's least
+ * possible version (next is kept). */
+static void remove_record(struct mst *s)
 {
     s->present = 0;
-    s->version_known = 1;
+    s->known = 1;
     s->value = 0;
     s->version = 0;
-}
-
-/* The record's version is certainly not E? Unknown versions may differ. */
-static int version_may_differ(const struct lin_state *s, uint64_t e)
-{
-    return !s->version_known || s->version != e;
+    clear_excl(s);
 }
 
 /* Applies OP to IN, into OUT. PENDING: its outcome counts as unknown, and
  * the step is the one where it takes effect (the other possibility, no
  * effect, is the search leaving it out). Returns 1 when OP's result is
  * possible in state IN, else 0 (OUT is then garbage). */
-static int model_step(const struct lin_state *in, const struct lin_op *op,
-                      int pending, struct lin_state *out)
+static int model_step(const struct mst *in, const struct lin_op *op,
+                      int pending, struct mst *out)
 {
     int o = pending ? LIN_OUT_UNKNOWN : op->outcome;
     uint64_t e = op->expect_version;
@@ -244,7 +309,7 @@ static int model_step(const struct lin_state *in, const struct lin_op *op,
         return write_known(out, op->value, op->out_version);
     case LIN_CAS:
         if (o == LIN_OUT_FAILED)
-            return !in->present || version_may_differ(in, e);
+            return !in->present || version_may_differ(out, e);
         if (!in->present || !version_may_be(out, e))
             return 0;
         if (o == LIN_OUT_UNKNOWN)
@@ -262,7 +327,7 @@ static int model_step(const struct lin_state *in, const struct lin_op *op,
         if (o == LIN_OUT_ABSENT)
             return !in->present;
         if (o == LIN_OUT_FAILED)
-            return !in->present || version_may_differ(in, e);
+            return !in->present || version_may_differ(out, e);
         if (!in->present || (e != 0 && !version_may_be(out, e)))
             return 0;
         remove_record(out);
@@ -270,11 +335,12 @@ static int model_step(const struct lin_state *in, const struct lin_op *op,
     }
 }
 
-static int state_eq(const struct lin_state *a, const struct lin_state *b)
+static int state_eq(const struct mst *a, const struct mst *b)
 {
-    return a->present == b->present && a->version_known == b->version_known &&
-           a->value == b->value && a->version == b->version &&
-           a->next_version == b->next_version;
+    return a->present == b->present && a->known == b->known &&
+           a->nexcl == b->nexcl && a->value == b->value &&
+           a->version == b->version && a->next == b->next &&
+           memcmp(a->excl, b->excl, sizeof a->excl) == 0;
 }
 
 static uint64_t mix64(uint64_t x)
@@ -287,12 +353,27 @@ static uint64_t mix64(uint64_t x)
     return x;
 }
 
-static uint64_t state_hash(const struct lin_state *s)
+static uint64_t state_hash(const struct mst *s)
 {
     uint64_t h = mix64(s->value + 0x9e3779b97f4a7c15ULL);
+    size_t i;
     h = mix64(h ^ s->version);
-    h = mix64(h ^ s->next_version);
-    return mix64(h ^ (uint64_t)(s->present * 2 + s->version_known));
+    h = mix64(h ^ s->next);
+    for (i = 0; i < s->nexcl; i++)
+        h = mix64(h ^ s->excl[i]);
+    return mix64(h ^ (uint64_t)(s->present * 2 + s->known));
+}
+
+/* The public view of a model state. */
+static struct lin_state public_state(const struct mst *s)
+{
+    struct lin_state p;
+    p.present = s->present;
+    p.version_known = s->known;
+    p.value = s->value;
+    p.version = s->version;
+    p.next_version = s->next;
+    return p;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -317,7 +398,7 @@ struct ent {
 /* A cached configuration; its linearized set is in cbits. */
 struct centry {
     uint64_t hash;
-    struct lin_state st;
+    struct mst st;
     uint32_t next; /* chain in its bucket */
 };
 
@@ -326,7 +407,7 @@ struct centry {
 struct frame {
     uint32_t op;
     int phase;
-    struct lin_state saved;
+    struct mst saved;
 };
 
 #define NO_ENTRY UINT32_MAX
@@ -348,7 +429,7 @@ struct search {
     size_t nce, cap;
     struct frame *stack;
     size_t depth;
-    struct lin_state final; /* the state after a successful search */
+    struct mst final; /* the state after a successful search */
     /* budget */
     uint64_t max_states, max_bytes, deadline; /* deadline 0: none */
     uint64_t states;
@@ -465,8 +546,6 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
     s->head->op = s->tail->op = NO_ENTRY;
     {
         struct ent *prev = s->head;
-        struct ent **ret_of = (struct ent **)s->stack; /* scratch, reused */
-        (void)ret_of;
         for (i = 0; i < nev; i++) {
             struct ent *e = &s->ents[i];
             e->op = ev[i].op;
@@ -552,20 +631,22 @@ static int cache_rehash(struct search *s)
     return 0;
 }
 
-/* Records the configuration (s->cur, ZOB, ST). Returns 1 if it is new, 0 if
- * an explored one covers it, LIN_UNKNOWN when a budget ran out (s->limit
- * says which) or LIN_ENOMEM. */
-static int cache_add(struct search *s, uint64_t zob, const struct lin_state *st)
+/* Records the configuration (s->cur, ZOB, ST): *ISNEW is 1 if it is new, 0
+ * if an explored one covers it. Returns LIN_OK, LIN_UNKNOWN when a budget
+ * ran out (s->limit says which) or LIN_ENOMEM. */
+static int cache_add(struct search *s, uint64_t zob, const struct mst *st,
+                     int *isnew)
 {
     uint64_t h = mix64(zob ^ state_hash(st));
     size_t k = h & (s->nbuckets - 1);
     uint32_t i;
 
+    *isnew = 0;
     for (i = s->buckets[k]; i != NO_ENTRY; i = s->ce[i].next) {
         if (s->ce[i].hash == h && state_eq(&s->ce[i].st, st) &&
             covered(s->cbits + (size_t)i * s->words, s->cur, s->pmask,
                     s->words))
-            return 0;
+            return LIN_OK;
     }
     if (s->states >= s->max_states || s->nce >= NO_ENTRY - 1) {
         s->limit = LIN_LIMIT_STATES;
@@ -596,9 +677,10 @@ static int cache_add(struct search *s, uint64_t zob, const struct lin_state *st)
     s->buckets[k] = (uint32_t)s->nce;
     s->nce++;
     s->states++;
+    *isnew = 1;
     if (s->nce > s->nbuckets && cache_rehash(s) != 0)
         return LIN_ENOMEM;
-    return 1;
+    return LIN_OK;
 }
 
 static void bit_set(uint64_t *b, uint32_t i)
@@ -616,10 +698,10 @@ static void bit_clear(uint64_t *b, uint32_t i)
  * LIN_VIOLATION, LIN_UNKNOWN (s->limit) or LIN_ENOMEM. */
 static int search_run(struct search *s)
 {
-    struct lin_state st = initial_state, ns;
+    struct mst st = initial_state, ns;
     size_t remaining = 0, pending_left = 0, i;
     struct ent *e;
-    int phase = 0, rc;
+    int phase = 0, rc, isnew;
     uint64_t iter = 0;
 
     for (i = 0; i < s->n; i++) {
@@ -676,11 +758,11 @@ static int search_run(struct search *s)
         }
         zob = pend ? s->curzob : s->curzob ^ s->zob[o];
         bit_set(s->cur, o);
-        rc = cache_add(s, zob, &ns);
-        if (rc <= 0) {
+        rc = cache_add(s, zob, &ns, &isnew);
+        if (rc != LIN_OK)
+            return rc;
+        if (!isnew) {
             bit_clear(s->cur, o);
-            if (rc < 0 || rc == LIN_UNKNOWN)
-                return rc;
             e = e->next;
             continue;
         }
@@ -716,7 +798,8 @@ static int search_order(const struct search *s, struct lin_step **order,
         const struct sop *p = &s->ops[s->stack[i].op];
         o[i].id = p->id;
         o[i].unknown = p->pending;
-        o[i].after = i + 1 < s->depth ? s->stack[i + 1].saved : s->final;
+        o[i].after = public_state(i + 1 < s->depth ? &s->stack[i + 1].saved
+                                                   : &s->final);
     }
     *order = o;
     *n = s->depth;
@@ -729,7 +812,7 @@ static int search_order(const struct search *s, struct lin_step **order,
 static int check_ops(const struct sop *ops, size_t n,
                      const struct lin_budget *b, uint64_t deadline,
                      uint64_t *states, int *limit, struct lin_step **order,
-                     size_t *norder, struct lin_state *final)
+                     size_t *norder, struct mst *final)
 {
     struct search s;
     int rc = search_init(&s, ops, n, b->max_states, b->max_bytes, deadline);
@@ -804,7 +887,7 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
     size_t m = 0, i, norder = 0, k;
     ptrdiff_t lo = -1, hi;
     int rc = LIN_ENOMEM, lo_known = 1;
-    struct lin_state before = initial_state;
+    struct mst before = initial_state;
 
     if (t == NULL || buf == NULL)
         goto out;
@@ -818,14 +901,18 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
             t[k++] = t[i];
     }
     m = k;
-    /* m >= 1: a key with no completed operation is linearizable. The
-     * prefix at the last return fails because the whole history does. */
+    /* The prefix at the last return fails because the whole history does.
+     * (A key with no completed operation is linearizable: m >= 1.) */
+    if (m == 0) {
+        rc = LIN_OK;
+        goto out;
+    }
     hi = (ptrdiff_t)m - 1;
     while (hi - lo > 1) {
         ptrdiff_t mid = lo + (hi - lo) / 2;
         struct lin_step *o = NULL;
         size_t no = 0;
-        struct lin_state fin = initial_state;
+        struct mst fin = initial_state;
         int limit = 0;
         size_t pn = prefix_ops(kops, n, t[mid], buf);
 
@@ -872,7 +959,7 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
     }
     r->order = lo_known ? order : NULL;
     r->norder = lo_known ? norder : 0;
-    r->before = lo_known ? before : initial_state;
+    r->before = public_state(lo_known ? &before : &initial_state);
     if (lo_known)
         order = NULL;
     rc = LIN_OK;
@@ -914,9 +1001,7 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
     b.max_states = pick(b.max_states, LIN_DEFAULT_MAX_STATES);
     b.max_ms = pick(b.max_ms, LIN_DEFAULT_MAX_MS);
     b.max_bytes = pick(b.max_bytes, LIN_DEFAULT_MAX_BYTES);
-    deadline = b.max_ms >= UINT64_MAX - start ? 0 : start + b.max_ms;
-    if (deadline == 0)
-        deadline = UINT64_MAX; /* 0 means "none" to the search */
+    deadline = b.max_ms >= UINT64_MAX - start ? UINT64_MAX : start + b.max_ms;
 
     ki = malloc((h->n + 1) * sizeof *ki);
     kops = malloc((h->n + 1) * sizeof *kops);

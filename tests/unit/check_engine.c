@@ -206,6 +206,18 @@ static void expect_info(uint32_t shard, uint64_t keys, uint64_t applied)
                   (unsigned long long)a, (unsigned long long)applied);
 }
 
+static int count_entries(void *arg, const void *key, size_t klen,
+                         const void *val, size_t vlen, uint64_t version)
+{
+    (void)key;
+    (void)klen;
+    (void)val;
+    (void)vlen;
+    (void)version;
+    (*(int *)arg)++;
+    return 0;
+}
+
 /* The applied version of SHARD. */
 static uint64_t applied_of(uint32_t shard)
 {
@@ -283,8 +295,7 @@ START_TEST(staged_writes_are_invisible_until_commit)
 
     ck_assert(!engine_has_staged(eng));
     ck_assert_int_eq(stage_put(0, "new", "staged", 0, false, &v), KV_OK);
-    ck_assert_int_eq(stage_put(0, "old", "overwritten", 0, false, NULL),
-                     KV_OK);
+    ck_assert_int_eq(stage_put(0, "old", "overwritten", 0, false, NULL), KV_OK);
     ck_assert_int_eq(stage_del(0, "old", 0), KV_OK);
     ck_assert(engine_has_staged(eng));
 
@@ -312,12 +323,10 @@ START_TEST(conditions_see_staged_writes)
 
     /* Two if_absent puts of one key before one commit: the second loses. */
     ck_assert_int_eq(stage_put(0, "k", "first", 0, true, &v1), KV_OK);
-    ck_assert_int_eq(stage_put(0, "k", "second", 0, true, NULL),
-                     KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "k", "second", 0, true, NULL), KV_ECONFLICT);
     /* if_version matches the staged version, not the committed one. */
     ck_assert_int_eq(stage_put(0, "k", "third", v1, false, &v2), KV_OK);
-    ck_assert_int_eq(stage_put(0, "k", "stale", v1, false, NULL),
-                     KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "k", "stale", v1, false, NULL), KV_ECONFLICT);
     /* A staged delete makes the key absent for what follows. */
     ck_assert_int_eq(stage_del(0, "k", v2), KV_OK);
     ck_assert_int_eq(stage_del(0, "k", 0), KV_ENOTFOUND);
@@ -335,8 +344,7 @@ START_TEST(if_version_succeeds_only_on_the_current_version)
     uint64_t v2 = 0;
 
     /* Wrong version: conflict, nothing changes. */
-    ck_assert_int_eq(stage_put(0, "k", "x", v1 + 1, false, NULL),
-                     KV_ECONFLICT);
+    ck_assert_int_eq(stage_put(0, "k", "x", v1 + 1, false, NULL), KV_ECONFLICT);
     ck_assert(!engine_has_staged(eng));
     expect_value(0, "k", "one", v1);
 
@@ -537,6 +545,68 @@ START_TEST(staged_writes_are_lost_when_closed_before_commit)
 }
 END_TEST
 
+/* Writes a raw store record KIND shard(u32 BE) KEY = VAL, bypassing the
+ * engine, as damage on disk would look (layout: engine.h). */
+static void put_raw(char kind, uint32_t shard, const char *key, const void *val,
+                    size_t vlen)
+{
+    unsigned char k[64];
+    size_t klen = strlen(key);
+    struct store_batch *b = store_batch_new();
+
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_lt(klen + 5, sizeof k);
+    k[0] = (unsigned char)kind;
+    k[1] = (unsigned char)(shard >> 24);
+    k[2] = (unsigned char)(shard >> 16);
+    k[3] = (unsigned char)(shard >> 8);
+    k[4] = (unsigned char)shard;
+    memcpy(k + 5, key, klen);
+    store_batch_put(b, k, 5 + klen, val, vlen);
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+}
+
+START_TEST(a_damaged_record_is_reported_as_corrupt)
+{
+    static const unsigned char bad_tag[] = {0x02, 0, 0, 0, 0, 0, 0, 0, 1, 'v'};
+    static const unsigned char zero_ver[] = {0x01, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const unsigned char short_rec[] = {0x01, 0, 0};
+    struct engine_scan sc = {.shard = 1};
+    uint64_t v = put_ok(1, "a", "fine");
+
+    put_raw('D', 1, "b", bad_tag, sizeof bad_tag);
+    put_raw('D', 1, "c", zero_ver, sizeof zero_ver);
+    put_raw('D', 1, "d", short_rec, sizeof short_rec);
+    ck_assert_int_eq(engine_get(eng, 1, "b", 1, NULL, NULL, NULL), KV_ECORRUPT);
+    ck_assert_int_eq(engine_get(eng, 1, "c", 1, NULL, NULL, NULL), KV_ECORRUPT);
+    ck_assert_int_eq(engine_get(eng, 1, "d", 1, NULL, NULL, NULL), KV_ECORRUPT);
+    expect_value(1, "a", "fine", v);
+    /* A condition cannot be evaluated against a damaged record. */
+    ck_assert_int_eq(stage_put(1, "b", "x", 1, false, NULL), KV_ECORRUPT);
+    ck_assert_int_eq(stage_del(1, "d", 0), KV_ECORRUPT);
+    ck_assert(!engine_has_staged(eng));
+    /* A scan stops at the damage and reports it, after the intact "a". */
+    int n = 0;
+    ck_assert_int_eq(engine_scan(eng, &sc, count_entries, &n, NULL),
+                     KV_ECORRUPT);
+    ck_assert_int_eq(n, 1);
+}
+END_TEST
+
+START_TEST(a_damaged_shard_state_fails_engine_open)
+{
+    struct engine *e2 = NULL;
+
+    put_ok(2, "k", "v");
+    put_raw('A', 2, "", "short", 5);
+    engine_close(eng);
+    eng = NULL;
+    ck_assert_int_eq(engine_open(st, NSHARDS, &e2), KV_ECORRUPT);
+    ck_assert_ptr_null(e2);
+}
+END_TEST
+
 /* ---- metadata --------------------------------------------------------- */
 
 START_TEST(metadata_is_written_once_and_then_checked)
@@ -548,8 +618,7 @@ START_TEST(metadata_is_written_once_and_then_checked)
     ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
                      KV_OK);
     reopen(NSHARDS);
-    ck_assert_msg(engine_check_meta(eng, "local", 1, err, sizeof err) ==
-                      KV_OK,
+    ck_assert_msg(engine_check_meta(eng, "local", 1, err, sizeof err) == KV_OK,
                   "after reopen: %s", err);
     /* Metadata is not user data. */
     expect_info(0, 0, 0);
@@ -598,8 +667,7 @@ START_TEST(metadata_of_another_shard_count_is_refused_naming_it)
     reopen(8);
     ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
                      KV_EINVAL);
-    ck_assert_msg(strstr(err, "shards") && strstr(err, "4") &&
-                      strstr(err, "8"),
+    ck_assert_msg(strstr(err, "shards") && strstr(err, "4") && strstr(err, "8"),
                   "message '%s' should name the shard count", err);
     reopen(NSHARDS);
     ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
@@ -656,10 +724,9 @@ static void put_scan_keys(void)
     ck_assert_int_eq(engine_commit(eng), KV_OK);
 }
 
-/* Runs SC (on shard 1 unless set) and asserts it emits exactly WANT (a
+/* Runs SC (on shard 1 when its shard is 0) and asserts it emits exactly WANT (a
  * space-separated key list, "" for none) with *more equal to WANT_MORE. */
-static void expect_scan(struct engine_scan sc, const char *want,
-                        bool want_more)
+static void expect_scan(struct engine_scan sc, const char *want, bool want_more)
 {
     struct seen s;
     bool more = !want_more;
@@ -678,11 +745,13 @@ static void expect_scan(struct engine_scan sc, const char *want,
             ck_assert_int_eq(s.vals[i][j], s.keys[i][j] - 'a' + 'A');
         ck_assert_uint_gt(s.versions[i], 0);
     }
-    ck_assert_msg(strcmp(got, want) == 0, "scan gave '%s', expected '%s'",
-                  got, want);
+    ck_assert_msg(strcmp(got, want) == 0, "scan gave '%s', expected '%s'", got,
+                  want);
     ck_assert_msg(more == want_more, "more is %d after '%s'", more, got);
 }
 
+/* A literal as a bound and its length: .start = B("ab") sets start and
+ * start_len (the next member), and likewise for end, prefix and after. */
 #define B(s) (s), (sizeof(s) - 1)
 
 START_TEST(a_scan_returns_a_shards_keys_in_order)
@@ -743,13 +812,13 @@ START_TEST(a_scan_honours_a_prefix)
     /* With start: the greater bound wins. */
     expect_scan((struct engine_scan){.prefix = B("a"), .start = B("ab")},
                 "ab abc", false);
-    expect_scan((struct engine_scan){.prefix = B("b"), .start = B("a")},
-                "b ba", false);
+    expect_scan((struct engine_scan){.prefix = B("b"), .start = B("a")}, "b ba",
+                false);
     expect_scan((struct engine_scan){.prefix = B("a"), .start = B("b")}, "",
                 false);
     /* With end. */
-    expect_scan((struct engine_scan){.prefix = B("a"), .end = B("abc")},
-                "a ab", false);
+    expect_scan((struct engine_scan){.prefix = B("a"), .end = B("abc")}, "a ab",
+                false);
 }
 END_TEST
 
@@ -798,16 +867,15 @@ START_TEST(a_scan_stops_at_the_limit_and_says_whether_more_remain)
     expect_scan((struct engine_scan){.limit = 6}, "a ab abc b ba c", false);
     expect_scan((struct engine_scan){.limit = 100}, "a ab abc b ba c", false);
     /* Exactly the rest of the range: keys after it do not count. */
-    expect_scan((struct engine_scan){.prefix = B("a"), .limit = 3},
-                "a ab abc", false);
+    expect_scan((struct engine_scan){.prefix = B("a"), .limit = 3}, "a ab abc",
+                false);
     expect_scan((struct engine_scan){.prefix = B("a"), .limit = 2}, "a ab",
                 true);
     expect_scan((struct engine_scan){.end = B("b"), .limit = 3}, "a ab abc",
                 false);
-    expect_scan((struct engine_scan){.start = B("b"),
-                                     .end = B("c"),
-                                     .limit = 1},
-                "b", true);
+    expect_scan(
+        (struct engine_scan){.start = B("b"), .end = B("c"), .limit = 1}, "b",
+        true);
     /* more may be NULL. */
     struct engine_scan sc = {.shard = 1, .limit = 1};
     struct seen s;
@@ -987,15 +1055,13 @@ START_TEST(a_failed_flush_rolls_back_versions_and_drops_later_writes)
     uint64_t va = 0, vbase = 0, vb = 0, vc = 0, vd = 0;
 
     ck_assert_int_eq(stage_put(0, "a", "A", 0, false, &va), KV_OK);
-    ck_assert_int_eq(stage_put(0, "base", "changed", v0, false, &vbase),
-                     KV_OK);
+    ck_assert_int_eq(stage_put(0, "base", "changed", v0, false, &vbase), KV_OK);
     struct store_batch *b = engine_commit_begin(eng);
     ck_assert_ptr_nonnull(b);
     /* Staged during the flush, evaluated against the failing writes. */
     ck_assert_int_eq(stage_put(0, "b", "B", 0, false, &vb), KV_OK);
     ck_assert_int_eq(stage_put(1, "c", "C", 0, false, &vc), KV_OK);
-    ck_assert_int_eq(stage_put(0, "base", "again", vbase, false, NULL),
-                     KV_OK);
+    ck_assert_int_eq(stage_put(0, "base", "again", vbase, false, NULL), KV_OK);
     ck_assert_int_eq(stage_del(0, "a", 0), KV_OK);
 
     /* The batch never reaches the disk. */
@@ -1124,6 +1190,8 @@ Suite *engine_suite(void)
     tcase_add_test(tc, shard_info_counts_keys_and_tracks_the_applied_version);
     tcase_add_test(tc, state_survives_close_and_reopen);
     tcase_add_test(tc, staged_writes_are_lost_when_closed_before_commit);
+    tcase_add_test(tc, a_damaged_record_is_reported_as_corrupt);
+    tcase_add_test(tc, a_damaged_shard_state_fails_engine_open);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("metadata");

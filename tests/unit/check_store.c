@@ -121,8 +121,7 @@ static void puts_str(const char *k, const char *v)
 }
 
 /* Asserts that K holds exactly V (VLEN bytes). */
-static void expect_value(const void *k, size_t klen, const void *v,
-                         size_t vlen)
+static void expect_value(const void *k, size_t klen, const void *v, size_t vlen)
 {
     void *got = (void *)&got; /* a sentinel: must be replaced */
     size_t n = 12345;
@@ -401,17 +400,15 @@ struct bkey {
     size_t n;
 };
 
-#define BK(s) {s, sizeof(s) - 1}
-
 /* Keys in bytewise order (unsigned bytes, a prefix sorts first). */
 static const struct bkey ordered[] = {
-    BK("\x00"), BK("a"),    BK("a\x00"),    BK("a\x00\x00"),
-    BK("a\x01"), BK("ab"),  BK("b"),        BK("\x7f"),
-    BK("\x80"), BK("\xff"), BK("\xff\xff"),
+    {"\x00", 1},  {"a", 1},    {"a\x00", 2},    {"a\x00\x00", 3},
+    {"a\x01", 2}, {"ab", 2},   {"b", 1},        {"\x7f", 1},
+    {"\x80", 1},  {"\xff", 1}, {"\xff\xff", 2},
 };
 #define NORDERED (sizeof ordered / sizeof ordered[0])
 
-/* Writes the ordered keys in a scrambled order; each value is its index. */
+/* Writes the ordered keys in a scrambled order; key I's value is 'A' + I. */
 static void put_ordered(void)
 {
     for (size_t i = 0; i < NORDERED; i++) {

@@ -720,16 +720,15 @@ START_TEST(frames_claiming_huge_lengths_fail_without_allocating_them)
 {
     /* A version, then a request whose length varint says 2^63: protobuf-c
      * must check it against the buffer instead of trusting it. */
-    static const unsigned char huge[] = {0x08, 0x01, 0x12, 0x80, 0x80, 0x80,
-                                         0x80, 0x80, 0x80, 0x80, 0x80, 0x80,
-                                         0x01, 0x00};
+    static const unsigned char huge[] = {0x08, 0x01, 0x12, 0x80, 0x80,
+                                         0x80, 0x80, 0x80, 0x80, 0x80,
+                                         0x80, 0x80, 0x01, 0x00};
     /* A put whose key claims 1 GiB inside a 12-byte frame. */
     static const unsigned char key[] = {0x08, 0x01, 0x12, 0x08, 0x5a, 0x06,
                                         0x0a, 0x80, 0x80, 0x80, 0x80, 0x04};
     /* An overlong varint (11 bytes) for the version. */
-    static const unsigned char varint[] = {0x08, 0xff, 0xff, 0xff, 0xff,
-                                           0xff, 0xff, 0xff, 0xff, 0xff,
-                                           0xff, 0x01};
+    static const unsigned char varint[] = {0x08, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                           0xff, 0xff, 0xff, 0xff, 0xff, 0x01};
 
     ck_assert_int_eq(decode_any(huge, sizeof huge), 0);
     ck_assert_int_eq(decode_any(key, sizeof key), 0);
@@ -766,9 +765,8 @@ Suite *wire_suite(void)
 
     tc = tcase_create("hostile_input");
     tcase_set_timeout(tc, 60);
-    tcase_add_loop_test(tc,
-                        random_bytes_never_crash_and_decode_or_fail_with_eproto,
-                        0, 8);
+    tcase_add_loop_test(
+        tc, random_bytes_never_crash_and_decode_or_fail_with_eproto, 0, 8);
     tcase_add_test(tc, every_truncation_of_a_valid_frame_fails_cleanly);
     tcase_add_test(tc, every_single_byte_change_of_a_valid_frame_fails_cleanly);
     tcase_add_test(tc,
