@@ -103,7 +103,6 @@ struct handed {
     struct raft_hardstate hs;
     size_t n_entries;
     uint64_t last_index;
-    uint64_t last_term;
     uint64_t truncate_after;
     size_t n_committed;
     uint64_t last_committed;
@@ -807,7 +806,7 @@ static void become_leader(struct raft *r)
 }
 
 /* Counts the votes of the current election: 1 won, -1 lost, 0 open. */
-static int poll(const struct raft *r)
+static int tally(const struct raft *r)
 {
     size_t yes = 0, no = 0;
     for (size_t i = 0; i < r->npeers; i++) {
@@ -839,7 +838,7 @@ static void campaign(struct raft *r, bool pre, bool transfer)
         type = RAFT_MSG_VOTE;
     }
     find_pr(r, r->id)->vote = 1;
-    if (poll(r) > 0) {
+    if (tally(r) > 0) {
         if (pre)
             campaign(r, false, transfer);
         else
@@ -970,6 +969,8 @@ static void restore(struct raft *r, uint64_t index, uint64_t term)
 {
     if (index <= last_index(r) && term_of(r, index) == term) {
         log_compact(r, index);
+        if (r->stable < index)
+            r->stable = index;
     } else {
         for (uint64_t j = r->snap_index + 1; j <= last_index(r); j++)
             bury(r, entry_at(r, j)->data);
@@ -977,11 +978,10 @@ static void restore(struct raft *r, uint64_t index, uint64_t term)
         r->n = 0;
         r->snap_index = index;
         r->snap_term = term;
+        r->stable = index;
     }
     r->commit = index;
     r->applied = index;
-    if (r->stable < index)
-        r->stable = index;
     r->snap_pending = true;
     r->snap_pend_index = index;
     r->snap_pend_term = term;
@@ -1040,7 +1040,7 @@ static int step_candidate(struct raft *r, const struct raft_msg *m)
         struct progress *pr = find_pr(r, m->from);
         if (pr->vote == 0)
             pr->vote = m->reject ? -1 : 1;
-        int res = poll(r);
+        int res = tally(r);
         if (res > 0) {
             if (pre)
                 campaign(r, false, false);
@@ -1192,6 +1192,9 @@ static int validate(const struct raft *r, const struct raft_msg *m)
     return RAFT_OK;
 }
 
+/* Steps one message: term rules first (Raft 5.1; pre-vote and lease
+ * exceptions), then votes, then the role's step function. RAFT_EINVAL for
+ * what no correct peer sends, RAFT_ENOMEM when entries cannot be kept. */
 int raft_step(struct raft *r, const struct raft_msg *m)
 {
     if (!r || !m)
@@ -1259,6 +1262,8 @@ static void tick_leader(struct raft *r)
     }
 }
 
+/* One tick of logical time: elections for followers and candidates,
+ * heartbeats, the quorum check and the transfer timeout for leaders. */
 void raft_tick(struct raft *r)
 {
     if (!r)
@@ -1274,6 +1279,7 @@ void raft_tick(struct raft *r)
     }
 }
 
+/* Starts an election now (a pre-vote first when enabled). */
 void raft_campaign(struct raft *r)
 {
     if (!r)
@@ -1283,6 +1289,7 @@ void raft_campaign(struct raft *r)
         campaign(r, r->pre_vote, false);
 }
 
+/* Appends a copy of DATA on the leader; it goes out with the next Ready. */
 int raft_propose(struct raft *r, const void *data, size_t len,
                  uint64_t *index)
 {
@@ -1311,6 +1318,7 @@ int raft_propose(struct raft *r, const void *data, size_t len,
     return RAFT_OK;
 }
 
+/* Queues a ReadIndex request; see release_reads for when it is served. */
 int raft_read_index(struct raft *r, uint64_t ctx)
 {
     if (!r)
@@ -1330,6 +1338,8 @@ int raft_read_index(struct raft *r, uint64_t ctx)
     return RAFT_OK;
 }
 
+/* Starts handing leadership to TARGET (another member): RAFT_EINVAL for
+ * self or a non-member, RAFT_ENOTLEADER on a non-leader. */
 int raft_transfer_leader(struct raft *r, uint32_t target)
 {
     if (!r)
@@ -1351,6 +1361,8 @@ int raft_transfer_leader(struct raft *r, uint32_t target)
     return RAFT_OK;
 }
 
+/* Ends the snapshot state of PEER: it is probed again (from after the
+ * snapshot when OK). Ignored unless PEER is in snapshot state. */
 void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok)
 {
     if (!r)
@@ -1366,6 +1378,7 @@ void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok)
     pr->probe_sent = true;
 }
 
+/* Drops the log up to INDEX (<= applied; RAFT_EINVAL beyond it). */
 int raft_compact(struct raft *r, uint64_t index)
 {
     if (!r)
@@ -1379,6 +1392,7 @@ int raft_compact(struct raft *r, uint64_t index)
     return RAFT_OK;
 }
 
+/* The term of INDEX, or 0 when it is compacted or beyond the log. */
 uint64_t raft_term_at(const struct raft *r, uint64_t index)
 {
     if (!r)
@@ -1390,6 +1404,10 @@ uint64_t raft_term_at(const struct raft *r, uint64_t index)
 
 /* ---- Ready ---------------------------------------------------------------------- */
 
+/* Collects what the driver must do (see raft.h). One Ready at a time:
+ * until raft_advance, it returns false. Leader work deferred by proposals
+ * and acks (appends, a heartbeat round for reads) is flushed here, so the
+ * proposals of one loop iteration travel in one append per follower. */
 bool raft_ready(struct raft *r, struct raft_ready *rd)
 {
     if (!r || !rd)
@@ -1490,7 +1508,6 @@ bool raft_ready(struct raft *r, struct raft_ready *rd)
     h->n_entries = rd->n_entries;
     if (rd->n_entries) {
         h->last_index = rd->entries[rd->n_entries - 1].index;
-        h->last_term = rd->entries[rd->n_entries - 1].term;
     }
     h->truncate_after = rd->truncate_after;
     h->n_committed = rd->n_committed;
@@ -1505,18 +1522,28 @@ bool raft_ready(struct raft *r, struct raft_ready *rd)
     return true;
 }
 
+/* The driver did everything in the outstanding Ready: what was stored is
+ * stable, what was applied is applied, the buried blobs can go. */
 void raft_advance(struct raft *r, const struct raft_ready *rd)
 {
     (void)rd; /* what was handed out is recorded in r->h */
     if (!r || !r->h.out)
         return;
     struct handed *h = &r->h;
+    const struct outbox *hob = &r->ob[r->cur ^ 1];
     if (h->n_entries) {
-        /* Entries truncated meanwhile are not stable; same index and term
-         * means the same entry (Log Matching). */
-        if (term_of(r, h->last_index) == h->last_term &&
-            h->last_index <= last_index(r) && h->last_index > r->stable)
-            r->stable = h->last_index;
+        /* The stored entries still in the log are stable; the log may have
+         * been truncated meanwhile. Same index and term means the same
+         * entry and the same log before it (Log Matching), so the last
+         * stored entry still present marks the stable prefix. */
+        for (size_t k = h->n_entries; k-- > 0;) {
+            const struct raft_entry *e = &hob->rd_ents[k];
+            if (term_of(r, e->index) == e->term && e->index > r->snap_index) {
+                if (e->index > r->stable)
+                    r->stable = e->index;
+                break;
+            }
+        }
         r->stored_last = h->last_index;
     } else if (h->has_snapshot && h->truncate_after) {
         r->stored_last = h->snap_index;
@@ -1598,6 +1625,9 @@ static bool valid_init(const struct raft_config *cfg,
     return true;
 }
 
+/* Creates a follower from CFG and what storage returned (INIT may be
+ * NULL for a new replica). NULL on a bad config, an impossible stored
+ * state or no memory. */
 struct raft *raft_new(const struct raft_config *cfg,
                       const struct raft_init *init)
 {
@@ -1661,6 +1691,7 @@ fail:
     return NULL;
 }
 
+/* Frees R and everything it owns (NULL is a no-op). */
 void raft_free(struct raft *r)
 {
     if (!r)
@@ -1690,6 +1721,7 @@ void raft_free(struct raft *r)
 
 /* ---- introspection ------------------------------------------------------------------ */
 
+/* Fills ST; the progress array (leaders only) is owned by R. */
 void raft_get_status(struct raft *r, struct raft_status *st)
 {
     if (!r || !st)
@@ -1725,6 +1757,9 @@ void raft_get_status(struct raft *r, struct raft_status *st)
         return -1;                                                             \
     } while (0)
 
+/* Checks the rules listed in raft.h. Term and vote are compared with their
+ * values before the latest input, so the simulator calls it after every
+ * input. */
 int raft_check_invariants(const struct raft *r, char *why, size_t whylen)
 {
     if (why && whylen)

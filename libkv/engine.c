@@ -665,6 +665,8 @@ void engine_commit_end(struct engine *e, int rc)
 
 int engine_commit(struct engine *e)
 {
+    if (e->inflight)
+        return KV_EINTERNAL; /* a two-step commit is under way */
     struct store_batch *b = engine_commit_begin(e);
     if (!b)
         return KV_OK;

@@ -49,8 +49,10 @@ int store_mkdirs(const char *dir)
 {
     char path[4096];
     size_t n = strlen(dir);
-    if (n == 0 || n >= sizeof(path))
+    if (n == 0 || n >= sizeof(path)) {
+        errno = n ? ENAMETOOLONG : ENOENT;
         return -1;
+    }
     memcpy(path, dir, n + 1);
     for (size_t i = 1; i <= n; i++) {
         if (path[i] == '/' || path[i] == '\0') {

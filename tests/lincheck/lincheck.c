@@ -387,50 +387,68 @@ struct sop {
     int pending; /* outcome counts as unknown (no return event) */
 };
 
-/* An event of the list: a call, a return, or a sentinel. */
+/* An event of a list: a call, a return, or a sentinel (not a call). */
 struct ent {
     struct ent *prev, *next;
-    struct ent *match; /* of a call: its return, NULL when pending */
+    struct ent *match; /* of a completed op's call: its return */
+    uint64_t t;
     uint32_t op;
     int is_call;
 };
 
-/* A cached configuration; its linearized set is in cbits. */
+/* A cached configuration. Its set of linearized completed ops is every op
+ * below f, none from maxlin on, and in between the words stored at `off` in
+ * the arena (from word f / 64); the pending ops' set follows them. */
 struct centry {
     uint64_t hash;
     struct mst st;
+    size_t off;
+    uint32_t f, maxlin;
     uint32_t next; /* chain in its bucket */
 };
 
-/* A choice on the current path: OP was linearized from state SAVED while
- * scanning in PHASE. */
+/* How an op was chosen, which is also the scan to resume on backtracking:
+ * PH_PURE ops leave the state as it was and are forced (no alternative is
+ * tried: if the configuration after one fails, so does the one before);
+ * PH_DONE ops are completed ops that change the state; PH_PENDING ops are
+ * pending ops taking effect, tried when no completed op can go next. */
+enum { PH_PURE, PH_DONE, PH_PENDING };
+
 struct frame {
     uint32_t op;
     int phase;
-    struct mst saved;
+    struct mst saved; /* the state before */
+    uint32_t f, maxlin;
 };
 
 #define NO_ENTRY UINT32_MAX
 
 struct search {
     const struct sop *ops;
-    size_t n, words;
-    struct ent *ents; /* the 2n + 2 events, head and tail sentinels last */
-    struct ent *head, *tail;
-    struct ent **calls; /* op -> its call event */
-    uint64_t *zob;      /* op -> random key (completed ops) */
-    uint64_t *pmask;    /* set of pending ops */
-    uint64_t *cur;      /* set of linearized ops */
-    uint64_t curzob;    /* xor of zob over linearized completed ops */
+    size_t n;
+    size_t nc, np;         /* completed and pending ops */
+    size_t cwords, pwords; /* words of their bitsets */
+    uint32_t *sub;         /* op -> its index among completed or pending */
+    uint32_t *vpos;        /* op -> rank by version among the completed ops
+                              that create one, or NO_ENTRY */
+    size_t vnext;          /* rank of the next of those to linearize */
+    struct ent *ents;
+    struct ent *head, *tail;   /* completed ops' calls and returns */
+    struct ent *phead, *ptail; /* pending ops' calls */
+    struct ent **calls;        /* op -> its call event */
+    uint64_t *zob;             /* completed index -> random key */
+    uint64_t *cbits, *pbits;   /* the current sets */
+    uint32_t f, maxlin;        /* as in struct centry, for the current set */
+    uint64_t curzob;
     uint32_t *buckets;
     size_t nbuckets;
     struct centry *ce;
-    uint64_t *cbits; /* cap * words */
     size_t nce, cap;
+    uint64_t *arena;
+    size_t alen, acap;
     struct frame *stack;
     size_t depth;
     struct mst final; /* the state after a successful search */
-    /* budget */
     uint64_t max_states, max_bytes, deadline; /* deadline 0: none */
     uint64_t states;
     int limit;
@@ -467,24 +485,74 @@ static int evt_cmp(const void *pa, const void *pb)
     return a->op < b->op ? -1 : a->op > b->op;
 }
 
-static size_t cache_bytes(size_t cap, size_t nbuckets, size_t words)
+/* Orders the ops that create a version by it (then by op). */
+struct vrank {
+    uint64_t v;
+    uint32_t op;
+};
+
+static int vrank_cmp(const void *pa, const void *pb)
 {
-    return nbuckets * sizeof(uint32_t) + cap * sizeof(struct centry) +
-           cap * words * sizeof(uint64_t);
+    const struct vrank *a = pa, *b = pb;
+    if (a->v != b->v)
+        return a->v < b->v ? -1 : 1;
+    return a->op < b->op ? -1 : a->op > b->op;
+}
+
+static int creates_version(const struct sop *p)
+{
+    int k = p->op->kind;
+    return !p->pending && p->op->outcome == LIN_OUT_OK &&
+           (k == LIN_WRITE || k == LIN_CAS || k == LIN_INSERT);
+}
+
+/* The memory of a cache of CAP entries, NB buckets, ACAP arena words. */
+static uint64_t cache_bytes(size_t cap, size_t nb, size_t acap)
+{
+    return (uint64_t)nb * sizeof(uint32_t) +
+           (uint64_t)cap * sizeof(struct centry) +
+           (uint64_t)acap * sizeof(uint64_t);
 }
 
 static void search_release(struct search *s)
 {
+    free(s->sub);
+    free(s->vpos);
     free(s->ents);
     free(s->calls);
     free(s->zob);
-    free(s->pmask);
-    free(s->cur);
+    free(s->cbits);
+    free(s->pbits);
     free(s->buckets);
     free(s->ce);
-    free(s->cbits);
+    free(s->arena);
     free(s->stack);
     memset(s, 0, sizeof *s);
+}
+
+/* Links the events EV[0..N) (sorted) from EVS between HEAD and TAIL. */
+static void link_events(struct search *s, const struct evt *ev, size_t n,
+                        struct ent *evs, struct ent *head, struct ent *tail)
+{
+    struct ent *prev = head;
+    size_t i;
+    head->op = tail->op = NO_ENTRY;
+    head->is_call = tail->is_call = 0;
+    for (i = 0; i < n; i++) {
+        struct ent *e = &evs[i];
+        e->op = ev[i].op;
+        e->t = ev[i].t;
+        e->is_call = !ev[i].is_ret;
+        e->prev = prev;
+        prev->next = e;
+        prev = e;
+        if (e->is_call)
+            s->calls[e->op] = e;
+        else
+            s->calls[e->op]->match = e; /* a return follows its call */
+    }
+    prev->next = tail;
+    tail->prev = prev;
 }
 
 /* Sets up S for the N operations OPS (sorted by call time). Returns LIN_OK,
@@ -494,8 +562,9 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
                        uint64_t max_states, uint64_t max_bytes,
                        uint64_t deadline)
 {
-    struct evt *ev = NULL;
-    size_t nev = 0, i;
+    struct evt *ev = NULL, *pev = NULL;
+    struct vrank *vr = NULL;
+    size_t nev = 0, npev = 0, nv = 0, i;
     int rc = LIN_ENOMEM;
 
     memset(s, 0, sizeof *s);
@@ -504,73 +573,80 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
     s->max_states = max_states;
     s->max_bytes = max_bytes;
     s->deadline = deadline;
-    if (n >= (UINT32_MAX - 2) / 2) {
+    if (n >= (UINT32_MAX - 8) / 2) {
         s->limit = LIN_LIMIT_BYTES;
         return LIN_UNKNOWN;
     }
-    s->words = n / 64 + 1;
+    for (i = 0; i < n; i++) {
+        if (ops[i].pending)
+            s->np++;
+        else
+            s->nc++;
+    }
+    s->cwords = s->nc / 64 + 1;
+    s->pwords = s->np / 64 + 1;
     s->nbuckets = 1024;
     s->cap = 1024;
-    if (cache_bytes(s->cap, s->nbuckets, s->words) > max_bytes) {
+    s->acap = 1024 * (s->pwords + 4);
+    if (cache_bytes(s->cap, s->nbuckets, s->acap) > max_bytes) {
         s->limit = LIN_LIMIT_BYTES;
         return LIN_UNKNOWN;
     }
-    s->ents = calloc(2 * n + 2, sizeof *s->ents);
+    s->sub = malloc((n + 1) * sizeof *s->sub);
+    s->vpos = malloc((n + 1) * sizeof *s->vpos);
+    s->ents = calloc(2 * n + 4, sizeof *s->ents);
     s->calls = calloc(n + 1, sizeof *s->calls);
-    s->zob = calloc(n + 1, sizeof *s->zob);
-    s->pmask = calloc(s->words, sizeof *s->pmask);
-    s->cur = calloc(s->words, sizeof *s->cur);
+    s->zob = malloc((s->nc + 1) * sizeof *s->zob);
+    s->cbits = calloc(s->cwords, sizeof *s->cbits);
+    s->pbits = calloc(s->pwords, sizeof *s->pbits);
     s->buckets = malloc(s->nbuckets * sizeof *s->buckets);
     s->ce = malloc(s->cap * sizeof *s->ce);
-    s->cbits = malloc(s->cap * s->words * sizeof *s->cbits);
+    s->arena = malloc(s->acap * sizeof *s->arena);
     s->stack = malloc((n + 1) * sizeof *s->stack);
     ev = malloc((2 * n + 1) * sizeof *ev);
-    if (!s->ents || !s->calls || !s->zob || !s->pmask || !s->cur ||
-        !s->buckets || !s->ce || !s->cbits || !s->stack || !ev)
+    pev = malloc((n + 1) * sizeof *pev);
+    vr = malloc((n + 1) * sizeof *vr);
+    if (!s->sub || !s->vpos || !s->ents || !s->calls || !s->zob ||
+        !s->cbits || !s->pbits || !s->buckets || !s->ce || !s->arena ||
+        !s->stack || !ev || !pev || !vr)
         goto fail;
     memset(s->buckets, 0xff, s->nbuckets * sizeof *s->buckets);
 
     for (i = 0; i < n; i++) {
-        s->zob[i] = mix64((uint64_t)i * 0x9e3779b97f4a7c15ULL + 12345u);
-        if (ops[i].pending)
-            s->pmask[i / 64] |= (uint64_t)1 << (i % 64);
-        ev[nev++] = (struct evt){ops[i].op->call, (uint32_t)i, 0};
-        if (!ops[i].pending)
-            ev[nev++] = (struct evt){ops[i].op->ret, (uint32_t)i, 1};
+        const struct sop *p = &ops[i];
+        s->vpos[i] = NO_ENTRY;
+        if (p->pending) {
+            s->sub[i] = (uint32_t)npev;
+            pev[npev++] = (struct evt){p->op->call, (uint32_t)i, 0};
+            continue;
+        }
+        s->sub[i] = (uint32_t)(nev / 2);
+        s->zob[nev / 2] = mix64((uint64_t)i * 0x9e3779b97f4a7c15ULL + 12345u);
+        ev[nev++] = (struct evt){p->op->call, (uint32_t)i, 0};
+        ev[nev++] = (struct evt){p->op->ret, (uint32_t)i, 1};
+        if (creates_version(p))
+            vr[nv++] = (struct vrank){p->op->out_version, (uint32_t)i};
     }
     qsort(ev, nev, sizeof *ev, evt_cmp);
+    qsort(vr, nv, sizeof *vr, vrank_cmp);
+    for (i = 0; i < nv; i++)
+        s->vpos[vr[i].op] = (uint32_t)i;
 
-    /* Link head, the events in order, tail. */
     s->head = &s->ents[2 * n];
     s->tail = &s->ents[2 * n + 1];
-    s->head->op = s->tail->op = NO_ENTRY;
-    {
-        struct ent *prev = s->head;
-        for (i = 0; i < nev; i++) {
-            struct ent *e = &s->ents[i];
-            e->op = ev[i].op;
-            e->is_call = !ev[i].is_ret;
-            e->prev = prev;
-            prev->next = e;
-            prev = e;
-            if (e->is_call)
-                s->calls[e->op] = e;
-        }
-        prev->next = s->tail;
-        s->tail->prev = prev;
-        /* Returns always follow their calls in the list: match them. */
-        for (i = 0; i < nev; i++) {
-            struct ent *e = &s->ents[i];
-            if (!e->is_call)
-                s->calls[e->op]->match = e;
-        }
-    }
+    s->phead = &s->ents[2 * n + 2];
+    s->ptail = &s->ents[2 * n + 3];
+    link_events(s, ev, nev, s->ents, s->head, s->tail);
+    link_events(s, pev, npev, s->ents + nev, s->phead, s->ptail);
+    s->ptail->t = UINT64_MAX;
     rc = LIN_OK;
-    free(ev);
-    return rc;
+    goto done;
 fail:
-    free(ev);
     search_release(s);
+done:
+    free(vr);
+    free(pev);
+    free(ev);
     return rc;
 }
 
@@ -596,27 +672,36 @@ static void unlift(struct ent *c)
     c->next->prev = c;
 }
 
-/* Is the configuration (NEW set, same state) covered by the cached set C?
- * C must hold no operation NEW lacks, and NEW may hold more only of
- * pending operations (which could have been left out). */
-static int covered(const uint64_t *c, const uint64_t *nw, const uint64_t *pm,
-                   size_t words)
+static void bit_set(uint64_t *b, uint32_t i)
 {
-    size_t w;
-    for (w = 0; w < words; w++) {
-        if ((c[w] & ~nw[w]) != 0)
-            return 0;
-        if ((nw[w] & ~c[w] & ~pm[w]) != 0)
-            return 0;
-    }
-    return 1;
+    b[i / 64] |= (uint64_t)1 << (i % 64);
+}
+
+static void bit_clear(uint64_t *b, uint32_t i)
+{
+    b[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+static int bit_get(const uint64_t *b, uint32_t i)
+{
+    return (int)((b[i / 64] >> (i % 64)) & 1u);
+}
+
+/* The words of the current completed set that a cache entry stores. */
+static void window(const struct search *s, size_t *w0, size_t *nwin)
+{
+    *w0 = s->f / 64;
+    *nwin = s->maxlin > s->f ? (s->maxlin - 1) / 64 + 1 - *w0 : 0;
 }
 
 /* Doubles the buckets and rehashes. Returns 0 or -1 (out of memory). */
 static int cache_rehash(struct search *s)
 {
     size_t nb = s->nbuckets * 2, i;
-    uint32_t *b = malloc(nb * sizeof *b);
+    uint32_t *b;
+    if (cache_bytes(s->cap, nb, s->acap) > s->max_bytes)
+        return 1;
+    b = malloc(nb * sizeof *b);
     if (b == NULL)
         return -1;
     memset(b, 0xff, nb * sizeof *b);
@@ -631,32 +716,65 @@ static int cache_rehash(struct search *s)
     return 0;
 }
 
-/* Records the configuration (s->cur, ZOB, ST): *ISNEW is 1 if it is new, 0
- * if an explored one covers it. Returns LIN_OK, LIN_UNKNOWN when a budget
- * ran out (s->limit says which) or LIN_ENOMEM. */
-static int cache_add(struct search *s, uint64_t zob, const struct mst *st,
-                     int *isnew)
+/* Does cached entry C cover the current configuration with state ST? Same
+ * completed set, and no pending op the current one lacks (a configuration
+ * that used more pending ops can do no more than one that used fewer,
+ * since an unused pending op may be left out). */
+static int covered(const struct search *s, const struct centry *c,
+                   const struct mst *st, size_t w0, size_t nwin)
 {
-    uint64_t h = mix64(zob ^ state_hash(st));
-    size_t k = h & (s->nbuckets - 1);
+    const uint64_t *cw = s->arena + c->off, *cp = cw + nwin;
+    size_t w;
+    if (c->f != s->f || c->maxlin != s->maxlin || !state_eq(&c->st, st))
+        return 0;
+    if (memcmp(cw, s->cbits + w0, nwin * sizeof *cw) != 0)
+        return 0;
+    for (w = 0; w < s->pwords; w++) {
+        if ((cp[w] & ~s->pbits[w]) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Records the current configuration with state ST: *ISNEW is 1 if it is
+ * new, 0 if an explored one covers it. Returns LIN_OK, LIN_UNKNOWN when a
+ * budget ran out (s->limit says which) or LIN_ENOMEM. */
+static int cache_add(struct search *s, const struct mst *st, int *isnew)
+{
+    uint64_t h = mix64(s->curzob ^ state_hash(st));
+    size_t k = h & (s->nbuckets - 1), w0, nwin, need;
+    struct centry *c;
     uint32_t i;
+    int r;
 
     *isnew = 0;
+    window(s, &w0, &nwin);
     for (i = s->buckets[k]; i != NO_ENTRY; i = s->ce[i].next) {
-        if (s->ce[i].hash == h && state_eq(&s->ce[i].st, st) &&
-            covered(s->cbits + (size_t)i * s->words, s->cur, s->pmask,
-                    s->words))
+        if (s->ce[i].hash == h && covered(s, &s->ce[i], st, w0, nwin))
             return LIN_OK;
     }
     if (s->states >= s->max_states || s->nce >= NO_ENTRY - 1) {
         s->limit = LIN_LIMIT_STATES;
         return LIN_UNKNOWN;
     }
+    need = nwin + s->pwords;
+    if (s->alen + need > s->acap) {
+        size_t acap = s->acap * 2 + need;
+        uint64_t *a;
+        if (cache_bytes(s->cap, s->nbuckets, acap) > s->max_bytes) {
+            s->limit = LIN_LIMIT_BYTES;
+            return LIN_UNKNOWN;
+        }
+        a = realloc(s->arena, acap * sizeof *a);
+        if (a == NULL)
+            return LIN_ENOMEM;
+        s->arena = a;
+        s->acap = acap;
+    }
     if (s->nce == s->cap) {
         size_t cap = s->cap * 2;
         struct centry *ce;
-        uint64_t *cb;
-        if (cache_bytes(cap, s->nbuckets * 2, s->words) > s->max_bytes) {
+        if (cache_bytes(cap, s->nbuckets, s->acap) > s->max_bytes) {
             s->limit = LIN_LIMIT_BYTES;
             return LIN_UNKNOWN;
         }
@@ -664,122 +782,205 @@ static int cache_add(struct search *s, uint64_t zob, const struct mst *st,
         if (ce == NULL)
             return LIN_ENOMEM;
         s->ce = ce;
-        cb = realloc(s->cbits, cap * s->words * sizeof *cb);
-        if (cb == NULL)
-            return LIN_ENOMEM;
-        s->cbits = cb;
         s->cap = cap;
     }
-    s->ce[s->nce].hash = h;
-    s->ce[s->nce].st = *st;
-    s->ce[s->nce].next = s->buckets[k];
-    memcpy(s->cbits + s->nce * s->words, s->cur, s->words * sizeof *s->cur);
+    c = &s->ce[s->nce];
+    c->hash = h;
+    c->st = *st;
+    c->off = s->alen;
+    c->f = s->f;
+    c->maxlin = s->maxlin;
+    c->next = s->buckets[k];
+    memcpy(s->arena + s->alen, s->cbits + w0, nwin * sizeof *s->arena);
+    memcpy(s->arena + s->alen + nwin, s->pbits, s->pwords * sizeof *s->pbits);
+    s->alen += need;
     s->buckets[k] = (uint32_t)s->nce;
     s->nce++;
     s->states++;
     *isnew = 1;
-    if (s->nce > s->nbuckets && cache_rehash(s) != 0)
-        return LIN_ENOMEM;
+    if (s->nce > s->nbuckets) {
+        r = cache_rehash(s);
+        if (r < 0)
+            return LIN_ENOMEM;
+        /* r > 0: over the memory budget; longer chains, still correct */
+    }
     return LIN_OK;
 }
 
-static void bit_set(uint64_t *b, uint32_t i)
+/* Marks op O (from state ST, chosen in PHASE) linearized: pushes a frame
+ * and updates the sets. */
+static void push(struct search *s, uint32_t o, int phase,
+                 const struct mst *st)
 {
-    b[i / 64] |= (uint64_t)1 << (i % 64);
+    struct frame *fr = &s->stack[s->depth++];
+    uint32_t c = s->sub[o];
+
+    fr->op = o;
+    fr->phase = phase;
+    fr->saved = *st;
+    fr->f = s->f;
+    fr->maxlin = s->maxlin;
+    lift(s->calls[o]);
+    if (s->ops[o].pending) {
+        bit_set(s->pbits, c);
+        return;
+    }
+    bit_set(s->cbits, c);
+    s->curzob ^= s->zob[c];
+    if (c + 1 > s->maxlin)
+        s->maxlin = c + 1;
+    while (s->f < s->nc && bit_get(s->cbits, s->f))
+        s->f++;
+    if (s->vpos[o] != NO_ENTRY)
+        s->vnext++;
 }
 
-static void bit_clear(uint64_t *b, uint32_t i)
+/* Undoes the last push. Returns its frame. */
+static const struct frame *pop(struct search *s)
 {
-    b[i / 64] &= ~((uint64_t)1 << (i % 64));
+    const struct frame *fr = &s->stack[--s->depth];
+    uint32_t o = fr->op, c = s->sub[o];
+
+    unlift(s->calls[o]);
+    if (s->ops[o].pending) {
+        bit_clear(s->pbits, c);
+        return fr;
+    }
+    bit_clear(s->cbits, c);
+    s->curzob ^= s->zob[c];
+    s->f = fr->f;
+    s->maxlin = fr->maxlin;
+    if (s->vpos[o] != NO_ENTRY)
+        s->vnext--;
+    return fr;
+}
+
+/* Is linearizing the pending op O now pointless? When O overwrites the
+ * record whatever it was (a write, an unconditional delete) and the last
+ * op linearized is pending too, that one's effect is lost: the
+ * configuration is no better than linearizing O without it, which the
+ * search tries from the configuration before (O is a candidate there too).
+ * Without this, a dead end would try every chain of pending writes. */
+static int redundant(const struct search *s, uint32_t o)
+{
+    const struct lin_op *op = s->ops[o].op;
+    int blind = op->kind == LIN_WRITE ||
+                (op->kind == LIN_DELETE && op->expect_version == 0);
+    return blind && s->depth > 0 && s->ops[s->stack[s->depth - 1].op].pending;
+}
+
+/* The time of the first return still in the list (UINT64_MAX if none). */
+static uint64_t first_return(const struct search *s)
+{
+    const struct ent *e = s->head->next;
+    while (e->is_call)
+        e = e->next;
+    return e == s->tail ? UINT64_MAX : e->t;
+}
+
+/* Can op O go next, from ST, in PHASE? Sets *NS to the state after it. */
+static int can_go(const struct search *s, uint32_t o, int phase,
+                  const struct mst *st, struct mst *ns)
+{
+    const struct sop *p = &s->ops[o];
+    if (phase == PH_PENDING) {
+        return !redundant(s, o) && model_step(st, p->op, 1, ns);
+    }
+    /* Completed ops that create versions go in version order. */
+    if (s->vpos[o] != NO_ENTRY && s->vpos[o] != s->vnext)
+        return 0;
+    if (!model_step(st, p->op, 0, ns))
+        return 0;
+    return phase != PH_PURE || state_eq(st, ns);
 }
 
 /* Runs the search. Returns LIN_OK (s->stack[0..depth) is a linearization of
  * the operations that take effect, s->final the state after it),
- * LIN_VIOLATION, LIN_UNKNOWN (s->limit) or LIN_ENOMEM. */
+ * LIN_VIOLATION, LIN_UNKNOWN (s->limit) or LIN_ENOMEM.
+ *
+ * At each configuration the candidates are the calls before the first
+ * remaining return (and pending calls no later than it). Three scans, each
+ * resumed where it left off on backtracking: PH_PURE looks for a completed
+ * op that succeeds without changing the state and takes it as forced
+ * (moving it first keeps any valid order valid); PH_DONE branches on
+ * completed ops; PH_PENDING on pending ops taking effect here. */
 static int search_run(struct search *s)
 {
     struct mst st = initial_state, ns;
-    size_t remaining = 0, pending_left = 0, i;
-    struct ent *e;
-    int phase = 0, rc, isnew;
-    uint64_t iter = 0;
+    size_t remaining = s->nc, pending_left = s->np;
+    struct ent *e = s->head->next;
+    int phase = PH_PURE, rc, isnew;
+    uint64_t iter = 0, lim = 0;
 
-    for (i = 0; i < s->n; i++) {
-        if (s->ops[i].pending)
-            pending_left++;
-        else
-            remaining++;
-    }
     if (remaining > 0 && past(s->deadline)) {
         s->limit = LIN_LIMIT_TIME;
         return LIN_UNKNOWN;
     }
-    e = s->head->next;
     while (remaining > 0) {
         uint32_t o;
-        int pend;
-        uint64_t zob;
+        const struct frame *fr;
 
         if ((++iter & 4095) == 0 && past(s->deadline)) {
             s->limit = LIN_LIMIT_TIME;
             return LIN_UNKNOWN;
         }
-        if (!e->is_call) {
-            /* A return (or the end): every candidate of this phase failed.
-             * Phase 0 tries completed calls, phase 1 pending ones. */
-            struct frame *f;
-            if (phase == 0 && pending_left > 0) {
-                phase = 1;
+        if (phase == PH_PENDING) {
+            if (e == s->ptail || e->t > lim)
+                goto backtrack;
+        } else if (!e->is_call) {
+            /* The first return: no more candidates for this scan. */
+            if (phase == PH_PURE) {
+                phase = PH_DONE;
                 e = s->head->next;
                 continue;
             }
-            if (s->depth == 0)
-                return LIN_VIOLATION;
-            f = &s->stack[--s->depth];
-            o = f->op;
-            st = f->saved;
-            unlift(s->calls[o]);
-            bit_clear(s->cur, o);
-            if (s->ops[o].pending) {
-                pending_left++;
-            } else {
-                remaining++;
-                s->curzob ^= s->zob[o];
-            }
-            e = s->calls[o]->next;
-            phase = f->phase;
+            if (pending_left == 0)
+                goto backtrack;
+            phase = PH_PENDING;
+            lim = e->t;
+            e = s->phead->next;
             continue;
         }
         o = e->op;
-        pend = s->ops[o].pending;
-        if (pend != phase || !model_step(&st, s->ops[o].op, pend, &ns)) {
+        if (!can_go(s, o, phase, &st, &ns)) {
             e = e->next;
             continue;
         }
-        zob = pend ? s->curzob : s->curzob ^ s->zob[o];
-        bit_set(s->cur, o);
-        rc = cache_add(s, zob, &ns, &isnew);
+        push(s, o, phase, &st);
+        rc = cache_add(s, &ns, &isnew);
         if (rc != LIN_OK)
             return rc;
         if (!isnew) {
-            bit_clear(s->cur, o);
+            pop(s);
+            /* A forced op's configuration failed: so does this one. */
+            if (phase == PH_PURE)
+                goto backtrack;
             e = e->next;
             continue;
         }
-        s->stack[s->depth].op = o;
-        s->stack[s->depth].phase = phase;
-        s->stack[s->depth].saved = st;
-        s->depth++;
         st = ns;
-        lift(e);
-        if (pend) {
+        if (s->ops[o].pending)
             pending_left--;
-        } else {
+        else
             remaining--;
-            s->curzob = zob;
-        }
         e = s->head->next;
-        phase = 0;
+        phase = PH_PURE;
+        continue;
+    backtrack:
+        do {
+            if (s->depth == 0)
+                return LIN_VIOLATION;
+            fr = pop(s);
+            st = fr->saved;
+            if (s->ops[fr->op].pending)
+                pending_left++;
+            else
+                remaining++;
+        } while (fr->phase == PH_PURE);
+        phase = fr->phase;
+        e = s->calls[fr->op]->next;
+        if (phase == PH_PENDING)
+            lim = first_return(s);
     }
     s->final = st;
     return LIN_OK;

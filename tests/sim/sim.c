@@ -1,0 +1,850 @@
+/*
+ * sim - the deterministic simulation of kv's replication.
+ *
+ *   sim [--seeds N] [--seed S] [--steps N] [--scenario NAME] [--verbose]
+ *   KV_SIM_SEED=S sim ...        replays exactly one seed
+ *
+ * Each seed builds a cluster in memory (3 or 5 nodes, 2-4 shards, 3
+ * replicas), runs the real replica.c/raft.c/engine.c of every node over a
+ * simulated store, network and clock, injects faults chosen by the seed,
+ * heals, and checks safety (Raft invariants after every event, election and
+ * commit safety, exactly-once, linearizability of the clients' history,
+ * durability of acknowledged writes) and liveness (after the heal every key
+ * can be written and read, every replica converges to the same data).
+ *
+ * Scenarios: "random" (the seeded fault schedule), and directed ones:
+ * "leader-crash" (a shard's leader crashes right after proposing a write),
+ * "snapshot" (a follower is cut off until the leader compacts its log, so
+ * it must be sent a snapshot), "restart" (a follower, a leader, then the
+ * whole cluster crash and restart while clients run). "all" (the default)
+ * runs "random" on every seed and each directed one on the first seeds.
+ *
+ * Nothing in the logic reads a clock or calls rand(): the wall clock only
+ * measures the elapsed time printed at the end. A failing seed prints one
+ * line with its seed, scenario, simulated time and the broken rule, and the
+ * command that replays it; the exit status is 1 when any seed failed.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conf.h"
+#include "kv.h"
+#include "lincheck.h"
+#include "log.h"
+#include "raft.h"
+#include "replica.h"
+#include "shard.h"
+#include "sim.h"
+#include "store.h"
+#include "store_sim.h"
+
+enum sim_scenario {
+    SC_RANDOM = 0,
+    SC_LEADER_CRASH,
+    SC_SNAPSHOT,
+    SC_RESTART,
+    SC_COUNT,
+    SC_ALL = SC_COUNT,
+};
+
+static const char *scenario_names[] = {"random", "leader-crash", "snapshot",
+                                       "restart", "all"};
+
+#define DEFAULT_SEEDS 100
+#define DEFAULT_MAX_EVENTS 4000000u
+#define DIRECTED_SEEDS 10 /* "all": each directed scenario on this many */
+#define SIM_TIME_LIMIT_MS 600000 /* no seed runs longer (simulated) */
+#define DRAIN_MS 4000
+#define FINAL_MS 30000
+#define CONVERGE_MS 15000
+
+/* --- the generator ---------------------------------------------------------- */
+
+uint64_t sim_rand(struct sim_rng *g)
+{
+    uint64_t z = (g->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t sim_below(struct sim_rng *g, uint64_t n)
+{
+    return n ? sim_rand(g) % n : 0;
+}
+
+uint64_t sim_range(struct sim_rng *g, uint64_t lo, uint64_t hi)
+{
+    return hi <= lo ? lo : lo + sim_below(g, hi - lo + 1);
+}
+
+bool sim_ppm(struct sim_rng *g, uint32_t ppm)
+{
+    return ppm && sim_below(g, 1000000) < ppm;
+}
+
+/* --- reporting -------------------------------------------------------------- */
+
+void sim_fail(struct sim *s, const char *fmt, ...)
+{
+    if (s->failed)
+        return;
+    s->failed = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->why, sizeof(s->why), fmt, ap);
+    va_end(ap);
+}
+
+void sim_log(struct sim *s, const char *fmt, ...)
+{
+    if (!s->verbose)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* stderr, as the nodes' log lines, so the two interleave in order */
+    fprintf(stderr, "sim t=%llu %s\n", (unsigned long long)s->now, line);
+}
+
+void sim_node_context(struct sim *s, const struct sim_node *n)
+{
+    if (!s->verbose)
+        return;
+    char tag[48];
+    snprintf(tag, sizeof(tag), "t=%llu node=%u", (unsigned long long)s->now,
+             n->id);
+    log_setup(s->log_level, tag);
+}
+
+uint64_t sim_stamp(struct sim *s)
+{
+    return s->now * 1000000u + ++s->sub;
+}
+
+/* --- scenarios ----------------------------------------------------------------- */
+
+static bool shard_member(const struct sim *s, uint32_t shard, int idx)
+{
+    for (uint32_t r = 0; r < s->conf->replicas; r++)
+        if ((int)conf_replica(s->conf, shard, r) == idx)
+            return true;
+    return false;
+}
+
+static void crash_for_scenario(struct sim *s, struct sim_node *n,
+                               const char *why, uint64_t down_ms)
+{
+    sim_node_crash(s, n, why);
+    n->restart_at = s->now + down_ms;
+    s->sc_triggers++;
+}
+
+void sim_scenario_request(struct sim *s, struct sim_node *n, const void *key,
+                          size_t klen, uint64_t proposals_before)
+{
+    if (s->p.scenario != SC_LEADER_CRASH || s->sc_state != 1 ||
+        n->idx != s->sc_node ||
+        shard_of(key, klen, (uint32_t)s->p.nshards) != (uint32_t)s->sc_shard)
+        return;
+    struct replica_stats st;
+    replica_get_stats(n->rep, &st);
+    if (st.proposals == proposals_before)
+        return;
+    uint64_t down = sim_range(&s->rng, 800, 2000);
+    switch (s->sc_variant) {
+    case 0:
+        crash_for_scenario(s, n, "leader-crash: right after proposing", down);
+        s->sc_state = 3;
+        break;
+    case 1:
+        crash_for_scenario(s, n,
+                           "leader-crash: right after proposing, its "
+                           "appends lost",
+                           down);
+        sim_net_drop_from(s, n->idx);
+        s->sc_state = 3;
+        break;
+    default:
+        sim_log(s, "leader-crash: node %u proposed; it crashes when the "
+                   "first append answer comes back",
+                n->id);
+        s->sc_state = 2;
+        s->sc_at = s->now;
+        break;
+    }
+}
+
+static bool batch_has(const Kv__PeerBatch *b, uint32_t shard, uint32_t type)
+{
+    for (size_t i = 0; i < b->n_msgs; i++)
+        if (b->msgs[i]->shard == shard && b->msgs[i]->type == type)
+            return true;
+    return false;
+}
+
+static bool batch_has_chunk(const Kv__PeerBatch *b, uint32_t shard,
+                            bool want_last, bool want_first)
+{
+    for (size_t i = 0; i < b->n_chunks; i++) {
+        const Kv__SnapshotChunk *c = b->chunks[i];
+        if (c->shard != shard)
+            continue;
+        if ((want_last && c->last) || (want_first && c->seq == 0))
+            return true;
+    }
+    return false;
+}
+
+bool sim_scenario_peer(struct sim *s, struct sim_node *n,
+                       const Kv__PeerBatch *b, int when)
+{
+    if (s->p.scenario == SC_LEADER_CRASH && s->sc_state == 2 && when == 0 &&
+        n->idx == s->sc_node &&
+        batch_has(b, (uint32_t)s->sc_shard, RAFT_MSG_APPEND_RESP)) {
+        crash_for_scenario(s, n,
+                           "leader-crash: its followers have the entry, it "
+                           "never learns the commit",
+                           sim_range(&s->rng, 800, 2000));
+        s->sc_state = 3;
+        return false;
+    }
+    if (s->p.scenario == SC_SNAPSHOT && s->sc_state == 2 &&
+        n->idx == s->sc_node && s->sc_triggers == 0) {
+        uint32_t sh = (uint32_t)s->sc_shard;
+        if (s->sc_variant == 1 && when == 1 &&
+            batch_has_chunk(b, sh, true, false)) {
+            /* The install that follows fails on its first write. */
+            store_sim_fail_writes(n->dir, 1);
+            n->fail_armed = true;
+            s->sc_triggers++;
+            sim_log(s, "snapshot: node %u's install will fail", n->id);
+        } else if (s->sc_variant == 2 && when == 0 &&
+                   batch_has_chunk(b, sh, false, true)) {
+            crash_for_scenario(s, n, "snapshot: crash as the stream starts",
+                               sim_range(&s->rng, 200, 1000));
+            return false;
+        }
+    }
+    return true;
+}
+
+static uint64_t installed(struct sim_node *n)
+{
+    uint64_t k = n->snapshots_installed;
+    if (n->rep) {
+        struct replica_stats st;
+        replica_get_stats(n->rep, &st);
+        k += st.snapshots_installed;
+    }
+    return k;
+}
+
+static void scenario_leader_crash(struct sim *s)
+{
+    switch (s->sc_state) {
+    case 0: {
+        if (s->now < s->sc_at)
+            return;
+        int l = sim_shard_leader(s, (uint32_t)s->sc_shard);
+        if (l < 0)
+            return;
+        s->sc_node = l;
+        s->sc_variant = (int)((s->seed + (uint64_t)s->sc_triggers) % 3);
+        s->sc_state = 1;
+        sim_log(s, "leader-crash: armed on node %d, shard %d, variant %d",
+                l + 1, s->sc_shard, s->sc_variant);
+        break;
+    }
+    case 1:
+    case 2: {
+        struct sim_node *n = &s->nodes[s->sc_node];
+        if (!n->rep ||
+            replica_leader(n->rep, (uint32_t)s->sc_shard) != n->id) {
+            s->sc_state = 0; /* lost leadership first: arm again */
+        } else if (s->sc_state == 2 && s->now > s->sc_at + 500) {
+            crash_for_scenario(s, n, "leader-crash: no append answer came",
+                               sim_range(&s->rng, 800, 2000));
+            s->sc_state = 3;
+        }
+        break;
+    }
+    case 3:
+        if (!s->nodes[s->sc_node].rep)
+            return;
+        if (s->sc_triggers < 2) {
+            s->sc_shard = (s->sc_shard + 1) % s->p.nshards;
+            s->sc_at = s->now + 1000;
+            s->sc_state = 0;
+        } else {
+            s->sc_state = 4;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void scenario_snapshot(struct sim *s)
+{
+    uint32_t sh = (uint32_t)s->sc_shard;
+    switch (s->sc_state) {
+    case 0: {
+        if (s->now < 1000)
+            return;
+        int l = sim_shard_leader(s, sh);
+        if (l < 0)
+            return;
+        int f = -1;
+        for (int i = 0; i < s->p.nnodes && f < 0; i++)
+            if (i != l && shard_member(s, sh, i))
+                f = i;
+        for (int j = 0; j < s->p.nnodes; j++)
+            s->blocked[f][j] = s->blocked[j][f] = j != f;
+        s->sc_node = f;
+        s->sc_variant = (int)(s->seed % 3);
+        s->bulk_on = true;
+        s->sc_state = 1;
+        s->sc_at = s->now;
+        sim_log(s, "snapshot: node %d cut off; bulk load into shard %u",
+                f + 1, sh);
+        break;
+    }
+    case 1: {
+        if (s->now % 50)
+            return;
+        int l = sim_shard_leader(s, sh);
+        uint64_t term, commit, snap = 0;
+        if (l >= 0 && l != s->sc_node &&
+            sim_store_hardstate(&s->nodes[l], sh, &term, &commit, &snap) ==
+                0 &&
+            snap > 0) {
+            memset(s->blocked, 0, sizeof(s->blocked));
+            s->bulk_on = false;
+            s->sc_state = 2;
+            s->sc_at = s->now;
+            sim_log(s, "snapshot: node %d compacted to %llu after %llu "
+                       "bulk writes; node %d reconnects",
+                    l + 1, (unsigned long long)snap,
+                    (unsigned long long)s->bulk_next, s->sc_node + 1);
+        } else if (s->now > s->sc_at + 120000) {
+            sim_fail(s, "snapshot scenario: no leader compacted shard %u "
+                        "after %llu bulk writes in 120 s",
+                     sh, (unsigned long long)s->bulk_next);
+        }
+        break;
+    }
+    case 2:
+        if (installed(&s->nodes[s->sc_node]) >= 1 &&
+            s->nodes[s->sc_node].rep) {
+            sim_log(s, "snapshot: node %d installed a snapshot",
+                    s->sc_node + 1);
+            s->sc_state = 3;
+        } else if (s->now > s->sc_at + 60000) {
+            sim_fail(s, "snapshot scenario: node %d installed no snapshot "
+                        "within 60 s of reconnecting",
+                     s->sc_node + 1);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void scenario_restart(struct sim *s)
+{
+    switch (s->sc_state) {
+    case 0: {
+        if (s->now < 1500)
+            return;
+        int l = sim_shard_leader(s, 0);
+        for (int i = 0; i < s->p.nnodes; i++) {
+            if (i != l && shard_member(s, 0, i) && s->nodes[i].rep) {
+                crash_for_scenario(s, &s->nodes[i], "restart: a follower",
+                                   1000);
+                s->sc_state = 1;
+                return;
+            }
+        }
+        break;
+    }
+    case 1: {
+        if (s->now < 3500)
+            return;
+        int l = sim_shard_leader(s, (uint32_t)(1 % s->p.nshards));
+        if (l < 0)
+            return;
+        crash_for_scenario(s, &s->nodes[l], "restart: a leader", 1000);
+        s->sc_state = 2;
+        break;
+    }
+    case 2:
+        if (s->now < 5500)
+            return;
+        for (int i = 0; i < s->p.nnodes; i++)
+            if (!s->nodes[i].rep)
+                return;
+        for (int i = 0; i < s->p.nnodes; i++) {
+            sim_node_crash(s, &s->nodes[i], "restart: the whole cluster");
+            s->nodes[i].restart_at = s->now + sim_range(&s->rng, 300, 600);
+        }
+        s->sc_triggers++;
+        s->sc_state = 3;
+        break;
+    default:
+        break;
+    }
+}
+
+static void scenario_step(struct sim *s)
+{
+    if (s->phase != SIM_PH_RUN)
+        return;
+    switch (s->p.scenario) {
+    case SC_LEADER_CRASH:
+        scenario_leader_crash(s);
+        break;
+    case SC_SNAPSHOT:
+        scenario_snapshot(s);
+        break;
+    case SC_RESTART:
+        scenario_restart(s);
+        break;
+    default:
+        break;
+    }
+}
+
+static bool run_over(struct sim *s)
+{
+    if (s->p.scenario == SC_SNAPSHOT)
+        return s->sc_state == 3;
+    if (s->now < s->p.run_ms)
+        return false;
+    if (s->p.scenario == SC_LEADER_CRASH && s->sc_triggers < 2)
+        sim_fail(s, "leader-crash scenario: triggered %d of 2 times",
+                 s->sc_triggers);
+    if (s->p.scenario == SC_RESTART && s->sc_triggers < 3)
+        sim_fail(s, "restart scenario: triggered %d of 3 times",
+                 s->sc_triggers);
+    return true;
+}
+
+/* --- one seed ------------------------------------------------------------------- */
+
+static void choose_params(struct sim *s, int scenario)
+{
+    struct sim_params *p = &s->p;
+    struct sim_rng *g = &s->rng;
+    memset(p, 0, sizeof(*p));
+    p->scenario = scenario;
+    p->nnodes = 3;
+    p->nclients = 5;
+    p->heal_ms = 1500;
+    p->value_pad_max = 64;
+    p->delay_max = 10;
+    p->fifo = sim_below(g, 2);
+    switch (scenario) {
+    case SC_RANDOM:
+        p->nnodes = sim_below(g, 5) == 0 ? 5 : 3;
+        p->nshards = (int)sim_range(g, 2, 4);
+        p->nkeys = (int)sim_range(g, 3, 6);
+        p->nclients = (int)sim_range(g, 3, 8);
+        p->run_ms = sim_range(g, 4000, 12000);
+        p->loss_ppm = sim_below(g, 4) == 0 ? 0 : (uint32_t)sim_range(g, 0, 100000);
+        p->dup_ppm = (uint32_t)sim_range(g, 0, 50000);
+        p->slow_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->delay_max = (uint32_t)sim_range(g, 5, 30);
+        p->faults = true;
+        break;
+    case SC_LEADER_CRASH:
+        p->nshards = 2;
+        p->nkeys = 4;
+        p->run_ms = 9000;
+        p->delay_max = (uint32_t)sim_range(g, 2, 10);
+        break;
+    case SC_SNAPSHOT:
+        p->nshards = 2;
+        p->nkeys = 3;
+        p->nclients = 3;
+        p->nbulk = 40;
+        p->fifo = (s->seed / 3) % 2;
+        p->delay_max = (uint32_t)sim_range(g, 2, 8);
+        p->value_pad_max = 16;
+        break;
+    default: /* SC_RESTART */
+        p->nnodes = s->seed % 2 ? 5 : 3;
+        p->nshards = (int)sim_range(g, 2, 3);
+        p->nkeys = 4;
+        p->run_ms = 7500;
+        p->loss_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->dup_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->delay_max = (uint32_t)sim_range(g, 5, 30);
+        break;
+    }
+}
+
+static int build_conf(struct sim *s)
+{
+    char text[2048];
+    size_t used = 0;
+    int n = snprintf(text, sizeof(text),
+                     "cluster = sim\nshards = %d\nreplicas = 3\n"
+                     "data_dir = /sim\n",
+                     s->p.nshards);
+    used = (size_t)n;
+    for (int i = 0; i < s->p.nnodes; i++) {
+        n = snprintf(text + used, sizeof(text) - used,
+                     "[node %d]\naddress = tcp://sim-node-%d:7000\n", i + 1,
+                     i + 1);
+        used += (size_t)n;
+    }
+    char err[256] = "";
+    if (conf_parse(text, used, "sim.conf", &s->conf, err, sizeof(err)) !=
+        KV_OK) {
+        sim_fail(s, "the simulated cluster.conf is invalid: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Picks a hash tag per shard and spreads the register keys over shards. */
+static int build_keys(struct sim *s)
+{
+    int found = 0;
+    for (unsigned c = 0; found < s->p.nshards && c < 100000; c++) {
+        char t[12];
+        int n = snprintf(t, sizeof(t), "t%u", c);
+        uint32_t sh = shard_of(t, (size_t)n, (uint32_t)s->p.nshards);
+        if (!s->tags[sh][0]) {
+            memcpy(s->tags[sh], t, (size_t)n + 1);
+            found++;
+        }
+    }
+    if (found < s->p.nshards) {
+        sim_fail(s, "no hash tag found for every shard");
+        return -1;
+    }
+    for (int k = 0; k < s->p.nkeys; k++) {
+        int sh = k % s->p.nshards;
+        char tag[sizeof(s->tags[0])];
+        memcpy(tag, s->tags[sh], sizeof(tag));
+        int n = snprintf(s->keys[k], SIM_KEY_MAX, "{%s}k%d", tag, k);
+        s->klen[k] = (size_t)n;
+        s->kshard[k] = shard_of(s->keys[k], s->klen[k], (uint32_t)s->p.nshards);
+        if (s->kshard[k] != (uint32_t)sh) {
+            sim_fail(s, "hash tags do not decide the shard of %s", s->keys[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void phase_step(struct sim *s)
+{
+    switch (s->phase) {
+    case SIM_PH_RUN:
+        if (!run_over(s) || s->failed)
+            return;
+        sim_heal(s);
+        s->phase = SIM_PH_HEAL;
+        s->phase_deadline = s->now + s->p.heal_ms;
+        break;
+    case SIM_PH_HEAL:
+        if (s->now < s->phase_deadline)
+            return;
+        s->phase = SIM_PH_DRAIN;
+        s->phase_deadline = s->now + DRAIN_MS;
+        sim_log(s, "drain: no new ops");
+        break;
+    case SIM_PH_DRAIN:
+        if (sim_clients_idle(s)) {
+            s->hist_before_final = lin_count(s->hist);
+            sim_clients_final(s);
+            s->phase = SIM_PH_FINAL;
+            s->phase_deadline = s->now + FINAL_MS;
+            sim_log(s, "final: a get, a put and a get of every key");
+        } else if (s->now > s->phase_deadline) {
+            sim_fail(s, "clients still busy %d ms after the drain began",
+                     DRAIN_MS);
+        }
+        break;
+    case SIM_PH_FINAL: {
+        bool done = true;
+        for (int i = 0; i < s->nclients; i++)
+            done &= !s->clients[i].busy &&
+                    s->clients[i].final_pos == s->clients[i].nfinal;
+        if (done) {
+            s->phase = SIM_PH_CONVERGE;
+            s->phase_deadline = s->now + CONVERGE_MS;
+            sim_log(s, "converge: waiting for every replica");
+        } else if (s->now > s->phase_deadline) {
+            sim_fail(s, "liveness: the final ops did not finish in %d ms",
+                     FINAL_MS);
+        }
+        break;
+    }
+    case SIM_PH_CONVERGE:
+        if (s->now % 10)
+            return;
+        if (sim_converged(s, false)) {
+            sim_check_final(s);
+            s->phase = SIM_PH_DONE;
+        } else if (s->now > s->phase_deadline) {
+            sim_converged(s, true);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+struct totals {
+    uint64_t seeds, passed, failed;
+    uint64_t sim_ms;
+    struct sim_stats st;
+};
+
+static void add_stats(struct sim_stats *t, const struct sim_stats *a)
+{
+    const uint64_t *src = (const uint64_t *)(const void *)a;
+    uint64_t *dst = (uint64_t *)(void *)t;
+    for (size_t i = 0; i < sizeof(*a) / sizeof(uint64_t); i++)
+        dst[i] += src[i];
+}
+
+static void free_sim(struct sim *s)
+{
+    for (int i = 0; i < s->p.nnodes; i++) {
+        struct sim_node *n = &s->nodes[i];
+        if (n->rep)
+            replica_close(n->rep);
+        if (n->store)
+            store_close(n->store);
+        n->rep = NULL;
+        n->store = NULL;
+    }
+    sim_net_free(s);
+    sim_check_free(s);
+    lin_free(s->hist);
+    conf_free(s->conf);
+    store_sim_reset();
+}
+
+/* Runs one seed of SCENARIO. Returns 0 when it passed. */
+static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
+                    int verbose, const char *argv0, struct totals *tot)
+{
+    struct sim *s = calloc(1, sizeof(*s));
+    if (!s) {
+        fprintf(stderr, "sim: out of memory\n");
+        return 1;
+    }
+    s->seed = seed;
+    s->verbose = verbose > 0;
+    s->log_level = verbose > 1 ? LOG_DEBUG : LOG_INFO;
+    s->max_events = max_events;
+    s->rng.s = seed * 0x9e3779b97f4a7c15ull ^
+               ((uint64_t)scenario + 1) * 0xd1b54a32d192ed03ull;
+    choose_params(s, scenario);
+    s->hist = lin_new();
+    if (!s->hist)
+        sim_fail(s, "out of memory (history)");
+    if (!s->failed && build_conf(s) == 0 && build_keys(s) == 0) {
+        for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
+            struct sim_node *n = &s->nodes[i];
+            n->sim = s;
+            n->idx = i;
+            n->id = (uint32_t)i + 1;
+            snprintf(n->dir, sizeof(n->dir), "sim%d", i + 1);
+            n->tick_phase = (int)sim_below(&s->rng, REPLICA_TICK_MS);
+            sim_node_start(s, n);
+        }
+        sim_clients_init(s);
+        s->f.next_at = sim_range(&s->rng, 300, 1000);
+        s->sc_at = 1500;
+    }
+    while (!s->failed && s->phase != SIM_PH_DONE) {
+        s->now++;
+        s->sub = 0;
+        if (s->now > SIM_TIME_LIMIT_MS) {
+            sim_fail(s, "the seed ran past %d ms of simulated time",
+                     SIM_TIME_LIMIT_MS);
+            break;
+        }
+        scenario_step(s);
+        sim_faults_step(s);
+        sim_nodes_restart_due(s);
+        sim_nodes_tick(s);
+        sim_net_deliver(s);
+        sim_clients_step(s);
+        phase_step(s);
+        if (s->now % 100 == 0)
+            for (int i = 0; i < s->p.nnodes && !s->failed; i++)
+                sim_check_commits(s, &s->nodes[i]);
+    }
+    int failed = s->failed;
+    if (failed) {
+        printf("FAIL seed=%llu scenario=%s t=%llums: %s\n",
+               (unsigned long long)seed, scenario_names[scenario],
+               (unsigned long long)s->now, s->why);
+        printf("  replay: KV_SIM_SEED=%llu %s --scenario %s --verbose\n",
+               (unsigned long long)seed, argv0, scenario_names[scenario]);
+        if (s->report) {
+            printf("--- lincheck report, seed %llu ---\n",
+                   (unsigned long long)seed);
+            lin_report_print(s->report, stdout);
+            printf("--- end of report ---\n");
+        }
+    } else if (verbose) {
+        printf("pass seed=%llu scenario=%s: %d nodes, %d shards, %llu ms, "
+               "%llu events, %llu ops ok, %llu failed, %llu absent, "
+               "%llu unknown, %llu crashes, %llu partitions\n",
+               (unsigned long long)seed, scenario_names[scenario],
+               s->p.nnodes, s->p.nshards, (unsigned long long)s->now,
+               (unsigned long long)s->st.events,
+               (unsigned long long)s->st.ops_ok,
+               (unsigned long long)s->st.ops_failed,
+               (unsigned long long)s->st.ops_absent,
+               (unsigned long long)s->st.ops_unknown,
+               (unsigned long long)s->st.crashes,
+               (unsigned long long)s->st.partitions);
+    }
+    fflush(stdout);
+    for (int i = 0; i < s->p.nnodes; i++)
+        s->st.snapshots += installed(&s->nodes[i]);
+    tot->seeds++;
+    tot->sim_ms += s->now;
+    if (failed)
+        tot->failed++;
+    else
+        tot->passed++;
+    add_stats(&tot->st, &s->st);
+    free_sim(s);
+    free(s);
+    return failed;
+}
+
+/* --- main ------------------------------------------------------------------------- */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
+            "random|leader-crash|snapshot|restart|all] [--verbose]\n"
+            "  env KV_SIM_SEED=S replays exactly seed S\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static double elapsed_s(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (double)(t1.tv_sec - t0->tv_sec) +
+           (double)(t1.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t nseeds = DEFAULT_SEEDS, one = 0, max_events = DEFAULT_MAX_EVENTS;
+    bool have_one = false;
+    int verbose = 0;
+    int scenario = SC_ALL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--seeds") == 0 && parse_u64(v, &nseeds) == 0) {
+            i++;
+        } else if (strcmp(a, "--seed") == 0 && parse_u64(v, &one) == 0) {
+            have_one = true;
+            i++;
+        } else if (strcmp(a, "--steps") == 0 &&
+                   parse_u64(v, &max_events) == 0 && max_events > 0) {
+            i++;
+        } else if (strcmp(a, "--scenario") == 0 && v) {
+            scenario = -1;
+            for (int k = 0; k <= SC_ALL; k++)
+                if (strcmp(v, scenario_names[k]) == 0)
+                    scenario = k;
+            if (scenario < 0) {
+                usage();
+                return 2;
+            }
+            i++;
+        } else if (strcmp(a, "--verbose") == 0 || strcmp(a, "-v") == 0) {
+            verbose++;
+        } else {
+            usage();
+            return 2;
+        }
+    }
+    const char *env = getenv("KV_SIM_SEED");
+    if (env && *env) {
+        if (parse_u64(env, &one) != 0) {
+            fprintf(stderr, "sim: KV_SIM_SEED must be a number\n");
+            return 2;
+        }
+        have_one = true;
+    }
+    log_setup(LOG_OFF, NULL);
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct totals tot;
+    memset(&tot, 0, sizeof(tot));
+    uint64_t first = have_one ? one : 1;
+    uint64_t count = have_one ? 1 : nseeds;
+    for (int sc = 0; sc < SC_COUNT; sc++) {
+        if (scenario != SC_ALL && scenario != sc)
+            continue;
+        uint64_t n = count;
+        if (scenario == SC_ALL && sc != SC_RANDOM && n > DIRECTED_SEEDS)
+            n = DIRECTED_SEEDS;
+        for (uint64_t k = 0; k < n; k++) {
+            run_seed(first + k, sc, max_events, verbose, argv[0], &tot);
+            if (tot.seeds % 100 == 0)
+                printf("sim: %llu seeds run, %llu failed, %.1f s\n",
+                       (unsigned long long)tot.seeds,
+                       (unsigned long long)tot.failed, elapsed_s(&t0));
+        }
+    }
+    printf("sim: %llu seeds, %.1f s simulated, %llu events; ops: %llu ok, "
+           "%llu failed conditions, %llu absent, %llu unknown, %llu reads "
+           "given up; faults: %llu crashes (%llu on store errors), "
+           "%llu partitions, %llu pauses, %llu loss storms, %llu messages "
+           "lost, %llu duplicated; %llu snapshots installed\n",
+           (unsigned long long)tot.seeds, (double)tot.sim_ms / 1000.0,
+           (unsigned long long)tot.st.events, (unsigned long long)tot.st.ops_ok,
+           (unsigned long long)tot.st.ops_failed,
+           (unsigned long long)tot.st.ops_absent,
+           (unsigned long long)tot.st.ops_unknown,
+           (unsigned long long)tot.st.reads_dropped,
+           (unsigned long long)tot.st.crashes, (unsigned long long)tot.st.eio,
+           (unsigned long long)tot.st.partitions,
+           (unsigned long long)tot.st.pauses, (unsigned long long)tot.st.storms,
+           (unsigned long long)tot.st.lost,
+           (unsigned long long)tot.st.duplicated,
+           (unsigned long long)tot.st.snapshots);
+    printf("elapsed %.1f s\n", elapsed_s(&t0));
+    printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
+           (unsigned long long)tot.failed);
+    return tot.failed ? 1 : 0;
+}

@@ -1,0 +1,363 @@
+/*
+ * sim.h - the deterministic simulation of kv's replication (internal).
+ *
+ * One seed builds a small cluster in memory: every node is the real
+ * replica.c / raft.c / engine.c over a simulated store (store_sim.c), the
+ * network is a priority queue of encoded frames with seeded delays, losses,
+ * duplicates and partitions, time is a simulated millisecond counter, and
+ * simulated clients run a register workload whose history is checked for
+ * linearizability (tests/lincheck). Nothing reads a clock or calls rand():
+ * one seed replays exactly.
+ *
+ * The files of the simulator:
+ *   sim.c        main, the per-seed loop, phases and scenarios
+ *   sim_world.c  nodes (start, crash, restart), the network, the faults
+ *   sim_client.c the clients and their workload
+ *   sim_check.c  safety and convergence checks
+ * They share struct sim below; nothing here is used outside tests/sim.
+ */
+#ifndef KV_SIM_H
+#define KV_SIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv.pb-c.h"
+
+struct conf;
+struct lin_history;
+struct lin_report;
+struct replica;
+struct store;
+
+#define SIM_MAX_NODES 5
+#define SIM_MAX_SHARDS 4
+#define SIM_MAX_KEYS 6
+#define SIM_MAX_CLIENTS 64
+#define SIM_KEY_MAX 48
+#define SIM_BULK_KEY_BASE 1000 /* lincheck key ids of bulk (unique) keys */
+
+/* --- the seeded generator (splitmix64) ---------------------------------- */
+
+struct sim_rng {
+    uint64_t s;
+};
+
+uint64_t sim_rand(struct sim_rng *g);
+/* Uniform in [0, n); 0 when n is 0. */
+uint64_t sim_below(struct sim_rng *g, uint64_t n);
+/* Uniform in [lo, hi]. */
+uint64_t sim_range(struct sim_rng *g, uint64_t lo, uint64_t hi);
+/* True with probability PPM / 1e6. */
+bool sim_ppm(struct sim_rng *g, uint32_t ppm);
+
+/* --- the network ---------------------------------------------------------- */
+
+enum sim_msg_kind {
+    SIM_MSG_PEER = 1, /* node -> node: an encoded PeerBatch envelope */
+    SIM_MSG_REQ,      /* client -> node: an encoded Request envelope */
+    SIM_MSG_RESP,     /* node -> client: an encoded Response envelope */
+};
+
+struct sim_msg {
+    uint64_t at;  /* delivery time, ms */
+    uint64_t seq; /* ties on `at` are delivered in send order */
+    int kind;     /* enum sim_msg_kind */
+    int from, to; /* node index or client index (by kind) */
+    unsigned char *buf;
+    size_t len;
+    bool dropped; /* removed by a scenario while in flight */
+};
+
+struct sim_queue {
+    struct sim_msg *a; /* a binary min-heap on (at, seq) */
+    size_t n, cap;
+};
+
+/* --- nodes ---------------------------------------------------------------- */
+
+struct sim_node {
+    struct sim *sim;
+    int idx;     /* index in sim->nodes and conf->nodes */
+    uint32_t id; /* idx + 1 */
+    char dir[16];
+    struct store *store;
+    struct replica *rep; /* NULL while down */
+    uint64_t restart_at; /* while down: when to restart (0: not scheduled) */
+    uint64_t stop_by;    /* stopping gracefully: hands off leadership,
+                            then stops by this time (0: not stopping) */
+    uint64_t paused_until; /* a paused node neither ticks nor receives */
+    int tick_phase;        /* ticks when now % REPLICA_TICK_MS == phase */
+    bool fail_armed;       /* a store write failure was injected */
+    uint64_t crashes, restarts;
+    uint64_t verified[SIM_MAX_SHARDS]; /* commit check done up to here */
+    uint64_t snapshots_installed;      /* summed over its incarnations */
+};
+
+/* --- clients -------------------------------------------------------------- */
+
+enum sim_op_kind {
+    SIM_GET = 1,
+    SIM_PUT,
+    SIM_CAS,
+    SIM_INSERT,
+    SIM_DEL,
+    SIM_DEL_IF,
+    SIM_SCAN, /* a linearizable scan of one shard's register keys */
+};
+
+enum sim_client_mode {
+    SIM_CLIENT_REGISTER = 0, /* random ops on the register keys */
+    SIM_CLIENT_BULK,         /* blind puts of new keys of one shard */
+};
+
+struct sim_op {
+    int kind;             /* enum sim_op_kind */
+    uint64_t key;         /* lincheck key id */
+    char kbuf[SIM_KEY_MAX];
+    size_t klen;
+    uint32_t shard;
+    uint64_t value;       /* writes: the unique value */
+    size_t pad;           /* writes: extra value bytes */
+    uint64_t expect;      /* CAS / DEL_IF */
+    uint64_t wseq;        /* writes: the session sequence number */
+    uint64_t id;          /* op id (request ids are id * 256 + attempt) */
+    uint64_t call;        /* stamp of the call */
+    uint64_t deadline;    /* ms: give up then */
+    int attempt;
+    int target;           /* node index of the current attempt */
+    uint64_t attempt_deadline; /* ms */
+    uint64_t resend_at;   /* ms: send the next attempt then (0: none) */
+    bool final;           /* part of the final phase: must not give up */
+};
+
+struct sim_client {
+    int idx;
+    int mode;                 /* enum sim_client_mode */
+    unsigned char cid[16];    /* client_id of its session */
+    char name[8];             /* the CLIENT bytes given to replica_request */
+    uint64_t seq;             /* last write sequence number used */
+    uint64_t counter;         /* values written so far */
+    bool busy;
+    struct sim_op op;
+    uint64_t next_start;      /* ms */
+    int leader[SIM_MAX_SHARDS]; /* node index it believes leads each shard */
+    uint64_t known[SIM_MAX_KEYS]; /* last version seen per register key */
+    /* the final phase: ops queued for it */
+    int final_kind[2 * SIM_MAX_KEYS];
+    int final_key[2 * SIM_MAX_KEYS];
+    int nfinal, final_pos;
+};
+
+/* --- the simulation of one seed ------------------------------------------ */
+
+enum sim_phase {
+    SIM_PH_RUN = 0, /* workload, faults on */
+    SIM_PH_HEAL,    /* workload, faults off */
+    SIM_PH_DRAIN,   /* no new ops; wait for clients to finish */
+    SIM_PH_FINAL,   /* a put and a get per key, which must succeed */
+    SIM_PH_CONVERGE, /* wait until the replicas apply the same index */
+    SIM_PH_DONE,
+};
+
+struct sim_params {
+    int scenario; /* enum sim_scenario in sim.c */
+    int nnodes, nshards, nclients, nkeys, nbulk;
+    uint64_t run_ms, heal_ms;
+    uint32_t loss_ppm, dup_ppm, slow_ppm;
+    uint32_t delay_max; /* ms; delays are 1..delay_max, slow ones more */
+    bool faults;        /* the random fault schedule */
+    bool fifo;          /* links keep order (as one TCP connection does);
+                           else delays reorder messages */
+    uint32_t value_pad_max;
+};
+
+struct sim_faults {
+    uint64_t next_at;
+    uint64_t part_until; /* a partition is active until then (0: none) */
+    uint64_t storm_until;
+    uint32_t storm_loss_ppm;
+};
+
+/* Per shard: what the checks learned. */
+struct sim_track {
+    uint64_t *term; /* committed entry terms by index (0: not seen) */
+    uint64_t *hash; /* committed entry content hashes */
+    size_t cap;
+    uint64_t *lterm; /* (term, leader) pairs seen, for election safety */
+    uint32_t *lid;
+    size_t nl, lcap;
+};
+
+struct sim_stats {
+    uint64_t events, ticks, delivered, sent, lost, duplicated, blocked;
+    uint64_t ops_ok, ops_failed, ops_absent, ops_unknown, reads_dropped;
+    uint64_t retries, crashes, restarts, eio, partitions, pauses, storms;
+    uint64_t stops, scans;
+    uint64_t snapshots;
+};
+
+struct sim {
+    uint64_t seed;
+    struct sim_params p;
+    struct sim_rng rng;
+    bool verbose;
+    int log_level; /* enum log_level of the nodes' lines when verbose */
+    struct conf *conf;
+    struct sim_node nodes[SIM_MAX_NODES];
+    struct sim_client clients[SIM_MAX_CLIENTS];
+    int nclients;
+    struct sim_queue q;
+    uint64_t msg_seq;
+    uint64_t now;     /* ms */
+    uint64_t sub;     /* events within this ms, for stamps */
+    uint64_t max_events;
+    uint64_t op_ids;
+    bool blocked[SIM_MAX_NODES][SIM_MAX_NODES]; /* [from][to] */
+    /* fifo: the last delivery time per link, [kind][from][to] (clients
+     * are "from" of requests and "to" of responses) */
+    uint64_t link_last[3][SIM_MAX_CLIENTS][SIM_MAX_CLIENTS];
+    struct sim_faults f;
+    int phase;        /* enum sim_phase */
+    uint64_t phase_deadline; /* ms: the phase must end by then */
+    struct lin_history *hist;
+    struct lin_report *report; /* a linearizability violation, to print */
+    size_t hist_before_final; /* ops recorded before the final phase */
+    /* register keys */
+    char keys[SIM_MAX_KEYS][SIM_KEY_MAX];
+    size_t klen[SIM_MAX_KEYS];
+    uint32_t kshard[SIM_MAX_KEYS];
+    char tags[SIM_MAX_SHARDS][12]; /* a hash tag per shard */
+    uint64_t bulk_next;           /* bulk keys written so far */
+    bool bulk_on;
+    /* per key: the first final read (the state the faults left) and the
+     * last one (the state every store must hold) */
+    bool final_read[SIM_MAX_KEYS];
+    bool first_present[SIM_MAX_KEYS];
+    uint64_t first_value[SIM_MAX_KEYS], first_version[SIM_MAX_KEYS];
+    bool final_present[SIM_MAX_KEYS];
+    uint64_t final_value[SIM_MAX_KEYS], final_version[SIM_MAX_KEYS];
+    /* value -> version, for the exactly-once check */
+    uint64_t *vv_key, *vv_ver;
+    size_t vv_cap, vv_n;
+    struct sim_track track[SIM_MAX_SHARDS];
+    struct sim_stats st;
+    /* scenario state */
+    int sc_state;
+    int sc_node, sc_shard, sc_variant;
+    uint64_t sc_at;
+    uint64_t sc_proposals;
+    int sc_triggers;
+    /* the first failure */
+    bool failed;
+    char why[2048];
+};
+
+/* Records the first failure of the seed (later ones are ignored). */
+void sim_fail(struct sim *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prints a line prefixed with the sim time when --verbose. */
+void sim_log(struct sim *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Tags the nodes' log lines with the sim time and node N (verbose). */
+void sim_node_context(struct sim *s, const struct sim_node *n);
+
+/* A strictly increasing timestamp of "now" for the history (ns-like). */
+uint64_t sim_stamp(struct sim *s);
+
+/* --- sim_world.c ---------------------------------------------------------- */
+
+/* Starts (or restarts) node N over its store. Returns 0, or -1 (failure
+ * recorded). */
+int sim_node_start(struct sim *s, struct sim_node *n);
+/* Crashes node N: closes it and loses its unsynced writes. */
+void sim_node_crash(struct sim *s, struct sim_node *n, const char *why);
+/* Stops node N cleanly (nothing lost). */
+void sim_node_stop(struct sim *s, struct sim_node *n, const char *why);
+/* Whether node N runs (not crashed, not paused). */
+bool sim_node_live(const struct sim *s, const struct sim_node *n);
+/* The node index that believes it leads SHARD, or -1. */
+int sim_shard_leader(struct sim *s, uint32_t shard);
+/* Queues a frame (copied) with a random delay, subject to loss and
+ * duplication. */
+void sim_net_send(struct sim *s, int kind, int from, int to, const void *buf,
+                  size_t len);
+/* Delivers every message due by now. */
+void sim_net_deliver(struct sim *s);
+/* Ticks the nodes whose tick falls on now. */
+void sim_nodes_tick(struct sim *s);
+/* Restarts the nodes whose restart time came. */
+void sim_nodes_restart_due(struct sim *s);
+/* The random fault schedule, once per ms. */
+void sim_faults_step(struct sim *s);
+/* Ends every fault: partitions, pauses, storms, armed store failures;
+ * restarts crashed nodes. */
+void sim_heal(struct sim *s);
+/* Drops every in-flight peer message sent by node index FROM. */
+void sim_net_drop_from(struct sim *s, int from);
+/* Frees the queue. */
+void sim_net_free(struct sim *s);
+/* Runs the checks that follow every event on node N (NULL: none). */
+void sim_after_event(struct sim *s, struct sim_node *n);
+
+/* --- sim_client.c --------------------------------------------------------- */
+
+void sim_clients_init(struct sim *s);
+/* Starts ops, resends, times out, once per ms. */
+void sim_clients_step(struct sim *s);
+/* A response frame from node index FROM for client C arrived. */
+void sim_client_response(struct sim *s, int c, int from, const void *buf,
+                         size_t len);
+/* Whether every client is idle. */
+bool sim_clients_idle(const struct sim *s);
+/* Queues the final put and get of every register key. */
+void sim_clients_final(struct sim *s);
+
+/* --- sim_check.c ---------------------------------------------------------- */
+
+/* Election safety on node N: at most one leader per shard and term. */
+void sim_check_leaders(struct sim *s, struct sim_node *n);
+/* Commit safety on node N: its committed log entries agree with every
+ * other node's. */
+void sim_check_commits(struct sim *s, struct sim_node *n);
+/* Records that VALUE was seen with VERSION; fails when it was seen with
+ * another one (a write applied twice). */
+void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version);
+/* Whether every member of every shard applied the same index. */
+bool sim_converged(struct sim *s, bool report);
+/* The end-of-seed checks: digests, final state, acknowledged writes,
+ * linearizability. */
+void sim_check_final(struct sim *s);
+/* Frees what the checks allocated. */
+void sim_check_free(struct sim *s);
+
+/* --- sim.c: scenario hooks ------------------------------------------------ */
+
+/* Node N took a write request for KEY and flushed; PROPOSALS_BEFORE is its
+ * proposal count before it. The hook may crash N. */
+void sim_scenario_request(struct sim *s, struct sim_node *n, const void *key,
+                          size_t klen, uint64_t proposals_before);
+/* A peer batch B for node N: WHEN 0 before replica_peer (return false to
+ * drop it), 1 after replica_peer and before the flush (return false to skip
+ * the flush: the hook crashed N). */
+bool sim_scenario_peer(struct sim *s, struct sim_node *n,
+                       const Kv__PeerBatch *b, int when);
+
+/* --- values ---------------------------------------------------------------- */
+
+/* Encodes VALUE with PAD extra bytes into BUF (8 + PAD bytes). */
+void sim_value_encode(uint64_t value, size_t pad, unsigned char *buf);
+/* Decodes a value; returns -1 when the bytes are not one sim_value_encode
+ * could have written. */
+int sim_value_decode(const void *buf, size_t len, uint64_t *value);
+
+/* The applied index of SHARD in node N's store (0 when none). */
+uint64_t sim_store_applied(struct sim_node *n, uint32_t shard);
+/* Reads the hard state of SHARD in node N's store. Returns 0 or -1. */
+int sim_store_hardstate(struct sim_node *n, uint32_t shard, uint64_t *term,
+                        uint64_t *commit, uint64_t *snap_index);
+
+#endif
