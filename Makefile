@@ -40,7 +40,7 @@ UNIT_BINS := $(patsubst %,$(B)/tests/unit_%,$(UNIT_SUITES))
 CLUSTER_BINS := $(patsubst tests/cluster/%.c,$(B)/tests/%,$(filter-out tests/cluster/harness.c,$(wildcard tests/cluster/*.c)))
 PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
 
-.PHONY: all deps test run stop clean format-check unit-test cluster-test
+.PHONY: all deps deps-check test run stop clean format-check chaos sim
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -63,9 +63,9 @@ $(B)/obj/gen/kv.pb-c.o: $(B)/gen/kv.pb-c.c
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(SANFLAGS) -fPIC -I$(B)/gen $(PKG_CFLAGS) -c $< -o $@
 
-$(B)/obj/%.o: %.c $(B)/gen/kv.pb-c.h $(wildcard libkv/*.h kvnode/*.h kvclient/*.h tests/cluster/*.h)
+$(B)/obj/%.o: %.c $(B)/gen/kv.pb-c.h $(wildcard libkv/*.h kvnode/*.h kvclient/*.h tests/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Ikvnode -Itests/cluster -c $< -o $@
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Ikvnode -Itests/cluster -Itests/lincheck -Itests/sim -c $< -o $@
 
 $(B)/libkv.a: $(LIB_OBJ)
 	@rm -f $@
@@ -100,11 +100,29 @@ $(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/l
 	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/tests/cluster/harness.o $(B)/libkv.a \
 	    $(CHECK_LIBS) $(PKG_LIBS) -lm
 
+$(B)/tests/unit_lincheck: $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o tests/unit/runner.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=lincheck_suite -o $@ tests/unit/runner.c \
+	    $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o $(CHECK_LIBS) -lm
+
+# --- chaos (tests/chaos): real processes, kill -9 / SIGSTOP under load ------
+CHAOS_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/chaos/*.c)) \
+             $(B)/obj/tests/cluster/harness.o $(B)/obj/tests/lincheck/lincheck.o
+DURATION ?= 300
+WORKLOAD ?= register
+
+$(B)/tests/chaos: $(CHAOS_OBJ) $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(CHAOS_OBJ) $(B)/libkv.a $(PKG_LIBS)
+
+chaos: deps all $(B)/tests/chaos
+	KVNODE=$(B)/kvnode $(B)/tests/chaos --duration $(DURATION) --workload $(WORKLOAD)
+
 $(B)/tests/libkv_example: docs/libkv_example.c $(B)/libkv.so
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
 
-test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/libkv_example
+test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/chaos $(B)/tests/libkv_example
 	@B=$(B) SAN=$(SAN) sh tests/run.sh
 
 # --- local cluster ----------------------------------------------------------

@@ -432,6 +432,8 @@ struct search {
     uint32_t *vpos;        /* op -> rank by version among the completed ops
                               that create one, or NO_ENTRY */
     size_t vnext;          /* rank of the next of those to linearize */
+    uint32_t *cls, *crank; /* pending op -> its class, its rank in it */
+    uint32_t *cnext;       /* class -> rank of its next op to linearize */
     struct ent *ents;
     struct ent *head, *tail;   /* completed ops' calls and returns */
     struct ent *phead, *ptail; /* pending ops' calls */
@@ -518,6 +520,9 @@ static void search_release(struct search *s)
 {
     free(s->sub);
     free(s->vpos);
+    free(s->cls);
+    free(s->crank);
+    free(s->cnext);
     free(s->ents);
     free(s->calls);
     free(s->zob);
@@ -528,6 +533,92 @@ static void search_release(struct search *s)
     free(s->arena);
     free(s->stack);
     memset(s, 0, sizeof *s);
+}
+
+/* Pending ops of one class are interchangeable: same kind, same expected
+ * version, and the same value, or values no completed read returned (so no
+ * op can tell them apart). Both being candidates, any valid order that
+ * uses one can use the other in its place, so the search only ever takes
+ * the first unused op of a class (by call time). */
+struct pclass {
+    int kind, observed;
+    uint64_t expect, value;
+    uint32_t op;
+};
+
+static int pclass_cmp(const void *pa, const void *pb)
+{
+    const struct pclass *a = pa, *b = pb;
+    if (a->kind != b->kind)
+        return a->kind - b->kind;
+    if (a->expect != b->expect)
+        return a->expect < b->expect ? -1 : 1;
+    if (a->observed != b->observed)
+        return a->observed - b->observed;
+    if (a->observed && a->value != b->value)
+        return a->value < b->value ? -1 : 1;
+    return a->op < b->op ? -1 : a->op > b->op;
+}
+
+static int u64_cmp(const void *pa, const void *pb)
+{
+    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+    return a < b ? -1 : a > b;
+}
+
+/* Fills s->cls, s->crank, s->cnext. Returns LIN_OK or LIN_ENOMEM. */
+static int classify_pending(struct search *s)
+{
+    const struct sop *ops = s->ops;
+    uint64_t *seen = malloc((s->n + 1) * sizeof *seen);
+    struct pclass *pc = malloc((s->np + 1) * sizeof *pc);
+    size_t nseen = 0, npc = 0, i, ncls = 0;
+    int rc = LIN_ENOMEM;
+
+    s->cls = malloc((s->n + 1) * sizeof *s->cls);
+    s->crank = malloc((s->n + 1) * sizeof *s->crank);
+    s->cnext = calloc(s->np + 1, sizeof *s->cnext);
+    if (seen == NULL || pc == NULL || !s->cls || !s->crank || !s->cnext)
+        goto out;
+    for (i = 0; i < s->n; i++) {
+        const struct lin_op *op = ops[i].op;
+        if (!ops[i].pending && op->kind == LIN_READ &&
+            op->outcome == LIN_OUT_OK)
+            seen[nseen++] = op->out_value;
+    }
+    qsort(seen, nseen, sizeof *seen, u64_cmp);
+    for (i = 0; i < s->n; i++) {
+        const struct lin_op *op = ops[i].op;
+        struct pclass *c;
+        if (!ops[i].pending)
+            continue;
+        c = &pc[npc++];
+        c->kind = op->kind;
+        c->expect = op->expect_version;
+        c->value = op->kind == LIN_DELETE ? 0 : op->value;
+        c->observed = op->kind != LIN_DELETE &&
+                      bsearch(&c->value, seen, nseen, sizeof *seen,
+                              u64_cmp) != NULL;
+        c->op = (uint32_t)i;
+    }
+    qsort(pc, npc, sizeof *pc, pclass_cmp);
+    for (i = 0; i < npc; i++) {
+        if (i > 0 && pclass_cmp(&pc[i - 1], &pc[i]) != 0) {
+            struct pclass a = pc[i - 1], b = pc[i];
+            a.op = b.op = 0;
+            if (pclass_cmp(&a, &b) != 0)
+                ncls++;
+        }
+        s->cls[pc[i].op] = (uint32_t)ncls;
+        s->crank[pc[i].op] = i > 0 && s->cls[pc[i - 1].op] == ncls
+                                 ? s->crank[pc[i - 1].op] + 1
+                                 : 0;
+    }
+    rc = LIN_OK;
+out:
+    free(pc);
+    free(seen);
+    return rc;
 }
 
 /* Links the events EV[0..N) (sorted) from EVS between HEAD and TAIL. */
@@ -639,6 +730,8 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
     link_events(s, ev, nev, s->ents, s->head, s->tail);
     link_events(s, pev, npev, s->ents + nev, s->phead, s->ptail);
     s->ptail->t = UINT64_MAX;
+    if (classify_pending(s) != LIN_OK)
+        goto fail;
     rc = LIN_OK;
     goto done;
 fail:
@@ -823,6 +916,7 @@ static void push(struct search *s, uint32_t o, int phase,
     lift(s->calls[o]);
     if (s->ops[o].pending) {
         bit_set(s->pbits, c);
+        s->cnext[s->cls[o]]++;
         return;
     }
     bit_set(s->cbits, c);
@@ -844,6 +938,7 @@ static const struct frame *pop(struct search *s)
     unlift(s->calls[o]);
     if (s->ops[o].pending) {
         bit_clear(s->pbits, c);
+        s->cnext[s->cls[o]]--;
         return fr;
     }
     bit_clear(s->cbits, c);
@@ -884,7 +979,8 @@ static int can_go(const struct search *s, uint32_t o, int phase,
 {
     const struct sop *p = &s->ops[o];
     if (phase == PH_PENDING) {
-        return !redundant(s, o) && model_step(st, p->op, 1, ns);
+        return s->crank[o] == s->cnext[s->cls[o]] && !redundant(s, o) &&
+               model_step(st, p->op, 1, ns);
     }
     /* Completed ops that create versions go in version order. */
     if (s->vpos[o] != NO_ENTRY && s->vpos[o] != s->vnext)
@@ -1051,12 +1147,6 @@ static int kidx_cmp(const void *pa, const void *pb)
     if (a->call != b->call)
         return a->call < b->call ? -1 : 1;
     return a->id < b->id ? -1 : a->id > b->id;
-}
-
-static int u64_cmp(const void *pa, const void *pb)
-{
-    uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
-    return a < b ? -1 : a > b;
 }
 
 /* The operations of KOPS (N, of one key, by call time) called by time T,

@@ -539,8 +539,14 @@ void sim_faults_step(struct sim *s)
         int v = pick_up_node(s, sim_below(&s->rng, 2));
         if (v < 0)
             return;
-        sim_node_crash(s, &s->nodes[v], "fault schedule");
-        s->nodes[v].restart_at = s->now + sim_range(&s->rng, 200, 3000);
+        /* Quick reboots (a node that forgot an unsynced vote would vote
+         * again in the same election) and long outages. */
+        bool blip = sim_below(&s->rng, 100) < 40;
+        sim_node_crash(s, &s->nodes[v], blip ? "fault schedule: reboot"
+                                             : "fault schedule");
+        s->nodes[v].restart_at =
+            s->now + (blip ? sim_range(&s->rng, 20, 300)
+                           : sim_range(&s->rng, 200, 3000));
     } else if (r < 60) {
         if (nodes_down(s) >= minority)
             return;
