@@ -100,6 +100,9 @@ $(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/l
 	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/tests/cluster/harness.o $(B)/libkv.a \
 	    $(CHECK_LIBS) $(PKG_LIBS) -lm
 
+# check_raft.c includes raft.c (to inject allocation failures).
+$(B)/obj/tests/unit/check_raft.o: kvnode/raft.c
+
 $(B)/tests/unit_lincheck: $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o tests/unit/runner.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=lincheck_suite -o $@ tests/unit/runner.c \

@@ -305,26 +305,25 @@ static void free_graves(struct blob *b)
     }
 }
 
-/* Grows *P (elements of SIZE bytes, capacity *CAP) to hold at least NEED.
- * On failure *P and *CAP are unchanged. */
-static int grow(void **p, size_t *cap, size_t need, size_t size)
+/* Returns array P (elements of SIZE bytes, capacity *CAP) grown to hold
+ * NEED >= 1 elements, updating *CAP; NULL when out of memory, P and *CAP
+ * then unchanged (and P still valid). */
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
 {
     if (need <= *cap)
-        return RAFT_OK;
+        return p;
     size_t ncap = *cap ? *cap : 8;
     while (ncap < need) {
         if (ncap > SIZE_MAX / 2)
-            return RAFT_ENOMEM;
+            return NULL;
         ncap *= 2;
     }
     if (ncap > SIZE_MAX / size)
-        return RAFT_ENOMEM;
-    void *np = RAFT_REALLOC(*p, ncap * size);
-    if (!np)
-        return RAFT_ENOMEM;
-    *p = np;
-    *cap = ncap;
-    return RAFT_OK;
+        return NULL;
+    void *np = RAFT_REALLOC(p, ncap * size);
+    if (np)
+        *cap = ncap;
+    return np;
 }
 
 /* Makes room for K more entries after the last one, in ents[off + n ..). */
@@ -335,9 +334,12 @@ static int log_reserve(struct raft *r, size_t k)
     size_t need = r->n + k;
     if (r->off + need <= r->cap)
         return RAFT_OK;
-    if (need > r->cap &&
-        grow((void **)&r->ents, &r->cap, need, sizeof *r->ents) != RAFT_OK)
-        return RAFT_ENOMEM;
+    if (need > r->cap) {
+        struct raft_entry *np = grow(r->ents, &r->cap, need, sizeof *np);
+        if (!np)
+            return RAFT_ENOMEM;
+        r->ents = np;
+    }
     if (r->off > 0) {
         memmove(r->ents, r->ents + r->off, r->n * sizeof *r->ents);
         r->off = 0;
@@ -378,8 +380,6 @@ static int log_append(struct raft *r, const struct raft_entry *src, size_t k)
                 blob_free(tail[j].data);
             return RAFT_ENOMEM;
         }
-        if (src[i].len == 0)
-            tail[i].data = NULL;
     }
     uint64_t first = src[0].index;
     if (first <= last_index(r)) {
@@ -398,7 +398,8 @@ static int log_append(struct raft *r, const struct raft_entry *src, size_t k)
     return RAFT_OK;
 }
 
-/* ---- outgoing messages ----------------------------------------------------- */
+/* ---- outgoing messages -----------------------------------------------------
+ */
 
 /* Adds a message to the collecting outbox with room for NENT entries (to
  * be filled by the caller right away). NULL when out of memory: the message
@@ -408,18 +409,27 @@ static struct raft_msg *send_msg(struct raft *r, enum raft_msg_type type,
 {
     struct outbox *ob = &r->ob[r->cur];
     if (ob->nmsgs == ob->capmsgs) {
+        /* Both arrays hold at least capmsgs elements. */
         size_t c1 = ob->capmsgs, c2 = ob->capmsgs;
-        if (grow((void **)&ob->msgs, &c1, ob->nmsgs + 1, sizeof *ob->msgs) !=
-            RAFT_OK)
+        struct raft_msg *m1 = grow(ob->msgs, &c1, ob->nmsgs + 1, sizeof *m1);
+        if (!m1)
             return NULL;
-        if (grow((void **)&ob->ent_off, &c2, ob->nmsgs + 1,
-                 sizeof *ob->ent_off) != RAFT_OK)
+        ob->msgs = m1;
+        size_t *m2 = grow(ob->ent_off, &c2, ob->nmsgs + 1, sizeof *m2);
+        if (!m2)
             return NULL;
+        ob->ent_off = m2;
         ob->capmsgs = c1 < c2 ? c1 : c2;
     }
-    if (nent > 0 && grow((void **)&ob->ents, &ob->capents, ob->nents + nent,
-                         sizeof *ob->ents) != RAFT_OK)
-        return NULL;
+    if (nent > 0) {
+        if (nent > SIZE_MAX / 2 - ob->nents)
+            return NULL;
+        struct raft_entry *e =
+            grow(ob->ents, &ob->capents, ob->nents + nent, sizeof *e);
+        if (!e)
+            return NULL;
+        ob->ents = e;
+    }
     struct raft_msg *m = &ob->msgs[ob->nmsgs];
     memset(m, 0, sizeof *m);
     m->type = type;
@@ -443,9 +453,11 @@ static struct raft_entry *last_msg_entries(struct raft *r)
 static bool push_read(struct raft *r, uint64_t ctx, uint64_t index)
 {
     struct outbox *ob = &r->ob[r->cur];
-    if (grow((void **)&ob->reads, &ob->capreads, ob->nreads + 1,
-             sizeof *ob->reads) != RAFT_OK)
+    struct raft_read *rs =
+        grow(ob->reads, &ob->capreads, ob->nreads + 1, sizeof *rs);
+    if (!rs)
         return false;
+    ob->reads = rs;
     ob->reads[ob->nreads].ctx = ctx;
     ob->reads[ob->nreads].index = index;
     ob->nreads++;
@@ -461,7 +473,8 @@ static void outbox_clear(struct outbox *ob)
     ob->nreads = 0;
 }
 
-/* ---- progress (leader's view of a follower) ------------------------------------ */
+/* ---- progress (leader's view of a follower)
+ * ------------------------------------ */
 
 static bool infl_full(const struct raft *r, const struct progress *pr)
 {
@@ -573,7 +586,8 @@ static bool pr_maybe_decr(const struct raft *r, struct progress *pr,
     return true;
 }
 
-/* ---- leader: sending appends and heartbeats --------------------------------- */
+/* ---- leader: sending appends and heartbeats ---------------------------------
+ */
 
 /* Sends a snapshot request for PR to the driver. */
 static bool send_snapshot(struct raft *r, struct progress *pr)
@@ -662,7 +676,8 @@ static void send_timeout_now(struct raft *r, uint32_t to)
     (void)send_msg(r, RAFT_MSG_TIMEOUT_NOW, to, 0);
 }
 
-/* ---- leader: commit and reads ---------------------------------------------- */
+/* ---- leader: commit and reads ----------------------------------------------
+ */
 
 /* Releases, in order, the reads whose heartbeat round a majority acked. */
 static void release_reads(struct raft *r)
@@ -728,7 +743,8 @@ static bool maybe_commit(struct raft *r)
     return true;
 }
 
-/* ---- role changes ------------------------------------------------------------ */
+/* ---- role changes
+ * ------------------------------------------------------------ */
 
 static void reset(struct raft *r, uint64_t term)
 {
@@ -791,9 +807,8 @@ static void become_leader(struct raft *r)
     }
     /* A no-op of the new term lets the leader commit (and so learn the
      * commit point of) everything before it (Raft 5.4.2, 8). */
-    struct raft_entry noop = {.term = r->term,
-                              .index = last + 1,
-                              .type = RAFT_ENTRY_NOOP};
+    struct raft_entry noop = {
+        .term = r->term, .index = last + 1, .type = RAFT_ENTRY_NOOP};
     if (log_append(r, &noop, 1) != RAFT_OK) {
         /* Out of memory: give the term up; a later election retries. */
         become_follower(r, r->term, RAFT_NONE);
@@ -858,7 +873,8 @@ static void campaign(struct raft *r, bool pre, bool transfer)
     }
 }
 
-/* ---- handling messages ---------------------------------------------------------- */
+/* ---- handling messages
+ * ---------------------------------------------------------- */
 
 static void respond_append(struct raft *r, uint32_t to, uint64_t index)
 {
@@ -1230,7 +1246,8 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     return r->step(r, m);
 }
 
-/* ---- ticks, proposals, reads, transfer ------------------------------------------- */
+/* ---- ticks, proposals, reads, transfer
+ * ------------------------------------------- */
 
 static void tick_leader(struct raft *r)
 {
@@ -1290,8 +1307,7 @@ void raft_campaign(struct raft *r)
 }
 
 /* Appends a copy of DATA on the leader; it goes out with the next Ready. */
-int raft_propose(struct raft *r, const void *data, size_t len,
-                 uint64_t *index)
+int raft_propose(struct raft *r, const void *data, size_t len, uint64_t *index)
 {
     if (!r || (len > 0 && !data))
         return RAFT_EINVAL;
@@ -1326,9 +1342,10 @@ int raft_read_index(struct raft *r, uint64_t ctx)
     begin_input(r);
     if (r->role != RAFT_LEADER)
         return RAFT_ENOTLEADER;
-    if (grow((void **)&r->rq, &r->rq_cap, r->rq_n + 1, sizeof *r->rq) !=
-        RAFT_OK)
+    struct pending_read *q = grow(r->rq, &r->rq_cap, r->rq_n + 1, sizeof *q);
+    if (!q)
         return RAFT_ENOMEM;
+    r->rq = q;
     struct pending_read *p = &r->rq[r->rq_n++];
     p->ctx = ctx;
     p->index = 0;
@@ -1402,7 +1419,8 @@ uint64_t raft_term_at(const struct raft *r, uint64_t index)
     return term_of(r, index);
 }
 
-/* ---- Ready ---------------------------------------------------------------------- */
+/* ---- Ready
+ * ---------------------------------------------------------------------- */
 
 /* Collects what the driver must do (see raft.h). One Ready at a time:
  * until raft_advance, it returns false. Leader work deferred by proposals
@@ -1433,10 +1451,10 @@ bool raft_ready(struct raft *r, struct raft_ready *rd)
     uint64_t persisted = r->stable; /* stored once this Ready is done */
     if (r->stable < last) {
         size_t k = (size_t)(last - r->stable);
-        size_t c = ob->cap_rd_ents;
-        if (grow((void **)&ob->rd_ents, &c, k, sizeof *ob->rd_ents) ==
-            RAFT_OK)
-            ob->cap_rd_ents = c;
+        struct raft_entry *e =
+            grow(ob->rd_ents, &ob->cap_rd_ents, k, sizeof *e);
+        if (e)
+            ob->rd_ents = e;
         if (k > ob->cap_rd_ents)
             k = ob->cap_rd_ents; /* out of memory: the rest comes later */
         if (k > 0) {
@@ -1463,16 +1481,15 @@ bool raft_ready(struct raft *r, struct raft_ready *rd)
     /* Storage may hold a suffix the log no longer has (a truncated tail):
      * it goes with the entries that replace it, or with a snapshot that
      * emptied the log. */
-    uint64_t kept = rd->n_entries ? rd->entries[rd->n_entries - 1].index
-                                  : last;
+    uint64_t kept = rd->n_entries ? rd->entries[rd->n_entries - 1].index : last;
     if (r->stored_last > kept && (rd->n_entries > 0 || rd->has_snapshot))
         rd->truncate_after = r->stored_last;
     if (commit > r->applied) {
         size_t k = (size_t)(commit - r->applied);
-        size_t c = ob->cap_rd_comm;
-        if (grow((void **)&ob->rd_comm, &c, k, sizeof *ob->rd_comm) ==
-            RAFT_OK)
-            ob->cap_rd_comm = c;
+        struct raft_entry *e =
+            grow(ob->rd_comm, &ob->cap_rd_comm, k, sizeof *e);
+        if (e)
+            ob->rd_comm = e;
         if (k > ob->cap_rd_comm)
             k = ob->cap_rd_comm;
         if (k > 0) {
@@ -1565,14 +1582,16 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     h->out = false;
 }
 
-/* ---- lifecycle -------------------------------------------------------------------- */
+/* ---- lifecycle
+ * -------------------------------------------------------------------- */
 
 static bool valid_config(const struct raft_config *cfg)
 {
     if (cfg->id == RAFT_NONE || !cfg->peers || cfg->npeers == 0 ||
         cfg->npeers > MAX_PEERS)
         return false;
-    if (cfg->heartbeat_ticks < 1 || cfg->election_ticks <= cfg->heartbeat_ticks ||
+    if (cfg->heartbeat_ticks < 1 ||
+        cfg->election_ticks <= cfg->heartbeat_ticks ||
         cfg->election_ticks > 1000000)
         return false;
     if (cfg->max_inflight < 1 || cfg->max_inflight > MAX_INFLIGHT)
@@ -1631,7 +1650,7 @@ static bool valid_init(const struct raft_config *cfg,
 struct raft *raft_new(const struct raft_config *cfg,
                       const struct raft_init *init)
 {
-    static const struct raft_init empty;
+    const struct raft_init empty = {0};
     struct raft *r = NULL;
     if (!cfg || !valid_config(cfg))
         goto fail;
@@ -1719,7 +1738,8 @@ void raft_free(struct raft *r)
     RAFT_FREE(r);
 }
 
-/* ---- introspection ------------------------------------------------------------------ */
+/* ---- introspection
+ * ------------------------------------------------------------------ */
 
 /* Fills ST; the progress array (leaders only) is owned by R. */
 void raft_get_status(struct raft *r, struct raft_status *st)
@@ -1771,8 +1791,8 @@ int raft_check_invariants(const struct raft *r, char *why, size_t whylen)
                (unsigned long long)r->chk_term, (unsigned long long)r->term);
     if (r->term == r->chk_term && r->chk_vote != RAFT_NONE &&
         r->vote != r->chk_vote)
-        BROKEN("vote changed from %u to %u in term %llu", r->chk_vote,
-               r->vote, (unsigned long long)r->term);
+        BROKEN("vote changed from %u to %u in term %llu", r->chk_vote, r->vote,
+               (unsigned long long)r->term);
     uint64_t last = last_index(r);
     if (r->commit > last)
         BROKEN("commit %llu beyond last index %llu",

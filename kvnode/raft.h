@@ -114,7 +114,10 @@ struct raft_ready {
     struct raft_entry *entries; /* append to the log (persist, synced) */
     size_t n_entries;
     uint64_t truncate_after;   /* if entries: also delete stored entries with
-                                  index in (last of entries, truncate_after] */
+                                  index in (last of entries, truncate_after];
+                                  with has_snapshot and no entries: those in
+                                  (snap_index, truncate_after] (a snapshot
+                                  replaced a conflicting log) */
     struct raft_msg *msgs;     /* send after persisting */
     size_t n_msgs;
     struct raft_entry *committed; /* apply in order */
@@ -185,7 +188,9 @@ int raft_transfer_leader(struct raft *r, uint32_t target);
 void raft_campaign(struct raft *r);
 
 /* Output. Fills RD and returns true if there is anything to do. Everything
- * in RD is owned by the instance until raft_advance(r, rd). */
+ * in RD is owned by the instance until raft_advance(r, rd). One Ready at a
+ * time: until that raft_advance, raft_ready returns false (inputs may still
+ * be stepped; what they produce comes in the next Ready). */
 bool raft_ready(struct raft *r, struct raft_ready *rd);
 void raft_advance(struct raft *r, const struct raft_ready *rd);
 

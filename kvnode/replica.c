@@ -1632,8 +1632,13 @@ int replica_flush(struct replica *r)
             if (rc != KV_OK)
                 return rc;
         }
-        if (rd->n_entries && rd->truncate_after) {
-            uint64_t last = rd->entries[rd->n_entries - 1].index;
+        if (rd->truncate_after && (rd->n_entries || rd->has_snapshot)) {
+            /* Stored entries past the new log end are stale: past the last
+             * new entry, or past an installed snapshot that replaced a
+             * conflicting log. */
+            uint64_t last = rd->n_entries
+                                ? rd->entries[rd->n_entries - 1].index
+                                : rd->snap_index;
             for (uint64_t i = last + 1; i <= rd->truncate_after; i++) {
                 unsigned char k[13];
                 log_key(k, s, i);

@@ -407,12 +407,13 @@ struct centry {
     uint32_t next; /* chain in its bucket */
 };
 
-/* How an op was chosen, which is also the scan to resume on backtracking:
- * PH_PURE ops leave the state as it was and are forced (no alternative is
- * tried: if the configuration after one fails, so does the one before);
- * PH_DONE ops are completed ops that change the state; PH_PENDING ops are
- * pending ops taking effect, tried when no completed op can go next. */
-enum { PH_PURE, PH_DONE, PH_PENDING };
+/* How an op was chosen, which is also what to try next on backtracking:
+ * PH_PURE: a completed op that leaves the state as it was, forced (no
+ * alternative is tried: if the configuration after it fails, so does the
+ * one before); PH_WRITE: the completed op that creates the next version;
+ * PH_DONE: another completed op that changes the state; PH_PENDING: a
+ * pending op taking effect, tried when no completed op can go next. */
+enum { PH_PURE, PH_WRITE, PH_DONE, PH_PENDING };
 
 struct frame {
     uint32_t op;
@@ -431,7 +432,8 @@ struct search {
     uint32_t *sub;         /* op -> its index among completed or pending */
     uint32_t *vpos;        /* op -> rank by version among the completed ops
                               that create one, or NO_ENTRY */
-    size_t vnext;          /* rank of the next of those to linearize */
+    uint32_t *vorder;      /* rank -> op */
+    size_t nv, vnext;      /* how many; rank of the next to linearize */
     uint32_t *cls, *crank; /* pending op -> its class, its rank in it */
     uint32_t *cnext;       /* class -> rank of its next op to linearize */
     struct ent *ents;
@@ -520,6 +522,7 @@ static void search_release(struct search *s)
 {
     free(s->sub);
     free(s->vpos);
+    free(s->vorder);
     free(s->cls);
     free(s->crank);
     free(s->cnext);
@@ -720,8 +723,14 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
     }
     qsort(ev, nev, sizeof *ev, evt_cmp);
     qsort(vr, nv, sizeof *vr, vrank_cmp);
-    for (i = 0; i < nv; i++)
+    s->vorder = malloc((nv + 1) * sizeof *s->vorder);
+    if (s->vorder == NULL)
+        goto fail;
+    s->nv = nv;
+    for (i = 0; i < nv; i++) {
         s->vpos[vr[i].op] = (uint32_t)i;
+        s->vorder[i] = vr[i].op;
+    }
 
     s->head = &s->ents[2 * n];
     s->tail = &s->ents[2 * n + 1];
@@ -982,12 +991,24 @@ static int can_go(const struct search *s, uint32_t o, int phase,
         return s->crank[o] == s->cnext[s->cls[o]] && !redundant(s, o) &&
                model_step(st, p->op, 1, ns);
     }
-    /* Completed ops that create versions go in version order. */
-    if (s->vpos[o] != NO_ENTRY && s->vpos[o] != s->vnext)
+    /* Completed ops that create versions go in version order: only the
+     * next one can go, and PH_WRITE tries it before the PH_DONE scan. */
+    if (s->vpos[o] != NO_ENTRY && (phase != PH_WRITE || s->vpos[o] != s->vnext))
         return 0;
     if (!model_step(st, p->op, 0, ns))
         return 0;
     return phase != PH_PURE || state_eq(st, ns);
+}
+
+/* The op creating the next version, if it is a candidate (called no later
+ * than LIM, the first remaining return), else NO_ENTRY. */
+static uint32_t next_write(const struct search *s, uint64_t lim)
+{
+    uint32_t w;
+    if (s->vnext >= s->nv)
+        return NO_ENTRY;
+    w = s->vorder[s->vnext];
+    return s->ops[w].op->call <= lim ? w : NO_ENTRY;
 }
 
 /* Runs the search. Returns LIN_OK (s->stack[0..depth) is a linearization of
@@ -995,17 +1016,18 @@ static int can_go(const struct search *s, uint32_t o, int phase,
  * LIN_VIOLATION, LIN_UNKNOWN (s->limit) or LIN_ENOMEM.
  *
  * At each configuration the candidates are the calls before the first
- * remaining return (and pending calls no later than it). Three scans, each
- * resumed where it left off on backtracking: PH_PURE looks for a completed
- * op that succeeds without changing the state and takes it as forced
- * (moving it first keeps any valid order valid); PH_DONE branches on
- * completed ops; PH_PENDING on pending ops taking effect here. */
+ * remaining return (and pending calls no later than it), tried in this
+ * order, each scan resumed where it left off on backtracking: PH_PURE
+ * looks for a completed op that succeeds without changing the state and
+ * takes it as forced (moving it first keeps any valid order valid);
+ * PH_WRITE tries the op creating the next version; PH_DONE the other
+ * completed ops; PH_PENDING pending ops taking effect here. */
 static int search_run(struct search *s)
 {
     struct mst st = initial_state, ns;
     size_t remaining = s->nc, pending_left = s->np;
     struct ent *e = s->head->next;
-    int phase = PH_PURE, rc, isnew;
+    int phase = PH_PURE, tried, rc, isnew;
     uint64_t iter = 0, lim = 0;
 
     if (remaining > 0 && past(s->deadline)) {
@@ -1020,38 +1042,47 @@ static int search_run(struct search *s)
             s->limit = LIN_LIMIT_TIME;
             return LIN_UNKNOWN;
         }
-        if (phase == PH_PENDING) {
-            if (e == s->ptail || e->t > lim)
-                goto backtrack;
-        } else if (!e->is_call) {
-            /* The first return: no more candidates for this scan. */
-            if (phase == PH_PURE) {
-                phase = PH_DONE;
-                e = s->head->next;
+        if (phase == PH_WRITE) {
+            /* One candidate at most; then pending ops. */
+            o = next_write(s, lim);
+            phase = PH_PENDING;
+            e = s->phead->next;
+            if (o == NO_ENTRY || !can_go(s, o, PH_WRITE, &st, &ns))
+                continue;
+            tried = PH_WRITE;
+        } else {
+            if (phase == PH_PENDING) {
+                if (e == s->ptail || e->t > lim)
+                    goto backtrack;
+            } else if (!e->is_call) {
+                /* The first return: no more candidates for this scan. */
+                lim = e->t;
+                if (phase == PH_PURE) {
+                    phase = PH_DONE;
+                    e = s->head->next;
+                    continue;
+                }
+                phase = PH_WRITE;
                 continue;
             }
-            if (pending_left == 0)
-                goto backtrack;
-            phase = PH_PENDING;
-            lim = e->t;
-            e = s->phead->next;
-            continue;
+            o = e->op;
+            if (!can_go(s, o, phase, &st, &ns)) {
+                e = e->next;
+                continue;
+            }
+            tried = phase;
         }
-        o = e->op;
-        if (!can_go(s, o, phase, &st, &ns)) {
-            e = e->next;
-            continue;
-        }
-        push(s, o, phase, &st);
+        push(s, o, tried, &st);
         rc = cache_add(s, &ns, &isnew);
         if (rc != LIN_OK)
             return rc;
         if (!isnew) {
             pop(s);
             /* A forced op's configuration failed: so does this one. */
-            if (phase == PH_PURE)
+            if (tried == PH_PURE)
                 goto backtrack;
-            e = e->next;
+            if (tried != PH_WRITE)
+                e = e->next;
             continue;
         }
         st = ns;
@@ -1073,10 +1104,16 @@ static int search_run(struct search *s)
             else
                 remaining++;
         } while (fr->phase == PH_PURE);
-        phase = fr->phase;
-        e = s->calls[fr->op]->next;
-        if (phase == PH_PENDING)
+        if (fr->phase == PH_WRITE) {
+            phase = PH_PENDING;
+            e = s->phead->next;
             lim = first_return(s);
+        } else {
+            phase = fr->phase;
+            e = s->calls[fr->op]->next;
+            if (phase == PH_PENDING)
+                lim = first_return(s);
+        }
     }
     s->final = st;
     return LIN_OK;

@@ -110,6 +110,8 @@ enum sim_op_kind {
 enum sim_client_mode {
     SIM_CLIENT_REGISTER = 0, /* random ops on the register keys */
     SIM_CLIENT_BULK,         /* blind puts of new keys of one shard */
+    SIM_CLIENT_GHOST,        /* makes no ops: the name scenarios send
+                                unrecorded requests under */
 };
 
 struct sim_op {
@@ -163,7 +165,7 @@ enum sim_phase {
 
 struct sim_params {
     int scenario; /* enum sim_scenario in sim.c */
-    int nnodes, nshards, nclients, nkeys, nbulk;
+    int nnodes, nshards, nclients, nkeys, nbulk, nghost;
     uint64_t run_ms, heal_ms;
     uint32_t loss_ppm, dup_ppm, slow_ppm;
     uint32_t delay_max; /* ms; delays are 1..delay_max, slow ones more */
@@ -247,7 +249,8 @@ struct sim {
     int sc_state;
     int sc_node, sc_shard, sc_variant;
     uint64_t sc_at;
-    uint64_t sc_proposals;
+    uint64_t sc_ghosts; /* unrecorded writes sent */
+    uint64_t sc_tail;   /* the isolated leader's last stored index */
     int sc_triggers;
     /* the first failure */
     bool failed;
@@ -323,6 +326,10 @@ void sim_check_leaders(struct sim *s, struct sim_node *n);
 /* Commit safety on node N: its committed log entries agree with every
  * other node's. */
 void sim_check_commits(struct sim *s, struct sim_node *n);
+/* The log stored by node N, shard by shard, is one log: contiguous from
+ * the snapshot point, terms never decreasing, none from the future. WHEN
+ * names the moment in the failure message. */
+void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when);
 /* Records that VALUE was seen with VERSION; fails when it was seen with
  * another one (a write applied twice). */
 void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version);

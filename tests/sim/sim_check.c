@@ -259,6 +259,76 @@ void sim_check_commits(struct sim *s, struct sim_node *n)
     }
 }
 
+/* --- the stored log ------------------------------------------------------------ */
+
+void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
+{
+    if (!n->store)
+        return;
+    struct store_iter *it = store_iter_new(n->store);
+    if (!it) {
+        sim_fail(s, "out of memory (store iterator)");
+        return;
+    }
+    for (int sh = 0; sh < s->p.nshards && !s->failed; sh++) {
+        uint32_t shard = (uint32_t)sh;
+        if (!is_member(s, shard, n->idx))
+            continue;
+        uint64_t term, commit, snap, snap_term = 0;
+        unsigned char hk[5];
+        void *hv = NULL;
+        size_t hlen = 0;
+        shard_prefix(hk, 'H', shard);
+        if (store_get(n->store, hk, sizeof(hk), &hv, &hlen) == KV_OK &&
+            hlen == HS_LEN)
+            snap_term = get_u64((unsigned char *)hv + 28);
+        free(hv);
+        if (sim_store_hardstate(n, shard, &term, &commit, &snap) != 0)
+            continue; /* reported by the commit check */
+        unsigned char k[13];
+        shard_prefix(k, 'L', shard);
+        for (int b = 0; b < 8; b++)
+            k[5 + b] = (unsigned char)((snap + 1) >> (56 - 8 * b));
+        uint64_t expect = snap + 1, prev_term = snap_term;
+        for (store_iter_seek(it, k, sizeof(k)); store_iter_valid(it);
+             store_iter_next(it)) {
+            size_t klen, vlen;
+            const unsigned char *key = store_iter_key(it, &klen);
+            if (klen != 13 || memcmp(key, k, 5) != 0)
+                break;
+            const void *val = store_iter_value(it, &vlen);
+            Kv__LogEntry *le = kv__log_entry__unpack(NULL, vlen, val);
+            uint64_t idx = get_u64(key + 5);
+            uint64_t et = le ? le->term : 0;
+            if (le)
+                kv__log_entry__free_unpacked(le, NULL);
+            const char *bad = !le              ? "an undecodable entry"
+                              : idx != expect   ? "a gap"
+                              : et < prev_term  ? "a term that decreases "
+                                                  "(entries of two logs)"
+                              : et > term       ? "a term from the future"
+                                                : NULL;
+            if (bad) {
+                sim_fail(s, "stored log (%s): node %u shard %u has %s at "
+                            "index %llu (term %llu after term %llu; "
+                            "snapshot %llu term %llu, commit %llu, hard "
+                            "state term %llu)",
+                         when, n->id, shard, bad, (unsigned long long)idx,
+                         (unsigned long long)et,
+                         (unsigned long long)prev_term,
+                         (unsigned long long)snap,
+                         (unsigned long long)snap_term,
+                         (unsigned long long)commit,
+                         (unsigned long long)term);
+                break;
+            }
+            prev_term = et;
+            expect++;
+        }
+    }
+    store_iter_free(it);
+}
+
 /* --- exactly-once --------------------------------------------------------------- */
 
 void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
@@ -468,6 +538,29 @@ static void check_stores(struct sim *s)
     }
 }
 
+/* The writes a cut-off leader took (stale-tail scenario) never commit: no
+ * store may hold one of them. */
+static void check_ghosts(struct sim *s)
+{
+    uint32_t sh = (uint32_t)s->sc_shard;
+    for (uint64_t g = 0; g < s->sc_ghosts && !s->failed; g++) {
+        char key[SIM_KEY_MAX];
+        int klen = snprintf(key, sizeof(key), "{%s}g%llu", s->tags[sh],
+                            (unsigned long long)g);
+        for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
+            if (!is_member(s, sh, i))
+                continue;
+            uint64_t value = 0, version = 0;
+            bool valid = false;
+            if (read_record(&s->nodes[i], sh, key, (size_t)klen, &value,
+                            &version, &valid) != 0)
+                sim_fail(s, "node %d stores %s, a write that was never "
+                            "committed (version %llu)",
+                         i + 1, key, (unsigned long long)version);
+        }
+    }
+}
+
 /* Every write acknowledged before the final phase is visible to the first
  * final read: its value, a later one, or absent after a later delete. */
 static void check_acknowledged(struct sim *s)
@@ -541,10 +634,14 @@ void sim_check_final(struct sim *s)
 {
     for (int i = 0; i < s->p.nnodes && !s->failed; i++)
         sim_check_commits(s, &s->nodes[i]);
+    for (int i = 0; i < s->p.nnodes && !s->failed; i++)
+        sim_check_store_log(s, &s->nodes[i], "at the end");
     if (!s->failed)
         check_digests(s);
     if (!s->failed)
         check_stores(s);
+    if (!s->failed)
+        check_ghosts(s);
     if (!s->failed)
         check_acknowledged(s);
     if (!s->failed)

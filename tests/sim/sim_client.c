@@ -81,12 +81,14 @@ int sim_value_decode(const void *buf, size_t len, uint64_t *value)
 
 void sim_clients_init(struct sim *s)
 {
-    s->nclients = s->p.nclients + s->p.nbulk;
+    s->nclients = s->p.nclients + s->p.nbulk + s->p.nghost;
     for (int i = 0; i < s->nclients; i++) {
         struct sim_client *c = &s->clients[i];
         memset(c, 0, sizeof(*c));
         c->idx = i;
-        c->mode = i < s->p.nclients ? SIM_CLIENT_REGISTER : SIM_CLIENT_BULK;
+        c->mode = i < s->p.nclients                ? SIM_CLIENT_REGISTER
+                  : i < s->p.nclients + s->p.nbulk ? SIM_CLIENT_BULK
+                                                   : SIM_CLIENT_GHOST;
         for (size_t j = 0; j < sizeof(c->cid); j++)
             c->cid[j] = (unsigned char)sim_rand(&s->rng);
         c->name[0] = 'c';
@@ -362,7 +364,7 @@ void sim_clients_step(struct sim *s)
             } else if (s->phase == SIM_PH_RUN || s->phase == SIM_PH_HEAL) {
                 if (c->mode == SIM_CLIENT_REGISTER)
                     start_register_op(s, c);
-                else if (s->bulk_on)
+                else if (c->mode == SIM_CLIENT_BULK && s->bulk_on)
                     begin_op(s, c, SIM_PUT, -1, false);
             }
             continue;

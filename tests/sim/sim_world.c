@@ -184,6 +184,12 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         n->store = NULL;
         return -1;
     }
+    sim_check_store_log(s, n, "before a start");
+    if (s->failed) {
+        store_close(n->store);
+        n->store = NULL;
+        return -1;
+    }
     struct replica_env env = {.arg = n, .send = env_send, .reply = env_reply};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));

@@ -15,7 +15,12 @@
  *
  * This file includes raft.c itself, compiled with counting allocators (the
  * RAFT_MALLOC seam), so tests can fail the Nth allocation and break
- * internal state on purpose; everything else goes through raft.h.
+ * internal state on purpose; everything else goes through raft.h. (The
+ * Makefile must rebuild this object when kvnode/raft.c changes.)
+ *
+ * The randomized test uses its loop index as the seed; a failure names it
+ * (the ":N:" of Check's report). KV_SIM_SEED=N replays seed N alone;
+ * KV_SIM_STATS=1 prints what each seed exercised.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -27,9 +32,10 @@
 
 Suite *raft_suite(void);
 
-/* ---- allocation seam ------------------------------------------------------ */
+/* ---- allocation seam ------------------------------------------------------
+ */
 
-static long t_alloc_count;     /* allocations so far */
+static long t_alloc_count;        /* allocations so far */
 static long t_alloc_fail_at = -1; /* this allocation fails (-1: none) */
 static bool t_alloc_fail_rest;    /* ... and every later one */
 static long t_alloc_failed;       /* failures injected */
@@ -84,7 +90,8 @@ static void t_alloc_reset(void)
             ck_abort_msg(__VA_ARGS__);                                         \
     } while (0)
 
-/* ---- helpers for one instance ----------------------------------------------- */
+/* ---- helpers for one instance -----------------------------------------------
+ */
 
 #define NMAX 5
 #define ELECTION 10
@@ -101,8 +108,8 @@ static const struct opts plain = {false, false, 256, 1 << 20};
 
 static const uint32_t all_ids[NMAX] = {1, 2, 3, 4, 5};
 
-static struct raft_config mk_config(uint32_t id, size_t n,
-                                    const struct opts *o, uint64_t seed)
+static struct raft_config mk_config(uint32_t id, size_t n, const struct opts *o,
+                                    uint64_t seed)
 {
     struct raft_config c = {
         .id = id,
@@ -274,9 +281,9 @@ static void make_leader(struct raft *r, size_t n)
     for (uint32_t p = 1; p <= n && st.role != RAFT_LEADER; p++) {
         if (p == st.id)
             continue;
-        struct raft_msg m = msg(pre ? RAFT_MSG_PREVOTE_RESP
-                                    : RAFT_MSG_VOTE_RESP,
-                                p, st.id, pre ? st.term + 1 : st.term);
+        struct raft_msg m =
+            msg(pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP, p, st.id,
+                pre ? st.term + 1 : st.term);
         REQUIRE(step_to(r, m) == RAFT_OK, "%s", "vote refused");
         raft_get_status(r, &st);
         if (pre && st.role == RAFT_CANDIDATE) {
@@ -287,7 +294,8 @@ static void make_leader(struct raft *r, size_t n)
     REQUIRE(st.role == RAFT_LEADER, "%s", "not elected");
 }
 
-/* ---- the test network -------------------------------------------------------------- */
+/* ---- the test network
+ * -------------------------------------------------------------- */
 
 struct sentry {
     bool present;
@@ -446,17 +454,17 @@ static void check_store(struct net *nt, uint32_t id)
     raft_get_status(r, &st);
     for (uint64_t i = st.first_index; i <= st.last_index; i++) {
         REQUIRE(i < s->lcap && s->log[i].present,
-                      "node %u: entry %" PRIu64 " not stored", id, i);
+                "node %u: entry %" PRIu64 " not stored", id, i);
         REQUIRE(s->log[i].term == raft_term_at(r, i),
-                      "node %u: stored entry %" PRIu64 " has term %" PRIu64
-                      ", log has %" PRIu64,
-                      id, i, s->log[i].term, raft_term_at(r, i));
+                "node %u: stored entry %" PRIu64 " has term %" PRIu64
+                ", log has %" PRIu64,
+                id, i, s->log[i].term, raft_term_at(r, i));
     }
     for (uint64_t i = st.last_index + 1; i < s->lcap; i++)
         REQUIRE(!s->log[i].present,
-                      "node %u: stale entry %" PRIu64 " left in the store "
-                      "(last index %" PRIu64 ")",
-                      id, i, st.last_index);
+                "node %u: stale entry %" PRIu64 " left in the store "
+                "(last index %" PRIu64 ")",
+                id, i, st.last_index);
     REQUIRE(s->hs.commit <= st.last_index, "stored commit beyond log");
 }
 
@@ -527,19 +535,17 @@ static void check_node(struct net *nt, uint32_t id)
     }
     uint32_t prev = nt->leader_of[st.term];
     REQUIRE(prev == 0 || prev == id,
-                  "two leaders in term %" PRIu64 ": %u and %u (seed %" PRIu64
-                  ")",
-                  st.term, prev, id, nt->seed);
+            "two leaders in term %" PRIu64 ": %u and %u (seed %" PRIu64 ")",
+            st.term, prev, id, nt->seed);
     if (prev == 0) {
         nt->leader_of[st.term] = id;
         for (uint64_t i = st.first_index; i < nt->ccap; i++) {
             if (!nt->commit_term[i])
                 continue;
             REQUIRE(raft_term_at(r, i) == nt->commit_term[i],
-                          "leader %u of term %" PRIu64
-                          " lacks committed entry %" PRIu64 " (seed %" PRIu64
-                          ")",
-                          id, st.term, i, nt->seed);
+                    "leader %u of term %" PRIu64
+                    " lacks committed entry %" PRIu64 " (seed %" PRIu64 ")",
+                    id, st.term, i, nt->seed);
         }
     }
 }
@@ -548,20 +554,20 @@ static void apply_entry(struct net *nt, uint32_t id, const struct raft_entry *e)
 {
     struct store *s = &nt->st[id];
     REQUIRE(e->index == s->applied + 1,
-                  "node %u applies %" PRIu64 " after %" PRIu64, id, e->index,
-                  s->applied);
+            "node %u applies %" PRIu64 " after %" PRIu64, id, e->index,
+            s->applied);
     uint64_t h = hash_entry(e->term, e->type, e->data, e->len);
     grow_commits(nt, e->index);
     s->digest = s->digest * 31 + h;
     s->applied = e->index;
     if (nt->commit_term[e->index]) {
         REQUIRE(nt->commit_term[e->index] == e->term &&
-                          nt->commit_hash[e->index] == h,
-                      "State Machine Safety: node %u applied a different "
-                      "entry at %" PRIu64 " (seed %" PRIu64 ")",
-                      id, e->index, nt->seed);
+                    nt->commit_hash[e->index] == h,
+                "State Machine Safety: node %u applied a different "
+                "entry at %" PRIu64 " (seed %" PRIu64 ")",
+                id, e->index, nt->seed);
         REQUIRE(nt->digest_at[e->index] == s->digest,
-                      "node %u state differs after %" PRIu64, id, e->index);
+                "node %u state differs after %" PRIu64, id, e->index);
     } else {
         nt->commit_term[e->index] = e->term;
         nt->commit_hash[e->index] = h;
@@ -570,7 +576,8 @@ static void apply_entry(struct net *nt, uint32_t id, const struct raft_entry *e)
 }
 
 /* Streams the state machine of leader L to TO, as the driver would. */
-static void stream_snapshot(struct net *nt, uint32_t l, const struct raft_msg *m)
+static void stream_snapshot(struct net *nt, uint32_t l,
+                            const struct raft_msg *m)
 {
     nt->snap_requests++;
     if (nt->hold_snapshots)
@@ -605,18 +612,16 @@ static void net_ready(struct net *nt, uint32_t id)
             const struct raft_entry *e = &rd.entries[i];
             REQUIRE(e->index > s->snap_index, "%s", "entry below the snapshot");
             if (e->index > s->snap_index + 1)
-                REQUIRE(e->index - 1 < s->lcap &&
-                                  s->log[e->index - 1].present,
-                              "node %u: gap before stored entry %" PRIu64, id,
-                              e->index);
+                REQUIRE(e->index - 1 < s->lcap && s->log[e->index - 1].present,
+                        "node %u: gap before stored entry %" PRIu64, id,
+                        e->index);
             store_put(s, e);
         }
         if (rd.truncate_after) {
             REQUIRE(rd.n_entries > 0 || rd.has_snapshot, "%s",
                     "truncate_after without entries or snapshot");
-            uint64_t from = rd.n_entries
-                                ? rd.entries[rd.n_entries - 1].index
-                                : rd.snap_index;
+            uint64_t from = rd.n_entries ? rd.entries[rd.n_entries - 1].index
+                                         : rd.snap_index;
             for (uint64_t i = from + 1; i <= rd.truncate_after; i++)
                 store_del(s, i);
         }
@@ -629,15 +634,12 @@ static void net_ready(struct net *nt, uint32_t id)
         }
         /* 3. install, apply */
         if (rd.has_snapshot) {
-            REQUIRE(s->snap_waiting &&
-                              s->snap_wait_index == rd.snap_index,
-                          "node %u installs a snapshot it never received", id);
+            REQUIRE(s->snap_waiting && s->snap_wait_index == rd.snap_index,
+                    "node %u installs a snapshot it never received", id);
             if (nt->digest_at && rd.snap_index < nt->ccap &&
                 nt->commit_term[rd.snap_index])
-                REQUIRE(nt->digest_at[rd.snap_index] ==
-                                  s->snap_wait_digest,
-                              "snapshot state differs at %" PRIu64,
-                              rd.snap_index);
+                REQUIRE(nt->digest_at[rd.snap_index] == s->snap_wait_digest,
+                        "snapshot state differs at %" PRIu64, rd.snap_index);
             s->applied = rd.snap_index;
             s->digest = s->snap_wait_digest;
             s->snap_waiting = false;
@@ -663,9 +665,8 @@ static void net_ready(struct net *nt, uint32_t id)
 static void net_start(struct net *nt, uint32_t id)
 {
     struct store *s = &nt->st[id];
-    struct raft_config c = mk_config(id, nt->n, &nt->o,
-                                     nt->seed * 7919 + id * 104729 +
-                                         net_rand(nt) % 1000);
+    struct raft_config c = mk_config(
+        id, nt->n, &nt->o, nt->seed * 7919 + id * 104729 + net_rand(nt) % 1000);
     uint64_t last = s->snap_index;
     while (last + 1 < s->lcap && s->log[last + 1].present)
         last++;
@@ -708,8 +709,7 @@ static struct net *net_new(size_t n, const struct opts *o, uint64_t seed)
 
 /* Gives node ID a stored log of the given terms before it (re)starts. */
 static void net_set_log(struct net *nt, uint32_t id, const uint64_t *terms,
-                        size_t k, uint64_t term, uint32_t vote,
-                        uint64_t commit)
+                        size_t k, uint64_t term, uint32_t vote, uint64_t commit)
 {
     struct store *s = &nt->st[id];
     raft_free(nt->r[id]);
@@ -718,10 +718,8 @@ static void net_set_log(struct net *nt, uint32_t id, const uint64_t *terms,
         /* the same (index, term) carries the same data on every node */
         char buf[32];
         int len = snprintf(buf, sizeof buf, "i%zu-t%" PRIu64, i + 1, terms[i]);
-        struct raft_entry e = {.index = i + 1,
-                               .term = terms[i],
-                               .data = buf,
-                               .len = (size_t)len};
+        struct raft_entry e = {
+            .index = i + 1, .term = terms[i], .data = buf, .len = (size_t)len};
         store_put(s, &e);
     }
     s->hs.term = term;
@@ -763,8 +761,7 @@ static void deliver(struct net *nt, struct qmsg *q)
     nt->delivered[m->type]++;
     int rc = raft_step(nt->r[to], m);
     REQUIRE(rc == RAFT_OK || (nt->fault_mode && rc == RAFT_ENOMEM),
-                  "node %u refused message type %d: %d", to, (int)m->type,
-                  rc);
+            "node %u refused message type %d: %d", to, (int)m->type, rc);
     check_node(nt, to);
     net_ready(nt, to);
     if (m->type == RAFT_MSG_SNAPSHOT && !nt->down[m->from]) {
@@ -874,8 +871,7 @@ static void net_campaign(struct net *nt, uint32_t id)
 static void net_elect(struct net *nt, uint32_t id)
 {
     net_campaign(nt, id);
-    REQUIRE(status_of(nt, id).role == RAFT_LEADER,
-                  "node %u did not win", id);
+    REQUIRE(status_of(nt, id).role == RAFT_LEADER, "node %u did not win", id);
 }
 
 static int net_propose(struct net *nt, uint32_t id, const char *text,
@@ -1003,8 +999,9 @@ START_TEST(request_with_stale_term_is_rejected_and_answered_with_current_term)
 }
 END_TEST
 
-/* A leader told of a higher term by the answer to its stale heartbeat
- * steps down: the end-to-end version of the rule above. */
+/* "If a candidate or leader discovers that its term is out of date, it
+ * immediately reverts to follower state." End to end: a deposed leader
+ * learns the term from the answer to its stale heartbeat. */
 START_TEST(stale_leader_learns_the_new_term_from_a_follower_answer)
 {
     struct net *nt = net_new(3, &plain, 1);
@@ -1022,8 +1019,9 @@ START_TEST(stale_leader_learns_the_new_term_from_a_follower_answer)
 }
 END_TEST
 
-/* No input may crash the instance or break its invariants: messages for
- * another node, from non-members or malformed are refused unchanged. */
+/* Project rule (docs/raft.md, STYLE.md): "No input may crash anything."
+ * Messages for another node, from non-members or malformed are refused with
+ * RAFT_EINVAL and change nothing. */
 START_TEST(malformed_or_misaddressed_messages_are_refused)
 {
     struct raft *r = mk_node(1, 3, &plain, NULL);
@@ -1038,7 +1036,8 @@ START_TEST(malformed_or_misaddressed_messages_are_refused)
     m = msg(RAFT_MSG_APPEND, 2, 1, 1);
     m.n_entries = 3; /* no array */
     ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
-    struct raft_entry bad[2] = {{.index = 1, .term = 1}, {.index = 3, .term = 1}};
+    struct raft_entry bad[2] = {{.index = 1, .term = 1},
+                                {.index = 3, .term = 1}};
     m.entries = bad;
     m.n_entries = 2; /* not contiguous */
     ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
@@ -1066,6 +1065,9 @@ START_TEST(malformed_or_misaddressed_messages_are_refused)
 }
 END_TEST
 
+/* Figure 2: "Persistent state on all servers: (Updated on stable storage
+ * before responding to RPCs)". A restart must come back from a state Raft
+ * could have stored; anything else (and any bad configuration) is refused. */
 START_TEST(bad_configurations_and_impossible_stored_states_are_refused)
 {
     uint32_t peers[] = {1, 2, 3};
@@ -1198,8 +1200,10 @@ START_TEST(candidate_wins_election_with_majority_of_votes)
 }
 END_TEST
 
-/* A candidate that a majority turned down cannot win; it waits as a
- * follower instead of holding its candidacy. */
+/* "A candidate continues in this state until one of three things happens:
+ * (a) it wins the election, (b) another server establishes itself as
+ * leader, or (c) a period of time goes by with no winner." A candidate that
+ * a majority turned down cannot win; it waits for (c) as a follower. */
 START_TEST(candidate_steps_down_when_a_majority_rejects)
 {
     struct raft *r = mk_node(1, 3, &plain, NULL);
@@ -1320,7 +1324,9 @@ START_TEST(new_leader_appends_a_noop_entry_of_its_term)
 }
 END_TEST
 
-/* A group of one elects itself at once (used by single-replica shards). */
+/* "A candidate wins an election if it receives votes from a majority of the
+ * servers in the full cluster for the same term." In a group of one, its own
+ * vote is that majority (single-replica shards elect themselves at once). */
 START_TEST(single_member_group_elects_itself_and_commits_alone)
 {
     struct raft_config c = mk_config(1, 1, &plain, 9);
@@ -1346,8 +1352,9 @@ END_TEST
 /* ==== 5.3 Log replication ============================================== */
 
 /* "A log entry is committed once the leader that created the entry has
- * replicated it on a majority of the servers ... the leader applies the
- * entry to its state machine." */
+ * replicated it on a majority of the servers" and "When the entry has been
+ * safely replicated (as described below), the leader applies the entry to its
+ * state machine and returns the result of that execution to the client." */
 START_TEST(leader_commits_an_entry_stored_on_a_majority)
 {
     struct net *nt = net_new(3, &plain, 6);
@@ -1505,8 +1512,10 @@ START_TEST(follower_learns_commit_index_from_heartbeats)
 }
 END_TEST
 
-/* The heartbeat commit is min(leader commit, follower match), so a
- * follower whose log still diverges never commits an entry it lacks. */
+/* "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index
+ * of last new entry)": a heartbeat vouches for no entry, so its commit is
+ * min(leader commit, follower match) and a follower whose log still diverges
+ * never commits an entry it lacks. */
 START_TEST(heartbeat_commit_never_exceeds_the_follower_match)
 {
     struct raft *r = mk_node(1, 3, &plain, NULL);
@@ -1529,8 +1538,9 @@ START_TEST(heartbeat_commit_never_exceeds_the_follower_match)
 }
 END_TEST
 
-/* Proposals go to the leader: "If a client contacts a follower, the
- * follower redirects it to the leader" (the driver does, on this code). */
+/* "If the client's first choice is not the leader, that server will reject
+ * the client's request and supply information about the most recent leader
+ * it has heard from." */
 START_TEST(proposal_on_a_follower_fails_with_not_leader)
 {
     struct net *nt = net_new(3, &plain, 8);
@@ -1576,8 +1586,10 @@ START_TEST(leader_forces_divergent_follower_logs_to_duplicate_its_own)
 }
 END_TEST
 
-/* "If a follower crashes ... Raft handles these failures by retrying
- * indefinitely"; AppendEntries "are idempotent, so this causes no harm." */
+/* "If a follower or candidate crashes after completing an RPC but before
+ * responding, then it will receive the same RPC again after it restarts.
+ * Raft RPCs are idempotent, so this causes no harm." Duplicated and
+ * reordered appends leave the same logs. */
 START_TEST(duplicated_and_reordered_appends_cause_no_harm)
 {
     struct opts o = plain;
@@ -1709,8 +1721,9 @@ static bool drop_term4_entries(struct net *nt, const struct raft_msg *m)
     return false;
 }
 
-/* Figure 8: "a log entry may be stored on a majority of servers, yet still
- * be overwritten by a future leader." Replayed on the network: S1, leader
+/* 5.4.2: "Figure 8 illustrates a situation where an old log entry is stored
+ * on a majority of servers, yet can still be overwritten by a future
+ * leader." Replayed on the network: S1, leader
  * of term 4, copies its term-2 entry to S2 and S3 (a majority holds it, and
  * S1 knows) but the no-op of term 4 never spreads; S1 must not commit the
  * entry. S1 crashes; S5 (last term 3) wins and overwrites index 2 on every
@@ -1818,9 +1831,10 @@ END_TEST
 /* ==== 7 Log compaction =============================================== */
 
 /* "Each server takes snapshots independently, covering just the committed
- * entries in its log ... the server can delete all log entries up through
- * the last included index." The last included index and term are kept
- * "to support the AppendEntries consistency check". */
+ * entries in its log." "Once a server completes writing a snapshot, it may
+ * delete all log entries up through the last included index". The last
+ * included index and term are preserved "to support the AppendEntries
+ * consistency check for the first log entry following the snapshot". */
 START_TEST(compaction_drops_entries_and_keeps_the_snapshot_point)
 {
     struct net *nt = net_new(3, &plain, 13);
@@ -1837,7 +1851,7 @@ START_TEST(compaction_drops_entries_and_keeps_the_snapshot_point)
     ck_assert_uint_eq(st.last_index, 6);
     ck_assert_uint_eq(raft_term_at(r, 4), st.term);
     ck_assert_uint_eq(raft_term_at(r, 3), 0);
-    ck_assert_int_eq(raft_compact(r, 2), RAFT_OK); /* already done */
+    ck_assert_int_eq(raft_compact(r, 2), RAFT_OK);     /* already done */
     ck_assert_int_eq(raft_compact(r, 7), RAFT_EINVAL); /* beyond applied */
     ck_assert_uint_eq(status_of(nt, 1).first_index, 5);
     /* replication goes on from the compacted log */
@@ -1949,8 +1963,10 @@ START_TEST(follower_installing_snapshot_discards_a_conflicting_log)
 }
 END_TEST
 
-/* A snapshot that is no news (at or below the commit index) changes
- * nothing and is answered with the follower's state. */
+/* Figure 13, InstallSnapshot: "If existing log entry has same index and term
+ * as snapshot's last included entry, retain log entries following it and
+ * reply". A snapshot at or below the commit index is no news: nothing
+ * changes and the answer is the follower's commit index. */
 START_TEST(follower_answers_stale_snapshot_with_its_commit_index)
 {
     struct raft_entry ents[5];
@@ -1981,8 +1997,10 @@ START_TEST(follower_answers_stale_snapshot_with_its_commit_index)
 }
 END_TEST
 
-/* A snapshot the driver failed to stream is retried: the report moves the
- * follower back to probing, which finds the entries gone and asks again. */
+/* "If a follower or candidate crashes, then future RequestVote and
+ * AppendEntries RPCs sent to it will fail. Raft handles these failures by
+ * retrying indefinitely". A snapshot the driver failed to stream is retried:
+ * the report moves the follower back to probing, which asks again. */
 START_TEST(leader_retries_a_snapshot_that_failed)
 {
     struct net *nt = net_new(3, &plain, 15);
@@ -2015,8 +2033,10 @@ START_TEST(leader_retries_a_snapshot_that_failed)
 }
 END_TEST
 
-/* A restarted replica comes back from what its driver stored: hard state,
- * snapshot point, entries after it, applied index. */
+/* Figure 2: "Persistent state on all servers: (Updated on stable storage
+ * before responding to RPCs)". A restarted replica comes back from what its
+ * driver stored: hard state, snapshot point, entries after it, applied
+ * index. */
 START_TEST(restarted_node_recovers_from_its_stored_snapshot_and_log)
 {
     struct net *nt = net_new(3, &plain, 16);
@@ -2101,8 +2121,9 @@ START_TEST(read_index_waits_until_the_leader_commits_an_entry_of_its_term)
 }
 END_TEST
 
-/* A deposed leader cut off from the majority never serves a read: the
- * heartbeat round cannot reach a majority. */
+/* "Second, a leader must check whether it has been deposed before processing
+ * a read-only request (its information may be stale if a more recent leader
+ * has been elected)." A leader cut off from the majority never serves one. */
 START_TEST(partitioned_leader_never_releases_a_read)
 {
     struct net *nt = net_new(5, &plain, 19);
@@ -2119,7 +2140,9 @@ START_TEST(partitioned_leader_never_releases_a_read)
 }
 END_TEST
 
-/* Reads are released in order, each at the commit index of its request. */
+/* Thesis 6.4: "The leader saves its current commit index in a local variable
+ * readIndex." Each read is released at the commit index of its request, in
+ * order. */
 START_TEST(reads_are_released_in_order_with_their_commit_index)
 {
     struct net *nt = net_new(3, &plain, 20);
@@ -2139,6 +2162,8 @@ START_TEST(reads_are_released_in_order_with_their_commit_index)
 }
 END_TEST
 
+/* Thesis 6.4: the leader waits for acknowledgments "from a majority of the
+ * cluster"; in a group of one, the leader alone is that majority. */
 START_TEST(single_member_group_releases_a_read_at_once)
 {
     struct raft_config c = mk_config(1, 1, &plain, 3);
@@ -2182,8 +2207,9 @@ START_TEST(isolated_precandidate_never_increments_its_term)
 }
 END_TEST
 
-/* Voters answer a pre-vote as they would answer the vote, without
- * recording anything: no term change, no vote. */
+/* Thesis 9.6: a candidate asks whether the others "would be willing to grant
+ * the candidate their votes": voters answer as they would answer the vote,
+ * but record nothing (no term change, no vote). */
 START_TEST(voters_grant_a_prevote_without_changing_their_state)
 {
     struct opts o = plain;
@@ -2207,6 +2233,8 @@ START_TEST(voters_grant_a_prevote_without_changing_their_state)
 }
 END_TEST
 
+/* Thesis 9.6: votes are granted in a pre-vote only "if the candidate's log
+ * is sufficiently up-to-date". */
 START_TEST(prevote_is_denied_to_a_candidate_with_a_stale_log)
 {
     struct opts o = plain;
@@ -2229,8 +2257,9 @@ START_TEST(prevote_is_denied_to_a_candidate_with_a_stale_log)
 }
 END_TEST
 
-/* The pre-candidate that gets a majority of pre-votes runs the real
- * election in the next term and wins it. */
+/* Thesis 9.6: "a candidate only increments its term if it first learns from
+ * a majority of the cluster that they would be willing to grant the
+ * candidate their votes": with that majority it runs the real election. */
 START_TEST(precandidate_with_a_majority_runs_a_real_election)
 {
     struct opts o = plain;
@@ -2300,8 +2329,9 @@ START_TEST(follower_that_hears_a_leader_ignores_vote_requests)
 }
 END_TEST
 
-/* The lease lasts one election timeout: a follower that stopped hearing
- * from its leader votes again. */
+/* Thesis 4.2.3: the vote is withheld only "within the minimum election
+ * timeout of hearing from a current leader": once the leader is silent for
+ * longer, followers vote again and a new leader is elected. */
 START_TEST(follower_votes_again_once_the_leader_has_been_silent)
 {
     struct opts o = plain;
@@ -2355,9 +2385,9 @@ START_TEST(transfer_to_an_up_to_date_follower_makes_it_leader)
 }
 END_TEST
 
-/* "The prior leader ... transfers its log entries to the target server
- * ... the leader sends it entries until it is up to date; then it sends
- * TimeoutNow." */
+/* Thesis 3.10: "The prior leader fully updates the target server's log to
+ * match its own log, using the normal log replication mechanism". Only then
+ * does it send TimeoutNow. */
 START_TEST(transfer_to_a_lagging_follower_catches_it_up_first)
 {
     struct net *nt = net_new(3, &plain, 27);
@@ -2380,8 +2410,8 @@ START_TEST(transfer_to_a_lagging_follower_catches_it_up_first)
 }
 END_TEST
 
-/* "During this time, the prior leader stops accepting new client requests"
- * and "If the transfer does not complete within an election timeout, the
+/* Thesis 3.10: "The prior leader stops accepting new client requests." and
+ * "If the transfer does not complete within an election timeout, the
  * prior leader aborts the transfer and resumes accepting client
  * requests." */
 START_TEST(proposals_fail_with_busy_until_the_transfer_is_abandoned)
@@ -2481,8 +2511,9 @@ END_TEST
 
 /* ==== Flow control ===================================================== */
 
-/* A follower in replicate state has at most max_inflight appends in flight;
- * more proposals wait for acks. */
+/* Flow control is not in the paper (etcd's design, docs/raft.md): a follower
+ * in replicate state has at most max_inflight appends in flight; more
+ * proposals wait for acks, and then all of them are delivered. */
 START_TEST(replicating_follower_has_at_most_max_inflight_appends)
 {
     struct opts o = plain;
@@ -2501,7 +2532,8 @@ START_TEST(replicating_follower_has_at_most_max_inflight_appends)
 }
 END_TEST
 
-/* A follower in probe state gets one append at a time until it answers. */
+/* Flow control (etcd's design, not in the paper): a follower in probe state
+ * gets one append at a time until it answers. */
 START_TEST(probing_follower_gets_one_append_until_it_answers)
 {
     struct net *nt = net_new(3, &plain, 31);
@@ -2523,8 +2555,8 @@ START_TEST(probing_follower_gets_one_append_until_it_answers)
 }
 END_TEST
 
-/* Catching up is batched: up to max_msg_bytes of entries per append (the
- * first entry always goes). */
+/* Flow control (etcd's design, not in the paper): catching up is batched, up
+ * to max_msg_bytes of entries per append (the first entry always goes). */
 START_TEST(catch_up_appends_are_batched_up_to_max_msg_bytes)
 {
     struct opts o = plain;
@@ -2564,8 +2596,9 @@ START_TEST(catch_up_appends_are_batched_up_to_max_msg_bytes)
 }
 END_TEST
 
-/* Lost appends are found by the next heartbeat answer: the leader resends
- * from the follower's match. */
+/* "If followers crash or run slowly, or if network packets are lost, the
+ * leader retries AppendEntries RPCs indefinitely (even after it has responded
+ * to the client) until all followers eventually store all log entries." */
 START_TEST(lost_appends_are_resent_after_a_heartbeat)
 {
     struct net *nt = net_new(3, &plain, 33);
@@ -2584,7 +2617,8 @@ END_TEST
 
 /* ==== The Ready protocol ============================================== */
 
-/* Each item is handed out once; after advance there is nothing to do. */
+/* The Ready protocol is this project's driver contract (raft.h, not the
+ * paper): each item is handed out once; after advance nothing is left. */
 START_TEST(ready_hands_out_each_item_once)
 {
     struct raft *r = mk_node(1, 3, &plain, NULL);
@@ -2605,9 +2639,10 @@ START_TEST(ready_hands_out_each_item_once)
 }
 END_TEST
 
-/* Messages produced while a Ready is outstanding come in the next one, and
- * what was handed out stays valid until advance even if the log that held it
- * is truncated meanwhile (checked by ASan in the sanitizer run). */
+/* Driver contract (raft.h): messages produced while a Ready is outstanding
+ * come in the next one, and what was handed out stays valid until advance
+ * even if the log that held it is truncated meanwhile (ASan checks the
+ * memory in the sanitizer run). */
 START_TEST(handed_out_entries_stay_valid_until_advance)
 {
     struct raft_entry ents[3];
@@ -2663,8 +2698,9 @@ START_TEST(handed_out_entries_stay_valid_until_advance)
 }
 END_TEST
 
-/* Committed entries and the stored commit index never run ahead of the
- * stored log, even when the Ready could not take all entries at once. */
+/* Driver contract (raft.h): committed entries and the stored commit index
+ * never run ahead of the stored log, even when the Ready could not take all
+ * entries at once (here: its copy cannot be allocated). */
 START_TEST(committed_entries_never_run_ahead_of_the_stored_log)
 {
     struct raft *r = mk_node(2, 3, &plain, NULL);
@@ -2697,7 +2733,9 @@ END_TEST
 
 /* ==== Invariants and faults ============================================ */
 
-/* The invariant check is not vacuous: breaking a rule on purpose is seen. */
+/* raft_check_invariants is not vacuous: breaking each rule on purpose (term
+ * going back, a second vote in a term, commit beyond the log, log terms
+ * going back) is reported. */
 START_TEST(invariant_check_sees_broken_rules)
 {
     char why[128];
@@ -2726,7 +2764,9 @@ START_TEST(invariant_check_sees_broken_rules)
 }
 END_TEST
 
-/* Every allocation of raft_new may fail: NULL, no leak (LeakSanitizer). */
+/* Project rule: "every allocation failure returns RAFT_ENOMEM without
+ * corrupting state". Each allocation of raft_new fails in turn: NULL, and no
+ * leak (LeakSanitizer, in the sanitizer run). */
 START_TEST(raft_new_fails_cleanly_when_any_allocation_fails)
 {
     struct raft_entry ents[3];
@@ -2814,8 +2854,11 @@ START_TEST(random_faults_keep_election_and_state_machine_safety)
 {
     uint64_t seed = (uint64_t)_i;
     const char *env = getenv("KV_SIM_SEED");
-    if (env)
+    if (env) {
+        if (_i != 0)
+            return; /* replay one seed once */
         seed = strtoull(env, NULL, 10);
+    }
     struct opts o = plain;
     uint64_t s = seed * 0x2545f4914f6cdd1dull + 7;
     o.pre_vote = rng_next(&s) % 2;
@@ -3018,14 +3061,14 @@ Suite *raft_suite(void)
     }
     TCase *tc = tcase_create("allocation failures");
     tcase_add_checked_fixture(tc, fixture_setup, NULL);
-    tcase_add_loop_test(tc, any_failed_allocation_leaves_a_consistent_state,
-                        0, 150);
+    tcase_add_loop_test(tc, any_failed_allocation_leaves_a_consistent_state, 0,
+                        150);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     tc = tcase_create("randomized safety");
     tcase_add_checked_fixture(tc, fixture_setup, NULL);
-    tcase_add_loop_test(tc, random_faults_keep_election_and_state_machine_safety,
-                        0, 200);
+    tcase_add_loop_test(
+        tc, random_faults_keep_election_and_state_machine_safety, 0, 200);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;
