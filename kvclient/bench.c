@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "bench.h"
 #include "kv.h"
 
@@ -46,6 +47,7 @@ struct bench_client {
     uint64_t rng;
     uint64_t errors, not_found;
     uint64_t by_code[BENCH_NCODES];
+    unsigned slots;      /* clients this thread carries (pipelined if > 1) */
     struct timespec end; /* when its timed loop ended */
     int setup_rc;        /* KV_OK or why its setup failed */
     char setup_err[256];
@@ -158,6 +160,91 @@ static void run_ops(struct bench_client *cl, kv *db, const void *val,
     }
 }
 
+/* Fills OP with the next operation of a pipelined thread. */
+static void next_op(struct bench_client *cl, struct admin_op *op, char *key,
+                    size_t keycap, const void *val, size_t vlen, uint64_t k,
+                    int preload_op)
+{
+    const struct bench_config *cfg = cl->sh->cfg;
+    uint64_t r = next_rand(&cl->rng);
+    int is_read = !preload_op && (cfg->workload == BENCH_READ ||
+                                  (cfg->workload == BENCH_MIXED && (r & 1)));
+    memset(op, 0, sizeof *op);
+    op->kind = is_read ? ADMIN_GET : ADMIN_PUT;
+    op->klen = bench_key(key, keycap, preload_op ? k : (r >> 1) % cfg->keys);
+    op->key = key;
+    op->val = val;
+    op->vlen = vlen;
+    op->timeout_ms = cfg->timeout_ms;
+}
+
+/* Runs COUNT operations with up to cl->slots in flight on DB; with LAT,
+ * records each latency (timed phase), else preloads keys from FIRST. */
+static int run_pipelined(struct bench_client *cl, kv *db, const void *val,
+                         size_t vlen, uint64_t count, uint64_t *lat,
+                         uint64_t first)
+{
+    unsigned n = cl->slots;
+    struct admin_op *ops = calloc(n, sizeof *ops);
+    char(*keys)[48] = calloc(n, sizeof *keys);
+    uint64_t *t0 = calloc(n, sizeof *t0);
+    unsigned *done = calloc(n, sizeof *done);
+    uint64_t issued = 0, finished = 0;
+    int rc = ops && keys && t0 && done ? admin_pipeline(db, n) : KV_ENOMEM;
+    for (unsigned s = 0; rc == KV_OK && s < n && issued < count; s++) {
+        next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen,
+                first + issued, lat == NULL);
+        t0[s] = now_ns();
+        rc = admin_submit(db, s, &ops[s]);
+        issued++;
+    }
+    while (rc == KV_OK && finished < issued) {
+        int got = admin_poll(db, 100, done, n);
+        if (got < 0) {
+            rc = got;
+            break;
+        }
+        for (int j = 0; j < got; j++) {
+            unsigned s = done[j];
+            int orc = ops[s].rc;
+            if (lat) {
+                lat[finished] = now_ns() - t0[s];
+                if (orc == KV_ENOTFOUND && ops[s].kind == ADMIN_GET)
+                    cl->not_found++;
+                else if (orc != KV_OK)
+                    count_error(cl, orc);
+                atomic_fetch_add_explicit(&cl->sh->done, 1,
+                                          memory_order_relaxed);
+            } else if (orc != KV_OK) {
+                snprintf(cl->setup_err, sizeof cl->setup_err,
+                         "client %u: preload put: %s", cl->index,
+                         kv_strerror(orc));
+                rc = orc;
+            }
+            finished++;
+            if (rc == KV_OK && issued < count) {
+                next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen,
+                        first + issued, lat == NULL);
+                t0[s] = now_ns();
+                rc = admin_submit(db, s, &ops[s]);
+                issued++;
+            }
+        }
+    }
+    /* On an error, wait for what is in flight (bounded by its timeouts). */
+    while (finished < issued) {
+        int got = admin_poll(db, 100, done, n);
+        if (got < 0)
+            break;
+        finished += (uint64_t)got;
+    }
+    free(ops);
+    free(keys);
+    free(t0);
+    free(done);
+    return rc;
+}
+
 /* A client thread: setup, wait for the start, run, report. */
 static void *client_main(void *arg)
 {
@@ -175,7 +262,12 @@ static void *client_main(void *arg)
         snprintf(cl->setup_err, sizeof cl->setup_err, "client %u: open %s: %s",
                  cl->index, cfg->target, kv_errmsg(NULL));
     } else if (cfg->workload == BENCH_READ) {
-        cl->setup_rc = preload(cl, db, sh->value, cfg->value_size);
+        cl->setup_rc =
+            cl->slots > 1
+                ? run_pipelined(cl, db, sh->value, cfg->value_size,
+                                cl->end_key - cl->first_key, NULL,
+                                cl->first_key)
+                : preload(cl, db, sh->value, cfg->value_size);
     }
 
     pthread_mutex_lock(&sh->mu);
@@ -186,7 +278,10 @@ static void *client_main(void *arg)
     go = sh->go;
     pthread_mutex_unlock(&sh->mu);
 
-    if (go > 0 && cl->setup_rc == KV_OK)
+    if (go > 0 && cl->setup_rc == KV_OK && cl->slots > 1)
+        run_pipelined(cl, db, sh->value, cfg->value_size, cl->nops, cl->lat,
+                      0);
+    else if (go > 0 && cl->setup_rc == KV_OK)
         run_ops(cl, db, sh->value, cfg->value_size);
     clock_gettime(CLOCK_MONOTONIC, &cl->end);
     kv_close(db);
@@ -252,7 +347,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     struct bench_shared sh;
     struct bench_client *cls = NULL;
     uint64_t *lat = NULL, off = 0, seed;
-    unsigned i, created = 0;
+    unsigned i, created = 0, nthreads;
     struct timespec start, end;
     int rc = KV_OK, go;
 
@@ -277,7 +372,19 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
         rc = KV_ENOMEM;
         goto out_mutex;
     }
-    cls = calloc(cfg->clients, sizeof *cls);
+    nthreads = cfg->threads;
+    if (nthreads == 0)
+        nthreads = strncmp(cfg->target, "embedded:", 9) == 0 ? cfg->clients
+                   : cfg->clients < 4                      ? cfg->clients
+                                                           : 4;
+    if (nthreads > cfg->clients)
+        nthreads = cfg->clients;
+    if (nthreads < cfg->clients && strncmp(cfg->target, "embedded:", 9) == 0) {
+        snprintf(err, errlen, "an embedded target needs a thread per client");
+        rc = KV_EINVAL;
+        goto out_cond;
+    }
+    cls = calloc(nthreads, sizeof *cls);
     lat = malloc(cfg->ops * sizeof *lat);
     sh.value = malloc(cfg->value_size ? cfg->value_size : 1);
     if (cls == NULL || lat == NULL || sh.value == NULL) {
@@ -290,19 +397,20 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     for (off = 0; off < cfg->value_size; off++)
         sh.value[off] = (unsigned char)('a' + next_rand(&seed) % 26);
     off = 0;
-    for (i = 0; i < cfg->clients; i++) {
+    for (i = 0; i < nthreads; i++) {
         struct bench_client *cl = &cls[i];
         cl->index = i;
         cl->sh = &sh;
-        cl->nops = cfg->ops / cfg->clients + (i < cfg->ops % cfg->clients);
+        cl->slots = cfg->clients / nthreads + (i < cfg->clients % nthreads);
+        cl->nops = cfg->ops / nthreads + (i < cfg->ops % nthreads);
         cl->lat = lat + off;
         off += cl->nops;
-        cl->first_key = cfg->keys * i / cfg->clients;
-        cl->end_key = cfg->keys * (i + 1) / cfg->clients;
+        cl->first_key = cfg->keys * i / nthreads;
+        cl->end_key = cfg->keys * (i + 1) / nthreads;
         cl->rng = (seed + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL) | 1;
     }
 
-    for (i = 0; i < cfg->clients; i++) {
+    for (i = 0; i < nthreads; i++) {
         if (pthread_create(&cls[i].tid, NULL, client_main, &cls[i]) != 0) {
             snprintf(err, errlen, "cannot start client thread %u", i);
             rc = KV_ENOMEM;
@@ -336,7 +444,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
         goto out_mem;
 
     end = start;
-    for (i = 0; i < cfg->clients; i++) {
+    for (i = 0; i < nthreads; i++) {
         unsigned c;
         if (elapsed(&end, &cls[i].end) > 0)
             end = cls[i].end;
@@ -358,6 +466,7 @@ out_mem:
     free(sh.value);
     free(lat);
     free(cls);
+out_cond:
     pthread_cond_destroy(&sh.cv);
 out_mutex:
     pthread_mutex_destroy(&sh.mu);

@@ -41,6 +41,10 @@ struct bench_config {
     uint64_t keys;       /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
     enum bench_workload workload;
     int json; /* bench_print() writes one JSON object instead of text */
+    unsigned threads; /* threads that carry the clients; 0 = automatic:
+                         one per client for an embedded target, else at most
+                         4, each keeping its clients' requests in flight
+                         together (pipelined, one session per client) */
 };
 
 struct bench_result {

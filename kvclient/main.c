@@ -60,6 +60,7 @@ enum opt_id {
     OPT_VALUE_SIZE,
     OPT_KEYS,
     OPT_WORKLOAD,
+    OPT_THREADS,
     OPT_COUNT
 };
 
@@ -91,7 +92,9 @@ static const struct optdef optdefs[OPT_COUNT] = {
     [OPT_START] = {"start", 0, "S", "scan: keys >= S"},
     [OPT_END] = {"end", 0, "E", "scan: keys < E"},
     [OPT_LIMIT] = {"limit", 0, "N", "scan: at most N entries (0: all)"},
-    [OPT_CLIENTS] = {"clients", 0, "N", "bench: client threads (16)"},
+    [OPT_CLIENTS] = {"clients", 0, "N", "bench: concurrent clients (16)"},
+    [OPT_THREADS] = {"threads", 0, "N",
+                     "bench: threads carrying the clients (auto)"},
     [OPT_OPS] = {"ops", 0, "N", "bench: operations in total (100000)"},
     [OPT_VALUE_SIZE] = {"value-size", 0, "N", "bench: value bytes (100)"},
     [OPT_KEYS] = {"keys", 0, "N", "bench: key space (100000)"},
@@ -152,10 +155,10 @@ static const struct command commands[] = {
      "print nodes and shards; exit 4 if a node is down"},
     {"bench", cmd_bench, 0, 0,
      BIT(OPT_CLIENTS) | BIT(OPT_OPS) | BIT(OPT_VALUE_SIZE) | BIT(OPT_KEYS) |
-         BIT(OPT_WORKLOAD),
+         BIT(OPT_WORKLOAD) | BIT(OPT_THREADS),
      0,
      "bench [--clients N] [--ops N] [--value-size N] [--keys N] "
-     "[--workload write|read|mixed]",
+     "[--workload write|read|mixed] [--threads N]",
      "measure throughput and latency"},
     {"help", cmd_help, 0, 1, 0, 0, "help [COMMAND]", "print help"},
 };
@@ -1029,6 +1032,10 @@ static int cmd_bench(struct cli *c)
     if ((ret = opt_u64(c, OPT_CLIENTS, 1, BENCH_MAX_CLIENTS, &v)) != 0)
         return ret;
     cfg.clients = (unsigned)v;
+    v = 0;
+    if ((ret = opt_u64(c, OPT_THREADS, 1, BENCH_MAX_CLIENTS, &v)) != 0)
+        return ret;
+    cfg.threads = (unsigned)v;
     v = 100000;
     if ((ret = opt_u64(c, OPT_OPS, 1, BENCH_MAX_OPS, &v)) != 0)
         return ret;

@@ -743,6 +743,26 @@ static bool maybe_commit(struct raft *r)
     return true;
 }
 
+/* The leader's own match is what it has stored, not what it appended
+ * (Raft thesis 10.2.1: a leader may replicate entries before writing them to
+ * its own disk, as long as it counts itself only once they are there). This
+ * lets the driver send a Ready's appends before its own synced write, so a
+ * write waits for one fsync round, not two, before commit. */
+static void self_stored(struct raft *r)
+{
+    if (r->role != RAFT_LEADER)
+        return;
+    struct progress *self = find_pr(r, r->id);
+    uint64_t stored = r->stable < last_index(r) ? r->stable : last_index(r);
+    if (stored > self->match) {
+        self->match = stored;
+        if (maybe_commit(r)) {
+            r->bcast_pending = true;
+            r->bcast_empty = true;
+        }
+    }
+}
+
 /* ---- role changes
  * ------------------------------------------------------------ */
 
@@ -814,9 +834,10 @@ static void become_leader(struct raft *r)
         become_follower(r, r->term, RAFT_NONE);
         return;
     }
-    find_pr(r, r->id)->match = last_index(r);
+    /* The leader counts its own entries once they are stored (see
+     * self_stored): the driver may send appends before its own fsync. */
+    self_stored(r);
     find_pr(r, r->id)->next = last_index(r) + 1;
-    (void)maybe_commit(r);
     r->bcast_pending = true;
 }
 
@@ -1325,9 +1346,8 @@ int raft_propose(struct raft *r, const void *data, size_t len, uint64_t *index)
     if (rc != RAFT_OK)
         return rc;
     struct progress *self = find_pr(r, r->id);
-    self->match = last_index(r);
-    self->next = self->match + 1;
-    (void)maybe_commit(r);
+    self->next = last_index(r) + 1;
+    self_stored(r);
     r->bcast_pending = true;
     if (index)
         *index = e.index;
@@ -1567,6 +1587,7 @@ void raft_advance(struct raft *r, const struct raft_ready *rd)
     }
     if (r->stored_last < r->stable)
         r->stored_last = r->stable;
+    self_stored(r);
     if (h->hs_changed)
         r->hs_saved = h->hs;
     if (h->n_committed && h->last_committed > r->applied)
@@ -1840,8 +1861,8 @@ int raft_check_invariants(const struct raft *r, char *why, size_t whylen)
             if (pr->infl_n > r->max_inflight)
                 BROKEN("progress of %u: inflight overflow", pr->id);
         }
-        if (find_pr(r, r->id)->match != last)
-            BROKEN("leader's own match is not its last index");
+        if (find_pr(r, r->id)->match != (r->stable < last ? r->stable : last))
+            BROKEN("leader's own match is not its stored index");
         break;
     case RAFT_CANDIDATE:
         if (r->vote != r->id || r->leader != RAFT_NONE)

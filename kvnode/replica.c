@@ -110,6 +110,7 @@ struct replica {
     struct group **groups; /* by shard; NULL where this node is no member */
     struct raft_ready *rd; /* by shard: the Ready being processed */
     bool *has_rd;
+    bool *early;           /* by shard: its appends go out before the fsync */
     size_t total_waiters;
     struct replica_stats stats;
     unsigned char *scratch;
@@ -1494,8 +1495,24 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
         handle_ack(r, b->from, b->acks[i]);
 }
 
-/* Sends every Raft message of this flush, one PeerBatch per peer node. */
-static void send_messages(struct replica *r)
+/* Whether message M of shard S is sent in this phase: EARLY sends a
+ * leader's appends and heartbeats before its own synced write (its entries
+ * count for commit only once stored: raft.c self_stored); everything else
+ * waits for the write, as Raft requires of votes and acknowledgements. */
+static bool send_now(const struct replica *r, uint32_t s,
+                     const struct raft_msg *m, bool early)
+{
+    if (m->type == RAFT_MSG_SNAPSHOT)
+        return false;
+    bool leader_msg =
+        m->type == RAFT_MSG_APPEND || m->type == RAFT_MSG_HEARTBEAT;
+    bool in_early = r->early[s] && leader_msg;
+    return early ? in_early : !in_early;
+}
+
+/* Sends the Raft messages of this flush for one phase, one PeerBatch per
+ * peer node. */
+static void send_messages(struct replica *r, bool early)
 {
     const struct conf *c = r->conf;
     for (size_t ni = 0; ni < c->nnodes; ni++) {
@@ -1508,7 +1525,7 @@ static void send_messages(struct replica *r)
                 continue;
             for (size_t i = 0; i < r->rd[s].n_msgs; i++) {
                 const struct raft_msg *m = &r->rd[s].msgs[i];
-                if (m->to == peer && m->type != RAFT_MSG_SNAPSHOT) {
+                if (m->to == peer && send_now(r, s, m, early)) {
                     count++;
                     nent += m->n_entries;
                 }
@@ -1528,7 +1545,7 @@ static void send_messages(struct replica *r)
                 continue;
             for (size_t i = 0; i < r->rd[s].n_msgs; i++) {
                 const struct raft_msg *m = &r->rd[s].msgs[i];
-                if (m->to != peer || m->type == RAFT_MSG_SNAPSHOT)
+                if (m->to != peer || !send_now(r, s, m, early))
                     continue;
                 Kv__RaftMessage *pm = &ms[k];
                 kv__raft_message__init(pm);
@@ -1607,6 +1624,11 @@ int replica_flush(struct replica *r)
             continue;
         r->has_rd[s] = true;
         struct raft_ready *rd = &r->rd[s];
+        /* A leader whose term and vote are already on disk may send its
+         * appends before this iteration's fsync. */
+        r->early[s] = rd->role == RAFT_LEADER &&
+                      (!rd->hs_changed || (rd->hs.term == g->hs.term &&
+                                           rd->hs.vote == g->hs.vote));
         if (rd->soft_changed) {
             if (g->role == RAFT_LEADER && rd->role != RAFT_LEADER)
                 bounce_reads(r, g);
@@ -1665,7 +1687,8 @@ int replica_flush(struct replica *r)
                     snap_out_start(r, g, &g->out[j], m->to);
         }
     }
-    /* 2. One synced batch for every group. */
+    /* 2. One synced batch for every group (a leader's appends first). */
+    send_messages(r, true);
     rc = engine_commit(r->engine);
     if (rc != KV_OK) {
         log_msg(LOG_ERROR, "cannot persist raft state", "error=\"%s\"",
@@ -1673,7 +1696,7 @@ int replica_flush(struct replica *r)
         return rc;
     }
     /* 3. Send. */
-    send_messages(r);
+    send_messages(r, false);
     /* 4. Answer. 5. Advance. */
     for (uint32_t s = 0; s < c->shards; s++) {
         struct group *g = r->groups[s];
@@ -1847,7 +1870,8 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->groups = calloc(conf->shards, sizeof(*r->groups));
     r->rd = calloc(conf->shards, sizeof(*r->rd));
     r->has_rd = calloc(conf->shards, sizeof(*r->has_rd));
-    int rc = r->groups && r->rd && r->has_rd ? KV_OK : KV_ENOMEM;
+    r->early = calloc(conf->shards, sizeof(*r->early));
+    int rc = r->groups && r->rd && r->has_rd && r->early ? KV_OK : KV_ENOMEM;
     if (rc == KV_OK)
         rc = engine_open(store, conf->shards, &r->engine);
     if (rc == KV_OK)
@@ -1880,6 +1904,7 @@ void replica_close(struct replica *r)
     free(r->groups);
     free(r->rd);
     free(r->has_rd);
+    free(r->early);
     engine_close(r->engine);
     free(r->scratch);
     free(r);

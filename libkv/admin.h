@@ -35,4 +35,35 @@ void admin_status_free(Kv__StatusResult *st);
 int admin_raw(kv *db, size_t i, const void *buf, size_t len,
               uint32_t timeout_ms, Kv__Envelope **out);
 
+/* --- pipelined requests (cluster mode), for load generators -------------
+ *
+ * A pipeline keeps up to SLOTS operations in flight on one handle, each slot
+ * a client of its own (its own session id and write numbers, so retries
+ * stay exactly-once). Operations are routed, redirected and retried like
+ * kv_get/kv_put; admin_poll returns the ones that finished. */
+
+enum admin_op_kind { ADMIN_GET, ADMIN_PUT };
+
+struct admin_op {
+    enum admin_op_kind kind;
+    const void *key; /* must stay valid until the op is done */
+    size_t klen;
+    const void *val; /* ADMIN_PUT */
+    size_t vlen;
+    uint32_t timeout_ms; /* 0: the handle's default */
+    int rc;              /* out: KV_OK or an error */
+    uint64_t version;    /* out */
+};
+
+/* Prepares SLOTS slots on DB. KV_EINVAL for an embedded handle. */
+int admin_pipeline(kv *db, unsigned slots);
+
+/* Starts OP on a free SLOT (0 <= SLOT < slots, not busy). */
+int admin_submit(kv *db, unsigned slot, struct admin_op *op);
+
+/* Waits up to TIMEOUT_MS for operations to finish, retrying what needs it;
+ * writes the slots that finished into DONE (at most MAX) and returns their
+ * number (0 on timeout), or a negative code. */
+int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max);
+
 #endif

@@ -21,8 +21,10 @@
 #include <sodium.h>
 #include <zmq.h>
 
+#include "admin.h"
 #include "conf.h"
 #include "kvimpl.h"
+#include "shard.h"
 #include "wire.h"
 
 #define SEND_WAIT_MS 250 /* a node with no live connection is skipped */
@@ -36,7 +38,11 @@ struct client {
     uint64_t next_id;
     unsigned char client_id[CLIENT_ID_LEN]; /* names this handle's session */
     uint64_t seq;                           /* last write's sequence number */
+    struct pipeline *pipe;                  /* admin_pipeline(), or NULL */
 };
+
+struct pipeline;
+static void pipeline_free(struct pipeline *p);
 
 static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *shared_ctx;
@@ -479,6 +485,7 @@ static void client_free(struct client *c)
     free(c->socks);
     free(c->route);
     conf_free(c->conf);
+    pipeline_free(c->pipe);
     free(c);
     ctx_put();
 }
@@ -670,4 +677,246 @@ int client_open(const char *target, const kv_open_opts *opts, kv **out,
     c->next_id >>= 1;
     *out = &c->base;
     return KV_OK;
+}
+
+/* --- pipelined requests (admin.h) ----------------------------------------- */
+
+struct pipe_slot {
+    struct admin_op *op; /* NULL: free */
+    unsigned char client_id[CLIENT_ID_LEN];
+    uint64_t seq;
+    uint64_t req_id;
+    uint32_t shard;
+    size_t node;
+    void *buf; /* the encoded request */
+    size_t len;
+    uint64_t deadline;
+    uint64_t attempt_deadline;
+    uint64_t retry_at; /* 0: sent; else resend at this time */
+    bool delivered;
+};
+
+struct pipeline {
+    struct pipe_slot *slots;
+    unsigned n;
+    unsigned busy;
+};
+
+static void pipeline_free(struct pipeline *p)
+{
+    if (!p)
+        return;
+    for (unsigned i = 0; i < p->n; i++)
+        free(p->slots[i].buf);
+    free(p->slots);
+    free(p);
+}
+
+int admin_pipeline(kv *db, unsigned slots)
+{
+    if (db->embedded || slots == 0)
+        return KV_EINVAL;
+    struct client *c = client_of(db);
+    struct pipeline *p = calloc(1, sizeof(*p));
+    if (!p)
+        return KV_ENOMEM;
+    p->slots = calloc(slots, sizeof(*p->slots));
+    if (!p->slots) {
+        free(p);
+        return KV_ENOMEM;
+    }
+    p->n = slots;
+    for (unsigned i = 0; i < slots; i++)
+        randombytes_buf(p->slots[i].client_id, CLIENT_ID_LEN);
+    pipeline_free(c->pipe);
+    c->pipe = p;
+    return KV_OK;
+}
+
+/* Sends slot S's request to its node without blocking. */
+static void pipe_send(struct client *c, struct pipe_slot *s, uint64_t now,
+                      uint64_t attempt_ms)
+{
+    void *sock = node_socket(c, s->node);
+    s->retry_at = 0;
+    s->attempt_deadline = now + attempt_ms;
+    if (!sock || zmq_send(sock, s->buf, s->len, ZMQ_DONTWAIT) < 0) {
+        /* Not connected (yet): try again shortly, then elsewhere. */
+        s->retry_at = now + 5;
+        return;
+    }
+    s->delivered = true;
+}
+
+static uint64_t pipe_attempt_ms(uint32_t timeout_ms)
+{
+    uint64_t a = timeout_ms / 10;
+    return a < 200 ? 200 : a > 1000 ? 1000 : a;
+}
+
+int admin_submit(kv *db, unsigned slot, struct admin_op *op)
+{
+    struct client *c = client_of(db);
+    struct pipeline *p = c->pipe;
+    if (!p || slot >= p->n || p->slots[slot].op || !op->key || !op->klen ||
+        op->klen > db->max_key_bytes ||
+        (op->kind == ADMIN_PUT && op->vlen > db->max_value_bytes))
+        return KV_EINVAL;
+    struct pipe_slot *s = &p->slots[slot];
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__GetRequest g = KV__GET_REQUEST__INIT;
+    Kv__PutRequest w = KV__PUT_REQUEST__INIT;
+    uint32_t timeout = op->timeout_ms ? op->timeout_ms : db->timeout_ms;
+    req.id = ++c->next_id;
+    req.timeout_ms = timeout;
+    if (op->kind == ADMIN_GET) {
+        g.key.data = (uint8_t *)op->key;
+        g.key.len = op->klen;
+        req.op_case = KV__REQUEST__OP_GET;
+        req.get = &g;
+    } else {
+        w.key.data = (uint8_t *)op->key;
+        w.key.len = op->klen;
+        w.value.data = (uint8_t *)op->val;
+        w.value.len = op->vlen;
+        req.op_case = KV__REQUEST__OP_PUT;
+        req.put = &w;
+        req.client_id.data = s->client_id;
+        req.client_id.len = CLIENT_ID_LEN;
+        req.seq = ++s->seq;
+    }
+    free(s->buf);
+    s->buf = NULL;
+    int rc = wire_encode_request(&req, &s->buf, &s->len);
+    if (rc != KV_OK)
+        return rc;
+    uint64_t now = now_ms();
+    s->op = op;
+    s->req_id = req.id;
+    s->shard = shard_of(op->key, op->klen, db->nshards);
+    s->node = c->route[s->shard];
+    s->deadline = now + timeout;
+    s->delivered = false;
+    op->rc = KV_OK;
+    op->version = 0;
+    p->busy++;
+    pipe_send(c, s, now, pipe_attempt_ms(timeout));
+    return KV_OK;
+}
+
+static void pipe_finish(struct pipeline *p, struct pipe_slot *s, int rc,
+                        unsigned *done, size_t *n)
+{
+    s->op->rc = rc;
+    s->op = NULL;
+    p->busy--;
+    done[(*n)++] = (unsigned)(s - p->slots);
+}
+
+/* Handles one reply frame. */
+static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
+                       size_t *n, size_t max)
+{
+    struct pipeline *p = c->pipe;
+    struct pipe_slot *s = NULL;
+    for (unsigned i = 0; i < p->n; i++)
+        if (p->slots[i].op && p->slots[i].req_id == r->id) {
+            s = &p->slots[i];
+            break;
+        }
+    if (!s || *n >= max)
+        return; /* late, or no room: the attempt timeout resends it */
+    uint64_t now = now_ms();
+    if (r->code == KV_ENOTLEADER || r->code == KV_EUNAVAILABLE) {
+        size_t j = r->code == KV_ENOTLEADER ? node_index(c->conf, r->leader_id)
+                                            : c->conf->nnodes;
+        if (j < c->conf->nnodes && j != s->node) {
+            s->node = j;
+            pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+        } else {
+            s->node = next_member(c, s->shard, s->node);
+            s->retry_at = now + 20;
+        }
+        return;
+    }
+    c->route[s->shard] = s->node;
+    if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_WRITE)
+        s->op->version = r->write->version;
+    else if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_GET)
+        s->op->version = r->get->version;
+    pipe_finish(p, s, r->code < KV_EINTERNAL ? KV_EPROTO : r->code, done, n);
+}
+
+int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
+{
+    struct client *c = client_of(db);
+    struct pipeline *p = c->pipe;
+    if (!p)
+        return KV_EINVAL;
+    size_t n = 0;
+    size_t nn = c->conf->nnodes;
+    zmq_pollitem_t items[CONF_MAX_NODES];
+    uint64_t until = now_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+    for (;;) {
+        uint64_t now = now_ms();
+        /* Timeouts and scheduled resends. */
+        for (unsigned i = 0; i < p->n && n < max; i++) {
+            struct pipe_slot *s = &p->slots[i];
+            if (!s->op)
+                continue;
+            if (now >= s->deadline) {
+                pipe_finish(p, s, s->delivered ? KV_ETIMEDOUT : KV_EUNAVAILABLE,
+                            done, &n);
+                continue;
+            }
+            if (s->retry_at && now >= s->retry_at) {
+                pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+            } else if (!s->retry_at && now >= s->attempt_deadline) {
+                node_reset(c, s->node);
+                s->node = next_member(c, s->shard, s->node);
+                pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+            }
+        }
+        if (n || !p->busy)
+            return (int)n;
+        size_t k = 0;
+        for (size_t i = 0; i < nn; i++)
+            if (c->socks[i])
+                items[k++] = (zmq_pollitem_t){.socket = c->socks[i],
+                                              .events = ZMQ_POLLIN};
+        now = now_ms();
+        long wait = until > now ? (long)(until - now) : 0;
+        if (wait > 5)
+            wait = 5; /* resends and timeouts are checked every 5 ms */
+        int rc = k ? zmq_poll(items, (int)k, wait) : 0;
+        if (!k)
+            sleep_ms((uint64_t)wait);
+        if (rc < 0 && zmq_errno() != EINTR)
+            return KV_EIO;
+        for (size_t i = 0; rc > 0 && i < k; i++) {
+            if (!(items[i].revents & ZMQ_POLLIN))
+                continue;
+            for (int m = 0; m < 256 && n < max; m++) {
+                zmq_msg_t msg;
+                zmq_msg_init(&msg);
+                if (zmq_msg_recv(&msg, items[i].socket, ZMQ_DONTWAIT) < 0) {
+                    zmq_msg_close(&msg);
+                    break;
+                }
+                char err[128];
+                Kv__Envelope *env = NULL;
+                int drc = wire_decode(zmq_msg_data(&msg), zmq_msg_size(&msg),
+                                      c->conf->max_message_bytes + 4096, &env,
+                                      err, sizeof(err));
+                zmq_msg_close(&msg);
+                if (drc != KV_OK)
+                    continue;
+                if (env->body_case == KV__ENVELOPE__BODY_RESPONSE)
+                    pipe_reply(c, env->response, done, &n, max);
+                wire_free(env);
+            }
+        }
+        if (n || now_ms() >= until)
+            return (int)n;
+    }
 }

@@ -1119,6 +1119,166 @@ static int search_run(struct search *s)
     return LIN_OK;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Quick proofs                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A pair of operations (indices into the search's ops) that refutes it. */
+struct qproof {
+    int kind; /* enum lin_proof */
+    size_t a, b;
+};
+
+/* The version op P shows exists at its linearization point or right after
+ * it (created or seen), or 0. Later records all have greater versions. */
+static uint64_t shown_version(const struct sop *p)
+{
+    const struct lin_op *op = p->op;
+    if (p->pending || op->outcome != LIN_OUT_OK)
+        return 0;
+    if (op->kind == LIN_DELETE)
+        return op->expect_version;
+    return op->out_version;
+}
+
+/* The version the record must have right at P's point (seen), or 0. */
+static uint64_t seen_version(const struct sop *p)
+{
+    const struct lin_op *op = p->op;
+    if (p->pending || op->outcome != LIN_OUT_OK)
+        return 0;
+    if (op->kind == LIN_READ)
+        return op->out_version;
+    if (op->kind == LIN_CAS || op->kind == LIN_DELETE)
+        return op->expect_version;
+    return 0;
+}
+
+/* The version P creates, or 0. */
+static uint64_t made_version(const struct sop *p)
+{
+    const struct lin_op *op = p->op;
+    if (p->pending || op->outcome != LIN_OUT_OK || op->kind == LIN_READ ||
+        op->kind == LIN_DELETE)
+        return 0;
+    return op->out_version;
+}
+
+struct tv {
+    uint64_t t, v;
+    uint32_t op;
+    int made; /* for version groups: creates it (sorts first) */
+};
+
+static int tv_cmp(const void *pa, const void *pb)
+{
+    const struct tv *a = pa, *b = pb;
+    if (a->t != b->t)
+        return a->t < b->t ? -1 : 1;
+    if (a->made != b->made)
+        return b->made - a->made;
+    return a->op < b->op ? -1 : a->op > b->op;
+}
+
+/* Looks for a pair of the N ops OPS contradicting each other on versions
+ * (enum lin_proof). Returns 1 and fills *PF, 0 when none, or LIN_ENOMEM. */
+static int quick_proof(const struct sop *ops, size_t n, struct qproof *pf)
+{
+    struct tv *x = malloc((n + 1) * sizeof *x);
+    struct tv *y = malloc((n + 1) * sizeof *y);
+    size_t nx = 0, ny = 0, i, j;
+    uint64_t best = 0;
+    uint32_t best_op = 0;
+    int rc = LIN_ENOMEM;
+
+    if (x == NULL || y == NULL)
+        goto out;
+    rc = 0;
+    /* Versions never go back: x = what each op shows, by return time; y =
+     * ops that see or create a version, by call time. */
+    for (i = 0; i < n; i++) {
+        uint64_t v = shown_version(&ops[i]);
+        if (v != 0)
+            x[nx++] = (struct tv){ops[i].op->ret, v, (uint32_t)i, 0};
+        if (seen_version(&ops[i]) != 0 || made_version(&ops[i]) != 0)
+            y[ny++] = (struct tv){ops[i].op->call, 0, (uint32_t)i, 0};
+    }
+    qsort(x, nx, sizeof *x, tv_cmp);
+    qsort(y, ny, sizeof *y, tv_cmp);
+    for (i = 0, j = 0; i < ny; i++) {
+        const struct sop *b = &ops[y[i].op];
+        uint64_t seen = seen_version(b), made = made_version(b);
+        for (; j < nx && x[j].t < y[i].t; j++) {
+            if (x[j].v > best) {
+                best = x[j].v;
+                best_op = x[j].op;
+            }
+        }
+        if (seen != 0 && best > seen) {
+            *pf = (struct qproof){LIN_PROOF_WENT_BACK, best_op, y[i].op};
+            rc = 1;
+            goto out;
+        }
+        if (made != 0 && best >= made) {
+            *pf = (struct qproof){LIN_PROOF_NOT_NEW, best_op, y[i].op};
+            rc = 1;
+            goto out;
+        }
+    }
+
+    /* A version names one record: x = (version, creator first) for every
+     * op that creates or reads one with its value. */
+    nx = 0;
+    for (i = 0; i < n; i++) {
+        const struct lin_op *op = ops[i].op;
+        uint64_t m = made_version(&ops[i]);
+        if (m != 0)
+            x[nx++] = (struct tv){m, op->value, (uint32_t)i, 1};
+        else if (op->kind == LIN_READ && seen_version(&ops[i]) != 0)
+            x[nx++] = (struct tv){op->out_version, op->out_value,
+                                  (uint32_t)i, 0};
+    }
+    qsort(x, nx, sizeof *x, tv_cmp);
+    for (i = 1; i < nx; i++) {
+        if (x[i].t != x[i - 1].t)
+            continue;
+        if (x[i].made) {
+            *pf = (struct qproof){LIN_PROOF_TWICE, x[i - 1].op, x[i].op};
+            rc = 1;
+            goto out;
+        }
+        if (x[i].v != x[i - 1].v) {
+            *pf = (struct qproof){LIN_PROOF_TWO_VALUES, x[i - 1].op, x[i].op};
+            rc = 1;
+            goto out;
+        }
+    }
+    /* No op sees a version before its creator is called. */
+    for (i = 0; i < n; i++) {
+        uint64_t seen = seen_version(&ops[i]);
+        size_t lo = 0, hi = nx;
+        if (seen == 0)
+            continue;
+        while (lo < hi) { /* first entry with version >= seen */
+            size_t mid = lo + (hi - lo) / 2;
+            if (x[mid].t < seen)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < nx && x[lo].t == seen && x[lo].made &&
+            ops[i].op->ret < ops[x[lo].op].op->call) {
+            *pf = (struct qproof){LIN_PROOF_EARLY, x[lo].op, (uint32_t)i};
+            rc = 1;
+            goto out;
+        }
+    }
+out:
+    free(y);
+    free(x);
+    return rc;
+}
+
 /* Copies the linearization S found into *ORDER (malloc'd, *N steps).
  * Returns LIN_OK or LIN_ENOMEM. */
 static int search_order(const struct search *s, struct lin_step **order,
@@ -1140,17 +1300,27 @@ static int search_order(const struct search *s, struct lin_step **order,
     return LIN_OK;
 }
 
-/* Checks the N operations OPS of one key. Adds the states explored to
- * *STATES, sets *LIMIT on LIN_UNKNOWN, and on LIN_OK when ORDER is not NULL
- * returns the linearization in *ORDER / *NORDER (and state *FINAL). */
+/* Checks the N operations OPS of one key: a quick proof first (unless
+ * b->search_only), then the search. Adds the states explored to *STATES,
+ * sets *LIMIT on LIN_UNKNOWN, *PF on a violation found by a quick proof
+ * (else PF->kind is LIN_PROOF_NONE), and on LIN_OK when ORDER is not NULL
+ * returns the linearization in *ORDER / *NORDER and the state *FINAL. */
 static int check_ops(const struct sop *ops, size_t n,
                      const struct lin_budget *b, uint64_t deadline,
-                     uint64_t *states, int *limit, struct lin_step **order,
-                     size_t *norder, struct mst *final)
+                     uint64_t *states, int *limit, struct qproof *pf,
+                     struct lin_step **order, size_t *norder,
+                     struct mst *final)
 {
     struct search s;
-    int rc = search_init(&s, ops, n, b->max_states, b->max_bytes, deadline);
+    int rc;
 
+    pf->kind = LIN_PROOF_NONE;
+    if (!b->search_only) {
+        rc = quick_proof(ops, n, pf);
+        if (rc != 0)
+            return rc == 1 ? LIN_VIOLATION : rc;
+    }
+    rc = search_init(&s, ops, n, b->max_states, b->max_bytes, deadline);
     if (rc != LIN_OK) {
         *limit = s.limit;
         return rc;
@@ -1207,7 +1377,7 @@ static size_t prefix_ops(const struct sop *kops, size_t n, uint64_t t,
  * shortest failing prefix and fills the violation fields of R. Returns
  * LIN_OK or LIN_ENOMEM. */
 static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
-                  uint64_t deadline, struct lin_report *r)
+                  uint64_t deadline, struct qproof proof, struct lin_report *r)
 {
     uint64_t *t = malloc((n + 1) * sizeof *t);
     struct sop *buf = malloc((n + 1) * sizeof *buf);
@@ -1243,11 +1413,17 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
         struct mst fin = initial_state;
         int limit = 0;
         size_t pn = prefix_ops(kops, n, t[mid], buf);
+        struct qproof pf;
 
-        rc = check_ops(buf, pn, b, deadline, &r->states, &limit, &o, &no,
-                       &fin);
+        rc = check_ops(buf, pn, b, deadline, &r->states, &limit, &pf, &o,
+                       &no, &fin);
         if (rc == LIN_VIOLATION) {
             hi = mid;
+            proof = pf;
+            if (pf.kind != LIN_PROOF_NONE) { /* indices into buf */
+                proof.a = buf[pf.a].id;
+                proof.b = buf[pf.b].id;
+            }
         } else if (rc == LIN_OK || rc == LIN_UNKNOWN) {
             lo = mid;
             free(order);
@@ -1288,6 +1464,9 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
     r->order = lo_known ? order : NULL;
     r->norder = lo_known ? norder : 0;
     r->before = public_state(lo_known ? &before : &initial_state);
+    r->proof = proof.kind;
+    r->proof_a = proof.a;
+    r->proof_b = proof.b;
     if (lo_known)
         order = NULL;
     rc = LIN_OK;
@@ -1315,7 +1494,7 @@ static uint64_t pick(uint64_t v, uint64_t dflt)
 int lin_check(const struct lin_history *h, const struct lin_budget *budget,
               struct lin_report *r)
 {
-    struct lin_budget b = {0, 0, 0};
+    struct lin_budget b = {0};
     struct lin_report rep;
     struct kidx *ki = NULL;
     struct sop *kops = NULL;
@@ -1350,6 +1529,7 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
     for (a = 0; a < nk;) {
         size_t e = a, n;
         int limit = 0, v;
+        struct qproof pf;
         while (e < nk && ki[e].key == ki[a].key)
             e++;
         n = e - a;
@@ -1359,12 +1539,16 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
             kops[i].pending = kops[i].op->outcome == LIN_OUT_UNKNOWN;
         }
         rep.keys++;
-        v = check_ops(kops, n, &b, deadline, &rep.states, &limit, NULL, NULL,
-                      NULL);
+        v = check_ops(kops, n, &b, deadline, &rep.states, &limit, &pf, NULL,
+                      NULL, NULL);
         if (v == LIN_VIOLATION) {
             if (rep.keys_violating++ == 0) {
                 rep.key = ki[a].key;
-                rc = shrink(kops, n, &b, deadline, &rep);
+                if (pf.kind != LIN_PROOF_NONE) { /* history indices */
+                    pf.a = kops[pf.a].id;
+                    pf.b = kops[pf.b].id;
+                }
+                rc = shrink(kops, n, &b, deadline, pf, &rep);
                 if (rc != LIN_OK)
                     goto out;
             }
@@ -1654,6 +1838,72 @@ static const char *limit_name(int l)
     }
 }
 
+/* The op of history index ID in R's prefix, or NULL. */
+static const struct lin_op *prefix_op(const struct lin_report *r, size_t id)
+{
+    size_t i;
+    for (i = 0; i < r->nprefix; i++) {
+        if (r->prefix[i].id == id)
+            return &r->prefix[i].op;
+    }
+    return NULL;
+}
+
+/* Writes the sentence of R's quick proof. */
+static int print_proof(const struct lin_report *r, FILE *f)
+{
+    const struct lin_op *a = prefix_op(r, r->proof_a);
+    const struct lin_op *b = prefix_op(r, r->proof_b);
+    unsigned long long ia = r->proof_a, ib = r->proof_b;
+    int n;
+
+    if (a == NULL || b == NULL)
+        return LIN_OK;
+    switch (r->proof) {
+    case LIN_PROOF_WENT_BACK:
+    case LIN_PROOF_NOT_NEW:
+        n = fprintf(f,
+                    "Proof: op %llu showed version %llu and returned at "
+                    "t=%llu, before op %llu was called (t=%llu), which %s "
+                    "version %llu; a key's versions only grow.\n",
+                    ia,
+                    (unsigned long long)(a->kind == LIN_DELETE
+                                             ? a->expect_version
+                                             : a->out_version),
+                    (unsigned long long)a->ret, ib,
+                    (unsigned long long)b->call,
+                    r->proof == LIN_PROOF_NOT_NEW ? "then created"
+                                                  : "then saw",
+                    (unsigned long long)(r->proof == LIN_PROOF_NOT_NEW ||
+                                                 b->kind == LIN_READ
+                                             ? b->out_version
+                                             : b->expect_version));
+        break;
+    case LIN_PROOF_TWO_VALUES:
+        n = fprintf(f,
+                    "Proof: ops %llu and %llu show version %llu with "
+                    "different values; a version names one record.\n",
+                    ia, ib, (unsigned long long)b->out_version);
+        break;
+    case LIN_PROOF_TWICE:
+        n = fprintf(f,
+                    "Proof: ops %llu and %llu both created version %llu; "
+                    "each write creates a new one.\n",
+                    ia, ib, (unsigned long long)b->out_version);
+        break;
+    default: /* LIN_PROOF_EARLY */
+        n = fprintf(f,
+                    "Proof: op %llu saw version %llu and returned at "
+                    "t=%llu, before op %llu, which created it, was called "
+                    "(t=%llu).\n",
+                    ib, (unsigned long long)a->out_version,
+                    (unsigned long long)b->ret, ia,
+                    (unsigned long long)a->call);
+        break;
+    }
+    return n < 0 ? LIN_EIO : LIN_OK;
+}
+
 /* How many prefix ops and order steps a report prints at most (the last
  * ones, nearest the failure); the report structure holds all of them. */
 #define PRINT_OPS 200
@@ -1701,6 +1951,8 @@ int lin_report_print(const struct lin_report *r, FILE *f)
                      : p->role == LIN_ROLE_RUNNING ? " running"
                                                    : "") < 0;
     }
+    if (r->proof != LIN_PROOF_NONE)
+        e |= print_proof(r, f) != LIN_OK;
     if (!r->before_known) {
         e |= fprintf(f,
                      "Whether the ops before t=%llu have a valid order was "

@@ -112,6 +112,8 @@ struct lin_budget {
     uint64_t max_states; /* configurations one search may explore */
     uint64_t max_ms;     /* wall-clock time of the whole lin_check call */
     uint64_t max_bytes;  /* memory of one search's cache */
+    int search_only;     /* 1: skip the quick proofs (see lin_proof) and
+                            decide by search alone; for testing the search */
 };
 #define LIN_DEFAULT_MAX_STATES 5000000u
 #define LIN_DEFAULT_MAX_MS 60000u
@@ -123,6 +125,22 @@ enum lin_limit {
     LIN_LIMIT_STATES,
     LIN_LIMIT_TIME,
     LIN_LIMIT_BYTES,
+};
+
+/* Before searching, lin_check looks for two operations that contradict
+ * each other on versions alone (a key's versions only grow, and a version
+ * names one record). Such a pair proves a violation in O(n log n), however
+ * long the history; the search decides everything else. */
+enum lin_proof {
+    LIN_PROOF_NONE = 0,
+    LIN_PROOF_WENT_BACK,  /* a made or saw version A and returned before b
+                             was called; b then saw an older version */
+    LIN_PROOF_NOT_NEW,    /* a made or saw version A before b was called;
+                             b then created a version <= A */
+    LIN_PROOF_TWO_VALUES, /* a and b saw one version with two values */
+    LIN_PROOF_TWICE,      /* a and b both created the same version */
+    LIN_PROOF_EARLY,      /* b saw the version a created, but returned
+                             before a was called */
 };
 
 /* An operation of a failing prefix, as reported. */
@@ -180,6 +198,10 @@ struct lin_report {
     struct lin_step *order;
     size_t norder;
     struct lin_state before;
+    /* When the failing prefix was refuted by a quick proof (else
+     * LIN_PROOF_NONE): which, and the two operations (history indices). */
+    int proof;
+    size_t proof_a, proof_b;
 };
 
 /* --- histories ------------------------------------------------------------ */

@@ -55,9 +55,8 @@ enum sim_scenario {
     SC_ALL = SC_COUNT,
 };
 
-static const char *scenario_names[] = {"random",  "leader-crash",
-                                       "snapshot", "restart",
-                                       "stale-tail", "all"};
+static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
+                                       "restart", "stale-tail",   "all"};
 
 #define DEFAULT_SEEDS 100
 #define DEFAULT_MAX_EVENTS 4000000u
@@ -78,7 +77,8 @@ _Static_assert(sizeof(directed_seeds) / sizeof(directed_seeds[0]) == SC_COUNT,
 #define GHOSTS_PER_MS 30
 #define GHOSTS_MAX 9000
 
-/* --- the generator ---------------------------------------------------------- */
+/* --- the generator ----------------------------------------------------------
+ */
 
 uint64_t sim_rand(struct sim_rng *g)
 {
@@ -103,7 +103,8 @@ bool sim_ppm(struct sim_rng *g, uint32_t ppm)
     return ppm && sim_below(g, 1000000) < ppm;
 }
 
-/* --- reporting -------------------------------------------------------------- */
+/* --- reporting --------------------------------------------------------------
+ */
 
 void sim_fail(struct sim *s, const char *fmt, ...)
 {
@@ -144,7 +145,8 @@ uint64_t sim_stamp(struct sim *s)
     return s->now * 1000000u + ++s->sub;
 }
 
-/* --- scenarios ----------------------------------------------------------------- */
+/* --- scenarios
+ * ----------------------------------------------------------------- */
 
 static bool shard_member(const struct sim *s, uint32_t shard, int idx)
 {
@@ -188,8 +190,9 @@ void sim_scenario_request(struct sim *s, struct sim_node *n, const void *key,
         s->sc_state = 3;
         break;
     default:
-        sim_log(s, "leader-crash: node %u proposed; it crashes when the "
-                   "first append answer comes back",
+        sim_log(s,
+                "leader-crash: node %u proposed; it crashes when the "
+                "first append answer comes back",
                 n->id);
         s->sc_state = 2;
         s->sc_at = s->now;
@@ -281,8 +284,7 @@ static void scenario_leader_crash(struct sim *s)
     case 1:
     case 2: {
         struct sim_node *n = &s->nodes[s->sc_node];
-        if (!n->rep ||
-            replica_leader(n->rep, (uint32_t)s->sc_shard) != n->id) {
+        if (!n->rep || replica_leader(n->rep, (uint32_t)s->sc_shard) != n->id) {
             s->sc_state = 0; /* lost leadership first: arm again */
         } else if (s->sc_state == 2 && s->now > s->sc_at + 500) {
             crash_for_scenario(s, n, "leader-crash: no append answer came",
@@ -328,8 +330,8 @@ static void scenario_snapshot(struct sim *s)
         s->bulk_on = true;
         s->sc_state = 1;
         s->sc_at = s->now;
-        sim_log(s, "snapshot: node %d cut off; bulk load into shard %u",
-                f + 1, sh);
+        sim_log(s, "snapshot: node %d cut off; bulk load into shard %u", f + 1,
+                sh);
         break;
     }
     case 1: {
@@ -341,33 +343,34 @@ static void scenario_snapshot(struct sim *s)
         int l = sim_shard_leader(s, sh);
         uint64_t term, commit, snap = 0;
         if (l >= 0 && l != s->sc_node &&
-            sim_store_hardstate(&s->nodes[l], sh, &term, &commit, &snap) ==
-                0 &&
+            sim_store_hardstate(&s->nodes[l], sh, &term, &commit, &snap) == 0 &&
             snap > 0) {
             memset(s->blocked, 0, sizeof(s->blocked));
             s->bulk_on = false;
             s->sc_state = 2;
             s->sc_at = s->now;
-            sim_log(s, "snapshot: node %d compacted to %llu after %llu "
-                       "bulk writes; node %d reconnects",
+            sim_log(s,
+                    "snapshot: node %d compacted to %llu after %llu "
+                    "bulk writes; node %d reconnects",
                     l + 1, (unsigned long long)snap,
                     (unsigned long long)s->bulk_next, s->sc_node + 1);
         } else if (s->now > s->sc_at + 120000) {
-            sim_fail(s, "snapshot scenario: no leader compacted shard %u "
-                        "after %llu bulk writes in 120 s",
+            sim_fail(s,
+                     "snapshot scenario: no leader compacted shard %u "
+                     "after %llu bulk writes in 120 s",
                      sh, (unsigned long long)s->bulk_next);
         }
         break;
     }
     case 2:
-        if (installed(&s->nodes[s->sc_node]) >= 1 &&
-            s->nodes[s->sc_node].rep) {
+        if (installed(&s->nodes[s->sc_node]) >= 1 && s->nodes[s->sc_node].rep) {
             sim_log(s, "snapshot: node %d installed a snapshot",
                     s->sc_node + 1);
             s->sc_state = 3;
         } else if (s->now > s->sc_at + 60000) {
-            sim_fail(s, "snapshot scenario: node %d installed no snapshot "
-                        "within 60 s of reconnecting",
+            sim_fail(s,
+                     "snapshot scenario: node %d installed no snapshot "
+                     "within 60 s of reconnecting",
                      s->sc_node + 1);
         }
         break;
@@ -526,16 +529,16 @@ static void scenario_stale_tail(struct sim *s)
         int m = sim_shard_leader(s, sh);
         uint64_t term, commit, snap = 0;
         if (m >= 0 && m != s->sc_node &&
-            sim_store_hardstate(&s->nodes[m], sh, &term, &commit, &snap) ==
-                0 &&
+            sim_store_hardstate(&s->nodes[m], sh, &term, &commit, &snap) == 0 &&
             snap > 0 && s->now % 10 == 0) {
             s->sc_tail = stored_last(old, sh);
             memset(s->blocked, 0, sizeof(s->blocked));
             s->bulk_on = false;
             s->sc_state = 4;
             s->sc_at = s->now;
-            sim_log(s, "stale-tail: node %d compacted to %llu; node %u, "
-                       "whose log ends at %llu, reconnects",
+            sim_log(s,
+                    "stale-tail: node %d compacted to %llu; node %u, "
+                    "whose log ends at %llu, reconnects",
                     m + 1, (unsigned long long)snap, old->id,
                     (unsigned long long)s->sc_tail);
         } else if (s->now > s->sc_at + 120000) {
@@ -548,13 +551,15 @@ static void scenario_stale_tail(struct sim *s)
         if (installed(old) >= 1) {
             uint64_t term, commit, snap = 0;
             sim_store_hardstate(old, sh, &term, &commit, &snap);
-            sim_log(s, "stale-tail: node %u installed a snapshot at %llu "
-                       "(its stale log ended at %llu)",
+            sim_log(s,
+                    "stale-tail: node %u installed a snapshot at %llu "
+                    "(its stale log ended at %llu)",
                     old->id, (unsigned long long)snap,
                     (unsigned long long)s->sc_tail);
             if (snap >= s->sc_tail)
-                sim_fail(s, "stale-tail scenario: the snapshot (%llu) is not "
-                            "inside the stale log (%llu): nothing tested",
+                sim_fail(s,
+                         "stale-tail scenario: the snapshot (%llu) is not "
+                         "inside the stale log (%llu): nothing tested",
                          (unsigned long long)snap,
                          (unsigned long long)s->sc_tail);
             sim_check_store_log(s, old, "after a snapshot install");
@@ -563,8 +568,9 @@ static void scenario_stale_tail(struct sim *s)
                                300);
             s->sc_state = 5;
         } else if (s->now > s->sc_at + 60000) {
-            sim_fail(s, "stale-tail scenario: node %u installed no snapshot "
-                        "within 60 s",
+            sim_fail(s,
+                     "stale-tail scenario: node %u installed no snapshot "
+                     "within 60 s",
                      old->id);
         }
         break;
@@ -616,7 +622,8 @@ static bool run_over(struct sim *s)
     return true;
 }
 
-/* --- one seed ------------------------------------------------------------------- */
+/* --- one seed
+ * ------------------------------------------------------------------- */
 
 static void choose_params(struct sim *s, int scenario)
 {
@@ -637,10 +644,13 @@ static void choose_params(struct sim *s, int scenario)
         p->nkeys = (int)sim_range(g, 3, 6);
         p->nclients = (int)sim_range(g, 3, 8);
         p->run_ms = sim_range(g, 4000, 12000);
-        p->loss_ppm = sim_below(g, 4) == 0 ? 0 : (uint32_t)sim_range(g, 0, 100000);
+        p->loss_ppm =
+            sim_below(g, 4) == 0 ? 0 : (uint32_t)sim_range(g, 0, 100000);
         p->dup_ppm = (uint32_t)sim_range(g, 0, 50000);
         p->slow_ppm = (uint32_t)sim_range(g, 0, 20000);
         p->delay_max = (uint32_t)sim_range(g, 5, 30);
+        p->ancient_ppm = (uint32_t)sim_range(g, 0, 2000);
+        p->drift = sim_below(g, 3) == 0;
         p->faults = true;
         break;
     case SC_LEADER_CRASH:
@@ -857,7 +867,10 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
             n->idx = i;
             n->id = (uint32_t)i + 1;
             snprintf(n->dir, sizeof(n->dir), "sim%d", i + 1);
-            n->tick_phase = (int)sim_below(&s->rng, REPLICA_TICK_MS);
+            n->tick_period = REPLICA_TICK_MS;
+            if (s->p.drift)
+                n->tick_period = sim_range(&s->rng, REPLICA_TICK_MS - 2,
+                                           REPLICA_TICK_MS + 2);
             sim_node_start(s, n);
         }
         sim_clients_init(s);
@@ -900,8 +913,8 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
         printf("pass seed=%llu scenario=%s: %d nodes, %d shards, %llu ms, "
                "%llu events, %llu ops ok, %llu failed, %llu absent, "
                "%llu unknown, %llu crashes, %llu partitions\n",
-               (unsigned long long)seed, scenario_names[scenario],
-               s->p.nnodes, s->p.nshards, (unsigned long long)s->now,
+               (unsigned long long)seed, scenario_names[scenario], s->p.nnodes,
+               s->p.nshards, (unsigned long long)s->now,
                (unsigned long long)s->st.events,
                (unsigned long long)s->st.ops_ok,
                (unsigned long long)s->st.ops_failed,
@@ -925,15 +938,15 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
     return failed;
 }
 
-/* --- main ------------------------------------------------------------------------- */
+/* --- main
+ * ------------------------------------------------------------------------- */
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
-            "random|leader-crash|snapshot|restart|stale-tail|all] "
-            "[--verbose [--verbose]]\n"
-            "  env KV_SIM_SEED=S replays exactly seed S\n");
+    fprintf(stderr, "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
+                    "random|leader-crash|snapshot|restart|stale-tail|all] "
+                    "[--verbose [--verbose]]\n"
+                    "  env KV_SIM_SEED=S replays exactly seed S\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)

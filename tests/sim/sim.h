@@ -83,13 +83,15 @@ struct sim_node {
     uint32_t id; /* idx + 1 */
     char dir[16];
     struct store *store;
-    struct replica *rep; /* NULL while down */
-    uint64_t restart_at; /* while down: when to restart (0: not scheduled) */
-    uint64_t stop_by;    /* stopping gracefully: hands off leadership,
-                            then stops by this time (0: not stopping) */
+    struct replica *rep;   /* NULL while down */
+    uint64_t restart_at;   /* while down: when to restart (0: not scheduled) */
+    uint64_t stop_by;      /* stopping gracefully: hands off leadership,
+                              then stops by this time (0: not stopping) */
     uint64_t paused_until; /* a paused node neither ticks nor receives */
-    int tick_phase;        /* ticks when now % REPLICA_TICK_MS == phase */
-    bool fail_armed;       /* a store write failure was injected */
+    uint64_t tick_period;  /* ms between ticks: REPLICA_TICK_MS, or a
+                              drifting clock's 8..12 */
+    uint64_t next_tick;
+    bool fail_armed; /* a store write failure was injected */
     uint64_t crashes, restarts;
     uint64_t verified[SIM_MAX_SHARDS]; /* commit check done up to here */
     uint64_t snapshots_installed;      /* summed over its incarnations */
@@ -115,36 +117,36 @@ enum sim_client_mode {
 };
 
 struct sim_op {
-    int kind;             /* enum sim_op_kind */
-    uint64_t key;         /* lincheck key id */
+    int kind;     /* enum sim_op_kind */
+    uint64_t key; /* lincheck key id */
     char kbuf[SIM_KEY_MAX];
     size_t klen;
     uint32_t shard;
-    uint64_t value;       /* writes: the unique value */
-    size_t pad;           /* writes: extra value bytes */
-    uint64_t expect;      /* CAS / DEL_IF */
-    uint64_t wseq;        /* writes: the session sequence number */
-    uint64_t id;          /* op id (request ids are id * 256 + attempt) */
-    uint64_t call;        /* stamp of the call */
-    uint64_t deadline;    /* ms: give up then */
+    uint64_t value;    /* writes: the unique value */
+    size_t pad;        /* writes: extra value bytes */
+    uint64_t expect;   /* CAS / DEL_IF */
+    uint64_t wseq;     /* writes: the session sequence number */
+    uint64_t id;       /* op id (request ids are id * 256 + attempt) */
+    uint64_t call;     /* stamp of the call */
+    uint64_t deadline; /* ms: give up then */
     int attempt;
-    int target;           /* node index of the current attempt */
+    int target;                /* node index of the current attempt */
     uint64_t attempt_deadline; /* ms */
-    uint64_t resend_at;   /* ms: send the next attempt then (0: none) */
-    bool final;           /* part of the final phase: must not give up */
+    uint64_t resend_at;        /* ms: send the next attempt then (0: none) */
+    bool final;                /* part of the final phase: must not give up */
 };
 
 struct sim_client {
     int idx;
-    int mode;                 /* enum sim_client_mode */
-    unsigned char cid[16];    /* client_id of its session */
-    char name[8];             /* the CLIENT bytes given to replica_request */
-    uint64_t seq;             /* last write sequence number used */
-    uint64_t counter;         /* values written so far */
+    int mode;              /* enum sim_client_mode */
+    unsigned char cid[16]; /* client_id of its session */
+    char name[8];          /* the CLIENT bytes given to replica_request */
+    uint64_t seq;          /* last write sequence number used */
+    uint64_t counter;      /* values written so far */
     bool busy;
     struct sim_op op;
-    uint64_t next_start;      /* ms */
-    int leader[SIM_MAX_SHARDS]; /* node index it believes leads each shard */
+    uint64_t next_start;          /* ms */
+    int leader[SIM_MAX_SHARDS];   /* node index it believes leads each shard */
     uint64_t known[SIM_MAX_KEYS]; /* last version seen per register key */
     /* the final phase: ops queued for it */
     int final_kind[2 * SIM_MAX_KEYS];
@@ -155,10 +157,10 @@ struct sim_client {
 /* --- the simulation of one seed ------------------------------------------ */
 
 enum sim_phase {
-    SIM_PH_RUN = 0, /* workload, faults on */
-    SIM_PH_HEAL,    /* workload, faults off */
-    SIM_PH_DRAIN,   /* no new ops; wait for clients to finish */
-    SIM_PH_FINAL,   /* a put and a get per key, which must succeed */
+    SIM_PH_RUN = 0,  /* workload, faults on */
+    SIM_PH_HEAL,     /* workload, faults off */
+    SIM_PH_DRAIN,    /* no new ops; wait for clients to finish */
+    SIM_PH_FINAL,    /* a put and a get per key, which must succeed */
     SIM_PH_CONVERGE, /* wait until the replicas apply the same index */
     SIM_PH_DONE,
 };
@@ -168,10 +170,12 @@ struct sim_params {
     int nnodes, nshards, nclients, nkeys, nbulk, nghost;
     uint64_t run_ms, heal_ms;
     uint32_t loss_ppm, dup_ppm, slow_ppm;
-    uint32_t delay_max; /* ms; delays are 1..delay_max, slow ones more */
-    bool faults;        /* the random fault schedule */
-    bool fifo;          /* links keep order (as one TCP connection does);
-                           else delays reorder messages */
+    uint32_t ancient_ppm; /* messages delayed by seconds (not with fifo) */
+    bool drift;           /* node clocks run at different rates */
+    uint32_t delay_max;   /* ms; delays are 1..delay_max, slow ones more */
+    bool faults;          /* the random fault schedule */
+    bool fifo;            /* links keep order (as one TCP connection does);
+                             else delays reorder messages */
     uint32_t value_pad_max;
 };
 
@@ -212,8 +216,8 @@ struct sim {
     int nclients;
     struct sim_queue q;
     uint64_t msg_seq;
-    uint64_t now;     /* ms */
-    uint64_t sub;     /* events within this ms, for stamps */
+    uint64_t now; /* ms */
+    uint64_t sub; /* events within this ms, for stamps */
     uint64_t max_events;
     uint64_t op_ids;
     bool blocked[SIM_MAX_NODES][SIM_MAX_NODES]; /* [from][to] */
@@ -221,17 +225,17 @@ struct sim {
      * are "from" of requests and "to" of responses) */
     uint64_t link_last[3][SIM_MAX_CLIENTS][SIM_MAX_CLIENTS];
     struct sim_faults f;
-    int phase;        /* enum sim_phase */
+    int phase;               /* enum sim_phase */
     uint64_t phase_deadline; /* ms: the phase must end by then */
     struct lin_history *hist;
     struct lin_report *report; /* a linearizability violation, to print */
-    size_t hist_before_final; /* ops recorded before the final phase */
+    size_t hist_before_final;  /* ops recorded before the final phase */
     /* register keys */
     char keys[SIM_MAX_KEYS][SIM_KEY_MAX];
     size_t klen[SIM_MAX_KEYS];
     uint32_t kshard[SIM_MAX_KEYS];
     char tags[SIM_MAX_SHARDS][12]; /* a hash tag per shard */
-    uint64_t bulk_next;           /* bulk keys written so far */
+    uint64_t bulk_next;            /* bulk keys written so far */
     bool bulk_on;
     /* per key: the first final read (the state the faults left) and the
      * last one (the state every store must hold) */
@@ -353,7 +357,8 @@ void sim_scenario_request(struct sim *s, struct sim_node *n, const void *key,
 bool sim_scenario_peer(struct sim *s, struct sim_node *n,
                        const Kv__PeerBatch *b, int when);
 
-/* --- values ---------------------------------------------------------------- */
+/* --- values ----------------------------------------------------------------
+ */
 
 /* Encodes VALUE with PAD extra bytes into BUF (8 + PAD bytes). */
 void sim_value_encode(uint64_t value, size_t pad, unsigned char *buf);

@@ -28,8 +28,8 @@
 #include "store.h"
 #include "store_sim.h"
 
-#define HS_LEN 36      /* replica.c: term, vote, commit, snap index/term */
-#define REC_TAG 0x01   /* engine.c: a record is tag, version, value */
+#define HS_LEN 36    /* replica.c: term, vote, commit, snap index/term */
+#define REC_TAG 0x01 /* engine.c: a record is tag, version, value */
 #define REC_HDR 9
 
 static void put_u32(unsigned char *p, uint32_t v)
@@ -101,7 +101,8 @@ int sim_store_hardstate(struct sim_node *n, uint32_t shard, uint64_t *term,
     return 0;
 }
 
-/* --- election safety -------------------------------------------------------- */
+/* --- election safety --------------------------------------------------------
+ */
 
 static void note_leader(struct sim *s, uint32_t shard, uint64_t term,
                         uint32_t id)
@@ -111,8 +112,9 @@ static void note_leader(struct sim *s, uint32_t shard, uint64_t term,
         if (t->lterm[i] != term)
             continue;
         if (t->lid[i] != id)
-            sim_fail(s, "election safety: shard %u has two leaders in term "
-                        "%llu: nodes %u and %u",
+            sim_fail(s,
+                     "election safety: shard %u has two leaders in term "
+                     "%llu: nodes %u and %u",
                      shard, (unsigned long long)term, t->lid[i], id);
         return;
     }
@@ -160,7 +162,8 @@ void sim_check_leaders(struct sim *s, struct sim_node *n)
     replica_status_free(&st);
 }
 
-/* --- commit safety ------------------------------------------------------------ */
+/* --- commit safety
+ * ------------------------------------------------------------ */
 
 static uint64_t hash_entry(uint32_t type, const void *data, size_t len)
 {
@@ -220,8 +223,9 @@ void sim_check_commits(struct sim *s, struct sim_node *n)
             size_t vlen = 0;
             int rc = store_get(n->store, k, sizeof(k), &v, &vlen);
             if (rc != KV_OK) {
-                sim_fail(s, "node %u shard %u: committed entry %llu is not "
-                            "in its log (commit %llu, snapshot %llu): %s",
+                sim_fail(s,
+                         "node %u shard %u: committed entry %llu is not "
+                         "in its log (commit %llu, snapshot %llu): %s",
                          n->id, shard, (unsigned long long)i,
                          (unsigned long long)commit, (unsigned long long)snap,
                          kv_strerror(rc));
@@ -243,14 +247,13 @@ void sim_check_commits(struct sim *s, struct sim_node *n)
                 t->term[i] = et;
                 t->hash[i] = h;
             } else if (t->term[i] != et || t->hash[i] != h) {
-                sim_fail(s, "commit safety: shard %u index %llu: node %u "
-                            "committed an entry of term %llu, another node "
-                            "one of term %llu%s",
+                sim_fail(s,
+                         "commit safety: shard %u index %llu: node %u "
+                         "committed an entry of term %llu, another node "
+                         "one of term %llu%s",
                          shard, (unsigned long long)i, n->id,
-                         (unsigned long long)et,
-                         (unsigned long long)t->term[i],
-                         t->term[i] == et ? " (same term, other content)"
-                                          : "");
+                         (unsigned long long)et, (unsigned long long)t->term[i],
+                         t->term[i] == et ? " (same term, other content)" : "");
                 return;
             }
         }
@@ -259,7 +262,8 @@ void sim_check_commits(struct sim *s, struct sim_node *n)
     }
 }
 
-/* --- the stored log ------------------------------------------------------------ */
+/* --- the stored log
+ * ------------------------------------------------------------ */
 
 void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
 {
@@ -303,23 +307,22 @@ void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
             if (le)
                 kv__log_entry__free_unpacked(le, NULL);
             const char *bad = !le              ? "an undecodable entry"
-                              : idx != expect   ? "a gap"
-                              : et < prev_term  ? "a term that decreases "
-                                                  "(entries of two logs)"
-                              : et > term       ? "a term from the future"
-                                                : NULL;
+                              : idx != expect  ? "a gap"
+                              : et < prev_term ? "a term that decreases "
+                                                 "(entries of two logs)"
+                              : et > term      ? "a term from the future"
+                                               : NULL;
             if (bad) {
-                sim_fail(s, "stored log (%s): node %u shard %u has %s at "
-                            "index %llu (term %llu after term %llu; "
-                            "snapshot %llu term %llu, commit %llu, hard "
-                            "state term %llu)",
+                sim_fail(s,
+                         "stored log (%s): node %u shard %u has %s at "
+                         "index %llu (term %llu after term %llu; "
+                         "snapshot %llu term %llu, commit %llu, hard "
+                         "state term %llu)",
                          when, n->id, shard, bad, (unsigned long long)idx,
-                         (unsigned long long)et,
-                         (unsigned long long)prev_term,
+                         (unsigned long long)et, (unsigned long long)prev_term,
                          (unsigned long long)snap,
                          (unsigned long long)snap_term,
-                         (unsigned long long)commit,
-                         (unsigned long long)term);
+                         (unsigned long long)commit, (unsigned long long)term);
                 break;
             }
             prev_term = et;
@@ -329,7 +332,8 @@ void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
     store_iter_free(it);
 }
 
-/* --- exactly-once --------------------------------------------------------------- */
+/* --- exactly-once
+ * --------------------------------------------------------------- */
 
 void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
 {
@@ -348,7 +352,8 @@ void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
         for (size_t i = 0; i < s->vv_cap; i++) {
             if (!s->vv_key[i])
                 continue;
-            size_t j = (size_t)(s->vv_key[i] * 0x9e3779b97f4a7c15ull) & (cap - 1);
+            size_t j =
+                (size_t)(s->vv_key[i] * 0x9e3779b97f4a7c15ull) & (cap - 1);
             while (k[j])
                 j = (j + 1) & (cap - 1);
             k[j] = s->vv_key[i];
@@ -368,17 +373,18 @@ void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
         s->vv_ver[j] = version;
         s->vv_n++;
     } else if (s->vv_ver[j] != version) {
-        sim_fail(s, "exactly-once: value %llu (client %llu, write %llu) was "
-                    "seen with versions %llu and %llu: a write applied twice",
+        sim_fail(s,
+                 "exactly-once: value %llu (client %llu, write %llu) was "
+                 "seen with versions %llu and %llu: a write applied twice",
                  (unsigned long long)value,
                  (unsigned long long)(value >> 40) - 1,
                  (unsigned long long)(value & ((1ull << 40) - 1)),
-                 (unsigned long long)s->vv_ver[j],
-                 (unsigned long long)version);
+                 (unsigned long long)s->vv_ver[j], (unsigned long long)version);
     }
 }
 
-/* --- convergence ----------------------------------------------------------------- */
+/* --- convergence
+ * ----------------------------------------------------------------- */
 
 bool sim_converged(struct sim *s, bool report)
 {
@@ -402,18 +408,18 @@ bool sim_converged(struct sim *s, bool report)
                 same = false;
             }
             if (used < sizeof(list)) {
-                int w = snprintf(list + used, sizeof(list) - used,
-                                 " node %u: %llu%s", n->id,
-                                 (unsigned long long)a,
-                                 n->rep ? "" : " (down)");
+                int w = snprintf(
+                    list + used, sizeof(list) - used, " node %u: %llu%s", n->id,
+                    (unsigned long long)a, n->rep ? "" : " (down)");
                 if (w > 0)
                     used += (size_t)w;
             }
         }
         if (!same || first == 0) {
             if (report)
-                sim_fail(s, "liveness: the replicas of shard %d did not "
-                            "converge after the heal; applied:%s",
+                sim_fail(s,
+                         "liveness: the replicas of shard %d did not "
+                         "converge after the heal; applied:%s",
                          sh, list);
             return false;
         }
@@ -421,7 +427,8 @@ bool sim_converged(struct sim *s, bool report)
     return true;
 }
 
-/* --- the end of a seed -------------------------------------------------------------- */
+/* --- the end of a seed
+ * -------------------------------------------------------------- */
 
 static void check_digests(struct sim *s)
 {
@@ -441,8 +448,9 @@ static void check_digests(struct sim *s)
                     first = d;
                     first_node = i;
                 } else if (d != first) {
-                    sim_fail(s, "divergence: shard %d's %s differ between "
-                                "nodes %d and %d at applied index %llu",
+                    sim_fail(s,
+                             "divergence: shard %d's %s differ between "
+                             "nodes %d and %d at applied index %llu",
                              sh, names[t], first_node + 1, i + 1,
                              (unsigned long long)sim_store_applied(
                                  &s->nodes[i], (uint32_t)sh));
@@ -495,11 +503,11 @@ static void check_stores(struct sim *s)
             } else if ((rc == 1) != s->final_present[k] ||
                        (rc == 1 && (value != s->final_value[k] ||
                                     version != s->final_version[k]))) {
-                sim_fail(s, "node %d holds key %s as %s v=%llu value=%llu, "
-                            "the final read returned %s v=%llu value=%llu",
+                sim_fail(s,
+                         "node %d holds key %s as %s v=%llu value=%llu, "
+                         "the final read returned %s v=%llu value=%llu",
                          i + 1, s->keys[k], rc ? "present" : "absent",
-                         (unsigned long long)version,
-                         (unsigned long long)value,
+                         (unsigned long long)version, (unsigned long long)value,
                          s->final_present[k] ? "present" : "absent",
                          (unsigned long long)s->final_version[k],
                          (unsigned long long)s->final_value[k]);
@@ -512,9 +520,9 @@ static void check_stores(struct sim *s)
         if (op->key < SIM_BULK_KEY_BASE || op->outcome == LIN_OUT_FAILED)
             continue;
         char key[SIM_KEY_MAX];
-        int klen = snprintf(key, sizeof(key), "{%s}bulk%llu",
-                            s->tags[s->sc_shard],
-                            (unsigned long long)(op->key - SIM_BULK_KEY_BASE));
+        int klen =
+            snprintf(key, sizeof(key), "{%s}bulk%llu", s->tags[s->sc_shard],
+                     (unsigned long long)(op->key - SIM_BULK_KEY_BASE));
         for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
             if (!is_member(s, (uint32_t)s->sc_shard, i))
                 continue;
@@ -527,12 +535,15 @@ static void check_stores(struct sim *s)
                                 version == op->out_version
                           : rc == 0 || (rc == 1 && valid && value == op->value);
             if (!ok)
-                sim_fail(s, "node %d: bulk key %s (write %s v=%llu) is %s "
-                            "v=%llu in its store",
+                sim_fail(s,
+                         "node %d: bulk key %s (write %s v=%llu) is %s "
+                         "v=%llu in its store",
                          i + 1, key,
                          op->outcome == LIN_OUT_OK ? "acknowledged" : "unknown",
                          (unsigned long long)op->out_version,
-                         rc == 1 ? "present" : rc == 0 ? "absent" : "corrupt",
+                         rc == 1   ? "present"
+                         : rc == 0 ? "absent"
+                                   : "corrupt",
                          (unsigned long long)version);
         }
     }
@@ -554,8 +565,9 @@ static void check_ghosts(struct sim *s)
             bool valid = false;
             if (read_record(&s->nodes[i], sh, key, (size_t)klen, &value,
                             &version, &valid) != 0)
-                sim_fail(s, "node %d stores %s, a write that was never "
-                            "committed (version %llu)",
+                sim_fail(s,
+                         "node %d stores %s, a write that was never "
+                         "committed (version %llu)",
                          i + 1, key, (unsigned long long)version);
         }
     }
@@ -576,10 +588,11 @@ static void check_acknowledged(struct sim *s)
             if (s->first_version[k] < w->out_version ||
                 (s->first_version[k] == w->out_version &&
                  s->first_value[k] != w->value))
-                sim_fail(s, "durability: key %s: the write of value %llu "
-                            "(version %llu, client %d) was acknowledged, "
-                            "the state after the heal is value %llu "
-                            "version %llu",
+                sim_fail(s,
+                         "durability: key %s: the write of value %llu "
+                         "(version %llu, client %d) was acknowledged, "
+                         "the state after the heal is value %llu "
+                         "version %llu",
                          s->keys[k], (unsigned long long)w->value,
                          (unsigned long long)w->out_version, w->client,
                          (unsigned long long)s->first_value[k],
@@ -589,16 +602,17 @@ static void check_acknowledged(struct sim *s)
         bool deleted = false;
         for (size_t d = 0; d < s->hist_before_final && !deleted; d++) {
             const struct lin_op *o = lin_get(s->hist, d);
-            deleted = o->key == k && o->kind == LIN_DELETE &&
-                      (o->outcome == LIN_OUT_OK ||
-                       o->outcome == LIN_OUT_UNKNOWN) &&
-                      o->ret > w->call;
+            deleted =
+                o->key == k && o->kind == LIN_DELETE &&
+                (o->outcome == LIN_OUT_OK || o->outcome == LIN_OUT_UNKNOWN) &&
+                o->ret > w->call;
         }
         if (!deleted)
-            sim_fail(s, "durability: key %s: the write of value %llu "
-                        "(version %llu, client %d) was acknowledged, the key "
-                        "is absent after the heal and no delete could "
-                        "explain it",
+            sim_fail(s,
+                     "durability: key %s: the write of value %llu "
+                     "(version %llu, client %d) was acknowledged, the key "
+                     "is absent after the heal and no delete could "
+                     "explain it",
                      s->keys[k], (unsigned long long)w->value,
                      (unsigned long long)w->out_version, w->client);
     }
@@ -614,15 +628,17 @@ static void check_history(struct sim *s)
     }
     int v = lin_check(s->hist, &b, rep);
     if (v == LIN_VIOLATION) {
-        sim_fail(s, "linearizability: the history of key %llu has no valid "
-                    "order (%zu ops checked; report below)",
+        sim_fail(s,
+                 "linearizability: the history of key %llu has no valid "
+                 "order (%zu ops checked; report below)",
                  (unsigned long long)rep->key, rep->ops);
         s->report = rep; /* printed after the failure line */
         return;
     }
     if (v == LIN_UNKNOWN)
-        sim_fail(s, "linearizability undecided: the checker's budget ran "
-                    "out on key %llu (%zu ops)",
+        sim_fail(s,
+                 "linearizability undecided: the checker's budget ran "
+                 "out on key %llu (%zu ops)",
                  (unsigned long long)rep->unknown_key, rep->ops);
     else if (v != LIN_OK)
         sim_fail(s, "lin_check failed: out of memory");

@@ -194,8 +194,8 @@ static void begin_op(struct sim *s, struct sim_client *c, int kind, int key,
     if (kind == SIM_SCAN) {
         op->key = (uint64_t)key;
         op->shard = s->kshard[key];
-        int n = snprintf(op->kbuf, sizeof(op->kbuf), "{%s}k",
-                         s->tags[op->shard]);
+        int n =
+            snprintf(op->kbuf, sizeof(op->kbuf), "{%s}k", s->tags[op->shard]);
         op->klen = (size_t)n;
     } else if (key >= 0) {
         op->key = (uint64_t)key;
@@ -260,9 +260,9 @@ void sim_clients_final(struct sim *s)
 
 /* Adds one op of client C to the history: kind LKIND on KEY, called at
  * the op's call stamp, returned now (or pending). */
-static void add_op(struct sim *s, struct sim_client *c, int lkind,
-                   uint64_t key, int outcome, uint64_t out_value,
-                   uint64_t out_version, uint64_t ret)
+static void add_op(struct sim *s, struct sim_client *c, int lkind, uint64_t key,
+                   int outcome, uint64_t out_value, uint64_t out_version,
+                   uint64_t ret)
 {
     struct sim_op *op = &c->op;
     struct lin_op lo;
@@ -333,8 +333,9 @@ static void give_up(struct sim *s, struct sim_client *c)
 {
     struct sim_op *op = &c->op;
     if (op->final) {
-        sim_fail(s, "liveness: the final %s of key %.*s (shard %u) did not "
-                    "succeed within %d ms after the heal",
+        sim_fail(s,
+                 "liveness: the final %s of key %.*s (shard %u) did not "
+                 "succeed within %d ms after the heal",
                  op_name(op->kind), (int)op->klen, op->kbuf, op->shard,
                  FINAL_DEADLINE_MS);
         return;
@@ -400,8 +401,9 @@ static void finish_scan(struct sim *s, struct sim_client *c, int from,
     struct sim_op *op = &c->op;
     if (resp->code != KV_OK || resp->result_case != KV__RESPONSE__RESULT_SCAN ||
         !resp->scan || resp->scan->more) {
-        sim_fail(s, "client %d: scan of shard %u got an impossible answer "
-                    "from node %d: code %d (%s) result %d",
+        sim_fail(s,
+                 "client %d: scan of shard %u got an impossible answer "
+                 "from node %d: code %d (%s) result %d",
                  c->idx, op->shard, from + 1, resp->code,
                  kv_strerror(resp->code), (int)resp->result_case);
         return;
@@ -419,9 +421,10 @@ static void finish_scan(struct sim *s, struct sim_client *c, int from,
         if (k < 0 || seen[k] || e->version == 0 ||
             sim_value_decode(e->value.data, e->value.len, &val[k]) != 0 ||
             (i > 0 && key_cmp(&r->entries[i - 1]->key, &e->key) >= 0)) {
-            sim_fail(s, "client %d: scan of shard %u from node %d returned "
-                        "a bad entry %zu (unknown key, duplicate, out of "
-                        "order, or a value no client wrote)",
+            sim_fail(s,
+                     "client %d: scan of shard %u from node %d returned "
+                     "a bad entry %zu (unknown key, duplicate, out of "
+                     "order, or a value no client wrote)",
                      c->idx, op->shard, from + 1, i);
             return;
         }
@@ -443,8 +446,9 @@ static void finish_scan(struct sim *s, struct sim_client *c, int from,
     }
     s->st.scans++;
     c->leader[op->shard] = from;
-    sim_log(s, "client %d: scan of shard %u -> %zu keys (attempt %d, node "
-               "%d)",
+    sim_log(s,
+            "client %d: scan of shard %u -> %zu keys (attempt %d, node "
+            "%d)",
             c->idx, op->shard, r->n_entries, op->attempt, from + 1);
     end_op(s, c);
 }
@@ -474,8 +478,9 @@ static void finish(struct sim *s, struct sim_client *c, int from,
         }
         if (sim_value_decode(resp->get->value.data, resp->get->value.len,
                              &value) != 0) {
-            sim_fail(s, "client %d: get of %.*s returned a value no client "
-                        "wrote (%zu bytes)",
+            sim_fail(s,
+                     "client %d: get of %.*s returned a value no client "
+                     "wrote (%zu bytes)",
                      c->idx, (int)op->klen, op->kbuf, resp->get->value.len);
             return;
         }
@@ -511,8 +516,9 @@ static void finish(struct sim *s, struct sim_client *c, int from,
         break;
     }
     if (!outcome) {
-        sim_fail(s, "client %d: %s of %.*s got an impossible answer from "
-                    "node %d: code %d (%s) result %d \"%s\"",
+        sim_fail(s,
+                 "client %d: %s of %.*s got an impossible answer from "
+                 "node %d: code %d (%s) result %d \"%s\"",
                  c->idx, op_name(op->kind), (int)op->klen, op->kbuf, from + 1,
                  code, kv_strerror(code), (int)resp->result_case,
                  resp->message ? resp->message : "");
@@ -541,8 +547,8 @@ static void finish(struct sim *s, struct sim_client *c, int from,
         s->final_version[op->key] = version;
     }
     c->leader[op->shard] = from;
-    sim_log(s, "client %d: %s %.*s -> %s v=%llu (attempt %d, node %d)",
-            c->idx, op_name(op->kind), (int)op->klen, op->kbuf,
+    sim_log(s, "client %d: %s %.*s -> %s v=%llu (attempt %d, node %d)", c->idx,
+            op_name(op->kind), (int)op->klen, op->kbuf,
             outcome == LIN_OUT_OK       ? "ok"
             : outcome == LIN_OUT_ABSENT ? "absent"
                                         : "failed",
@@ -559,8 +565,8 @@ void sim_client_response(struct sim *s, int ci, int from, const void *buf,
     int rc = wire_decode(buf, len, s->conf->max_message_bytes, &env, err,
                          sizeof(err));
     if (rc != KV_OK || env->body_case != KV__ENVELOPE__BODY_RESPONSE) {
-        sim_fail(s, "node %d sent client %d a bad response frame: %s",
-                 from + 1, ci, rc != KV_OK ? err : "not a Response");
+        sim_fail(s, "node %d sent client %d a bad response frame: %s", from + 1,
+                 ci, rc != KV_OK ? err : "not a Response");
         wire_free(env);
         return;
     }
@@ -600,8 +606,9 @@ void sim_client_response(struct sim *s, int ci, int from, const void *buf,
         op->resend_at = s->now + sim_range(&s->rng, 10, 50);
         break;
     default:
-        sim_fail(s, "client %d: %s of %.*s got an unexpected answer from "
-                    "node %d: %s \"%s\"",
+        sim_fail(s,
+                 "client %d: %s of %.*s got an unexpected answer from "
+                 "node %d: %s \"%s\"",
                  ci, op_name(op->kind), (int)op->klen, op->kbuf, from + 1,
                  kv_strerror(resp->code), resp->message ? resp->message : "");
         break;

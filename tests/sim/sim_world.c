@@ -95,6 +95,8 @@ void sim_net_drop_from(struct sim *s, int from)
 
 static uint64_t net_delay(struct sim *s)
 {
+    if (!s->p.fifo && sim_ppm(&s->rng, s->p.ancient_ppm))
+        return sim_range(&s->rng, 1000, 3000);
     if (sim_ppm(&s->rng, s->p.slow_ppm))
         return sim_range(&s->rng, s->p.delay_max, 5 * (uint64_t)s->p.delay_max);
     return sim_range(&s->rng, 1, s->p.delay_max);
@@ -179,8 +181,8 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     sim_node_context(s, n);
     int rc = store_open(n->dir, &n->store, err, sizeof(err));
     if (rc != KV_OK) {
-        sim_fail(s, "node %u: store_open failed: %s %s", n->id,
-                 kv_strerror(rc), err);
+        sim_fail(s, "node %u: store_open failed: %s %s", n->id, kv_strerror(rc),
+                 err);
         n->store = NULL;
         return -1;
     }
@@ -194,8 +196,8 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {
-        sim_fail(s, "node %u cannot (re)start: %s: %s", n->id,
-                 kv_strerror(rc), err);
+        sim_fail(s, "node %u cannot (re)start: %s: %s", n->id, kv_strerror(rc),
+                 err);
         store_close(n->store);
         n->store = NULL;
         n->rep = NULL;
@@ -203,6 +205,7 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     }
     n->restart_at = 0;
     n->paused_until = 0;
+    n->next_tick = s->now + sim_range(&s->rng, 1, n->tick_period);
     for (int i = 0; i < SIM_MAX_SHARDS; i++)
         n->verified[i] = 0;
     return 0;
@@ -290,8 +293,9 @@ static void node_flush(struct sim *s, struct sim_node *n)
     if (rc == KV_OK)
         return;
     if (!n->fail_armed) {
-        sim_fail(s, "node %u: replica_flush failed (%s) with no injected "
-                    "store fault",
+        sim_fail(s,
+                 "node %u: replica_flush failed (%s) with no injected "
+                 "store fault",
                  n->id, kv_strerror(rc));
         return;
     }
@@ -305,9 +309,9 @@ void sim_nodes_tick(struct sim *s)
 {
     for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
         struct sim_node *n = &s->nodes[i];
-        if (!sim_node_live(s, n) ||
-            s->now % REPLICA_TICK_MS != (uint64_t)n->tick_phase)
+        if (!sim_node_live(s, n) || s->now < n->next_tick)
             continue;
+        n->next_tick = s->now + n->tick_period;
         sim_node_context(s, n);
         replica_tick(n->rep);
         node_flush(s, n);
@@ -343,7 +347,8 @@ void sim_nodes_restart_due(struct sim *s)
     }
 }
 
-/* --- delivery --------------------------------------------------------------- */
+/* --- delivery ---------------------------------------------------------------
+ */
 
 static void deliver_peer(struct sim *s, struct sim_node *n,
                          const struct sim_msg *m)
@@ -351,8 +356,8 @@ static void deliver_peer(struct sim *s, struct sim_node *n,
     Kv__Envelope *env = NULL;
     char err[128] = "";
     sim_node_context(s, n);
-    int rc = wire_decode(m->buf, m->len, s->conf->max_message_bytes, &env,
-                         err, sizeof(err));
+    int rc = wire_decode(m->buf, m->len, s->conf->max_message_bytes, &env, err,
+                         sizeof(err));
     if (rc != KV_OK || env->body_case != KV__ENVELOPE__BODY_PEER) {
         sim_fail(s, "node %d sent node %u a bad peer frame: %s", m->from + 1,
                  n->id, rc != KV_OK ? err : "not a PeerBatch");
@@ -379,8 +384,8 @@ static void deliver_request(struct sim *s, struct sim_node *n,
     Kv__Envelope *env = NULL;
     char err[128] = "";
     sim_node_context(s, n);
-    int rc = wire_decode(m->buf, m->len, s->conf->max_message_bytes, &env,
-                         err, sizeof(err));
+    int rc = wire_decode(m->buf, m->len, s->conf->max_message_bytes, &env, err,
+                         sizeof(err));
     if (rc != KV_OK || env->body_case != KV__ENVELOPE__BODY_REQUEST) {
         sim_fail(s, "client %d sent a bad request frame: %s", m->from,
                  rc != KV_OK ? err : "not a Request");
@@ -428,8 +433,7 @@ void sim_net_deliver(struct sim *s)
             continue;
         }
         if (n->paused_until > s->now) {
-            m.at = n->paused_until +
-                   (s->p.fifo ? 0 : sim_range(&s->rng, 0, 5));
+            m.at = n->paused_until + (s->p.fifo ? 0 : sim_range(&s->rng, 0, 5));
             queue_push(s, m); /* waits in the socket buffer */
             continue;
         }
@@ -446,14 +450,15 @@ void sim_net_deliver(struct sim *s)
     }
 }
 
-/* --- faults ----------------------------------------------------------------- */
+/* --- faults -----------------------------------------------------------------
+ */
 
 static int nodes_down(const struct sim *s)
 {
     int down = 0;
     for (int i = 0; i < s->p.nnodes; i++)
-        down += !s->nodes[i].rep || s->nodes[i].fail_armed ||
-                s->nodes[i].stop_by;
+        down +=
+            !s->nodes[i].rep || s->nodes[i].fail_armed || s->nodes[i].stop_by;
     return down;
 }
 
@@ -519,8 +524,7 @@ static int pick_up_node(struct sim *s, bool prefer_leader)
     }
     int up[SIM_MAX_NODES], nup = 0;
     for (int i = 0; i < s->p.nnodes; i++)
-        if (s->nodes[i].rep && !s->nodes[i].fail_armed &&
-            !s->nodes[i].stop_by)
+        if (s->nodes[i].rep && !s->nodes[i].fail_armed && !s->nodes[i].stop_by)
             up[nup++] = i;
     return nup ? up[sim_below(&s->rng, (uint64_t)nup)] : -1;
 }
@@ -548,8 +552,8 @@ void sim_faults_step(struct sim *s)
         /* Quick reboots (a node that forgot an unsynced vote would vote
          * again in the same election) and long outages. */
         bool blip = sim_below(&s->rng, 100) < 40;
-        sim_node_crash(s, &s->nodes[v], blip ? "fault schedule: reboot"
-                                             : "fault schedule");
+        sim_node_crash(s, &s->nodes[v],
+                       blip ? "fault schedule: reboot" : "fault schedule");
         s->nodes[v].restart_at =
             s->now + (blip ? sim_range(&s->rng, 20, 300)
                            : sim_range(&s->rng, 200, 3000));
@@ -593,6 +597,7 @@ void sim_heal(struct sim *s)
     s->f.storm_until = 0;
     s->p.loss_ppm = 0;
     s->p.dup_ppm = 0;
+    s->p.ancient_ppm = 0;
     for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
         struct sim_node *n = &s->nodes[i];
         if (n->fail_armed) {
