@@ -12,10 +12,14 @@
  *
  * The driver order, once per loop iteration (replica_flush):
  *   1. collect every group's Ready;
- *   2. ONE synced batch: hard states, new log entries, and the effects of
+ *   2. send the appends and heartbeats of leaders whose term and vote are
+ *      already stored (a leader counts its own entries only once stored,
+ *      so replicating before its own fsync is safe: Raft thesis 10.2.1);
+ *   3. ONE synced batch: hard states, new log entries, and the effects of
  *      newly committed entries with each shard's applied index (group
  *      commit: one fsync however many groups and clients were active);
- *   3. send the messages (coalesced per peer node, one frame each);
+ *      then send every other message (votes, acknowledgements: they
+ *      promise what is now on disk), coalesced per peer node;
  *   4. answer the writes that were applied and the reads now allowed;
  *   5. advance every group.
  * Applying in the same synced batch as the persisted entries departs from

@@ -187,6 +187,10 @@ static size_t node_index(const struct conf *conf, uint32_t id)
     return conf->nnodes;
 }
 
+static int route_request_from(struct client *c, uint32_t shard,
+                              Kv__Request *req, uint32_t timeout_ms,
+                              size_t first, Kv__Envelope **out);
+
 /* The next member of SHARD's placement after node index I (or the first
  * member when I is not one). */
 static size_t next_member(const struct client *c, uint32_t shard, size_t i)
@@ -216,6 +220,14 @@ static void sleep_ms(uint64_t ms)
 static int route_request(struct client *c, uint32_t shard, Kv__Request *req,
                          uint32_t timeout_ms, Kv__Envelope **out)
 {
+    return route_request_from(c, shard, req, timeout_ms, c->route[shard], out);
+}
+
+/* As route_request, starting at node index FIRST. */
+static int route_request_from(struct client *c, uint32_t shard,
+                              Kv__Request *req, uint32_t timeout_ms,
+                              size_t first, Kv__Envelope **out)
+{
     kv *db = &c->base;
     uint64_t deadline = now_ms() + timeout_ms;
     uint64_t attempt_ms = timeout_ms / 10;
@@ -230,7 +242,7 @@ static int route_request(struct client *c, uint32_t shard, Kv__Request *req,
     int rc = wire_encode_request(req, &buf, &len);
     if (rc != KV_OK)
         return rc;
-    size_t i = c->route[shard];
+    size_t i = first;
     bool delivered = false;
     uint64_t backoff = 5;
     char last[256] = "";
@@ -308,7 +320,16 @@ static int cl_get(kv *db, uint32_t shard, const void *key, size_t klen,
     req.op_case = KV__REQUEST__OP_GET;
     req.get = &g;
     Kv__Envelope *env = NULL;
-    int rc = route_request(client_of(db), shard, &req, timeout_ms, &env);
+    struct client *c = client_of(db);
+    /* A stale read may be served by any member: spread them round robin. */
+    size_t first = c->route[shard];
+    if (stale)
+        first = conf_replica(c->conf, shard,
+                             (uint32_t)(c->next_id % c->conf->replicas));
+    size_t leader = c->route[shard];
+    int rc = route_request_from(c, shard, &req, timeout_ms, first, &env);
+    if (stale)
+        c->route[shard] = leader; /* a follower's answer says nothing of it */
     if (rc != KV_OK)
         return rc;
     Kv__Response *r = env->response;

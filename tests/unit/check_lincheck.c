@@ -111,21 +111,30 @@ static struct lin_history *hist(const struct lin_op *ops, size_t n)
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Checks OPS and asserts the verdict; prints the history and the report
- * when it differs. Returns the report (release it) through R if not NULL. */
+/* Checks OPS, with quick proofs and by search alone, and asserts the
+ * verdict; prints the history and the report when it differs. Returns the
+ * report of the default check (release it) through OUT if not NULL. */
 static void expect_ops(const struct lin_op *ops, size_t n, int want,
                        struct lin_report *out)
 {
+    static const struct lin_budget search_only = {.search_only = 1};
     struct lin_history *h = hist(ops, n);
     struct lin_report r;
-    int got = lin_check(h, NULL, &r);
-    if (got != want) {
-        fprintf(stderr, "--- history:\n");
-        lin_write(stderr, h);
-        lin_report_print(&r, stderr);
+    int mode;
+
+    for (mode = 1; mode >= 0; mode--) {
+        int got = lin_check(h, mode ? &search_only : NULL, &r);
+        if (got != want) {
+            fprintf(stderr, "--- history (%s):\n",
+                    mode ? "search only" : "default");
+            lin_write(stderr, h);
+            lin_report_print(&r, stderr);
+        }
+        ck_assert_int_eq(got, want);
+        ck_assert_int_eq(r.result, want);
+        if (mode)
+            lin_report_release(&r);
     }
-    ck_assert_int_eq(got, want);
-    ck_assert_int_eq(r.result, want);
     if (out != NULL)
         *out = r;
     else
@@ -699,7 +708,9 @@ static size_t inject_stale_read(struct simop *ops, size_t n, uint64_t seed)
     return n;
 }
 
-static const struct lin_budget sim_budget = {0, 20000, 0};
+static const struct lin_budget sim_budget = {.max_ms = 20000};
+static const struct lin_budget sim_search_budget = {.max_ms = 20000,
+                                                    .search_only = 1};
 
 START_TEST(histories_from_a_simulated_correct_register_are_linearizable)
 {
@@ -731,25 +742,34 @@ START_TEST(a_stale_read_injected_into_a_simulated_history_is_flagged)
     struct simop *ops = simulate((uint64_t)_i, n, 8, 10, 3);
     size_t bad = inject_stale_read(ops, n, (uint64_t)_i);
     struct lin_history *h;
-    struct lin_report r;
-    uint64_t t0;
-    int rc;
+    int mode;
 
     ck_assert_uint_lt(bad, n);
     h = sim_history(ops, n);
-    t0 = ms_now();
-    rc = lin_check(h, &sim_budget, &r);
-    if (rc != LIN_VIOLATION) {
-        fprintf(stderr, "seed %d:\n", _i);
-        lin_report_print(&r, stderr);
+    /* Mode 0: a quick proof names the stale read and the op it contradicts;
+     * mode 1: the search alone must find the same failing op. */
+    for (mode = 0; mode < 2; mode++) {
+        struct lin_report r;
+        uint64_t t0 = ms_now();
+        int rc = lin_check(h, mode ? &sim_search_budget : &sim_budget, &r);
+        if (rc != LIN_VIOLATION) {
+            fprintf(stderr, "seed %d mode %d:\n", _i, mode);
+            lin_report_print(&r, stderr);
+        }
+        ck_assert_int_eq(rc, LIN_VIOLATION);
+        ck_assert_msg(ms_now() - t0 < 5000, "seed %d: too slow", _i);
+        ck_assert_uint_eq(r.keys_violating, 1);
+        ck_assert_uint_eq(r.key, ops[bad].op.key);
+        assert_fails_at(&r, bad);
+        ck_assert_int_eq(r.before_known, 1);
+        if (mode == 0) {
+            ck_assert_int_eq(r.proof, LIN_PROOF_WENT_BACK);
+            ck_assert_uint_eq(r.proof_b, bad);
+        } else {
+            ck_assert_int_eq(r.proof, LIN_PROOF_NONE);
+        }
+        lin_report_release(&r);
     }
-    ck_assert_int_eq(rc, LIN_VIOLATION);
-    ck_assert_msg(ms_now() - t0 < 5000, "seed %d: too slow", _i);
-    ck_assert_uint_eq(r.keys_violating, 1);
-    ck_assert_uint_eq(r.key, ops[bad].op.key);
-    assert_fails_at(&r, bad);
-    ck_assert_int_eq(r.before_known, 1);
-    lin_report_release(&r);
     lin_free(h);
     free(ops);
 }
@@ -951,12 +971,13 @@ static struct lin_op random_op(uint64_t *s)
 
 START_TEST(lin_check_agrees_with_brute_force_on_small_histories)
 {
+    static const struct lin_budget search_only = {.search_only = 1};
     uint64_t s = 4242u + (uint64_t)_i * 1000003u;
     int round, agree_ok = 0, agree_bad = 0;
 
     for (round = 0; round < 5000; round++) {
         struct lin_op ops[6];
-        int n = 1 + (int)below(&s, 6), i, want, got;
+        int n = 1 + (int)below(&s, 6), i, want, got, got2;
         struct lin_history *h;
 
         if (below(&s, 2)) {
@@ -995,12 +1016,15 @@ START_TEST(lin_check_agrees_with_brute_force_on_small_histories)
             ops[i] = *lin_get(h, (size_t)i);
         want = brute_force(ops, n);
         got = lin_check(h, NULL, NULL);
-        if (got != want) {
-            fprintf(stderr, "disagree (brute force %d, lin_check %d):\n",
-                    want, got);
+        got2 = lin_check(h, &search_only, NULL);
+        if (got != want || got2 != want) {
+            fprintf(stderr,
+                    "disagree (brute force %d, lin_check %d, search %d):\n",
+                    want, got, got2);
             lin_write(stderr, h);
         }
         ck_assert_int_eq(got, want);
+        ck_assert_int_eq(got2, want);
         if (want == LIN_OK)
             agree_ok++;
         else
@@ -1017,13 +1041,14 @@ END_TEST
 /* Budgets                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* N inserts and N deletes, all concurrent, and a read of a value never
- * written: the inserts go in version order, but any delete may follow each
- * of them, so proving the violation visits every subset of the deletes. */
+/* N inserts and N deletes, all concurrent, and a read of a value and
+ * version never written (no quick proof applies): the inserts go in version
+ * order, but any delete may follow each of them, so proving the violation
+ * visits every subset of the deletes. */
 static struct lin_history *pathological(int n)
 {
     struct lin_history *h = lin_new();
-    struct lin_op bad = rd(1, 0, 1000, 999999, 1);
+    struct lin_op bad = rd(1, 0, 1000, 999999, 1000000);
     int i;
     ck_assert_ptr_nonnull(h);
     for (i = 0; i < n; i++) {
@@ -1040,9 +1065,9 @@ static struct lin_history *pathological(int n)
 START_TEST(the_budget_makes_a_pathological_case_return_unknown)
 {
     struct lin_history *h = pathological(40);
-    struct lin_budget states = {20000, 0, 0};
-    struct lin_budget time = {UINT64_MAX, 150, 0};
-    struct lin_budget mem = {UINT64_MAX, 0, 1u << 20};
+    struct lin_budget states = {.max_states = 20000};
+    struct lin_budget time = {.max_states = UINT64_MAX, .max_ms = 150};
+    struct lin_budget mem = {.max_states = UINT64_MAX, .max_bytes = 1u << 20};
     struct lin_report r;
     uint64_t t0;
 
@@ -1076,7 +1101,7 @@ END_TEST
 START_TEST(an_undecided_key_does_not_hide_a_violation_in_another)
 {
     struct lin_history *h = pathological(40);
-    struct lin_budget b = {20000, 0, 0};
+    struct lin_budget b = {.max_states = 20000};
     struct lin_op a = wr(5, 0, 1, 10, 1), c = rd(5, 2, 3, 11, 1);
     struct lin_report r;
 
@@ -1208,7 +1233,7 @@ START_TEST(mutated_history_files_fail_cleanly_or_check)
     for (round = 0; round < 2000; round++) {
         char *m = malloc(len + 1);
         struct lin_history *g = lin_new();
-        struct lin_budget b = {2000, 1000, 0};
+        struct lin_budget b = {.max_states = 2000, .max_ms = 1000};
         char err[128];
         int k, nm = 1 + (int)below(&s, 4);
         size_t mlen = len;
@@ -1317,7 +1342,7 @@ END_TEST
 START_TEST(reports_of_every_verdict_print)
 {
     struct lin_history *h = pathological(30);
-    struct lin_budget b = {1000, 0, 0};
+    struct lin_budget b = {.max_states = 1000};
     struct lin_report r;
     char *text = NULL;
     size_t len = 0;
