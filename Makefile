@@ -44,7 +44,7 @@ PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
 .DELETE_ON_ERROR:
 .SECONDARY:
 
-all: deps-check $(B)/libkv.a $(B)/libkv.so $(B)/kvnode $(B)/kvclient $(PROC_SOS)
+all: deps-check $(B)/libkv.a $(B)/libkv.so $(B)/kvnode $(B)/kvclient $(B)/lincheck $(PROC_SOS)
 
 # --- dependencies -----------------------------------------------------------
 # Installs only when something is missing, so a built tree needs no network.
@@ -99,6 +99,10 @@ $(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/l
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/tests/cluster/harness.o $(B)/libkv.a \
 	    $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+# The history checker as a command (kept out of build/tests: it reads stdin).
+$(B)/lincheck: $(B)/obj/tests/lincheck/lincheck_main.o $(B)/obj/tests/lincheck/lincheck.o
+	$(CC) $(LDFLAGS) -o $@ $^
 
 # check_raft.c includes raft.c (to inject allocation failures).
 $(B)/obj/tests/unit/check_raft.o: kvnode/raft.c

@@ -51,6 +51,7 @@ enum opt_id {
     OPT_HELP,
     OPT_IF_VERSION,
     OPT_IF_ABSENT,
+    OPT_STALE,
     OPT_PREFIX,
     OPT_START,
     OPT_END,
@@ -88,6 +89,8 @@ static const struct optdef optdefs[OPT_COUNT] = {
                         "put/del: only if the key's version is V"},
     [OPT_IF_ABSENT] = {"if-absent", 0, NULL,
                        "put: only if the key does not exist"},
+    [OPT_STALE] = {"stale", 0, NULL,
+                   "get: any replica may answer (possibly stale)"},
     [OPT_PREFIX] = {"prefix", 0, "P", "scan: keys beginning with P"},
     [OPT_START] = {"start", 0, "S", "scan: keys >= S"},
     [OPT_END] = {"end", 0, "E", "scan: keys < E"},
@@ -141,7 +144,8 @@ static int cmd_bench(struct cli *c);
 static int cmd_help(struct cli *c);
 
 static const struct command commands[] = {
-    {"get", cmd_get, 1, 1, 0, CMD_OPEN, "get KEY", "print the value of KEY"},
+    {"get", cmd_get, 1, 1, BIT(OPT_STALE), CMD_OPEN, "get KEY [--stale]",
+     "print the value of KEY"},
     {"put", cmd_put, 2, 2, BIT(OPT_IF_VERSION) | BIT(OPT_IF_ABSENT), CMD_OPEN,
      "put KEY VALUE|- [--if-version V | --if-absent]",
      "write KEY (VALUE - reads stdin); print the new version"},
@@ -152,7 +156,7 @@ static const struct command commands[] = {
      "scan [--prefix P] [--start S] [--end E] [--limit N]",
      "print keys and values in key order"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
-     "print nodes and shards; exit 4 if a node is down"},
+     "print nodes, shards and replicas; exit 4 if a node is down"},
     {"bench", cmd_bench, 0, 0,
      BIT(OPT_CLIENTS) | BIT(OPT_OPS) | BIT(OPT_VALUE_SIZE) | BIT(OPT_KEYS) |
          BIT(OPT_WORKLOAD) | BIT(OPT_THREADS),
@@ -621,7 +625,8 @@ static int opt_if_version(struct cli *c, kv_opts *o)
 
 /* --- commands ------------------------------------------------------------- */
 
-/* get KEY: prints the value (and a newline), or a JSON object. */
+/* get KEY: prints the value (and a newline), or a JSON object. With
+ * --stale any replica of the key's shard may answer from its own copy. */
 static int cmd_get(struct cli *c)
 {
     struct bytes key;
@@ -631,6 +636,7 @@ static int cmd_get(struct cli *c)
     uint64_t version = 0;
     int rc, ret;
 
+    o.stale = (c->seen & BIT(OPT_STALE)) != 0;
     ret = arg_bytes(c, "key", c->args[0], &key);
     if (ret != 0)
         return ret;
@@ -798,6 +804,11 @@ out_bounds:
     return ret;
 }
 
+/* --- status --------------------------------------------------------------- */
+
+#define MAX_MEMBERS 64 /* members shown per shard (a leader listing more is
+                          cut: nothing a node says is trusted for sizes) */
+
 /* What `status` learned about one shard, merged over the nodes' answers. */
 struct shard_view {
     uint32_t leader;
@@ -805,7 +816,31 @@ struct shard_view {
     int keys_rank;   /* 0 unknown, 1 from a holder, 2 from the leader */
     uint64_t keys;
     uint64_t applied;
+    /* The answer of the node that says it leads the shard with the highest
+     * term (NULL when none does), and that node's id. The answer belongs to
+     * the status replies, which outlive the view. */
+    const Kv__ShardInfo *lead;
+    uint32_t lead_id;
 };
+
+/* One member of a shard, as `status` shows it. */
+struct member_view {
+    uint32_t id;
+    int up;           /* its node answered */
+    const char *role; /* its own answer; NULL when down or not reported */
+    int has_applied;  /* its own answer */
+    uint64_t applied;
+    int has_match; /* the leader reported it: match, active and lag are set */
+    uint64_t match;
+    int active;
+    uint64_t lag; /* the leader's last index minus MATCH */
+};
+
+/* Whether the shard answer SI says its node leads the shard. */
+static int says_leader(const Kv__ShardInfo *si)
+{
+    return si->local && si->role != NULL && strcmp(si->role, "leader") == 0;
+}
 
 /* Merges node answer ST into the shard table VIEW (NSHARDS rows); EMBEDDED
  * says the answer is the local engine's. Shard numbers from the node are
@@ -838,7 +873,144 @@ static void merge_status(const Kv__StatusResult *st, struct shard_view *view,
             sv->applied = si->applied;
             sv->keys_rank = self ? 2 : 1;
         }
+        /* Two nodes may both say they lead (an old leader cut off from the
+         * others has not noticed yet): the higher term is the real one. */
+        if (!embedded && says_leader(si) &&
+            (sv->lead == NULL || si->term > sv->lead->term)) {
+            sv->lead = si;
+            sv->lead_id = st->node_id;
+        }
     }
+}
+
+/* Once every answer is merged: the agreed leader's answer decides the
+ * shard's node, keys and applied version. */
+static void settle_view(struct shard_view *view, uint32_t nshards)
+{
+    uint32_t s;
+
+    for (s = 0; s < nshards; s++) {
+        struct shard_view *sv = &view[s];
+        if (sv->lead == NULL)
+            continue;
+        sv->leader = sv->lead_id;
+        sv->leader_rank = 2;
+        sv->keys = sv->lead->keys;
+        sv->applied = sv->lead->applied;
+        sv->keys_rank = 2;
+    }
+}
+
+/* The answer about SHARD in ST, or NULL. */
+static const Kv__ShardInfo *shard_info_of(const Kv__StatusResult *st,
+                                          uint32_t shard)
+{
+    size_t j;
+
+    if (st == NULL)
+        return NULL;
+    if (shard < st->n_shard_info && st->shard_info[shard] != NULL &&
+        st->shard_info[shard]->shard == shard)
+        return st->shard_info[shard]; /* the usual layout: row s is shard s */
+    for (j = 0; j < st->n_shard_info; j++)
+        if (st->shard_info[j] != NULL && st->shard_info[j]->shard == shard)
+            return st->shard_info[j];
+    return NULL;
+}
+
+/* The index of node ID among the handle's N nodes, or N. */
+static size_t node_index_of(kv *db, size_t n, uint32_t id)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (admin_node_id(db, i) == id)
+            return i;
+    return n;
+}
+
+/* Fills M (room for MAX_MEMBERS) with the members of SHARD, sorted by id,
+ * and returns how many: those its leader reports (with their match index),
+ * or without a leader the static placement (shard s on the nodes s, s+1,
+ * ..., s+R-1 mod N, in the handle's node order, which is by id). Each
+ * member's role and applied index are its own node's answer. */
+static size_t shard_members(struct cli *c, size_t n, Kv__StatusResult **sts,
+                            const int *rcs, const Kv__StatusResult *any,
+                            const struct shard_view *sv, uint32_t shard,
+                            struct member_view *m)
+{
+    const Kv__ShardInfo *lead = sv->lead;
+    size_t k = 0, i, j;
+    uint64_t top = 0, own = 0;
+    int has_own = 0;
+
+    if (lead != NULL) {
+        for (i = 0; i < lead->n_members && k < MAX_MEMBERS; i++) {
+            const Kv__MemberInfo *mi = lead->members[i];
+            if (mi == NULL)
+                continue;
+            for (j = 0; j < k && m[j].id != mi->id; j++)
+                ;
+            if (j < k)
+                continue; /* listed twice: the first one counts */
+            memset(&m[k], 0, sizeof m[k]);
+            m[k].id = mi->id;
+            m[k].has_match = 1;
+            m[k].match = mi->match;
+            m[k].active = mi->active;
+            if (mi->match > top)
+                top = mi->match;
+            if (mi->id == sv->lead_id) {
+                own = mi->match;
+                has_own = 1;
+            }
+            k++;
+        }
+    } else if (any != NULL && n > 0) {
+        uint64_t r = any->replicas < n ? any->replicas : n;
+        for (i = 0; i < r && k < MAX_MEMBERS; i++) {
+            memset(&m[k], 0, sizeof m[k]);
+            m[k].id = admin_node_id(c->db, (size_t)((shard + i) % n));
+            k++;
+        }
+    }
+    if (has_own)
+        top = own; /* the leader's own match is its last index */
+    for (i = 0; i < k; i++) {
+        size_t idx = node_index_of(c->db, n, m[i].id);
+        if (idx < n && rcs[idx] == KV_OK) {
+            const Kv__ShardInfo *si = shard_info_of(sts[idx], shard);
+            m[i].up = 1;
+            if (si != NULL && si->local) {
+                m[i].role = si->role;
+                m[i].has_applied = 1;
+                m[i].applied = si->applied;
+            }
+        }
+        if (m[i].has_match)
+            m[i].lag = top > m[i].match ? top - m[i].match : 0;
+    }
+    for (i = 1; i < k; i++) { /* insertion sort by id: k is small */
+        struct member_view t = m[i];
+        for (j = i; j > 0 && m[j - 1].id > t.id; j--)
+            m[j] = m[j - 1];
+        m[j] = t;
+    }
+    return k;
+}
+
+/* A role as a node reported it, fit for a terminal: lowercase letters only
+ * (anything else is shown as "?"). */
+static const char *role_text(const char *role)
+{
+    size_t i;
+
+    if (role == NULL || role[0] == '\0')
+        return "-";
+    for (i = 0; role[i] != '\0'; i++)
+        if (i >= 12 || role[i] < 'a' || role[i] > 'z')
+            return "?";
+    return role;
 }
 
 /* Prints uptime MS as "1d02h03m04s"-style text into BUF. */
@@ -857,6 +1029,47 @@ static void format_uptime(uint64_t ms, char *buf, size_t len)
     else
         snprintf(buf, len, "%llu.%llus", sec,
                  (unsigned long long)(ms % 1000 / 100));
+}
+
+/* Writes V into BUF (LEN bytes) when HAS, else "-". Returns BUF. */
+static const char *num_or_dash(int has, uint64_t v, char *buf, size_t len)
+{
+    if (has)
+        snprintf(buf, len, "%llu", (unsigned long long)v);
+    else
+        snprintf(buf, len, "-");
+    return buf;
+}
+
+/* Prints the members of every shard (text): one line per member. */
+static void print_members_text(struct cli *c, size_t n, Kv__StatusResult **sts,
+                               const int *rcs, const Kv__StatusResult *any,
+                               const struct shard_view *view, uint32_t nshards)
+{
+    struct member_view m[MAX_MEMBERS];
+    uint32_t s;
+    size_t k, i;
+
+    printf("\n%-6s %-6s %-12s %-10s %-10s %-10s %s\n", "SHARD", "MEMBER",
+           "ROLE", "MATCH", "APPLIED", "LAG", "NOTE");
+    for (s = 0; s < nshards; s++) {
+        k = shard_members(c, n, sts, rcs, any, &view[s], s, m);
+        for (i = 0; i < k; i++) {
+            char match[24], applied[24], lag[24];
+            const char *role = m[i].up ? role_text(m[i].role) : "down";
+            const char *note = "";
+            if (m[i].has_match && !m[i].active)
+                note = "inactive";
+            printf("%-6u %-6u %-12s %-10s %-10s %-10s %s\n", (unsigned)s,
+                   (unsigned)m[i].id, role,
+                   num_or_dash(m[i].has_match, m[i].match, match,
+                               sizeof match),
+                   num_or_dash(m[i].has_applied, m[i].applied, applied,
+                               sizeof applied),
+                   num_or_dash(m[i].has_match, m[i].lag, lag, sizeof lag),
+                   note);
+        }
+    }
 }
 
 /* Prints the status table (text) of N nodes and NSHARDS shards. */
@@ -896,9 +1109,12 @@ static void print_status_text(struct cli *c, size_t n, Kv__StatusResult **sts,
     }
     if (nshards == 0)
         return;
-    printf("\n%-6s %-6s %-10s %s\n", "SHARD", "NODE", "KEYS", "APPLIED");
+    printf("\n%-6s %-6s %-10s %-10s %-8s %-10s %s\n", "SHARD", "NODE", "KEYS",
+           "APPLIED", "TERM", "COMMIT", "NOTE");
     for (s = 0; s < nshards; s++) {
-        char node[16] = "-", keys[24] = "-", applied[24] = "-";
+        char node[16] = "-", keys[24] = "-", applied[24] = "-", term[24],
+             commit[24];
+        const Kv__ShardInfo *lead = view[s].lead;
         if (view[s].leader_rank > 0)
             snprintf(node, sizeof node, "%u", (unsigned)view[s].leader);
         if (view[s].keys_rank > 0) {
@@ -907,8 +1123,57 @@ static void print_status_text(struct cli *c, size_t n, Kv__StatusResult **sts,
             snprintf(applied, sizeof applied, "%llu",
                      (unsigned long long)view[s].applied);
         }
-        printf("%-6u %-6s %-10s %s\n", (unsigned)s, node, keys, applied);
+        printf("%-6u %-6s %-10s %-10s %-8s %-10s %s\n", (unsigned)s, node,
+               keys, applied,
+               num_or_dash(lead != NULL, lead ? lead->term : 0, term,
+                           sizeof term),
+               num_or_dash(lead != NULL, lead ? lead->commit : 0, commit,
+                           sizeof commit),
+               lead != NULL || admin_is_embedded(c->db) ? "" : "no leader");
     }
+    if (!admin_is_embedded(c->db))
+        print_members_text(c, n, sts, rcs, any, view, nshards);
+}
+
+/* Prints the replication fields of shard S's JSON object (after its
+ * existing fields, each with its leading comma). */
+static void print_shard_repl_json(struct cli *c, size_t n,
+                                  Kv__StatusResult **sts, const int *rcs,
+                                  const Kv__StatusResult *any,
+                                  const struct shard_view *sv, uint32_t s)
+{
+    struct member_view m[MAX_MEMBERS];
+    size_t k = 0, i;
+
+    if (sv->lead != NULL)
+        printf(",\"leader\":%u,\"term\":%llu,\"commit\":%llu",
+               (unsigned)sv->lead_id, (unsigned long long)sv->lead->term,
+               (unsigned long long)sv->lead->commit);
+    else
+        fputs(",\"leader\":null,\"term\":null,\"commit\":null", stdout);
+    if (!admin_is_embedded(c->db))
+        k = shard_members(c, n, sts, rcs, any, sv, s, m);
+    fputs(",\"members\":[", stdout);
+    for (i = 0; i < k; i++) {
+        printf("%s{\"id\":%u,\"up\":%s,\"role\":", i ? "," : "",
+               (unsigned)m[i].id, m[i].up ? "true" : "false");
+        if (m[i].role != NULL)
+            json_string(stdout, m[i].role, strlen(m[i].role));
+        else
+            fputs("null", stdout);
+        if (m[i].has_applied)
+            printf(",\"applied\":%llu", (unsigned long long)m[i].applied);
+        else
+            fputs(",\"applied\":null", stdout);
+        if (m[i].has_match)
+            printf(",\"match\":%llu,\"lag\":%llu,\"active\":%s}",
+                   (unsigned long long)m[i].match,
+                   (unsigned long long)m[i].lag,
+                   m[i].active ? "true" : "false");
+        else
+            fputs(",\"match\":null,\"lag\":null,\"active\":null}", stdout);
+    }
+    putc(']', stdout);
 }
 
 /* Prints the status as one JSON object. */
@@ -951,16 +1216,19 @@ static void print_status_json(struct cli *c, size_t n, Kv__StatusResult **sts,
         else
             fputs("null", stdout);
         if (view[s].keys_rank > 0)
-            printf(",\"keys\":%llu,\"applied\":%llu}",
+            printf(",\"keys\":%llu,\"applied\":%llu",
                    (unsigned long long)view[s].keys,
                    (unsigned long long)view[s].applied);
         else
-            fputs(",\"keys\":null,\"applied\":null}", stdout);
+            fputs(",\"keys\":null,\"applied\":null", stdout);
+        print_shard_repl_json(c, n, sts, rcs, any, &view[s], s);
+        putc('}', stdout);
     }
     fputs("]}\n", stdout);
 }
 
-/* status: asks every node, prints nodes and shards; exit 4 if any is down. */
+/* status: asks every node, prints nodes, shards and their replicas; exit 4
+ * if any node is down. */
 static int cmd_status(struct cli *c)
 {
     size_t n = admin_node_count(c->db), i, up = 0;
@@ -1000,6 +1268,7 @@ static int cmd_status(struct cli *c)
         for (i = 0; i < n; i++)
             if (sts[i] != NULL)
                 merge_status(sts[i], view, nshards, admin_is_embedded(c->db));
+        settle_view(view, nshards);
     }
     if (c->json)
         print_status_json(c, n, sts, rcs, any, view, nshards, up == n);

@@ -7,17 +7,31 @@
  * events of one key are put in a doubly linked list by time, and a
  * depth-first search linearizes, at each point, one of the calls that come
  * before the first remaining return, lifting it (and its return) out of the
- * list, and backtracking when a return is reached with its call not yet
- * linearized. A cache of configurations (set of linearized operations, model
- * state) already explored prunes repeated work.
+ * list, and backtracks when no candidate works. A cache of configurations
+ * (set of linearized operations, model state) already explored prunes
+ * repeated work.
  *
- * Two refinements for operations of unknown outcome (pending), which may
- * take effect at any point after their call or never: pending operations
- * have no return event, so they are never forced; the search tries them only
- * after every completed candidate at a point has failed; and the cache treats
- * a configuration that has linearized a superset of the pending operations
- * of an explored one (same completed set, same state) as already explored,
- * because a pending operation can always be left out.
+ * Refinements, each a pruning that keeps the search exact (an argument is
+ * next to each) and makes long histories of a correct store cost about one
+ * configuration per operation:
+ *   - an op that succeeds without changing the state (a read, a failed
+ *     condition) is taken at once, with no alternative tried;
+ *   - ops that create versions are taken in version order, as late as
+ *     possible (after other state changes such as deletes);
+ *   - pending ops (unknown outcome: may take effect any time after their
+ *     call, or never) have no return, are tried only when no completed op
+ *     can go, and not right after another pending op they would overwrite;
+ *     pending ops that no read can tell apart form a class of which only the
+ *     first unused is tried; a configuration that used a superset of the
+ *     pending ops of an explored one (same completed set and state) counts
+ *     as explored, since a pending op can always be left out;
+ *   - cached sets store only the window of completed ops between the first
+ *     not linearized and the last linearized, so memory per configuration
+ *     stays small on long histories.
+ * Before searching, a sweep looks for two ops that contradict each other on
+ * versions (a key's versions only grow; a version names one record): it
+ * proves most real bugs (stale reads, lost writes) in O(n log n) however
+ * long the history.
  *
  * When a key fails, a binary search over return times finds the shortest
  * failing prefix of its history (prefixes of a linearizable history are
@@ -35,6 +49,40 @@
 #include <time.h>
 
 /* ------------------------------------------------------------------------ */
+/* Allocation, with a seam for tests                                        */
+/* ------------------------------------------------------------------------ */
+
+static long alloc_countdown = -1; /* allocations before one fails; -1: none */
+
+void lin_fail_alloc_after(long n)
+{
+    alloc_countdown = n < 0 ? -1 : n;
+}
+
+/* Whether this allocation is the one to fail. */
+static int alloc_fails(void)
+{
+    if (alloc_countdown < 0)
+        return 0;
+    return alloc_countdown-- == 0;
+}
+
+static void *xmalloc(size_t n)
+{
+    return alloc_fails() ? NULL : malloc(n);
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    return alloc_fails() ? NULL : calloc(n, size);
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    return alloc_fails() ? NULL : realloc(p, n);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Histories                                                                */
 /* ------------------------------------------------------------------------ */
 
@@ -45,7 +93,7 @@ struct lin_history {
 
 struct lin_history *lin_new(void)
 {
-    return calloc(1, sizeof(struct lin_history));
+    return xcalloc(1, sizeof(struct lin_history));
 }
 
 void lin_free(struct lin_history *h)
@@ -149,7 +197,7 @@ int lin_add(struct lin_history *h, const struct lin_op *op)
         struct lin_op *ops;
         if (cap > SIZE_MAX / sizeof *ops)
             return LIN_ENOMEM;
-        ops = realloc(h->ops, cap * sizeof *ops);
+        ops = xrealloc(h->ops, cap * sizeof *ops);
         if (ops == NULL)
             return LIN_ENOMEM;
         h->ops = ops;
@@ -192,28 +240,32 @@ static void drop_first_excl(struct mst *s)
 }
 
 /* The unseen version of S cannot be E: raise the least version past
- * excluded ones, or remember E. */
-static void exclude(struct mst *s, uint64_t e)
+ * excluded ones, or remember E. Returns 0 when no version is left (all up
+ * to UINT64_MAX excluded), else 1. */
+static int exclude(struct mst *s, uint64_t e)
 {
     size_t i;
     if (e < s->version)
-        return;
+        return 1;
     if (e == s->version) {
         s->version++;
         while (s->nexcl > 0 && s->excl[0] == s->version) {
             drop_first_excl(s);
             s->version++;
         }
+        if (s->version == UINT64_MAX)
+            return 0;
         s->next = s->version + 1;
-        return;
+        return 1;
     }
     for (i = 0; i < s->nexcl && s->excl[i] < e; i++)
         ;
     if ((i < s->nexcl && s->excl[i] == e) || s->nexcl == EXCL_MAX)
-        return; /* known, or no room: forget it (lenient) */
+        return 1; /* known, or no room: forget it (lenient) */
     memmove(s->excl + i + 1, s->excl + i, (s->nexcl - i) * sizeof s->excl[0]);
     s->excl[i] = e;
     s->nexcl++;
+    return 1;
 }
 
 /* The record of S may be at version E: true if its version is E, or if it
@@ -223,7 +275,7 @@ static int version_may_be(struct mst *s, uint64_t e)
     size_t i;
     if (s->known)
         return s->version == e;
-    if (e < s->version || e >= UINT64_MAX - 1)
+    if (e < s->version || e == UINT64_MAX)
         return 0;
     for (i = 0; i < s->nexcl; i++) {
         if (s->excl[i] == e)
@@ -241,8 +293,7 @@ static int version_may_differ(struct mst *s, uint64_t e)
 {
     if (s->known)
         return s->version != e;
-    exclude(s, e);
-    return 1;
+    return exclude(s, e);
 }
 
 /* A write of VALUE that created version V. */
@@ -563,6 +614,12 @@ static int pclass_cmp(const void *pa, const void *pb)
     return a->op < b->op ? -1 : a->op > b->op;
 }
 
+static int same_class(const struct pclass *a, const struct pclass *b)
+{
+    return a->kind == b->kind && a->expect == b->expect &&
+           a->observed == b->observed && (!a->observed || a->value == b->value);
+}
+
 static int u64_cmp(const void *pa, const void *pb)
 {
     uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
@@ -573,14 +630,14 @@ static int u64_cmp(const void *pa, const void *pb)
 static int classify_pending(struct search *s)
 {
     const struct sop *ops = s->ops;
-    uint64_t *seen = malloc((s->n + 1) * sizeof *seen);
-    struct pclass *pc = malloc((s->np + 1) * sizeof *pc);
+    uint64_t *seen = xmalloc((s->n + 1) * sizeof *seen);
+    struct pclass *pc = xmalloc((s->np + 1) * sizeof *pc);
     size_t nseen = 0, npc = 0, i, ncls = 0;
     int rc = LIN_ENOMEM;
 
-    s->cls = malloc((s->n + 1) * sizeof *s->cls);
-    s->crank = malloc((s->n + 1) * sizeof *s->crank);
-    s->cnext = calloc(s->np + 1, sizeof *s->cnext);
+    s->cls = xmalloc((s->n + 1) * sizeof *s->cls);
+    s->crank = xmalloc((s->n + 1) * sizeof *s->crank);
+    s->cnext = xcalloc(s->np + 1, sizeof *s->cnext);
     if (seen == NULL || pc == NULL || !s->cls || !s->crank || !s->cnext)
         goto out;
     for (i = 0; i < s->n; i++) {
@@ -599,23 +656,18 @@ static int classify_pending(struct search *s)
         c->kind = op->kind;
         c->expect = op->expect_version;
         c->value = op->kind == LIN_DELETE ? 0 : op->value;
-        c->observed = op->kind != LIN_DELETE &&
-                      bsearch(&c->value, seen, nseen, sizeof *seen,
-                              u64_cmp) != NULL;
+        c->observed =
+            op->kind != LIN_DELETE &&
+            bsearch(&c->value, seen, nseen, sizeof *seen, u64_cmp) != NULL;
         c->op = (uint32_t)i;
     }
     qsort(pc, npc, sizeof *pc, pclass_cmp);
     for (i = 0; i < npc; i++) {
-        if (i > 0 && pclass_cmp(&pc[i - 1], &pc[i]) != 0) {
-            struct pclass a = pc[i - 1], b = pc[i];
-            a.op = b.op = 0;
-            if (pclass_cmp(&a, &b) != 0)
-                ncls++;
-        }
+        int same = i > 0 && same_class(&pc[i - 1], &pc[i]);
+        if (i > 0 && !same)
+            ncls++;
         s->cls[pc[i].op] = (uint32_t)ncls;
-        s->crank[pc[i].op] = i > 0 && s->cls[pc[i - 1].op] == ncls
-                                 ? s->crank[pc[i - 1].op] + 1
-                                 : 0;
+        s->crank[pc[i].op] = same ? s->crank[pc[i - 1].op] + 1 : 0;
     }
     rc = LIN_OK;
 out:
@@ -686,23 +738,23 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
         s->limit = LIN_LIMIT_BYTES;
         return LIN_UNKNOWN;
     }
-    s->sub = malloc((n + 1) * sizeof *s->sub);
-    s->vpos = malloc((n + 1) * sizeof *s->vpos);
-    s->ents = calloc(2 * n + 4, sizeof *s->ents);
-    s->calls = calloc(n + 1, sizeof *s->calls);
-    s->zob = malloc((s->nc + 1) * sizeof *s->zob);
-    s->cbits = calloc(s->cwords, sizeof *s->cbits);
-    s->pbits = calloc(s->pwords, sizeof *s->pbits);
-    s->buckets = malloc(s->nbuckets * sizeof *s->buckets);
-    s->ce = malloc(s->cap * sizeof *s->ce);
-    s->arena = malloc(s->acap * sizeof *s->arena);
-    s->stack = malloc((n + 1) * sizeof *s->stack);
-    ev = malloc((2 * n + 1) * sizeof *ev);
-    pev = malloc((n + 1) * sizeof *pev);
-    vr = malloc((n + 1) * sizeof *vr);
-    if (!s->sub || !s->vpos || !s->ents || !s->calls || !s->zob ||
-        !s->cbits || !s->pbits || !s->buckets || !s->ce || !s->arena ||
-        !s->stack || !ev || !pev || !vr)
+    s->sub = xmalloc((n + 1) * sizeof *s->sub);
+    s->vpos = xmalloc((n + 1) * sizeof *s->vpos);
+    s->ents = xcalloc(2 * n + 4, sizeof *s->ents);
+    s->calls = xcalloc(n + 1, sizeof *s->calls);
+    s->zob = xmalloc((s->nc + 1) * sizeof *s->zob);
+    s->cbits = xcalloc(s->cwords, sizeof *s->cbits);
+    s->pbits = xcalloc(s->pwords, sizeof *s->pbits);
+    s->buckets = xmalloc(s->nbuckets * sizeof *s->buckets);
+    s->ce = xmalloc(s->cap * sizeof *s->ce);
+    s->arena = xmalloc(s->acap * sizeof *s->arena);
+    s->stack = xmalloc((n + 1) * sizeof *s->stack);
+    ev = xmalloc((2 * n + 1) * sizeof *ev);
+    pev = xmalloc((n + 1) * sizeof *pev);
+    vr = xmalloc((n + 1) * sizeof *vr);
+    if (!s->sub || !s->vpos || !s->ents || !s->calls || !s->zob || !s->cbits ||
+        !s->pbits || !s->buckets || !s->ce || !s->arena || !s->stack || !ev ||
+        !pev || !vr)
         goto fail;
     memset(s->buckets, 0xff, s->nbuckets * sizeof *s->buckets);
 
@@ -723,7 +775,7 @@ static int search_init(struct search *s, const struct sop *ops, size_t n,
     }
     qsort(ev, nev, sizeof *ev, evt_cmp);
     qsort(vr, nv, sizeof *vr, vrank_cmp);
-    s->vorder = malloc((nv + 1) * sizeof *s->vorder);
+    s->vorder = xmalloc((nv + 1) * sizeof *s->vorder);
     if (s->vorder == NULL)
         goto fail;
     s->nv = nv;
@@ -803,7 +855,7 @@ static int cache_rehash(struct search *s)
     uint32_t *b;
     if (cache_bytes(s->cap, nb, s->acap) > s->max_bytes)
         return 1;
-    b = malloc(nb * sizeof *b);
+    b = xmalloc(nb * sizeof *b);
     if (b == NULL)
         return -1;
     memset(b, 0xff, nb * sizeof *b);
@@ -867,7 +919,7 @@ static int cache_add(struct search *s, const struct mst *st, int *isnew)
             s->limit = LIN_LIMIT_BYTES;
             return LIN_UNKNOWN;
         }
-        a = realloc(s->arena, acap * sizeof *a);
+        a = xrealloc(s->arena, acap * sizeof *a);
         if (a == NULL)
             return LIN_ENOMEM;
         s->arena = a;
@@ -880,7 +932,7 @@ static int cache_add(struct search *s, const struct mst *st, int *isnew)
             s->limit = LIN_LIMIT_BYTES;
             return LIN_UNKNOWN;
         }
-        ce = realloc(s->ce, cap * sizeof *ce);
+        ce = xrealloc(s->ce, cap * sizeof *ce);
         if (ce == NULL)
             return LIN_ENOMEM;
         s->ce = ce;
@@ -911,8 +963,7 @@ static int cache_add(struct search *s, const struct mst *st, int *isnew)
 
 /* Marks op O (from state ST, chosen in PHASE) linearized: pushes a frame
  * and updates the sets. */
-static void push(struct search *s, uint32_t o, int phase,
-                 const struct mst *st)
+static void push(struct search *s, uint32_t o, int phase, const struct mst *st)
 {
     struct frame *fr = &s->stack[s->depth++];
     uint32_t c = s->sub[o];
@@ -1165,7 +1216,7 @@ static uint64_t made_version(const struct sop *p)
 }
 
 struct tv {
-    uint64_t t, v;
+    uint64_t t, v, w;
     uint32_t op;
     int made; /* for version groups: creates it (sorts first) */
 };
@@ -1184,24 +1235,27 @@ static int tv_cmp(const void *pa, const void *pb)
  * (enum lin_proof). Returns 1 and fills *PF, 0 when none, or LIN_ENOMEM. */
 static int quick_proof(const struct sop *ops, size_t n, struct qproof *pf)
 {
-    struct tv *x = malloc((n + 1) * sizeof *x);
-    struct tv *y = malloc((n + 1) * sizeof *y);
+    struct tv *x = xmalloc((n + 1) * sizeof *x);
+    struct tv *y = xmalloc((n + 1) * sizeof *y);
     size_t nx = 0, ny = 0, i, j;
-    uint64_t best = 0;
-    uint32_t best_op = 0;
+    uint64_t shown = 0, floor = 0;
+    uint32_t shown_op = 0, floor_op = 0;
     int rc = LIN_ENOMEM;
 
     if (x == NULL || y == NULL)
         goto out;
     rc = 0;
-    /* Versions never go back: x = what each op shows, by return time; y =
-     * ops that see or create a version, by call time. */
+    /* Versions never go back: x = what each op shows (v) and the least
+     * version a record can have after it (w: v, or v + 1 past a delete),
+     * by return time; y = ops that see or create a version, by call time. */
     for (i = 0; i < n; i++) {
         uint64_t v = shown_version(&ops[i]);
         if (v != 0)
-            x[nx++] = (struct tv){ops[i].op->ret, v, (uint32_t)i, 0};
+            x[nx++] = (struct tv){ops[i].op->ret, v,
+                                  v + (ops[i].op->kind == LIN_DELETE),
+                                  (uint32_t)i, 0};
         if (seen_version(&ops[i]) != 0 || made_version(&ops[i]) != 0)
-            y[ny++] = (struct tv){ops[i].op->call, 0, (uint32_t)i, 0};
+            y[ny++] = (struct tv){ops[i].op->call, 0, 0, (uint32_t)i, 0};
     }
     qsort(x, nx, sizeof *x, tv_cmp);
     qsort(y, ny, sizeof *y, tv_cmp);
@@ -1209,18 +1263,22 @@ static int quick_proof(const struct sop *ops, size_t n, struct qproof *pf)
         const struct sop *b = &ops[y[i].op];
         uint64_t seen = seen_version(b), made = made_version(b);
         for (; j < nx && x[j].t < y[i].t; j++) {
-            if (x[j].v > best) {
-                best = x[j].v;
-                best_op = x[j].op;
+            if (x[j].v > shown) {
+                shown = x[j].v;
+                shown_op = x[j].op;
+            }
+            if (x[j].w > floor) {
+                floor = x[j].w;
+                floor_op = x[j].op;
             }
         }
-        if (seen != 0 && best > seen) {
-            *pf = (struct qproof){LIN_PROOF_WENT_BACK, best_op, y[i].op};
+        if (seen != 0 && floor > seen) {
+            *pf = (struct qproof){LIN_PROOF_WENT_BACK, floor_op, y[i].op};
             rc = 1;
             goto out;
         }
-        if (made != 0 && best >= made) {
-            *pf = (struct qproof){LIN_PROOF_NOT_NEW, best_op, y[i].op};
+        if (made != 0 && shown >= made) {
+            *pf = (struct qproof){LIN_PROOF_NOT_NEW, shown_op, y[i].op};
             rc = 1;
             goto out;
         }
@@ -1233,10 +1291,10 @@ static int quick_proof(const struct sop *ops, size_t n, struct qproof *pf)
         const struct lin_op *op = ops[i].op;
         uint64_t m = made_version(&ops[i]);
         if (m != 0)
-            x[nx++] = (struct tv){m, op->value, (uint32_t)i, 1};
+            x[nx++] = (struct tv){m, op->value, 0, (uint32_t)i, 1};
         else if (op->kind == LIN_READ && seen_version(&ops[i]) != 0)
-            x[nx++] = (struct tv){op->out_version, op->out_value,
-                                  (uint32_t)i, 0};
+            x[nx++] =
+                (struct tv){op->out_version, op->out_value, 0, (uint32_t)i, 0};
     }
     qsort(x, nx, sizeof *x, tv_cmp);
     for (i = 1; i < nx; i++) {
@@ -1253,26 +1311,6 @@ static int quick_proof(const struct sop *ops, size_t n, struct qproof *pf)
             goto out;
         }
     }
-    /* No op sees a version before its creator is called. */
-    for (i = 0; i < n; i++) {
-        uint64_t seen = seen_version(&ops[i]);
-        size_t lo = 0, hi = nx;
-        if (seen == 0)
-            continue;
-        while (lo < hi) { /* first entry with version >= seen */
-            size_t mid = lo + (hi - lo) / 2;
-            if (x[mid].t < seen)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < nx && x[lo].t == seen && x[lo].made &&
-            ops[i].op->ret < ops[x[lo].op].op->call) {
-            *pf = (struct qproof){LIN_PROOF_EARLY, x[lo].op, (uint32_t)i};
-            rc = 1;
-            goto out;
-        }
-    }
 out:
     free(y);
     free(x);
@@ -1285,15 +1323,15 @@ static int search_order(const struct search *s, struct lin_step **order,
                         size_t *n)
 {
     size_t i;
-    struct lin_step *o = malloc((s->depth + 1) * sizeof *o);
+    struct lin_step *o = xmalloc((s->depth + 1) * sizeof *o);
     if (o == NULL)
         return LIN_ENOMEM;
     for (i = 0; i < s->depth; i++) {
         const struct sop *p = &s->ops[s->stack[i].op];
         o[i].id = p->id;
         o[i].unknown = p->pending;
-        o[i].after = public_state(i + 1 < s->depth ? &s->stack[i + 1].saved
-                                                   : &s->final);
+        o[i].after =
+            public_state(i + 1 < s->depth ? &s->stack[i + 1].saved : &s->final);
     }
     *order = o;
     *n = s->depth;
@@ -1301,21 +1339,20 @@ static int search_order(const struct search *s, struct lin_step **order,
 }
 
 /* Checks the N operations OPS of one key: a quick proof first (unless
- * b->search_only), then the search. Adds the states explored to *STATES,
- * sets *LIMIT on LIN_UNKNOWN, *PF on a violation found by a quick proof
- * (else PF->kind is LIN_PROOF_NONE), and on LIN_OK when ORDER is not NULL
+ * FLAGS has LIN_SEARCH_ONLY), then the search. Adds the states explored to
+ * *STATES, sets *LIMIT on LIN_UNKNOWN, *PF on a violation found by a quick
+ * proof (else PF->kind is LIN_PROOF_NONE), and on LIN_OK when ORDER is not NULL
  * returns the linearization in *ORDER / *NORDER and the state *FINAL. */
 static int check_ops(const struct sop *ops, size_t n,
-                     const struct lin_budget *b, uint64_t deadline,
+                     const struct lin_budget *b, int flags, uint64_t deadline,
                      uint64_t *states, int *limit, struct qproof *pf,
-                     struct lin_step **order, size_t *norder,
-                     struct mst *final)
+                     struct lin_step **order, size_t *norder, struct mst *final)
 {
     struct search s;
     int rc;
 
     pf->kind = LIN_PROOF_NONE;
-    if (!b->search_only) {
+    if (!(flags & LIN_SEARCH_ONLY)) {
         rc = quick_proof(ops, n, pf);
         if (rc != 0)
             return rc == 1 ? LIN_VIOLATION : rc;
@@ -1377,10 +1414,11 @@ static size_t prefix_ops(const struct sop *kops, size_t n, uint64_t t,
  * shortest failing prefix and fills the violation fields of R. Returns
  * LIN_OK or LIN_ENOMEM. */
 static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
-                  uint64_t deadline, struct qproof proof, struct lin_report *r)
+                  int flags, uint64_t deadline, struct qproof proof,
+                  struct lin_report *r)
 {
-    uint64_t *t = malloc((n + 1) * sizeof *t);
-    struct sop *buf = malloc((n + 1) * sizeof *buf);
+    uint64_t *t = xmalloc((n + 1) * sizeof *t);
+    struct sop *buf = xmalloc((n + 1) * sizeof *buf);
     struct lin_step *order = NULL;
     size_t m = 0, i, norder = 0, k;
     ptrdiff_t lo = -1, hi;
@@ -1415,7 +1453,7 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
         size_t pn = prefix_ops(kops, n, t[mid], buf);
         struct qproof pf;
 
-        rc = check_ops(buf, pn, b, deadline, &r->states, &limit, &pf, &o,
+        rc = check_ops(buf, pn, b, flags, deadline, &r->states, &limit, &pf, &o,
                        &no, &fin);
         if (rc == LIN_VIOLATION) {
             hi = mid;
@@ -1438,7 +1476,7 @@ static int shrink(const struct sop *kops, size_t n, const struct lin_budget *b,
 
     /* The failing prefix, with roles. */
     r->fail_time = t[hi];
-    r->prefix = calloc(n + 1, sizeof *r->prefix);
+    r->prefix = xcalloc(n + 1, sizeof *r->prefix);
     if (r->prefix == NULL) {
         rc = LIN_ENOMEM;
         goto out;
@@ -1494,7 +1532,13 @@ static uint64_t pick(uint64_t v, uint64_t dflt)
 int lin_check(const struct lin_history *h, const struct lin_budget *budget,
               struct lin_report *r)
 {
-    struct lin_budget b = {0};
+    return lin_check_with(h, budget, 0, r);
+}
+
+int lin_check_with(const struct lin_history *h, const struct lin_budget *budget,
+                   int flags, struct lin_report *r)
+{
+    struct lin_budget b = {0, 0, 0};
     struct lin_report rep;
     struct kidx *ki = NULL;
     struct sop *kops = NULL;
@@ -1510,8 +1554,8 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
     b.max_bytes = pick(b.max_bytes, LIN_DEFAULT_MAX_BYTES);
     deadline = b.max_ms >= UINT64_MAX - start ? UINT64_MAX : start + b.max_ms;
 
-    ki = malloc((h->n + 1) * sizeof *ki);
-    kops = malloc((h->n + 1) * sizeof *kops);
+    ki = xmalloc((h->n + 1) * sizeof *ki);
+    kops = xmalloc((h->n + 1) * sizeof *kops);
     if (ki == NULL || kops == NULL)
         goto out;
     for (i = 0; i < h->n; i++) {
@@ -1539,8 +1583,8 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
             kops[i].pending = kops[i].op->outcome == LIN_OUT_UNKNOWN;
         }
         rep.keys++;
-        v = check_ops(kops, n, &b, deadline, &rep.states, &limit, &pf, NULL,
-                      NULL, NULL);
+        v = check_ops(kops, n, &b, flags, deadline, &rep.states, &limit, &pf,
+                      NULL, NULL, NULL);
         if (v == LIN_VIOLATION) {
             if (rep.keys_violating++ == 0) {
                 rep.key = ki[a].key;
@@ -1548,7 +1592,7 @@ int lin_check(const struct lin_history *h, const struct lin_budget *budget,
                     pf.a = kops[pf.a].id;
                     pf.b = kops[pf.b].id;
                 }
-                rc = shrink(kops, n, &b, deadline, pf, &rep);
+                rc = shrink(kops, n, &b, flags, deadline, pf, &rep);
                 if (rc != LIN_OK)
                     goto out;
             }
@@ -1585,8 +1629,8 @@ out:
 /* Text                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static const char *const kind_names[] = {NULL,     "read",   "write",
-                                         "cas",    "insert", "delete"};
+static const char *const kind_names[] = {NULL,  "read",   "write",
+                                         "cas", "insert", "delete"};
 static const char *const outcome_names[] = {NULL, "ok", "absent", "failed",
                                             "unknown"};
 
@@ -1816,12 +1860,10 @@ static void format_state(const struct lin_state *s, char *buf, size_t len)
                  (unsigned long long)s->next_version);
     else if (s->version_known)
         snprintf(buf, len, "value=%llu version=%llu",
-                 (unsigned long long)s->value,
-                 (unsigned long long)s->version);
+                 (unsigned long long)s->value, (unsigned long long)s->version);
     else
         snprintf(buf, len, "value=%llu version>=%llu (not yet seen)",
-                 (unsigned long long)s->value,
-                 (unsigned long long)s->version);
+                 (unsigned long long)s->value, (unsigned long long)s->version);
 }
 
 static const char *limit_name(int l)
@@ -1863,17 +1905,15 @@ static int print_proof(const struct lin_report *r, FILE *f)
     case LIN_PROOF_WENT_BACK:
     case LIN_PROOF_NOT_NEW:
         n = fprintf(f,
-                    "Proof: op %llu showed version %llu and returned at "
+                    "Proof: op %llu %s version %llu and returned at "
                     "t=%llu, before op %llu was called (t=%llu), which %s "
                     "version %llu; a key's versions only grow.\n",
-                    ia,
+                    ia, a->kind == LIN_DELETE ? "deleted" : "showed",
                     (unsigned long long)(a->kind == LIN_DELETE
                                              ? a->expect_version
                                              : a->out_version),
-                    (unsigned long long)a->ret, ib,
-                    (unsigned long long)b->call,
-                    r->proof == LIN_PROOF_NOT_NEW ? "then created"
-                                                  : "then saw",
+                    (unsigned long long)a->ret, ib, (unsigned long long)b->call,
+                    r->proof == LIN_PROOF_NOT_NEW ? "then created" : "then saw",
                     (unsigned long long)(r->proof == LIN_PROOF_NOT_NEW ||
                                                  b->kind == LIN_READ
                                              ? b->out_version
@@ -1891,14 +1931,8 @@ static int print_proof(const struct lin_report *r, FILE *f)
                     "each write creates a new one.\n",
                     ia, ib, (unsigned long long)b->out_version);
         break;
-    default: /* LIN_PROOF_EARLY */
-        n = fprintf(f,
-                    "Proof: op %llu saw version %llu and returned at "
-                    "t=%llu, before op %llu, which created it, was called "
-                    "(t=%llu).\n",
-                    ib, (unsigned long long)a->out_version,
-                    (unsigned long long)b->ret, ia,
-                    (unsigned long long)a->call);
+    default:
+        n = 0;
         break;
     }
     return n < 0 ? LIN_EIO : LIN_OK;

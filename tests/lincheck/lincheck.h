@@ -9,11 +9,12 @@
  * aborts on bad input (lin_add and lin_read reject it with a reason).
  *
  * The model: each key is an independent versioned register, as kv offers
- * it. Its state is (present, value, version); values are opaque uint64 (a
- * workload writes each value once, so a value names the write that made
- * it); versions are uint64 >= 1 assigned by the system, and every write to a
- * key creates a version greater than every earlier version of that key
- * (nothing is assumed across keys). A key starts absent.
+ * it. Its state is (present, value, version); values are opaque uint64
+ * (they need not be unique, but a workload that writes each value once gets
+ * sharper checks and faster searches); versions are uint64 >= 1 assigned by
+ * the system, and every write to a key creates a version greater than every
+ * earlier version of that key, deleted ones included (nothing is assumed
+ * across keys). A delete reveals no version. A key starts absent.
  *
  *   READ              -> OK (value, version) | ABSENT
  *   WRITE(v)          -> OK (new version)                      (kv_put)
@@ -28,10 +29,13 @@
  * Any operation may also end UNKNOWN (timed out, the client crashed): its
  * return time is LIN_PENDING, and it may take effect at any single point
  * after its call, or never. The version a pending write creates is unknown
- * until a read returns its value: the read fixes it, and the model accepts
- * any version that is greater than the one before (and that leaves room for
- * the versions of other pending writes ordered before it). Pending reads
- * carry no information and are ignored.
+ * until an op depends on it: a read that returns its value (or a CAS or
+ * conditional delete that succeeds on it) fixes it, and the model accepts
+ * any version greater than the one before (leaving room for the versions of
+ * other pending writes ordered before it); a condition that failed on it
+ * excludes that version (up to 4 such exclusions per unseen version are
+ * remembered; beyond that the model errs towards "linearizable"). Pending
+ * reads carry no information and are ignored.
  *
  * Times are uint64 in any unit (ns suggested). An operation A precedes B
  * when A returned strictly before B was called; equal times overlap.
@@ -49,12 +53,12 @@
 #include <stdio.h>
 
 /* Return codes and verdicts. */
-#define LIN_OK 0         /* success; as a verdict: linearizable */
-#define LIN_VIOLATION 1  /* verdict: some key has no valid linearization */
-#define LIN_UNKNOWN 2    /* verdict: a budget ran out before a decision */
-#define LIN_EINVAL (-1)  /* an invalid operation or a malformed history file */
-#define LIN_ENOMEM (-2)  /* out of memory */
-#define LIN_EIO (-3)     /* reading or writing a FILE failed */
+#define LIN_OK 0        /* success; as a verdict: linearizable */
+#define LIN_VIOLATION 1 /* verdict: some key has no valid linearization */
+#define LIN_UNKNOWN 2   /* verdict: a budget ran out before a decision */
+#define LIN_EINVAL (-1) /* an invalid operation or a malformed history file */
+#define LIN_ENOMEM (-2) /* out of memory */
+#define LIN_EIO (-3)    /* reading or writing a FILE failed */
 
 /* The return time of an operation whose outcome is unknown. */
 #define LIN_PENDING UINT64_MAX
@@ -86,9 +90,9 @@ enum lin_outcome {
  * Versions are >= 1 and < UINT64_MAX; call <= ret; call < LIN_PENDING. */
 struct lin_op {
     uint64_t key;
-    int kind;            /* enum lin_kind */
-    int client;          /* who made it (>= 0); for reports only */
-    uint64_t call, ret;  /* ret = LIN_PENDING iff outcome is UNKNOWN */
+    int kind;                /* enum lin_kind */
+    int client;              /* who made it (>= 0); for reports only */
+    uint64_t call, ret;      /* ret = LIN_PENDING iff outcome is UNKNOWN */
     uint64_t value;          /* input: the value to write */
     uint64_t expect_version; /* input: CAS / conditional DELETE */
     int outcome;             /* enum lin_outcome */
@@ -112,8 +116,6 @@ struct lin_budget {
     uint64_t max_states; /* configurations one search may explore */
     uint64_t max_ms;     /* wall-clock time of the whole lin_check call */
     uint64_t max_bytes;  /* memory of one search's cache */
-    int search_only;     /* 1: skip the quick proofs (see lin_proof) and
-                            decide by search alone; for testing the search */
 };
 #define LIN_DEFAULT_MAX_STATES 5000000u
 #define LIN_DEFAULT_MAX_MS 60000u
@@ -133,35 +135,35 @@ enum lin_limit {
  * long the history; the search decides everything else. */
 enum lin_proof {
     LIN_PROOF_NONE = 0,
-    LIN_PROOF_WENT_BACK,  /* a made or saw version A and returned before b
-                             was called; b then saw an older version */
-    LIN_PROOF_NOT_NEW,    /* a made or saw version A before b was called;
-                             b then created a version <= A */
+    LIN_PROOF_WENT_BACK,  /* a made or saw version A (or deleted it) and
+                             returned before b was called; b then saw an
+                             older version (or the deleted one) */
+    LIN_PROOF_NOT_NEW,    /* a made, saw or deleted version A and returned
+                             before b was called; b then created a version
+                             <= A */
     LIN_PROOF_TWO_VALUES, /* a and b saw one version with two values */
     LIN_PROOF_TWICE,      /* a and b both created the same version */
-    LIN_PROOF_EARLY,      /* b saw the version a created, but returned
-                             before a was called */
 };
 
 /* An operation of a failing prefix, as reported. */
 enum lin_role {
-    LIN_ROLE_DONE = 1,  /* returned before the failure time */
-    LIN_ROLE_RUNNING,   /* called, not yet returned at the failure time: its
-                           outcome counted as unknown */
-    LIN_ROLE_FAILING,   /* returned at the failure time: what cannot be
-                           explained */
+    LIN_ROLE_DONE = 1, /* returned before the failure time */
+    LIN_ROLE_RUNNING,  /* called, not yet returned at the failure time: its
+                          outcome counted as unknown */
+    LIN_ROLE_FAILING,  /* returned at the failure time: what cannot be
+                          explained */
 };
 struct lin_report_op {
     struct lin_op op;
-    size_t id;          /* its index in the history (order of lin_add) */
-    int role;           /* enum lin_role */
+    size_t id; /* its index in the history (order of lin_add) */
+    int role;  /* enum lin_role */
 };
 
 /* One step of a linearization: an operation and the state after it. */
 struct lin_step {
-    size_t id;               /* index in the history */
-    int unknown;             /* its outcome is (counted as) unknown, and it
-                                takes effect here */
+    size_t id;   /* index in the history */
+    int unknown; /* its outcome is (counted as) unknown, and it
+                    takes effect here */
     struct lin_state after;
 };
 
@@ -169,17 +171,17 @@ struct lin_step {
  * without freeing: release a used report first); lin_report_release frees
  * what it points to. */
 struct lin_report {
-    int result;              /* the verdict, as lin_check returned it */
-    size_t ops;              /* operations checked (pending reads excluded) */
-    size_t keys;             /* distinct keys */
-    size_t keys_violating;   /* keys found not linearizable */
-    size_t keys_unknown;     /* keys not decided (budget) */
-    uint64_t states;         /* configurations explored, all searches */
+    int result;            /* the verdict, as lin_check returned it */
+    size_t ops;            /* operations checked (pending reads excluded) */
+    size_t keys;           /* distinct keys */
+    size_t keys_violating; /* keys found not linearizable */
+    size_t keys_unknown;   /* keys not decided (budget) */
+    uint64_t states;       /* configurations explored, all searches */
     uint64_t elapsed_ms;
 
     /* LIN_UNKNOWN: the first key left undecided, and why. */
     uint64_t unknown_key;
-    int unknown_reason;      /* enum lin_limit */
+    int unknown_reason; /* enum lin_limit */
 
     /* LIN_VIOLATION: the first violating key (smallest key number) and the
      * shortest prefix of its history found not linearizable: the ops called
@@ -204,7 +206,7 @@ struct lin_report {
     size_t proof_a, proof_b;
 };
 
-/* --- histories ------------------------------------------------------------ */
+/* --- histories ---------------------------------------------------------- */
 
 struct lin_history;
 
@@ -231,7 +233,7 @@ size_t lin_count(const struct lin_history *h);
  * lin_add or lin_read on H), or NULL when I >= lin_count(h). */
 const struct lin_op *lin_get(const struct lin_history *h, size_t i);
 
-/* --- checking -------------------------------------------------------------- */
+/* --- checking ----------------------------------------------------------- */
 
 /* Checks H key by key. Returns LIN_OK when every key is linearizable,
  * LIN_VIOLATION when some key is not (even if others were not decided),
@@ -241,6 +243,12 @@ const struct lin_op *lin_get(const struct lin_history *h, size_t i);
  * lin_report_release. H is not modified. */
 int lin_check(const struct lin_history *h, const struct lin_budget *budget,
               struct lin_report *r);
+
+/* lin_check with FLAGS: LIN_SEARCH_ONLY skips the quick proofs (enum
+ * lin_proof) and decides by search alone, to test the search. */
+#define LIN_SEARCH_ONLY 1
+int lin_check_with(const struct lin_history *h, const struct lin_budget *budget,
+                   int flags, struct lin_report *r);
 
 /* Frees what R points to and zeroes it. A zeroed report is a no-op. */
 void lin_report_release(struct lin_report *r);
@@ -279,5 +287,12 @@ int lin_write(FILE *f, const struct lin_history *h);
  * NULL/0) for a malformed line; LIN_EIO; or LIN_ENOMEM. On error H is left
  * as it was. */
 int lin_read(FILE *f, struct lin_history *h, char *err, size_t errlen);
+
+/* --- fault injection (tests only) -----------------------------------------
+ *
+ * Makes the allocation after the next N ones made by this module fail (once),
+ * so a test can walk every out-of-memory path; a negative N turns it off.
+ * Process-wide: do not use while another thread calls this module. */
+void lin_fail_alloc_after(long n);
 
 #endif /* LINCHECK_H */

@@ -38,7 +38,7 @@ static int number(const char *s, uint64_t *out)
 
 int main(int argc, char **argv)
 {
-    struct lin_budget b = {0};
+    struct lin_budget b = {0, 0, 0};
     struct lin_report rep;
     struct lin_history *h = NULL;
     const char *path = NULL;

@@ -4,6 +4,9 @@
  *   sim [--seeds N] [--seed S] [--steps N] [--scenario NAME] [--verbose]
  *   KV_SIM_SEED=S sim ...        replays exactly one seed
  *
+ * --seeds N runs seeds 1..N; --seed S runs seed S only; both run N seeds
+ * from S on.
+ *
  * Each seed builds a cluster in memory (3 or 5 nodes, 2-4 shards, 3
  * replicas), runs the real replica.c/raft.c/engine.c of every node over a
  * simulated store, network and clock, injects faults chosen by the seed,
@@ -145,8 +148,7 @@ uint64_t sim_stamp(struct sim *s)
     return s->now * 1000000u + ++s->sub;
 }
 
-/* --- scenarios
- * ----------------------------------------------------------------- */
+/* --- scenarios ------------------------------------------------------------ */
 
 static bool shard_member(const struct sim *s, uint32_t shard, int idx)
 {
@@ -622,8 +624,7 @@ static bool run_over(struct sim *s)
     return true;
 }
 
-/* --- one seed
- * ------------------------------------------------------------------- */
+/* --- one seed ------------------------------------------------------------- */
 
 static void choose_params(struct sim *s, int scenario)
 {
@@ -938,8 +939,7 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
     return failed;
 }
 
-/* --- main
- * ------------------------------------------------------------------------- */
+/* --- main ----------------------------------------------------------------- */
 
 static void usage(void)
 {
@@ -973,13 +973,14 @@ static double elapsed_s(const struct timespec *t0)
 int main(int argc, char **argv)
 {
     uint64_t nseeds = DEFAULT_SEEDS, one = 0, max_events = DEFAULT_MAX_EVENTS;
-    bool have_one = false;
+    bool have_one = false, have_seeds = false, replay = false;
     int verbose = 0;
     int scenario = SC_ALL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--seeds") == 0 && parse_u64(v, &nseeds) == 0) {
+            have_seeds = true;
             i++;
         } else if (strcmp(a, "--seed") == 0 && parse_u64(v, &one) == 0) {
             have_one = true;
@@ -1011,6 +1012,7 @@ int main(int argc, char **argv)
             return 2;
         }
         have_one = true;
+        replay = true;
     }
     log_setup(LOG_OFF, NULL);
 
@@ -1018,8 +1020,9 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct totals tot;
     memset(&tot, 0, sizeof(tot));
+    /* --seed S: seed S only; with --seeds N: N seeds from S on */
     uint64_t first = have_one ? one : 1;
-    uint64_t count = have_one ? 1 : nseeds;
+    uint64_t count = have_one && (replay || !have_seeds) ? 1 : nseeds;
     for (int sc = 0; sc < SC_COUNT; sc++) {
         if (scenario != SC_ALL && scenario != sc)
             continue;

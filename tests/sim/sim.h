@@ -38,7 +38,7 @@ struct store;
 #define SIM_KEY_MAX 48
 #define SIM_BULK_KEY_BASE 1000 /* lincheck key ids of bulk (unique) keys */
 
-/* --- the seeded generator (splitmix64) ---------------------------------- */
+/* --- the seeded generator (splitmix64) ------------------------------------ */
 
 struct sim_rng {
     uint64_t s;
@@ -140,7 +140,6 @@ struct sim_client {
     int idx;
     int mode;              /* enum sim_client_mode */
     unsigned char cid[16]; /* client_id of its session */
-    char name[8];          /* the CLIENT bytes given to replica_request */
     uint64_t seq;          /* last write sequence number used */
     uint64_t counter;      /* values written so far */
     bool busy;
@@ -149,12 +148,12 @@ struct sim_client {
     int leader[SIM_MAX_SHARDS];   /* node index it believes leads each shard */
     uint64_t known[SIM_MAX_KEYS]; /* last version seen per register key */
     /* the final phase: ops queued for it */
-    int final_kind[2 * SIM_MAX_KEYS];
-    int final_key[2 * SIM_MAX_KEYS];
+    int final_kind[3 * SIM_MAX_KEYS];
+    int final_key[3 * SIM_MAX_KEYS];
     int nfinal, final_pos;
 };
 
-/* --- the simulation of one seed ------------------------------------------ */
+/* --- the simulation of one seed ------------------------------------------- */
 
 enum sim_phase {
     SIM_PH_RUN = 0,  /* workload, faults on */

@@ -162,8 +162,7 @@ void sim_check_leaders(struct sim *s, struct sim_node *n)
     replica_status_free(&st);
 }
 
-/* --- commit safety
- * ------------------------------------------------------------ */
+/* --- commit safety -------------------------------------------------------- */
 
 static uint64_t hash_entry(uint32_t type, const void *data, size_t len)
 {
@@ -262,8 +261,7 @@ void sim_check_commits(struct sim *s, struct sim_node *n)
     }
 }
 
-/* --- the stored log
- * ------------------------------------------------------------ */
+/* --- the stored log ------------------------------------------------------- */
 
 void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
 {
@@ -332,8 +330,7 @@ void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when)
     store_iter_free(it);
 }
 
-/* --- exactly-once
- * --------------------------------------------------------------- */
+/* --- exactly-once --------------------------------------------------------- */
 
 void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
 {
@@ -383,8 +380,7 @@ void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version)
     }
 }
 
-/* --- convergence
- * ----------------------------------------------------------------- */
+/* --- convergence ---------------------------------------------------------- */
 
 bool sim_converged(struct sim *s, bool report)
 {
@@ -427,8 +423,7 @@ bool sim_converged(struct sim *s, bool report)
     return true;
 }
 
-/* --- the end of a seed
- * -------------------------------------------------------------- */
+/* --- the end of a seed ---------------------------------------------------- */
 
 static void check_digests(struct sim *s)
 {

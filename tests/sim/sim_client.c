@@ -91,8 +91,6 @@ void sim_clients_init(struct sim *s)
                                                    : SIM_CLIENT_GHOST;
         for (size_t j = 0; j < sizeof(c->cid); j++)
             c->cid[j] = (unsigned char)sim_rand(&s->rng);
-        c->name[0] = 'c';
-        c->name[1] = (char)i;
         for (int sh = 0; sh < s->p.nshards; sh++)
             c->leader[sh] = (int)conf_replica(s->conf, (uint32_t)sh, 0);
         c->next_start = sim_range(&s->rng, 1, 50);

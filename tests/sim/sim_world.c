@@ -139,7 +139,7 @@ void sim_net_send(struct sim *s, int kind, int from, int to, const void *buf,
     }
 }
 
-/* --- the replica's environment ------------------------------------------- */
+/* --- the replica's environment -------------------------------------------- */
 
 static void env_send(void *arg, uint32_t to, const void *buf, size_t len)
 {
@@ -405,6 +405,7 @@ static void deliver_request(struct sim *s, struct sim_node *n,
         memcpy(kbuf, k->data, klen);
     struct replica_stats before;
     replica_get_stats(n->rep, &before);
+    /* The client's name, as a node's ROUTER would give it: "c" + index. */
     unsigned char name[2] = {'c', (unsigned char)m->from};
     replica_request(n->rep, name, sizeof(name), env);
     node_flush(s, n);

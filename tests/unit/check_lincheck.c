@@ -117,13 +117,12 @@ static struct lin_history *hist(const struct lin_op *ops, size_t n)
 static void expect_ops(const struct lin_op *ops, size_t n, int want,
                        struct lin_report *out)
 {
-    static const struct lin_budget search_only = {.search_only = 1};
     struct lin_history *h = hist(ops, n);
     struct lin_report r;
     int mode;
 
     for (mode = 1; mode >= 0; mode--) {
-        int got = lin_check(h, mode ? &search_only : NULL, &r);
+        int got = lin_check_with(h, NULL, mode ? LIN_SEARCH_ONLY : 0, &r);
         if (got != want) {
             fprintf(stderr, "--- history (%s):\n",
                     mode ? "search only" : "default");
@@ -271,13 +270,13 @@ END_TEST
 START_TEST(a_read_may_see_a_pending_write_and_later_reads_cannot_go_back)
 {
     /* The pending write's version is fixed by the read that sees it. */
-    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
-           rd(1, 3, 4, 20, 7), rd(1, 5, 6, 20, 7));
+    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20), rd(1, 3, 4, 20, 7),
+           rd(1, 5, 6, 20, 7));
     /* It may also never take effect, or take effect much later. */
-    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
-           rd(1, 3, 4, 10, 1), rd(1, 500, 600, 10, 1));
-    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
-           rd(1, 3, 4, 10, 1), rd(1, 500, 600, 20, 2));
+    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20), rd(1, 3, 4, 10, 1),
+           rd(1, 500, 600, 10, 1));
+    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20), rd(1, 3, 4, 10, 1),
+           rd(1, 500, 600, 20, 2));
     /* Going back to the older value after seeing it is a violation. */
     EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
            rd(1, 3, 4, 20, 7), rd(1, 5, 6, 10, 1));
@@ -296,8 +295,8 @@ START_TEST(a_read_may_see_a_pending_write_and_later_reads_cannot_go_back)
     EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
            wr_pending(1, 2, 30), rd(1, 5, 6, 20, 2), rd(1, 7, 8, 30, 2));
     /* A completed write after an unseen pending one leaves it room. */
-    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
-           rd(1, 3, 4, 20, 9), wr(1, 5, 6, 30, 10), rd(1, 7, 8, 30, 10));
+    EXPECT(LIN_OK, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20), rd(1, 3, 4, 20, 9),
+           wr(1, 5, 6, 30, 10), rd(1, 7, 8, 30, 10));
     EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 1), wr_pending(1, 2, 20),
            rd(1, 3, 4, 20, 2), wr(1, 5, 6, 30, 2));
     /* A pending read tells nothing. */
@@ -317,13 +316,15 @@ START_TEST(cas_success_and_failure_follow_versions)
     EXPECT(LIN_OK, cas(1, 0, 1, 3, 20, LIN_OUT_FAILED, 0));
     EXPECT(LIN_VIOLATION, cas(1, 0, 1, 3, 20, LIN_OUT_OK, 5));
     /* Success against a version the key no longer has. */
-    EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 3), cas(1, 2, 3, 3, 20, LIN_OUT_OK, 5),
+    EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 3),
+           cas(1, 2, 3, 3, 20, LIN_OUT_OK, 5),
            cas(1, 4, 5, 3, 30, LIN_OUT_OK, 7));
     /* Failure against the version the key has. */
     EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 3),
            cas(1, 2, 3, 3, 20, LIN_OUT_FAILED, 0));
     /* Two concurrent cas on one version cannot both succeed. */
-    EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 3), cas(1, 2, 9, 3, 20, LIN_OUT_OK, 5),
+    EXPECT(LIN_VIOLATION, wr(1, 0, 1, 10, 3),
+           cas(1, 2, 9, 3, 20, LIN_OUT_OK, 5),
            cas(1, 2, 9, 3, 30, LIN_OUT_OK, 6));
     EXPECT(LIN_OK, wr(1, 0, 1, 10, 3), cas(1, 2, 9, 3, 20, LIN_OUT_OK, 5),
            cas(1, 2, 9, 3, 30, LIN_OUT_FAILED, 0), rd(1, 10, 11, 20, 5));
@@ -457,11 +458,11 @@ START_TEST(lin_add_rejects_invalid_ops_and_keeps_the_history)
     bad[0].kind = 0;
     bad[1] = wr(1, 0, 1, 10, 1);
     bad[1].outcome = 9;
-    bad[2] = wr(1, 5, 4, 10, 1);                    /* returns before call */
-    bad[3] = wr(1, 0, 1, 10, 0);                    /* version 0 */
-    bad[4] = rd(1, 0, 1, 10, UINT64_MAX);           /* reserved version */
+    bad[2] = wr(1, 5, 4, 10, 1);          /* returns before call */
+    bad[3] = wr(1, 0, 1, 10, 0);          /* version 0 */
+    bad[4] = rd(1, 0, 1, 10, UINT64_MAX); /* reserved version */
     bad[5] = wr(1, 0, 1, 10, 1);
-    bad[5].ret = LIN_PENDING;                       /* pending but ok */
+    bad[5].ret = LIN_PENDING; /* pending but ok */
     bad[6] = wr_pending(1, 0, 10);
     bad[6].ret = 5;                                 /* unknown but returned */
     bad[7] = cas(1, 0, 1, 0, 10, LIN_OUT_OK, 2);    /* cas on version 0 */
@@ -499,8 +500,8 @@ static uint64_t below(uint64_t *s, uint64_t n)
 
 struct simop {
     struct lin_op op;
-    uint64_t lin;  /* when it takes effect */
-    int effect;    /* a pending op that takes effect (completed: always) */
+    uint64_t lin; /* when it takes effect */
+    int effect;   /* a pending op that takes effect (completed: always) */
 };
 
 static int simop_by_lin(const void *pa, const void *pb)
@@ -530,8 +531,8 @@ static uint64_t guess_version(uint64_t *s, const struct reg *g, uint64_t vc)
  * later, or never) and the client moves on. Versions come from one counter
  * over all keys, as a shard's Raft index would. Returns malloc'd ops in call
  * order of generation. */
-static struct simop *simulate(uint64_t seed, size_t n, int nclients,
-                              int nkeys, int pending_pct)
+static struct simop *simulate(uint64_t seed, size_t n, int nclients, int nkeys,
+                              int pending_pct)
 {
     struct simop *ops = calloc(n, sizeof *ops);
     struct reg *regs = calloc((size_t)nkeys, sizeof *regs);
@@ -709,8 +710,6 @@ static size_t inject_stale_read(struct simop *ops, size_t n, uint64_t seed)
 }
 
 static const struct lin_budget sim_budget = {.max_ms = 20000};
-static const struct lin_budget sim_search_budget = {.max_ms = 20000,
-                                                    .search_only = 1};
 
 START_TEST(histories_from_a_simulated_correct_register_are_linearizable)
 {
@@ -751,7 +750,7 @@ START_TEST(a_stale_read_injected_into_a_simulated_history_is_flagged)
     for (mode = 0; mode < 2; mode++) {
         struct lin_report r;
         uint64_t t0 = ms_now();
-        int rc = lin_check(h, mode ? &sim_search_budget : &sim_budget, &r);
+        int rc = lin_check_with(h, &sim_budget, mode ? LIN_SEARCH_ONLY : 0, &r);
         if (rc != LIN_VIOLATION) {
             fprintf(stderr, "seed %d mode %d:\n", _i, mode);
             lin_report_print(&r, stderr);
@@ -844,10 +843,9 @@ static int bf_try(const struct bf *b, unsigned used, struct cst st, int i)
         break;
     }
     /* write, cas, insert */
-    cond = op->kind == LIN_WRITE                     ? 1
-           : op->kind == LIN_INSERT                  ? !st.present
-                                                     : st.present &&
-                                     st.version == e;
+    cond = op->kind == LIN_WRITE    ? 1
+           : op->kind == LIN_INSERT ? !st.present
+                                    : st.present && st.version == e;
     if (op->outcome == LIN_OUT_FAILED)
         return !cond && bf_search(b, u, st);
     if (!cond)
@@ -971,7 +969,6 @@ static struct lin_op random_op(uint64_t *s)
 
 START_TEST(lin_check_agrees_with_brute_force_on_small_histories)
 {
-    static const struct lin_budget search_only = {.search_only = 1};
     uint64_t s = 4242u + (uint64_t)_i * 1000003u;
     int round, agree_ok = 0, agree_bad = 0;
 
@@ -1016,7 +1013,7 @@ START_TEST(lin_check_agrees_with_brute_force_on_small_histories)
             ops[i] = *lin_get(h, (size_t)i);
         want = brute_force(ops, n);
         got = lin_check(h, NULL, NULL);
-        got2 = lin_check(h, &search_only, NULL);
+        got2 = lin_check_with(h, NULL, LIN_SEARCH_ONLY, NULL);
         if (got != want || got2 != want) {
             fprintf(stderr,
                     "disagree (brute force %d, lin_check %d, search %d):\n",
@@ -1052,8 +1049,8 @@ static struct lin_history *pathological(int n)
     int i;
     ck_assert_ptr_nonnull(h);
     for (i = 0; i < n; i++) {
-        struct lin_op a = ins(1, 0, 1000, 100 + (uint64_t)i, LIN_OUT_OK,
-                              1 + (uint64_t)i);
+        struct lin_op a =
+            ins(1, 0, 1000, 100 + (uint64_t)i, LIN_OUT_OK, 1 + (uint64_t)i);
         struct lin_op d = del(1, 0, 1000, 0, LIN_OUT_OK);
         ck_assert_int_eq(lin_add(h, &a), LIN_OK);
         ck_assert_int_eq(lin_add(h, &d), LIN_OK);
@@ -1095,6 +1092,105 @@ START_TEST(the_budget_makes_a_pathological_case_return_unknown)
     ck_assert_uint_gt(r.states, 1000);
     lin_report_release(&r);
     lin_free(h);
+}
+END_TEST
+
+START_TEST(reads_that_commute_are_not_branched_on)
+{
+    /* 40 concurrent reads of one write, and a read no write explains: the
+     * reads leave the state as it is, so the search takes them in one order
+     * instead of trying 2^40 subsets. */
+    struct lin_history *h = lin_new();
+    struct lin_op w = wr(1, 0, 1, 10, 1), bad = rd(1, 2, 1000, 999, 1000000);
+    struct lin_report r;
+    int i;
+
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(lin_add(h, &w), LIN_OK);
+    for (i = 0; i < 40; i++) {
+        struct lin_op x = rd(1, 2, 1000, 10, 1);
+        ck_assert_int_eq(lin_add(h, &x), LIN_OK);
+    }
+    ck_assert_int_eq(lin_add(h, &bad), LIN_OK);
+    ck_assert_int_eq(lin_check(h, NULL, &r), LIN_VIOLATION);
+    ck_assert_uint_lt(r.states, 1000);
+    lin_report_release(&r);
+    lin_free(h);
+}
+END_TEST
+
+START_TEST(interchangeable_pending_writes_are_tried_once)
+{
+    /* 30 timed-out writes whose values nobody read are alike: any of them
+     * may recreate the record each of 6 concurrent deletes removes, but the
+     * search tries one per class, not every subset and order. */
+    struct lin_history *h = lin_new();
+    struct lin_op w = wr(1, 0, 1, 10, 1), bad = rd(1, 50, 1000, 999, 1000000);
+    struct lin_report r;
+    int i;
+
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(lin_add(h, &w), LIN_OK);
+    for (i = 0; i < 30; i++) {
+        struct lin_op p = wr_pending(1, 2 + (uint64_t)i, 100 + (uint64_t)i);
+        ck_assert_int_eq(lin_add(h, &p), LIN_OK);
+    }
+    for (i = 0; i < 6; i++) {
+        struct lin_op d = del(1, 50, 1000, 0, LIN_OUT_OK);
+        ck_assert_int_eq(lin_add(h, &d), LIN_OK);
+    }
+    ck_assert_int_eq(lin_add(h, &bad), LIN_OK);
+    ck_assert_int_eq(lin_check(h, NULL, &r), LIN_VIOLATION);
+    ck_assert_uint_lt(r.states, 2000);
+    lin_report_release(&r);
+    lin_free(h);
+}
+END_TEST
+
+/* Checks OPS and asserts the quick proof KIND names ops A and B. */
+static void expect_proof(const struct lin_op *ops, size_t n, int kind, size_t a,
+                         size_t b)
+{
+    struct lin_report r;
+    expect_ops(ops, n, LIN_VIOLATION, &r);
+    if (r.proof != kind)
+        lin_report_print(&r, stderr);
+    ck_assert_int_eq(r.proof, kind);
+    ck_assert_uint_eq(r.proof_a, a);
+    ck_assert_uint_eq(r.proof_b, b);
+    lin_report_release(&r);
+}
+
+#define EXPECT_PROOF(kind, a, b, ...)                                          \
+    do {                                                                       \
+        const struct lin_op ops_[] = {__VA_ARGS__};                            \
+        expect_proof(ops_, COUNT(ops_), kind, a, b);                           \
+    } while (0)
+
+START_TEST(quick_proofs_name_the_two_ops_that_contradict)
+{
+    /* A read older than a write that returned before it was called. */
+    EXPECT_PROOF(LIN_PROOF_WENT_BACK, 1, 2, wr(1, 0, 1, 10, 1),
+                 wr(1, 2, 3, 20, 2), rd(1, 4, 5, 10, 1));
+    /* A read older than another read before it, or a cas expecting it. */
+    EXPECT_PROOF(LIN_PROOF_WENT_BACK, 2, 3, wr(1, 0, 1, 10, 1),
+                 wr(1, 0, 9, 20, 2), rd(1, 2, 3, 20, 2), rd(1, 4, 5, 10, 1));
+    EXPECT_PROOF(LIN_PROOF_WENT_BACK, 1, 2, wr(1, 0, 1, 10, 1),
+                 wr(1, 2, 3, 20, 2), cas(1, 4, 5, 1, 30, LIN_OUT_OK, 3));
+    /* A conditional delete shows the version it deleted. */
+    EXPECT_PROOF(LIN_PROOF_WENT_BACK, 1, 2, wr(1, 0, 1, 10, 1),
+                 del(1, 2, 3, 1, LIN_OUT_OK), rd(1, 4, 5, 10, 1));
+    /* A write whose version is not above one already shown. */
+    EXPECT_PROOF(LIN_PROOF_NOT_NEW, 0, 1, wr(1, 0, 1, 10, 5),
+                 wr(1, 2, 3, 20, 5));
+    EXPECT_PROOF(LIN_PROOF_NOT_NEW, 1, 2, wr(1, 0, 5, 10, 7),
+                 rd(1, 0, 1, 10, 7), wr(1, 2, 3, 20, 6));
+    EXPECT_PROOF(LIN_PROOF_NOT_NEW, 1, 2, wr_pending(1, 0, 10),
+                 del(1, 2, 3, 7, LIN_OUT_OK), ins(1, 4, 5, 20, LIN_OUT_OK, 7));
+    /* One version, two values; one version, two writes. */
+    EXPECT_PROOF(LIN_PROOF_TWO_VALUES, 0, 1, wr(1, 0, 9, 10, 5),
+                 rd(1, 0, 9, 11, 5));
+    EXPECT_PROOF(LIN_PROOF_TWICE, 0, 1, wr(1, 0, 9, 10, 5), wr(1, 0, 9, 11, 5));
 }
 END_TEST
 
@@ -1259,8 +1355,7 @@ START_TEST(mutated_history_files_fail_cleanly_or_check)
         ck_assert_ptr_nonnull(f);
         if (lin_read(f, g, err, sizeof err) == LIN_OK) {
             int rc = lin_check(g, &b, NULL);
-            ck_assert(rc == LIN_OK || rc == LIN_VIOLATION ||
-                      rc == LIN_UNKNOWN);
+            ck_assert(rc == LIN_OK || rc == LIN_VIOLATION || rc == LIN_UNKNOWN);
             parsed++;
         } else {
             ck_assert_uint_eq(lin_count(g), 0);
@@ -1369,6 +1464,67 @@ START_TEST(reports_of_every_verdict_print)
 }
 END_TEST
 
+START_TEST(every_allocation_failure_is_reported_and_leaks_nothing)
+{
+    const size_t n = 80;
+    struct simop *ops = simulate(9, n, 4, 2, 10);
+    size_t bad = inject_stale_read(ops, n, 9);
+    struct lin_history *h = sim_history(ops, n);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    long k;
+    int failed = 0, passed = 0;
+
+    ck_assert_uint_lt(bad, n);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(lin_write(f, h), LIN_OK);
+    fclose(f);
+    /* Fail the k-th allocation of: reading the file, checking it (search
+     * and shrinking), printing the report. Each step either works or says
+     * LIN_ENOMEM and leaves its inputs as they were; the sanitizer run
+     * (CK_FORK=no) checks that nothing leaks. */
+    for (k = 0; k < 5000; k++) {
+        struct lin_history *g = lin_new();
+        struct lin_report r;
+        char err[128] = "";
+        int rc;
+
+        if (g == NULL)
+            continue;
+        f = fmemopen(text, len, "r");
+        ck_assert_ptr_nonnull(f);
+        lin_fail_alloc_after(k);
+        rc = lin_read(f, g, err, sizeof err);
+        fclose(f);
+        if (rc == LIN_OK) {
+            rc = lin_check(g, NULL, &r);
+            ck_assert(rc == LIN_VIOLATION || rc == LIN_ENOMEM);
+            ck_assert_int_eq(r.result, rc);
+            lin_report_release(&r);
+        } else {
+            ck_assert_int_eq(rc, LIN_ENOMEM);
+            ck_assert_uint_eq(lin_count(g), 0);
+        }
+        lin_fail_alloc_after(-1);
+        lin_free(g);
+        if (rc == LIN_ENOMEM) {
+            failed++;
+        } else {
+            passed++;
+            if (passed > 3)
+                break; /* past the last allocation */
+        }
+    }
+    lin_fail_alloc_after(-1);
+    ck_assert_int_gt(failed, 20);
+    ck_assert_int_gt(passed, 3);
+    free(text);
+    lin_free(h);
+    free(ops);
+}
+END_TEST
+
 Suite *lincheck_suite(void)
 {
     Suite *s = suite_create("lincheck");
@@ -1379,15 +1535,15 @@ Suite *lincheck_suite(void)
     TCase *text = tcase_create("text");
 
     tcase_add_test(model, sequential_histories_are_linearizable);
-    tcase_add_test(model,
-                   a_wrong_value_or_version_in_a_sequential_history_is_a_violation);
+    tcase_add_test(
+        model, a_wrong_value_or_version_in_a_sequential_history_is_a_violation);
     tcase_add_test(model, concurrent_overlapping_writes_let_reads_see_either);
     tcase_add_test(
         model,
         a_read_that_sees_a_value_before_its_write_was_called_is_a_violation);
     tcase_add_test(model, a_stale_read_after_a_completed_write_is_a_violation);
-    tcase_add_test(model,
-                   a_read_may_see_a_pending_write_and_later_reads_cannot_go_back);
+    tcase_add_test(
+        model, a_read_may_see_a_pending_write_and_later_reads_cannot_go_back);
     tcase_add_test(model, cas_success_and_failure_follow_versions);
     tcase_add_test(model, insert_twice_both_ok_is_a_violation);
     tcase_add_test(model, versions_that_decrease_are_a_violation);
@@ -1403,19 +1559,22 @@ Suite *lincheck_suite(void)
         20);
     tcase_add_loop_test(
         sim, a_stale_read_injected_into_a_simulated_history_is_flagged, 0, 20);
-    tcase_add_loop_test(sim, a_long_simulated_history_checks_in_bounded_time,
-                        0, 2);
+    tcase_add_loop_test(sim, a_long_simulated_history_checks_in_bounded_time, 0,
+                        2);
     suite_add_tcase(s, sim);
 
     tcase_set_timeout(bf, 120);
-    tcase_add_loop_test(bf, lin_check_agrees_with_brute_force_on_small_histories,
-                        0, 8);
+    tcase_add_loop_test(
+        bf, lin_check_agrees_with_brute_force_on_small_histories, 0, 8);
     suite_add_tcase(s, bf);
 
     tcase_set_timeout(budget, 60);
     tcase_add_test(budget, the_budget_makes_a_pathological_case_return_unknown);
     tcase_add_test(budget,
                    an_undecided_key_does_not_hide_a_violation_in_another);
+    tcase_add_test(budget, reads_that_commute_are_not_branched_on);
+    tcase_add_test(budget, interchangeable_pending_writes_are_tried_once);
+    tcase_add_test(budget, quick_proofs_name_the_two_ops_that_contradict);
     suite_add_tcase(s, budget);
 
     tcase_set_timeout(text, 60);
@@ -1425,6 +1584,8 @@ Suite *lincheck_suite(void)
     tcase_add_test(text, mutated_history_files_fail_cleanly_or_check);
     tcase_add_test(text, a_violation_report_can_be_replayed_as_a_history);
     tcase_add_test(text, reports_of_every_verdict_print);
+    tcase_add_test(text,
+                   every_allocation_failure_is_reported_and_leaks_nothing);
     suite_add_tcase(s, text);
     return s;
 }
