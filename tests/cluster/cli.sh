@@ -8,7 +8,8 @@
 # of every kvclient command and flag: usage errors, get/put/del, conditions,
 # binary values (stdin, --hex), scan bounds across shards, --json output
 # (parsed with python3), size limits, the tcp:// and embedded: targets,
-# bench, and status/get with nodes down. Every started process is ended by
+# bench, status with its replication view (leaders, terms, members) and
+# get --stale, also with nodes down. Every started process is ended by
 # its PID and the temp dir removed on exit. The last line is exactly
 # "N passed, M failed"; the exit status is non-zero on any failure.
 set -u
@@ -277,6 +278,12 @@ kvc get a --if-version 3
 expect_err "usage: --if-version does not apply to get" 2
 kvc scan --workload read
 expect_err "usage: --workload does not apply to scan" 2
+kvc put a b --stale
+expect_err "usage: --stale does not apply to put" 2
+kvc scan --stale
+expect_err "usage: --stale does not apply to scan" 2
+kvc get a --stale=yes
+expect_err "usage: --stale takes no value" 2
 kvc put a b --if-absent --if-version 3
 expect_err "usage: --if-absent with --if-version" 2
 kvc put a b --if-version 0
@@ -309,6 +316,12 @@ if [ $rc = 0 ] && grep -q 'if-absent' "$T/out"; then
     ok "help: help put"
 else
     bad "help: help put (exit $rc)"
+fi
+kvc help get
+if [ $rc = 0 ] && grep -q -- '--stale' "$T/out"; then
+    ok "help: help get shows --stale"
+else
+    bad "help: help get (exit $rc)"
 fi
 
 # --- get / put / del -------------------------------------------------------
@@ -542,6 +555,46 @@ kvc status --json
 expect_json "status --json: cluster, nodes, shards" 0 \
     'd["ok"] is True and d["cluster"] == "clitest" and sorted(n["id"] for n in d["nodes"]) == [1, 2, 3] and all(n["up"] for n in d["nodes"]) and [s["shard"] for s in d["shards"]] == list(range(8)) and all(s["node"] in (1, 2, 3) for s in d["shards"]) and sum(s["keys"] for s in d["shards"]) >= 22'
 
+# the replication view: every shard has a leader, a term, a commit index and
+# three members, exactly one of them the leader
+kvc status
+# member_rows: the rows of the member table (after its header) in $T/rows.
+member_rows() {
+    sed -n '/^SHARD  MEMBER ROLE/,$p' "$T/out" | tail -n +2 >"$T/rows"
+}
+member_rows
+if [ $rc = 0 ] && [ "$(wc -l <"$T/rows")" = 24 ] &&
+    [ "$(awk '$3 == "leader"' "$T/rows" | wc -l)" = 8 ] &&
+    [ "$(awk '$3 == "follower"' "$T/rows" | wc -l)" = 16 ] &&
+    [ "$(awk '{ print $1 }' "$T/rows" | sort | uniq -c | awk '$1 == 3' | wc -l)" = 8 ]; then
+    ok "status: member table, 3 members per shard, one leader each"
+else
+    bad "status: member table (exit $rc, $(wc -l <"$T/rows") rows)"
+fi
+if grep -q '^SHARD  NODE   KEYS       APPLIED    TERM     COMMIT' "$T/out" &&
+    ! grep -q 'no leader' "$T/out"; then
+    ok "status: shard table has TERM and COMMIT, every shard a leader"
+else
+    bad "status: shard table with TERM and COMMIT"
+fi
+if awk 'length($0) > 80 { long = 1 } END { exit long }' "$T/out"; then
+    ok "status: every line fits in 80 columns (3 nodes, 8 shards)"
+else
+    bad "status: a line is wider than 80 columns"
+fi
+kvc status --json
+expect_json "status --json: leader, term, commit and members per shard" 0 \
+    'all(s["leader"] == s["node"] and s["term"] >= 1 and s["commit"] >= 1 and sorted(m["id"] for m in s["members"]) == [1, 2, 3] and [m["id"] for m in s["members"] if m["role"] == "leader"] == [s["leader"]] and all(m["up"] is True and m["active"] is True and m["lag"] >= 0 and m["match"] >= 1 and m["applied"] >= 1 for m in s["members"]) for s in d["shards"])'
+kvc status --json
+expect_json "status --json: lag is the leader's match minus the member's" 0 \
+    'all(m["lag"] == [x["match"] for x in s["members"] if x["id"] == s["leader"]][0] - m["match"] for s in d["shards"] for m in s["members"])'
+
+# get --stale: any replica answers from its copy
+kvc get s/07 --stale
+expect "get --stale: a replica answers" 0 "v07"
+kvc get s/07 --stale --json
+expect_json "get --stale --json" 0 'd["ok"] is True and d["value"] == "v07" and d["version"] > 0'
+
 kill -TERM "$PID3"
 wait "$PID3"
 st=$?
@@ -559,6 +612,20 @@ fi
 kvc status --json
 expect_json "status --json with node 3 down" 4 \
     'd["ok"] is False and [n["up"] for n in sorted(d["nodes"], key=lambda n: n["id"])] == [True, True, False] and "error" in [n for n in d["nodes"] if n["id"] == 3][0]'
+expect_json "status --json with node 3 down: its member rows say so" 4 \
+    'all([m for m in s["members"] if m["id"] == 3][0]["up"] is False and [m for m in s["members"] if m["id"] == 3][0]["role"] is None and [m for m in s["members"] if m["id"] == 3][0]["applied"] is None for s in d["shards"])'
+expect_json "status --json with node 3 down: it handed its shards over" 4 \
+    'all(s["leader"] in (1, 2) for s in d["shards"])'
+kvc status
+member_rows
+if [ $rc = 4 ] && [ "$(awk '$2 == 3 && $3 == "down"' "$T/rows" | wc -l)" = 8 ] &&
+    [ "$(awk '$3 == "leader"' "$T/rows" | wc -l)" = 8 ]; then
+    ok "status: node 3 is a down member of every shard, each shard led"
+else
+    bad "status: member rows with node 3 down (exit $rc)"
+fi
+kvc get s/07 --stale
+expect "get --stale with node 3 down" 0 "v07"
 
 kill -TERM "$PID1" "$PID2"
 wait "$PID1"
@@ -583,6 +650,13 @@ else
 fi
 kvc --timeout 500 status
 expect "status: all nodes down -> exit 4" 4
+if grep -q 'no leader' "$T/out" && [ "$(grep -c ' down ' "$T/out")" -ge 3 ]; then
+    ok "status: all nodes down -> no leader, members down"
+else
+    bad "status: all nodes down, replication view"
+fi
+kvc --timeout 1000 get s/01 --stale
+expect_err "get --stale: all nodes down -> exit 4" 4
 kvt "tcp://127.0.0.1:$P1" --timeout 1000 get s/01
 expect_err "target tcp:// with its node down -> exit 4" 4
 
