@@ -180,7 +180,7 @@ start() {
         # the file names kvnode whether or not setsid had to fork.
         # shellcheck disable=SC2016
         setsid sh -c 'echo $$ >"$1" && exec "$2" -c "$3" -n "$4"' \
-            sh "$pidf" "$KVNODE" "$CONF" "$id" >"$log" 2>&1 </dev/null &
+            sh "$pidf" "$KVNODE" "$CONF" "$id" >>"$log" 2>&1 </dev/null &
         n=0
         while [ ! -s "$pidf" ] && [ $n -lt 50 ]; do
             sleep 0.1

@@ -806,8 +806,9 @@ out_bounds:
 
 /* --- status --------------------------------------------------------------- */
 
-#define MAX_MEMBERS 64 /* members shown per shard (a leader listing more is
-                          cut: nothing a node says is trusted for sizes) */
+/* Members shown per shard: a leader listing more is cut (nothing a node
+ * says is trusted for sizes). */
+#define MAX_MEMBERS 64
 
 /* What `status` learned about one shard, merged over the nodes' answers. */
 struct shard_view {
@@ -1062,8 +1063,7 @@ static void print_members_text(struct cli *c, size_t n, Kv__StatusResult **sts,
                 note = "inactive";
             printf("%-6u %-6u %-12s %-10s %-10s %-10s %s\n", (unsigned)s,
                    (unsigned)m[i].id, role,
-                   num_or_dash(m[i].has_match, m[i].match, match,
-                               sizeof match),
+                   num_or_dash(m[i].has_match, m[i].match, match, sizeof match),
                    num_or_dash(m[i].has_applied, m[i].applied, applied,
                                sizeof applied),
                    num_or_dash(m[i].has_match, m[i].lag, lag, sizeof lag),
@@ -1123,13 +1123,13 @@ static void print_status_text(struct cli *c, size_t n, Kv__StatusResult **sts,
             snprintf(applied, sizeof applied, "%llu",
                      (unsigned long long)view[s].applied);
         }
-        printf("%-6u %-6s %-10s %-10s %-8s %-10s %s\n", (unsigned)s, node,
-               keys, applied,
-               num_or_dash(lead != NULL, lead ? lead->term : 0, term,
-                           sizeof term),
-               num_or_dash(lead != NULL, lead ? lead->commit : 0, commit,
-                           sizeof commit),
-               lead != NULL || admin_is_embedded(c->db) ? "" : "no leader");
+        printf(
+            "%-6u %-6s %-10s %-10s %-8s %-10s %s\n", (unsigned)s, node, keys,
+            applied,
+            num_or_dash(lead != NULL, lead ? lead->term : 0, term, sizeof term),
+            num_or_dash(lead != NULL, lead ? lead->commit : 0, commit,
+                        sizeof commit),
+            lead != NULL || admin_is_embedded(c->db) ? "" : "no leader");
     }
     if (!admin_is_embedded(c->db))
         print_members_text(c, n, sts, rcs, any, view, nshards);
@@ -1167,8 +1167,7 @@ static void print_shard_repl_json(struct cli *c, size_t n,
             fputs(",\"applied\":null", stdout);
         if (m[i].has_match)
             printf(",\"match\":%llu,\"lag\":%llu,\"active\":%s}",
-                   (unsigned long long)m[i].match,
-                   (unsigned long long)m[i].lag,
+                   (unsigned long long)m[i].match, (unsigned long long)m[i].lag,
                    m[i].active ? "true" : "false");
         else
             fputs(",\"match\":null,\"lag\":null,\"active\":null}", stdout);

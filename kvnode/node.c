@@ -429,9 +429,12 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         }
     }
     if (rc == KV_OK) {
-        int zero = 0, hwm = 100000;
+        int zero = 0, one = 1, hwm = 100000;
         int64_t maxmsg = (int64_t)conf->max_message_bytes;
         zmq_setsockopt(n->router, ZMQ_LINGER, &zero, sizeof(zero));
+        /* A restarted peer reconnects with the same routing id: its new
+         * connection must replace the old one, not be ignored. */
+        zmq_setsockopt(n->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
         zmq_setsockopt(n->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
         zmq_setsockopt(n->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
         zmq_setsockopt(n->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));

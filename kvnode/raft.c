@@ -1415,6 +1415,25 @@ void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok)
     pr->probe_sent = true;
 }
 
+/* PEER restarted: it may have lost what it acknowledged (a wiped disk), so
+ * forget its match and probe it again from the end of the log. Forgetting
+ * a match is always safe: the commit index never goes back, and the peer
+ * counts again once it acknowledges. */
+void raft_peer_restarted(struct raft *r, uint32_t peer)
+{
+    if (!r)
+        return;
+    begin_input(r);
+    struct progress *pr = find_pr(r, peer);
+    if (r->role != RAFT_LEADER || !pr || peer == r->id)
+        return;
+    pr_reset_state(pr, PR_PROBE);
+    pr->match = 0;
+    pr->next = last_index(r) + 1;
+    pr->probe_sent = false;
+    pr->pending_snap = 0;
+}
+
 /* Drops the log up to INDEX (<= applied; RAFT_EINVAL beyond it). */
 int raft_compact(struct raft *r, uint64_t index)
 {

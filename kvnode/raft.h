@@ -198,6 +198,11 @@ void raft_advance(struct raft *r, const struct raft_ready *rd);
  * PEER; the leader resumes normal replication to it. */
 void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok);
 
+/* The driver learned that PEER restarted (a new boot id on its traffic).
+ * The leader forgets PEER's match and probes it again, so a replica that
+ * lost its data (wiped, rebuilt) is caught up instead of being trusted. */
+void raft_peer_restarted(struct raft *r, uint32_t peer);
+
 /* Drops log entries up to INDEX (which must be <= the applied index). The
  * term of INDEX is kept as the snapshot point. */
 int raft_compact(struct raft *r, uint64_t index);

@@ -36,6 +36,7 @@
 #define MAX_MSG_BYTES (1u << 20)
 #define COMPACT_EVERY 10000 /* compact when the log holds this many... */
 #define COMPACT_KEEP 2000   /* ...keeping this tail for slow followers */
+#define COMPACT_BYTES (64u << 20) /* or when it holds this many bytes */
 #define SNAP_CHUNK_BYTES (256u << 10)
 #define SNAP_WINDOW 4        /* chunks in flight per stream */
 #define SNAP_STALL_TICKS 500 /* 5 s without an ack ends a stream */
@@ -90,6 +91,7 @@ struct group {
     size_t nmembers;
     struct raft_hardstate hs;
     uint64_t snap_index, snap_term;
+    uint64_t log_bytes; /* entry bytes stored since the last compaction */
     enum raft_role role;
     uint32_t leader;
     struct waiter *waiters;
@@ -112,10 +114,14 @@ struct replica {
     bool *has_rd;
     bool *early;           /* by shard: its appends go out before the fsync */
     size_t total_waiters;
+    uint64_t boot_id;    /* random per start: peers notice our restarts */
+    uint64_t *peer_boot; /* by node index: the boot id last seen */
     struct replica_stats stats;
     unsigned char *scratch;
     size_t scratch_cap;
 };
+
+static const char *role_name(enum raft_role role);
 
 /* --- small helpers ------------------------------------------------------ */
 
@@ -250,6 +256,7 @@ static int scratch_reserve(struct replica *r, size_t n)
 static int stage_entry(struct replica *r, uint32_t shard,
                        const struct raft_entry *e)
 {
+    r->groups[shard]->log_bytes += e->len;
     Kv__LogEntry le = KV__LOG_ENTRY__INIT;
     le.term = e->term;
     le.index = e->index;
@@ -623,6 +630,7 @@ static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b)
 {
     b->from = r->id;
     b->cluster = r->conf->cluster;
+    b->boot_id = r->boot_id;
     void *buf;
     size_t len;
     if (wire_encode_peer(b, &buf, &len) != KV_OK)
@@ -936,9 +944,10 @@ static void handle_write(struct replica *r, const void *client, size_t clen,
     }
     if (rc != RAFT_OK || add_waiter(r, g, index, raft_term_at(g->raft, index),
                                     client, clen, req->id) != KV_OK) {
-        /* Proposed but nobody will be told: the client times out and
-         * retries; its session makes the retry safe. */
-        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        /* Proposed (perhaps) but nobody will be told the outcome: the
+         * client retries, and its session makes the retry safe. */
+        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
+                   "out of memory here; outcome unknown, retry");
         return;
     }
     r->stats.proposals++;
@@ -1463,6 +1472,16 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
         r->stats.dropped_msgs += b->n_msgs + b->n_chunks + b->n_acks;
         return;
     }
+    /* A peer that restarted may have lost its data: probe it afresh. */
+    const struct conf_node *from = node_of(r, b->from);
+    size_t pi = (size_t)(from - r->conf->nodes);
+    if (b->boot_id && r->peer_boot[pi] != b->boot_id) {
+        if (r->peer_boot[pi])
+            for (uint32_t s = 0; s < r->conf->shards; s++)
+                if (r->groups[s] && is_member(r->groups[s], b->from))
+                    raft_peer_restarted(r->groups[s]->raft, b->from);
+        r->peer_boot[pi] = b->boot_id;
+    }
     struct raft_entry *es = NULL;
     size_t cap = 0;
     for (size_t i = 0; i < b->n_msgs; i++) {
@@ -1539,7 +1558,10 @@ static void send_messages(struct replica *r, bool early)
         Kv__LogEntry **lp = calloc(nent ? nent : 1, sizeof(*lp));
         if (!ms || !mp || !les || !lp)
             goto next; /* dropped: Raft retries */
-        size_t k = 0, e = 0;
+        /* Frames stay well under max_message_bytes: a peer's ZeroMQ drops
+         * (and disconnects) anything larger. */
+        size_t budget = c->max_message_bytes / 2;
+        size_t k = 0, e = 0, start = 0, bytes = 0;
         for (uint32_t s = 0; s < c->shards; s++) {
             if (!r->has_rd[s])
                 continue;
@@ -1547,6 +1569,18 @@ static void send_messages(struct replica *r, bool early)
                 const struct raft_msg *m = &r->rd[s].msgs[i];
                 if (m->to != peer || !send_now(r, s, m, early))
                     continue;
+                size_t mbytes = 96;
+                for (size_t j = 0; j < m->n_entries; j++)
+                    mbytes += m->entries[j].len + 32;
+                if (k > start && bytes + mbytes > budget) {
+                    Kv__PeerBatch part = KV__PEER_BATCH__INIT;
+                    part.n_msgs = k - start;
+                    part.msgs = &mp[start];
+                    send_peer(r, peer, &part);
+                    start = k;
+                    bytes = 0;
+                }
+                bytes += mbytes;
                 Kv__RaftMessage *pm = &ms[k];
                 kv__raft_message__init(pm);
                 pm->shard = s;
@@ -1577,9 +1611,10 @@ static void send_messages(struct replica *r, bool early)
             }
         }
         Kv__PeerBatch b = KV__PEER_BATCH__INIT;
-        b.n_msgs = count;
-        b.msgs = mp;
-        send_peer(r, peer, &b);
+        b.n_msgs = k - start;
+        b.msgs = &mp[start];
+        if (b.n_msgs)
+            send_peer(r, peer, &b);
     next:
         free(ms);
         free(mp);
@@ -1593,9 +1628,18 @@ static void send_messages(struct replica *r, bool early)
 static void maybe_compact(struct replica *r, struct group *g)
 {
     uint64_t applied = engine_applied(r->engine, g->shard);
-    if (applied < g->snap_index + COMPACT_EVERY + COMPACT_KEEP)
+    uint64_t to;
+    if (g->log_bytes >= COMPACT_BYTES && applied > g->snap_index) {
+        /* Big values: memory matters more than sparing a slow follower a
+         * snapshot. */
+        to = applied;
+        g->log_bytes = 0;
+    } else if (applied >= g->snap_index + COMPACT_EVERY + COMPACT_KEEP) {
+        to = applied - COMPACT_KEEP;
+        g->log_bytes = g->log_bytes * COMPACT_KEEP / (applied - g->snap_index);
+    } else {
         return;
-    uint64_t to = applied - COMPACT_KEEP;
+    }
     uint64_t term = raft_term_at(g->raft, to);
     if (!term || raft_compact(g->raft, to) != RAFT_OK)
         return;
@@ -1634,8 +1678,8 @@ int replica_flush(struct replica *r)
                 bounce_reads(r, g);
             if (rd->role != g->role || rd->leader != g->leader)
                 log_msg(rd->role == RAFT_LEADER ? LOG_INFO : LOG_DEBUG,
-                        "role changed", "shard=%u role=%d leader=%u term=%llu",
-                        s, rd->role, rd->leader,
+                        "role changed", "shard=%u role=%s leader=%u term=%llu",
+                        s, role_name(rd->role), rd->leader,
                         (unsigned long long)rd->hs.term);
             g->role = rd->role;
             g->leader = rd->leader;
@@ -1871,7 +1915,11 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->rd = calloc(conf->shards, sizeof(*r->rd));
     r->has_rd = calloc(conf->shards, sizeof(*r->has_rd));
     r->early = calloc(conf->shards, sizeof(*r->early));
-    int rc = r->groups && r->rd && r->has_rd && r->early ? KV_OK : KV_ENOMEM;
+    r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
+    r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
+    int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot
+                 ? KV_OK
+                 : KV_ENOMEM;
     if (rc == KV_OK)
         rc = engine_open(store, conf->shards, &r->engine);
     if (rc == KV_OK)
@@ -1905,6 +1953,7 @@ void replica_close(struct replica *r)
     free(r->rd);
     free(r->has_rd);
     free(r->early);
+    free(r->peer_boot);
     engine_close(r->engine);
     free(r->scratch);
     free(r);

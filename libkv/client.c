@@ -245,6 +245,7 @@ static int route_request_from(struct client *c, uint32_t shard,
     size_t i = first;
     bool delivered = false;
     uint64_t backoff = 5;
+    int hops = 0;
     char last[256] = "";
     for (;;) {
         uint64_t now = now_ms();
@@ -267,9 +268,17 @@ static int route_request_from(struct client *c, uint32_t shard,
             size_t j = r->code == KV_ENOTLEADER
                            ? node_index(c->conf, r->leader_id)
                            : c->conf->nnodes;
+            /* "Outcome unknown here": the request may have been applied. */
+            delivered |= r->code == KV_EUNAVAILABLE;
             wire_free(env);
             if (j < c->conf->nnodes && j != i) {
-                i = j; /* a hint: follow it at once */
+                i = j; /* a hint: follow it at once, unless hints go round
+                          in circles (stale leaders): then back off */
+                if (++hops > 2 && now_ms() + backoff < deadline) {
+                    sleep_ms(backoff);
+                    if (backoff < 100)
+                        backoff *= 2;
+                }
                 continue;
             }
         } else {

@@ -117,8 +117,7 @@ static size_t admin_of(kv *h, int i)
 }
 
 /* The answer of ST about SHARD, or NULL. */
-static const Kv__ShardInfo *info_of(const Kv__StatusResult *st,
-                                    uint32_t shard)
+static const Kv__ShardInfo *info_of(const Kv__StatusResult *st, uint32_t shard)
 {
     for (size_t k = 0; st != NULL && k < st->n_shard_info; k++)
         if (st->shard_info[k] != NULL && st->shard_info[k]->shard == shard)
@@ -138,8 +137,8 @@ static void get_statuses(kv *h, Kv__StatusResult *sts[NNODES])
 {
     for (int i = 0; i < NNODES; i++) {
         sts[i] = NULL;
-        if (!cluster_node_running(cl, i) || cluster_node_pid(cl, i) ==
-                                                stopped_pid)
+        if (!cluster_node_running(cl, i) ||
+            cluster_node_pid(cl, i) == stopped_pid)
             continue;
         if (admin_status(h, admin_of(h, i), STATUS_MS, &sts[i]) != KV_OK)
             sts[i] = NULL;
@@ -171,8 +170,8 @@ static int leader_in(Kv__StatusResult *sts[NNODES], uint32_t shard)
 }
 
 /* Waits at most TIMEOUT_MS for SHARD to have a leader other than node
- * index NOT (-1: any). Returns its harness index, or -1. */
-static int wait_leader(kv *h, uint32_t shard, int not, int timeout_ms)
+ * index EXCEPT (-1: any). Returns its harness index, or -1. */
+static int wait_leader(kv *h, uint32_t shard, int except, int timeout_ms)
 {
     int64_t deadline = harness_now_ms() + timeout_ms;
     for (;;) {
@@ -180,7 +179,7 @@ static int wait_leader(kv *h, uint32_t shard, int not, int timeout_ms)
         get_statuses(h, sts);
         int l = leader_in(sts, shard);
         free_statuses(sts);
-        if (l >= 0 && l != not)
+        if (l >= 0 && l != except)
             return l;
         if (harness_now_ms() >= deadline)
             return -1;
@@ -246,8 +245,9 @@ static int ack_put(kv *h, unsigned i, unsigned gen, const kv_opts *o)
     uint64_t ver = 0;
     int rc = kv_put(h, ack.key[i], ack.klen[i], v, vl, o, &ver);
     if (rc == KV_OK) {
-        ck_assert_msg(ver > ack.ver[i], "%s: version %" PRIu64 " after %" PRIu64,
-                      ack.key[i], ver, ack.ver[i]);
+        ck_assert_msg(ver > ack.ver[i],
+                      "%s: version %" PRIu64 " after %" PRIu64, ack.key[i], ver,
+                      ack.ver[i]);
         ack.gen[i] = gen;
         ack.ver[i] = ver;
     }
@@ -306,15 +306,14 @@ static int64_t put_until_ok(kv *h, unsigned i, unsigned gen, uint32_t per_ms,
         if (rc == KV_OK)
             return harness_now_ms() - t0;
     } while (harness_now_ms() - t0 < limit_ms);
-    fprintf(stderr, "put %s: still %s after %" PRId64 " ms (%s)\n",
-            ack.key[i], kv_strerror(rc), limit_ms, kv_errmsg(h));
+    fprintf(stderr, "put %s: still %s after %" PRId64 " ms (%s)\n", ack.key[i],
+            kv_strerror(rc), limit_ms, kv_errmsg(h));
     return -1;
 }
 
 /* Encodes a put of K=V with session CID/SEQ into *buf (free() it). */
-static size_t encode_put(const char *k, const char *v,
-                         const unsigned char *cid, uint64_t seq, uint64_t id,
-                         void **buf)
+static size_t encode_put(const char *k, const char *v, const unsigned char *cid,
+                         uint64_t seq, uint64_t id, void **buf)
 {
     Kv__Request req = KV__REQUEST__INIT;
     Kv__PutRequest p = KV__PUT_REQUEST__INIT;
@@ -397,8 +396,8 @@ static void expect_value(kv *h, const char *k, const char *want,
     int same = glen == strlen(want) && memcmp(got, want, glen) == 0;
     kv_free(got);
     ck_assert_msg(same, "%s does not hold \"%s\"", k, want);
-    ck_assert_msg(gver == want_ver, "%s: version %" PRIu64 ", want %" PRIu64,
-                  k, gver, want_ver);
+    ck_assert_msg(gver == want_ver, "%s: version %" PRIu64 ", want %" PRIu64, k,
+                  gver, want_ver);
 }
 
 /* Sends a stale get of K to node I alone, which answers from its own
@@ -413,14 +412,13 @@ static Kv__Envelope *stale_get_from(kv *h, int node, const void *k, size_t kl)
     free(buf);
     ck_assert_msg(rc == KV_OK, "stale get %.*s from node %u: %s", (int)kl,
                   (const char *)k, cluster_node_id(cl, node), kv_strerror(rc));
-    ck_assert_msg(e->body_case == KV__ENVELOPE__BODY_RESPONSE &&
-                      e->response->code == KV_OK &&
-                      e->response->result_case == KV__RESPONSE__RESULT_GET,
-                  "stale get %.*s from node %u: code %d", (int)kl,
-                  (const char *)k, cluster_node_id(cl, node),
-                  e->body_case == KV__ENVELOPE__BODY_RESPONSE
-                      ? e->response->code
-                      : 0);
+    ck_assert_msg(
+        e->body_case == KV__ENVELOPE__BODY_RESPONSE &&
+            e->response->code == KV_OK &&
+            e->response->result_case == KV__RESPONSE__RESULT_GET,
+        "stale get %.*s from node %u: code %d", (int)kl, (const char *)k,
+        cluster_node_id(cl, node),
+        e->body_case == KV__ENVELOPE__BODY_RESPONSE ? e->response->code : 0);
     return e;
 }
 
@@ -502,8 +500,9 @@ START_TEST(a_write_is_acknowledged_only_by_a_majority_of_replicas)
         doubt[j] = ack_add(k, kl);
         int64_t t0 = harness_now_ms();
         int rc = ack_put(h, doubt[j], 1, &o);
-        fprintf(stderr, "put with 2 of 3 nodes down (shard %u): %s after "
-                        "%" PRId64 " ms\n",
+        fprintf(stderr,
+                "put with 2 of 3 nodes down (shard %u): %s after "
+                "%" PRId64 " ms\n",
                 j * 2, kv_strerror(rc), harness_now_ms() - t0);
         ck_assert_msg(rc == KV_ETIMEDOUT || rc == KV_EUNAVAILABLE,
                       "a put without a majority returned %s", kv_strerror(rc));
@@ -514,8 +513,8 @@ START_TEST(a_write_is_acknowledged_only_by_a_majority_of_replicas)
     for (unsigned j = 0; j < 4; j++) {
         int64_t took = put_until_ok(h, doubt[j], 2, 2000, 30000);
         ck_assert_msg(took >= 0, "no write acknowledged with 2 of 3 nodes up");
-        fprintf(stderr, "put with 2 of 3 nodes up again: ok after %" PRId64
-                        " ms\n",
+        fprintf(stderr,
+                "put with 2 of 3 nodes up again: ok after %" PRId64 " ms\n",
                 took);
     }
     ack_write_new(h, "maj/d/", 50);
@@ -726,8 +725,8 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
     for (uint32_t s = 0; s < SNAP_SHARDS; s++) {
         fprintf(stderr, "shard %u: %" PRIu64 " keys, %.1f MB\n", s, count[s],
                 (double)bytes[s] / 1e6);
-        ck_assert_msg(count[s] > 12000, "shard %u has only %" PRIu64 " keys",
-                      s, count[s]);
+        ck_assert_msg(count[s] > 12000, "shard %u has only %" PRIu64 " keys", s,
+                      count[s]);
         if (bytes[s] > biggest)
             biggest = bytes[s];
         total += bytes[s];
@@ -736,8 +735,8 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
     /* Back with an empty data dir: it catches up with every shard. */
     ck_assert_int_eq(cluster_restart_node(cl, wiped), 0);
     uint64_t applied[SNAP_SHARDS] = {0};
-    int64_t took = wait_caught_up(h, wiped, SNAP_SHARDS, count, applied,
-                                  300000);
+    int64_t took =
+        wait_caught_up(h, wiped, SNAP_SHARDS, count, applied, 300000);
     ck_assert_msg(took >= 0, "the wiped node did not catch up in 300 s");
     fprintf(stderr, "the wiped node caught up in %" PRId64 " ms", took);
     for (uint32_t s = 0; s < SNAP_SHARDS; s++)
@@ -761,8 +760,7 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
                 i == wiped ? " (the wiped one)" : "");
     fprintf(stderr, "biggest shard %.1f MB, all shards %.1f MB%s\n",
             (double)biggest / 1e6, (double)total / 1e6,
-            asan ? " (AddressSanitizer build: the bound is not checked)"
-                 : "");
+            asan ? " (AddressSanitizer build: the bound is not checked)" : "");
     if (!asan)
         ck_assert_msg(hwm * 1024 < STORE_BUDGET + 3 * biggest,
                       "peak RSS %" PRIu64 " KiB is not below the store's "
@@ -810,7 +808,8 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
 }
 END_TEST
 
-/* --- exactly once ----------------------------------------------------------- */
+/* --- exactly once -----------------------------------------------------------
+ */
 
 START_TEST(a_retried_write_of_one_session_is_applied_once)
 {
@@ -866,7 +865,8 @@ START_TEST(a_retried_write_of_one_session_is_applied_once)
 }
 END_TEST
 
-/* --- SIGTERM hands leadership away ------------------------------------------ */
+/* --- SIGTERM hands leadership away ------------------------------------------
+ */
 
 START_TEST(sigterm_of_a_leader_hands_its_shards_over_before_it_exits)
 {
@@ -938,8 +938,8 @@ START_TEST(sigterm_of_a_leader_hands_its_shards_over_before_it_exits)
     size_t kl = key_in_shard("term/", first, NSHARDS, 0, k, sizeof k);
     int64_t t0 = harness_now_ms();
     int rc = kv_put(fresh, k, kl, "after", 5, NULL, NULL);
-    fprintf(stderr, "a put to shard %u after the hand-off: %s in %" PRId64
-                    " ms\n",
+    fprintf(stderr,
+            "a put to shard %u after the hand-off: %s in %" PRId64 " ms\n",
             first, kv_strerror(rc), harness_now_ms() - t0);
     ck_assert_msg(rc == KV_OK, "put after the hand-off: %s (%s)",
                   kv_strerror(rc), kv_errmsg(fresh));
@@ -951,7 +951,8 @@ START_TEST(sigterm_of_a_leader_hands_its_shards_over_before_it_exits)
 }
 END_TEST
 
-/* --- stale reads ------------------------------------------------------------ */
+/* --- stale reads ------------------------------------------------------------
+ */
 
 START_TEST(a_follower_serves_stale_reads_while_the_leader_is_stopped)
 {
@@ -1011,12 +1012,11 @@ START_TEST(a_follower_serves_stale_reads_while_the_leader_is_stopped)
                   cluster_node_id(cl, f), kv_strerror(rc));
     Kv__Response *r = e->response;
     ck_assert_int_eq(e->body_case, KV__ENVELOPE__BODY_RESPONSE);
-    ck_assert_msg(r->code == KV_OK && r->result_case ==
-                                          KV__RESPONSE__RESULT_GET,
-                  "stale get from node %u: code %d", cluster_node_id(cl, f),
-                  r->code);
-    ck_assert(r->get->value.len == 2 && memcmp(r->get->value.data, "v1", 2) ==
-                                            0);
+    ck_assert_msg(
+        r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_GET,
+        "stale get from node %u: code %d", cluster_node_id(cl, f), r->code);
+    ck_assert(r->get->value.len == 2 &&
+              memcmp(r->get->value.data, "v1", 2) == 0);
     ck_assert_uint_eq(r->get->version, ver);
     wire_free(e);
     fprintf(stderr, "stale get from follower node %u: %" PRId64 " ms\n",
@@ -1069,14 +1069,15 @@ static Suite *replication_suite(void)
     tcase_add_test(tc, a_retried_write_of_one_session_is_applied_once);
     tcase_add_test(tc,
                    sigterm_of_a_leader_hands_its_shards_over_before_it_exits);
-    tcase_add_test(tc, a_follower_serves_stale_reads_while_the_leader_is_stopped);
+    tcase_add_test(tc,
+                   a_follower_serves_stale_reads_while_the_leader_is_stopped);
     suite_add_tcase(s, tc);
 
     TCase *snap = tcase_create("snapshot");
     tcase_add_checked_fixture(snap, cluster_up_snapshot, cluster_down);
     tcase_set_timeout(snap, 480);
-    tcase_add_test(snap,
-                   a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory);
+    tcase_add_test(
+        snap, a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory);
     suite_add_tcase(s, snap);
     return s;
 }
