@@ -1378,6 +1378,36 @@ START_TEST(leader_commits_an_entry_stored_on_a_majority)
 }
 END_TEST
 
+/* Not in the paper, which assumes a server keeps what it stored: a replica
+ * that comes back with an empty disk would otherwise be trusted with a
+ * match it no longer has, and the leader would ignore its rejections as
+ * stale forever. Once the driver reports the restart (a new boot id), the
+ * leader probes it afresh and catches it up. */
+START_TEST(leader_reprobes_a_restarted_peer_that_lost_its_log)
+{
+    struct net *nt = net_new(3, &plain, 11);
+    net_elect(nt, 1);
+    for (int i = 0; i < 5; i++) {
+        char text[8];
+        uint64_t idx;
+        snprintf(text, sizeof text, "v%d", i);
+        ck_assert_int_eq(net_propose(nt, 1, text, &idx), RAFT_OK);
+        net_deliver(nt, 1000);
+    }
+    uint64_t last = status_of(nt, 1).last_index;
+    net_run(nt, 2);
+    ck_assert_uint_eq(nt->st[3].applied, last);
+    net_set_log(nt, 3, NULL, 0, 0, 0, 0); /* the disk was wiped */
+    raft_peer_restarted(nt->r[1], 3);
+    check_node(nt, 1);
+    net_ready(nt, 1);
+    net_run(nt, 10);
+    ck_assert_uint_eq(nt->st[3].applied, last);
+    ck_assert_uint_eq(status_of(nt, 3).last_index, last);
+    net_free(nt);
+}
+END_TEST
+
 /* "If the follower does not find an entry in its log with the same index
  * and term, then it refuses the new entries." */
 START_TEST(follower_rejects_append_with_mismatched_prev_term)
@@ -3015,7 +3045,8 @@ Suite *raft_suite(void)
           follower_installing_snapshot_discards_a_conflicting_log,
           follower_answers_stale_snapshot_with_its_commit_index,
           leader_retries_a_snapshot_that_failed,
-          restarted_node_recovers_from_its_stored_snapshot_and_log}},
+          restarted_node_recovers_from_its_stored_snapshot_and_log,
+          leader_reprobes_a_restarted_peer_that_lost_its_log}},
         {"8 client interaction",
          {read_index_is_released_after_a_heartbeat_round_with_a_majority,
           read_index_waits_until_the_leader_commits_an_entry_of_its_term,
