@@ -112,6 +112,20 @@ $(B)/tests/unit_lincheck: $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/li
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=lincheck_suite -o $@ tests/unit/runner.c \
 	    $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o $(CHECK_LIBS) -lm
 
+# --- simulation (tests/sim): real raft.c, replica.c and engine.c on a
+# simulated network and disk. store_sim.o comes before the archives so it
+# replaces libkv's LevelDB store.
+SIM_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/sim/*.c)) \
+           $(B)/obj/tests/lincheck/lincheck.o
+SEEDS ?= 5000
+
+$(B)/tests/sim: $(SIM_OBJ) $(B)/libkvnode.a $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(SIM_OBJ) $(B)/libkvnode.a $(B)/libkv.a $(PKG_LIBS) -lm
+
+sim: deps all $(B)/tests/sim
+	$(B)/tests/sim --seeds $(SEEDS)
+
 # --- chaos (tests/chaos): real processes, kill -9 / SIGSTOP under load ------
 CHAOS_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/chaos/*.c)) \
              $(B)/obj/tests/cluster/harness.o $(B)/obj/tests/lincheck/lincheck.o
@@ -129,7 +143,7 @@ $(B)/tests/libkv_example: docs/libkv_example.c $(B)/libkv.so
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
 
-test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/chaos $(B)/tests/libkv_example
+test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/sim $(B)/tests/chaos $(B)/tests/libkv_example
 	@B=$(B) SAN=$(SAN) sh tests/run.sh
 
 # --- local cluster ----------------------------------------------------------

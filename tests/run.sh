@@ -79,9 +79,14 @@ done
 # 2. cluster tests: real kvnode processes on 127.0.0.1
 for t in "$B"/tests/*; do
     if [ ! -f "$t" ] || [ ! -x "$t" ]; then continue; fi
-    case ${t##*/} in unit_* | libkv_example | *.o | *.d) continue ;; esac
+    case ${t##*/} in unit_* | libkv_example | sim | *.o | *.d) continue ;; esac
     run_step "${t##*/}" env KVNODE="$B/kvnode" KVCLIENT="$B/kvclient" "$t"
 done
+
+# 2b. the deterministic simulation: SIM_SEEDS seeds (make sim runs more)
+if [ -x "$B/tests/sim" ]; then
+    run_step sim "$B/tests/sim" --seeds "${SIM_SEEDS:-500}"
+fi
 
 # 3. the command-line client, end to end (a missing script is a failure)
 if [ -f tests/cluster/cli.sh ]; then
