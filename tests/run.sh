@@ -83,9 +83,11 @@ for t in "$B"/tests/*; do
     run_step "${t##*/}" env KVNODE="$B/kvnode" KVCLIENT="$B/kvclient" "$t"
 done
 
-# 2b. the deterministic simulation: SIM_SEEDS seeds (make sim runs more)
+# 2b. the deterministic simulation: SIM_SEEDS seeds (make sim runs more);
+# fewer under the sanitizers, which slow it several times over
 if [ -x "$B/tests/sim" ]; then
-    run_step sim "$B/tests/sim" --seeds "${SIM_SEEDS:-500}"
+    if [ "${SAN:-0}" = 1 ]; then seeds=${SIM_SEEDS:-100}; else seeds=${SIM_SEEDS:-500}; fi
+    run_step sim "$B/tests/sim" --seeds "$seeds"
 fi
 
 # 3. the command-line client, end to end (a missing script is a failure)
