@@ -152,8 +152,9 @@ static const struct command commands[] = {
     {"del", cmd_del, 1, 1, BIT(OPT_IF_VERSION), CMD_OPEN,
      "del KEY [--if-version V]", "delete KEY"},
     {"scan", cmd_scan, 0, 0,
-     BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT), CMD_OPEN,
-     "scan [--prefix P] [--start S] [--end E] [--limit N]",
+     BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT) |
+         BIT(OPT_STALE),
+     CMD_OPEN, "scan [--prefix P] [--start S] [--end E] [--limit N] [--stale]",
      "print keys and values in key order"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
      "print nodes, shards and replicas; exit 4 if a node is down"},
@@ -744,6 +745,8 @@ static int cmd_scan(struct cli *c)
     kv_iter *it = NULL;
     uint64_t limit = 0;
     int rc, ret;
+
+    o.stale = (c->seen & BIT(OPT_STALE)) != 0;
 
     ret = opt_u64(c, OPT_LIMIT, 0, UINT64_MAX, &limit);
     if (ret != 0)

@@ -975,7 +975,7 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
             reply_code(r, client, clen, req->id, KV_EINVAL, "no such shard");
             goto done;
         }
-        stale = false;
+        stale = req->scan->stale;
     }
     struct group *g = r->groups[shard];
     if (!g || (!stale && g->role != RAFT_LEADER)) {

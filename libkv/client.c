@@ -410,9 +410,9 @@ static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
 static int cl_scan_page(kv *db, const struct engine_scan *sc,
                         uint32_t timeout_ms, bool stale, struct scan_page *p)
 {
-    (void)stale; /* scans are linearizable per page */
     Kv__Request req = KV__REQUEST__INIT;
     Kv__ScanRequest s = KV__SCAN_REQUEST__INIT;
+    s.stale = stale;
     s.shard = sc->shard;
     s.start.data = (uint8_t *)sc->start;
     s.start.len = sc->start_len;
@@ -427,7 +427,15 @@ static int cl_scan_page(kv *db, const struct engine_scan *sc,
     req.op_case = KV__REQUEST__OP_SCAN;
     req.scan = &s;
     Kv__Envelope *env = NULL;
-    int rc = route_request(client_of(db), sc->shard, &req, timeout_ms, &env);
+    struct client *c = client_of(db);
+    size_t leader = c->route[sc->shard];
+    size_t first = leader;
+    if (stale) /* any member may serve it: spread them round robin */
+        first = conf_replica(c->conf, sc->shard,
+                             (uint32_t)(c->next_id % c->conf->replicas));
+    int rc = route_request_from(c, sc->shard, &req, timeout_ms, first, &env);
+    if (stale)
+        c->route[sc->shard] = leader;
     if (rc != KV_OK)
         return rc;
     Kv__Response *r = env->response;

@@ -280,8 +280,6 @@ kvc scan --workload read
 expect_err "usage: --workload does not apply to scan" 2
 kvc put a b --stale
 expect_err "usage: --stale does not apply to put" 2
-kvc scan --stale
-expect_err "usage: --stale does not apply to scan" 2
 kvc get a --stale=yes
 expect_err "usage: --stale takes no value" 2
 kvc put a b --if-absent --if-version 3
@@ -479,6 +477,8 @@ done
 want=${want%?}
 kvc scan --prefix s/
 expect "scan --prefix: 20 keys in order" 0 "$want"
+kvc scan --prefix s/ --stale
+expect "scan --prefix --stale: the same 20 keys (nothing written since)" 0 "$want"
 kvc scan --prefix s/ --json
 expect_jsonl "scan --prefix --json: one object per entry, with versions" 0 \
     'len(L) == 20 and [e["key"] for e in L] == ["s/%02d" % i for i in range(20)] and all(e["value"] == "v" + e["key"][2:] and e["version"] > 0 for e in L)'
