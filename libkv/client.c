@@ -27,7 +27,7 @@
 #include "shard.h"
 #include "wire.h"
 
-#define SEND_WAIT_MS 250 /* a node with no live connection is skipped */
+#define SEND_WAIT_MS 100 /* a node with no live connection is skipped */
 #define CLIENT_ID_LEN 16
 
 struct client {

@@ -37,6 +37,9 @@ struct shard_state {
 struct gen {
     struct store_batch *batch;
     size_t nstaged;
+    uint32_t *dirty;    /* shards whose "A" record this gen must write */
+    size_t ndirty;
+    bool *is_dirty;     /* by shard */
     struct overlay_slot *slots;
     size_t nslots; /* power of two */
     size_t used;
@@ -199,23 +202,31 @@ static void gen_clear(struct gen *g)
     }
     g->used = 0;
     g->nstaged = 0;
+    for (size_t i = 0; i < g->ndirty; i++)
+        g->is_dirty[g->dirty[i]] = false;
+    g->ndirty = 0;
     if (g->batch)
         store_batch_clear(g->batch);
 }
 
-static int gen_init(struct gen *g)
+static int gen_init(struct gen *g, uint32_t nshards)
 {
     g->batch = store_batch_new();
     g->nslots = 64;
     g->slots = calloc(g->nslots, sizeof(*g->slots));
-    return g->batch && g->slots ? KV_OK : KV_ENOMEM;
+    g->dirty = calloc(nshards, sizeof(*g->dirty));
+    g->is_dirty = calloc(nshards, sizeof(*g->is_dirty));
+    return g->batch && g->slots && g->dirty && g->is_dirty ? KV_OK
+                                                           : KV_ENOMEM;
 }
 
 static void gen_release(struct gen *g)
 {
-    if (g->slots)
+    if (g->slots && g->is_dirty)
         gen_clear(g);
     free(g->slots);
+    free(g->dirty);
+    free(g->is_dirty);
     store_batch_free(g->batch);
 }
 
@@ -234,7 +245,8 @@ int engine_open(struct store *s, uint32_t nshards, struct engine **out)
     e->flushing = calloc(nshards, sizeof(*e->flushing));
     e->cur = &e->gens[0];
     if (!e->applied || !e->staged || !e->flushing ||
-        gen_init(&e->gens[0]) != KV_OK || gen_init(&e->gens[1]) != KV_OK)
+        gen_init(&e->gens[0], nshards) != KV_OK ||
+        gen_init(&e->gens[1], nshards) != KV_OK)
         goto fail;
     for (uint32_t i = 0; i < nshards; i++) {
         unsigned char k[5];
@@ -484,13 +496,31 @@ static void session_put(struct gen *g, unsigned char *sk, size_t sklen,
     store_batch_put(g->batch, sk, sklen, v, sizeof(v));
 }
 
+/* Notes that SHARD's "A" record changed in G. It is written once, when G
+ * starts its commit, with the shard's state after all of G's writes: one
+ * record per shard and batch instead of one per write. */
 static void stage_shard_state(struct engine *e, struct gen *g, uint32_t shard)
 {
-    unsigned char ak[5], av[16];
-    applied_key(shard, ak);
-    put_u64(av, e->staged[shard].version);
-    put_u64(av + 8, e->staged[shard].keys);
-    store_batch_put(g->batch, ak, sizeof(ak), av, sizeof(av));
+    (void)e;
+    if (!g->is_dirty[shard]) {
+        g->is_dirty[shard] = true;
+        g->dirty[g->ndirty++] = shard;
+    }
+}
+
+/* Writes the "A" records of G's dirty shards (state as of now). */
+static void write_shard_states(struct engine *e, struct gen *g)
+{
+    for (size_t i = 0; i < g->ndirty; i++) {
+        uint32_t shard = g->dirty[i];
+        unsigned char ak[5], av[16];
+        applied_key(shard, ak);
+        put_u64(av, e->staged[shard].version);
+        put_u64(av + 8, e->staged[shard].keys);
+        store_batch_put(g->batch, ak, sizeof(ak), av, sizeof(av));
+        g->is_dirty[shard] = false;
+    }
+    g->ndirty = 0;
 }
 
 int engine_stage_applied(struct engine *e, uint32_t shard, uint64_t index)
@@ -641,6 +671,7 @@ struct store_batch *engine_commit_begin(struct engine *e)
 {
     if (e->inflight || !e->cur->nstaged)
         return NULL;
+    write_shard_states(e, e->cur);
     e->inflight = e->cur;
     e->cur = e->cur == &e->gens[0] ? &e->gens[1] : &e->gens[0];
     memcpy(e->flushing, e->staged, e->nshards * sizeof(*e->staged));
