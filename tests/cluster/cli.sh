@@ -543,6 +543,14 @@ expect_json "bench --workload mixed --json" 0 \
     'd["workload"] == "mixed" and d["ops"] == 1000 and d["errors"] == 0'
 kvt "embedded:$T/emb-bench" bench --ops 2000 --clients 4 --json
 expect_json "bench on an embedded target" 0 'd["ops"] == 2000 and d["errors"] == 0'
+kvc bench --ops 1000 --clients 8 --threads 8 --keys 100 --workload read --json
+expect_json "bench --threads 8: one blocking handle per client" 0 \
+    'd["ops"] == 1000 and d["errors"] == 0 and d["not_found"] == 0'
+kvc bench --ops 1000 --clients 8 --threads 2 --keys 100 --workload mixed --json
+expect_json "bench --threads 2: pipelined clients" 0 \
+    'd["ops"] == 1000 and d["errors"] == 0 and d["clients"] == 8'
+kvt "embedded:$T/emb-bench" bench --ops 100 --clients 4 --threads 2
+expect_err "usage: an embedded target needs a thread per client" 2
 
 # --- status, then nodes going down ----------------------------------------
 kvc status
