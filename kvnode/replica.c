@@ -43,6 +43,7 @@
 #define INSTALL_BATCH 1000   /* records per batch while installing */
 #define HS_LEN 36
 #define MAX_WAITERS 100000   /* writes in flight per node before EUNAVAILABLE */
+#define BALANCE_TICKS 200    /* how often a leader checks it is the preferred one */
 
 struct waiter {
     uint64_t index;
@@ -92,6 +93,8 @@ struct group {
     struct raft_hardstate hs;
     uint64_t snap_index, snap_term;
     uint64_t log_bytes; /* entry bytes stored since the last compaction */
+    int balance_ticks;  /* ticks since the last leader balance check */
+    uint64_t heard[CONF_MAX_NODES]; /* by member: tick of its last message */
     enum raft_role role;
     uint32_t leader;
     struct waiter *waiters;
@@ -114,6 +117,7 @@ struct replica {
     bool *has_rd;
     bool *early;           /* by shard: its appends go out before the fsync */
     size_t total_waiters;
+    uint64_t ticks;      /* replica_tick calls so far */
     uint64_t boot_id;    /* random per start: peers notice our restarts */
     uint64_t *peer_boot; /* by node index: the boot id last seen */
     struct replica_stats stats;
@@ -1502,6 +1506,9 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
             es = x;
             cap = m->n_entries;
         }
+        for (size_t j = 0; j < g->nmembers; j++)
+            if (g->members[j] == b->from)
+                g->heard[j] = r->ticks;
         struct raft_msg rm;
         to_raft_msg(m, &rm, es);
         if (raft_step(g->raft, &rm) != RAFT_OK)
@@ -1681,6 +1688,8 @@ int replica_flush(struct replica *r)
                         "role changed", "shard=%u role=%s leader=%u term=%llu",
                         s, role_name(rd->role), rd->leader,
                         (unsigned long long)rd->hs.term);
+            if (rd->role != g->role)
+                g->balance_ticks = 0; /* a new leader settles in first */
             g->role = rd->role;
             g->leader = rd->leader;
         }
@@ -1759,13 +1768,39 @@ int replica_flush(struct replica *r)
     return KV_OK;
 }
 
+/* Leaders drift to whichever node won the last election; the placement's
+ * first member is the preferred leader of each shard, which spreads
+ * leadership (and so the work of serving) evenly over the nodes. A leader
+ * that is not the preferred one hands over to it once it is active and
+ * fully caught up, so the hand-over costs no election timeout. */
+static void balance_leader(struct group *g, uint32_t self, uint64_t now)
+{
+    uint32_t preferred = g->members[0];
+    if (g->role != RAFT_LEADER || preferred == self ||
+        ++g->balance_ticks < BALANCE_TICKS)
+        return;
+    g->balance_ticks = 0;
+    /* Heard from within a heartbeat round or two: it is up. */
+    if (now - g->heard[0] > 4 * HEARTBEAT_TICKS)
+        return;
+    struct raft_status st;
+    raft_get_status(g->raft, &st);
+    for (size_t i = 0; i < st.n_progress; i++) {
+        const struct raft_progress *p = &st.progress[i];
+        if (p->id == preferred && p->match == st.last_index)
+            raft_transfer_leader(g->raft, preferred);
+    }
+}
+
 void replica_tick(struct replica *r)
 {
+    r->ticks++;
     for (uint32_t s = 0; s < r->conf->shards; s++) {
         struct group *g = r->groups[s];
         if (!g)
             continue;
         raft_tick(g->raft);
+        balance_leader(g, r->id, r->ticks);
         for (size_t j = 0; j < g->nmembers; j++) {
             struct snap_out *o = &g->out[j];
             if (o->active && ++o->idle > SNAP_STALL_TICKS) {
