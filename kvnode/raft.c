@@ -43,6 +43,7 @@
 #define MAX_PEERS 1024
 #define MAX_INFLIGHT 65536
 #define MAX_ENTRIES_PER_MSG 65536 /* also bounds appends of empty entries */
+#define ENTRY_WIRE_OVERHEAD 32    /* bytes an entry costs on the wire, besides data */
 
 /* Per-entry payload. Freed through a graveyard, never directly while a
  * Ready or a pending message may still point at it. */
@@ -617,7 +618,9 @@ static bool send_append(struct raft *r, struct progress *pr, bool send_empty)
     uint64_t last = last_index(r);
     size_t k = 0, bytes = 0, max = r->max_msg_bytes;
     for (uint64_t i = pr->next; i <= last && k < MAX_ENTRIES_PER_MSG; i++) {
-        size_t len = entry_at(r, i)->len;
+        /* Data plus what encoding an entry costs (term, index, type,
+         * lengths), so the encoded message stays near max_msg_bytes. */
+        size_t len = entry_at(r, i)->len + ENTRY_WIRE_OVERHEAD;
         /* The first entry always goes, however big. */
         if (k > 0 && (len > max || bytes > max - len))
             break;

@@ -142,7 +142,8 @@ struct raft_config {
     int heartbeat_ticks;   /* e.g. 5 */
     uint64_t seed;         /* for the election timeout generator */
     size_t max_inflight;   /* appends in flight per follower, e.g. 64 */
-    size_t max_msg_bytes;  /* entry bytes per append, e.g. 1 MiB */
+    size_t max_msg_bytes;  /* bytes per append: entry data plus 32 per entry
+                              (a single entry may exceed it), e.g. 1 MiB */
     bool pre_vote;
     bool check_quorum;
 };

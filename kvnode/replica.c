@@ -543,21 +543,26 @@ static int resume_install(struct replica *r, uint32_t shard)
 }
 
 /* Raft accepted the staged snapshot: make the store match it. */
-static int install_snapshot(struct replica *r, struct group *g, uint64_t index,
-                            uint64_t term)
+static int install_snapshot(struct replica *r, struct group *g,
+                            const struct raft_ready *rd)
 {
+    uint64_t index = rd->snap_index, term = rd->snap_term;
     if (!g->in.complete || g->in.index != index) {
         log_msg(LOG_ERROR, "raft installed a snapshot that is not staged",
                 "shard=%u index=%llu", g->shard, (unsigned long long)index);
         return KV_EINTERNAL;
     }
     /* From this synced write on, the node's state is "snapshot at INDEX":
-     * the hard state and the log say so, and the marker says the data
-     * still has to be moved in. */
+     * the hard state (with the term and vote of this Ready) and the log say
+     * so, stale log entries past it are gone, and the marker says the data
+     * still has to be moved in. A crash anywhere after it restarts into a
+     * state raft accepts. */
     struct store_batch *b = store_batch_new();
     if (!b)
         return KV_ENOMEM;
     unsigned char hk[5], hv[HS_LEN], nk[5], nv[17];
+    if (rd->hs_changed)
+        g->hs = rd->hs;
     g->snap_index = index;
     g->snap_term = term;
     if (g->hs.commit < index)
@@ -574,6 +579,13 @@ static int install_snapshot(struct replica *r, struct group *g, uint64_t index,
     put_u64(nv + 8, term);
     nv[16] = 1;
     store_batch_put(b, nk, 5, nv, sizeof(nv));
+    if (rd->truncate_after && !rd->n_entries) {
+        for (uint64_t i = index + 1; i <= rd->truncate_after; i++) {
+            unsigned char lk[13];
+            log_key(lk, g->shard, i);
+            store_batch_del(b, lk, sizeof(lk));
+        }
+    }
     int rc = store_write(r->store, b, true);
     store_batch_free(b);
     if (rc != KV_OK)
@@ -650,8 +662,10 @@ static void snap_out_start(struct replica *r, struct group *g,
     if (o->active)
         return;
     struct store_iter *it = store_iter_new(r->store);
-    if (!it)
+    if (!it) {
+        raft_report_snapshot(g->raft, peer, false);
         return;
+    }
     /* The applied index that this store snapshot reflects. */
     unsigned char ak[5];
     shard_key(ak, 'A', g->shard);
@@ -691,7 +705,11 @@ static void snap_out_pump(struct replica *r, struct group *g,
         Kv__Entry *recs = NULL, **ptrs = NULL;
         size_t n = 0, cap = 0, bytes = 0;
         bool ok = true;
-        while (o->phase < 2 && bytes < SNAP_CHUNK_BYTES) {
+        size_t target = r->conf->max_message_bytes / 4 < SNAP_CHUNK_BYTES
+                            ? r->conf->max_message_bytes / 4
+                            : SNAP_CHUNK_BYTES;
+        size_t limit = r->conf->max_message_bytes - 1024;
+        while (o->phase < 2 && bytes < target) {
             unsigned char want[5];
             shard_key(want, o->phase == 0 ? 'D' : 'S', g->shard);
             size_t klen, vlen;
@@ -721,6 +739,8 @@ static void snap_out_pump(struct replica *r, struct group *g,
             }
             const void *k = store_iter_key(o->it, &klen);
             const void *v = store_iter_value(o->it, &vlen);
+            if (n > 0 && bytes + klen + vlen + 16 > limit)
+                break; /* the next chunk takes it */
             kv__entry__init(&recs[n]);
             /* Copies: the iterator's memory moves on with next(). */
             void *copy = malloc(klen + vlen + 1);
@@ -825,7 +845,10 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
                               .heartbeat_ticks = HEARTBEAT_TICKS,
                               .seed = seed ^ ((uint64_t)shard << 32),
                               .max_inflight = MAX_INFLIGHT,
-                              .max_msg_bytes = MAX_MSG_BYTES,
+                              .max_msg_bytes = r->conf->max_message_bytes / 4 <
+                                                       MAX_MSG_BYTES
+                                                   ? r->conf->max_message_bytes / 4
+                                                   : MAX_MSG_BYTES,
                               .pre_vote = true,
                               .check_quorum = true};
     g->raft = raft_new(&cfg, &init);
@@ -1217,26 +1240,25 @@ static void bounce_reads(struct replica *r, struct group *g)
 
 /* --- apply ---------------------------------------------------------------- */
 
-static struct waiter *find_waiter(struct group *g, uint64_t index)
-{
-    for (size_t i = 0; i < g->nwaiters; i++)
-        if (g->waiters[i].index == index && !g->waiters[i].done)
-            return &g->waiters[i];
-    return NULL;
-}
-
 static int apply_entry(struct replica *r, struct group *g,
                        const struct raft_entry *e)
 {
     if (e->index <= engine_applied(r->engine, g->shard))
         return KV_OK; /* applied before a restart */
-    struct waiter *w = find_waiter(g, e->index);
-    if (w && w->term != e->term) {
-        /* Another leader's entry took the index: ours was never committed.
-         * A retry is safe (and would be even without the session). */
-        w->done = true;
-        w->code = KV_ENOTLEADER;
-        w = NULL;
+    /* Waiters at this index of another term: another leader's entry took
+     * the index, so theirs was never committed; a retry is safe. Only the
+     * waiter of the entry's own term (if any) gets its outcome. */
+    struct waiter *w = NULL;
+    for (size_t i = 0; i < g->nwaiters; i++) {
+        struct waiter *x = &g->waiters[i];
+        if (x->done || x->index != e->index)
+            continue;
+        if (x->term == e->term) {
+            w = x;
+        } else {
+            x->done = true;
+            x->code = KV_ENOTLEADER;
+        }
     }
     Kv__Command *cmd = NULL;
     if (e->type == RAFT_ENTRY_NORMAL && e->len)
@@ -1374,6 +1396,19 @@ static void handle_chunk(struct replica *r, uint32_t from,
     ack.seq = c->seq;
     if (!g || c->to != r->id || !is_member(g, from)) {
         r->stats.dropped_msgs++;
+        return;
+    }
+    struct raft_status rs;
+    raft_get_status(g->raft, &rs);
+    if (c->leader_term < rs.term || g->in.complete) {
+        /* From a deposed leader, or a snapshot is already complete and
+         * waiting for this iteration's install: keep what is staged. */
+        r->stats.dropped_msgs++;
+        ack.ok = false;
+        Kv__PeerBatch nb = KV__PEER_BATCH__INIT;
+        nb.n_acks = 1;
+        nb.acks = &ap;
+        send_peer(r, from, &nb);
         return;
     }
     if (c->seq == 0) {
@@ -1671,8 +1706,11 @@ int replica_flush(struct replica *r)
             continue;
         if (g->role == RAFT_LEADER)
             start_reads(r, g);
-        if (!raft_ready(g->raft, &r->rd[s]))
+        if (!raft_ready(g->raft, &r->rd[s])) {
+            if (g->in.complete)
+                g->in = (struct snap_in){0}; /* refused: nothing to do */
             continue;
+        }
         r->has_rd[s] = true;
         struct raft_ready *rd = &r->rd[s];
         /* A leader whose term and vote are already on disk may send its
@@ -1694,7 +1732,7 @@ int replica_flush(struct replica *r)
             g->leader = rd->leader;
         }
         if (rd->has_snapshot) {
-            rc = install_snapshot(r, g, rd->snap_index, rd->snap_term);
+            rc = install_snapshot(r, g, rd);
             if (rc != KV_OK)
                 return rc;
         }
@@ -1731,6 +1769,8 @@ int replica_flush(struct replica *r)
                     g->reads[j].indexed = true;
                     g->reads[j].index = rd->reads[i].index;
                 }
+        if (g->in.complete && !rd->has_snapshot)
+            g->in = (struct snap_in){0}; /* raft refused it (stale) */
         for (size_t i = 0; i < rd->n_msgs; i++) {
             const struct raft_msg *m = &rd->msgs[i];
             if (m->type != RAFT_MSG_SNAPSHOT)

@@ -587,7 +587,12 @@ static int conf_from_status(const Kv__StatusResult *st, struct conf **out)
     c->max_message_bytes = st->max_message_bytes;
     c->request_timeout_ms = 5000;
     c->txn_timeout_ms = 5000;
-    if (c->nnodes == 0 || c->shards == 0 || c->shards > CONF_MAX_SHARDS) {
+    if (c->nnodes == 0 || c->nnodes > CONF_MAX_NODES || c->shards == 0 ||
+        c->shards > CONF_MAX_SHARDS || c->replicas == 0 ||
+        c->replicas > c->nnodes || c->max_key_bytes == 0 ||
+        c->max_key_bytes > CONF_KEY_LIMIT ||
+        c->max_value_bytes > CONF_VALUE_LIMIT ||
+        c->max_message_bytes < c->max_key_bytes + c->max_value_bytes) {
         conf_free(c);
         return KV_EPROTO;
     }
@@ -910,7 +915,8 @@ int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
             if (s->retry_at && now >= s->retry_at) {
                 pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
             } else if (!s->retry_at && now >= s->attempt_deadline) {
-                node_reset(c, s->node);
+                /* The socket is shared by every slot: keep it (late
+                 * replies are matched by request id and dropped). */
                 s->node = next_member(c, s->shard, s->node);
                 pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
             }

@@ -38,8 +38,10 @@ struct shared_engine {
     bool flushing;
     uint64_t staged_seq; /* sequence of the last staged write */
     uint64_t done_seq;   /* every write up to this one has its outcome */
-    uint64_t failed_from; /* writes in (failed_from, failed_to] got rc_failed */
-    uint64_t failed_to;
+    /* The first failed flush poisons the engine (LevelDB refuses writes
+     * after a failed one, too): every write from it on gets rc_failed. */
+    bool failed;
+    uint64_t failed_from; /* writes after this sequence number failed */
     int rc_failed;
     uint64_t started_ms;
     struct shared_engine *next;
@@ -153,6 +155,12 @@ static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
     (void)timeout_ms; /* a local fsync is not abandoned half-way */
     struct shared_engine *se = engine_of(db);
     pthread_mutex_lock(&se->mu);
+    if (se->failed) {
+        int frc = se->rc_failed;
+        pthread_mutex_unlock(&se->mu);
+        return kv_fail(db, frc, "an earlier write failed to reach the disk; "
+                                "reopen the database");
+    }
     int rc = engine_stage(se->engine, w, version);
     if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND) {
         pthread_mutex_unlock(&se->mu);
@@ -175,19 +183,21 @@ static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
             pthread_mutex_lock(&se->mu);
             engine_commit_end(se->engine, frc);
         }
-        if (frc != KV_OK) {
+        if (frc != KV_OK && !se->failed) {
             /* Everything staged so far failed, including writes staged
-             * during the flush (engine_commit_end dropped them). */
+             * during the flush (engine_commit_end dropped them), and
+             * everything after. */
+            se->failed = true;
             se->failed_from = se->done_seq;
-            se->failed_to = se->staged_seq;
             se->rc_failed = frc;
-            upto = se->staged_seq;
         }
+        if (se->failed)
+            upto = se->staged_seq;
         se->done_seq = upto;
         se->flushing = false;
         pthread_cond_broadcast(&se->cv);
     }
-    if (my > se->failed_from && my <= se->failed_to)
+    if (se->failed && my > se->failed_from)
         rc = se->rc_failed;
     pthread_mutex_unlock(&se->mu);
     if (rc == KV_EIO || rc == KV_ECORRUPT)

@@ -2590,7 +2590,7 @@ END_TEST
 START_TEST(catch_up_appends_are_batched_up_to_max_msg_bytes)
 {
     struct opts o = plain;
-    o.max_msg_bytes = 250;
+    o.max_msg_bytes = 300; /* two entries of 99 bytes + 32 of encoding */
     struct net *nt = net_new(3, &o, 32);
     net_elect(nt, 1);
     net_isolate(nt, 3);
