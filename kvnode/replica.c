@@ -23,6 +23,7 @@
 
 #include "conf.h"
 #include "engine.h"
+#include "bytes.h"
 #include "kv.h"
 #include "log.h"
 #include "raft.h"
@@ -129,36 +130,6 @@ static const char *role_name(enum raft_role role);
 
 /* --- small helpers ------------------------------------------------------ */
 
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (unsigned char)v;
-        v >>= 8;
-    }
-}
-
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-           p[3];
-}
-
-static uint64_t get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 static void shard_key(unsigned char *k, char tag, uint32_t shard)
 {
     k[0] = (unsigned char)tag;
@@ -233,15 +204,22 @@ static void reply_redirect(struct replica *r, const void *client, size_t clen,
 
 /* --- persistence ------------------------------------------------------- */
 
-static void stage_hardstate(struct replica *r, struct group *g)
+/* The "H" record of G: hard state and snapshot point. */
+static void encode_hardstate(const struct group *g, unsigned char k[5],
+                             unsigned char v[HS_LEN])
 {
-    unsigned char k[5], v[HS_LEN];
     shard_key(k, 'H', g->shard);
     put_u64(v, g->hs.term);
     put_u32(v + 8, g->hs.vote);
     put_u64(v + 12, g->hs.commit);
     put_u64(v + 20, g->snap_index);
     put_u64(v + 28, g->snap_term);
+}
+
+static void stage_hardstate(struct replica *r, struct group *g)
+{
+    unsigned char k[5], v[HS_LEN];
+    encode_hardstate(g, k, v);
     engine_stage_raw(r->engine, k, sizeof(k), v, sizeof(v));
 }
 
@@ -377,12 +355,19 @@ static int load_group(struct replica *r, struct group *g,
 
 /* --- snapshot install (receiver) --------------------------------------- */
 
-/* Deletes every store key that starts with PREFIX (PLEN bytes), in bounded
- * batches, counting them. */
-static int delete_prefix(struct replica *r, const unsigned char *prefix,
-                         size_t plen)
+/* What to do with one record in rewrite_prefix(): add ops to B, and return
+ * 0 to go on or 1 to stop (the record itself is left as it is). */
+typedef int (*rewrite_fn)(void *arg, struct store_batch *b,
+                          const unsigned char *k, size_t klen, const void *v,
+                          size_t vlen);
+
+/* Rewrites the records whose keys start with PREFIX (PLEN bytes) in bounded
+ * batches of INSTALL_BATCH (unsynced; the caller's next synced write covers
+ * them): each round visits the first records still under PREFIX, so FN
+ * must remove every record it does not stop at (delete or move it). */
+static int rewrite_prefix(struct replica *r, const unsigned char *prefix,
+                          size_t plen, rewrite_fn fn, void *arg)
 {
-    int rc = KV_OK;
     for (;;) {
         struct store_iter *it = store_iter_new(r->store);
         struct store_batch *b = store_batch_new();
@@ -392,23 +377,70 @@ static int delete_prefix(struct replica *r, const unsigned char *prefix,
             return KV_ENOMEM;
         }
         size_t n = 0;
+        bool stop = false;
         for (store_iter_seek(it, prefix, plen);
              store_iter_valid(it) && n < INSTALL_BATCH; store_iter_next(it)) {
-            size_t klen;
+            size_t klen, vlen;
             const unsigned char *k = store_iter_key(it, &klen);
             if (klen < plen || memcmp(k, prefix, plen) != 0)
                 break;
-            store_batch_del(b, k, klen);
+            const void *v = store_iter_value(it, &vlen);
+            if (fn(arg, b, k, klen, v, vlen)) {
+                stop = true;
+                break;
+            }
             n++;
         }
-        rc = store_iter_status(it);
+        int rc = store_iter_status(it);
         store_iter_free(it);
         if (rc == KV_OK && n)
             rc = store_write(r->store, b, false);
         store_batch_free(b);
-        if (rc != KV_OK || n < INSTALL_BATCH)
+        if (rc != KV_OK || stop || n < INSTALL_BATCH)
             return rc;
     }
+}
+
+static int delete_record(void *arg, struct store_batch *b,
+                         const unsigned char *k, size_t klen, const void *v,
+                         size_t vlen)
+{
+    (void)arg;
+    (void)v;
+    (void)vlen;
+    store_batch_del(b, k, klen);
+    return 0;
+}
+
+/* Deletes every store key that starts with PREFIX. */
+static int delete_prefix(struct replica *r, const unsigned char *prefix,
+                         size_t plen)
+{
+    return rewrite_prefix(r, prefix, plen, delete_record, NULL);
+}
+
+/* Moves a staged "Z" shard storekey record to storekey. */
+static int move_staged(void *arg, struct store_batch *b,
+                       const unsigned char *k, size_t klen, const void *v,
+                       size_t vlen)
+{
+    (void)arg;
+    store_batch_put(b, k + 5, klen - 5, v, vlen);
+    store_batch_del(b, k, klen);
+    return 0;
+}
+
+/* Deletes log entries up to *(uint64_t *)ARG. */
+static int delete_log_upto(void *arg, struct store_batch *b,
+                           const unsigned char *k, size_t klen, const void *v,
+                           size_t vlen)
+{
+    (void)v;
+    (void)vlen;
+    if (klen != 13 || get_u64(k + 5) > *(const uint64_t *)arg)
+        return 1;
+    store_batch_del(b, k, klen);
+    return 0;
 }
 
 static int write_install_marker(struct replica *r, uint32_t shard,
@@ -451,36 +483,9 @@ static int run_install(struct replica *r, uint32_t shard, uint64_t index,
     uint64_t keys = 0;
     unsigned char z[5];
     shard_key(z, 'Z', shard);
-    for (;;) {
-        struct store_iter *it = store_iter_new(r->store);
-        struct store_batch *b = store_batch_new();
-        if (!it || !b) {
-            store_iter_free(it);
-            store_batch_free(b);
-            return KV_ENOMEM;
-        }
-        size_t n = 0;
-        for (store_iter_seek(it, z, 5); store_iter_valid(it) && n < INSTALL_BATCH;
-             store_iter_next(it)) {
-            size_t klen, vlen;
-            const unsigned char *k = store_iter_key(it, &klen);
-            if (klen < 5 || memcmp(k, z, 5) != 0)
-                break;
-            const void *v = store_iter_value(it, &vlen);
-            store_batch_put(b, k + 5, klen - 5, v, vlen);
-            store_batch_del(b, k, klen);
-            n++;
-        }
-        rc = store_iter_status(it);
-        store_iter_free(it);
-        if (rc == KV_OK && n)
-            rc = store_write(r->store, b, false);
-        store_batch_free(b);
-        if (rc != KV_OK)
-            return rc;
-        if (n < INSTALL_BATCH)
-            break;
-    }
+    rc = rewrite_prefix(r, z, 5, move_staged, NULL);
+    if (rc != KV_OK)
+        return rc;
     /* Count the keys now in place (moved ones, and on a resumed install the
      * ones moved before the crash). */
     struct store_iter *it = store_iter_new(r->store);
@@ -567,12 +572,7 @@ static int install_snapshot(struct replica *r, struct group *g,
     g->snap_term = term;
     if (g->hs.commit < index)
         g->hs.commit = index;
-    shard_key(hk, 'H', g->shard);
-    put_u64(hv, g->hs.term);
-    put_u32(hv + 8, g->hs.vote);
-    put_u64(hv + 12, g->hs.commit);
-    put_u64(hv + 20, g->snap_index);
-    put_u64(hv + 28, g->snap_term);
+    encode_hardstate(g, hk, hv);
     store_batch_put(b, hk, 5, hv, sizeof(hv));
     shard_key(nk, 'N', g->shard);
     put_u64(nv, index);
@@ -594,34 +594,10 @@ static int install_snapshot(struct replica *r, struct group *g,
     unsigned char lp[5];
     shard_key(lp, 'L', g->shard);
     rc = run_install(r, g->shard, index, term, 1);
+    if (rc == KV_OK)
+        rc = rewrite_prefix(r, lp, 5, delete_log_upto, &index);
     if (rc != KV_OK)
-        return rc;
-    for (;;) {
-        struct store_iter *it = store_iter_new(r->store);
-        struct store_batch *d = store_batch_new();
-        if (!it || !d) {
-            store_iter_free(it);
-            store_batch_free(d);
-            return KV_ENOMEM;
-        }
-        size_t n = 0;
-        for (store_iter_seek(it, lp, 5); store_iter_valid(it) && n < INSTALL_BATCH;
-             store_iter_next(it)) {
-            size_t klen;
-            const unsigned char *k = store_iter_key(it, &klen);
-            if (klen != 13 || memcmp(k, lp, 5) != 0 || get_u64(k + 5) > index)
-                break;
-            store_batch_del(d, k, klen);
-            n++;
-        }
-        rc = store_iter_status(it);
-        store_iter_free(it);
-        if (rc == KV_OK && n)
-            rc = store_write(r->store, d, false);
-        store_batch_free(d);
-        if (rc != KV_OK || n < INSTALL_BATCH)
-            break;
-    }
+        return rc; /* the node stops; a restart resumes from the marker */
     g->in = (struct snap_in){0};
     r->stats.snapshots_installed++;
     log_msg(LOG_INFO, "installed a snapshot", "shard=%u index=%llu",
