@@ -1388,7 +1388,7 @@ START_TEST(leader_reprobes_a_restarted_peer_that_lost_its_log)
     struct net *nt = net_new(3, &plain, 11);
     net_elect(nt, 1);
     for (int i = 0; i < 5; i++) {
-        char text[8];
+        char text[16];
         uint64_t idx;
         snprintf(text, sizeof text, "v%d", i);
         ck_assert_int_eq(net_propose(nt, 1, text, &idx), RAFT_OK);
