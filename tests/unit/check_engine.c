@@ -4,7 +4,9 @@
  * Versions, staging and group commit, conditional writes (conditions see
  * staged writes), per-shard key counts and applied versions, recovery by
  * reopening the store, node metadata checks, scans with every bound, and
- * the rollback of a failed commit. Every test runs on a real store in its
+ * the rollback of a failed commit; replicated mode: Raft indexes as versions
+ * and applied index, exactly-once sessions, engine_stage_applied, raw
+ * records and engine_reset_shard. Every test runs on a real store in its
  * own directory under /tmp that the fixture removes.
  */
 #define _XOPEN_SOURCE 700 /* nftw() */
@@ -1159,6 +1161,481 @@ START_TEST(many_staged_writes_commit_together)
 }
 END_TEST
 
+/* ---- replicated mode: Raft indexes ------------------------------------ */
+
+/* Stages a put of K=V on SHARD as Raft entry INDEX (0: unreplicated) from
+ * client CID (NULL: no session) with SEQ; *version gets the outcome's. */
+static int rput(uint32_t shard, const char *k, const char *v,
+                uint64_t if_version, uint64_t index, const char *cid,
+                uint64_t seq, uint64_t *version)
+{
+    struct engine_write w = {
+        .op = ENGINE_PUT,
+        .shard = shard,
+        .key = k,
+        .klen = strlen(k),
+        .val = v,
+        .vlen = strlen(v),
+        .if_version = if_version,
+        .index = index,
+        .client_id = cid,
+        .client_id_len = cid ? strlen(cid) : 0,
+        .seq = seq,
+    };
+    uint64_t ver = 0xdead;
+    int rc = engine_stage(eng, &w, &ver);
+    if (version)
+        *version = ver;
+    return rc;
+}
+
+/* The same for a delete of K. */
+static int rdel(uint32_t shard, const char *k, uint64_t index, const char *cid,
+                uint64_t seq, uint64_t *version)
+{
+    struct engine_write w = {
+        .op = ENGINE_DEL,
+        .shard = shard,
+        .key = k,
+        .klen = strlen(k),
+        .index = index,
+        .client_id = cid,
+        .client_id_len = cid ? strlen(cid) : 0,
+        .seq = seq,
+    };
+    uint64_t ver = 0xdead;
+    int rc = engine_stage(eng, &w, &ver);
+    if (version)
+        *version = ver;
+    return rc;
+}
+
+START_TEST(a_write_with_an_index_takes_the_index_as_its_version)
+{
+    uint64_t v = 0;
+
+    ck_assert_int_eq(rput(0, "a", "A", 0, 10, NULL, 0, &v), KV_OK);
+    ck_assert_uint_eq(v, 10);
+    ck_assert_uint_eq(engine_applied(eng, 0), 10);
+    expect_info(0, 0, 0); /* not committed yet */
+    ck_assert_int_eq(rput(0, "b", "B", 0, 15, NULL, 0, &v), KV_OK);
+    ck_assert_uint_eq(v, 15);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "A", 10);
+    expect_value(0, "b", "B", 15);
+    expect_info(0, 2, 15);
+    expect_info(1, 0, 0);
+
+    /* Gaps are fine: a delete at index 40 leaves the shard at 40. */
+    ck_assert_int_eq(rdel(0, "a", 40, NULL, 0, &v), KV_OK);
+    ck_assert_uint_eq(v, 0);
+    ck_assert_uint_eq(engine_applied(eng, 0), 40);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(0, "a");
+    expect_info(0, 1, 40);
+    /* A conditional put on the exact version of its key succeeds. */
+    ck_assert_int_eq(rput(0, "b", "B2", 15, 41, NULL, 0, &v), KV_OK);
+    ck_assert_uint_eq(v, 41);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "b", "B2", 41);
+    expect_info(0, 1, 41);
+}
+END_TEST
+
+START_TEST(a_failed_condition_changes_no_data_but_moves_the_applied_index)
+{
+    uint64_t v = 0;
+
+    ck_assert_int_eq(rput(0, "a", "A", 0, 5, NULL, 0, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    ck_assert_int_eq(rput(0, "a", "X", 4, 6, NULL, 0, &v), KV_ECONFLICT);
+    ck_assert_uint_eq(engine_applied(eng, 0), 6);
+    ck_assert(engine_has_staged(eng));
+    ck_assert_int_eq(rdel(0, "missing", 7, NULL, 0, &v), KV_ENOTFOUND);
+    ck_assert_uint_eq(engine_applied(eng, 0), 7);
+    /* The failed writes staged no data: a condition still sees "a" at 5. */
+    ck_assert_int_eq(rput(0, "a", "Y", 6, 8, NULL, 0, &v), KV_ECONFLICT);
+    ck_assert_uint_eq(engine_applied(eng, 0), 8);
+    expect_info(0, 1, 5);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "A", 5);
+    expect_missing(0, "missing");
+    expect_info(0, 1, 8);
+
+    /* A failed condition alone is still a committed entry. */
+    ck_assert_int_eq(rdel(0, "a", 9, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(rdel(0, "a", 12, NULL, 0, NULL), KV_ENOTFOUND);
+    ck_assert(engine_has_staged(eng));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(0, 0, 12);
+    reopen(NSHARDS);
+    expect_info(0, 0, 12);
+    ck_assert_uint_eq(engine_applied(eng, 0), 12);
+    expect_missing(0, "a");
+}
+END_TEST
+
+START_TEST(an_index_not_above_the_applied_index_is_invalid_and_stages_nothing)
+{
+    uint64_t v = 0;
+
+    ck_assert_int_eq(rput(0, "a", "A", 0, 5, NULL, 0, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    ck_assert_int_eq(rput(0, "b", "B", 0, 5, NULL, 0, &v), KV_EINVAL);
+    ck_assert_int_eq(rput(0, "a", "old", 0, 3, NULL, 0, &v), KV_EINVAL);
+    ck_assert_int_eq(rdel(0, "a", 5, NULL, 0, &v), KV_EINVAL);
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_uint_eq(engine_applied(eng, 0), 5);
+
+    /* The bound is the staged applied index, not only the committed one. */
+    ck_assert_int_eq(rput(0, "c", "C", 0, 8, NULL, 0, &v), KV_OK);
+    ck_assert_int_eq(rput(0, "d", "D", 0, 7, NULL, 0, &v), KV_EINVAL);
+    ck_assert_int_eq(rput(0, "c", "C2", 0, 8, NULL, 0, &v), KV_EINVAL);
+    ck_assert_uint_eq(engine_applied(eng, 0), 8);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "A", 5);
+    expect_value(0, "c", "C", 8);
+    expect_missing(0, "b");
+    expect_missing(0, "d");
+    expect_info(0, 2, 8);
+}
+END_TEST
+
+/* ---- replicated mode: exactly-once sessions --------------------------- */
+
+static const char cid_a[] = "client-a";
+static const char cid_b[] = "client-b";
+
+START_TEST(a_retry_staged_before_the_commit_gets_the_first_outcome)
+{
+    uint64_t v1 = 0, v2 = 0;
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 3, cid_a, 1, &v1), KV_OK);
+    ck_assert_uint_eq(v1, 3);
+    /* Same client and seq: not applied again (else "k" would be at 4). */
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 4, cid_a, 1, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_uint_eq(engine_applied(eng, 0), 4);
+    /* A first outcome of KV_ECONFLICT is answered again, even though the
+     * retry's condition would now hold. */
+    ck_assert_int_eq(rput(0, "c", "x", 99, 5, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 6, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_uint_eq(engine_applied(eng, 0), 6);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v1", 3);
+    expect_missing(0, "c");
+    expect_info(0, 1, 6);
+}
+END_TEST
+
+START_TEST(a_retry_after_the_commit_gets_the_first_outcome)
+{
+    uint64_t v1 = 0, v2 = 0;
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 3, cid_a, 1, &v1), KV_OK);
+    ck_assert_int_eq(rput(0, "c", "x", 99, 4, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 5, cid_a, 1, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 6, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_uint_eq(engine_applied(eng, 0), 6);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v1", 3);
+    expect_missing(0, "c");
+    expect_info(0, 1, 6);
+
+    /* The next seq of each client is applied. */
+    ck_assert_int_eq(rput(0, "k", "v2", 3, 7, cid_a, 2, &v2), KV_OK);
+    ck_assert_uint_eq(v2, 7);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 8, cid_b, 2, &v2), KV_OK);
+    ck_assert_uint_eq(v2, 8);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v2", 7);
+    expect_value(0, "c", "x", 8);
+    expect_info(0, 2, 8);
+}
+END_TEST
+
+START_TEST(a_retry_during_the_flush_of_the_first_gets_the_first_outcome)
+{
+    uint64_t v1 = 0, v2 = 0;
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 3, cid_a, 1, &v1), KV_OK);
+    ck_assert_int_eq(rput(0, "c", "x", 99, 4, cid_b, 1, NULL), KV_ECONFLICT);
+    struct store_batch *b = engine_commit_begin(eng);
+    ck_assert_ptr_nonnull(b);
+
+    /* The first attempts are in the flushing generation only. */
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 5, cid_a, 1, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 6, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_uint_eq(engine_applied(eng, 0), 6);
+
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    engine_commit_end(eng, KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v1", 3);
+    expect_missing(0, "c");
+    expect_info(0, 1, 6);
+    /* And the sessions the flush wrote still answer later retries. */
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 7, cid_a, 1, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 8, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v1", 3);
+    expect_missing(0, "c");
+    expect_info(0, 1, 8);
+}
+END_TEST
+
+START_TEST(an_older_seq_gets_the_newer_outcome_and_changes_nothing)
+{
+    uint64_t v = 0, vold = 0;
+
+    ck_assert_int_eq(rput(0, "k", "new", 0, 10, cid_a, 5, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    ck_assert_int_eq(rput(0, "k", "old", 0, 11, cid_a, 3, &vold), KV_OK);
+    ck_assert_uint_eq(vold, v);
+    ck_assert_int_eq(rput(0, "other", "o", 0, 12, cid_a, 4, &vold), KV_OK);
+    ck_assert_uint_eq(vold, v);
+    ck_assert_int_eq(rdel(0, "k", 13, cid_a, 1, &vold), KV_OK);
+    ck_assert_uint_eq(vold, v);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "new", 10);
+    expect_missing(0, "other");
+    expect_info(0, 1, 13);
+
+    /* A newer outcome of KV_ECONFLICT is what older seqs get too. */
+    ck_assert_int_eq(rput(0, "k", "x", 1, 14, cid_b, 9, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(rput(0, "fresh", "f", 0, 15, cid_b, 8, NULL),
+                     KV_ECONFLICT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(0, "fresh");
+    expect_info(0, 1, 15);
+}
+END_TEST
+
+START_TEST(another_client_with_the_same_seq_is_applied_normally)
+{
+    static const char cid_prefix[] = "client"; /* a prefix of cid_a */
+    uint64_t va = 0, vb = 0, vp = 0;
+
+    ck_assert_int_eq(rput(0, "a", "A", 0, 1, cid_a, 1, &va), KV_OK);
+    ck_assert_int_eq(rput(0, "b", "B", 0, 2, cid_b, 1, &vb), KV_OK);
+    ck_assert_uint_eq(vb, 2);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(rput(0, "p", "P", 0, 3, cid_prefix, 1, &vp), KV_OK);
+    ck_assert_uint_eq(vp, 3);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "A", va);
+    expect_value(0, "b", "B", 2);
+    expect_value(0, "p", "P", 3);
+    expect_info(0, 3, 3);
+}
+END_TEST
+
+START_TEST(sessions_survive_close_and_reopen)
+{
+    uint64_t v1 = 0, v2 = 0;
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 3, cid_a, 1, &v1), KV_OK);
+    ck_assert_int_eq(rput(0, "c", "x", 99, 4, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+
+    ck_assert_int_eq(rput(0, "k", "v1", 0, 5, cid_a, 1, &v2), KV_OK);
+    ck_assert_uint_eq(v2, v1);
+    ck_assert_int_eq(rput(0, "c", "x", 0, 6, cid_b, 1, NULL), KV_ECONFLICT);
+    ck_assert_int_eq(rput(0, "k", "v2", 0, 7, cid_a, 2, &v2), KV_OK);
+    ck_assert_uint_eq(v2, 7);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_int_eq(rput(0, "k", "v2", 0, 8, cid_a, 2, &v2), KV_OK);
+    ck_assert_uint_eq(v2, 7);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v2", 7);
+    expect_missing(0, "c");
+    expect_info(0, 1, 8);
+    /* Session records are not data: a scan of the shard sees one key. */
+    struct engine_scan sc = {.shard = 0};
+    int n = 0;
+    ck_assert_int_eq(engine_scan(eng, &sc, count_entries, &n, NULL), KV_OK);
+    ck_assert_int_eq(n, 1);
+}
+END_TEST
+
+START_TEST(a_seq_without_a_valid_client_id_is_invalid)
+{
+    char long_id[ENGINE_MAX_CLIENT_ID + 2];
+    uint64_t v = 0;
+
+    memset(long_id, 'x', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = '\0'; /* ENGINE_MAX_CLIENT_ID + 1 bytes */
+    struct engine_write w = {
+        .op = ENGINE_PUT,
+        .shard = 0,
+        .key = "k",
+        .klen = 1,
+        .val = "v",
+        .vlen = 1,
+        .index = 5,
+        .seq = 1,
+    };
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* no id */
+    w.client_id_len = 4;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* NULL id */
+    w.client_id = "abcd";
+    w.client_id_len = 0;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* empty id */
+    w.client_id = long_id;
+    w.client_id_len = ENGINE_MAX_CLIENT_ID + 1;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* too long */
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_uint_eq(engine_applied(eng, 0), 0);
+
+    /* The longest id is fine, and so is no id without a seq. */
+    w.client_id_len = ENGINE_MAX_CLIENT_ID;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_OK);
+    ck_assert_uint_eq(v, 5);
+    ck_assert_int_eq(rput(0, "n", "N", 0, 6, NULL, 0, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v", 5);
+    expect_value(0, "n", "N", 6);
+    /* The long id's session is recorded under all its bytes. */
+    w.index = 7;
+    w.val = "w";
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_OK);
+    ck_assert_uint_eq(v, 5);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "v", 5);
+}
+END_TEST
+
+/* ---- replicated mode: applied index, raw records, snapshot reset ------ */
+
+START_TEST(stage_applied_moves_the_index_without_data_and_survives_reopen)
+{
+    ck_assert_int_eq(rput(0, "a", "A", 0, 2, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    ck_assert_int_eq(engine_stage_applied(eng, 0, 5), KV_OK);
+    ck_assert_uint_eq(engine_applied(eng, 0), 5);
+    ck_assert(engine_has_staged(eng));
+    expect_info(0, 1, 2); /* until the commit */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert(!engine_has_staged(eng));
+    expect_info(0, 1, 5);
+    expect_value(0, "a", "A", 2);
+    expect_info(1, 0, 0);
+
+    reopen(NSHARDS);
+    expect_info(0, 1, 5);
+    ck_assert_uint_eq(engine_applied(eng, 0), 5);
+    expect_value(0, "a", "A", 2);
+    ck_assert_int_eq(rput(0, "b", "B", 0, 5, NULL, 0, NULL), KV_EINVAL);
+    ck_assert_int_eq(rput(0, "b", "B", 0, 6, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(0, 2, 6);
+}
+END_TEST
+
+START_TEST(stage_applied_rejects_an_index_not_above_the_applied_one)
+{
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 0), KV_EINVAL);
+    ck_assert(!engine_has_staged(eng));
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 5), KV_OK);
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 5), KV_EINVAL);
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 4), KV_EINVAL);
+    ck_assert_uint_eq(engine_applied(eng, 1), 5);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 5), KV_EINVAL);
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 1), KV_EINVAL);
+    ck_assert_int_eq(engine_stage_applied(eng, NSHARDS, 9), KV_EINVAL);
+    ck_assert(!engine_has_staged(eng));
+    expect_info(1, 0, 5);
+    ck_assert_int_eq(engine_stage_applied(eng, 1, 6), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(1, 0, 6);
+}
+END_TEST
+
+/* Asserts that store key K holds V (NULL: is absent). */
+static void expect_raw(const char *k, const char *v)
+{
+    void *got = NULL;
+    size_t n = 0;
+    int rc = store_get(st, k, strlen(k), &got, &n);
+
+    if (!v) {
+        ck_assert_int_eq(rc, KV_ENOTFOUND);
+        return;
+    }
+    ck_assert_int_eq(rc, KV_OK);
+    ck_assert_uint_eq(n, strlen(v));
+    if (n)
+        ck_assert_mem_eq(got, v, n);
+    free(got);
+}
+
+START_TEST(a_raw_record_staged_is_written_by_the_next_commit)
+{
+    engine_stage_raw(eng, "Rlog1", 5, "entry-1", 7);
+    engine_stage_raw(eng, "Rhard", 5, "", 0);
+    ck_assert(engine_has_staged(eng));
+    expect_raw("Rlog1", NULL);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert(!engine_has_staged(eng));
+    expect_raw("Rlog1", "entry-1");
+    expect_raw("Rhard", "");
+
+    /* With an apply in the same batch; raw records are not shard data. */
+    engine_stage_raw(eng, "Rlog2", 5, "entry-2", 7);
+    ck_assert_int_eq(rput(0, "a", "A", 0, 2, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_raw("Rlog2", "entry-2");
+    expect_value(0, "a", "A", 2);
+    expect_info(0, 1, 2);
+
+    /* A raw delete removes the record at the next commit. */
+    engine_stage_raw(eng, "Rlog1", 5, NULL, 0);
+    ck_assert(engine_has_staged(eng));
+    expect_raw("Rlog1", "entry-1");
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_raw("Rlog1", NULL);
+    reopen(NSHARDS);
+    expect_raw("Rlog1", NULL);
+    expect_raw("Rlog2", "entry-2");
+    expect_raw("Rhard", "");
+}
+END_TEST
+
+START_TEST(reset_shard_sets_the_applied_index_and_key_count)
+{
+    ck_assert_int_eq(rput(1, "a", "A", 0, 3, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(1, 1, 3);
+
+    engine_reset_shard(eng, 1, 100, 42);
+    expect_info(1, 42, 100);
+    ck_assert_uint_eq(engine_applied(eng, 1), 100);
+    expect_info(0, 0, 0);
+    ck_assert_uint_eq(engine_applied(eng, 0), 0);
+
+    /* Later entries follow the reset state. */
+    ck_assert_int_eq(rput(1, "z", "Z", 0, 100, NULL, 0, NULL), KV_EINVAL);
+    ck_assert_int_eq(rput(1, "z", "Z", 0, 101, NULL, 0, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(1, 43, 101);
+    reopen(NSHARDS);
+    expect_info(1, 43, 101);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------ */
 
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
@@ -1226,6 +1703,30 @@ Suite *engine_suite(void)
     tcase_add_test(tc,
                    a_failed_flush_rolls_back_versions_and_drops_later_writes);
     tcase_add_test(tc, a_failed_flush_with_nothing_staged_after_it_rolls_back);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("replicated");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, a_write_with_an_index_takes_the_index_as_its_version);
+    tcase_add_test(
+        tc, a_failed_condition_changes_no_data_but_moves_the_applied_index);
+    tcase_add_test(
+        tc, an_index_not_above_the_applied_index_is_invalid_and_stages_nothing);
+    tcase_add_test(tc, a_retry_staged_before_the_commit_gets_the_first_outcome);
+    tcase_add_test(tc, a_retry_after_the_commit_gets_the_first_outcome);
+    tcase_add_test(
+        tc, a_retry_during_the_flush_of_the_first_gets_the_first_outcome);
+    tcase_add_test(tc, an_older_seq_gets_the_newer_outcome_and_changes_nothing);
+    tcase_add_test(tc, another_client_with_the_same_seq_is_applied_normally);
+    tcase_add_test(tc, sessions_survive_close_and_reopen);
+    tcase_add_test(tc, a_seq_without_a_valid_client_id_is_invalid);
+    tcase_add_test(
+        tc, stage_applied_moves_the_index_without_data_and_survives_reopen);
+    tcase_add_test(tc,
+                   stage_applied_rejects_an_index_not_above_the_applied_one);
+    tcase_add_test(tc, a_raw_record_staged_is_written_by_the_next_commit);
+    tcase_add_test(tc, reset_shard_sets_the_applied_index_and_key_count);
     suite_add_tcase(s, tc);
     return s;
 }
