@@ -225,14 +225,7 @@ static void stage_hardstate(struct replica *r, struct group *g)
 
 static int scratch_reserve(struct replica *r, size_t n)
 {
-    if (n <= r->scratch_cap)
-        return KV_OK;
-    unsigned char *p = realloc(r->scratch, n);
-    if (!p)
-        return KV_ENOMEM;
-    r->scratch = p;
-    r->scratch_cap = n;
-    return KV_OK;
+    return buf_reserve(&r->scratch, &r->scratch_cap, n) ? KV_OK : KV_ENOMEM;
 }
 
 static int stage_entry(struct replica *r, uint32_t shard,
@@ -1361,15 +1354,27 @@ static void to_raft_msg(const Kv__RaftMessage *m, struct raft_msg *out,
     }
 }
 
-static void handle_chunk(struct replica *r, uint32_t from,
-                         const Kv__SnapshotChunk *c)
+/* Answers chunk C of a snapshot stream from FROM: OK, or refused (the
+ * sender then ends the stream). */
+static void send_ack(struct replica *r, uint32_t from,
+                     const Kv__SnapshotChunk *c, bool ok)
 {
-    struct group *g = c->shard < r->conf->shards ? r->groups[c->shard] : NULL;
     Kv__SnapshotAck ack = KV__SNAPSHOT_ACK__INIT;
     Kv__SnapshotAck *ap = &ack;
     ack.shard = c->shard;
     ack.index = c->index;
     ack.seq = c->seq;
+    ack.ok = ok;
+    Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+    b.n_acks = 1;
+    b.acks = &ap;
+    send_peer(r, from, &b);
+}
+
+static void handle_chunk(struct replica *r, uint32_t from,
+                         const Kv__SnapshotChunk *c)
+{
+    struct group *g = c->shard < r->conf->shards ? r->groups[c->shard] : NULL;
     if (!g || c->to != r->id || !is_member(g, from)) {
         r->stats.dropped_msgs++;
         return;
@@ -1380,11 +1385,7 @@ static void handle_chunk(struct replica *r, uint32_t from,
         /* From a deposed leader, or a snapshot is already complete and
          * waiting for this iteration's install: keep what is staged. */
         r->stats.dropped_msgs++;
-        ack.ok = false;
-        Kv__PeerBatch nb = KV__PEER_BATCH__INIT;
-        nb.n_acks = 1;
-        nb.acks = &ap;
-        send_peer(r, from, &nb);
+        send_ack(r, from, c, false);
         return;
     }
     if (c->seq == 0) {
@@ -1429,11 +1430,7 @@ static void handle_chunk(struct replica *r, uint32_t from,
     if (zrc != KV_OK)
         goto refuse;
     g->in.next_seq++;
-    ack.ok = true;
-    Kv__PeerBatch b = KV__PEER_BATCH__INIT;
-    b.n_acks = 1;
-    b.acks = &ap;
-    send_peer(r, from, &b);
+    send_ack(r, from, c, true);
     if (c->last) {
         g->in.complete = true;
         struct raft_msg m = {.type = RAFT_MSG_SNAPSHOT,
@@ -1447,11 +1444,7 @@ static void handle_chunk(struct replica *r, uint32_t from,
     return;
 refuse:
     g->in = (struct snap_in){0};
-    ack.ok = false;
-    Kv__PeerBatch rb = KV__PEER_BATCH__INIT;
-    rb.n_acks = 1;
-    rb.acks = &ap;
-    send_peer(r, from, &rb);
+    send_ack(r, from, c, false);
 }
 
 static void handle_ack(struct replica *r, uint32_t from,

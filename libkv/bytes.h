@@ -2,12 +2,16 @@
  * bytes - big-endian integers in stored keys and values.
  *
  * Store keys and records use big-endian numbers so LevelDB's byte order
- * sorts them numerically. Shared by the engine and the replication driver.
+ * sorts them numerically; plus a growable scratch buffer. Shared by the
+ * engine and the replication driver.
  */
 #ifndef KV_BYTES_H
 #define KV_BYTES_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 static inline void put_u32(unsigned char *p, uint32_t v)
 {
@@ -37,6 +41,23 @@ static inline uint64_t get_u64(const unsigned char *p)
     for (int i = 0; i < 8; i++)
         v = (v << 8) | p[i];
     return v;
+}
+
+/* Grows the reusable buffer *BUF (capacity *CAP) to hold N bytes, doubling
+ * from 256. Returns false (buffer unchanged) when memory runs out. */
+static inline bool buf_reserve(unsigned char **buf, size_t *cap, size_t n)
+{
+    if (n <= *cap)
+        return true;
+    size_t c = *cap ? *cap : 256;
+    while (c < n)
+        c *= 2;
+    unsigned char *p = realloc(*buf, c);
+    if (!p)
+        return false;
+    *buf = p;
+    *cap = c;
+    return true;
 }
 
 #endif

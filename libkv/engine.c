@@ -62,17 +62,7 @@ struct engine {
 /* Makes sure the scratch buffer holds N bytes. */
 static int scratch_reserve(struct engine *e, size_t n)
 {
-    if (n <= e->scratch_cap)
-        return KV_OK;
-    size_t cap = e->scratch_cap ? e->scratch_cap : 256;
-    while (cap < n)
-        cap *= 2;
-    unsigned char *p = realloc(e->scratch, cap);
-    if (!p)
-        return KV_ENOMEM;
-    e->scratch = p;
-    e->scratch_cap = cap;
-    return KV_OK;
+    return buf_reserve(&e->scratch, &e->scratch_cap, n) ? KV_OK : KV_ENOMEM;
 }
 
 /* Builds "D" shard key into a malloc()ed buffer. */
