@@ -784,7 +784,9 @@ static void pipe_send(struct client *c, struct pipe_slot *s, uint64_t now,
     s->retry_at = 0;
     s->attempt_deadline = now + attempt_ms;
     if (!sock || zmq_send(sock, s->buf, s->len, ZMQ_DONTWAIT) < 0) {
-        /* Not connected (yet): try again shortly, then elsewhere. */
+        /* Not connected (down, or not yet): try the next member shortly;
+         * if this one was the leader, a follower's hint brings it back. */
+        s->node = next_member(c, s->shard, s->node);
         s->retry_at = now + 5;
         return;
     }
