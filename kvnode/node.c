@@ -63,6 +63,12 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static uint64_t env_now_ms(void *arg)
+{
+    (void)arg;
+    return now_ms();
+}
+
 /* --- sending ------------------------------------------------------------ */
 
 static void send_reply(void *arg, const void *id, size_t idlen,
@@ -412,7 +418,10 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
     }
     if (rc == KV_OK) {
         struct replica_env env = {
-            .arg = n, .send = send_peer, .reply = send_reply};
+            .arg = n,
+            .send = send_peer,
+            .reply = send_reply,
+            .now_ms = env_now_ms};
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;

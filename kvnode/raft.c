@@ -128,6 +128,9 @@ struct raft {
     size_t max_msg_bytes;
     bool pre_vote;
     bool check_quorum;
+    bool boot_quiet;
+    int boot_elapsed;  /* ticks since raft_new, up to election_ticks */
+    bool transferred;  /* a transfer was started in this leader's term */
     uint64_t rng;
 
     /* hard and soft state */
@@ -819,6 +822,7 @@ static void become_leader(struct raft *r)
     r->leader = r->id;
     r->step = step_leader;
     r->read_round = 0;
+    r->transferred = false;
     uint64_t last = last_index(r);
     for (size_t i = 0; i < r->npeers; i++) {
         struct progress *pr = &r->prs[i];
@@ -1247,8 +1251,11 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         if (m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE) {
             /* Check-quorum lease: while a leader is heard from, votes do
              * not disrupt it, unless the leader itself hands over. */
-            bool lease = r->check_quorum && r->leader != RAFT_NONE &&
-                         r->elapsed < r->election_ticks;
+            bool lease = r->check_quorum &&
+                         ((r->leader != RAFT_NONE &&
+                           r->elapsed < r->election_ticks) ||
+                          (r->boot_quiet &&
+                           r->boot_elapsed < r->election_ticks));
             if (lease && m->context != 1)
                 return RAFT_OK;
         }
@@ -1310,6 +1317,8 @@ void raft_tick(struct raft *r)
     if (!r)
         return;
     begin_input(r);
+    if (r->boot_elapsed < r->election_ticks)
+        r->boot_elapsed++;
     if (r->role == RAFT_LEADER) {
         tick_leader(r);
         return;
@@ -1378,6 +1387,33 @@ int raft_read_index(struct raft *r, uint64_t ctx)
     return RAFT_OK;
 }
 
+bool raft_lease(const struct raft *r, uint64_t *term, uint64_t *round,
+                uint64_t *commit)
+{
+    if (!r || r->role != RAFT_LEADER || !r->check_quorum || r->transferred ||
+        term_of(r, r->commit) != r->term)
+        return false;
+    /* The newest round a quorum acknowledged: the quorum-th largest
+     * ack_round, counting this leader's own as the newest. */
+    uint64_t *acks = r->scratch;
+    size_t n = 0;
+    for (size_t i = 0; i < r->npeers; i++)
+        acks[n++] = r->prs[i].id == r->id ? r->read_round : r->prs[i].ack_round;
+    for (size_t i = 1; i < n; i++) /* insertion sort, descending; n is tiny */
+        for (size_t j = i; j > 0 && acks[j] > acks[j - 1]; j--) {
+            uint64_t t = acks[j];
+            acks[j] = acks[j - 1];
+            acks[j - 1] = t;
+        }
+    uint64_t q = acks[r->quorum - 1];
+    if (q == 0)
+        return false;
+    *term = r->term;
+    *round = q;
+    *commit = r->commit;
+    return true;
+}
+
 /* Starts handing leadership to TARGET (another member): RAFT_EINVAL for
  * self or a non-member, RAFT_ENOTLEADER on a non-leader. */
 int raft_transfer_leader(struct raft *r, uint32_t target)
@@ -1393,6 +1429,7 @@ int raft_transfer_leader(struct raft *r, uint32_t target)
     if (r->transferee == target)
         return RAFT_OK;
     r->transferee = target;
+    r->transferred = true;
     r->transfer_elapsed = 0;
     if (pr->match == last_index(r))
         send_timeout_now(r, target);
@@ -1725,6 +1762,7 @@ struct raft *raft_new(const struct raft_config *cfg,
     r->max_msg_bytes = cfg->max_msg_bytes;
     r->pre_vote = cfg->pre_vote;
     r->check_quorum = cfg->check_quorum;
+    r->boot_quiet = cfg->boot_quiet;
     /* Mix the id in, so replicas given the same seed still differ. */
     r->rng = cfg->seed ^ ((uint64_t)cfg->id * 0xd1b54a32d192ed03ull);
 

@@ -146,6 +146,11 @@ struct raft_config {
                               (a single entry may exceed it), e.g. 1 MiB */
     bool pre_vote;
     bool check_quorum;
+    bool boot_quiet;       /* ignore votes for one election timeout after
+                              raft_new, as if a leader had just been heard:
+                              a restarted replica forgot when it last heard
+                              its leader, and leader leases rely on that
+                              promise (raft_lease) */
 };
 
 /* What the driver read back from storage at start (all zero when new). */
@@ -180,6 +185,19 @@ int raft_propose(struct raft *r, const void *data, size_t len,
  * (reads[]) once a heartbeat round confirmed it is still the leader and it
  * has committed an entry of its term. RAFT_ENOTLEADER on other replicas. */
 int raft_read_index(struct raft *r, uint64_t ctx);
+
+/* Leader lease (Raft thesis 6.4.1). With check-quorum, a replica that heard
+ * from the leader ignores votes for an election timeout (and, with
+ * boot_quiet, for one after it starts). So a leader whose heartbeat round
+ * ROUND was acknowledged by a majority stays the only leader until an
+ * election timeout after it sent that round, measured on the slowest
+ * follower's clock; the driver, which knows when it sent each round, may
+ * serve reads from its applied state up to COMMIT until then, minus a
+ * margin for clock drift. Returns false (no lease) on a non-leader, before
+ * an entry of this term is committed, and for the rest of a term in which
+ * a leadership transfer was started (its target votes without waiting). */
+bool raft_lease(const struct raft *r, uint64_t *term, uint64_t *round,
+                uint64_t *commit);
 
 /* Starts a leadership transfer to TARGET (leader only). Proposals fail with
  * RAFT_EBUSY until it ends (success, or an election timeout passed). */

@@ -103,6 +103,9 @@ struct group {
     struct pending_read *reads;
     size_t nreads, capreads;
     uint64_t read_ctx;
+    struct { /* when recent heartbeat rounds were sent, for the lease */
+        uint64_t term, round, at;
+    } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
 };
@@ -819,7 +822,8 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
                                                    ? r->conf->max_message_bytes / 4
                                                    : MAX_MSG_BYTES,
                               .pre_vote = true,
-                              .check_quorum = true};
+                              .check_quorum = true,
+                              .boot_quiet = true};
     g->raft = raft_new(&cfg, &init);
     for (size_t i = 0; i < ne; i++)
         free(es[i].data);
@@ -953,6 +957,45 @@ static void handle_write(struct replica *r, const void *client, size_t clen,
 static void serve_read(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req);
 
+/* Remembers when a leader's heartbeat rounds go out (before they are
+ * sent, so the lease counts from no later than a follower's receipt). */
+static void note_heartbeats(struct replica *r, struct group *g,
+                            const struct raft_ready *rd)
+{
+    if (!r->env.now_ms || rd->role != RAFT_LEADER)
+        return;
+    uint64_t now = 0;
+    for (size_t i = 0; i < rd->n_msgs; i++) {
+        const struct raft_msg *m = &rd->msgs[i];
+        if (m->type != RAFT_MSG_HEARTBEAT || !m->context)
+            continue;
+        size_t slot = m->context % (sizeof(g->hb_sent) / sizeof(g->hb_sent[0]));
+        if (g->hb_sent[slot].term == m->term &&
+            g->hb_sent[slot].round == m->context)
+            continue;
+        if (!now)
+            now = r->env.now_ms(r->env.arg);
+        g->hb_sent[slot].term = m->term;
+        g->hb_sent[slot].round = m->context;
+        g->hb_sent[slot].at = now;
+    }
+}
+
+/* The read point of a linearizable read served under the leader's lease,
+ * or 0 when there is no lease now (the read takes a ReadIndex round). */
+static uint64_t lease_read_index(struct replica *r, struct group *g)
+{
+    uint64_t term, round, commit;
+    if (!r->env.now_ms || !raft_lease(g->raft, &term, &round, &commit))
+        return 0;
+    size_t slot = round % (sizeof(g->hb_sent) / sizeof(g->hb_sent[0]));
+    if (g->hb_sent[slot].term != term || g->hb_sent[slot].round != round)
+        return 0;
+    if (r->env.now_ms(r->env.arg) >= g->hb_sent[slot].at + REPLICA_LEASE_MS)
+        return 0;
+    return commit;
+}
+
 static void handle_read(struct replica *r, const void *client, size_t clen,
                         Kv__Envelope *env)
 {
@@ -978,8 +1021,11 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
         reply_redirect(r, client, clen, req->id, shard);
         goto done;
     }
-    if (stale) {
+    uint64_t at = stale ? 0 : lease_read_index(r, g);
+    if (stale || (at && at <= engine_applied(r->engine, shard))) {
         serve_read(r, client, clen, req);
+        if (at)
+            r->stats.lease_reads++;
         goto done;
     }
     if (g->nreads == g->capreads) {
@@ -996,8 +1042,11 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
         goto done;
     }
     memcpy(c, client, clen);
-    g->reads[g->nreads++] =
-        (struct pending_read){.env = env, .client = c, .clen = clen};
+    /* Under a lease a read waits only for the apply of its read point;
+     * otherwise it waits for a ReadIndex round (start_reads). */
+    g->reads[g->nreads++] = (struct pending_read){
+        .env = env, .client = c, .clen = clen, .ctx = at ? UINT64_MAX : 0,
+        .index = at, .indexed = at != 0};
     return; /* the read owns ENV now */
 done:
     wire_free(env);
@@ -1682,6 +1731,7 @@ int replica_flush(struct replica *r)
         }
         r->has_rd[s] = true;
         struct raft_ready *rd = &r->rd[s];
+        note_heartbeats(r, g, rd);
         /* A leader whose term and vote are already on disk may send its
          * appends before this iteration's fsync. */
         r->early[s] = rd->role == RAFT_LEADER &&
@@ -1749,8 +1799,15 @@ int replica_flush(struct replica *r)
                     snap_out_start(r, g, &g->out[j], m->to);
         }
     }
-    /* 2. One synced batch for every group (a leader's appends first). */
+    /* 2. A leader's appends go out first. Writes applied now are answered
+     * before the fsync below: they are committed, so stored on a majority
+     * already, and no read is served before this batch is written (reads
+     * are answered after it, and the next requests are read after it). */
     send_messages(r, true);
+    for (uint32_t s = 0; s < c->shards; s++)
+        if (r->groups[s])
+            answer_waiters(r, r->groups[s]);
+    /* 3. One synced batch for every group. */
     rc = engine_commit(r->engine);
     if (rc != KV_OK) {
         log_msg(LOG_ERROR, "cannot persist raft state", "error=\"%s\"",
@@ -1764,7 +1821,6 @@ int replica_flush(struct replica *r)
         struct group *g = r->groups[s];
         if (!g)
             continue;
-        answer_waiters(r, g);
         finish_reads(r, g);
         if (r->has_rd[s])
             raft_advance(g->raft, &r->rd[s]);

@@ -48,7 +48,18 @@ struct replica_env {
      * replica_request). */
     void (*reply)(void *arg, const void *client, size_t clen,
                   const Kv__Response *resp);
+    /* Optional: a monotonic clock in ms, the one that drives the ticks.
+     * With it a leader serves linearizable reads under a lease (see
+     * raft_lease) without a heartbeat round per read; without it (NULL)
+     * every such read takes a ReadIndex round. */
+    uint64_t (*now_ms)(void *arg);
 };
+
+/* How long after sending a heartbeat round that a majority acknowledged a
+ * leader may serve reads locally: 60% of the shortest election timeout,
+ * leaving room for clocks that run up to 20% apart (the simulator drifts
+ * its nodes' clocks that much). */
+#define REPLICA_LEASE_MS 300
 
 /* Opens the driver for node ID of CONF over STORE (both borrowed until
  * replica_close), restoring every hosted group from the store. SEED feeds
@@ -100,6 +111,7 @@ struct replica_stats {
     uint64_t proposals;
     uint64_t applied;
     uint64_t reads;
+    uint64_t lease_reads; /* linearizable reads served under a lease */
     uint64_t dropped_msgs;
     uint64_t snapshots_sent;
     uint64_t snapshots_installed;

@@ -925,8 +925,15 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
                (unsigned long long)s->st.partitions);
     }
     fflush(stdout);
-    for (int i = 0; i < s->p.nnodes; i++)
+    for (int i = 0; i < s->p.nnodes; i++) {
         s->st.snapshots += installed(&s->nodes[i]);
+        s->st.lease_reads += s->nodes[i].lease_reads;
+        if (s->nodes[i].rep) {
+            struct replica_stats rs;
+            replica_get_stats(s->nodes[i].rep, &rs);
+            s->st.lease_reads += rs.lease_reads;
+        }
+    }
     tot->seeds++;
     tot->sim_ms += s->now;
     if (failed)
@@ -1042,7 +1049,7 @@ int main(int argc, char **argv)
            "given up; faults: %llu crashes (%llu on store errors), "
            "%llu partitions, %llu pauses, %llu loss storms, %llu messages "
            "lost, %llu duplicated, %llu graceful stops; %llu scans; "
-           "%llu snapshots installed\n",
+           "%llu snapshots installed; %llu reads under a leader lease\n",
            (unsigned long long)tot.seeds, (double)tot.sim_ms / 1000.0,
            (unsigned long long)tot.st.events, (unsigned long long)tot.st.ops_ok,
            (unsigned long long)tot.st.ops_failed,
@@ -1055,7 +1062,8 @@ int main(int argc, char **argv)
            (unsigned long long)tot.st.lost,
            (unsigned long long)tot.st.duplicated,
            (unsigned long long)tot.st.stops, (unsigned long long)tot.st.scans,
-           (unsigned long long)tot.st.snapshots);
+           (unsigned long long)tot.st.snapshots,
+           (unsigned long long)tot.st.lease_reads);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
            (unsigned long long)tot.failed);

@@ -95,6 +95,7 @@ struct sim_node {
     uint64_t crashes, restarts;
     uint64_t verified[SIM_MAX_SHARDS]; /* commit check done up to here */
     uint64_t snapshots_installed;      /* summed over its incarnations */
+    uint64_t lease_reads;              /* likewise */
 };
 
 /* --- clients -------------------------------------------------------------- */
@@ -201,6 +202,7 @@ struct sim_stats {
     uint64_t retries, crashes, restarts, eio, partitions, pauses, storms;
     uint64_t stops, scans;
     uint64_t snapshots;
+    uint64_t lease_reads; /* reads leaders served under a lease */
 };
 
 struct sim {

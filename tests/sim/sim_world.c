@@ -152,6 +152,14 @@ static void env_send(void *arg, uint32_t to, const void *buf, size_t len)
     sim_net_send(s, SIM_MSG_PEER, n->idx, (int)to - 1, buf, len);
 }
 
+/* The node's own clock: it runs at the rate of the node's ticks, so a
+ * drifting node's leases drift with it, as a real node's would. */
+static uint64_t env_now(void *arg)
+{
+    const struct sim_node *n = arg;
+    return n->sim->now * REPLICA_TICK_MS / (uint64_t)n->tick_period;
+}
+
 static void env_reply(void *arg, const void *client, size_t clen,
                       const Kv__Response *resp)
 {
@@ -192,7 +200,8 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         n->store = NULL;
         return -1;
     }
-    struct replica_env env = {.arg = n, .send = env_send, .reply = env_reply};
+    struct replica_env env = {
+        .arg = n, .send = env_send, .reply = env_reply, .now_ms = env_now};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {
@@ -219,6 +228,7 @@ void sim_node_crash(struct sim *s, struct sim_node *n, const char *why)
     struct replica_stats st;
     replica_get_stats(n->rep, &st);
     n->snapshots_installed += st.snapshots_installed;
+    n->lease_reads += st.lease_reads;
     replica_close(n->rep);
     n->rep = NULL;
     store_close(n->store);
@@ -242,6 +252,7 @@ void sim_node_stop(struct sim *s, struct sim_node *n, const char *why)
     struct replica_stats st;
     replica_get_stats(n->rep, &st);
     n->snapshots_installed += st.snapshots_installed;
+    n->lease_reads += st.lease_reads;
     replica_close(n->rep);
     n->rep = NULL;
     store_close(n->store); /* a clean stop: nothing is lost */

@@ -102,9 +102,10 @@ struct opts {
     bool check_quorum;
     size_t max_inflight;
     size_t max_msg_bytes;
+    bool boot_quiet;
 };
 
-static const struct opts plain = {false, false, 256, 1 << 20};
+static const struct opts plain = {false, false, 256, 1 << 20, false};
 
 static const uint32_t all_ids[NMAX] = {1, 2, 3, 4, 5};
 
@@ -122,6 +123,7 @@ static struct raft_config mk_config(uint32_t id, size_t n, const struct opts *o,
         .max_msg_bytes = o->max_msg_bytes,
         .pre_vote = o->pre_vote,
         .check_quorum = o->check_quorum,
+        .boot_quiet = o->boot_quiet,
     };
     return c;
 }
@@ -2209,6 +2211,135 @@ START_TEST(single_member_group_releases_a_read_at_once)
 }
 END_TEST
 
+/* ==== Leader lease (thesis 6.4.1) ===================================== */
+
+/* Thesis 6.4.1: "the leader would use the normal heartbeat mechanism to
+ * maintain a lease ... Once the leader's heartbeats were acknowledged by a
+ * majority of the cluster, it would extend its lease". The lease names the
+ * newest round a majority acknowledged, and the read point is the commit
+ * index. */
+START_TEST(lease_follows_the_heartbeat_rounds_a_majority_acknowledged)
+{
+    struct opts o = plain;
+    o.check_quorum = true;
+    struct net *nt = net_new(3, &o, 31);
+    net_elect(nt, 1);
+    uint64_t term = 0, round = 0, commit = 0;
+    ck_assert(!raft_lease(nt->r[2], &term, &round, &commit));
+    /* no round acknowledged yet in this term */
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    for (int i = 0; i < HEARTBEAT; i++)
+        net_tick(nt, 1);
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    net_deliver(nt, 2); /* the heartbeats */
+    net_deliver(nt, 1); /* one ack: leader + 1 = majority of 3 */
+    ck_assert(raft_lease(nt->r[1], &term, &round, &commit));
+    ck_assert_uint_eq(term, status_of(nt, 1).term);
+    ck_assert_uint_eq(round, 1);
+    ck_assert_uint_eq(commit, status_of(nt, 1).commit);
+    /* a round that only a minority acknowledged does not extend it */
+    net_isolate(nt, 2);
+    net_isolate(nt, 3);
+    for (int i = 0; i < HEARTBEAT; i++)
+        net_tick(nt, 1);
+    net_deliver(nt, 1000);
+    ck_assert(raft_lease(nt->r[1], &term, &round, &commit));
+    ck_assert_uint_eq(round, 1);
+    net_free(nt);
+}
+END_TEST
+
+/* Without check-quorum, followers do not withhold votes while they hear a
+ * leader, so no lease holds; a new leader has none until an entry of its
+ * term is committed (it does not know the commit point before). */
+START_TEST(no_lease_without_check_quorum_or_before_a_commit_of_the_term)
+{
+    struct net *nt = net_new(3, &plain, 32);
+    net_elect(nt, 1);
+    net_run(nt, 2 * HEARTBEAT);
+    uint64_t term, round, commit;
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    net_free(nt);
+
+    struct opts o = plain;
+    o.check_quorum = true;
+    nt = net_new(3, &o, 33);
+    raft_campaign(nt->r[1]);
+    net_ready(nt, 1);
+    nt->drop_type[RAFT_MSG_APPEND] = true; /* the no-op never commits */
+    net_deliver(nt, 1000);
+    ck_assert_int_eq(status_of(nt, 1).role, RAFT_LEADER);
+    for (int i = 0; i < 2 * HEARTBEAT; i++) {
+        net_tick(nt, 1);
+        net_deliver(nt, 1000);
+    }
+    ck_assert_uint_ge(nt->delivered[RAFT_MSG_HEARTBEAT_RESP], 2);
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    net_free(nt);
+}
+END_TEST
+
+/* A transfer target campaigns at once and voters let it through whatever
+ * they heard (the request is marked as a transfer), so the old leader's
+ * lease ends when it starts a transfer, for the rest of its term: even if
+ * the transfer is abandoned, a late TimeoutNow may still elect the target. */
+START_TEST(lease_ends_for_the_term_when_a_transfer_starts)
+{
+    struct opts o = plain;
+    o.check_quorum = true;
+    struct net *nt = net_new(3, &o, 34);
+    net_elect(nt, 1);
+    net_run(nt, 2 * HEARTBEAT);
+    uint64_t term, round, commit;
+    ck_assert(raft_lease(nt->r[1], &term, &round, &commit));
+    nt->drop_type[RAFT_MSG_TIMEOUT_NOW] = true;
+    ck_assert_int_eq(raft_transfer_leader(nt->r[1], 2), RAFT_OK);
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    net_run(nt, 3 * ELECTION); /* the transfer is abandoned */
+    ck_assert_int_eq(status_of(nt, 1).role, RAFT_LEADER);
+    ck_assert(!raft_lease(nt->r[1], &term, &round, &commit));
+    net_free(nt);
+}
+END_TEST
+
+/* A replica that restarts has forgotten when it last heard its leader; with
+ * boot_quiet it behaves as if it had just heard one and withholds votes
+ * for an election timeout, so a lease the old leader holds (which counted
+ * this replica's acknowledgement) cannot be cut short by its restart. */
+START_TEST(restarted_replica_with_boot_quiet_withholds_votes_for_a_timeout)
+{
+    struct opts o = plain;
+    o.check_quorum = true;
+    o.boot_quiet = true;
+    struct raft *r = mk_node(2, 3, &o, NULL);
+    struct raft_msg v = msg(RAFT_MSG_VOTE, 3, 2, 5);
+    int ticks = 0;
+    for (;;) {
+        ck_assert_int_eq(raft_step(r, &v), RAFT_OK);
+        struct drained d;
+        drain(r, &d);
+        if (count_type(&d, RAFT_MSG_VOTE_RESP) == 1) {
+            ck_assert(!find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+            break;
+        }
+        ck_assert_uint_eq(count_type(&d, RAFT_MSG_VOTE_RESP), 0);
+        raft_tick(r);
+        ticks++;
+        ck_assert_int_le(ticks, ELECTION);
+    }
+    ck_assert_int_eq(ticks, ELECTION);
+    raft_free(r);
+
+    o.boot_quiet = false; /* without it the vote is granted at once */
+    r = mk_node(2, 3, &o, NULL);
+    ck_assert_int_eq(raft_step(r, &v), RAFT_OK);
+    struct drained d;
+    drain(r, &d);
+    ck_assert_uint_eq(count_type(&d, RAFT_MSG_VOTE_RESP), 1);
+    raft_free(r);
+}
+END_TEST
+
 /* ==== Pre-vote (thesis 9.6) ========================================== */
 
 /* "In the Pre-Vote algorithm, a candidate only increments its term if it
@@ -3053,6 +3184,11 @@ Suite *raft_suite(void)
           partitioned_leader_never_releases_a_read,
           reads_are_released_in_order_with_their_commit_index,
           single_member_group_releases_a_read_at_once}},
+        {"leader lease",
+         {lease_follows_the_heartbeat_rounds_a_majority_acknowledged,
+          no_lease_without_check_quorum_or_before_a_commit_of_the_term,
+          lease_ends_for_the_term_when_a_transfer_starts,
+          restarted_replica_with_boot_quiet_withholds_votes_for_a_timeout}},
         {"pre-vote",
          {isolated_precandidate_never_increments_its_term,
           voters_grant_a_prevote_without_changing_their_state,
