@@ -629,6 +629,166 @@ fail:
     return rc;
 }
 
+/* Stages the write of one transaction op at VER, taking DK (its store
+ * key). PRE is the key's version before the transaction; the overlay gives
+ * what earlier ops of the transaction (or of the generation) wrote. Cannot
+ * fail: the caller made room in the overlay and the scratch buffer. */
+static void stage_txn_write(struct engine *e, struct gen *g, uint32_t shard,
+                            const struct engine_txn_op *op, unsigned char *dk,
+                            size_t dlen, uint64_t pre, uint64_t ver)
+{
+    struct shard_state *st = &e->staged[shard];
+    struct overlay_slot *slot = overlay_find(g, dk, dlen);
+    uint64_t cur = slot->key ? slot->version : pre;
+    if (op->kind == ENGINE_TXN_PUT) {
+        e->scratch[0] = REC_TAG;
+        put_u64(e->scratch + 1, ver);
+        if (op->vlen)
+            memcpy(e->scratch + REC_HDR, op->val, op->vlen);
+        store_batch_put(g->batch, dk, dlen, e->scratch, REC_HDR + op->vlen);
+        if (cur == 0)
+            st->keys++;
+    } else {
+        if (cur == 0) { /* deleting a missing key: nothing to do */
+            free(dk);
+            return;
+        }
+        store_batch_del(g->batch, dk, dlen);
+        st->keys--;
+    }
+    overlay_set(g, slot, dk, dlen, op->kind == ENGINE_TXN_PUT ? ver : 0);
+}
+
+/* Makes room for N more overlay slots in G. */
+static int overlay_reserve(struct gen *g, size_t n)
+{
+    while ((g->used + n) * 2 >= g->nslots)
+        if (overlay_grow(g) != KV_OK)
+            return KV_ENOMEM;
+    return KV_OK;
+}
+
+int engine_stage_txn(struct engine *e, const struct engine_txn *t,
+                     uint64_t *versions, size_t *failed, uint64_t *current)
+{
+    *failed = 0;
+    *current = 0;
+    if (t->shard >= e->nshards || t->nops == 0)
+        return KV_EINVAL;
+    if (t->index && t->index <= e->staged[t->shard].version)
+        return KV_EINVAL;
+    if (t->seq && (!t->client_id || t->client_id_len == 0 ||
+                   t->client_id_len > ENGINE_MAX_CLIENT_ID))
+        return KV_EINVAL;
+    size_t maxv = 0;
+    for (size_t i = 0; i < t->nops; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        if (op->klen == 0 || op->kind > ENGINE_TXN_IF_ABSENT ||
+            (op->kind == ENGINE_TXN_IF_VERSION && !op->version))
+            return KV_EINVAL;
+        if (op->kind == ENGINE_TXN_PUT && op->vlen > maxv)
+            maxv = op->vlen;
+    }
+    struct gen *g = e->cur;
+    struct shard_state *st = &e->staged[t->shard];
+    uint64_t ver = t->index ? t->index : st->version + 1;
+    unsigned char *sk = NULL;
+    size_t sklen = 0;
+    unsigned char **dks = calloc(t->nops, sizeof(*dks));
+    size_t *dlens = calloc(t->nops, sizeof(*dlens));
+    uint64_t *pre = calloc(t->nops, sizeof(*pre));
+    int rc = dks && dlens && pre ? KV_OK : KV_ENOMEM;
+    if (rc == KV_OK && t->seq) {
+        sk = session_key(t->shard, t->client_id, t->client_id_len, &sklen);
+        rc = sk ? KV_OK : KV_ENOMEM;
+    }
+    if (rc == KV_OK && sk) {
+        bool found;
+        uint64_t seq = 0, sver = 0;
+        int scode = 0;
+        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver);
+        if (rc == KV_OK && found && seq >= t->seq) {
+            /* A retry: the first outcome again. Every write of a committed
+             * transaction got its version; conditions held as asked. */
+            if (t->index) {
+                st->version = t->index;
+                stage_shard_state(e, g, t->shard);
+                g->nstaged++;
+            }
+            for (size_t i = 0; i < t->nops; i++) {
+                const struct engine_txn_op *op = &t->ops[i];
+                versions[i] = scode != KV_OK                     ? 0
+                              : op->kind == ENGINE_TXN_PUT        ? sver
+                              : op->kind == ENGINE_TXN_IF_VERSION ? op->version
+                                                                  : 0;
+            }
+            rc = scode;
+            goto out;
+        }
+    }
+    /* Everything that can fail comes before anything is staged: the store
+     * keys, the versions before the transaction, room to stage. */
+    for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        dks[i] = data_key(t->shard, op->key, op->klen, &dlens[i]);
+        if (!dks[i]) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        rc = latest_version(e, dks[i], dlens[i],
+                            overlay_find(g, dks[i], dlens[i]), &pre[i]);
+    }
+    if (rc == KV_OK)
+        rc = overlay_reserve(g, t->nops + 1);
+    if (rc == KV_OK)
+        rc = scratch_reserve(e, REC_HDR + maxv);
+    if (rc != KV_OK)
+        goto out;
+    /* Conditions, against the state before the transaction. */
+    for (size_t i = 0; i < t->nops; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        if (op->kind != ENGINE_TXN_IF_VERSION && op->kind != ENGINE_TXN_IF_ABSENT)
+            continue;
+        versions[i] = pre[i];
+        if (!*failed && ((op->kind == ENGINE_TXN_IF_VERSION &&
+                          pre[i] != op->version) ||
+                         (op->kind == ENGINE_TXN_IF_ABSENT && pre[i] != 0))) {
+            *failed = i + 1;
+            *current = pre[i];
+        }
+    }
+    if (*failed) {
+        rc = KV_ECONFLICT;
+        if (!t->index) /* nothing to record: the transaction did not happen */
+            goto out;
+    } else {
+        for (size_t i = 0; i < t->nops; i++) {
+            const struct engine_txn_op *op = &t->ops[i];
+            if (op->kind != ENGINE_TXN_PUT && op->kind != ENGINE_TXN_DEL)
+                continue;
+            stage_txn_write(e, g, t->shard, op, dks[i], dlens[i], pre[i], ver);
+            dks[i] = NULL; /* taken */
+            versions[i] = op->kind == ENGINE_TXN_PUT ? ver : 0;
+        }
+    }
+    st->version = ver;
+    stage_shard_state(e, g, t->shard);
+    g->nstaged++;
+    if (sk) {
+        session_put(g, sk, sklen, t->seq, rc, rc == KV_OK ? ver : 0);
+        sk = NULL; /* taken */
+    }
+out:
+    if (dks)
+        for (size_t i = 0; i < t->nops; i++)
+            free(dks[i]);
+    free(dks);
+    free(dlens);
+    free(pre);
+    free(sk);
+    return rc;
+}
+
 bool engine_has_staged(const struct engine *e)
 {
     return e->cur->nstaged > 0;

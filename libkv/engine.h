@@ -56,6 +56,34 @@ struct engine_write {
 
 #define ENGINE_MAX_CLIENT_ID 64
 
+/* A transaction on one shard: conditions and writes applied all or none. */
+enum engine_txn_kind {
+    ENGINE_TXN_PUT,
+    ENGINE_TXN_DEL,
+    ENGINE_TXN_IF_VERSION, /* the key's version must equal .version (> 0) */
+    ENGINE_TXN_IF_ABSENT,  /* the key must not exist */
+};
+
+struct engine_txn_op {
+    enum engine_txn_kind kind;
+    const void *key;
+    size_t klen; /* > 0 */
+    const void *val; /* ENGINE_TXN_PUT */
+    size_t vlen;
+    uint64_t version; /* ENGINE_TXN_IF_VERSION */
+};
+
+struct engine_txn {
+    uint32_t shard; /* every key of the transaction is on this shard */
+    const struct engine_txn_op *ops;
+    size_t nops; /* > 0 */
+    /* index, client_id, client_id_len, seq: as in struct engine_write */
+    uint64_t index;
+    const void *client_id;
+    size_t client_id_len;
+    uint64_t seq;
+};
+
 struct engine_scan {
     uint32_t shard;
     const void *start; /* inclusive; NULL/0 = from the first key */
@@ -104,6 +132,20 @@ int engine_get(struct engine *e, uint32_t shard, const void *key, size_t klen,
  * KV_EINVAL: bad shard, index not above the applied index, bad client id. */
 int engine_stage(struct engine *e, const struct engine_write *w,
                  uint64_t *version);
+
+/* Evaluates and stages a transaction: every condition is checked against
+ * the state before the transaction; if all hold, the writes are staged in
+ * order (a later write of the same key wins; deleting a missing key is no
+ * error) and all get one version: the new version of the shard. Returns
+ * KV_OK with VERSIONS[i] (NOPS entries, caller's array) set per op: a put's
+ * new version, 0 for a delete, a condition's checked version. KV_ECONFLICT
+ * when a condition fails: *FAILED is its 1-based index and *CURRENT the
+ * key's version then (0: absent); nothing is written (the applied index and
+ * session are, as for engine_stage). A retried transaction gets its first
+ * outcome again, with *FAILED 0 when that was a conflict. KV_EINVAL: bad
+ * shard, index, client id, no ops or an empty key. */
+int engine_stage_txn(struct engine *e, const struct engine_txn *t,
+                     uint64_t *versions, size_t *failed, uint64_t *current);
 
 /* Stages only a new applied index for SHARD (a Raft entry with no write). */
 int engine_stage_applied(struct engine *e, uint32_t shard, uint64_t index);

@@ -1638,6 +1638,177 @@ END_TEST
 
 /* ---- suite ------------------------------------------------------------ */
 
+/* ---- transactions on one shard (engine_stage_txn) ----------------------- */
+
+#define TPUT(k, v) {ENGINE_TXN_PUT, k, sizeof(k) - 1, v, sizeof(v) - 1, 0}
+#define TDEL(k) {ENGINE_TXN_DEL, k, sizeof(k) - 1, NULL, 0, 0}
+#define TIFV(k, ver) {ENGINE_TXN_IF_VERSION, k, sizeof(k) - 1, NULL, 0, ver}
+#define TIFA(k) {ENGINE_TXN_IF_ABSENT, k, sizeof(k) - 1, NULL, 0, 0}
+
+static int stage_txn(uint32_t shard, const struct engine_txn_op *ops, size_t n,
+                     uint64_t index, uint64_t seq, uint64_t *versions,
+                     size_t *failed, uint64_t *current)
+{
+    struct engine_txn t = {.shard = shard,
+                           .ops = ops,
+                           .nops = n,
+                           .index = index,
+                           .client_id = seq ? "client-a" : NULL,
+                           .client_id_len = seq ? 8 : 0,
+                           .seq = seq};
+    return engine_stage_txn(eng, &t, versions, failed, current);
+}
+
+/* "All or nothing": every write of a transaction whose conditions hold
+ * appears at once, with one version. */
+START_TEST(a_transaction_applies_every_write_with_one_version)
+{
+    uint64_t v1 = put_ok(0, "a", "old");
+    put_ok(0, "gone", "x");
+    struct engine_txn_op ops[] = {TIFV("a", v1), TPUT("a", "new"),
+                                  TPUT("b", "bee"), TDEL("gone"),
+                                  TIFA("never")};
+    uint64_t vers[5] = {0};
+    size_t failed = 99;
+    uint64_t cur = 99;
+    ck_assert_int_eq(stage_txn(0, ops, 5, 0, 0, vers, &failed, &cur), KV_OK);
+    ck_assert_uint_eq(failed, 0);
+    expect_value(0, "a", "old", v1); /* staged: not visible yet */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    uint64_t ver = applied_of(0);
+    ck_assert_uint_gt(ver, v1);
+    ck_assert_uint_eq(vers[0], v1);  /* the checked version */
+    ck_assert_uint_eq(vers[1], ver); /* the new version */
+    ck_assert_uint_eq(vers[2], ver);
+    ck_assert_uint_eq(vers[3], 0);
+    ck_assert_uint_eq(vers[4], 0);
+    expect_value(0, "a", "new", ver);
+    expect_value(0, "b", "bee", ver);
+    expect_missing(0, "gone");
+    expect_missing(0, "never");
+    expect_info(0, 2, ver); /* a and b; gone went away */
+}
+END_TEST
+
+/* A failed condition writes nothing and names the condition and what the
+ * key held; conditions see the state before the transaction. */
+START_TEST(a_failed_condition_writes_nothing_and_names_the_condition)
+{
+    uint64_t v1 = put_ok(1, "k", "v");
+    struct engine_txn_op ops[] = {TPUT("x", "1"), TIFA("x"), TIFV("k", v1 + 7),
+                                  TDEL("k")};
+    uint64_t vers[4];
+    size_t failed = 0;
+    uint64_t cur = 0;
+    /* IF_ABSENT x holds: x is written by the transaction itself, but the
+     * condition sees the state before it. */
+    ck_assert_int_eq(stage_txn(1, ops, 4, 0, 0, vers, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 3);
+    ck_assert_uint_eq(cur, v1);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(1, "x");
+    expect_value(1, "k", "v", v1);
+    expect_info(1, 1, v1);
+
+    struct engine_txn_op absent[] = {TIFA("k"), TPUT("y", "1")};
+    ck_assert_int_eq(stage_txn(1, absent, 2, 0, 0, vers, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_uint_eq(cur, v1);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(1, "y");
+}
+END_TEST
+
+/* Several ops on one key: the last write wins, and the key count follows. */
+START_TEST(a_later_write_of_the_same_key_in_a_transaction_wins)
+{
+    struct engine_txn_op ops[] = {TPUT("k", "1"), TDEL("k"), TPUT("k", "3"),
+                                  TPUT("j", "1"), TDEL("j")};
+    uint64_t vers[5];
+    size_t failed;
+    uint64_t cur;
+    ck_assert_int_eq(stage_txn(2, ops, 5, 0, 0, vers, &failed, &cur), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(2, "k", "3", vers[2]);
+    expect_missing(2, "j");
+    expect_info(2, 1, vers[2]);
+}
+END_TEST
+
+/* Replicated: the Raft index is the version; a failed transaction still
+ * moves the applied index; a retry gets the first outcome again. */
+START_TEST(a_replicated_transaction_is_applied_once_and_retries_get_its_outcome)
+{
+    struct engine_txn_op ops[] = {TIFA("a"), TPUT("a", "1"), TPUT("b", "2")};
+    uint64_t vers[3];
+    size_t failed;
+    uint64_t cur;
+    ck_assert_int_eq(stage_txn(3, ops, 3, 10, 1, vers, &failed, &cur), KV_OK);
+    ck_assert_uint_eq(vers[1], 10);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    /* the same seq again at a later index: not applied twice */
+    memset(vers, 0, sizeof(vers));
+    ck_assert_int_eq(stage_txn(3, ops, 3, 11, 1, vers, &failed, &cur), KV_OK);
+    ck_assert_uint_eq(vers[1], 10);
+    ck_assert_uint_eq(vers[2], 10);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(3, "a", "1", 10);
+    expect_info(3, 2, 11);
+    /* the next seq: its condition fails now; data unchanged, index moves */
+    ck_assert_int_eq(stage_txn(3, ops, 3, 12, 2, vers, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_uint_eq(cur, 10);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(3, 2, 12);
+    /* its retry: the conflict again, without the detail */
+    ck_assert_int_eq(stage_txn(3, ops, 3, 13, 2, vers, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 0);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(3, "a", "1", 10);
+    reopen(NSHARDS); /* sessions survive a restart */
+    ck_assert_int_eq(stage_txn(3, ops, 3, 14, 2, vers, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 0);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(3, "a", "1", 10);
+    expect_info(3, 2, 14);
+}
+END_TEST
+
+START_TEST(malformed_transactions_are_invalid_and_stage_nothing)
+{
+    uint64_t vers[2];
+    size_t failed;
+    uint64_t cur;
+    struct engine_txn_op empty_key[] = {{ENGINE_TXN_PUT, "", 0, "v", 1, 0}};
+    struct engine_txn_op zero_version[] = {TIFV("k", 0)};
+    struct engine_txn_op bad_kind[] = {{(enum engine_txn_kind)9, "k", 1, NULL,
+                                        0, 0}};
+    ck_assert_int_eq(stage_txn(0, empty_key, 1, 0, 0, vers, &failed, &cur),
+                     KV_EINVAL);
+    ck_assert_int_eq(stage_txn(0, zero_version, 1, 0, 0, vers, &failed, &cur),
+                     KV_EINVAL);
+    ck_assert_int_eq(stage_txn(0, bad_kind, 1, 0, 0, vers, &failed, &cur),
+                     KV_EINVAL);
+    ck_assert_int_eq(stage_txn(0, empty_key, 0, 0, 0, vers, &failed, &cur),
+                     KV_EINVAL);
+    ck_assert_int_eq(stage_txn(NSHARDS, zero_version, 1, 0, 0, vers, &failed,
+                               &cur),
+                     KV_EINVAL);
+    put_ok(0, "k", "v");
+    struct engine_txn_op ok[] = {TPUT("z", "1")};
+    uint64_t a = applied_of(0);
+    ck_assert_int_eq(stage_txn(0, ok, 1, a, 0, vers, &failed, &cur),
+                     KV_EINVAL); /* index not above the applied one */
+    ck_assert(!engine_has_staged(eng));
+}
+END_TEST
+
+
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
  * two-step commit, each test on its own store under /tmp. */
 Suite *engine_suite(void)
@@ -1727,6 +1898,17 @@ Suite *engine_suite(void)
                    stage_applied_rejects_an_index_not_above_the_applied_one);
     tcase_add_test(tc, a_raw_record_staged_is_written_by_the_next_commit);
     tcase_add_test(tc, reset_shard_sets_the_applied_index_and_key_count);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("transactions");
+    tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, a_transaction_applies_every_write_with_one_version);
+    tcase_add_test(tc, a_failed_condition_writes_nothing_and_names_the_condition);
+    tcase_add_test(tc, a_later_write_of_the_same_key_in_a_transaction_wins);
+    tcase_add_test(
+        tc, a_replicated_transaction_is_applied_once_and_retries_get_its_outcome);
+    tcase_add_test(tc, malformed_transactions_are_invalid_and_stage_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
