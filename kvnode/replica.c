@@ -1385,7 +1385,8 @@ static int apply_txn(struct replica *r, struct group *g, uint64_t index,
     free(ops);
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, index);
-    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_EINVAL) {
+    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_EINVAL &&
+        rc != ENGINE_ELOCKED) {
         free(versions);
         return rc; /* storage failure: the node stops */
     }
@@ -1472,7 +1473,7 @@ static int apply_entry(struct replica *r, struct group *g,
     int rc = engine_stage(r->engine, &wr, &version);
     kv__command__free_unpacked(cmd, NULL);
     if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND &&
-        rc != KV_EINVAL)
+        rc != KV_EINVAL && rc != ENGINE_ELOCKED)
         return rc; /* storage failure: the node stops */
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, e->index);
