@@ -69,6 +69,18 @@ static uint64_t env_now_ms(void *arg)
     return now_ms();
 }
 
+/* KV_FAILPOINT=NAME (tests only): the node dies at that point of the
+ * transaction protocol, as if killed (no clean up, nothing flushed). */
+static void env_failpoint(void *arg, const char *name)
+{
+    (void)arg;
+    const char *want = getenv("KV_FAILPOINT");
+    if (want && strcmp(want, name) == 0) {
+        log_msg(LOG_WARN, "failpoint reached: exiting", "failpoint=%s", name);
+        _exit(86);
+    }
+}
+
 static uint64_t env_wall_ms(void *arg)
 {
     (void)arg;
@@ -430,7 +442,8 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
             .send = send_peer,
             .reply = send_reply,
             .now_ms = env_now_ms,
-            .wall_ms = env_wall_ms};
+            .wall_ms = env_wall_ms,
+            .failpoint = getenv("KV_FAILPOINT") ? env_failpoint : NULL};
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;

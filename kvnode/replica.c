@@ -140,6 +140,9 @@ struct replica {
     uint32_t *hint;     /* by shard: the leader last named (not hosted) */
     struct local *local; /* calls to and answers from this node itself */
     size_t nlocal, caplocal;
+    struct parked *parked; /* gets waiting for a transaction's state */
+    size_t nparked, capparked;
+    uint64_t parked_calls;
 };
 
 /* A call a coordinator made to a shard this node leads, or the answer to
@@ -214,6 +217,7 @@ static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b);
 static void local_push(struct replica *r, bool answer, const void *buf,
                        size_t len);
 static uint64_t txn_wall(void *arg);
+static void txn_call(void *arg, uint32_t shard, const Kv__Request *req);
 static void take_answer(struct replica *r, const void *buf, size_t len,
                         uint32_t from);
 static void take_call(struct replica *r, const void *buf, size_t len,
@@ -1457,6 +1461,183 @@ static void serve_scan(struct replica *r, const void *client, size_t clen,
     free(ptrs);
 }
 
+/* Answers a get with VAL/VLEN at VER, or not found when VER is 0. */
+static void answer_get(struct replica *r, const void *client, size_t clen,
+                       uint64_t id, const void *val, size_t vlen, uint64_t ver)
+{
+    if (!ver) {
+        reply_code(r, client, clen, id, KV_ENOTFOUND, "");
+        return;
+    }
+    Kv__Response resp = KV__RESPONSE__INIT;
+    Kv__GetResult res = KV__GET_RESULT__INIT;
+    res.value.data = (uint8_t *)val;
+    res.value.len = vlen;
+    res.version = ver;
+    resp.id = id;
+    resp.result_case = KV__RESPONSE__RESULT_GET;
+    resp.get = &res;
+    answer_to(r, client, clen, &resp);
+}
+
+/* A get that met an intent waits for the transaction's state. */
+struct parked {
+    unsigned char *client;
+    size_t clen;
+    unsigned char *req; /* the packed Request */
+    size_t reqlen;
+    unsigned char txn_id[ENGINE_TXN_ID_LEN];
+    uint32_t shard, home;
+    uint64_t call;
+    int wait;      /* ticks until the question is asked again */
+    uint64_t until; /* tick after which the client gave up */
+};
+
+#define PARKED_CALL_BIT (1ull << 62)
+
+static void ask_for_parked(struct replica *r, struct parked *p)
+{
+    Kv__TxnDecide d = KV__TXN_DECIDE__INIT;
+    d.txn_id.data = p->txn_id;
+    d.txn_id.len = ENGINE_TXN_ID_LEN;
+    d.shard = p->home;
+    d.want = 0; /* ask (a PENDING record past its deadline is aborted) */
+    Kv__Request req = KV__REQUEST__INIT;
+    req.id = p->call = CALL_BIT_OF_TXN | PARKED_CALL_BIT | ++r->parked_calls;
+    req.op_case = KV__REQUEST__OP_TXN_DECIDE;
+    req.txn_decide = &d;
+    txn_call(r, p->home, &req);
+    p->wait = TXN_RETRY_TICKS;
+}
+
+static void park_read(struct replica *r, const void *client, size_t clen,
+                      const Kv__Request *req, uint32_t shard,
+                      const struct engine_intent *in)
+{
+    if (r->nparked == r->capparked) {
+        struct parked *x = grow(r->parked, &r->capparked, sizeof(*x));
+        if (!x) {
+            reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+            return;
+        }
+        r->parked = x;
+    }
+    struct parked *p = &r->parked[r->nparked];
+    *p = (struct parked){.clen = clen, .shard = shard, .home = in->home};
+    p->reqlen = kv__request__get_packed_size(req);
+    p->client = malloc(clen ? clen : 1);
+    p->req = malloc(p->reqlen ? p->reqlen : 1);
+    if (!p->client || !p->req || in->home >= r->conf->shards) {
+        free(p->client);
+        free(p->req);
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(p->client, client, clen);
+    kv__request__pack(req, p->req);
+    memcpy(p->txn_id, in->txn_id, ENGINE_TXN_ID_LEN);
+    uint32_t timeout = req->timeout_ms ? req->timeout_ms
+                                       : r->conf->request_timeout_ms;
+    p->until = r->ticks + timeout / REPLICA_TICK_MS + 1;
+    r->nparked++;
+    ask_for_parked(r, p);
+}
+
+static void parked_free(struct parked *p)
+{
+    free(p->client);
+    free(p->req);
+}
+
+/* The state of the transaction a parked read waits for is known: serve
+ * the read, seeing the transaction's write when it committed. */
+static void serve_parked(struct replica *r, struct parked *p, int state)
+{
+    Kv__Request *req = kv__request__unpack(NULL, p->reqlen, p->req);
+    if (!req)
+        return;
+    const Kv__GetRequest *g = req->get;
+    struct engine_intent in = {0};
+    int rc = engine_get_intent(r->engine, p->shard, g->key.data, g->key.len,
+                               &in);
+    bool mine = rc == KV_OK &&
+                memcmp(in.txn_id, p->txn_id, ENGINE_TXN_ID_LEN) == 0;
+    if (mine && state == ENGINE_TXN_COMMITTED &&
+        (in.kind == ENGINE_TXN_PUT || in.kind == ENGINE_TXN_DEL)) {
+        answer_get(r, p->client, p->clen, req->id, in.val, in.vlen,
+                   in.kind == ENGINE_TXN_PUT ? in.version : 0);
+        /* and have the intent resolved now rather than at the sweep */
+        Kv__TxnResolve rs = KV__TXN_RESOLVE__INIT;
+        rs.txn_id.data = p->txn_id;
+        rs.txn_id.len = ENGINE_TXN_ID_LEN;
+        rs.shard = p->shard;
+        rs.commit = true;
+        Kv__Request q = KV__REQUEST__INIT;
+        q.id = CALL_BIT_OF_TXN | PARKED_CALL_BIT | ++r->parked_calls;
+        q.op_case = KV__REQUEST__OP_TXN_RESOLVE;
+        q.txn_resolve = &rs;
+        txn_call(r, p->shard, &q);
+    } else if (rc != KV_OK && rc != KV_ENOTFOUND) {
+        reply_code(r, p->client, p->clen, req->id, rc, "storage error");
+    } else {
+        /* Not committed (the read comes before it), another transaction's
+         * intent by now, or resolved: the record is what counts. */
+        void *val = NULL;
+        size_t vlen = 0;
+        uint64_t ver = 0;
+        rc = engine_get(r->engine, p->shard, g->key.data, g->key.len, &val,
+                        &vlen, &ver);
+        if (rc == KV_OK || rc == KV_ENOTFOUND)
+            answer_get(r, p->client, p->clen, req->id, val, vlen,
+                       rc == KV_OK ? ver : 0);
+        else
+            reply_code(r, p->client, p->clen, req->id, rc, "storage error");
+        free(val);
+    }
+    free(in.val);
+    kv__request__free_unpacked(req, NULL);
+}
+
+/* An answer for a parked read; false when it is not one. */
+static bool parked_answer(struct replica *r, const Kv__Response *resp)
+{
+    if (!(resp->id & PARKED_CALL_BIT) || !(resp->id & CALL_BIT_OF_TXN))
+        return false;
+    for (size_t i = 0; i < r->nparked; i++) {
+        struct parked *p = &r->parked[i];
+        if (p->call != resp->id)
+            continue;
+        p->call = 0;
+        if (resp->result_case != KV__RESPONSE__RESULT_TXN_STATE ||
+            resp->txn_state->state == ENGINE_TXN_PENDING) {
+            p->wait = resp->result_case == KV__RESPONSE__RESULT_TXN_STATE
+                          ? 2 : 5; /* ask again soon */
+            return true;
+        }
+        serve_parked(r, p, (int)resp->txn_state->state);
+        parked_free(p);
+        r->parked[i] = r->parked[--r->nparked];
+        return true;
+    }
+    return true;
+}
+
+static void tick_parked(struct replica *r)
+{
+    for (size_t i = 0; i < r->nparked;) {
+        struct parked *p = &r->parked[i];
+        if (r->ticks > p->until || !r->groups[p->shard] ||
+            r->groups[p->shard]->role != RAFT_LEADER) {
+            parked_free(p); /* the client gave up or retries elsewhere */
+            r->parked[i] = r->parked[--r->nparked];
+            continue;
+        }
+        if (--p->wait <= 0)
+            ask_for_parked(r, p);
+        i++;
+    }
+}
+
 static void serve_read(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req)
 {
@@ -1467,6 +1648,18 @@ static void serve_read(struct replica *r, const void *client, size_t clen,
     }
     const Kv__GetRequest *g = req->get;
     uint32_t shard = shard_of(g->key.data, g->key.len, r->conf->shards);
+    if (!g->stale && engine_has_intents(r->engine, shard)) {
+        /* A key locked by a transaction: its record says which value a
+         * linearizable read sees (docs/transactions.md). */
+        struct engine_intent in = {0};
+        int irc = engine_get_intent(r->engine, shard, g->key.data, g->key.len,
+                                    &in);
+        free(in.val);
+        if (irc == KV_OK) {
+            park_read(r, client, clen, req, shard, &in);
+            return;
+        }
+    }
     void *val = NULL;
     size_t vlen = 0;
     uint64_t ver = 0;
@@ -1477,15 +1670,7 @@ static void serve_read(struct replica *r, const void *client, size_t clen,
                    rc == KV_ENOTFOUND ? "" : "storage error");
         return;
     }
-    Kv__Response resp = KV__RESPONSE__INIT;
-    Kv__GetResult res = KV__GET_RESULT__INIT;
-    res.value.data = val;
-    res.value.len = vlen;
-    res.version = ver;
-    resp.id = req->id;
-    resp.result_case = KV__RESPONSE__RESULT_GET;
-    resp.get = &res;
-    answer_to(r, client, clen, &resp);
+    answer_get(r, client, clen, req->id, val, vlen, ver);
     free(val);
 }
 
@@ -2229,6 +2414,12 @@ static void txn_call(void *arg, uint32_t shard, const Kv__Request *req)
     free(buf);
 }
 
+static void txn_failpoint(void *arg, const char *name)
+{
+    struct replica *r = arg;
+    r->env.failpoint(r->env.arg, name);
+}
+
 static void txn_reply(void *arg, const void *client, size_t clen,
                       const Kv__Response *resp)
 {
@@ -2255,7 +2446,8 @@ static void take_answer(struct replica *r, const void *buf, size_t len,
     if (env->body_case == KV__ENVELOPE__BODY_RESPONSE) {
         const Kv__Response *resp = env->response;
         (void)from;
-        txns_reply(r->txns, resp);
+        if (!parked_answer(r, resp))
+            txns_reply(r->txns, resp);
     }
     wire_free(env);
 }
@@ -2505,7 +2697,8 @@ static void recover_txns(struct replica *r)
         if (!g || g->role != RAFT_LEADER)
             continue;
         sw.shard = s;
-        engine_list_txns(r->engine, s, 'X', adopt_one, &sw);
+        if (engine_has_txn_records(r->engine, s))
+            engine_list_txns(r->engine, s, 'X', adopt_one, &sw);
         if (engine_has_intents(r->engine, s))
             engine_list_txns(r->engine, s, 'P', check_one, &sw);
     }
@@ -2515,6 +2708,7 @@ void replica_tick(struct replica *r)
 {
     r->ticks++;
     txns_tick(r->txns);
+    tick_parked(r);
     if (r->ticks % RECOVER_TICKS == 0)
         recover_txns(r);
     for (uint32_t s = 0; s < r->conf->shards; s++) {
@@ -2577,6 +2771,50 @@ static const char *role_name(enum raft_role role)
     }
 }
 
+#define STATUS_MAX_TXNS 100
+
+struct txn_list {
+    struct replica *r;
+    Kv__ShardInfo *si;
+    uint64_t now;
+    bool failed;
+};
+
+/* Adds one transaction to a shard's status. */
+static int list_txn(void *arg, const struct engine_txn_info *t)
+{
+    struct txn_list *tl = arg;
+    Kv__ShardInfo *si = tl->si;
+    if (si->n_txns >= STATUS_MAX_TXNS)
+        return 1;
+    Kv__TxnInfo **p = realloc(si->txns, (si->n_txns + 1) * sizeof(*p));
+    Kv__TxnInfo *x = malloc(sizeof(*x) + ENGINE_TXN_ID_LEN);
+    if (!p || !x) {
+        if (p)
+            si->txns = p;
+        free(x);
+        tl->failed = true;
+        return 1;
+    }
+    si->txns = p;
+    kv__txn_info__init(x);
+    unsigned char *id = (unsigned char *)(x + 1);
+    memcpy(id, t->txn_id, ENGINE_TXN_ID_LEN);
+    x->txn_id.data = id;
+    x->txn_id.len = ENGINE_TXN_ID_LEN;
+    x->state = t->state < 0                           ? "prepared"
+               : t->state == ENGINE_TXN_PENDING    ? "pending"
+               : t->state == ENGINE_TXN_COMMITTED  ? "committed"
+                                                   : "aborted";
+    x->home = t->state < 0 ? t->home : si->shard;
+    x->deadline_ms = t->deadline_ms;
+    x->age_ms = (int64_t)tl->now -
+                ((int64_t)t->deadline_ms - tl->r->conf->txn_timeout_ms);
+    x->keys = t->nkeys;
+    si->txns[si->n_txns++] = x;
+    return 0;
+}
+
 int replica_status(struct replica *r, Kv__StatusResult *st)
 {
     for (size_t i = 0; i < st->n_shard_info; i++) {
@@ -2611,6 +2849,13 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
         }
         si->n_members = rs.n_progress;
         si->members = mp;
+        struct txn_list tl = {.r = r, .si = si, .now = txn_wall(r)};
+        if (engine_has_txn_records(r->engine, g->shard))
+            engine_list_txns(r->engine, g->shard, 'X', list_txn, &tl);
+        if (engine_has_intents(r->engine, g->shard))
+            engine_list_txns(r->engine, g->shard, 'P', list_txn, &tl);
+        if (tl.failed)
+            return KV_ENOMEM;
     }
     return KV_OK;
 }
@@ -2625,6 +2870,11 @@ void replica_status_free(Kv__StatusResult *st)
             si->members = NULL;
             si->n_members = 0;
         }
+        for (size_t j = 0; j < si->n_txns; j++)
+            free(si->txns[j]);
+        free(si->txns);
+        si->txns = NULL;
+        si->n_txns = 0;
     }
 }
 
@@ -2675,8 +2925,11 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
     r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
     r->hint = calloc(conf->shards, sizeof(*r->hint));
-    struct txn_env tenv = {
-        .arg = r, .call = txn_call, .reply = txn_reply, .wall_ms = txn_wall};
+    struct txn_env tenv = {.arg = r,
+                           .call = txn_call,
+                           .reply = txn_reply,
+                           .wall_ms = txn_wall,
+                           .failpoint = env->failpoint ? txn_failpoint : NULL};
     r->txns = txns_new(conf->shards, conf->txn_timeout_ms, &tenv, seed);
     int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
                      r->hint && r->txns
@@ -2721,6 +2974,9 @@ void replica_close(struct replica *r)
     for (size_t i = 0; i < r->nlocal; i++)
         free(r->local[i].buf);
     free(r->local);
+    for (size_t i = 0; i < r->nparked; i++)
+        parked_free(&r->parked[i]);
+    free(r->parked);
     engine_close(r->engine);
     free(r->scratch);
     free(r);

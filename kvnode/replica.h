@@ -57,6 +57,8 @@ struct replica_env {
      * are compared on other nodes, so they are wall clock times; without
      * it, now_ms stands in (right only when every node shares it). */
     uint64_t (*wall_ms)(void *arg);
+    /* Optional: see txn_env.failpoint (kvnode/txn.h). */
+    void (*failpoint)(void *arg, const char *name);
 };
 
 /* How long after sending a heartbeat round that a majority acknowledged a

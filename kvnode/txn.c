@@ -71,7 +71,7 @@ struct txns {
 
 /* Calls carry ids with the top bit set, so they never collide with the ids
  * clients choose for requests that go through the same reply path. */
-#define CALL_BIT (1ull << 63)
+#define CALL_BIT CALL_BIT_OF_TXN
 
 static const char *const state_names[] = {"pending", "committed", "aborted",
                                           "unknown"};
@@ -354,6 +354,8 @@ static void decided(struct txns *t, struct coord *c, int state)
         drop(t, c);
         return;
     }
+    if (state == ENGINE_TXN_COMMITTED && t->env.failpoint)
+        t->env.failpoint(t->env.arg, "txn-committed");
     answer(t, c);
     start_resolve(t, c);
 }
@@ -376,8 +378,11 @@ static void maybe_decide(struct txns *t, struct coord *c)
         }
         all &= c->parts[i].vote == 1;
     }
-    if (all)
+    if (all) {
+        if (t->env.failpoint)
+            t->env.failpoint(t->env.arg, "txn-prepared");
         decide(t, c, WANT_COMMIT);
+    }
 }
 
 static void start_prepare(struct txns *t, struct coord *c)

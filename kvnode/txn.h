@@ -49,7 +49,16 @@ struct txn_env {
                   const Kv__Response *resp);
     /* Wall clock, ms since the epoch: deadlines are compared across nodes. */
     uint64_t (*wall_ms)(void *arg);
+    /* Optional: called at the named points of the protocol, so a test can
+     * stop the node there ("txn-prepared": every vote is YES, nothing
+     * decided; "txn-committed": the record is COMMITTED, no participant
+     * told). */
+    void (*failpoint)(void *arg, const char *name);
 };
+
+/* Ids of internal calls have this bit set; parked reads (replica.c) add
+ * bit 62 to tell their answers from the coordinators'. */
+#define CALL_BIT_OF_TXN (1ull << 63)
 
 /* Ticks (of REPLICA_TICK_MS) before an unanswered call is repeated. */
 #define TXN_RETRY_TICKS 30

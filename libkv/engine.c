@@ -36,6 +36,7 @@ struct shard_state {
     uint64_t version;
     uint64_t keys;
     uint64_t intents; /* not stored: counted at open, kept up to date */
+    uint64_t records; /* transaction records ("X"): likewise */
 };
 
 /* A generation of staged writes: the batch and the overlay that mirrors it. */
@@ -203,7 +204,8 @@ static void gen_release(struct gen *g)
     store_batch_free(g->batch);
 }
 
-static int count_intents(struct engine *e, uint32_t shard, uint64_t *n);
+static int count_intents(struct engine *e, uint32_t shard,
+                         struct shard_state *st);
 static int key_locked(struct engine *e, uint32_t shard, const void *key,
                       size_t klen, bool *locked, unsigned char *txn);
 static void stage_index(struct engine *e, uint32_t shard, uint64_t index);
@@ -247,10 +249,11 @@ int engine_open(struct store *s, uint32_t nshards, struct engine **out)
         free(v);
     }
     for (uint32_t i = 0; i < nshards; i++) {
-        rc = count_intents(e, i, &e->applied[i].intents);
+        rc = count_intents(e, i, &e->applied[i]);
         if (rc != KV_OK)
             goto fail;
         e->staged[i].intents = e->applied[i].intents;
+        e->staged[i].records = e->applied[i].records;
     }
     *out = e;
     return KV_OK;
@@ -534,8 +537,10 @@ void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
         return;
     struct shard_state st = {.version = index, .keys = keys};
     /* Unknown after a failed count: assume some, so writes look them up. */
-    if (count_intents(e, shard, &st.intents) != KV_OK)
+    if (count_intents(e, shard, &st) != KV_OK) {
         st.intents = UINT64_MAX / 2;
+        st.records = UINT64_MAX / 2;
+    }
     e->applied[shard] = e->staged[shard] = e->flushing[shard] = st;
 }
 
@@ -1282,6 +1287,7 @@ int engine_stage_record(struct engine *e, uint32_t shard, uint64_t index,
         free(k);
         return KV_ENOMEM;
     }
+    e->staged[shard].records++;
     v[0] = ENGINE_TXN_PENDING;
     put_u64(v + 1, deadline_ms);
     put_u32(v + 9, (uint32_t)nparts);
@@ -1397,6 +1403,8 @@ int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,
     rc = xrec_get(e, shard, txn_id, &k, &klen, &state, &deadline);
     if (rc == KV_OK && state != ENGINE_TXN_PENDING) {
         rc = rec_put(e, k, klen, NULL, 0);
+        if (rc == KV_OK && e->staged[shard].records > 0)
+            e->staged[shard].records--;
     } else {
         free(k);
         if (rc == KV_ENOTFOUND || rc == KV_OK)
@@ -1511,11 +1519,13 @@ int engine_list_txns(struct engine *e, uint32_t shard, char which,
     return rc;
 }
 
-/* Counts the intents stored for SHARD (at open and after an install). */
-static int count_intents(struct engine *e, uint32_t shard, uint64_t *n)
+/* Counts the records of prefix TAG stored for SHARD (at open and after an
+ * install). */
+static int count_tagged(struct engine *e, char tag, uint32_t shard,
+                        uint64_t *n)
 {
     unsigned char prefix[PREFIX_LEN];
-    prefix[0] = 'I';
+    prefix[0] = (unsigned char)tag;
     put_u32(prefix + 1, shard);
     struct store_iter *it = store_iter_new(e->store);
     if (!it)
@@ -1532,6 +1542,20 @@ static int count_intents(struct engine *e, uint32_t shard, uint64_t *n)
     int rc = store_iter_status(it);
     store_iter_free(it);
     return rc;
+}
+
+static int count_intents(struct engine *e, uint32_t shard,
+                         struct shard_state *st)
+{
+    int rc = count_tagged(e, 'I', shard, &st->intents);
+    if (rc == KV_OK)
+        rc = count_tagged(e, 'X', shard, &st->records);
+    return rc;
+}
+
+bool engine_has_txn_records(const struct engine *e, uint32_t shard)
+{
+    return shard < e->nshards && e->staged[shard].records > 0;
 }
 
 bool engine_has_staged(const struct engine *e)

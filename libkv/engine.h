@@ -256,6 +256,9 @@ int engine_get_intent(struct engine *e, uint32_t shard, const void *key,
 /* Whether SHARD holds any intent (committed or staged); cheap. */
 bool engine_has_intents(const struct engine *e, uint32_t shard);
 
+/* Whether SHARD holds any transaction record (committed or staged); cheap. */
+bool engine_has_txn_records(const struct engine *e, uint32_t shard);
+
 /* One transaction known to a shard, for recovery and listing. */
 struct engine_txn_info {
     const unsigned char *txn_id;

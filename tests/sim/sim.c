@@ -869,9 +869,11 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
             n->id = (uint32_t)i + 1;
             snprintf(n->dir, sizeof(n->dir), "sim%d", i + 1);
             n->tick_period = REPLICA_TICK_MS;
-            if (s->p.drift)
+            if (s->p.drift) {
                 n->tick_period = sim_range(&s->rng, REPLICA_TICK_MS - 2,
                                            REPLICA_TICK_MS + 2);
+                n->wall_skew = (int64_t)sim_range(&s->rng, 0, 500) - 250;
+            }
             sim_node_start(s, n);
         }
         sim_clients_init(s);

@@ -88,6 +88,7 @@ struct sim_node {
     uint64_t stop_by;      /* stopping gracefully: hands off leadership,
                               then stops by this time (0: not stopping) */
     uint64_t paused_until; /* a paused node neither ticks nor receives */
+    int64_t wall_skew;     /* ms added to the shared wall clock */
     uint64_t tick_period;  /* ms between ticks: REPLICA_TICK_MS, or a
                               drifting clock's 8..12 */
     uint64_t next_tick;

@@ -160,6 +160,14 @@ static uint64_t env_now(void *arg)
     return n->sim->now * REPLICA_TICK_MS / (uint64_t)n->tick_period;
 }
 
+/* The node's wall clock: shared sim time plus a per-node offset (set up
+ * to +-250 ms apart with drift), as NTP leaves real clocks. */
+static uint64_t env_wall(void *arg)
+{
+    const struct sim_node *n = arg;
+    return 1700000000000ull + n->sim->now + (uint64_t)n->wall_skew;
+}
+
 static void env_reply(void *arg, const void *client, size_t clen,
                       const Kv__Response *resp)
 {
@@ -201,7 +209,11 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         return -1;
     }
     struct replica_env env = {
-        .arg = n, .send = env_send, .reply = env_reply, .now_ms = env_now};
+        .arg = n,
+        .send = env_send,
+        .reply = env_reply,
+        .now_ms = env_now,
+        .wall_ms = env_wall};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {

@@ -1997,7 +1997,9 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
     int n = 0;
     ck_assert_int_eq(engine_list_txns(eng, 3, 'X', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 1);
+    ck_assert(engine_has_txn_records(eng, 3));
     ck_assert_int_eq(engine_stage_forget(eng, 3, 7, txn_a), KV_OK);
+    ck_assert(!engine_has_txn_records(eng, 3));
     ck_assert_int_eq(engine_stage_decide(eng, 3, 8, txn_a, ENGINE_TXN_PENDING,
                                          1, &state),
                      KV_OK);
@@ -2015,6 +2017,9 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
     ck_assert_int_eq(engine_list_txns(eng, 3, 'X', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 1);
     expect_info(3, 0, 10);
+    reopen(NSHARDS); /* counted again at open */
+    ck_assert(engine_has_txn_records(eng, 3));
+    ck_assert(!engine_has_txn_records(eng, 2));
 }
 END_TEST
 
