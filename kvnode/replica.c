@@ -55,6 +55,10 @@ struct waiter {
     int code;
     uint64_t version;
     bool done;
+    bool txn;           /* answer with a TxnResult */
+    uint64_t *versions; /* txn: one per op (malloc()ed), NULL until applied */
+    size_t nversions;
+    size_t failed_op; /* txn conflict: 1-based op index (0: unknown) */
 };
 
 struct pending_read {
@@ -771,8 +775,10 @@ static void group_free(struct group *g)
     if (!g)
         return;
     raft_free(g->raft);
-    for (size_t i = 0; i < g->nwaiters; i++)
+    for (size_t i = 0; i < g->nwaiters; i++) {
         free(g->waiters[i].client);
+        free(g->waiters[i].versions);
+    }
     free(g->waiters);
     for (size_t i = 0; i < g->nreads; i++) {
         free(g->reads[i].client);
@@ -881,6 +887,54 @@ static bool key_ok(struct replica *r, const void *client, size_t clen,
     return true;
 }
 
+/* Proposes CMD (a client's write or single-shard transaction) on SHARD's
+ * group and registers the client to be answered when it is applied. */
+static void propose_command(struct replica *r, const void *client, size_t clen,
+                            const Kv__Request *req, uint32_t shard,
+                            Kv__Command *cmd)
+{
+    if (req->seq && (req->client_id.len == 0 ||
+                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "a write with a sequence number needs a client id");
+        return;
+    }
+    struct group *g = r->groups[shard];
+    if (!g || g->role != RAFT_LEADER) {
+        reply_redirect(r, client, clen, req->id, shard);
+        return;
+    }
+    if (r->total_waiters >= MAX_WAITERS) {
+        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
+                   "too many writes in flight; retry");
+        return;
+    }
+    cmd->client_id = req->client_id;
+    cmd->seq = req->seq;
+    size_t n = kv__command__get_packed_size(cmd);
+    if (scratch_reserve(r, n ? n : 1) != KV_OK) {
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        return;
+    }
+    kv__command__pack(cmd, r->scratch);
+    uint64_t index = 0;
+    int rc = raft_propose(g->raft, r->scratch, n, &index);
+    if (rc == RAFT_ENOTLEADER || rc == RAFT_EBUSY) {
+        reply_redirect(r, client, clen, req->id, shard);
+        return;
+    }
+    if (rc != RAFT_OK || add_waiter(r, g, index, raft_term_at(g->raft, index),
+                                    client, clen, req->id) != KV_OK) {
+        /* Proposed (perhaps) but nobody will be told the outcome: the
+         * client retries, and its session makes the retry safe. */
+        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
+                   "out of memory here; outcome unknown, retry");
+        return;
+    }
+    g->waiters[g->nwaiters - 1].txn = cmd->op_case == KV__COMMAND__OP_TXN;
+    r->stats.proposals++;
+}
+
 static void handle_write(struct replica *r, const void *client, size_t clen,
                          const Kv__Request *req)
 {
@@ -911,49 +965,84 @@ static void handle_write(struct replica *r, const void *client, size_t clen,
     }
     if (!key_ok(r, client, clen, req->id, key))
         return;
-    if (req->seq && (req->client_id.len == 0 ||
-                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
-        reply_code(r, client, clen, req->id, KV_EINVAL,
-                   "a write with a sequence number needs a client id");
-        return;
-    }
-    uint32_t shard = shard_of(key->data, key->len, r->conf->shards);
-    struct group *g = r->groups[shard];
-    if (!g || g->role != RAFT_LEADER) {
-        reply_redirect(r, client, clen, req->id, shard);
-        return;
-    }
-    if (r->total_waiters >= MAX_WAITERS) {
-        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
-                   "too many writes in flight; retry");
-        return;
-    }
-    cmd.client_id = req->client_id;
-    cmd.seq = req->seq;
-    size_t n = kv__command__get_packed_size(&cmd);
-    if (scratch_reserve(r, n ? n : 1) != KV_OK) {
-        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
-        return;
-    }
-    kv__command__pack(&cmd, r->scratch);
-    uint64_t index = 0;
-    int rc = raft_propose(g->raft, r->scratch, n, &index);
-    if (rc == RAFT_ENOTLEADER || rc == RAFT_EBUSY) {
-        reply_redirect(r, client, clen, req->id, shard);
-        return;
-    }
-    if (rc != RAFT_OK || add_waiter(r, g, index, raft_term_at(g->raft, index),
-                                    client, clen, req->id) != KV_OK) {
-        /* Proposed (perhaps) but nobody will be told the outcome: the
-         * client retries, and its session makes the retry safe. */
-        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
-                   "out of memory here; outcome unknown, retry");
-        return;
-    }
-    r->stats.proposals++;
+    propose_command(r, client, clen, req,
+                    shard_of(key->data, key->len, r->conf->shards), &cmd);
 }
 
-/* Serves a read (get or scan) from this node's applied state. */
+/* Checks a transaction's ops (keys, values, condition versions); on a
+ * problem answers the client and returns false. *SHARD is the home shard:
+ * that of the first write (of the first op when nothing is written), and
+ * *SINGLE whether every key is on it. */
+static bool txn_ok(struct replica *r, const void *client, size_t clen,
+                   const Kv__Request *req, uint32_t *shard, bool *single)
+{
+    const Kv__TxnRequest *t = req->txn;
+    char msg[128];
+    if (t->n_ops == 0) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "a transaction needs at least one op");
+        return false;
+    }
+    size_t home = 0;
+    bool found = false;
+    for (size_t i = 0; i < t->n_ops; i++) {
+        const Kv__TxnOp *op = t->ops[i];
+        if (!key_ok(r, client, clen, req->id, &op->key))
+            return false;
+        if (op->kind == KV__TXN_OP__KIND__PUT &&
+            op->value.len > r->conf->max_value_bytes) {
+            snprintf(msg, sizeof(msg),
+                     "op %zu: value of %zu bytes over the limit of %llu",
+                     i + 1, op->value.len,
+                     (unsigned long long)r->conf->max_value_bytes);
+            reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+            return false;
+        }
+        if ((op->kind == KV__TXN_OP__KIND__IF_VERSION && op->version == 0) ||
+            op->kind < KV__TXN_OP__KIND__PUT ||
+            op->kind > KV__TXN_OP__KIND__IF_ABSENT) {
+            snprintf(msg, sizeof(msg), "op %zu: %s", i + 1,
+                     op->kind == KV__TXN_OP__KIND__IF_VERSION
+                         ? "if-version needs a version above 0"
+                         : "unknown kind");
+            reply_code(r, client, clen, req->id, KV_EINVAL, msg);
+            return false;
+        }
+        if (!found && (op->kind == KV__TXN_OP__KIND__PUT ||
+                       op->kind == KV__TXN_OP__KIND__DEL)) {
+            home = i;
+            found = true;
+        }
+    }
+    *shard = shard_of(t->ops[home]->key.data, t->ops[home]->key.len,
+                      r->conf->shards);
+    *single = true;
+    for (size_t i = 0; i < t->n_ops; i++)
+        if (shard_of(t->ops[i]->key.data, t->ops[i]->key.len,
+                     r->conf->shards) != *shard)
+            *single = false;
+    return true;
+}
+
+static void handle_txn(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req)
+{
+    uint32_t shard;
+    bool single;
+    if (!txn_ok(r, client, clen, req, &shard, &single))
+        return;
+    if (!single) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "cross-shard transactions are not available yet");
+        return;
+    }
+    Kv__Command cmd = KV__COMMAND__INIT;
+    cmd.op_case = KV__COMMAND__OP_TXN;
+    cmd.txn = req->txn;
+    propose_command(r, client, clen, req, shard, &cmd);
+}
+
+/* Serves a read (get or scan) from this node's applied state. *//* Serves a read (get or scan) from this node's applied state. */
 static void serve_read(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req);
 
@@ -1060,6 +1149,9 @@ void replica_request(struct replica *r, const void *client, size_t clen,
     case KV__REQUEST__OP_PUT:
     case KV__REQUEST__OP_DEL:
         handle_write(r, client, clen, req);
+        break;
+    case KV__REQUEST__OP_TXN:
+        handle_txn(r, client, clen, req);
         break;
     case KV__REQUEST__OP_GET:
     case KV__REQUEST__OP_SCAN:
@@ -1258,6 +1350,60 @@ static void bounce_reads(struct replica *r, struct group *g)
 
 /* --- apply ---------------------------------------------------------------- */
 
+/* Applies a single-shard transaction; W (if any) gets its outcome. */
+static int apply_txn(struct replica *r, struct group *g, uint64_t index,
+                     const Kv__Command *cmd, struct waiter *w)
+{
+    const Kv__TxnRequest *t = cmd->txn;
+    size_t n = t->n_ops;
+    struct engine_txn_op *ops = calloc(n ? n : 1, sizeof(*ops));
+    uint64_t *versions = calloc(n ? n : 1, sizeof(*versions));
+    if (!ops || !versions) {
+        free(ops);
+        free(versions);
+        return KV_ENOMEM; /* the node stops: it cannot apply the log */
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Kv__TxnOp *op = t->ops[i];
+        ops[i] = (struct engine_txn_op){.kind = (enum engine_txn_kind)op->kind,
+                                        .key = op->key.data,
+                                        .klen = op->key.len,
+                                        .val = op->value.data,
+                                        .vlen = op->value.len,
+                                        .version = op->version};
+    }
+    struct engine_txn et = {.shard = g->shard,
+                            .ops = ops,
+                            .nops = n,
+                            .index = index,
+                            .client_id = cmd->seq ? cmd->client_id.data : NULL,
+                            .client_id_len = cmd->seq ? cmd->client_id.len : 0,
+                            .seq = cmd->seq};
+    size_t failed = 0;
+    uint64_t current = 0;
+    int rc = engine_stage_txn(r->engine, &et, versions, &failed, &current);
+    free(ops);
+    if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
+        engine_stage_applied(r->engine, g->shard, index);
+    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_EINVAL &&
+        rc != ENGINE_ELOCKED) {
+        free(versions);
+        return rc; /* storage failure: the node stops */
+    }
+    r->stats.applied++;
+    if (w) {
+        w->done = true;
+        w->code = rc;
+        w->versions = versions;
+        w->nversions = n;
+        w->failed_op = failed;
+        w->version = current;
+    } else {
+        free(versions);
+    }
+    return KV_OK;
+}
+
 static int apply_entry(struct replica *r, struct group *g,
                        const struct raft_entry *e)
 {
@@ -1295,6 +1441,11 @@ static int apply_entry(struct replica *r, struct group *g,
         }
         return rc == KV_EINVAL ? KV_OK : rc;
     }
+    if (cmd->op_case == KV__COMMAND__OP_TXN) {
+        int rc = apply_txn(r, g, e->index, cmd, w);
+        kv__command__free_unpacked(cmd, NULL);
+        return rc;
+    }
     struct engine_write wr = {.shard = g->shard,
                               .index = e->index,
                               .client_id = cmd->client_id.data,
@@ -1322,7 +1473,7 @@ static int apply_entry(struct replica *r, struct group *g,
     int rc = engine_stage(r->engine, &wr, &version);
     kv__command__free_unpacked(cmd, NULL);
     if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND &&
-        rc != KV_EINVAL)
+        rc != KV_EINVAL && rc != ENGINE_ELOCKED)
         return rc; /* storage failure: the node stops */
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, e->index);
@@ -1353,8 +1504,21 @@ static void answer_waiters(struct replica *r, struct group *g)
         }
         Kv__Response resp = KV__RESPONSE__INIT;
         Kv__WriteResult res = KV__WRITE_RESULT__INIT;
+        Kv__TxnResult tres = KV__TXN_RESULT__INIT;
         resp.id = w->req_id;
-        if (w->code == KV_OK) {
+        if (w->txn && (w->code == KV_OK || w->code == KV_ECONFLICT)) {
+            tres.versions = w->versions;
+            tres.n_versions = w->versions ? w->nversions : 0;
+            if (w->code == KV_ECONFLICT) {
+                tres.n_versions = 0;
+                tres.failed_op = (uint32_t)w->failed_op;
+                tres.current_version = w->version;
+                resp.code = KV_ECONFLICT;
+                resp.message = "condition failed";
+            }
+            resp.result_case = KV__RESPONSE__RESULT_TXN;
+            resp.txn = &tres;
+        } else if (w->code == KV_OK) {
             res.version = w->version;
             resp.result_case = KV__RESPONSE__RESULT_WRITE;
             resp.write = &res;
@@ -1371,6 +1535,7 @@ static void answer_waiters(struct replica *r, struct group *g)
         }
         r->env.reply(r->env.arg, w->client, w->clen, &resp);
         free(w->client);
+        free(w->versions);
         r->total_waiters--;
     }
     g->nwaiters = keep;

@@ -26,12 +26,16 @@ struct overlay_slot {
     uint64_t version; /* 0: the staged write deleted the key */
     uint64_t seq;     /* session slots ("S" keys): the recorded write */
     int code;
+    unsigned char *val; /* "I", "P", "X" slots: the staged value */
+    size_t vlen;
+    bool gone; /* "I", "P", "X" slots: the staged change is a delete */
 };
 
 /* What the "A" record of a shard holds: its last version and key count. */
 struct shard_state {
     uint64_t version;
     uint64_t keys;
+    uint64_t intents; /* not stored: counted at open, kept up to date */
 };
 
 /* A generation of staged writes: the batch and the overlay that mirrors it. */
@@ -163,6 +167,8 @@ static void gen_clear(struct gen *g)
     for (size_t i = 0; i < g->nslots && g->used; i++) {
         if (g->slots[i].key) {
             free(g->slots[i].key);
+            free(g->slots[i].val);
+            g->slots[i].val = NULL;
             g->slots[i].key = NULL;
             g->used--;
         }
@@ -196,6 +202,11 @@ static void gen_release(struct gen *g)
     free(g->is_dirty);
     store_batch_free(g->batch);
 }
+
+static int count_intents(struct engine *e, uint32_t shard, uint64_t *n);
+static int key_locked(struct engine *e, uint32_t shard, const void *key,
+                      size_t klen, bool *locked, unsigned char *txn);
+static void stage_index(struct engine *e, uint32_t shard, uint64_t index);
 
 /* --- open / close ------------------------------------------------------- */
 
@@ -234,6 +245,12 @@ int engine_open(struct store *s, uint32_t nshards, struct engine **out)
         e->applied[i].keys = get_u64((unsigned char *)v + 8);
         e->staged[i] = e->applied[i];
         free(v);
+    }
+    for (uint32_t i = 0; i < nshards; i++) {
+        rc = count_intents(e, i, &e->applied[i].intents);
+        if (rc != KV_OK)
+            goto fail;
+        e->staged[i].intents = e->applied[i].intents;
     }
     *out = e;
     return KV_OK;
@@ -516,6 +533,9 @@ void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
     if (shard >= e->nshards)
         return;
     struct shard_state st = {.version = index, .keys = keys};
+    /* Unknown after a failed count: assume some, so writes look them up. */
+    if (count_intents(e, shard, &st.intents) != KV_OK)
+        st.intents = UINT64_MAX / 2;
     e->applied[shard] = e->staged[shard] = e->flushing[shard] = st;
 }
 
@@ -574,6 +594,18 @@ int engine_stage(struct engine *e, const struct engine_write *w,
             *version = scode == KV_OK ? sver : 0;
             return scode;
         }
+    }
+    bool locked;
+    rc = key_locked(e, w->shard, w->key, w->klen, &locked, NULL);
+    if (rc != KV_OK)
+        goto fail;
+    if (locked) {
+        /* Not applied, and no session record: a retry is evaluated anew
+         * once the transaction holding the key resolved it. */
+        if (w->index)
+            stage_index(e, w->shard, w->index);
+        rc = ENGINE_ELOCKED;
+        goto fail;
     }
     uint64_t cur = 0;
     /* Always read: the shard's key count depends on whether KEY exists. */
@@ -726,6 +758,18 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
             goto out;
         }
     }
+    for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
+        bool locked;
+        rc = key_locked(e, t->shard, t->ops[i].key, t->ops[i].klen, &locked,
+                        NULL);
+        if (rc == KV_OK && locked) {
+            /* As for engine_stage: not applied, no session record. */
+            if (t->index)
+                stage_index(e, t->shard, t->index);
+            rc = ENGINE_ELOCKED;
+            goto out;
+        }
+    }
     /* Everything that can fail comes before anything is staged: the store
      * keys, the versions before the transaction, room to stage. */
     for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
@@ -786,6 +830,660 @@ out:
     free(dlens);
     free(pre);
     free(sk);
+    return rc;
+}
+
+/* --- two-phase commit ----------------------------------------------------- */
+
+/* The version of KEY now, staged writes included (0: absent). */
+static int current_version(struct engine *e, uint32_t shard, const void *key,
+                           size_t klen, uint64_t *version)
+{
+    size_t dlen;
+    unsigned char *dk = data_key(shard, key, klen, &dlen);
+    if (!dk)
+        return KV_ENOMEM;
+    int rc = latest_version(e, dk, dlen, overlay_find(e->cur, dk, dlen),
+                            version);
+    free(dk);
+    return rc;
+}
+
+#define INTENT_HDR (ENGINE_TXN_ID_LEN + 1 + 8 + 4 + 8)
+#define PART_HDR (4 + 8 + 8 + 4)
+#define XREC_HDR (1 + 8 + 4)
+
+/* A store key TAG shard BYTES (malloc()ed). */
+static unsigned char *tagged_key(char tag, uint32_t shard, const void *b,
+                                 size_t n, size_t *out_len)
+{
+    unsigned char *k = data_key(shard, b, n, out_len);
+    if (k)
+        k[0] = (unsigned char)tag;
+    return k;
+}
+
+/* Reads an "I", "P" or "X" record, staged changes first. */
+static int rec_get(struct engine *e, const unsigned char *k, size_t klen,
+                   void **val, size_t *vlen)
+{
+    struct gen *gens[2] = {e->cur, e->inflight};
+    for (int i = 0; i < 2; i++) {
+        if (!gens[i])
+            continue;
+        struct overlay_slot *o = overlay_find(gens[i], k, klen);
+        if (!o->key)
+            continue;
+        if (o->gone)
+            return KV_ENOTFOUND;
+        void *copy = malloc(o->vlen ? o->vlen : 1);
+        if (!copy)
+            return KV_ENOMEM;
+        memcpy(copy, o->val, o->vlen);
+        *val = copy;
+        *vlen = o->vlen;
+        return KV_OK;
+    }
+    return store_get(e->store, k, klen, val, vlen);
+}
+
+/* Stages record K (taken) = VAL, or its delete when VAL is NULL. */
+static int rec_put(struct engine *e, unsigned char *k, size_t klen,
+                   const void *val, size_t vlen)
+{
+    struct gen *g = e->cur;
+    unsigned char *copy = NULL;
+    if (overlay_reserve(g, 1) != KV_OK ||
+        (val && !(copy = malloc(vlen ? vlen : 1)))) {
+        free(k);
+        return KV_ENOMEM;
+    }
+    if (val)
+        memcpy(copy, val, vlen);
+    struct overlay_slot *o = overlay_find(g, k, klen);
+    if (o->key) {
+        free(k);
+        k = o->key;
+        free(o->val);
+    } else {
+        o->key = k;
+        o->klen = klen;
+        g->used++;
+    }
+    o->val = copy;
+    o->vlen = val ? vlen : 0;
+    o->gone = val == NULL;
+    if (val)
+        store_batch_put(g->batch, k, klen, val, vlen);
+    else
+        store_batch_del(g->batch, k, klen);
+    return KV_OK;
+}
+
+bool engine_has_intents(const struct engine *e, uint32_t shard)
+{
+    return shard < e->nshards && e->staged[shard].intents > 0;
+}
+
+/* Whether KEY of SHARD holds an intent (staged state); *TXN gets its
+ * transaction id when it does and TXN is not NULL. */
+static int key_locked(struct engine *e, uint32_t shard, const void *key,
+                      size_t klen, bool *locked, unsigned char *txn)
+{
+    *locked = false;
+    if (!engine_has_intents(e, shard))
+        return KV_OK;
+    size_t ilen;
+    unsigned char *ik = tagged_key('I', shard, key, klen, &ilen);
+    if (!ik)
+        return KV_ENOMEM;
+    void *v = NULL;
+    size_t vlen = 0;
+    int rc = rec_get(e, ik, ilen, &v, &vlen);
+    free(ik);
+    if (rc == KV_ENOTFOUND)
+        return KV_OK;
+    if (rc != KV_OK)
+        return rc;
+    if (vlen < INTENT_HDR) {
+        free(v);
+        return KV_ECORRUPT;
+    }
+    *locked = true;
+    if (txn)
+        memcpy(txn, v, ENGINE_TXN_ID_LEN);
+    free(v);
+    return KV_OK;
+}
+
+/* Moves SHARD's applied index to INDEX for an entry that wrote nothing. */
+static void stage_index(struct engine *e, uint32_t shard, uint64_t index)
+{
+    e->staged[shard].version = index;
+    stage_shard_state(e, e->cur, shard);
+    e->cur->nstaged++;
+}
+
+static int check_index(struct engine *e, uint32_t shard, uint64_t index)
+{
+    if (shard >= e->nshards || index == 0 ||
+        index <= e->staged[shard].version)
+        return KV_EINVAL;
+    return KV_OK;
+}
+
+int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
+                         uint64_t *version, size_t *failed, uint64_t *current)
+{
+    const struct engine_txn *t = &p->txn;
+    *failed = 0;
+    *current = 0;
+    *version = 0;
+    int rc = check_index(e, t->shard, t->index);
+    if (rc != KV_OK || t->nops == 0 || !p->txn_id)
+        return KV_EINVAL;
+    for (size_t i = 0; i < t->nops; i++)
+        if (t->ops[i].klen == 0 || t->ops[i].kind > ENGINE_TXN_IF_ABSENT ||
+            (t->ops[i].kind == ENGINE_TXN_IF_VERSION && !t->ops[i].version))
+            return KV_EINVAL;
+    size_t plen;
+    unsigned char *pk = tagged_key('P', t->shard, p->txn_id, ENGINE_TXN_ID_LEN,
+                                   &plen);
+    if (!pk)
+        return KV_ENOMEM;
+    void *pv = NULL;
+    size_t pvlen = 0;
+    rc = rec_get(e, pk, plen, &pv, &pvlen);
+    if (rc == KV_OK) { /* prepared before: the same YES */
+        free(pk);
+        if (pvlen < PART_HDR) {
+            free(pv);
+            return KV_ECORRUPT;
+        }
+        *version = get_u64((unsigned char *)pv + 12);
+        free(pv);
+        stage_index(e, t->shard, t->index);
+        return KV_OK;
+    }
+    if (rc != KV_ENOTFOUND) {
+        free(pk);
+        return rc;
+    }
+    rc = KV_OK;
+    if (p->now_ms > p->deadline_ms)
+        rc = KV_ETIMEDOUT;
+    /* Locks first (a NO without looking further), then conditions. */
+    for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
+        bool locked;
+        rc = key_locked(e, t->shard, t->ops[i].key, t->ops[i].klen, &locked,
+                        NULL);
+        if (rc == KV_OK && locked)
+            rc = ENGINE_ELOCKED;
+    }
+    for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        if (op->kind != ENGINE_TXN_IF_VERSION && op->kind != ENGINE_TXN_IF_ABSENT)
+            continue;
+        uint64_t cur = 0;
+        rc = current_version(e, t->shard, op->key, op->klen, &cur);
+        if (rc == KV_OK && ((op->kind == ENGINE_TXN_IF_VERSION &&
+                             cur != op->version) ||
+                            (op->kind == ENGINE_TXN_IF_ABSENT && cur != 0))) {
+            rc = KV_ECONFLICT;
+            *failed = i + 1;
+            *current = cur;
+        }
+    }
+    if (rc == KV_ETIMEDOUT || rc == ENGINE_ELOCKED || rc == KV_ECONFLICT) {
+        free(pk);
+        stage_index(e, t->shard, t->index);
+        return rc;
+    }
+    if (rc != KV_OK) {
+        free(pk);
+        return rc;
+    }
+    /* YES: one intent per key (the last op on a key decides what it
+     * does; a condition alone only locks), and the participant record. */
+    size_t keybytes = 0;
+    for (size_t i = 0; i < t->nops; i++)
+        keybytes += 4 + t->ops[i].klen;
+    unsigned char *prec = malloc(PART_HDR + keybytes);
+    if (!prec) {
+        free(pk);
+        return KV_ENOMEM;
+    }
+    put_u32(prec, p->home);
+    put_u64(prec + 4, p->deadline_ms);
+    put_u64(prec + 12, t->index);
+    size_t off = PART_HDR, nkeys = 0;
+    for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        size_t ilen;
+        unsigned char *ik = tagged_key('I', t->shard, op->key, op->klen, &ilen);
+        if (!ik) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        bool seen = false; /* a later op on the same key replaces this one */
+        void *old = NULL;
+        size_t oldlen = 0;
+        int grc = rec_get(e, ik, ilen, &old, &oldlen);
+        if (grc == KV_OK) {
+            seen = oldlen >= INTENT_HDR &&
+                   memcmp(old, p->txn_id, ENGINE_TXN_ID_LEN) == 0;
+            free(old);
+        }
+        enum engine_txn_kind kind = op->kind;
+        if (seen && kind != ENGINE_TXN_PUT && kind != ENGINE_TXN_DEL) {
+            free(ik); /* a condition after a write keeps the write */
+            continue;
+        }
+        size_t vlen = kind == ENGINE_TXN_PUT ? op->vlen : 0;
+        rc = scratch_reserve(e, INTENT_HDR + vlen);
+        if (rc != KV_OK) {
+            free(ik);
+            break;
+        }
+        unsigned char *iv = e->scratch;
+        memcpy(iv, p->txn_id, ENGINE_TXN_ID_LEN);
+        iv[ENGINE_TXN_ID_LEN] = (unsigned char)kind;
+        put_u64(iv + ENGINE_TXN_ID_LEN + 1, t->index);
+        put_u32(iv + ENGINE_TXN_ID_LEN + 9, p->home);
+        put_u64(iv + ENGINE_TXN_ID_LEN + 13, p->deadline_ms);
+        if (vlen)
+            memcpy(iv + INTENT_HDR, op->val, vlen);
+        rc = rec_put(e, ik, ilen, iv, INTENT_HDR + vlen);
+        if (rc == KV_OK && !seen) {
+            e->staged[t->shard].intents++;
+            put_u32(prec + off, (uint32_t)op->klen);
+            memcpy(prec + off + 4, op->key, op->klen);
+            off += 4 + op->klen;
+            nkeys++;
+        }
+    }
+    if (rc == KV_OK) {
+        put_u32(prec + 20, (uint32_t)nkeys);
+        rc = rec_put(e, pk, plen, prec, off);
+        pk = NULL;
+    }
+    free(pk);
+    free(prec);
+    if (rc != KV_OK)
+        return rc;
+    stage_index(e, t->shard, t->index);
+    *version = t->index;
+    return KV_OK;
+}
+
+int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
+                         const unsigned char *txn_id, bool commit)
+{
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK || !txn_id)
+        return KV_EINVAL;
+    size_t plen;
+    unsigned char *pk = tagged_key('P', shard, txn_id, ENGINE_TXN_ID_LEN, &plen);
+    if (!pk)
+        return KV_ENOMEM;
+    unsigned char *prec = NULL;
+    size_t prlen = 0;
+    rc = rec_get(e, pk, plen, (void **)&prec, &prlen);
+    if (rc == KV_ENOTFOUND) {
+        free(pk);
+        stage_index(e, shard, index);
+        return KV_OK;
+    }
+    if (rc == KV_OK && prlen < PART_HDR)
+        rc = KV_ECORRUPT;
+    if (rc != KV_OK) {
+        free(pk);
+        free(prec);
+        return rc;
+    }
+    uint32_t nkeys = get_u32(prec + 20);
+    size_t off = PART_HDR;
+    struct shard_state *st = &e->staged[shard];
+    for (uint32_t i = 0; i < nkeys && rc == KV_OK; i++) {
+        if (off + 4 > prlen || off + 4 + get_u32(prec + off) > prlen) {
+            rc = KV_ECORRUPT;
+            break;
+        }
+        size_t klen = get_u32(prec + off);
+        const unsigned char *key = prec + off + 4;
+        off += 4 + klen;
+        size_t ilen;
+        unsigned char *ik = tagged_key('I', shard, key, klen, &ilen);
+        if (!ik) {
+            rc = KV_ENOMEM;
+            break;
+        }
+        unsigned char *iv = NULL;
+        size_t ivlen = 0;
+        rc = rec_get(e, ik, ilen, (void **)&iv, &ivlen);
+        if (rc == KV_ENOTFOUND || (rc == KV_OK && (ivlen < INTENT_HDR ||
+                                                   memcmp(iv, txn_id,
+                                                          ENGINE_TXN_ID_LEN)))) {
+            rc = rc == KV_OK && ivlen < INTENT_HDR ? KV_ECORRUPT : KV_OK;
+            free(ik);
+            free(iv);
+            continue; /* not ours (cannot happen) */
+        }
+        if (rc != KV_OK) {
+            free(ik);
+            break;
+        }
+        int kind = iv[ENGINE_TXN_ID_LEN];
+        uint64_t ver = get_u64(iv + ENGINE_TXN_ID_LEN + 1);
+        if (commit && (kind == ENGINE_TXN_PUT || kind == ENGINE_TXN_DEL)) {
+            struct engine_txn_op op = {.kind = (enum engine_txn_kind)kind,
+                                       .key = key,
+                                       .klen = klen,
+                                       .val = iv + INTENT_HDR,
+                                       .vlen = ivlen - INTENT_HDR};
+            size_t dlen;
+            unsigned char *dk = data_key(shard, key, klen, &dlen);
+            uint64_t pre = 0;
+            rc = dk ? latest_version(e, dk, dlen,
+                                     overlay_find(e->cur, dk, dlen), &pre)
+                    : KV_ENOMEM;
+            if (rc == KV_OK)
+                rc = overlay_reserve(e->cur, 2);
+            if (rc == KV_OK)
+                rc = scratch_reserve(e, REC_HDR + op.vlen);
+            if (rc == KV_OK) {
+                stage_txn_write(e, e->cur, shard, &op, dk, dlen, pre, ver);
+                dk = NULL;
+            }
+            free(dk);
+        }
+        free(iv);
+        if (rc == KV_OK) {
+            rc = rec_put(e, ik, ilen, NULL, 0);
+            if (rc == KV_OK && st->intents > 0)
+                st->intents--;
+        } else {
+            free(ik);
+        }
+    }
+    free(prec);
+    if (rc == KV_OK)
+        rc = rec_put(e, pk, plen, NULL, 0);
+    else
+        free(pk);
+    if (rc != KV_OK)
+        return rc;
+    stage_index(e, shard, index);
+    return KV_OK;
+}
+
+/* Reads TXN_ID's record on SHARD: KV_OK with *STATE and *DEADLINE, and
+ * optionally the whole value (*REC, *RLEN), or KV_ENOTFOUND. */
+static int xrec_get(struct engine *e, uint32_t shard,
+                    const unsigned char *txn_id, unsigned char **key,
+                    size_t *klen, int *state, uint64_t *deadline)
+{
+    *key = tagged_key('X', shard, txn_id, ENGINE_TXN_ID_LEN, klen);
+    if (!*key)
+        return KV_ENOMEM;
+    unsigned char *v = NULL;
+    size_t vlen = 0;
+    int rc = rec_get(e, *key, *klen, (void **)&v, &vlen);
+    if (rc == KV_OK && vlen < XREC_HDR)
+        rc = KV_ECORRUPT;
+    if (rc == KV_OK) {
+        *state = v[0];
+        *deadline = get_u64(v + 1);
+    }
+    free(v);
+    return rc;
+}
+
+/* Stages TXN_ID's record with a new STATE (keeping the rest). */
+static int xrec_set_state(struct engine *e, unsigned char *key, size_t klen,
+                          int state)
+{
+    unsigned char *v = NULL;
+    size_t vlen = 0;
+    int rc = rec_get(e, key, klen, (void **)&v, &vlen);
+    if (rc != KV_OK) {
+        free(key);
+        return rc;
+    }
+    v[0] = (unsigned char)state;
+    rc = rec_put(e, key, klen, v, vlen);
+    free(v);
+    return rc;
+}
+
+int engine_stage_record(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id, uint64_t deadline_ms,
+                        const uint32_t *parts, size_t nparts, int *state)
+{
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK || !txn_id || nparts == 0 || nparts > e->nshards)
+        return KV_EINVAL;
+    unsigned char *k;
+    size_t klen;
+    uint64_t dl;
+    rc = xrec_get(e, shard, txn_id, &k, &klen, state, &dl);
+    if (rc == KV_OK) {
+        free(k);
+        stage_index(e, shard, index);
+        return KV_OK;
+    }
+    if (rc != KV_ENOTFOUND) {
+        free(k);
+        return rc;
+    }
+    size_t vlen = XREC_HDR + 4 * nparts;
+    unsigned char *v = malloc(vlen);
+    if (!v) {
+        free(k);
+        return KV_ENOMEM;
+    }
+    v[0] = ENGINE_TXN_PENDING;
+    put_u64(v + 1, deadline_ms);
+    put_u32(v + 9, (uint32_t)nparts);
+    for (size_t i = 0; i < nparts; i++)
+        put_u32(v + XREC_HDR + 4 * i, parts[i]);
+    rc = rec_put(e, k, klen, v, vlen);
+    free(v);
+    if (rc != KV_OK)
+        return rc;
+    *state = ENGINE_TXN_PENDING;
+    stage_index(e, shard, index);
+    return KV_OK;
+}
+
+int engine_stage_decide(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id, int want, uint64_t now_ms,
+                        int *state)
+{
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK || !txn_id || want < ENGINE_TXN_PENDING ||
+        want > ENGINE_TXN_ABORTED)
+        return KV_EINVAL;
+    unsigned char *k;
+    size_t klen;
+    uint64_t deadline = 0;
+    rc = xrec_get(e, shard, txn_id, &k, &klen, state, &deadline);
+    if (rc == KV_ENOTFOUND) {
+        free(k);
+        *state = ENGINE_TXN_UNKNOWN;
+        stage_index(e, shard, index);
+        return KV_OK;
+    }
+    if (rc != KV_OK) {
+        free(k);
+        return rc;
+    }
+    int next = *state;
+    if (*state == ENGINE_TXN_PENDING) {
+        if (now_ms > deadline)
+            next = ENGINE_TXN_ABORTED;
+        else if (want != ENGINE_TXN_PENDING)
+            next = want;
+    }
+    if (next != *state) {
+        rc = xrec_set_state(e, k, klen, next);
+        if (rc != KV_OK)
+            return rc;
+    } else {
+        free(k);
+    }
+    *state = next;
+    stage_index(e, shard, index);
+    return KV_OK;
+}
+
+int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id)
+{
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK || !txn_id)
+        return KV_EINVAL;
+    unsigned char *k;
+    size_t klen;
+    int state;
+    uint64_t deadline;
+    rc = xrec_get(e, shard, txn_id, &k, &klen, &state, &deadline);
+    if (rc == KV_OK && state != ENGINE_TXN_PENDING) {
+        rc = rec_put(e, k, klen, NULL, 0);
+    } else {
+        free(k);
+        if (rc == KV_ENOTFOUND || rc == KV_OK)
+            rc = KV_OK; /* gone already, or undecided: kept */
+    }
+    if (rc != KV_OK)
+        return rc;
+    stage_index(e, shard, index);
+    return KV_OK;
+}
+
+int engine_get_intent(struct engine *e, uint32_t shard, const void *key,
+                      size_t klen, struct engine_intent *out)
+{
+    if (shard >= e->nshards)
+        return KV_EINVAL;
+    if (e->applied[shard].intents == 0)
+        return KV_ENOTFOUND;
+    size_t ilen;
+    unsigned char *ik = tagged_key('I', shard, key, klen, &ilen);
+    if (!ik)
+        return KV_ENOMEM;
+    unsigned char *v = NULL;
+    size_t vlen = 0;
+    int rc = store_get(e->store, ik, ilen, (void **)&v, &vlen);
+    free(ik);
+    if (rc != KV_OK)
+        return rc;
+    if (vlen < INTENT_HDR) {
+        free(v);
+        return KV_ECORRUPT;
+    }
+    memcpy(out->txn_id, v, ENGINE_TXN_ID_LEN);
+    out->kind = (enum engine_txn_kind)v[ENGINE_TXN_ID_LEN];
+    out->version = get_u64(v + ENGINE_TXN_ID_LEN + 1);
+    out->home = get_u32(v + ENGINE_TXN_ID_LEN + 9);
+    out->deadline_ms = get_u64(v + ENGINE_TXN_ID_LEN + 13);
+    out->vlen = vlen - INTENT_HDR;
+    out->val = NULL;
+    if (out->vlen) {
+        out->val = malloc(out->vlen);
+        if (!out->val) {
+            free(v);
+            return KV_ENOMEM;
+        }
+        memcpy(out->val, v + INTENT_HDR, out->vlen);
+    }
+    free(v);
+    return KV_OK;
+}
+
+int engine_list_txns(struct engine *e, uint32_t shard, char which,
+                     engine_txn_fn fn, void *arg)
+{
+    if (shard >= e->nshards || (which != 'P' && which != 'X'))
+        return KV_EINVAL;
+    unsigned char prefix[PREFIX_LEN];
+    prefix[0] = (unsigned char)which;
+    put_u32(prefix + 1, shard);
+    struct store_iter *it = store_iter_new(e->store);
+    if (!it)
+        return KV_ENOMEM;
+    int rc = KV_OK;
+    uint32_t *parts = NULL;
+    for (store_iter_seek(it, prefix, sizeof(prefix)); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen, vlen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        const unsigned char *v = store_iter_value(it, &vlen);
+        if (klen < PREFIX_LEN || memcmp(k, prefix, PREFIX_LEN) != 0)
+            break;
+        if (klen != PREFIX_LEN + ENGINE_TXN_ID_LEN) {
+            rc = KV_ECORRUPT;
+            break;
+        }
+        struct engine_txn_info t = {.txn_id = k + PREFIX_LEN, .state = -1};
+        if (which == 'X') {
+            if (vlen < XREC_HDR || (vlen - XREC_HDR) / 4 < get_u32(v + 9)) {
+                rc = KV_ECORRUPT;
+                break;
+            }
+            t.state = v[0];
+            t.deadline_ms = get_u64(v + 1);
+            t.nparts = get_u32(v + 9);
+            free(parts);
+            parts = calloc(t.nparts ? t.nparts : 1, sizeof(*parts));
+            if (!parts) {
+                rc = KV_ENOMEM;
+                break;
+            }
+            for (size_t i = 0; i < t.nparts; i++)
+                parts[i] = get_u32(v + XREC_HDR + 4 * i);
+            t.parts = parts;
+        } else {
+            if (vlen < PART_HDR) {
+                rc = KV_ECORRUPT;
+                break;
+            }
+            t.home = get_u32(v);
+            t.deadline_ms = get_u64(v + 4);
+            t.version = get_u64(v + 12);
+            t.nkeys = get_u32(v + 20);
+        }
+        rc = fn(arg, &t);
+        if (rc != 0)
+            break;
+    }
+    if (rc == KV_OK)
+        rc = store_iter_status(it);
+    free(parts);
+    store_iter_free(it);
+    return rc;
+}
+
+/* Counts the intents stored for SHARD (at open and after an install). */
+static int count_intents(struct engine *e, uint32_t shard, uint64_t *n)
+{
+    unsigned char prefix[PREFIX_LEN];
+    prefix[0] = 'I';
+    put_u32(prefix + 1, shard);
+    struct store_iter *it = store_iter_new(e->store);
+    if (!it)
+        return KV_ENOMEM;
+    *n = 0;
+    for (store_iter_seek(it, prefix, sizeof(prefix)); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen < PREFIX_LEN || memcmp(k, prefix, PREFIX_LEN) != 0)
+            break;
+        (*n)++;
+    }
+    int rc = store_iter_status(it);
+    store_iter_free(it);
     return rc;
 }
 

@@ -19,6 +19,12 @@
  *                                (u64 BE each), written with every write
  *   "D" shard(u32 BE) user key   record: 0x01, version (u64 BE), value
  *   "S" shard(u32 BE) client id  session: seq, code (i32), version
+ *   "I" shard user key           intent of a prepared transaction: txn id,
+ *                                kind, version, home, deadline, value
+ *   "P" shard txn id             participant record: home, deadline,
+ *                                version, the keys it holds intents on
+ *   "X" shard txn id             transaction record on its home shard:
+ *                                state, deadline, participant shards
  */
 #ifndef KV_ENGINE_H
 #define KV_ENGINE_H
@@ -129,7 +135,10 @@ int engine_get(struct engine *e, uint32_t shard, const void *key, size_t klen,
  * is staged unless KV_OK (with W->index the applied index and the session
  * are staged whatever the outcome). A write the session table has seen gets
  * its first outcome again. The outcome is final only after engine_commit().
- * KV_EINVAL: bad shard, index not above the applied index, bad client id. */
+ * KV_EINVAL: bad shard, index not above the applied index, bad client id.
+ * ENGINE_ELOCKED: the key holds an intent of a transaction in progress;
+ * nothing but the applied index is staged, not even the session, so a
+ * retry is evaluated anew. */
 int engine_stage(struct engine *e, const struct engine_write *w,
                  uint64_t *version);
 
@@ -143,9 +152,113 @@ int engine_stage(struct engine *e, const struct engine_write *w,
  * key's version then (0: absent); nothing is written (the applied index and
  * session are, as for engine_stage). A retried transaction gets its first
  * outcome again, with *FAILED 0 when that was a conflict. KV_EINVAL: bad
- * shard, index, client id, no ops or an empty key. */
+ * shard, index, client id, no ops or an empty key. ENGINE_ELOCKED: as for
+ * engine_stage, when any key holds an intent. */
 int engine_stage_txn(struct engine *e, const struct engine_txn *t,
                      uint64_t *versions, size_t *failed, uint64_t *current);
+
+/* ---- two-phase commit (cross-shard transactions) --------------------
+ *
+ * A participant shard prepares its part of a transaction (conditions
+ * checked, an intent written on every key it names), then resolves it
+ * (commit: intents become records at the prepare's version; abort: intents
+ * go). The home shard keeps the transaction record: PENDING until decided
+ * COMMITTED or ABORTED, then forgotten once every participant resolved.
+ * Each call is one Raft entry's apply (INDEX, as for engine_stage):
+ * deterministic, and idempotent so a repeated entry does no harm. Any
+ * failure other than the documented outcomes (memory, storage) may leave
+ * part of an entry staged: the caller must then stop without committing
+ * (kvnode does). Embedded mode has one shard and never uses them. */
+
+#define ENGINE_TXN_ID_LEN 16
+/* A key is locked by an intent of another transaction in progress. */
+#define ENGINE_ELOCKED (-100)
+
+enum engine_txn_state {
+    ENGINE_TXN_PENDING = 0,
+    ENGINE_TXN_COMMITTED = 1,
+    ENGINE_TXN_ABORTED = 2,
+    ENGINE_TXN_UNKNOWN = 3, /* no record: never made, or forgotten */
+};
+
+struct engine_prepare {
+    struct engine_txn txn; /* this shard's ops, index (no session) */
+    const unsigned char *txn_id; /* ENGINE_TXN_ID_LEN bytes */
+    uint32_t home;
+    uint64_t deadline_ms; /* wall clock */
+    uint64_t now_ms;      /* the proposer's wall clock, in the entry */
+};
+
+/* Prepares: KV_OK (a YES vote; *VERSION is the version its writes get
+ * when committed: the index of the entry that first prepared it) when no
+ * key holds another transaction's intent, every condition holds and the
+ * deadline has not passed; an intent is then staged on every key of the
+ * ops and a participant record. Otherwise a NO vote and nothing but the
+ * applied index: ENGINE_ELOCKED (a key is locked), KV_ECONFLICT (condition
+ * *FAILED, 1-based, found *CURRENT) or KV_ETIMEDOUT (past the deadline).
+ * Preparing a transaction this shard holds already answers YES again. */
+int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
+                         uint64_t *version, size_t *failed, uint64_t *current);
+
+/* Resolves TXN_ID on SHARD: COMMIT turns its intents into records at the
+ * prepare's version (a lock-only intent changes nothing), otherwise they
+ * go; the participant record goes. Nothing prepared: nothing to do. */
+int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
+                         const unsigned char *txn_id, bool commit);
+
+/* Creates TXN_ID's record on its home SHARD as PENDING with DEADLINE_MS and
+ * its participant shards, unless it exists; *STATE is the record's state. */
+int engine_stage_record(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id, uint64_t deadline_ms,
+                        const uint32_t *parts, size_t nparts, int *state);
+
+/* Decides or asks: WANT is ENGINE_TXN_COMMITTED, ENGINE_TXN_ABORTED or
+ * ENGINE_TXN_PENDING (only asking). A PENDING record becomes what is wanted,
+ * except that past its deadline (NOW_MS, the proposer's clock in the entry)
+ * it becomes ABORTED whatever is asked; a decided record stays as it is.
+ * *STATE is the state after (ENGINE_TXN_UNKNOWN: no record). */
+int engine_stage_decide(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id, int want, uint64_t now_ms,
+                        int *state);
+
+/* Deletes a decided record (every participant resolved). */
+int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,
+                        const unsigned char *txn_id);
+
+struct engine_intent {
+    unsigned char txn_id[ENGINE_TXN_ID_LEN];
+    uint32_t home;
+    uint64_t deadline_ms;
+    uint64_t version;
+    enum engine_txn_kind kind; /* PUT, DEL, or a condition (a lock only) */
+    void *val; /* PUT: malloc()ed copy (NULL when empty); free() it */
+    size_t vlen;
+};
+
+/* The committed intent on KEY of SHARD, or KV_ENOTFOUND. */
+int engine_get_intent(struct engine *e, uint32_t shard, const void *key,
+                      size_t klen, struct engine_intent *out);
+
+/* Whether SHARD holds any intent (committed or staged); cheap. */
+bool engine_has_intents(const struct engine *e, uint32_t shard);
+
+/* One transaction known to a shard, for recovery and listing. */
+struct engine_txn_info {
+    const unsigned char *txn_id;
+    int state;            /* records (X): the state; participants (P): -1 */
+    uint32_t home;        /* participants: the home shard */
+    uint64_t deadline_ms;
+    uint64_t version;     /* participants: the prepare's version */
+    const uint32_t *parts; /* records: the participant shards */
+    size_t nparts;
+    size_t nkeys;          /* participants: keys holding its intents */
+};
+typedef int (*engine_txn_fn)(void *arg, const struct engine_txn_info *t);
+
+/* Calls FN for each committed transaction record ('X') or participant
+ * record ('P') of SHARD; a non-zero return stops and is returned. */
+int engine_list_txns(struct engine *e, uint32_t shard, char which,
+                     engine_txn_fn fn, void *arg);
 
 /* Stages only a new applied index for SHARD (a Raft entry with no write). */
 int engine_stage_applied(struct engine *e, uint32_t shard, uint64_t index);

@@ -1809,6 +1809,216 @@ START_TEST(malformed_transactions_are_invalid_and_stage_nothing)
 END_TEST
 
 
+/* ---- two-phase commit: intents, participant and transaction records ----- */
+
+static const unsigned char txn_a[ENGINE_TXN_ID_LEN] = "txn-a-0123456789";
+static const unsigned char txn_b[ENGINE_TXN_ID_LEN] = "txn-b-0123456789";
+
+static int prepare(uint32_t shard, const unsigned char *id,
+                   const struct engine_txn_op *ops, size_t n, uint64_t index,
+                   uint64_t now, uint64_t *version)
+{
+    struct engine_prepare p = {.txn = {.shard = shard, .ops = ops, .nops = n,
+                                       .index = index},
+                               .txn_id = id,
+                               .home = 7,
+                               .deadline_ms = 1000,
+                               .now_ms = now};
+    size_t failed;
+    uint64_t cur;
+    return engine_stage_prepare(eng, &p, version, &failed, &cur);
+}
+
+static int count_txns(void *arg, const struct engine_txn_info *t)
+{
+    (void)t;
+    (*(int *)arg)++;
+    return 0;
+}
+
+/* A prepared transaction locks every key it names: plain writes, single
+ * shard transactions and other prepares are refused (and record no
+ * session), until it is resolved; commit writes at the prepare's version. */
+START_TEST(prepared_intents_lock_keys_until_a_commit_applies_them)
+{
+    ck_assert_int_eq(stage_put(0, "keep", "k0", 0, false, NULL), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    uint64_t i0 = applied_of(0);
+    struct engine_txn_op ops[] = {TPUT("a", "1"), TDEL("keep"), TIFA("c")};
+    uint64_t ver = 0;
+    ck_assert_int_eq(prepare(0, txn_a, ops, 3, i0 + 1, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, i0 + 1);
+    ck_assert(engine_has_intents(eng, 0));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_missing(0, "a"); /* nothing visible before the commit */
+    expect_value(0, "keep", "k0", i0);
+
+    struct engine_write w = {.op = ENGINE_PUT, .shard = 0, .key = "c",
+                             .klen = 1, .val = "x", .vlen = 1,
+                             .index = i0 + 2, .client_id = "cl",
+                             .client_id_len = 2, .seq = 1};
+    uint64_t v;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), ENGINE_ELOCKED);
+    struct engine_txn_op one[] = {TPUT("zz", "1"), TPUT("a", "2")};
+    uint64_t vers[2];
+    size_t failed;
+    uint64_t cur;
+    ck_assert_int_eq(stage_txn(0, one, 2, i0 + 3, 0, vers, &failed, &cur),
+                     ENGINE_ELOCKED);
+    struct engine_txn_op other[] = {TPUT("keep", "b")};
+    ck_assert_int_eq(prepare(0, txn_b, other, 1, i0 + 4, 10, &v),
+                     ENGINE_ELOCKED);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(0, 1, i0 + 4); /* the index moved; nothing else */
+    expect_missing(0, "zz");
+    /* the refused write recorded no session: after the resolve, the same
+     * seq is applied */
+    ck_assert_int_eq(engine_stage_resolve(eng, 0, i0 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert(!engine_has_intents(eng, 0));
+    expect_value(0, "a", "1", i0 + 1);
+    expect_missing(0, "keep");
+    expect_missing(0, "c"); /* a condition only locked it */
+    expect_info(0, 1, i0 + 5);
+    w.index = i0 + 6;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "c", "x", i0 + 6);
+}
+END_TEST
+
+START_TEST(an_aborted_prepare_leaves_the_data_as_it_was)
+{
+    uint64_t v1 = put_ok(1, "a", "old");
+    struct engine_txn_op ops[] = {TPUT("a", "new"), TPUT("b", "new")};
+    uint64_t ver;
+    ck_assert_int_eq(prepare(1, txn_a, ops, 2, v1 + 1, 10, &ver), KV_OK);
+    /* resolved in the same batch as the prepare (a follower catching up) */
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 2, txn_a, false), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(1, "a", "old", v1);
+    expect_missing(1, "b");
+    ck_assert(!engine_has_intents(eng, 1));
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 1, 'P', count_txns, &n), KV_OK);
+    ck_assert_int_eq(n, 0);
+    /* resolving again, or something never prepared: nothing to do */
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 3, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 4, txn_b, true), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(1, "a", "old", v1);
+}
+END_TEST
+
+START_TEST(prepare_votes_no_on_a_failed_condition_or_a_passed_deadline)
+{
+    uint64_t v1 = put_ok(2, "a", "x");
+    struct engine_txn_op ops[] = {TIFV("a", v1 + 1), TPUT("b", "1")};
+    struct engine_prepare p = {.txn = {.shard = 2, .ops = ops, .nops = 2,
+                                       .index = v1 + 1},
+                               .txn_id = txn_a,
+                               .home = 0,
+                               .deadline_ms = 1000,
+                               .now_ms = 5};
+    uint64_t ver;
+    size_t failed;
+    uint64_t cur;
+    ck_assert_int_eq(engine_stage_prepare(eng, &p, &ver, &failed, &cur),
+                     KV_ECONFLICT);
+    ck_assert_uint_eq(failed, 1);
+    ck_assert_uint_eq(cur, v1);
+    ops[0].version = v1;
+    p.txn.index = v1 + 2;
+    p.now_ms = 1001;
+    ck_assert_int_eq(engine_stage_prepare(eng, &p, &ver, &failed, &cur),
+                     KV_ETIMEDOUT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert(!engine_has_intents(eng, 2));
+    expect_info(2, 1, v1 + 2);
+    /* in time, it holds; preparing again answers the first YES */
+    p.txn.index = v1 + 3;
+    p.now_ms = 999;
+    ck_assert_int_eq(engine_stage_prepare(eng, &p, &ver, &failed, &cur), KV_OK);
+    ck_assert_uint_eq(ver, v1 + 3);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    p.txn.index = v1 + 4;
+    ck_assert_int_eq(engine_stage_prepare(eng, &p, &ver, &failed, &cur), KV_OK);
+    ck_assert_uint_eq(ver, v1 + 3);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    struct engine_intent in;
+    ck_assert_int_eq(engine_get_intent(eng, 2, "b", 1, &in), KV_OK);
+    ck_assert_mem_eq(in.txn_id, txn_a, ENGINE_TXN_ID_LEN);
+    ck_assert_uint_eq(in.version, v1 + 3);
+    ck_assert_int_eq(in.kind, ENGINE_TXN_PUT);
+    ck_assert_uint_eq(in.vlen, 1);
+    ck_assert_mem_eq(in.val, "1", 1);
+    ck_assert_uint_eq(in.deadline_ms, 1000);
+    free(in.val);
+    ck_assert_int_eq(engine_get_intent(eng, 2, "zz", 2, &in), KV_ENOTFOUND);
+    /* intents and participant records survive a restart */
+    reopen(NSHARDS);
+    ck_assert(engine_has_intents(eng, 2));
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 2, 'P', count_txns, &n), KV_OK);
+    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, v1 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(2, "b", "1", v1 + 3);
+}
+END_TEST
+
+/* The record: PENDING until decided; a decision is final; past the deadline
+ * it can only become ABORTED; forgotten only once decided. */
+START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
+{
+    uint32_t parts[] = {0, 3};
+    int state = -1;
+    ck_assert_int_eq(engine_stage_record(eng, 3, 1, txn_a, 1000, parts, 2,
+                                         &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_PENDING);
+    ck_assert_int_eq(engine_stage_decide(eng, 3, 2, txn_a, ENGINE_TXN_PENDING,
+                                         500, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_PENDING);
+    ck_assert_int_eq(engine_stage_forget(eng, 3, 3, txn_a), KV_OK); /* kept */
+    ck_assert_int_eq(engine_stage_decide(eng, 3, 4, txn_a, ENGINE_TXN_COMMITTED,
+                                         900, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_COMMITTED);
+    ck_assert_int_eq(engine_stage_decide(eng, 3, 5, txn_a, ENGINE_TXN_ABORTED,
+                                         950, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_COMMITTED);
+    ck_assert_int_eq(engine_stage_record(eng, 3, 6, txn_a, 5, parts, 2, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_COMMITTED); /* not recreated */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 3, 'X', count_txns, &n), KV_OK);
+    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(engine_stage_forget(eng, 3, 7, txn_a), KV_OK);
+    ck_assert_int_eq(engine_stage_decide(eng, 3, 8, txn_a, ENGINE_TXN_PENDING,
+                                         1, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_UNKNOWN);
+    /* past its deadline, asking or committing aborts */
+    ck_assert_int_eq(engine_stage_record(eng, 3, 9, txn_b, 1000, parts, 2,
+                                         &state),
+                     KV_OK);
+    ck_assert_int_eq(engine_stage_decide(eng, 3, 10, txn_b,
+                                         ENGINE_TXN_COMMITTED, 1001, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_ABORTED);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 3, 'X', count_txns, &n), KV_OK);
+    ck_assert_int_eq(n, 1);
+    expect_info(3, 0, 10);
+}
+END_TEST
+
+
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
  * two-step commit, each test on its own store under /tmp. */
 Suite *engine_suite(void)
@@ -1909,6 +2119,12 @@ Suite *engine_suite(void)
     tcase_add_test(
         tc, a_replicated_transaction_is_applied_once_and_retries_get_its_outcome);
     tcase_add_test(tc, malformed_transactions_are_invalid_and_stage_nothing);
+    tcase_add_test(tc, prepared_intents_lock_keys_until_a_commit_applies_them);
+    tcase_add_test(tc, an_aborted_prepare_leaves_the_data_as_it_was);
+    tcase_add_test(tc,
+                   prepare_votes_no_on_a_failed_condition_or_a_passed_deadline);
+    tcase_add_test(
+        tc, a_transaction_record_is_decided_once_and_aborts_past_its_deadline);
     suite_add_tcase(s, tc);
     return s;
 }
