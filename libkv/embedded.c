@@ -237,6 +237,9 @@ static int emb_txn(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
     rc = engine_stage_txn(se->engine, t, versions, failed, current);
     if (rc != KV_OK && rc != KV_ECONFLICT) {
         pthread_mutex_unlock(&se->mu);
+        if (rc == ENGINE_ELOCKED) /* defensive: one shard has no intents */
+            return kv_fail(db, KV_EINTERNAL,
+                           "a key is locked by a cross-shard transaction");
         return kv_fail(db, rc, "cannot stage the transaction");
     }
     return wait_flushed(db, se, rc);
