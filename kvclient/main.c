@@ -879,7 +879,8 @@ static int txn_field(struct cli *c, size_t line, const char *what,
     }
     rc = hex_decode(f, n, 0, &b->owned, &b->n);
     if (rc == KV_EINVAL)
-        return usage_error(c, "txn line %zu: %s '%.*s' is not valid hex (--hex)",
+        return usage_error(c,
+                           "txn line %zu: %s '%.*s' is not valid hex (--hex)",
                            line, what, (int)(n > 64 ? 64 : n), f);
     if (rc != KV_OK)
         return report(c, "txn", rc, NULL);
@@ -890,8 +891,8 @@ static int txn_field(struct cli *c, size_t line, const char *what,
 /* Parses script line LINE (S, N bytes, no newline) and adds its op to T;
  * the key of a write is kept in W. Blank lines and '#' comments add
  * nothing. Returns 0 or the exit code after reporting. */
-static int txn_line(struct cli *c, kv_txn *t, struct txn_writes *w,
-                    size_t line, const char *s, size_t n)
+static int txn_line(struct cli *c, kv_txn *t, struct txn_writes *w, size_t line,
+                    const char *s, size_t n)
 {
     static const char *const ops[] = {"if-version", "if-absent", "put", "del"};
     static const size_t nfields[] = {3, 2, 3, 2};
@@ -905,12 +906,14 @@ static int txn_line(struct cli *c, kv_txn *t, struct txn_writes *w,
     int rc, ret;
 
     if (memchr(s, '\0', n) != NULL)
-        return usage_error(c, "txn line %zu: a NUL byte (give such keys and "
-                              "values with --hex)",
+        return usage_error(c,
+                           "txn line %zu: a NUL byte (give such keys and "
+                           "values with --hex)",
                            line);
     if (memchr(s, '\n', n) != NULL)
-        return usage_error(c, "txn line %zu: an argument is one line, it "
-                              "cannot hold a newline",
+        return usage_error(c,
+                           "txn line %zu: an argument is one line, it "
+                           "cannot hold a newline",
                            line);
     if (n > 0 && s[n - 1] == '\r')
         n--; /* CRLF scripts */
@@ -955,7 +958,8 @@ static int txn_line(struct cli *c, kv_txn *t, struct txn_writes *w,
     ret = txn_field(c, line, "key", f[1], flen[1], &key);
     if (ret != 0)
         return ret;
-    if (op == 2 && (ret = txn_field(c, line, "value", f[2], flen[2], &val)) != 0)
+    if (op == 2 &&
+        (ret = txn_field(c, line, "value", f[2], flen[2], &val)) != 0)
         goto out_key;
     switch (op) {
     case 0:

@@ -76,7 +76,7 @@ struct kv {
     uint64_t max_value_bytes;
     uint32_t max_txn_ops;   /* ops of one transaction */
     uint64_t max_txn_bytes; /* key and value bytes of one transaction */
-    uint32_t timeout_ms; /* default per call */
+    uint32_t timeout_ms;    /* default per call */
     char errmsg[512];
 };
 

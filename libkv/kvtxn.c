@@ -21,17 +21,17 @@
 #include "shard.h"
 
 #define NO_OP SIZE_MAX
-#define BACKOFF_FIRST_US 2000u  /* kv_txn_run: first pause */
-#define BACKOFF_MAX_US 200000u  /* and its cap */
-#define SHOW_KEY_MAX 64         /* key bytes quoted in a conflict message */
+#define BACKOFF_FIRST_US 2000u /* kv_txn_run: first pause */
+#define BACKOFF_MAX_US 200000u /* and its cap */
+#define SHOW_KEY_MAX 64        /* key bytes quoted in a conflict message */
 
 /* One op; its key and value share one allocation. */
 struct txn_op {
     enum engine_txn_kind kind;
     unsigned char *buf; /* key, then value (ENGINE_TXN_PUT) */
     size_t klen, vlen;
-    uint64_t version;   /* ENGINE_TXN_IF_VERSION */
-    bool from_read;     /* a condition recorded by kv_txn_get */
+    uint64_t version; /* ENGINE_TXN_IF_VERSION */
+    bool from_read;   /* a condition recorded by kv_txn_get */
 };
 
 /* What the transaction holds about one key (open addressing by hash). */
@@ -70,8 +70,7 @@ static uint64_t key_hash(const void *key, size_t klen)
 
 /* The slot of KEY, or the free slot where it would go. The table is never
  * full (see table_reserve). */
-static struct key_slot *slot_find(const kv_txn *t, const void *key,
-                                  size_t klen)
+static struct key_slot *slot_find(const kv_txn *t, const void *key, size_t klen)
 {
     size_t mask = t->nslots - 1;
     for (size_t i = (size_t)key_hash(key, klen) & mask;; i = (i + 1) & mask) {
@@ -320,10 +319,9 @@ int kv_txn_get(kv_txn *txn, const void *key, size_t klen, void **val,
         return rc;
     int found = rc;
     if (!(s && s->has_read && s->read_version == ver))
-        rc = add_op(txn,
-                    found == KV_OK ? ENGINE_TXN_IF_VERSION
-                                   : ENGINE_TXN_IF_ABSENT,
-                    key, klen, NULL, 0, ver, true);
+        rc = add_op(
+            txn, found == KV_OK ? ENGINE_TXN_IF_VERSION : ENGINE_TXN_IF_ABSENT,
+            key, klen, NULL, 0, ver, true);
     else
         rc = KV_OK;
     if (rc != KV_OK) {
@@ -415,9 +413,8 @@ static int txn_commit(kv_txn *t, uint64_t **versions, size_t *n)
     uint64_t *results = calloc(t->nops, sizeof(*results));
     /* Allocated before committing: a committed transaction must not fail
      * for want of memory to report it. */
-    uint64_t *out = versions ? calloc(t->nwrites ? t->nwrites : 1,
-                                      sizeof(*out))
-                             : NULL;
+    uint64_t *out =
+        versions ? calloc(t->nwrites ? t->nwrites : 1, sizeof(*out)) : NULL;
     int rc = KV_OK;
     if (!eops || !results || (versions && !out)) {
         rc = KV_ENOMEM;
@@ -560,7 +557,7 @@ int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
             return rc;
         sleep_us(pause);
         if (backoff < BACKOFF_MAX_US)
-            backoff = backoff * 2 < BACKOFF_MAX_US ? backoff * 2
-                                                   : BACKOFF_MAX_US;
+            backoff =
+                backoff * 2 < BACKOFF_MAX_US ? backoff * 2 : BACKOFF_MAX_US;
     }
 }

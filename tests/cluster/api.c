@@ -891,8 +891,7 @@ static void expect_conflict(kv_txn *t, const char *const *words, size_t n)
     ck_assert_uint_eq(nv, 777);
     for (size_t i = 0; i < n; i++)
         ck_assert_msg(strstr(kv_errmsg(db), words[i]) != NULL,
-                      "'%s' not in the message '%s'", words[i],
-                      kv_errmsg(db));
+                      "'%s' not in the message '%s'", words[i], kv_errmsg(db));
 }
 
 START_TEST(a_failed_condition_writes_nothing_and_names_the_key)
@@ -921,7 +920,8 @@ START_TEST(a_failed_condition_writes_nothing_and_names_the_key)
     t = must_begin(db);
     ck_assert_int_eq(kv_txn_if_version(t, S("{t4}nothere"), 5), KV_OK);
     ck_assert_int_eq(kv_txn_del(t, S("{t4}a")), KV_OK);
-    const char *const w3[] = {"\"{t4}nothere\"", "is absent", "expected version 5"};
+    const char *const w3[] = {"\"{t4}nothere\"", "is absent",
+                              "expected version 5"};
     expect_conflict(t, w3, 3);
     expect_value(db, S("{t4}a"), S("a1"), va);
     /* Binary keys are quoted printably. */
@@ -1085,8 +1085,7 @@ START_TEST(transaction_limits_are_etoobig_and_leave_it_usable)
     ck_assert_int_eq(kv_txn_put(t, longkey, MAX_KEY + 1, S("v")), KV_ETOOBIG);
     ck_assert_int_eq(kv_txn_del(t, longkey, MAX_KEY + 1), KV_ETOOBIG);
     ck_assert_int_eq(kv_txn_if_absent(t, longkey, MAX_KEY + 1), KV_ETOOBIG);
-    ck_assert_int_eq(kv_txn_if_version(t, longkey, MAX_KEY + 1, 1),
-                     KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_if_version(t, longkey, MAX_KEY + 1, 1), KV_ETOOBIG);
     ck_assert_int_eq(kv_txn_get(t, longkey, MAX_KEY + 1, &val, &vlen, NULL),
                      KV_ETOOBIG);
     free(longkey);
@@ -1199,8 +1198,8 @@ START_TEST(kv_txn_run_retries_a_conflict_and_hands_back_other_errors)
 {
     kv *other = NULL;
     ck_assert_int_eq(kv_open(target, NULL, &other), KV_OK);
-    struct bump b = {.other = other, .key = "{t10}n", .klen = 6,
-                     .interfere = 1};
+    struct bump b = {
+        .other = other, .key = "{t10}n", .klen = 6, .interfere = 1};
     must_put(db, S("{t10}n"), S("1"));
     /* The first attempt conflicts with the other handle's write of 100;
      * the second reads 100 and writes 101. */
@@ -1208,14 +1207,14 @@ START_TEST(kv_txn_run_retries_a_conflict_and_hands_back_other_errors)
     ck_assert_int_eq(b.calls, 2);
     expect_value(db, S("{t10}n"), S("101"), 0);
     /* A function error is returned at once, nothing written. */
-    b = (struct bump){.other = other, .key = "{t10}n", .klen = 6,
-                      .fail_with = KV_ENOTFOUND};
+    b = (struct bump){
+        .other = other, .key = "{t10}n", .klen = 6, .fail_with = KV_ENOTFOUND};
     ck_assert_int_eq(kv_txn_run(db, NULL, bump_fn, &b), KV_ENOTFOUND);
     ck_assert_int_eq(b.calls, 1);
     expect_value(db, S("{t10}n"), S("101"), 0);
     /* A conflict every time: retried with backoff until the timeout. */
-    b = (struct bump){.other = other, .key = "{t10}n", .klen = 6,
-                      .interfere = 1000000};
+    b = (struct bump){
+        .other = other, .key = "{t10}n", .klen = 6, .interfere = 1000000};
     kv_opts o = {.timeout_ms = 600};
     int64_t t0 = harness_now_ms();
     ck_assert_int_eq(kv_txn_run(db, &o, bump_fn, &b), KV_ECONFLICT);
@@ -1297,8 +1296,8 @@ START_TEST(kv_txn_run_from_two_threads_lands_every_increment)
     char want[16];
     int n = snprintf(want, sizeof want, "%d", 2 * INCREMENTS);
     expect_value(db, S("{t11}ctr"), want, (size_t)n, 0);
-    fprintf(stderr, "api: %d increments took %d + %d calls\n",
-            2 * INCREMENTS, th[0].calls, th[1].calls);
+    fprintf(stderr, "api: %d increments took %d + %d calls\n", 2 * INCREMENTS,
+            th[0].calls, th[1].calls);
 }
 END_TEST
 

@@ -400,8 +400,8 @@ START_TEST(the_default_txn_bytes_shrink_to_a_smaller_message_limit)
     ck_assert_uint_eq(c->max_txn_bytes, 1);
     conf_free(c);
     /* The limit is inclusive: max_message_bytes - 4096 is accepted. */
-    snprintf(text, sizeof text,
-             "cluster = a\nmax_txn_bytes = 4190208\n%s", three_nodes);
+    snprintf(text, sizeof text, "cluster = a\nmax_txn_bytes = 4190208\n%s",
+             three_nodes);
     c = parse_ok(text);
     ck_assert_uint_eq(c->max_txn_bytes, 4190208);
     conf_free(c);
@@ -490,22 +490,22 @@ static const struct broken broken_bodies[] = {
      "request_timeout_ms"},
     {"txn timeout over an hour", "txn_timeout_ms = 3600001\n", 2,
      "out of range"},
-    {"zero txn ops", "max_txn_ops = 0\n", 2, "max_txn_ops = 0 is out of range 1..100000"},
+    {"zero txn ops", "max_txn_ops = 0\n", 2,
+     "max_txn_ops = 0 is out of range 1..100000"},
     {"txn ops over the cap", "max_txn_ops = 100001\n", 2,
      "out of range 1..100000"},
     {"txn ops not a number", "max_txn_ops = many\n", 2, "bad number"},
     {"zero txn bytes", "max_txn_bytes = 0\n", 2, "max_txn_bytes = 0"},
-    {"txn bytes above the message limit less 4096",
-     "max_txn_bytes = 4190209\n", 2,
-     "max_txn_bytes = 4190209 is out of range 1..4190208"},
+    {"txn bytes above the message limit less 4096", "max_txn_bytes = 4190209\n",
+     2, "max_txn_bytes = 4190209 is out of range 1..4190208"},
     {"txn bytes that no longer fit a lowered message limit",
      "max_value_bytes = 1000\nmax_txn_bytes = 1048576\n"
      "max_message_bytes = 1052671\n",
-     4,
-     "out of range 1..1048575 (max_message_bytes - 4096)"},
+     4, "out of range 1..1048575 (max_message_bytes - 4096)"},
     {"txn bytes set before a message limit leaving no room",
      "max_key_bytes = 1\nmax_value_bytes = 0\nmax_txn_bytes = 1\n"
-     "max_message_bytes = 4096\n", 5, "leaves no room"},
+     "max_message_bytes = 4096\n",
+     5, "leaves no room"},
     {"duplicate txn ops", "max_txn_ops = 5\nmax_txn_ops = 5\n", 3,
      "first set at line 2"},
     {"bad log level", "log_level = verbose\n", 2, "log_level"},
