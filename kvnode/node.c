@@ -69,6 +69,14 @@ static uint64_t env_now_ms(void *arg)
     return now_ms();
 }
 
+static uint64_t env_wall_ms(void *arg)
+{
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* --- sending ------------------------------------------------------------ */
 
 static void send_reply(void *arg, const void *id, size_t idlen,
@@ -421,7 +429,8 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
             .arg = n,
             .send = send_peer,
             .reply = send_reply,
-            .now_ms = env_now_ms};
+            .now_ms = env_now_ms,
+            .wall_ms = env_wall_ms};
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;

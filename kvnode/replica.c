@@ -29,6 +29,7 @@
 #include "raft.h"
 #include "shard.h"
 #include "store.h"
+#include "txn.h"
 #include "wire.h"
 
 #define ELECTION_TICKS 50 /* x 10 ms: 500-1000 ms, randomized by raft */
@@ -46,6 +47,8 @@
 #define MAX_WAITERS 100000   /* writes in flight per node before EUNAVAILABLE */
 #define BALANCE_TICKS 200    /* how often a leader checks it is the preferred one */
 
+enum { W_WRITE, W_TXN, W_PREPARE, W_STATE, W_RESOLVE };
+
 struct waiter {
     uint64_t index;
     uint64_t term;
@@ -56,9 +59,11 @@ struct waiter {
     uint64_t version;
     bool done;
     bool txn;           /* answer with a TxnResult */
+    int kind;           /* W_* : what the answer carries */
     uint64_t *versions; /* txn: one per op (malloc()ed), NULL until applied */
     size_t nversions;
     size_t failed_op; /* txn conflict: 1-based op index (0: unknown) */
+    int state;        /* W_STATE: the transaction record's state */
 };
 
 struct pending_read {
@@ -131,7 +136,39 @@ struct replica {
     struct replica_stats stats;
     unsigned char *scratch;
     size_t scratch_cap;
+    struct txns *txns;  /* coordinators of cross-shard transactions */
+    uint32_t *hint;     /* by shard: the leader last named (not hosted) */
+    struct local *local; /* calls to and answers from this node itself */
+    size_t nlocal, caplocal;
 };
+
+/* A call a coordinator made to a shard this node leads, or the answer to
+ * one: handled at the end of the flush, never inside the code that made
+ * it. */
+struct local {
+    bool answer;
+    unsigned char *buf; /* an encoded Envelope */
+    size_t len;
+};
+
+/* The client address of an internal call from node N: it begins with a
+ * zero byte and is 6 bytes long, which no ZeroMQ routing id is. */
+#define PEER_ADDR_LEN 6
+static void peer_addr(unsigned char a[PEER_ADDR_LEN], uint32_t node)
+{
+    a[0] = 0;
+    a[1] = 'p';
+    put_u32(a + 2, node);
+}
+
+static bool is_peer_addr(const void *client, size_t clen, uint32_t *node)
+{
+    const unsigned char *c = client;
+    if (clen != PEER_ADDR_LEN || c[0] != 0 || c[1] != 'p')
+        return false;
+    *node = get_u32(c + 2);
+    return true;
+}
 
 static const char *role_name(enum raft_role role);
 
@@ -173,6 +210,45 @@ static const struct conf_node *node_of(const struct replica *r, uint32_t id)
 
 /* --- replies ------------------------------------------------------------ */
 
+static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b);
+static void local_push(struct replica *r, bool answer, const void *buf,
+                       size_t len);
+static uint64_t txn_wall(void *arg);
+static void take_answer(struct replica *r, const void *buf, size_t len,
+                        uint32_t from);
+static void take_call(struct replica *r, const void *buf, size_t len,
+                      uint32_t from);
+
+/* Answers a client, or a peer's (or this node's) internal call. */
+static void answer_to(struct replica *r, const void *client, size_t clen,
+                      const Kv__Response *resp)
+{
+    uint32_t node;
+    if (!is_peer_addr(client, clen, &node)) {
+        r->env.reply(r->env.arg, client, clen, resp);
+        return;
+    }
+    Kv__Envelope env = KV__ENVELOPE__INIT;
+    env.version = WIRE_VERSION;
+    env.body_case = KV__ENVELOPE__BODY_RESPONSE;
+    env.response = (Kv__Response *)resp;
+    size_t n = kv__envelope__get_packed_size(&env);
+    unsigned char *buf = malloc(n ? n : 1);
+    if (!buf)
+        return; /* the caller repeats its call */
+    kv__envelope__pack(&env, buf);
+    if (node == r->id) {
+        local_push(r, true, buf, n);
+    } else {
+        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+        ProtobufCBinaryData one = {.len = n, .data = buf};
+        b.replies = &one;
+        b.n_replies = 1;
+        send_peer(r, node, &b);
+    }
+    free(buf);
+}
+
 static void reply_code(struct replica *r, const void *client, size_t clen,
                        uint64_t req_id, int code, const char *msg)
 {
@@ -180,7 +256,7 @@ static void reply_code(struct replica *r, const void *client, size_t clen,
     resp.id = req_id;
     resp.code = code;
     resp.message = (char *)(msg ? msg : "");
-    r->env.reply(r->env.arg, client, clen, &resp);
+    answer_to(r, client, clen, &resp);
 }
 
 /* Answers KV_ENOTLEADER, naming the leader of SHARD if this node knows one,
@@ -206,7 +282,7 @@ static void reply_redirect(struct replica *r, const void *client, size_t clen,
     resp.leader_id = hint;
     const struct conf_node *n = hint ? node_of(r, hint) : NULL;
     resp.leader_addr = n ? n->address : "";
-    r->env.reply(r->env.arg, client, clen, &resp);
+    answer_to(r, client, clen, &resp);
 }
 
 /* --- persistence ------------------------------------------------------- */
@@ -931,7 +1007,15 @@ static void propose_command(struct replica *r, const void *client, size_t clen,
                    "out of memory here; outcome unknown, retry");
         return;
     }
-    g->waiters[g->nwaiters - 1].txn = cmd->op_case == KV__COMMAND__OP_TXN;
+    struct waiter *w = &g->waiters[g->nwaiters - 1];
+    w->txn = cmd->op_case == KV__COMMAND__OP_TXN;
+    w->kind = cmd->op_case == KV__COMMAND__OP_TXN           ? W_TXN
+              : cmd->op_case == KV__COMMAND__OP_TXN_PREPARE ? W_PREPARE
+              : cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE ? W_RESOLVE
+              : cmd->op_case == KV__COMMAND__OP_TXN_RECORD ||
+                      cmd->op_case == KV__COMMAND__OP_TXN_DECIDE
+                  ? W_STATE
+                  : W_WRITE;
     r->stats.proposals++;
 }
 
@@ -1024,6 +1108,85 @@ static bool txn_ok(struct replica *r, const void *client, size_t clen,
     return true;
 }
 
+/* A two-phase commit step from a coordinator: checked, then proposed on
+ * the shard it names (the clock of this leader goes into the entry where
+ * a deadline is compared, so every replica decides alike). */
+static void handle_txn_step(struct replica *r, const void *client,
+                            size_t clen, const Kv__Request *req)
+{
+    Kv__Command cmd = KV__COMMAND__INIT;
+    const ProtobufCBinaryData *id;
+    uint32_t shard;
+    switch (req->op_case) {
+    case KV__REQUEST__OP_TXN_PREPARE: {
+        Kv__TxnPrepare *p = req->txn_prepare;
+        id = &p->txn_id;
+        shard = p->shard;
+        if (p->n_ops == 0 || p->home >= r->conf->shards) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "bad prepare: no ops or no such home shard");
+            return;
+        }
+        for (size_t i = 0; i < p->n_ops; i++) {
+            const Kv__TxnOp *op = p->ops[i];
+            if (!key_ok(r, client, clen, req->id, &op->key))
+                return;
+            if (shard_of(op->key.data, op->key.len, r->conf->shards) !=
+                    shard ||
+                op->kind < KV__TXN_OP__KIND__PUT ||
+                op->kind > KV__TXN_OP__KIND__IF_ABSENT ||
+                (op->kind == KV__TXN_OP__KIND__IF_VERSION && !op->version) ||
+                op->value.len > r->conf->max_value_bytes) {
+                reply_code(r, client, clen, req->id, KV_EINVAL,
+                           "bad prepare: an op is not of this shard or "
+                           "malformed");
+                return;
+            }
+        }
+        p->now_ms = txn_wall(r);
+        cmd.op_case = KV__COMMAND__OP_TXN_PREPARE;
+        cmd.txn_prepare = p;
+        break;
+    }
+    case KV__REQUEST__OP_TXN_RESOLVE:
+        id = &req->txn_resolve->txn_id;
+        shard = req->txn_resolve->shard;
+        cmd.op_case = KV__COMMAND__OP_TXN_RESOLVE;
+        cmd.txn_resolve = req->txn_resolve;
+        break;
+    case KV__REQUEST__OP_TXN_RECORD:
+        id = &req->txn_record->txn_id;
+        shard = req->txn_record->shard;
+        if (req->txn_record->n_parts == 0 ||
+            req->txn_record->n_parts > r->conf->shards) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "bad record: participants");
+            return;
+        }
+        cmd.op_case = KV__COMMAND__OP_TXN_RECORD;
+        cmd.txn_record = req->txn_record;
+        break;
+    default: /* KV__REQUEST__OP_TXN_DECIDE */
+        id = &req->txn_decide->txn_id;
+        shard = req->txn_decide->shard;
+        if (req->txn_decide->want > 3) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "bad decide: want");
+            return;
+        }
+        req->txn_decide->now_ms = txn_wall(r);
+        cmd.op_case = KV__COMMAND__OP_TXN_DECIDE;
+        cmd.txn_decide = req->txn_decide;
+        break;
+    }
+    if (id->len != ENGINE_TXN_ID_LEN || shard >= r->conf->shards) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "bad transaction id or shard");
+        return;
+    }
+    propose_command(r, client, clen, req, shard, &cmd);
+}
+
 static void handle_txn(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req)
 {
@@ -1032,8 +1195,36 @@ static void handle_txn(struct replica *r, const void *client, size_t clen,
     if (!txn_ok(r, client, clen, req, &shard, &single))
         return;
     if (!single) {
-        reply_code(r, client, clen, req->id, KV_EINVAL,
-                   "cross-shard transactions are not available yet");
+        struct group *g = r->groups[shard];
+        if (!g || g->role != RAFT_LEADER) {
+            reply_redirect(r, client, clen, req->id, shard);
+            return;
+        }
+        if (req->seq && (req->client_id.len == 0 ||
+                         req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "a write with a sequence number needs a client id");
+            return;
+        }
+        uint64_t seq = 0, ver = 0;
+        int code = 0;
+        if (req->seq &&
+            engine_session(r->engine, shard, req->client_id.data,
+                           req->client_id.len, &seq, &code, &ver) == KV_OK &&
+            seq >= req->seq) {
+            /* Decided before (and forgotten since): the same outcome. The
+             * versions of that first answer are not kept. */
+            Kv__Response resp = KV__RESPONSE__INIT;
+            Kv__TxnResult res = KV__TXN_RESULT__INIT;
+            resp.id = req->id;
+            resp.code = code;
+            resp.message = code == KV_OK ? "" : "aborted";
+            resp.result_case = KV__RESPONSE__RESULT_TXN;
+            resp.txn = &res;
+            answer_to(r, client, clen, &resp);
+            return;
+        }
+        txns_start(r->txns, client, clen, req, shard);
         return;
     }
     Kv__Command cmd = KV__COMMAND__INIT;
@@ -1153,6 +1344,12 @@ void replica_request(struct replica *r, const void *client, size_t clen,
     case KV__REQUEST__OP_TXN:
         handle_txn(r, client, clen, req);
         break;
+    case KV__REQUEST__OP_TXN_PREPARE:
+    case KV__REQUEST__OP_TXN_RESOLVE:
+    case KV__REQUEST__OP_TXN_RECORD:
+    case KV__REQUEST__OP_TXN_DECIDE:
+        handle_txn_step(r, client, clen, req);
+        break;
     case KV__REQUEST__OP_GET:
     case KV__REQUEST__OP_SCAN:
         handle_read(r, client, clen, env);
@@ -1251,7 +1448,7 @@ static void serve_scan(struct replica *r, const void *client, size_t clen,
         resp.id = req->id;
         resp.result_case = KV__RESPONSE__RESULT_SCAN;
         resp.scan = &res;
-        r->env.reply(r->env.arg, client, clen, &resp);
+        answer_to(r, client, clen, &resp);
     }
     for (size_t i = 0; i < s.n; i++)
         free(s.copies[i]);
@@ -1288,7 +1485,7 @@ static void serve_read(struct replica *r, const void *client, size_t clen,
     resp.id = req->id;
     resp.result_case = KV__RESPONSE__RESULT_GET;
     resp.get = &res;
-    r->env.reply(r->env.arg, client, clen, &resp);
+    answer_to(r, client, clen, &resp);
     free(val);
 }
 
@@ -1404,6 +1601,79 @@ static int apply_txn(struct replica *r, struct group *g, uint64_t index,
     return KV_OK;
 }
 
+/* Applies a two-phase commit step; W (if any) gets its outcome. */
+static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
+                          const Kv__Command *cmd, struct waiter *w)
+{
+    int rc, state = ENGINE_TXN_UNKNOWN;
+    uint64_t version = 0, current = 0;
+    size_t failed = 0;
+    const ProtobufCBinaryData *id =
+        cmd->op_case == KV__COMMAND__OP_TXN_PREPARE ? &cmd->txn_prepare->txn_id
+        : cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE
+            ? &cmd->txn_resolve->txn_id
+        : cmd->op_case == KV__COMMAND__OP_TXN_RECORD ? &cmd->txn_record->txn_id
+                                                     : &cmd->txn_decide->txn_id;
+    if (id->len != ENGINE_TXN_ID_LEN) {
+        rc = KV_EINVAL;
+    } else if (cmd->op_case == KV__COMMAND__OP_TXN_PREPARE) {
+        const Kv__TxnPrepare *p = cmd->txn_prepare;
+        struct engine_txn_op *ops = calloc(p->n_ops ? p->n_ops : 1,
+                                           sizeof(*ops));
+        if (!ops)
+            return KV_ENOMEM;
+        for (size_t i = 0; i < p->n_ops; i++)
+            ops[i] = (struct engine_txn_op){
+                .kind = (enum engine_txn_kind)p->ops[i]->kind,
+                .key = p->ops[i]->key.data,
+                .klen = p->ops[i]->key.len,
+                .val = p->ops[i]->value.data,
+                .vlen = p->ops[i]->value.len,
+                .version = p->ops[i]->version};
+        struct engine_prepare ep = {
+            .txn = {.shard = g->shard, .ops = ops, .nops = p->n_ops,
+                    .index = index},
+            .txn_id = id->data,
+            .home = p->home,
+            .deadline_ms = p->deadline_ms,
+            .now_ms = p->now_ms};
+        rc = engine_stage_prepare(r->engine, &ep, &version, &failed, &current);
+        free(ops);
+    } else if (cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE) {
+        rc = engine_stage_resolve(r->engine, g->shard, index, id->data,
+                                  cmd->txn_resolve->commit);
+    } else if (cmd->op_case == KV__COMMAND__OP_TXN_RECORD) {
+        const Kv__TxnRecord *x = cmd->txn_record;
+        rc = engine_stage_record(r->engine, g->shard, index, id->data,
+                                 x->deadline_ms, x->parts, x->n_parts, &state);
+    } else if (cmd->txn_decide->want == 3) {
+        rc = engine_stage_forget(r->engine, g->shard, index, id->data);
+        state = ENGINE_TXN_UNKNOWN;
+    } else {
+        const Kv__TxnDecide *d = cmd->txn_decide;
+        rc = engine_stage_decide_for(
+            r->engine, g->shard, index, id->data, (int)d->want, d->now_ms,
+            cmd->seq ? cmd->client_id.data : NULL,
+            cmd->seq ? cmd->client_id.len : 0, cmd->seq, &state);
+    }
+    if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
+        engine_stage_applied(r->engine, g->shard, index);
+    else if (rc != KV_OK && rc != KV_ECONFLICT && rc != ENGINE_ELOCKED &&
+             rc != KV_ETIMEDOUT)
+        return rc; /* storage failure: the node stops */
+    r->stats.applied++;
+    if (w) {
+        w->done = true;
+        w->code = rc;
+        w->version = cmd->op_case == KV__COMMAND__OP_TXN_PREPARE && rc == KV_OK
+                         ? version
+                         : current;
+        w->failed_op = failed;
+        w->state = state;
+    }
+    return KV_OK;
+}
+
 static int apply_entry(struct replica *r, struct group *g,
                        const struct raft_entry *e)
 {
@@ -1443,6 +1713,14 @@ static int apply_entry(struct replica *r, struct group *g,
     }
     if (cmd->op_case == KV__COMMAND__OP_TXN) {
         int rc = apply_txn(r, g, e->index, cmd, w);
+        kv__command__free_unpacked(cmd, NULL);
+        return rc;
+    }
+    if (cmd->op_case == KV__COMMAND__OP_TXN_PREPARE ||
+        cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE ||
+        cmd->op_case == KV__COMMAND__OP_TXN_RECORD ||
+        cmd->op_case == KV__COMMAND__OP_TXN_DECIDE) {
+        int rc = apply_txn_step(r, g, e->index, cmd, w);
         kv__command__free_unpacked(cmd, NULL);
         return rc;
     }
@@ -1505,8 +1783,32 @@ static void answer_waiters(struct replica *r, struct group *g)
         Kv__Response resp = KV__RESPONSE__INIT;
         Kv__WriteResult res = KV__WRITE_RESULT__INIT;
         Kv__TxnResult tres = KV__TXN_RESULT__INIT;
+        Kv__TxnState sres = KV__TXN_STATE__INIT;
         resp.id = w->req_id;
-        if (w->txn && (w->code == KV_OK || w->code == KV_ECONFLICT)) {
+        bool vote_no = w->kind == W_PREPARE &&
+                       (w->code == KV_ECONFLICT || w->code == ENGINE_ELOCKED ||
+                        w->code == KV_ETIMEDOUT);
+        if (w->kind == W_STATE && w->code == KV_OK) {
+            sres.state = (uint32_t)w->state;
+            resp.result_case = KV__RESPONSE__RESULT_TXN_STATE;
+            resp.txn_state = &sres;
+        } else if (vote_no) {
+            /* A NO vote carries a TxnResult, so the coordinator tells it
+             * from a failure to reach the shard. */
+            resp.code = w->code;
+            tres.failed_op = (uint32_t)w->failed_op;
+            tres.current_version = w->version;
+            resp.message = w->code == KV_ECONFLICT ? "condition failed"
+                           : w->code == KV_ETIMEDOUT
+                               ? "transaction deadline passed"
+                               : "a key is locked by another transaction";
+            resp.result_case = KV__RESPONSE__RESULT_TXN;
+            resp.txn = &tres;
+        } else if (w->code == ENGINE_ELOCKED) {
+            resp.code = w->code;
+            resp.message = "a key is locked by a transaction in progress; "
+                           "retry";
+        } else if (w->txn && (w->code == KV_OK || w->code == KV_ECONFLICT)) {
             tres.versions = w->versions;
             tres.n_versions = w->versions ? w->nversions : 0;
             if (w->code == KV_ECONFLICT) {
@@ -1533,7 +1835,7 @@ static void answer_waiters(struct replica *r, struct group *g)
             if (w->code == KV_ENOTLEADER)
                 resp.leader_id = g->leader != r->id ? g->leader : 0;
         }
-        r->env.reply(r->env.arg, w->client, w->clen, &resp);
+        answer_to(r, w->client, w->clen, &resp);
         free(w->client);
         free(w->versions);
         r->total_waiters--;
@@ -1737,6 +2039,10 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
         handle_chunk(r, b->from, b->chunks[i]);
     for (size_t i = 0; i < b->n_acks; i++)
         handle_ack(r, b->from, b->acks[i]);
+    for (size_t i = 0; i < b->n_replies; i++)
+        take_answer(r, b->replies[i].data, b->replies[i].len, b->from);
+    for (size_t i = 0; i < b->n_calls; i++)
+        take_call(r, b->calls[i].data, b->calls[i].len, b->from);
 }
 
 /* Whether message M of shard S is sent in this phase: EARLY sends a
@@ -1846,6 +2152,147 @@ static void send_messages(struct replica *r, bool early)
         free(les);
         free(lp);
     }
+}
+
+/* --- internal calls (cross-shard transactions) ------------------------- */
+
+static void local_push(struct replica *r, bool answer, const void *buf,
+                       size_t len)
+{
+    if (r->nlocal == r->caplocal) {
+        size_t cap = r->caplocal ? r->caplocal * 2 : 16;
+        struct local *l = realloc(r->local, cap * sizeof(*l));
+        if (!l)
+            return; /* dropped: the caller repeats its call */
+        r->local = l;
+        r->caplocal = cap;
+    }
+    unsigned char *copy = malloc(len ? len : 1);
+    if (!copy)
+        return;
+    memcpy(copy, buf, len);
+    r->local[r->nlocal++] = (struct local){.answer = answer, .buf = copy,
+                                           .len = len};
+}
+
+/* Where a call to SHARD goes: its leader as this node knows it, else the
+ * leader some answer named, else its preferred replica. */
+static uint32_t call_target(const struct replica *r, uint32_t shard)
+{
+    const struct group *g = r->groups[shard];
+    if (g && g->leader != RAFT_NONE)
+        return g->leader;
+    if (r->hint[shard] != RAFT_NONE)
+        return r->hint[shard];
+    return r->conf->nodes[conf_replica(r->conf, shard, 0)].id;
+}
+
+/* txn_env.call: sends REQ to SHARD's leader inside a PeerBatch (or, for
+ * this node, through the local queue). Unanswered calls are repeated by
+ * the coordinator, each time to the replica after the last one tried. */
+static void txn_call(void *arg, uint32_t shard, const Kv__Request *req)
+{
+    struct replica *r = arg;
+    if (shard >= r->conf->shards)
+        return;
+    uint32_t to = call_target(r, shard);
+    Kv__Envelope env = KV__ENVELOPE__INIT;
+    env.version = WIRE_VERSION;
+    env.body_case = KV__ENVELOPE__BODY_REQUEST;
+    env.request = (Kv__Request *)req;
+    size_t n = kv__envelope__get_packed_size(&env);
+    unsigned char *buf = malloc(n ? n : 1);
+    if (!buf)
+        return;
+    kv__envelope__pack(&env, buf);
+    if (to == r->id) {
+        local_push(r, false, buf, n);
+    } else {
+        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+        ProtobufCBinaryData one = {.len = n, .data = buf};
+        b.calls = &one;
+        b.n_calls = 1;
+        send_peer(r, to, &b);
+        /* Next time, if this one goes unanswered, try another replica. */
+        if (!r->groups[shard] || r->groups[shard]->leader == RAFT_NONE) {
+            size_t i = 0;
+            while (i < r->conf->replicas &&
+                   r->conf->nodes[conf_replica(r->conf, shard, i)].id != to)
+                i++;
+            r->hint[shard] =
+                r->conf->nodes[conf_replica(r->conf, shard,
+                                            (uint32_t)((i + 1) %
+                                                       r->conf->replicas))]
+                    .id;
+        }
+    }
+    free(buf);
+}
+
+static void txn_reply(void *arg, const void *client, size_t clen,
+                      const Kv__Response *resp)
+{
+    answer_to(arg, client, clen, resp);
+}
+
+static uint64_t txn_wall(void *arg)
+{
+    struct replica *r = arg;
+    return r->env.wall_ms ? r->env.wall_ms(r->env.arg)
+           : r->env.now_ms ? r->env.now_ms(r->env.arg)
+                           : r->ticks * REPLICA_TICK_MS;
+}
+
+/* An answer to one of this node's calls: remember a leader it names. */
+static void take_answer(struct replica *r, const void *buf, size_t len,
+                        uint32_t from)
+{
+    Kv__Envelope *env = NULL;
+    char err[64];
+    if (wire_decode(buf, len, r->conf->max_message_bytes + 4096, &env, err,
+                    sizeof(err)) != KV_OK)
+        return;
+    if (env->body_case == KV__ENVELOPE__BODY_RESPONSE) {
+        const Kv__Response *resp = env->response;
+        (void)from;
+        txns_reply(r->txns, resp);
+    }
+    wire_free(env);
+}
+
+/* A call from node FROM (this node itself for the local queue). */
+static void take_call(struct replica *r, const void *buf, size_t len,
+                      uint32_t from)
+{
+    Kv__Envelope *env = NULL;
+    char err[64];
+    if (wire_decode(buf, len, r->conf->max_message_bytes + 4096, &env, err,
+                    sizeof(err)) != KV_OK)
+        return;
+    if (env->body_case != KV__ENVELOPE__BODY_REQUEST) {
+        wire_free(env);
+        return;
+    }
+    unsigned char a[PEER_ADDR_LEN];
+    peer_addr(a, from);
+    replica_request(r, a, sizeof(a), env); /* takes ENV */
+}
+
+/* Runs the local queue (what it runs may queue more: bounded per call). */
+static void run_local(struct replica *r)
+{
+    size_t n = r->nlocal;
+    struct local *l = r->local;
+    r->local = NULL;
+    r->nlocal = r->caplocal = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (l[i].answer)
+            take_answer(r, l[i].buf, l[i].len, r->id);
+        else
+            take_call(r, l[i].buf, l[i].len, r->id);
+        free(l[i].buf);
+    }
+    free(l);
 }
 
 /* --- the driver step ------------------------------------------------------ */
@@ -1995,6 +2442,7 @@ int replica_flush(struct replica *r)
                 snap_out_pump(r, g, &g->out[j]);
         maybe_compact(r, g);
     }
+    run_local(r);
     return KV_OK;
 }
 
@@ -2022,9 +2470,53 @@ static void balance_leader(struct group *g, uint32_t self, uint64_t now)
     }
 }
 
+/* Every RECOVER_TICKS, a leader looks for transactions nobody drives:
+ * records on its home shards, intents past their deadline on the shards
+ * it participates in. */
+#define RECOVER_TICKS 100
+#define RECOVER_GRACE_MS 1000 /* after a deadline, before a participant asks */
+
+struct sweep {
+    struct replica *r;
+    uint32_t shard;
+    uint64_t now;
+};
+
+static int adopt_one(void *arg, const struct engine_txn_info *t)
+{
+    struct sweep *sw = arg;
+    txns_adopt(sw->r->txns, sw->shard, t);
+    return 0;
+}
+
+static int check_one(void *arg, const struct engine_txn_info *t)
+{
+    struct sweep *sw = arg;
+    if (sw->now > t->deadline_ms + RECOVER_GRACE_MS)
+        txns_check_prepared(sw->r->txns, sw->shard, t);
+    return 0;
+}
+
+static void recover_txns(struct replica *r)
+{
+    struct sweep sw = {.r = r, .now = txn_wall(r)};
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g || g->role != RAFT_LEADER)
+            continue;
+        sw.shard = s;
+        engine_list_txns(r->engine, s, 'X', adopt_one, &sw);
+        if (engine_has_intents(r->engine, s))
+            engine_list_txns(r->engine, s, 'P', check_one, &sw);
+    }
+}
+
 void replica_tick(struct replica *r)
 {
     r->ticks++;
+    txns_tick(r->txns);
+    if (r->ticks % RECOVER_TICKS == 0)
+        recover_txns(r);
     for (uint32_t s = 0; s < r->conf->shards; s++) {
         struct group *g = r->groups[s];
         if (!g)
@@ -2182,7 +2674,12 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->early = calloc(conf->shards, sizeof(*r->early));
     r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
     r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
-    int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot
+    r->hint = calloc(conf->shards, sizeof(*r->hint));
+    struct txn_env tenv = {
+        .arg = r, .call = txn_call, .reply = txn_reply, .wall_ms = txn_wall};
+    r->txns = txns_new(conf->shards, conf->txn_timeout_ms, &tenv, seed);
+    int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
+                     r->hint && r->txns
                  ? KV_OK
                  : KV_ENOMEM;
     if (rc == KV_OK)
@@ -2219,6 +2716,11 @@ void replica_close(struct replica *r)
     free(r->has_rd);
     free(r->early);
     free(r->peer_boot);
+    free(r->hint);
+    txns_free(r->txns);
+    for (size_t i = 0; i < r->nlocal; i++)
+        free(r->local[i].buf);
+    free(r->local);
     engine_close(r->engine);
     free(r->scratch);
     free(r);

@@ -53,6 +53,10 @@ struct replica_env {
      * raft_lease) without a heartbeat round per read; without it (NULL)
      * every such read takes a ReadIndex round. */
     uint64_t (*now_ms)(void *arg);
+    /* Optional: the wall clock, ms since the epoch. Transaction deadlines
+     * are compared on other nodes, so they are wall clock times; without
+     * it, now_ms stands in (right only when every node shares it). */
+    uint64_t (*wall_ms)(void *arg);
 };
 
 /* How long after sending a heartbeat round that a majority acknowledged a

@@ -1337,6 +1337,53 @@ int engine_stage_decide(struct engine *e, uint32_t shard, uint64_t index,
     return KV_OK;
 }
 
+int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
+                            const unsigned char *txn_id, int want,
+                            uint64_t now_ms, const void *client_id,
+                            size_t client_id_len, uint64_t seq, int *state)
+{
+    if (seq && (!client_id || client_id_len == 0 ||
+                client_id_len > ENGINE_MAX_CLIENT_ID))
+        return KV_EINVAL;
+    unsigned char *sk = NULL;
+    size_t sklen = 0;
+    if (seq && want != ENGINE_TXN_PENDING) {
+        sk = session_key(shard, client_id, client_id_len, &sklen);
+        if (!sk || overlay_reserve(e->cur, 2) != KV_OK) {
+            free(sk);
+            return KV_ENOMEM;
+        }
+    }
+    int rc = engine_stage_decide(e, shard, index, txn_id, want, now_ms, state);
+    if (rc != KV_OK || !sk ||
+        (*state != ENGINE_TXN_COMMITTED && *state != ENGINE_TXN_ABORTED)) {
+        free(sk);
+        return rc;
+    }
+    session_put(e->cur, sk, sklen, seq,
+                *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0);
+    return KV_OK;
+}
+
+int engine_session(struct engine *e, uint32_t shard, const void *client_id,
+                   size_t client_id_len, uint64_t *seq, int *code,
+                   uint64_t *version)
+{
+    if (shard >= e->nshards || !client_id || client_id_len == 0 ||
+        client_id_len > ENGINE_MAX_CLIENT_ID)
+        return KV_EINVAL;
+    size_t sklen;
+    unsigned char *sk = session_key(shard, client_id, client_id_len, &sklen);
+    if (!sk)
+        return KV_ENOMEM;
+    bool found = false;
+    int rc = session_get(e, sk, sklen, &found, seq, code, version);
+    free(sk);
+    if (rc == KV_OK && !found)
+        rc = KV_ENOTFOUND;
+    return rc;
+}
+
 int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,
                         const unsigned char *txn_id)
 {

@@ -221,6 +221,20 @@ int engine_stage_decide(struct engine *e, uint32_t shard, uint64_t index,
                         const unsigned char *txn_id, int want, uint64_t now_ms,
                         int *state);
 
+/* engine_stage_decide, then, when a decision was asked for (WANT is not
+ * PENDING) and SEQ > 0, records the decision in the session CLIENT_ID:
+ * code KV_OK when committed, KV_ECONFLICT when aborted. */
+int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
+                            const unsigned char *txn_id, int want,
+                            uint64_t now_ms, const void *client_id,
+                            size_t client_id_len, uint64_t seq, int *state);
+
+/* The session CLIENT_ID of SHARD (staged state): the last SEQ recorded
+ * and its outcome, or KV_ENOTFOUND. */
+int engine_session(struct engine *e, uint32_t shard, const void *client_id,
+                   size_t client_id_len, uint64_t *seq, int *code,
+                   uint64_t *version);
+
 /* Deletes a decided record (every participant resolved). */
 int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,
                         const unsigned char *txn_id);
