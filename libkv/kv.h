@@ -150,7 +150,7 @@ void kv_iter_free(kv_iter *it);
  * before the transaction; if any no longer holds, nothing is written and
  * commit returns KV_ECONFLICT. Several ops may name one key: conditions see
  * the state before the transaction and the last write of a key wins; all
- * writes get one new version.
+ * writes on one shard get one new version.
  *
  * A transaction belongs to its handle's thread and is ended by exactly one
  * kv_txn_commit() or kv_txn_abort(). Keys and values are checked as for
@@ -161,10 +161,11 @@ void kv_iter_free(kv_iter *it);
  * KV_ETOOBIG. An op that fails to be added leaves the transaction as it was.
  *
  * In a cluster, a transaction is sent to its home shard: the shard of its
- * first written key (of its first key when it writes nothing). Keys that
- * share a hash tag ({...}) share a shard; until cross-shard commits are
- * available the nodes refuse a transaction whose keys span shards with
- * KV_EINVAL. An embedded database is one shard: any keys go together. */
+ * first written key (of its first key when it writes nothing). When every
+ * key is on that shard it commits in one step; keys on other shards are
+ * committed with it by two-phase commit, at the cost of more round trips.
+ * Keys that share a hash tag ({...}) share a shard. An embedded database is
+ * one shard: any keys go together. */
 typedef struct kv_txn kv_txn;
 
 /* Begins a transaction on DB. OPTS (NULL: defaults) gives its timeout_ms,
@@ -201,7 +202,8 @@ int kv_txn_if_absent(kv_txn *txn, const void *key, size_t klen);
 /* Commits and ENDS TXN: it is freed whatever the outcome. KV_OK: every
  * write took effect, durably; if VERSIONS is not NULL, *versions is a
  * kv_free()able array of *n versions (NULL when 0), one per put or delete
- * in the order they were added: the put's new version, 0 for a delete.
+ * in the order they were added: the put's new version (one per shard), 0
+ * for a delete.
  * KV_ECONFLICT: a condition or a read version no longer held, nothing was
  * written; kv_errmsg() names the key and its expected and actual version.
  * KV_ETIMEDOUT / KV_EUNAVAILABLE: the outcome is unknown, as for kv_put().
