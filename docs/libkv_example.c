@@ -3,7 +3,8 @@
  *
  * It opens a database (argv[1], default "embedded:/tmp/kv-example"), writes
  * a few keys, reads one back, shows a conditional write being refused with
- * KV_ECONFLICT, deletes a key and scans a prefix. Every result is checked:
+ * KV_ECONFLICT, deletes a key, scans a prefix and moves money between two
+ * accounts in a transaction. Every result is checked:
  * the program exits 1 on anything unexpected, so `make test` runs it as a
  * test of libkv in embedded mode. It works unchanged against a cluster:
  *
@@ -134,6 +135,99 @@ out:
     return ret;
 }
 
+/* --- a transaction: a transfer between two accounts ---------------------
+ * Both keys share the hash tag {acct:7}, so in a cluster they are on one
+ * shard and the transfer commits there in one step. */
+#define ACCT_FROM "{acct:7}checking"
+#define ACCT_TO "{acct:7}savings"
+
+/* Reads the balance KEY inside TXN (an absent key holds 0). The version
+ * read becomes a condition of the commit. */
+static int read_balance(kv_txn *txn, const char *key, long *balance)
+{
+    char buf[32];
+    void *val = NULL;
+    size_t vlen = 0;
+    int rc = kv_txn_get(txn, key, strlen(key), &val, &vlen, NULL);
+
+    if (rc == KV_ENOTFOUND) {
+        *balance = 0;
+        return KV_OK;
+    }
+    if (rc != KV_OK)
+        return rc;
+    if (vlen >= sizeof(buf)) {
+        kv_free(val);
+        return KV_ECORRUPT; /* not a balance this program wrote */
+    }
+    memcpy(buf, val, vlen);
+    buf[vlen] = '\0';
+    kv_free(val);
+    *balance = strtol(buf, NULL, 10);
+    return KV_OK;
+}
+
+static int write_balance(kv_txn *txn, const char *key, long balance)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%ld", balance);
+    return kv_txn_put(txn, key, strlen(key), buf, (size_t)n);
+}
+
+/* Moves *(long *)ARG from ACCT_FROM to ACCT_TO. kv_txn_run calls it, again
+ * after a conflict, so it does nothing but ops on TXN. */
+static int transfer(kv_txn *txn, void *arg)
+{
+    long amount = *(const long *)arg;
+    long from, to;
+    int rc = read_balance(txn, ACCT_FROM, &from);
+
+    if (rc == KV_OK)
+        rc = read_balance(txn, ACCT_TO, &to);
+    if (rc != KV_OK)
+        return rc;
+    if (from < amount)
+        return KV_EINVAL; /* no overdraft: kv_txn_run aborts, returns it */
+    rc = write_balance(txn, ACCT_FROM, from - amount);
+    if (rc == KV_OK)
+        rc = write_balance(txn, ACCT_TO, to + amount);
+    return rc;
+}
+
+/* Opens the accounts with 100 and 0, moves 30, then refuses to move 500. */
+static int transfers(kv *db)
+{
+    kv_txn *txn = NULL;
+    long amount = 30, big = 500;
+    int rc = kv_txn_begin(db, NULL, &txn);
+
+    if (rc != KV_OK)
+        return fail(db, "txn begin", rc);
+    rc = kv_txn_put(txn, ACCT_FROM, strlen(ACCT_FROM), "100", 3);
+    if (rc == KV_OK)
+        rc = kv_txn_put(txn, ACCT_TO, strlen(ACCT_TO), "0", 1);
+    if (rc != KV_OK) {
+        kv_txn_abort(txn);
+        return fail(db, "txn put", rc);
+    }
+    rc = kv_txn_commit(txn, NULL, NULL); /* ends txn whatever happens */
+    if (rc != KV_OK)
+        return fail(db, "txn commit", rc);
+    rc = kv_txn_run(db, NULL, transfer, &amount);
+    printf("transfer 30 from %s to %s -> %s\n", ACCT_FROM, ACCT_TO,
+           kv_strerror(rc));
+    if (rc != KV_OK)
+        return fail(db, "transfer", rc);
+    rc = kv_txn_run(db, NULL, transfer, &big);
+    printf("transfer 500 -> %s (nothing written)\n", kv_strerror(rc));
+    if (rc != KV_EINVAL)
+        return fail(db, "overdraft: expected KV_EINVAL", rc);
+    if (expect_value(db, ACCT_FROM, "70", 0) ||
+        expect_value(db, ACCT_TO, "30", 0))
+        return 1;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const char *const keys[] = {PREFIX "apple", PREFIX "banana",
@@ -236,6 +330,10 @@ int main(int argc, char **argv)
     /* A prefix scan returns the remaining keys in byte order. */
     if (expect_scan(db, PREFIX, scan_keys, scan_vals,
                     sizeof(scan_keys) / sizeof(scan_keys[0])))
+        goto out;
+
+    /* A transaction: both balances change together or not at all. */
+    if (transfers(db))
         goto out;
 
     printf("ok\n");

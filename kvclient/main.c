@@ -37,7 +37,6 @@ enum {
 #define DEFAULT_TARGET "./cluster.conf"
 #define STATUS_TIMEOUT_MS 1000
 #define MAX_TIMEOUT_MS 86400000ULL
-#define MAX_ARGS 8
 #define STDIN_MAX_RAW (64u * 1024 * 1024)  /* the hard cap on values */
 #define STDIN_MAX_HEX (3u * STDIN_MAX_RAW) /* hex digits plus whitespace */
 
@@ -111,8 +110,9 @@ struct command;
 struct cli {
     const char *optval[OPT_COUNT]; /* argument of each given option */
     unsigned seen;                 /* BIT(opt) for each given option */
-    const char *args[MAX_ARGS];    /* positional arguments after the command */
-    size_t nargs;                  /* how many were given (may be > MAX_ARGS) */
+    const char **args; /* positional arguments after the command (room for
+                          argc of them; owned by main) */
+    size_t nargs;      /* how many were given */
     const char *cmdname;
     const struct command *cmd;
     const char *target;
@@ -139,6 +139,7 @@ static int cmd_get(struct cli *c);
 static int cmd_put(struct cli *c);
 static int cmd_del(struct cli *c);
 static int cmd_scan(struct cli *c);
+static int cmd_txn(struct cli *c);
 static int cmd_status(struct cli *c);
 static int cmd_bench(struct cli *c);
 static int cmd_help(struct cli *c);
@@ -156,6 +157,10 @@ static const struct command commands[] = {
          BIT(OPT_STALE),
      CMD_OPEN, "scan [--prefix P] [--start S] [--end E] [--limit N] [--stale]",
      "print keys and values in key order"},
+    {"txn", cmd_txn, 0, SIZE_MAX, 0, CMD_OPEN,
+     "txn [LINE...]   (LINE: if-version KEY V | if-absent KEY | put KEY "
+     "VALUE | del KEY; no LINE: lines from stdin)",
+     "commit conditions and writes all or none; print the versions"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
      "print nodes, shards and replicas; exit 4 if a node is down"},
     {"bench", cmd_bench, 0, 0,
@@ -807,6 +812,297 @@ out_bounds:
     return ret;
 }
 
+/* --- txn ------------------------------------------------------------------ */
+
+/* A transaction script (docs/cli.md): one op per line, fields separated by
+ * spaces or tabs. */
+#define TXN_MAX_FIELDS 3
+
+/* The keys written by a script, in order, for printing their versions. */
+struct txn_writes {
+    struct bytes *keys;
+    size_t n, cap;
+};
+
+static void txn_writes_free(struct txn_writes *w)
+{
+    size_t i;
+
+    for (i = 0; i < w->n; i++)
+        free(w->keys[i].owned);
+    free(w->keys);
+}
+
+/* Reports a failed transaction: nothing was committed, or (timeout,
+ * unavailable) it is unknown whether it was. A message that already starts
+ * with the code's name (a conflict's) is printed as it is. Returns the exit
+ * code for CODE. */
+static int txn_report(struct cli *c, const char *what, int code)
+{
+    const char *detail = c->db ? kv_errmsg(c->db) : "";
+    const char *name = kv_strerror(code);
+    int unknown = code == KV_ETIMEDOUT || code == KV_EUNAVAILABLE;
+
+    if (c->json) {
+        printf("{\"ok\":false,\"committed\":%s,\"error\":\"%s\",\"code\":%d,"
+               "\"message\":",
+               unknown ? "null" : "false", cli_code_name(code), code);
+        if (detail[0] != '\0') {
+            json_string(stdout, detail, strlen(detail));
+        } else {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s: %s", what, name);
+            json_string(stdout, msg, strlen(msg));
+        }
+        fputs("}\n", stdout);
+        return exit_code_for(code);
+    }
+    if (strncmp(detail, name, strlen(name)) == 0)
+        fprintf(stderr, "kvclient: %s: %s\n", what, detail);
+    else
+        return report(c, what, code, detail);
+    return exit_code_for(code);
+}
+
+/* Takes field F (N bytes) of script line LINE as bytes (hex with --hex);
+ * WHAT names it. Returns 0 or the usage exit code. */
+static int txn_field(struct cli *c, size_t line, const char *what,
+                     const char *f, size_t n, struct bytes *b)
+{
+    int rc;
+
+    b->owned = NULL;
+    if (!c->hex) {
+        b->p = f;
+        b->n = n;
+        return 0;
+    }
+    rc = hex_decode(f, n, 0, &b->owned, &b->n);
+    if (rc == KV_EINVAL)
+        return usage_error(c,
+                           "txn line %zu: %s '%.*s' is not valid hex (--hex)",
+                           line, what, (int)(n > 64 ? 64 : n), f);
+    if (rc != KV_OK)
+        return report(c, "txn", rc, NULL);
+    b->p = b->owned;
+    return 0;
+}
+
+/* Parses script line LINE (S, N bytes, no newline) and adds its op to T;
+ * the key of a write is kept in W. Blank lines and '#' comments add
+ * nothing. Returns 0 or the exit code after reporting. */
+static int txn_line(struct cli *c, kv_txn *t, struct txn_writes *w, size_t line,
+                    const char *s, size_t n)
+{
+    static const char *const ops[] = {"if-version", "if-absent", "put", "del"};
+    static const size_t nfields[] = {3, 2, 3, 2};
+    static const char *const usage[] = {"if-version KEY V", "if-absent KEY",
+                                        "put KEY VALUE", "del KEY"};
+    const char *f[TXN_MAX_FIELDS + 1];
+    size_t flen[TXN_MAX_FIELDS + 1], nf = 0, i, op;
+    struct bytes key = {NULL, 0, NULL}, val = {"", 0, NULL};
+    uint64_t version = 0;
+    char what[48];
+    int rc, ret;
+
+    if (memchr(s, '\0', n) != NULL)
+        return usage_error(c,
+                           "txn line %zu: a NUL byte (give such keys and "
+                           "values with --hex)",
+                           line);
+    if (memchr(s, '\n', n) != NULL)
+        return usage_error(c,
+                           "txn line %zu: an argument is one line, it "
+                           "cannot hold a newline",
+                           line);
+    if (n > 0 && s[n - 1] == '\r')
+        n--; /* CRLF scripts */
+    for (i = 0; i < n;) {
+        while (i < n && (s[i] == ' ' || s[i] == '\t'))
+            i++;
+        if (i == n)
+            break;
+        if (nf == TXN_MAX_FIELDS + 1)
+            return usage_error(c, "txn line %zu: too many fields", line);
+        f[nf] = s + i;
+        while (i < n && s[i] != ' ' && s[i] != '\t')
+            i++;
+        flen[nf] = (size_t)(s + i - f[nf]);
+        nf++;
+    }
+    if (nf == 0 || f[0][0] == '#')
+        return 0;
+    for (op = 0; op < sizeof ops / sizeof ops[0]; op++)
+        if (strlen(ops[op]) == flen[0] && memcmp(f[0], ops[op], flen[0]) == 0)
+            break;
+    if (op == sizeof ops / sizeof ops[0])
+        return usage_error(c,
+                           "txn line %zu: unknown op '%.*s' (want if-version, "
+                           "if-absent, put or del)",
+                           line, (int)(flen[0] > 32 ? 32 : flen[0]), f[0]);
+    if (nf != nfields[op])
+        return usage_error(c, "txn line %zu: %s (%zu fields, want %zu)", line,
+                           usage[op], nf, nfields[op]);
+    if (op == 0) {
+        char num[24];
+        if (flen[2] >= sizeof num)
+            flen[2] = sizeof num - 1; /* too long to be valid anyway */
+        memcpy(num, f[2], flen[2]);
+        num[flen[2]] = '\0';
+        if (parse_u64(num, 1, UINT64_MAX, &version) != 0)
+            return usage_error(c,
+                               "txn line %zu: version '%s' is not an integer "
+                               "in 1..%llu",
+                               line, num, (unsigned long long)UINT64_MAX);
+    }
+    ret = txn_field(c, line, "key", f[1], flen[1], &key);
+    if (ret != 0)
+        return ret;
+    if (op == 2 &&
+        (ret = txn_field(c, line, "value", f[2], flen[2], &val)) != 0)
+        goto out_key;
+    switch (op) {
+    case 0:
+        rc = kv_txn_if_version(t, key.p, key.n, version);
+        break;
+    case 1:
+        rc = kv_txn_if_absent(t, key.p, key.n);
+        break;
+    case 2:
+        rc = kv_txn_put(t, key.p, key.n, val.p, val.n);
+        break;
+    default:
+        rc = kv_txn_del(t, key.p, key.n);
+        break;
+    }
+    if (rc != KV_OK) {
+        snprintf(what, sizeof what, "txn line %zu", line);
+        ret = txn_report(c, what, rc);
+        goto out_val;
+    }
+    if (op >= 2) { /* a write: keep its key for the output */
+        struct bytes *k;
+        if (w->n == w->cap) {
+            size_t cap = w->cap ? w->cap * 2 : 16;
+            struct bytes *nk = realloc(w->keys, cap * sizeof *nk);
+            if (nk == NULL) {
+                ret = report(c, "txn", KV_ENOMEM, NULL);
+                goto out_val;
+            }
+            w->keys = nk;
+            w->cap = cap;
+        }
+        k = &w->keys[w->n];
+        k->owned = malloc(key.n ? key.n : 1);
+        if (k->owned == NULL) {
+            ret = report(c, "txn", KV_ENOMEM, NULL);
+            goto out_val;
+        }
+        memcpy(k->owned, key.p, key.n);
+        k->p = k->owned;
+        k->n = key.n;
+        w->n++;
+    }
+    ret = 0;
+out_val:
+    free(val.owned);
+out_key:
+    free(key.owned);
+    return ret;
+}
+
+/* Runs every line of the script TEXT (LEN bytes, from stdin). */
+static int txn_script(struct cli *c, kv_txn *t, struct txn_writes *w,
+                      const char *text, size_t len)
+{
+    size_t pos = 0, line = 0;
+    int ret;
+
+    while (pos < len) {
+        const char *s = text + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t n = nl != NULL ? (size_t)(nl - s) : len - pos;
+        pos += n + (nl != NULL);
+        line++;
+        ret = txn_line(c, t, w, line, s, n);
+        if (ret != 0)
+            return ret;
+    }
+    return 0;
+}
+
+/* txn [LINE...]: builds one transaction from the lines (arguments, or stdin
+ * when there are none), commits it, and prints "committed" and the version
+ * of each write; a failed condition exits 3 with nothing written. */
+static int cmd_txn(struct cli *c)
+{
+    struct txn_writes w = {NULL, 0, 0};
+    kv_opts o = call_opts(c);
+    kv_txn *t = NULL;
+    unsigned char *text = NULL;
+    uint64_t *versions = NULL;
+    size_t nv = 0, i;
+    int rc, ret = 0;
+
+    if (c->nargs == 0) {
+        size_t len = 0;
+        rc = read_stdin(STDIN_MAX_HEX, &text, &len);
+        if (rc != KV_OK)
+            return report(c, "read the transaction from stdin", rc,
+                          rc == KV_ETOOBIG ? "more than 192 MiB"
+                          : rc == KV_EIO   ? strerror(errno)
+                                           : NULL);
+        rc = kv_txn_begin(c->db, &o, &t);
+        if (rc != KV_OK) {
+            ret = fail(c, "txn", rc);
+            goto out;
+        }
+        ret = txn_script(c, t, &w, (const char *)text, len);
+    } else {
+        rc = kv_txn_begin(c->db, &o, &t);
+        if (rc != KV_OK) {
+            ret = fail(c, "txn", rc);
+            goto out;
+        }
+        for (i = 0; i < c->nargs && ret == 0; i++)
+            ret = txn_line(c, t, &w, i + 1, c->args[i], strlen(c->args[i]));
+    }
+    if (ret != 0) {
+        kv_txn_abort(t);
+        goto out;
+    }
+    rc = kv_txn_commit(t, &versions, &nv);
+    if (rc != KV_OK) {
+        ret = txn_report(c, "txn", rc);
+        goto out;
+    }
+    if (nv != w.n) { /* defensive: one version per write */
+        ret = report(c, "txn", KV_EINTERNAL, "versions do not match writes");
+        goto out;
+    }
+    if (c->json) {
+        fputs("{\"ok\":true,\"committed\":true,\"writes\":[", stdout);
+        for (i = 0; i < nv; i++) {
+            fputs(i ? ",{" : "{", stdout);
+            json_bytes(c, "key", w.keys[i].p, w.keys[i].n);
+            printf(",\"version\":%llu}", (unsigned long long)versions[i]);
+        }
+        fputs("]}\n", stdout);
+    } else {
+        fputs("committed\n", stdout);
+        for (i = 0; i < nv; i++) {
+            text_bytes(c, w.keys[i].p, w.keys[i].n);
+            printf(" %llu\n", (unsigned long long)versions[i]);
+        }
+    }
+    ret = EXIT_OKAY;
+out:
+    kv_free(versions);
+    txn_writes_free(&w);
+    free(text);
+    return ret;
+}
+
 /* --- status --------------------------------------------------------------- */
 
 /* Members shown per shard: a leader listing more is cut (nothing a node
@@ -1428,8 +1724,8 @@ static int parse_args(struct cli *c, int argc, char **argv)
         if (end_opts || a[0] != '-' || a[1] == '\0') {
             if (c->cmdname == NULL)
                 c->cmdname = a;
-            else if (c->nargs++ < MAX_ARGS)
-                c->args[c->nargs - 1] = a;
+            else
+                c->args[c->nargs++] = a;
             continue;
         }
         if (strcmp(a, "--") == 0) {
@@ -1526,6 +1822,11 @@ int main(int argc, char **argv)
 
     memset(&c, 0, sizeof c);
     c.target = DEFAULT_TARGET;
+    c.args = calloc((size_t)(argc > 0 ? argc : 1), sizeof *c.args);
+    if (c.args == NULL) {
+        fprintf(stderr, "kvclient: out of memory\n");
+        return EXIT_OTHER;
+    }
     c.json = wants_json(argc, argv);
     ret = parse_args(&c, argc, argv);
     if (ret != 0)
@@ -1569,6 +1870,7 @@ int main(int argc, char **argv)
     ret = c.cmd->handler(&c);
     kv_close(c.db);
 out:
+    free(c.args);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "kvclient: write to stdout: %s\n", strerror(errno));
         if (ret == EXIT_OKAY)

@@ -65,12 +65,12 @@ void kv_close(kv *db)
         db->ops->close(db);
 }
 
-static uint32_t call_timeout(const kv *db, const kv_opts *o)
+uint32_t kv_call_timeout(const kv *db, const kv_opts *o)
 {
     return o && o->timeout_ms ? o->timeout_ms : db->timeout_ms;
 }
 
-static int check_key(kv *db, const void *key, size_t klen)
+int kv_check_key(kv *db, const void *key, size_t klen)
 {
     if (!key || klen == 0)
         return kv_fail(db, KV_EINVAL, "a key must be 1 byte or more");
@@ -80,18 +80,29 @@ static int check_key(kv *db, const void *key, size_t klen)
     return KV_OK;
 }
 
+int kv_check_value(kv *db, const void *val, size_t vlen)
+{
+    if (vlen > db->max_value_bytes)
+        return kv_fail(db, KV_ETOOBIG,
+                       "value of %zu bytes over the limit of %llu", vlen,
+                       (unsigned long long)db->max_value_bytes);
+    if (vlen && !val)
+        return kv_fail(db, KV_EINVAL, "value pointer is NULL");
+    return KV_OK;
+}
+
 int kv_get(kv *db, const void *key, size_t klen, const kv_opts *o, void **val,
            size_t *vlen, uint64_t *version)
 {
     if (!db || !val || !vlen)
         return KV_EINVAL;
     db->errmsg[0] = '\0';
-    int rc = check_key(db, key, klen);
+    int rc = kv_check_key(db, key, klen);
     if (rc != KV_OK)
         return rc;
     uint64_t ver = 0;
     rc = db->ops->get(db, shard_of(key, klen, db->nshards), key, klen,
-                      call_timeout(db, o), o && o->stale, val, vlen, &ver);
+                      kv_call_timeout(db, o), o && o->stale, val, vlen, &ver);
     if (rc == KV_OK && version)
         *version = ver;
     return rc;
@@ -103,22 +114,18 @@ static int do_write(kv *db, struct engine_write *w, const kv_opts *o,
     if (!db)
         return KV_EINVAL;
     db->errmsg[0] = '\0';
-    int rc = check_key(db, w->key, w->klen);
+    int rc = kv_check_key(db, w->key, w->klen);
+    if (rc == KV_OK && w->op == ENGINE_PUT)
+        rc = kv_check_value(db, w->val, w->vlen);
     if (rc != KV_OK)
         return rc;
-    if (w->op == ENGINE_PUT && w->vlen > db->max_value_bytes)
-        return kv_fail(db, KV_ETOOBIG,
-                       "value of %zu bytes over the limit of %llu", w->vlen,
-                       (unsigned long long)db->max_value_bytes);
-    if (w->op == ENGINE_PUT && w->vlen && !w->val)
-        return kv_fail(db, KV_EINVAL, "value pointer is NULL");
     if (o && o->if_version && o->if_absent)
         return kv_fail(db, KV_EINVAL, "if_version and if_absent exclude each other");
     w->shard = shard_of(w->key, w->klen, db->nshards);
     w->if_version = o ? o->if_version : 0;
     w->if_absent = o && o->if_absent && w->op == ENGINE_PUT;
     uint64_t ver = 0;
-    rc = db->ops->write(db, w, call_timeout(db, o), &ver);
+    rc = db->ops->write(db, w, kv_call_timeout(db, o), &ver);
     if (rc == KV_OK && version)
         *version = ver;
     return rc;
@@ -279,7 +286,7 @@ int kv_scan(kv *db, const kv_scan_opts *so, const kv_opts *o, kv_iter **out)
         return KV_ENOMEM;
     it->db = db;
     it->so = *so;
-    it->timeout_ms = call_timeout(db, o);
+    it->timeout_ms = kv_call_timeout(db, o);
     it->stale = o && o->stale;
     it->ncur = db->nshards;
     it->cur = calloc(db->nshards, sizeof(*it->cur));

@@ -407,6 +407,94 @@ static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
     return rc;
 }
 
+static const Kv__TxnOp__Kind txn_kinds[] = {
+    [ENGINE_TXN_PUT] = KV__TXN_OP__KIND__PUT,
+    [ENGINE_TXN_DEL] = KV__TXN_OP__KIND__DEL,
+    [ENGINE_TXN_IF_VERSION] = KV__TXN_OP__KIND__IF_VERSION,
+    [ENGINE_TXN_IF_ABSENT] = KV__TXN_OP__KIND__IF_ABSENT,
+};
+
+/* Sends transaction T to its home shard like a write (same routing,
+ * redirects, retries and session), and maps the TxnResult. */
+static int cl_txn(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
+                  uint64_t *versions, size_t *failed, uint64_t *current)
+{
+    struct client *c = client_of(db);
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__TxnRequest tr = KV__TXN_REQUEST__INIT;
+    Kv__TxnOp *ops = calloc(t->nops, sizeof(*ops));
+    Kv__TxnOp **opp = calloc(t->nops, sizeof(*opp));
+    Kv__Envelope *env = NULL;
+    int rc = KV_OK;
+    *failed = 0;
+    *current = 0;
+    if (!ops || !opp) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < t->nops; i++) {
+        const struct engine_txn_op *op = &t->ops[i];
+        Kv__TxnOp *o = &ops[i];
+        kv__txn_op__init(o);
+        o->kind = txn_kinds[op->kind];
+        o->key.data = (uint8_t *)op->key;
+        o->key.len = op->klen;
+        if (op->kind == ENGINE_TXN_PUT) {
+            o->value.data = (uint8_t *)op->val;
+            o->value.len = op->vlen;
+        }
+        o->version = op->version;
+        opp[i] = o;
+    }
+    tr.n_ops = t->nops;
+    tr.ops = opp;
+    req.op_case = KV__REQUEST__OP_TXN;
+    req.txn = &tr;
+    req.client_id.data = c->client_id;
+    req.client_id.len = sizeof(c->client_id);
+    req.seq = c->seq + 1;
+    req.id = UINT64_MAX; /* the largest varints: an upper bound of the size */
+    req.timeout_ms = UINT32_MAX;
+    /* A node drops a frame over max_message_bytes unread: refuse it here,
+     * before it takes a sequence number. The envelope adds a few bytes. */
+    size_t size = kv__request__get_packed_size(&req) + 16;
+    if (size > c->conf->max_message_bytes) {
+        rc = kv_fail(db, KV_ETOOBIG,
+                     "transaction of %zu ops encodes to %zu bytes, over "
+                     "max_message_bytes (%llu)",
+                     t->nops, size,
+                     (unsigned long long)c->conf->max_message_bytes);
+        goto out;
+    }
+    req.seq = ++c->seq;
+    rc = route_request(c, t->shard, &req, timeout_ms, &env);
+    if (rc != KV_OK)
+        goto out;
+    Kv__Response *r = env->response;
+    const Kv__TxnResult *res =
+        r->result_case == KV__RESPONSE__RESULT_TXN ? r->txn : NULL;
+    rc = reply_code(db, r);
+    if (rc == KV_ECONFLICT && res && res->failed_op <= t->nops) {
+        *failed = res->failed_op;
+        *current = res->current_version;
+    } else if (rc == KV_OK) {
+        if (!res || res->n_versions != t->nops) {
+            rc = kv_fail(db, KV_EPROTO,
+                         "reply to a transaction of %zu ops without one "
+                         "version per op",
+                         t->nops);
+            goto out;
+        }
+        for (size_t i = 0; i < t->nops; i++)
+            versions[i] = res->versions[i];
+    }
+out:
+    wire_free(env);
+    free(opp);
+    free(ops);
+    return rc;
+}
+
 static int cl_scan_page(kv *db, const struct engine_scan *sc,
                         uint32_t timeout_ms, bool stale, struct scan_page *p)
 {
@@ -537,6 +625,7 @@ static const struct kv_ops client_ops = {
     .get = cl_get,
     .write = cl_write,
     .scan_page = cl_scan_page,
+    .txn = cl_txn,
     .status = cl_status,
     .raw = cl_raw,
     .node_count = cl_node_count,
@@ -557,6 +646,8 @@ static int client_layout(struct client *c)
     c->base.nshards = c->conf->shards;
     c->base.max_key_bytes = c->conf->max_key_bytes;
     c->base.max_value_bytes = c->conf->max_value_bytes;
+    c->base.max_txn_ops = c->conf->max_txn_ops;
+    c->base.max_txn_bytes = c->conf->max_txn_bytes;
     return KV_OK;
 }
 
@@ -587,6 +678,14 @@ static int conf_from_status(const Kv__StatusResult *st, struct conf **out)
     c->max_message_bytes = st->max_message_bytes;
     c->request_timeout_ms = 5000;
     c->txn_timeout_ms = 5000;
+    /* Status does not carry the transaction limits: the defaults, lowered
+     * to fit the message limit as conf_parse does. */
+    c->max_txn_ops = CONF_TXN_OPS_DEFAULT;
+    c->max_txn_bytes = CONF_TXN_BYTES_DEFAULT;
+    if (c->max_message_bytes < c->max_txn_bytes + CONF_TXN_SLACK)
+        c->max_txn_bytes = c->max_message_bytes > CONF_TXN_SLACK
+                               ? c->max_message_bytes - CONF_TXN_SLACK
+                               : 1;
     if (c->nnodes == 0 || c->nnodes > CONF_MAX_NODES || c->shards == 0 ||
         c->shards > CONF_MAX_SHARDS || c->replicas == 0 ||
         c->replicas > c->nnodes || c->max_key_bytes == 0 ||

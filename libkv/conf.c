@@ -52,6 +52,8 @@ enum key_id {
     KEY_REQUEST_TIMEOUT_MS,
     KEY_TXN_TIMEOUT_MS,
     KEY_LOG_LEVEL,
+    KEY_MAX_TXN_OPS,
+    KEY_MAX_TXN_BYTES,
     KEY_COUNT
 };
 
@@ -72,6 +74,9 @@ static const struct key_def {
     [KEY_REQUEST_TIMEOUT_MS] = {"request_timeout_ms", 1, 1, CONF_TIMEOUT_MAX},
     [KEY_TXN_TIMEOUT_MS] = {"txn_timeout_ms", 1, 1, CONF_TIMEOUT_MAX},
     [KEY_LOG_LEVEL] = {"log_level", 0, 0, 0},
+    [KEY_MAX_TXN_OPS] = {"max_txn_ops", 1, 1, CONF_TXN_OPS_LIMIT},
+    /* The upper bound also depends on max_message_bytes: see finish(). */
+    [KEY_MAX_TXN_BYTES] = {"max_txn_bytes", 1, 1, CONF_MESSAGE_MAX},
 };
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
@@ -315,6 +320,12 @@ static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
     case KEY_TXN_TIMEOUT_MS:
         c->txn_timeout_ms = (uint32_t)x;
         break;
+    case KEY_MAX_TXN_OPS:
+        c->max_txn_ops = (uint32_t)x;
+        break;
+    case KEY_MAX_TXN_BYTES:
+        c->max_txn_bytes = x;
+        break;
     default:
         return fail(p, p->line, "internal: %s is not a number", d->name);
     }
@@ -534,11 +545,46 @@ static int node_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* max_txn_bytes must leave CONF_TXN_SLACK bytes of max_message_bytes for
+ * the envelope and the per-op framing. A value set in the file beyond that
+ * is an error, reported at the later of the two keys' lines; the default is
+ * lowered to fit (to 1 at least, when max_message_bytes leaves no room). */
+static int finish_txn_bytes(struct parser *p)
+{
+    struct conf *c = p->c;
+    uint64_t room = c->max_message_bytes > CONF_TXN_SLACK
+                        ? c->max_message_bytes - CONF_TXN_SLACK
+                        : 0;
+    unsigned at = p->key_line[KEY_MAX_TXN_BYTES];
+
+    if (at == 0) {
+        if (c->max_txn_bytes > room)
+            c->max_txn_bytes = room > 0 ? room : 1;
+        return KV_OK;
+    }
+    if (c->max_txn_bytes <= room)
+        return KV_OK;
+    if (p->key_line[KEY_MAX_MESSAGE_BYTES] > at)
+        at = p->key_line[KEY_MAX_MESSAGE_BYTES];
+    if (room == 0)
+        return fail(p, at,
+                    "max_txn_bytes = %" PRIu64
+                    " does not fit: max_message_bytes = %" PRIu64
+                    " leaves no room for a transaction (it must be above "
+                    "%u)",
+                    c->max_txn_bytes, c->max_message_bytes, CONF_TXN_SLACK);
+    return fail(p, at,
+                "max_txn_bytes = %" PRIu64 " is out of range 1..%" PRIu64
+                " (max_message_bytes - %u)",
+                c->max_txn_bytes, room, CONF_TXN_SLACK);
+}
+
 /* Checks what only the whole file can tell, then sorts the nodes. */
 static int finish(struct parser *p)
 {
     struct conf *c = p->c;
     uint64_t need;
+    int rc;
 
     if (p->key_line[KEY_CLUSTER] == 0)
         return fail(p, 0, "missing required key 'cluster'");
@@ -573,6 +619,9 @@ static int finish(struct parser *p)
                     "max_value_bytes + %u = %" PRIu64,
                     c->max_message_bytes, CONF_MESSAGE_SLACK, need);
     }
+    rc = finish_txn_bytes(p);
+    if (rc != KV_OK)
+        return rc;
     qsort(c->nodes, c->nnodes, sizeof *c->nodes, node_cmp);
     return KV_OK;
 }
@@ -639,6 +688,8 @@ int conf_parse(const char *text, size_t len, const char *name,
     c->max_message_bytes = 4194304;
     c->request_timeout_ms = 5000;
     c->txn_timeout_ms = 5000;
+    c->max_txn_ops = CONF_TXN_OPS_DEFAULT;
+    c->max_txn_bytes = CONF_TXN_BYTES_DEFAULT;
     c->path = strdup("");
     c->data_dir = strdup("data");
     c->log_level = strdup("info");

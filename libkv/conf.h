@@ -17,6 +17,12 @@
 #define CONF_MAX_SHARDS 4096
 #define CONF_KEY_LIMIT 4096                  /* hard cap on max_key_bytes */
 #define CONF_VALUE_LIMIT (64u * 1024 * 1024) /* hard cap on max_value_bytes */
+#define CONF_TXN_OPS_DEFAULT 1000
+#define CONF_TXN_OPS_LIMIT 100000             /* hard cap on max_txn_ops */
+#define CONF_TXN_BYTES_DEFAULT (1024u * 1024) /* default max_txn_bytes */
+/* max_txn_bytes is at most max_message_bytes minus this much: room for the
+ * envelope and the framing of a transaction's ops. */
+#define CONF_TXN_SLACK 4096u
 
 struct conf_node {
     uint32_t id;   /* 1..65535, unique */
@@ -37,7 +43,14 @@ struct conf {
     uint64_t max_message_bytes;
     uint32_t request_timeout_ms; /* client default per-call timeout */
     uint32_t txn_timeout_ms;
-    char *log_level; /* "debug", "info", "warn" or "error" */
+    char *log_level;
+    /* One transaction: at most max_txn_ops conditions and writes, and at
+     * most max_txn_bytes bytes of keys and values (summed over its ops).
+     * The default max_txn_bytes is lowered to max_message_bytes -
+     * CONF_TXN_SLACK when that is smaller (to 1 at least); a value set in
+     * the file above it is an error. */
+    uint32_t max_txn_ops;
+    uint64_t max_txn_bytes; /* "debug", "info", "warn" or "error" */
 };
 
 /* Parses TEXT (LEN bytes) read from a file named NAME (used in errors).

@@ -148,12 +148,10 @@ static int emb_get(kv *db, uint32_t shard, const void *key, size_t klen,
     return rc;
 }
 
-/* Stages W and waits until the flush holding it is done (group commit). */
-static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
-                     uint64_t *version)
+/* Locks the shared engine for staging a write. Returns KV_OK with se->mu
+ * held, or the error of a poisoned engine (unlocked). */
+static int stage_lock(kv *db, struct shared_engine *se)
 {
-    (void)timeout_ms; /* a local fsync is not abandoned half-way */
-    struct shared_engine *se = engine_of(db);
     pthread_mutex_lock(&se->mu);
     if (se->failed) {
         int frc = se->rc_failed;
@@ -161,11 +159,14 @@ static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
         return kv_fail(db, frc, "an earlier write failed to reach the disk; "
                                 "reopen the database");
     }
-    int rc = engine_stage(se->engine, w, version);
-    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND) {
-        pthread_mutex_unlock(&se->mu);
-        return kv_fail(db, rc, "cannot stage the write");
-    }
+    return KV_OK;
+}
+
+/* Called with se->mu held right after a write was staged (or refused by
+ * its condition: RC): waits until the flush that holds it is done (group
+ * commit), unlocks, and returns the write's final result. */
+static int wait_flushed(kv *db, struct shared_engine *se, int rc)
+{
     /* Even a failed condition waits: it was decided on staged state. */
     uint64_t my = ++se->staged_seq;
     while (se->done_seq < my) {
@@ -203,6 +204,45 @@ static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
     if (rc == KV_EIO || rc == KV_ECORRUPT)
         return kv_fail(db, rc, "the write could not be made durable");
     return rc;
+}
+
+/* Stages W and waits until the flush holding it is done (group commit). */
+static int emb_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
+                     uint64_t *version)
+{
+    (void)timeout_ms; /* a local fsync is not abandoned half-way */
+    struct shared_engine *se = engine_of(db);
+    int rc = stage_lock(db, se);
+    if (rc != KV_OK)
+        return rc;
+    rc = engine_stage(se->engine, w, version);
+    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND) {
+        pthread_mutex_unlock(&se->mu);
+        return kv_fail(db, rc, "cannot stage the write");
+    }
+    return wait_flushed(db, se, rc);
+}
+
+/* Stages transaction T as one write in the same group commit as kv_put:
+ * its conditions are decided on the staged state, and it is answered once
+ * the flush that holds it is durable. */
+static int emb_txn(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
+                   uint64_t *versions, size_t *failed, uint64_t *current)
+{
+    (void)timeout_ms;
+    struct shared_engine *se = engine_of(db);
+    int rc = stage_lock(db, se);
+    if (rc != KV_OK)
+        return rc;
+    rc = engine_stage_txn(se->engine, t, versions, failed, current);
+    if (rc != KV_OK && rc != KV_ECONFLICT) {
+        pthread_mutex_unlock(&se->mu);
+        if (rc == ENGINE_ELOCKED) /* defensive: one shard has no intents */
+            return kv_fail(db, KV_EINTERNAL,
+                           "a key is locked by a cross-shard transaction");
+        return kv_fail(db, rc, "cannot stage the transaction");
+    }
+    return wait_flushed(db, se, rc);
 }
 
 struct page_fill {
@@ -306,6 +346,7 @@ static const struct kv_ops embedded_ops = {
     .get = emb_get,
     .write = emb_write,
     .scan_page = emb_scan_page,
+    .txn = emb_txn,
     .status = emb_status,
     .raw = NULL,
     .node_count = emb_node_count,
@@ -336,6 +377,8 @@ int embedded_open(const char *dir, const kv_open_opts *opts, kv **out,
     h->base.nshards = EMBEDDED_SHARDS;
     h->base.max_key_bytes = CONF_KEY_LIMIT;
     h->base.max_value_bytes = 1024 * 1024;
+    h->base.max_txn_ops = CONF_TXN_OPS_DEFAULT;
+    h->base.max_txn_bytes = CONF_TXN_BYTES_DEFAULT;
     h->base.timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : 5000;
     *out = &h->base;
     return KV_OK;

@@ -141,6 +141,92 @@ int kv_iter_next(kv_iter *it, const void **key, size_t *klen, const void **val,
 /* Frees an iterator. NULL is a no-op. */
 void kv_iter_free(kv_iter *it);
 
+/* --- transactions ---------------------------------------------------------
+ *
+ * Optimistic transactions: conditions and writes are buffered in the
+ * transaction and sent in one request by kv_txn_commit(), which applies
+ * them all or none. Every condition (kv_txn_if_version, kv_txn_if_absent,
+ * and the version each kv_txn_get read) is checked against the state just
+ * before the transaction; if any no longer holds, nothing is written and
+ * commit returns KV_ECONFLICT. Several ops may name one key: conditions see
+ * the state before the transaction and the last write of a key wins; all
+ * writes on one shard get one new version.
+ *
+ * A transaction belongs to its handle's thread and is ended by exactly one
+ * kv_txn_commit() or kv_txn_abort(). Keys and values are checked as for
+ * kv_put() when each op is added (KV_EINVAL empty key or NULL value with a
+ * length, KV_ETOOBIG over max_key_bytes / max_value_bytes), and so is the
+ * transaction's size: more than max_txn_ops ops or max_txn_bytes bytes of
+ * keys and values (cluster.conf; embedded: 1000 ops and 1 MiB) is
+ * KV_ETOOBIG. An op that fails to be added leaves the transaction as it was.
+ *
+ * In a cluster, a transaction is sent to its home shard: the shard of its
+ * first written key (of its first key when it writes nothing). When every
+ * key is on that shard it commits in one step; keys on other shards are
+ * committed with it by two-phase commit, at the cost of more round trips.
+ * Keys that share a hash tag ({...}) share a shard. An embedded database is
+ * one shard: any keys go together. */
+typedef struct kv_txn kv_txn;
+
+/* Begins a transaction on DB. OPTS (NULL: defaults) gives its timeout_ms,
+ * used by each of its reads and by its commit; its other fields must be 0
+ * (KV_EINVAL). On KV_OK *txn is a new transaction to end with
+ * kv_txn_commit() or kv_txn_abort(). */
+int kv_txn_begin(kv *db, const kv_opts *opts, kv_txn **txn);
+
+/* Reads KEY now (a linearizable kv_get) and records the version read (0
+ * when absent) as a condition checked at commit. Outputs as kv_get():
+ * *val a kv_free()able copy (NULL when empty), and *version if VERSION is
+ * not NULL; KV_ENOTFOUND when the key does not exist (recorded too). A key
+ * this transaction already wrote is answered from its own last buffered
+ * write (a put's value with *version 0, or KV_ENOTFOUND for a delete) and
+ * records nothing. A failed read records nothing. */
+int kv_txn_get(kv_txn *txn, const void *key, size_t klen, void **val,
+               size_t *vlen, uint64_t *version);
+
+/* Buffers KEY = VAL (written at commit). */
+int kv_txn_put(kv_txn *txn, const void *key, size_t klen, const void *val,
+               size_t vlen);
+
+/* Buffers the deletion of KEY (at commit; deleting a missing key in a
+ * transaction is no error). */
+int kv_txn_del(kv_txn *txn, const void *key, size_t klen);
+
+/* Adds a condition: KEY exists at VERSION (> 0, else KV_EINVAL). */
+int kv_txn_if_version(kv_txn *txn, const void *key, size_t klen,
+                      uint64_t version);
+
+/* Adds a condition: KEY does not exist. */
+int kv_txn_if_absent(kv_txn *txn, const void *key, size_t klen);
+
+/* Commits and ENDS TXN: it is freed whatever the outcome. KV_OK: every
+ * write took effect, durably; if VERSIONS is not NULL, *versions is a
+ * kv_free()able array of *n versions (NULL when 0), one per put or delete
+ * in the order they were added: the put's new version (one per shard), 0
+ * for a delete.
+ * KV_ECONFLICT: a condition or a read version no longer held, nothing was
+ * written; kv_errmsg() names the key and its expected and actual version.
+ * KV_ETIMEDOUT / KV_EUNAVAILABLE: the outcome is unknown, as for kv_put().
+ * KV_ETOOBIG: over the limits (nothing sent). A transaction with no op
+ * commits trivially (KV_OK, *n 0). Inside kv_txn_run() the transaction is
+ * committed by kv_txn_run itself: this returns KV_EINVAL and ends nothing. */
+int kv_txn_commit(kv_txn *txn, uint64_t **versions, size_t *n);
+
+/* Ends TXN without committing and frees it. NULL is a no-op; so is a
+ * transaction that kv_txn_run() handed to its function. */
+void kv_txn_abort(kv_txn *txn);
+
+/* Runs FN in a transaction: begins one, calls FN(txn, ARG), and commits
+ * when FN returns KV_OK (otherwise aborts and returns FN's code). On
+ * KV_ECONFLICT, from FN or from the commit, it starts again after a
+ * jittered exponential backoff (2 ms doubling to 200 ms, +-50%) until the
+ * timeout of OPTS (NULL or 0: the handle's default) has passed, and then
+ * returns KV_ECONFLICT. FN may be called several times, so it must have no
+ * effect besides its ops on TXN; it must not commit or abort TXN. Returns
+ * the last code. */
+int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
+               void *arg);
+
 /* The shard that holds KEY in a cluster of NSHARDS shards: siphash-2-4 of
  * the key, or of the part inside its first {...} (a hash tag) when that part
  * is not empty, modulo NSHARDS. Keys with the same tag share a shard. */

@@ -51,6 +51,13 @@ struct kv_ops {
     /* Fetches one page of SC's shard into P (emptied first). */
     int (*scan_page)(kv *db, const struct engine_scan *sc, uint32_t timeout_ms,
                      bool stale, struct scan_page *p);
+    /* Commits transaction T (T->shard its home shard; no session fields
+     * set: the mode adds its own). KV_OK: VERSIONS[i] (T->nops entries)
+     * as engine_stage_txn() sets them. KV_ECONFLICT: *failed the 1-based
+     * index of the failed condition (0 when unknown) and *current that
+     * key's version then (0: absent). */
+    int (*txn)(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
+               uint64_t *versions, size_t *failed, uint64_t *current);
     int (*status)(kv *db, size_t node, uint32_t timeout_ms,
                   Kv__StatusResult **out);
     int (*raw)(kv *db, size_t node, const void *buf, size_t len,
@@ -67,13 +74,24 @@ struct kv {
     uint32_t nshards;
     uint64_t max_key_bytes;
     uint64_t max_value_bytes;
-    uint32_t timeout_ms; /* default per call */
+    uint32_t max_txn_ops;   /* ops of one transaction */
+    uint64_t max_txn_bytes; /* key and value bytes of one transaction */
+    uint32_t timeout_ms;    /* default per call */
     char errmsg[512];
 };
 
 /* Sets the handle's error detail (printf-style) and returns CODE. */
 int kv_fail(kv *db, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Argument checks shared by every entry point (api.c): a key is 1 byte or
+ * more (KV_EINVAL) and at most max_key_bytes (KV_ETOOBIG); a value at most
+ * max_value_bytes and not NULL with a length. They set the errmsg. */
+int kv_check_key(kv *db, const void *key, size_t klen);
+int kv_check_value(kv *db, const void *val, size_t vlen);
+
+/* The timeout of a call with options O (NULL or 0: the handle's). */
+uint32_t kv_call_timeout(const kv *db, const kv_opts *o);
 
 /* Mode constructors: fill a new handle (its base already zeroed by them). */
 int embedded_open(const char *dir, const kv_open_opts *opts, kv **out,

@@ -11,6 +11,7 @@
  */
 #include <check.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -779,6 +780,552 @@ START_TEST(two_handles_see_each_others_writes)
 }
 END_TEST
 
+/* --- transactions --------------------------------------------------------
+ * Every key of a test shares one hash tag, so in cluster mode the whole
+ * transaction is on one shard. */
+
+/* Commits T, asserting KV_OK, and returns the versions (kv_free them). */
+static uint64_t *must_commit(kv_txn *t, size_t want_n)
+{
+    uint64_t *vers = NULL;
+    size_t n = 12345;
+    int rc = kv_txn_commit(t, &vers, &n);
+    ck_assert_msg(rc == KV_OK, "kv_txn_commit: %s (%s)", kv_strerror(rc),
+                  kv_errmsg(db));
+    ck_assert_uint_eq(n, want_n);
+    ck_assert(want_n == 0 ? vers == NULL : vers != NULL);
+    return vers;
+}
+
+static kv_txn *must_begin(kv *h)
+{
+    kv_txn *t = NULL;
+    int rc = kv_txn_begin(h, NULL, &t);
+    ck_assert_msg(rc == KV_OK, "kv_txn_begin: %s", kv_strerror(rc));
+    ck_assert_ptr_nonnull(t);
+    return t;
+}
+
+START_TEST(a_transaction_commits_several_writes_at_one_version)
+{
+    uint64_t old = must_put(db, S("{t1}gone"), S("x"));
+    kv_txn *t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, S("{t1}a"), S("alpha")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t1}b"), S("beta")), KV_OK);
+    ck_assert_int_eq(kv_txn_del(t, S("{t1}gone")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t1}empty"), NULL, 0), KV_OK);
+    uint64_t *v = must_commit(t, 4);
+    ck_assert_uint_gt(v[0], old);
+    ck_assert_uint_eq(v[1], v[0]); /* one version for every write */
+    ck_assert_uint_eq(v[2], 0);    /* a delete */
+    ck_assert_uint_eq(v[3], v[0]);
+    expect_value(db, S("{t1}a"), S("alpha"), v[0]);
+    expect_value(db, S("{t1}b"), S("beta"), v[0]);
+    expect_value(db, S("{t1}empty"), NULL, 0, v[0]);
+    expect_missing(db, S("{t1}gone"));
+    kv_free(v);
+    /* Versions may be left out; deleting a missing key is no error. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_del(t, S("{t1}never")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t1}a"), S("again")), KV_OK);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_OK);
+    expect_value(db, S("{t1}a"), S("again"), 0);
+}
+END_TEST
+
+START_TEST(ops_on_one_key_check_the_state_before_and_the_last_write_wins)
+{
+    kv_txn *t = must_begin(db);
+    /* The key is absent before the transaction, whatever it writes. */
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t2}k")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t2}k"), S("1")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t2}k"), S("2")), KV_OK);
+    ck_assert_int_eq(kv_txn_del(t, S("{t2}k")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t2}k"), S("3")), KV_OK);
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t2}k")), KV_OK);
+    uint64_t *v = must_commit(t, 4);
+    expect_value(db, S("{t2}k"), S("3"), v[3]);
+    uint64_t ver = v[3];
+    kv_free(v);
+    /* A final delete wins too. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t2}k"), ver), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t2}k"), S("4")), KV_OK);
+    ck_assert_int_eq(kv_txn_del(t, S("{t2}k")), KV_OK);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t2}k"), ver), KV_OK);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_OK);
+    expect_missing(db, S("{t2}k"));
+}
+END_TEST
+
+START_TEST(conditions_that_hold_let_the_writes_through)
+{
+    uint64_t va = must_put(db, S("{t3}a"), S("a1"));
+    kv_txn *t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t3}a"), va), KV_OK);
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t3}b")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t3}b"), S("b1")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t3}a"), S("a2")), KV_OK);
+    uint64_t *v = must_commit(t, 2);
+    ck_assert_uint_gt(v[0], va);
+    expect_value(db, S("{t3}a"), S("a2"), v[0]);
+    expect_value(db, S("{t3}b"), S("b1"), v[0]);
+    kv_free(v);
+    /* A transaction of conditions alone commits and writes nothing. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t3}c")), KV_OK);
+    v = must_commit(t, 0);
+    expect_missing(db, S("{t3}c"));
+}
+END_TEST
+
+/* Commits T expecting KV_ECONFLICT with a message holding every WORDS. */
+static void expect_conflict(kv_txn *t, const char *const *words, size_t n)
+{
+    uint64_t *vers = (uint64_t *)&vers;
+    size_t nv = 777;
+    int rc = kv_txn_commit(t, &vers, &nv);
+    ck_assert_msg(rc == KV_ECONFLICT, "commit: %s (%s), want a conflict",
+                  kv_strerror(rc), kv_errmsg(db));
+    ck_assert_ptr_eq(vers, (uint64_t *)&vers); /* outputs untouched */
+    ck_assert_uint_eq(nv, 777);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(strstr(kv_errmsg(db), words[i]) != NULL,
+                      "'%s' not in the message '%s'", words[i], kv_errmsg(db));
+}
+
+START_TEST(a_failed_condition_writes_nothing_and_names_the_key)
+{
+    uint64_t va = must_put(db, S("{t4}a"), S("a1"));
+    char want[64], got[64];
+    snprintf(want, sizeof want, "expected %llu", (unsigned long long)va + 1000);
+    snprintf(got, sizeof got, "has version %llu", (unsigned long long)va);
+    /* A wrong version. */
+    kv_txn *t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, S("{t4}new"), S("n")), KV_OK);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t4}a"), va + 1000), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t4}a"), S("a2")), KV_OK);
+    const char *const w1[] = {"condition failed", "\"{t4}a\"", got, want};
+    expect_conflict(t, w1, 4);
+    expect_value(db, S("{t4}a"), S("a1"), va);
+    expect_missing(db, S("{t4}new"));
+    /* A key that exists where absence was wanted. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, S("{t4}new"), S("n")), KV_OK);
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t4}a")), KV_OK);
+    const char *const w2[] = {"\"{t4}a\"", "exists"};
+    expect_conflict(t, w2, 2);
+    expect_missing(db, S("{t4}new"));
+    /* A version on a key that does not exist. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t4}nothere"), 5), KV_OK);
+    ck_assert_int_eq(kv_txn_del(t, S("{t4}a")), KV_OK);
+    const char *const w3[] = {"\"{t4}nothere\"", "is absent",
+                              "expected version 5"};
+    expect_conflict(t, w3, 3);
+    expect_value(db, S("{t4}a"), S("a1"), va);
+    /* Binary keys are quoted printably. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t4}\x01\xff"), 9), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t4}new"), S("n")), KV_OK);
+    const char *const w4[] = {"\"{t4}\\x01\\xff\""};
+    expect_conflict(t, w4, 1);
+    expect_missing(db, S("{t4}new"));
+}
+END_TEST
+
+START_TEST(a_change_between_read_and_commit_is_a_conflict)
+{
+    kv *other = NULL;
+    ck_assert_int_eq(kv_open(target, NULL, &other), KV_OK);
+    uint64_t va = must_put(db, S("{t5}a"), S("10"));
+    kv_txn *t = must_begin(db);
+    void *val = NULL;
+    size_t vlen = 0;
+    uint64_t ver = 0;
+    ck_assert_int_eq(kv_txn_get(t, S("{t5}a"), &val, &vlen, &ver), KV_OK);
+    ck_assert_uint_eq(ver, va);
+    ck_assert_uint_eq(vlen, 2);
+    ck_assert_int_eq(memcmp(val, "10", 2), 0);
+    kv_free(val);
+    /* Someone else writes the key in between. */
+    uint64_t vb = must_put(other, S("{t5}a"), S("20"));
+    ck_assert_int_eq(kv_txn_put(t, S("{t5}a"), S("11")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t5}log"), S("10->11")), KV_OK);
+    char got[64];
+    snprintf(got, sizeof got, "has version %llu", (unsigned long long)vb);
+    const char *const w[] = {"\"{t5}a\"", got, "kv_txn_get"};
+    expect_conflict(t, w, 3);
+    expect_value(db, S("{t5}a"), S("20"), vb);
+    expect_missing(db, S("{t5}log"));
+    /* Reading an absent key records its absence. */
+    t = must_begin(db);
+    val = &val;
+    ck_assert_int_eq(kv_txn_get(t, S("{t5}b"), &val, &vlen, &ver),
+                     KV_ENOTFOUND);
+    ck_assert_ptr_eq(val, &val); /* untouched on error */
+    must_put(other, S("{t5}b"), S("created"));
+    ck_assert_int_eq(kv_txn_put(t, S("{t5}b"), S("mine")), KV_OK);
+    const char *const w2[] = {"\"{t5}b\"", "exists"};
+    expect_conflict(t, w2, 2);
+    expect_value(db, S("{t5}b"), S("created"), 0);
+    /* Without a change in between, the same pattern commits. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_get(t, S("{t5}a"), &val, &vlen, &ver), KV_OK);
+    kv_free(val);
+    ck_assert_int_eq(kv_txn_get(t, S("{t5}a"), &val, &vlen, &ver), KV_OK);
+    kv_free(val); /* a second read of the same version: one condition */
+    ck_assert_int_eq(kv_txn_put(t, S("{t5}a"), S("21")), KV_OK);
+    uint64_t *v = must_commit(t, 1);
+    expect_value(db, S("{t5}a"), S("21"), v[0]);
+    kv_free(v);
+    kv_close(other);
+}
+END_TEST
+
+START_TEST(a_transaction_reads_its_own_writes)
+{
+    kv *other = NULL;
+    ck_assert_int_eq(kv_open(target, NULL, &other), KV_OK);
+    uint64_t vb = must_put(db, S("{t6}b"), S("old b"));
+    kv_txn *t = must_begin(db);
+    void *val = NULL;
+    size_t vlen = 0;
+    uint64_t ver = 99;
+    ck_assert_int_eq(kv_txn_put(t, S("{t6}a"), S("mine")), KV_OK);
+    ck_assert_int_eq(kv_txn_get(t, S("{t6}a"), &val, &vlen, &ver), KV_OK);
+    ck_assert_uint_eq(vlen, 4);
+    ck_assert_int_eq(memcmp(val, "mine", 4), 0);
+    ck_assert_uint_eq(ver, 0); /* not written yet */
+    kv_free(val);
+    ck_assert_int_eq(kv_txn_put(t, S("{t6}a"), NULL, 0), KV_OK);
+    val = &val;
+    ck_assert_int_eq(kv_txn_get(t, S("{t6}a"), &val, &vlen, NULL), KV_OK);
+    ck_assert_ptr_null(val); /* empty, as kv_get */
+    ck_assert_uint_eq(vlen, 0);
+    ck_assert_int_eq(kv_txn_del(t, S("{t6}b")), KV_OK);
+    ck_assert_int_eq(kv_txn_get(t, S("{t6}b"), &val, &vlen, &ver),
+                     KV_ENOTFOUND);
+    /* Own writes record no condition: changes by others do not conflict
+     * (the transaction's writes win). */
+    must_put(other, S("{t6}a"), S("theirs"));
+    must_put(other, S("{t6}b"), S("new b"));
+    uint64_t *v = must_commit(t, 3);
+    ck_assert_uint_gt(v[0], vb);
+    expect_value(db, S("{t6}a"), NULL, 0, v[0]);
+    expect_missing(db, S("{t6}b"));
+    kv_free(v);
+    kv_close(other);
+}
+END_TEST
+
+START_TEST(an_aborted_transaction_writes_nothing)
+{
+    uint64_t va = must_put(db, S("{t7}a"), S("kept"));
+    kv_txn *t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, S("{t7}a"), S("lost")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t7}b"), S("lost")), KV_OK);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t7}a"), va), KV_OK);
+    kv_txn_abort(t);
+    kv_txn_abort(NULL);
+    expect_value(db, S("{t7}a"), S("kept"), va);
+    expect_missing(db, S("{t7}b"));
+    /* A transaction with no op commits trivially. */
+    t = must_begin(db);
+    must_commit(t, 0);
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_OK);
+}
+END_TEST
+
+START_TEST(transaction_limits_are_etoobig_and_leave_it_usable)
+{
+    kv_txn *t = must_begin(db);
+    char k[32];
+    /* 1000 ops is the default limit; the 1001st is refused. */
+    for (int i = 0; i < 1000; i++) {
+        int n = snprintf(k, sizeof k, "{t8}k%04d", i);
+        ck_assert_int_eq(kv_txn_put(t, k, (size_t)n, "v", 1), KV_OK);
+    }
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}over"), S("v")), KV_ETOOBIG);
+    ck_assert_ptr_nonnull(strstr(kv_errmsg(db), "max_txn_ops"));
+    ck_assert_int_eq(kv_txn_if_absent(t, S("{t8}over")), KV_ETOOBIG);
+    void *val = NULL;
+    size_t vlen = 0;
+    ck_assert_int_eq(kv_txn_get(t, S("{t8}other"), &val, &vlen, NULL),
+                     KV_ETOOBIG);
+    /* A key it already wrote is still read from the transaction. */
+    ck_assert_int_eq(kv_txn_get(t, S("{t8}k0007"), &val, &vlen, NULL), KV_OK);
+    kv_free(val);
+    uint64_t *v = must_commit(t, 1000);
+    expect_value(db, S("{t8}k0999"), S("v"), v[999]);
+    kv_free(v);
+    expect_missing(db, S("{t8}over"));
+
+    /* 1 MiB of keys and values is the default byte limit. */
+    unsigned char *big = calloc(1, MIB);
+    ck_assert_ptr_nonnull(big);
+    t = must_begin(db);
+    /* 7 + MIB - 12 bytes: 5 left. */
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}big"), big, MIB - 12), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}b"), S("x")), KV_ETOOBIG);
+    ck_assert_ptr_nonnull(strstr(kv_errmsg(db), "max_txn_bytes"));
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}x"), "", 0), KV_OK); /* exactly */
+    ck_assert_int_eq(kv_txn_del(t, S("{t8}")), KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_OK);
+    expect_value(db, S("{t8}big"), big, MIB - 12, 0);
+    expect_value(db, S("{t8}x"), "", 0, 0);
+    /* Keys and values over their own limits, as for kv_put. */
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}huge"), big, MIB), KV_ETOOBIG);
+    free(big);
+    char *longkey = malloc(MAX_KEY + 1);
+    ck_assert_ptr_nonnull(longkey);
+    memset(longkey, 'k', MAX_KEY + 1);
+    ck_assert_int_eq(kv_txn_put(t, longkey, MAX_KEY + 1, S("v")), KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_del(t, longkey, MAX_KEY + 1), KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_if_absent(t, longkey, MAX_KEY + 1), KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_if_version(t, longkey, MAX_KEY + 1, 1), KV_ETOOBIG);
+    ck_assert_int_eq(kv_txn_get(t, longkey, MAX_KEY + 1, &val, &vlen, NULL),
+                     KV_ETOOBIG);
+    free(longkey);
+    ck_assert_int_eq(kv_txn_put(t, S("{t8}small"), S("ok")), KV_OK);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_OK);
+    expect_value(db, S("{t8}small"), S("ok"), 0);
+    expect_missing(db, S("{t8}huge"));
+}
+END_TEST
+
+static int refuse_commit(kv_txn *t, void *arg)
+{
+    (void)arg;
+    /* Inside kv_txn_run, commit and abort are not the function's to call. */
+    kv_txn_abort(t);
+    ck_assert_int_eq(kv_txn_commit(t, NULL, NULL), KV_EINVAL);
+    return kv_txn_put(t, S("{t9}run"), S("by run"));
+}
+
+START_TEST(bad_transaction_arguments_are_einval)
+{
+    kv_txn *t = NULL;
+    kv_opts cond = {.if_version = 3};
+    kv_opts absent = {.if_absent = 1};
+    ck_assert_int_eq(kv_txn_begin(NULL, NULL, &t), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_begin(db, NULL, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_begin(db, &cond, &t), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_begin(db, &absent, &t), KV_EINVAL);
+    ck_assert_ptr_null(t);
+    void *val = NULL;
+    size_t vlen = 0;
+    ck_assert_int_eq(kv_txn_put(NULL, S("{t9}k"), S("v")), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_del(NULL, S("{t9}k")), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_if_version(NULL, S("{t9}k"), 1), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_if_absent(NULL, S("{t9}k")), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_get(NULL, S("{t9}k"), &val, &vlen, NULL),
+                     KV_EINVAL);
+    ck_assert_int_eq(kv_txn_commit(NULL, NULL, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_run(NULL, NULL, refuse_commit, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_run(db, NULL, NULL, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_run(db, &cond, refuse_commit, NULL), KV_EINVAL);
+
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_put(t, "", 0, S("v")), KV_EINVAL);
+    ck_assert_str_ne(kv_errmsg(db), "");
+    ck_assert_int_eq(kv_txn_put(t, NULL, 3, S("v")), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_put(t, S("{t9}k"), NULL, 5), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_del(t, "", 0), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_if_absent(t, "", 0), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_if_version(t, S("{t9}k"), 0), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_get(t, "", 0, &val, &vlen, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_get(t, S("{t9}k"), NULL, &vlen, NULL), KV_EINVAL);
+    ck_assert_int_eq(kv_txn_get(t, S("{t9}k"), &val, NULL, NULL), KV_EINVAL);
+    /* None of these added an op: the transaction commits one write. */
+    ck_assert_int_eq(kv_txn_put(t, S("{t9}k"), S("v")), KV_OK);
+    uint64_t *vers = NULL;
+    /* versions without n: refused, and the transaction still ends. */
+    ck_assert_int_eq(kv_txn_commit(t, &vers, NULL), KV_EINVAL);
+    expect_missing(db, S("{t9}k"));
+    /* The function of kv_txn_run can neither commit nor abort. */
+    ck_assert_int_eq(kv_txn_run(db, NULL, refuse_commit, NULL), KV_OK);
+    expect_value(db, S("{t9}run"), S("by run"), 0);
+}
+END_TEST
+
+/* kv_txn_run: a function that reads {t10}n, lets another handle change it
+ * on its first call, then writes n+1. */
+struct bump {
+    kv *other;
+    const char *key;
+    size_t klen;
+    int calls;
+    int interfere; /* calls on which the other handle writes in between */
+    int fail_with; /* returned instead of writing, when not 0 */
+};
+
+static int parse_count(const void *val, size_t vlen)
+{
+    char buf[32];
+    ck_assert_uint_lt(vlen, sizeof buf);
+    memcpy(buf, val, vlen);
+    buf[vlen] = '\0';
+    return atoi(buf);
+}
+
+static int bump_fn(kv_txn *t, void *arg)
+{
+    struct bump *b = arg;
+    void *val = NULL;
+    size_t vlen = 0;
+    int n = 0;
+    b->calls++;
+    int rc = kv_txn_get(t, b->key, b->klen, &val, &vlen, NULL);
+    if (rc == KV_OK) {
+        n = parse_count(val, vlen);
+        kv_free(val);
+    } else if (rc != KV_ENOTFOUND) {
+        return rc;
+    }
+    if (b->calls <= b->interfere)
+        must_put(b->other, b->key, b->klen, S("100"));
+    if (b->fail_with)
+        return b->fail_with;
+    char out[32];
+    int len = snprintf(out, sizeof out, "%d", n + 1);
+    return kv_txn_put(t, b->key, b->klen, out, (size_t)len);
+}
+
+START_TEST(kv_txn_run_retries_a_conflict_and_hands_back_other_errors)
+{
+    kv *other = NULL;
+    ck_assert_int_eq(kv_open(target, NULL, &other), KV_OK);
+    struct bump b = {
+        .other = other, .key = "{t10}n", .klen = 6, .interfere = 1};
+    must_put(db, S("{t10}n"), S("1"));
+    /* The first attempt conflicts with the other handle's write of 100;
+     * the second reads 100 and writes 101. */
+    ck_assert_int_eq(kv_txn_run(db, NULL, bump_fn, &b), KV_OK);
+    ck_assert_int_eq(b.calls, 2);
+    expect_value(db, S("{t10}n"), S("101"), 0);
+    /* A function error is returned at once, nothing written. */
+    b = (struct bump){
+        .other = other, .key = "{t10}n", .klen = 6, .fail_with = KV_ENOTFOUND};
+    ck_assert_int_eq(kv_txn_run(db, NULL, bump_fn, &b), KV_ENOTFOUND);
+    ck_assert_int_eq(b.calls, 1);
+    expect_value(db, S("{t10}n"), S("101"), 0);
+    /* A conflict every time: retried with backoff until the timeout. */
+    b = (struct bump){
+        .other = other, .key = "{t10}n", .klen = 6, .interfere = 1000000};
+    kv_opts o = {.timeout_ms = 600};
+    int64_t t0 = harness_now_ms();
+    ck_assert_int_eq(kv_txn_run(db, &o, bump_fn, &b), KV_ECONFLICT);
+    int64_t took = harness_now_ms() - t0;
+    ck_assert_str_ne(kv_errmsg(db), "");
+    ck_assert_msg(b.calls >= 3, "only %d attempts in %lld ms", b.calls,
+                  (long long)took);
+    ck_assert_msg(took >= 300 && took < 5000, "gave up after %lld ms",
+                  (long long)took);
+    expect_value(db, S("{t10}n"), S("100"), 0);
+    kv_close(other);
+}
+END_TEST
+
+#define INCREMENTS 25
+
+struct incr_thread {
+    int done;    /* increments that committed */
+    int calls;   /* function calls, retries included */
+    int last_rc; /* the first failure, or KV_OK */
+};
+
+static int incr_fn(kv_txn *t, void *arg)
+{
+    struct incr_thread *it = arg;
+    void *val = NULL;
+    size_t vlen = 0;
+    int n = 0;
+    it->calls++;
+    int rc = kv_txn_get(t, S("{t11}ctr"), &val, &vlen, NULL);
+    if (rc == KV_OK) {
+        char buf[32];
+        if (vlen >= sizeof buf) {
+            kv_free(val);
+            return KV_EINTERNAL;
+        }
+        memcpy(buf, val, vlen);
+        buf[vlen] = '\0';
+        n = atoi(buf);
+        kv_free(val);
+    } else if (rc != KV_ENOTFOUND) {
+        return rc;
+    }
+    /* Widen the window between read and commit so the threads collide. */
+    harness_sleep_ms(1);
+    char out[32];
+    int len = snprintf(out, sizeof out, "%d", n + 1);
+    return kv_txn_put(t, S("{t11}ctr"), out, (size_t)len);
+}
+
+static void *incr_main(void *arg)
+{
+    struct incr_thread *it = arg;
+    kv *h = NULL;
+    kv_open_opts oo = {.timeout_ms = 20000};
+    it->last_rc = kv_open(target, &oo, &h);
+    for (int i = 0; i < INCREMENTS && it->last_rc == KV_OK; i++) {
+        it->last_rc = kv_txn_run(h, NULL, incr_fn, it);
+        if (it->last_rc == KV_OK)
+            it->done++;
+    }
+    kv_close(h);
+    return NULL;
+}
+
+START_TEST(kv_txn_run_from_two_threads_lands_every_increment)
+{
+    struct incr_thread th[2];
+    pthread_t tid[2];
+    memset(th, 0, sizeof th);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(pthread_create(&tid[i], NULL, incr_main, &th[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(tid[i], NULL);
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(th[i].last_rc == KV_OK && th[i].done == INCREMENTS,
+                      "thread %d: %d increments, %s", i, th[i].done,
+                      kv_strerror(th[i].last_rc));
+    char want[16];
+    int n = snprintf(want, sizeof want, "%d", 2 * INCREMENTS);
+    expect_value(db, S("{t11}ctr"), want, (size_t)n, 0);
+    fprintf(stderr, "api: %d increments took %d + %d calls\n", 2 * INCREMENTS,
+            th[0].calls, th[1].calls);
+}
+END_TEST
+
+START_TEST(any_keys_commit_together_in_an_embedded_database)
+{
+    /* One shard: keys with no common tag form one transaction. */
+    uint64_t va = must_put(db, S("xs/a"), S("1"));
+    kv_txn *t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("xs/a"), va), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("xs/b"), S("2")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("xs/c"), S("3")), KV_OK);
+    ck_assert_int_eq(kv_txn_del(t, S("xs/a")), KV_OK);
+    uint64_t *v = must_commit(t, 3);
+    uint64_t vb = v[0];
+    kv_free(v);
+    expect_value(db, S("xs/b"), S("2"), vb);
+    expect_value(db, S("xs/c"), S("3"), vb);
+    expect_missing(db, S("xs/a"));
+    t = must_begin(db);
+    ck_assert_int_eq(kv_txn_if_version(t, S("xs/b"), vb), KV_OK);
+    ck_assert_int_eq(kv_txn_if_absent(t, S("xs/c")), KV_OK);
+    ck_assert_int_eq(kv_txn_put(t, S("xs/d"), S("4")), KV_OK);
+    const char *const w[] = {"\"xs/c\"", "exists"};
+    expect_conflict(t, w, 2);
+    expect_missing(db, S("xs/d"));
+}
+END_TEST
+
 /* --- cluster only --------------------------------------------------------- */
 
 /* Opens the cluster from SEEDS and checks it sees and makes writes. */
@@ -881,6 +1428,19 @@ static void add_common_tests(TCase *tc)
     tcase_add_test(tc, kv_strerror_names_every_code);
     tcase_add_test(tc, a_reopened_handle_keeps_the_data);
     tcase_add_test(tc, two_handles_see_each_others_writes);
+    tcase_add_test(tc, a_transaction_commits_several_writes_at_one_version);
+    tcase_add_test(
+        tc, ops_on_one_key_check_the_state_before_and_the_last_write_wins);
+    tcase_add_test(tc, conditions_that_hold_let_the_writes_through);
+    tcase_add_test(tc, a_failed_condition_writes_nothing_and_names_the_key);
+    tcase_add_test(tc, a_change_between_read_and_commit_is_a_conflict);
+    tcase_add_test(tc, a_transaction_reads_its_own_writes);
+    tcase_add_test(tc, an_aborted_transaction_writes_nothing);
+    tcase_add_test(tc, transaction_limits_are_etoobig_and_leave_it_usable);
+    tcase_add_test(tc, bad_transaction_arguments_are_einval);
+    tcase_add_test(tc,
+                   kv_txn_run_retries_a_conflict_and_hands_back_other_errors);
+    tcase_add_test(tc, kv_txn_run_from_two_threads_lands_every_increment);
 }
 
 static Suite *embedded_suite(void)
@@ -891,6 +1451,7 @@ static Suite *embedded_suite(void)
     tcase_add_checked_fixture(tc, open_db, close_db);
     tcase_set_timeout(tc, 60);
     add_common_tests(tc);
+    tcase_add_test(tc, any_keys_commit_together_in_an_embedded_database);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -8,7 +8,8 @@
 # of every kvclient command and flag: usage errors, get/put/del, conditions,
 # binary values (stdin, --hex), scan bounds across shards, --json output
 # (parsed with python3), size limits, the tcp:// and embedded: targets,
-# bench, status with its replication view (leaders, terms, members) and
+# transactions (txn: arguments, stdin scripts, conditions, limits), bench,
+# status with its replication view (leaders, terms, members) and
 # get --stale, also with nodes down. Every started process is ended by
 # its PID and the temp dir removed on exit. The last line is exactly
 # "N passed, M failed"; the exit status is non-zero on any failure.
@@ -504,6 +505,113 @@ if [ $rc = 0 ] && [ "$(wc -l <"$T/out")" -ge 22 ] &&
 else
     bad "scan: whole key space (exit $rc)"
 fi
+
+# --- txn --------------------------------------------------------------------
+# Every key shares the hash tag {ct}: one shard, so the cluster commits it.
+kvc txn "put {ct}a 1" "put {ct}b 2"
+V1=$(sed -n 's/^{ct}a \([0-9][0-9]*\)$/\1/p' "$T/out")
+expect "txn: two puts commit at one version" 0 \
+    "$(printf 'committed\n{ct}a %s\n{ct}b %s' "$V1" "$V1")"
+kvc get "{ct}b"
+expect "txn: its writes are read back" 0 "2"
+kvc txn "if-version {ct}a $V1" "if-absent {ct}c" "put {ct}a 10" "del {ct}b"
+V2=$(sed -n 's/^{ct}a \([0-9][0-9]*\)$/\1/p' "$T/out")
+expect "txn: conditions that hold, a put and a delete" 0 \
+    "$(printf 'committed\n{ct}a %s\n{ct}b 0' "$V2")"
+if [ -n "$V2" ] && [ "$V2" -gt "$V1" ]; then
+    ok "txn: the new version is above the old one"
+else
+    bad "txn: versions $V1 then $V2"
+fi
+kvc txn "if-version {ct}a $V1" "put {ct}c written"
+expect_err "txn: a stale version exits 3" 3
+if grep -q "condition failed: \"{ct}a\" has version $V2, expected $V1" "$T/err"; then
+    ok "txn: the failed condition names the key and both versions"
+else
+    bad "txn: the conflict message"
+fi
+kvc get "{ct}c"
+expect_err "txn: a failed condition writes nothing" 1
+kvc txn "if-absent {ct}a" "put {ct}c written" --json
+expect_json "txn --json: a failed condition" 3 \
+    'd["ok"] is False and d["committed"] is False and d["error"] == "KV_ECONFLICT" and d["code"] == -3 and "exists" in d["message"] and "{ct}a" in d["message"]'
+kvc txn "if-version {ct}nope 4" "del {ct}a"
+expect_err "txn: a version on a missing key exits 3" 3
+if grep -q 'is absent' "$T/err"; then
+    ok "txn: ... and says the key is absent"
+else
+    bad "txn: the absent-key message"
+fi
+kvc get "{ct}a"
+expect "txn: ... and deletes nothing" 0 "10"
+kvc txn "put {ct}j1 x" "del {ct}a" "put {ct}j2 y" --json
+expect_json "txn --json: committed writes with their versions" 0 \
+    'd["ok"] is True and d["committed"] is True and [w["key"] for w in d["writes"]] == ["{ct}j1", "{ct}a", "{ct}j2"] and d["writes"][0]["version"] == d["writes"][2]["version"] > 0 and d["writes"][1]["version"] == 0'
+printf '# a transfer\n\nif-absent {ct}s3\r\n  put\t{ct}s1 one  \nput {ct}s2 two\n' >"$T/script"
+kvc_in "$T/script" txn
+expect "txn: a script on stdin (comments, blank lines, tabs, CRLF)" 0 \
+    "$(printf 'committed\n{ct}s1 %s\n{ct}s2 %s' "$(sed -n 's/^{ct}s1 //p' "$T/out")" "$(sed -n 's/^{ct}s1 //p' "$T/out")")"
+kvc get "{ct}s1"
+expect "txn: ... the script's value has no trailing blanks" 0 "one"
+printf 'put {ct}s4 four\ndel {ct}s1\nput {ct}s5\n' >"$T/script"
+kvc_in "$T/script" txn
+expect_err "txn: a malformed stdin line exits 2" 2
+if grep -q 'line 3' "$T/err"; then
+    ok "txn: ... naming its line number"
+else
+    bad "txn: the line number of a malformed stdin line"
+fi
+kvc get "{ct}s4"
+expect_err "txn: ... and nothing is written" 1
+: >"$T/script"
+kvc_in "$T/script" txn
+expect "txn: an empty script commits nothing" 0 "committed"
+kvc txn "put {ct}u 1" "frob {ct}u"
+expect_err "txn: an unknown op exits 2" 2
+grep -q "line 2: unknown op 'frob'" "$T/err" && ok "txn: ... naming the line" ||
+    bad "txn: unknown op message"
+kvc txn "put {ct}u"
+expect_err "txn: put without a value exits 2" 2
+kvc txn "del {ct}u {ct}v"
+expect_err "txn: del with two keys exits 2" 2
+kvc txn "if-version {ct}u 0"
+expect_err "txn: if-version 0 exits 2" 2
+kvc txn "if-version {ct}u 1x"
+expect_err "txn: if-version with trailing garbage exits 2" 2
+kvc txn "put {ct}u 1" "if-absent
+{ct}v"
+expect_err "txn: an argument with a newline exits 2" 2
+kvc --hex txn "put 7b63747d75 zz"
+expect_err "txn --hex: a bad hex value exits 2" 2
+kvc txn --json "put {ct}u 1" "bogus"
+expect_json "txn --json: a usage error names the line" 2 \
+    'd["ok"] is False and d["error"] == "KV_EINVAL" and "line 2" in d["message"]'
+kvc get "{ct}u"
+expect_err "txn: nothing of a refused script is written" 1
+python3 -c 'print("put {ct}big " + "v" * 65537)' >"$T/script"
+kvc_in "$T/script" txn
+expect_err "txn: a value over max_value_bytes exits 2" 2
+grep -q 'txn line 1' "$T/err" && ok "txn: ... naming the line" ||
+    bad "txn: the too-big value message"
+seq 1 1001 | sed 's/^/put {ct}n/; s/$/ v/' >"$T/script"
+kvc_in "$T/script" txn
+expect_err "txn: over max_txn_ops (1000) exits 2" 2
+grep -q 'line 1001.*max_txn_ops' "$T/err" && ok "txn: ... naming the line and the limit" ||
+    bad "txn: the max_txn_ops message"
+kvc --hex txn "put 7b63747d68 00ff" "if-absent 7b63747d6e6f"
+expect "txn --hex: keys and values in hex" 0 \
+    "$(printf 'committed\n7b63747d68 %s' "$(sed -n 's/^7b63747d68 //p' "$T/out")")"
+kvc --hex get 7b63747d68
+expect "txn --hex: ... read back" 0 "00ff"
+kvc help txn
+if [ $rc = 0 ] && grep -q 'if-version KEY V' "$T/out"; then
+    ok "help: help txn"
+else
+    bad "help: help txn (exit $rc)"
+fi
+kvt "embedded:$T/emb-txn" txn "put ta 1" "put tb 2" "put tc 3" "if-absent td"
+expect "txn: an embedded target takes any keys in one transaction" 0 \
+    "$(printf 'committed\nta 1\ntb 1\ntc 1')"
 
 # --- targets --------------------------------------------------------------
 kvt "tcp://127.0.0.1:$P2" get s/07

@@ -39,13 +39,15 @@ static const char full_file[] =
     "request_timeout_ms = 250\n"                          /* 9 */
     "txn_timeout_ms = 10000\n"                            /* 10 */
     "log_level = debug\n"                                 /* 11 */
-    "\n"                                                  /* 12 */
-    "[node 30]\n"                                         /* 13 */
-    "address = tcp://10.0.0.3:7000\n"                     /* 14 */
-    "[node 7]\n"                                          /* 15 */
-    "address = tcp://10.0.0.1:7000\n"                     /* 16 */
-    "[node 12]   # middle\n"                              /* 17 */
-    "  address   =   tcp://node-12.example.com:7000  \n"; /* 18 */
+    "max_txn_ops = 5000\n"                                /* 12 */
+    "max_txn_bytes = 2000000\n"                           /* 13 */
+    "\n"                                                  /* 14 */
+    "[node 30]\n"                                         /* 15 */
+    "address = tcp://10.0.0.3:7000\n"                     /* 16 */
+    "[node 7]\n"                                          /* 17 */
+    "address = tcp://10.0.0.1:7000\n"                     /* 18 */
+    "[node 12]   # middle\n"                              /* 19 */
+    "  address   =   tcp://node-12.example.com:7000  \n"; /* 20 */
 
 static struct conf *parse_ok(const char *text)
 {
@@ -106,6 +108,8 @@ START_TEST(a_minimal_file_gets_every_default)
     ck_assert_uint_eq(c->max_message_bytes, 4194304);
     ck_assert_uint_eq(c->request_timeout_ms, 5000);
     ck_assert_uint_eq(c->txn_timeout_ms, 5000);
+    ck_assert_uint_eq(c->max_txn_ops, 1000);
+    ck_assert_uint_eq(c->max_txn_bytes, 1048576);
     ck_assert_str_eq(c->log_level, "info");
     ck_assert_uint_eq(c->nnodes, 3);
     ck_assert_str_eq(c->nodes[2].address, "tcp://127.0.0.1:7103");
@@ -126,6 +130,8 @@ START_TEST(every_key_can_be_set)
     ck_assert_uint_eq(c->max_message_bytes, 8388608);
     ck_assert_uint_eq(c->request_timeout_ms, 250);
     ck_assert_uint_eq(c->txn_timeout_ms, 10000);
+    ck_assert_uint_eq(c->max_txn_ops, 5000);
+    ck_assert_uint_eq(c->max_txn_bytes, 2000000);
     ck_assert_str_eq(c->log_level, "debug");
     ck_assert_uint_eq(c->nnodes, 3);
     conf_free(c);
@@ -198,6 +204,8 @@ START_TEST(numbers_at_the_edges_of_their_ranges_are_accepted)
                               "max_message_bytes = 67113984\n"
                               "request_timeout_ms = 3600000\n"
                               "txn_timeout_ms = 1\n"
+                              "max_txn_ops = 100000\n"
+                              "max_txn_bytes = 67109888\n"
                               "[node 65535]\naddress = tcp://h:65535\n"
                               "[node 1]\naddress = tcp://h:1\n");
 
@@ -207,11 +215,16 @@ START_TEST(numbers_at_the_edges_of_their_ranges_are_accepted)
     ck_assert_uint_eq(c->max_message_bytes, 4096 + 67108864 + 1024);
     ck_assert_uint_eq(c->request_timeout_ms, 3600000);
     ck_assert_uint_eq(c->txn_timeout_ms, 1);
+    ck_assert_uint_eq(c->max_txn_ops, 100000);
+    ck_assert_uint_eq(c->max_txn_bytes, 67113984 - 4096);
     ck_assert_uint_eq(c->nodes[1].id, 65535);
     conf_free(c);
     c = parse_ok("cluster = a\nshards = 1\nmax_key_bytes = 1\n"
                  "max_value_bytes = 0\nmax_message_bytes = 1025\n"
-                 "request_timeout_ms = 0001\n[node 1]\naddress = tcp://h:1\n");
+                 "request_timeout_ms = 0001\nmax_txn_ops = 1\n"
+                 "[node 1]\naddress = tcp://h:1\n");
+    ck_assert_uint_eq(c->max_txn_ops, 1);
+    ck_assert_uint_eq(c->max_txn_bytes, 1); /* the default, lowered */
     ck_assert_uint_eq(c->max_value_bytes, 0);
     ck_assert_uint_eq(c->max_message_bytes, 1025);
     ck_assert_uint_eq(c->request_timeout_ms, 1);
@@ -353,6 +366,48 @@ START_TEST(a_message_limit_below_key_plus_value_is_an_error)
 }
 END_TEST
 
+START_TEST(the_default_txn_bytes_shrink_to_a_smaller_message_limit)
+{
+    char text[512];
+    struct conf *c;
+
+    /* 1 MiB of transaction does not fit a 1 MiB + 4095 message: the default
+     * is lowered, only an explicit value is an error. */
+    snprintf(text, sizeof text,
+             "cluster = a\nmax_value_bytes = 1000\n"
+             "max_message_bytes = 1052671\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->max_txn_bytes, 1052671 - 4096);
+    conf_free(c);
+    /* A message limit with no room beyond the slack leaves 1 byte. */
+    snprintf(text, sizeof text,
+             "cluster = a\nmax_key_bytes = 1\nmax_value_bytes = 0\n"
+             "max_message_bytes = 4096\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->max_txn_bytes, 1);
+    conf_free(c);
+    /* A larger message limit does not raise the default. */
+    snprintf(text, sizeof text, "cluster = a\nmax_message_bytes = 67108864\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->max_txn_bytes, 1048576);
+    conf_free(c);
+    snprintf(text, sizeof text, "cluster = a\nmax_txn_bytes = 1\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->max_txn_bytes, 1);
+    conf_free(c);
+    /* The limit is inclusive: max_message_bytes - 4096 is accepted. */
+    snprintf(text, sizeof text, "cluster = a\nmax_txn_bytes = 4190208\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->max_txn_bytes, 4190208);
+    conf_free(c);
+}
+END_TEST
+
 START_TEST(a_file_without_nodes_is_an_error_at_line_0)
 {
     expect_error("cluster = a\nshards = 4\n# no nodes\n", 0, "no nodes");
@@ -435,6 +490,24 @@ static const struct broken broken_bodies[] = {
      "request_timeout_ms"},
     {"txn timeout over an hour", "txn_timeout_ms = 3600001\n", 2,
      "out of range"},
+    {"zero txn ops", "max_txn_ops = 0\n", 2,
+     "max_txn_ops = 0 is out of range 1..100000"},
+    {"txn ops over the cap", "max_txn_ops = 100001\n", 2,
+     "out of range 1..100000"},
+    {"txn ops not a number", "max_txn_ops = many\n", 2, "bad number"},
+    {"zero txn bytes", "max_txn_bytes = 0\n", 2, "max_txn_bytes = 0"},
+    {"txn bytes above the message limit less 4096", "max_txn_bytes = 4190209\n",
+     2, "max_txn_bytes = 4190209 is out of range 1..4190208"},
+    {"txn bytes that no longer fit a lowered message limit",
+     "max_value_bytes = 1000\nmax_txn_bytes = 1048576\n"
+     "max_message_bytes = 1052671\n",
+     4, "out of range 1..1048575 (max_message_bytes - 4096)"},
+    {"txn bytes set before a message limit leaving no room",
+     "max_key_bytes = 1\nmax_value_bytes = 0\nmax_txn_bytes = 1\n"
+     "max_message_bytes = 4096\n",
+     5, "leaves no room"},
+    {"duplicate txn ops", "max_txn_ops = 5\nmax_txn_ops = 5\n", 3,
+     "first set at line 2"},
     {"bad log level", "log_level = verbose\n", 2, "log_level"},
     {"log level in capitals", "log_level = INFO\n", 2, "log_level"},
     {"control character in data_dir", "data_dir = a\tb\n", 2,
@@ -586,6 +659,10 @@ static int check_any(const char *t, size_t n, const char *what)
               c->max_key_bytes + c->max_value_bytes + 1024);
     ck_assert(c->request_timeout_ms >= 1 && c->request_timeout_ms <= 3600000);
     ck_assert(c->txn_timeout_ms >= 1 && c->txn_timeout_ms <= 3600000);
+    ck_assert(c->max_txn_ops >= 1 && c->max_txn_ops <= 100000);
+    ck_assert(c->max_txn_bytes >= 1);
+    ck_assert(c->max_message_bytes <= 4096 ||
+              c->max_txn_bytes <= c->max_message_bytes - 4096);
     ck_assert(strcmp(c->log_level, "debug") == 0 ||
               strcmp(c->log_level, "info") == 0 ||
               strcmp(c->log_level, "warn") == 0 ||
@@ -917,6 +994,7 @@ Suite *conf_suite(void)
     tcase_add_test(tc, a_number_with_trailing_garbage_is_an_error);
     tcase_add_test(tc, a_node_without_address_is_an_error);
     tcase_add_test(tc, a_message_limit_below_key_plus_value_is_an_error);
+    tcase_add_test(tc, the_default_txn_bytes_shrink_to_a_smaller_message_limit);
     tcase_add_test(tc, a_file_without_nodes_is_an_error_at_line_0);
     tcase_add_test(tc, a_garbage_line_is_an_error);
     tcase_add_test(tc, a_nul_byte_is_an_error);
