@@ -61,6 +61,7 @@ enum opt_id {
     OPT_KEYS,
     OPT_WORKLOAD,
     OPT_THREADS,
+    OPT_LIST,
     OPT_COUNT
 };
 
@@ -101,6 +102,8 @@ static const struct optdef optdefs[OPT_COUNT] = {
     [OPT_VALUE_SIZE] = {"value-size", 0, "N", "bench: value bytes (100)"},
     [OPT_KEYS] = {"keys", 0, "N", "bench: key space (100000)"},
     [OPT_WORKLOAD] = {"workload", 0, "W", "bench: write, read or mixed"},
+    [OPT_LIST] = {"list", 0, NULL,
+                  "txn: list the transactions in flight, per shard"},
 };
 
 /* --- the parsed command line -------------------------------------------- */
@@ -157,9 +160,9 @@ static const struct command commands[] = {
          BIT(OPT_STALE),
      CMD_OPEN, "scan [--prefix P] [--start S] [--end E] [--limit N] [--stale]",
      "print keys and values in key order"},
-    {"txn", cmd_txn, 0, SIZE_MAX, 0, CMD_OPEN,
-     "txn [LINE...]   (LINE: if-version KEY V | if-absent KEY | put KEY "
-     "VALUE | del KEY; no LINE: lines from stdin)",
+    {"txn", cmd_txn, 0, SIZE_MAX, BIT(OPT_LIST), CMD_OPEN,
+     "txn [LINE...] | txn --list   (LINE: if-version KEY V | if-absent KEY | "
+     "put KEY VALUE | del KEY; no LINE: lines from stdin)",
      "commit conditions and writes all or none; print the versions"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
      "print nodes, shards and replicas; exit 4 if a node is down"},
@@ -1034,8 +1037,68 @@ static int txn_script(struct cli *c, kv_txn *t, struct txn_writes *w,
 /* txn [LINE...]: builds one transaction from the lines (arguments, or stdin
  * when there are none), commits it, and prints "committed" and the version
  * of each write; a failed condition exits 3 with nothing written. */
+/* txn --list: what each shard's leader knows of cross-shard transactions
+ * in flight: records on home shards, prepared parts on participants. */
+static int txn_list(struct cli *c)
+{
+    size_t n = admin_node_count(c->db), i, j, k, up = 0, shown = 0;
+    if (c->nargs) {
+        return usage_error(c, "txn --list takes no lines");
+    }
+    if (c->json)
+        fputs("{\"ok\":true,\"transactions\":[", stdout);
+    else
+        printf("%-6s %-11s %-32s %-5s %10s %s\n", "SHARD", "STATE", "TXN",
+               "HOME", "AGE_MS", "KEYS");
+    for (i = 0; i < n; i++) {
+        Kv__StatusResult *st = NULL;
+        if (admin_status(c->db, i,
+                         c->timeout_ms ? c->timeout_ms : STATUS_TIMEOUT_MS,
+                         &st) != KV_OK)
+            continue;
+        up++;
+        for (j = 0; j < st->n_shard_info; j++) {
+            const Kv__ShardInfo *si = st->shard_info[j];
+            if (!si->role || strcmp(si->role, "leader") != 0)
+                continue;
+            for (k = 0; k < si->n_txns; k++) {
+                const Kv__TxnInfo *t = si->txns[k];
+                char hex[2 * 16 + 1] = "";
+                for (size_t b = 0; b < t->txn_id.len && b < 16; b++)
+                    snprintf(hex + 2 * b, 3, "%02x", t->txn_id.data[b]);
+                if (c->json)
+                    printf("%s{\"shard\":%u,\"txn\":\"%s\",\"state\":",
+                           shown ? "," : "", si->shard, hex);
+                if (c->json) {
+                    json_string(stdout, t->state, strlen(t->state));
+                    printf(",\"home\":%u,\"age_ms\":%lld,\"deadline_ms\":"
+                           "%llu,\"keys\":%llu}",
+                           t->home, (long long)t->age_ms,
+                           (unsigned long long)t->deadline_ms,
+                           (unsigned long long)t->keys);
+                } else {
+                    printf("%-6u %-11s %-32s %-5u %10lld %llu\n", si->shard,
+                           t->state, hex, t->home, (long long)t->age_ms,
+                           (unsigned long long)t->keys);
+                }
+                shown++;
+            }
+        }
+        kv__status_result__free_unpacked(st, NULL);
+    }
+    if (c->json)
+        printf("],\"nodes_up\":%zu,\"nodes\":%zu}\n", up, n);
+    else if (up < n)
+        printf("(%zu of %zu nodes did not answer: their shards are not "
+               "listed)\n",
+               n - up, n);
+    return up == n ? EXIT_OKAY : EXIT_UNAVAILABLE;
+}
+
 static int cmd_txn(struct cli *c)
 {
+    if (c->seen & BIT(OPT_LIST))
+        return txn_list(c);
     struct txn_writes w = {NULL, 0, 0};
     kv_opts o = call_opts(c);
     kv_txn *t = NULL;

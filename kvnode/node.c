@@ -70,12 +70,23 @@ static uint64_t env_now_ms(void *arg)
 }
 
 /* KV_FAILPOINT=NAME (tests only): the node dies at that point of the
- * transaction protocol, as if killed (no clean up, nothing flushed). */
+ * transaction protocol, as if killed (no clean up, nothing flushed). With
+ * KV_FAILPOINT_ONCE=FILE, only the node that creates FILE first does (a
+ * client's retry would take every coordinator to the same point). */
 static void env_failpoint(void *arg, const char *name)
 {
     (void)arg;
     const char *want = getenv("KV_FAILPOINT");
-    if (want && strcmp(want, name) == 0) {
+    if (!want || strcmp(want, name) != 0)
+        return;
+    const char *once = getenv("KV_FAILPOINT_ONCE");
+    if (once) {
+        int fd = open(once, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        if (fd < 0)
+            return;
+        close(fd);
+    }
+    {
         log_msg(LOG_WARN, "failpoint reached: exiting", "failpoint=%s", name);
         _exit(86);
     }
@@ -168,6 +179,8 @@ static void handle_status(struct node *n, const void *id, size_t idlen,
     st.max_key_bytes = c->max_key_bytes;
     st.max_value_bytes = c->max_value_bytes;
     st.max_message_bytes = c->max_message_bytes;
+    st.max_txn_ops = c->max_txn_ops;
+    st.max_txn_bytes = c->max_txn_bytes;
     st.requests = n->requests;
     st.bad_frames = n->bad_frames;
     if (replica_status(n->replica, &st) != KV_OK) {

@@ -1071,6 +1071,24 @@ static bool txn_ok(struct replica *r, const void *client, size_t clen,
                    "a transaction needs at least one op");
         return false;
     }
+    if (t->n_ops > r->conf->max_txn_ops) {
+        snprintf(msg, sizeof(msg),
+                 "a transaction of %zu ops is over the limit of %llu",
+                 t->n_ops, (unsigned long long)r->conf->max_txn_ops);
+        reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+        return false;
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < t->n_ops; i++)
+        bytes += t->ops[i]->key.len + t->ops[i]->value.len;
+    if (bytes > r->conf->max_txn_bytes) {
+        snprintf(msg, sizeof(msg),
+                 "a transaction of %zu key and value bytes is over the "
+                 "limit of %llu",
+                 bytes, (unsigned long long)r->conf->max_txn_bytes);
+        reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+        return false;
+    }
     size_t home = 0;
     bool found = false;
     for (size_t i = 0; i < t->n_ops; i++) {
@@ -1217,15 +1235,26 @@ static void handle_txn(struct replica *r, const void *client, size_t clen,
                            req->client_id.len, &seq, &code, &ver) == KV_OK &&
             seq >= req->seq) {
             /* Decided before (and forgotten since): the same outcome. The
-             * versions of that first answer are not kept. */
+             * versions of that first answer are not kept: 0 (unknown). */
             Kv__Response resp = KV__RESPONSE__INIT;
             Kv__TxnResult res = KV__TXN_RESULT__INIT;
+            uint64_t *zeros = calloc(req->txn->n_ops, sizeof(*zeros));
+            if (!zeros) {
+                reply_code(r, client, clen, req->id, KV_ENOMEM,
+                           "out of memory");
+                return;
+            }
             resp.id = req->id;
             resp.code = code;
             resp.message = code == KV_OK ? "" : "aborted";
+            if (code == KV_OK) {
+                res.versions = zeros;
+                res.n_versions = req->txn->n_ops;
+            }
             resp.result_case = KV__RESPONSE__RESULT_TXN;
             resp.txn = &res;
             answer_to(r, client, clen, &resp);
+            free(zeros);
             return;
         }
         txns_start(r->txns, client, clen, req, shard);
@@ -2665,8 +2694,8 @@ static void balance_leader(struct group *g, uint32_t self, uint64_t now)
 /* Every RECOVER_TICKS, a leader looks for transactions nobody drives:
  * records on its home shards, intents past their deadline on the shards
  * it participates in. */
-#define RECOVER_TICKS 100
-#define RECOVER_GRACE_MS 1000 /* after a deadline, before a participant asks */
+#define RECOVER_TICKS 25      /* 250 ms: cheap when nothing is in flight */
+#define RECOVER_GRACE_MS 500  /* after a deadline, before a participant asks */
 
 struct sweep {
     struct replica *r;
@@ -2817,6 +2846,7 @@ static int list_txn(void *arg, const struct engine_txn_info *t)
 
 int replica_status(struct replica *r, Kv__StatusResult *st)
 {
+    st->txn_coordinators = txns_active(r->txns);
     for (size_t i = 0; i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
         struct group *g = si->shard < r->conf->shards ? r->groups[si->shard]

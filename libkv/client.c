@@ -255,6 +255,22 @@ static int route_request_from(struct client *c, uint32_t shard,
                                                      : deadline;
         Kv__Envelope *env = NULL;
         rc = exchange(c, i, buf, len, req->id, until, &env);
+        if (rc == KV_OK && env->response->code == ENGINE_ELOCKED) {
+            /* A key is locked by a cross-shard transaction in progress:
+             * nothing was applied (not even the session), so the same
+             * request is sent again once the lock is likely gone. */
+            snprintf(last, sizeof(last), "node %u: %.200s",
+                     c->conf->nodes[i].id,
+                     env->response->message ? env->response->message
+                                            : "key locked");
+            wire_free(env);
+            now = now_ms();
+            if (now + backoff < deadline)
+                sleep_ms(backoff);
+            if (backoff < 100)
+                backoff *= 2;
+            continue;
+        }
         if (rc == KV_OK) {
             Kv__Response *r = env->response;
             if (r->code != KV_ENOTLEADER && r->code != KV_EUNAVAILABLE) {
@@ -678,10 +694,11 @@ static int conf_from_status(const Kv__StatusResult *st, struct conf **out)
     c->max_message_bytes = st->max_message_bytes;
     c->request_timeout_ms = 5000;
     c->txn_timeout_ms = 5000;
-    /* Status does not carry the transaction limits: the defaults, lowered
-     * to fit the message limit as conf_parse does. */
-    c->max_txn_ops = CONF_TXN_OPS_DEFAULT;
-    c->max_txn_bytes = CONF_TXN_BYTES_DEFAULT;
+    /* The transaction limits; a node that does not send them (0) gets the
+     * defaults, lowered to fit the message limit as conf_parse does. */
+    c->max_txn_ops = st->max_txn_ops ? st->max_txn_ops : CONF_TXN_OPS_DEFAULT;
+    c->max_txn_bytes =
+        st->max_txn_bytes ? st->max_txn_bytes : CONF_TXN_BYTES_DEFAULT;
     if (c->max_message_bytes < c->max_txn_bytes + CONF_TXN_SLACK)
         c->max_txn_bytes = c->max_message_bytes > CONF_TXN_SLACK
                                ? c->max_message_bytes - CONF_TXN_SLACK
@@ -971,6 +988,10 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
     if (!s || *n >= max)
         return; /* late, or no room: the attempt timeout resends it */
     uint64_t now = now_ms();
+    if (r->code == ENGINE_ELOCKED) { /* locked by a transaction: later */
+        s->retry_at = now + 10;
+        return;
+    }
     if (r->code == KV_ENOTLEADER || r->code == KV_EUNAVAILABLE) {
         size_t j = r->code == KV_ENOTLEADER ? node_index(c->conf, r->leader_id)
                                             : c->conf->nnodes;
