@@ -2554,6 +2554,7 @@ int replica_flush(struct replica *r)
 {
     const struct conf *c = r->conf;
     int rc = KV_OK;
+    run_local(r); /* calls queued since the last flush: proposed now */
     for (uint32_t s = 0; s < c->shards; s++) {
         struct group *g = r->groups[s];
         r->has_rd[s] = false;
@@ -2932,6 +2933,11 @@ uint32_t replica_leader(const struct replica *r, uint32_t shard)
 {
     const struct group *g = shard < r->conf->shards ? r->groups[shard] : NULL;
     return g ? g->leader : 0;
+}
+
+bool replica_has_work(const struct replica *r)
+{
+    return r->nlocal > 0;
 }
 
 void replica_get_stats(const struct replica *r, struct replica_stats *st)
