@@ -30,7 +30,7 @@
 #include "kv.h"
 
 #define PRELOAD_ATTEMPTS 3
-#define TXN_NAME_TRIES 64 /* names tried for a key on another shard */
+#define TXN_NAME_TRIES 64      /* names tried for a key on another shard */
 #define SHARDS_TIMEOUT_MS 1000 /* asking a node for the shard count */
 #define PROGRESS_NS 250000000L /* progress line refresh: 4 times a second */
 
@@ -253,8 +253,8 @@ static int run_pipelined(struct bench_client *cl, kv *db, const void *val,
     uint64_t issued = 0, finished = 0;
     int rc = ops && keys && t0 && done ? admin_pipeline(db, n) : KV_ENOMEM;
     for (unsigned s = 0; rc == KV_OK && s < n && issued < count; s++) {
-        next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen,
-                first + issued, lat == NULL);
+        next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen, first + issued,
+                lat == NULL);
         t0[s] = now_ns();
         rc = admin_submit(db, s, &ops[s]);
         issued++;
@@ -323,12 +323,11 @@ static void *client_main(void *arg)
         snprintf(cl->setup_err, sizeof cl->setup_err, "client %u: open %s: %s",
                  cl->index, cfg->target, kv_errmsg(NULL));
     } else if (cfg->workload == BENCH_READ) {
-        cl->setup_rc =
-            cl->slots > 1
-                ? run_pipelined(cl, db, sh->value, cfg->value_size,
-                                cl->end_key - cl->first_key, NULL,
-                                cl->first_key)
-                : preload(cl, db, sh->value, cfg->value_size);
+        cl->setup_rc = cl->slots > 1
+                           ? run_pipelined(cl, db, sh->value, cfg->value_size,
+                                           cl->end_key - cl->first_key, NULL,
+                                           cl->first_key)
+                           : preload(cl, db, sh->value, cfg->value_size);
     }
 
     pthread_mutex_lock(&sh->mu);
@@ -340,8 +339,7 @@ static void *client_main(void *arg)
     pthread_mutex_unlock(&sh->mu);
 
     if (go > 0 && cl->setup_rc == KV_OK && cl->slots > 1)
-        run_pipelined(cl, db, sh->value, cfg->value_size, cl->nops, cl->lat,
-                      0);
+        run_pipelined(cl, db, sh->value, cfg->value_size, cl->nops, cl->lat, 0);
     else if (go > 0 && cl->setup_rc == KV_OK)
         run_ops(cl, db, sh->value, cfg->value_size);
     clock_gettime(CLOCK_MONOTONIC, &cl->end);
@@ -632,11 +630,11 @@ void bench_print(FILE *out, const struct bench_config *cfg,
                 "\"p50_ms\":%.4f,\"p95_ms\":%.4f,\"p99_ms\":%.4f,"
                 "\"max_ms\":%.4f,\"not_found\":%llu,\"value_size\":%zu,"
                 "\"keys\":%llu,\"errors_by_code\":{",
-                cfg->clients,
-                (unsigned long long)res->ops, (unsigned long long)res->errors,
-                res->seconds, res->ops_per_sec, res->p50_ms, res->p95_ms,
-                res->p99_ms, res->max_ms, (unsigned long long)res->not_found,
-                cfg->value_size, (unsigned long long)cfg->keys);
+                cfg->clients, (unsigned long long)res->ops,
+                (unsigned long long)res->errors, res->seconds, res->ops_per_sec,
+                res->p50_ms, res->p95_ms, res->p99_ms, res->max_ms,
+                (unsigned long long)res->not_found, cfg->value_size,
+                (unsigned long long)cfg->keys);
         for (c = 0; c < BENCH_NCODES; c++) {
             if (res->by_code[c] == 0)
                 continue;
@@ -655,10 +653,10 @@ void bench_print(FILE *out, const struct bench_config *cfg,
             "clients %u\nops %llu\nerrors %llu\n"
             "not_found %llu\nseconds %.3f\nops_per_sec %.1f\n"
             "p50_ms %.3f\np95_ms %.3f\np99_ms %.3f\nmax_ms %.3f\n",
-            cfg->clients,
-            (unsigned long long)res->ops, (unsigned long long)res->errors,
-            (unsigned long long)res->not_found, res->seconds, res->ops_per_sec,
-            res->p50_ms, res->p95_ms, res->p99_ms, res->max_ms);
+            cfg->clients, (unsigned long long)res->ops,
+            (unsigned long long)res->errors, (unsigned long long)res->not_found,
+            res->seconds, res->ops_per_sec, res->p50_ms, res->p95_ms,
+            res->p99_ms, res->max_ms);
     for (c = 0; c < BENCH_NCODES; c++)
         if (res->by_code[c] != 0)
             fprintf(out, "error %s %llu\n", c ? cli_code_name(-c) : "unknown",

@@ -51,7 +51,7 @@ struct bench_config {
     uint64_t keys;       /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
     enum bench_workload workload;
     enum bench_txn_keys txn_keys; /* BENCH_TXN: SAME or CROSS */
-    int json; /* bench_print() writes one JSON object instead of text */
+    int json;         /* bench_print() writes one JSON object instead of text */
     unsigned threads; /* threads that carry the clients; 0 = automatic:
                          one per client for an embedded target or the txn
                          workload, else one per 64 clients, each keeping its

@@ -42,15 +42,15 @@
 #define MAX_AMOUNT 50
 #define AUDIT_ONE_IN 10
 #define ACCOUNT_LEN 32
-#define NAME_TRIES 100000      /* names tried to find one on a shard */
+#define NAME_TRIES 100000 /* names tried to find one on a shard */
 #define FINAL_AUDIT_MS BANK_FINAL_AUDIT_MS /* the final audit may take this */
-#define FINAL_TXN_MS 5000      /* timeout of one final audit attempt */
+#define FINAL_TXN_MS 5000 /* timeout of one final audit attempt */
 #define INTENT_WAIT_MS BANK_INTENT_WAIT_MS /* then nothing may be in flight */
-#define INTENT_POLL_MS 250     /* how often the leaders are asked */
-#define STATUS_MS 500          /* one admin_status call */
-#define FAST_FAIL_NS 5000000u  /* a call that failed this fast: */
-#define FAST_FAIL_PAUSE_MS 10  /* pause before the next one */
-#define MAX_REPORTS 10         /* wrong totals printed in detail */
+#define INTENT_POLL_MS 250                 /* how often the leaders are asked */
+#define STATUS_MS 500                      /* one admin_status call */
+#define FAST_FAIL_NS 5000000u              /* a call that failed this fast: */
+#define FAST_FAIL_PAUSE_MS 10              /* pause before the next one */
+#define MAX_REPORTS 10                     /* wrong totals printed in detail */
 
 struct bank_client {
     struct bank *b;
@@ -61,12 +61,12 @@ struct bank_client {
     long *bal; /* an audit's balances (accounts entries) */
     int open_failed;
     /* transfers */
-    unsigned long committed; /* moved money */
-    unsigned long empty;     /* both accounts at 0: committed reads only */
-    unsigned long conflicted;   /* still conflicting when time ran out */
-    unsigned long retries;      /* attempts kv_txn_run repeated on conflict */
-    unsigned long unknown;      /* commit timed out or unavailable */
-    unsigned long read_failed;  /* a read failed: aborted, nothing written */
+    unsigned long committed;   /* moved money */
+    unsigned long empty;       /* both accounts at 0: committed reads only */
+    unsigned long conflicted;  /* still conflicting when time ran out */
+    unsigned long retries;     /* attempts kv_txn_run repeated on conflict */
+    unsigned long unknown;     /* commit timed out or unavailable */
+    unsigned long read_failed; /* a read failed: aborted, nothing written */
     /* audits */
     unsigned long audits, audit_conflicts, audit_unknown, audit_failed;
     /* what must never happen */
@@ -228,8 +228,8 @@ static unsigned long audit_check(struct bank *b, const long *bal,
         char line[4096];
         size_t len = 0;
         for (int a = 0; a < b->n && len < sizeof line - 32; a++)
-            len += (size_t)snprintf(line + len, sizeof line - len, " %ld",
-                                    bal[a]);
+            len +=
+                (size_t)snprintf(line + len, sizeof line - len, " %ld", bal[a]);
         printf("chaos: %s audit committed with total %ld (want %ld), %lu "
                "negative; balances:%s\n",
                who, sum, b->total, neg, line);
@@ -263,9 +263,9 @@ static int do_transfer(struct bank_client *c, kv *db, const kv_opts *o)
     memset(&x, 0, sizeof x);
     x.b = b;
     x.acct[0] = (int)chaos_rng_below(&c->rng, (uint64_t)b->n);
-    x.acct[1] = (x.acct[0] + 1 +
-                 (int)chaos_rng_below(&c->rng, (uint64_t)b->n - 1)) %
-                b->n;
+    x.acct[1] =
+        (x.acct[0] + 1 + (int)chaos_rng_below(&c->rng, (uint64_t)b->n - 1)) %
+        b->n;
     x.pick = chaos_rng_next(&c->rng);
     int rc = kv_txn_run(db, o, transfer_fn, &x);
     if (x.attempts > 1)
@@ -497,8 +497,8 @@ void bank_report(struct bank *b)
 
 /* Runs the final audit until it commits (at most FINAL_AUDIT_MS). Returns
  * whether it committed; adds what it found to *WRONG and *NEG. */
-static int final_audit(struct bank *b, unsigned long *wrong,
-                       unsigned long *neg, unsigned long *bad)
+static int final_audit(struct bank *b, unsigned long *wrong, unsigned long *neg,
+                       unsigned long *bad)
 {
     struct run *r = b->r;
     kv *db = NULL;
@@ -553,8 +553,7 @@ out:
 /* One look at every shard leader's list of transactions in flight. Fills
  * LED[s] (a leader answered for shard s) and returns the number of
  * transactions listed; with PRINT, prints each. */
-static unsigned long txns_in_flight(struct run *r, int led[NSHARDS],
-                                    int print)
+static unsigned long txns_in_flight(struct run *r, int led[NSHARDS], int print)
 {
     unsigned long n = 0;
     for (int s = 0; s < NSHARDS; s++)
@@ -577,11 +576,11 @@ static unsigned long txns_in_flight(struct run *r, int led[NSHARDS],
                 for (size_t i = 0; i < x->txn_id.len && i < 16; i++)
                     snprintf(hex + 2 * i, 3, "%02x", x->txn_id.data[i]);
                 printf("chaos: intent left after healing: shard %u (node "
-                       "%u): txn %s %s, home %u, age %" PRId64
-                       " ms, %" PRIu64 " keys\n",
+                       "%u): txn %s %s, home %u, age %" PRId64 " ms, %" PRIu64
+                       " keys\n",
                        si->shard, admin_node_id(r->adm, j), hex,
-                       x->state != NULL ? x->state : "?", x->home,
-                       x->age_ms, x->keys);
+                       x->state != NULL ? x->state : "?", x->home, x->age_ms,
+                       x->keys);
             }
         }
         admin_status_free(st);
@@ -632,8 +631,8 @@ void bank_finish(struct bank *b, struct bank_verdict *v)
     v->wrong_totals = t.wrong_totals + wrong;
     v->negatives = t.negatives + neg;
     v->intents_left = left;
-    v->pass_total = committed && v->wrong_totals == 0 && t.bad_values == 0 &&
-                    bad == 0;
+    v->pass_total =
+        committed && v->wrong_totals == 0 && t.bad_values == 0 && bad == 0;
     v->pass_negative = v->negatives == 0;
     v->pass_intents = left == 0 && unled == 0;
     printf("chaos: bank: transfers committed=%lu conflicted=%lu unknown=%lu; "

@@ -777,7 +777,8 @@ static void check_alive(struct run *r)
 {
     for (int i = 0; i < NNODES; i++)
         if (i != r->down && !cluster_node_running(r->cl, i)) {
-            chaos_problem(r, "node %u died on its own", cluster_node_id(r->cl, i));
+            chaos_problem(r, "node %u died on its own",
+                          cluster_node_id(r->cl, i));
             r->broken = 1;
         }
 }
@@ -792,7 +793,7 @@ static void restart(struct run *r, int i)
         rc = cluster_restart_node(r->cl, i);
         if (rc != 0)
             chaos_problem(r, "restart of node %u failed: %s",
-                    cluster_node_id(r->cl, i), kv_strerror(rc));
+                          cluster_node_id(r->cl, i), kv_strerror(rc));
     }
     if (cluster_node_running(r->cl, i))
         r->down = -1;
@@ -807,8 +808,8 @@ static void record_sample(struct run *r, int shard, int pause)
 {
     int ms = probe_result(r);
     if (ms < 0) {
-        chaos_problem(r, "shard %d not writable %d ms after its leader failed", shard,
-                PROBE_GIVE_UP_MS);
+        chaos_problem(r, "shard %d not writable %d ms after its leader failed",
+                      shard, PROBE_GIVE_UP_MS);
         return;
     }
     printf("chaos: failover: shard %d writable again %d ms after its leader "
@@ -850,7 +851,8 @@ static void nemesis_kill(struct run *r, uint64_t *rng)
         printf("chaos: t=%.1fs: kill -9 node %u (%s leader of shard %d)\n",
                chaos_rel_s(r), id, targeted ? "the" : "random node,", shard);
     else
-        printf("chaos: t=%.1fs: kill -9 node %u (random node)\n", chaos_rel_s(r), id);
+        printf("chaos: t=%.1fs: kill -9 node %u (random node)\n",
+               chaos_rel_s(r), id);
     if (shard >= 0)
         probe_fault(r);
     r->down = victim;
@@ -1536,9 +1538,9 @@ static void run_init(struct run *r)
     r->probe_shard = -1;
     r->start_ms = harness_now_ms();
     r->base_ns = mono_ns() - 1;
-    r->watchdog_ms =
-        r->start_ms + (int64_t)r->o.duration_s * 1000 + WATCHDOG_SLACK_MS +
-        (r->o.workload == WORKLOAD_BANK ? BANK_FINISH_MS : 0);
+    r->watchdog_ms = r->start_ms + (int64_t)r->o.duration_s * 1000 +
+                     WATCHDOG_SLACK_MS +
+                     (r->o.workload == WORKLOAD_BANK ? BANK_FINISH_MS : 0);
     pthread_mutex_init(&r->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1581,7 +1583,7 @@ static int cluster_up(struct run *r)
 
 /* Prints the "ok:"/"FAIL:" line of each check. */
 static void print_verdict(const struct run *r, const struct verdict *v,
-                         const struct bank_verdict *bv)
+                          const struct bank_verdict *bv)
 {
     if (r->o.workload == WORKLOAD_BANK) {
         printf("%s total conserved (%lu wrong totals)\n",
@@ -1711,8 +1713,8 @@ out:
         pthread_join(wd, NULL);
     }
     int all = nchecks(r);
-    int passed = bankrun ? bv.pass_total + bv.pass_negative +
-                               bv.pass_intents + v.pass_health
+    int passed = bankrun ? bv.pass_total + bv.pass_negative + bv.pass_intents +
+                               v.pass_health
                          : v.pass_lin + v.pass_lost + v.pass_health;
     int keep = r->o.keep || passed != all;
     if (keep)

@@ -35,8 +35,8 @@ enum chaos_workload {
 struct opts {
     int duration_s;
     int clients;
-    int keys;     /* register workload */
-    int accounts; /* bank workload */
+    int keys;          /* register workload */
+    int accounts;      /* bank workload */
     int kill_every_ms; /* 0: no faults */
     int op_timeout_ms;
     int keep;
@@ -116,10 +116,10 @@ struct bank;
 
 /* What the end of a bank run found. */
 struct bank_verdict {
-    int pass_total;   /* every committed audit, and the final one, summed
-                         to the total */
+    int pass_total;    /* every committed audit, and the final one, summed
+                          to the total */
     int pass_negative; /* no balance was ever seen negative */
-    int pass_intents; /* no transaction was left in flight after healing */
+    int pass_intents;  /* no transaction was left in flight after healing */
     unsigned long wrong_totals, negatives, intents_left;
 };
 
