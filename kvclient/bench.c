@@ -9,6 +9,13 @@
  * client reports ready, then the main thread starts the clock and lets them
  * go, or stops them all if any setup failed. It never runs more than the
  * configured number of operations.
+ *
+ * The txn workload runs one transaction of two puts per operation, so it
+ * needs a blocking thread per client (libkv's pipeline carries gets and
+ * puts only). Its two keys share a hash tag (--txn-keys same: one shard,
+ * committed in one step) or are picked on two different shards (cross: two-
+ * phase commit); for cross, the shard count is asked from the cluster
+ * before the clients start.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -23,6 +30,8 @@
 #include "kv.h"
 
 #define PRELOAD_ATTEMPTS 3
+#define TXN_NAME_TRIES 64      /* names tried for a key on another shard */
+#define SHARDS_TIMEOUT_MS 1000 /* asking a node for the shard count */
 #define PROGRESS_NS 250000000L /* progress line refresh: 4 times a second */
 
 /* What every client thread shares. */
@@ -34,6 +43,7 @@ struct bench_shared {
     int go;                    /* 0 wait, 1 run, -1 stop (under mu) */
     atomic_uint_fast64_t done; /* timed operations finished */
     unsigned char *value;      /* what every put writes (read-only) */
+    uint32_t nshards;          /* txn workload: the target's shard count */
 };
 
 /* One client thread. */
@@ -79,6 +89,52 @@ static size_t bench_key(char *buf, size_t len, uint64_t k)
 {
     int n = snprintf(buf, len, "bench-%08llu", (unsigned long long)k);
     return n > 0 ? (size_t)n : 0;
+}
+
+/* Writes the two keys of transaction number K into A and B (48 bytes
+ * each) and their lengths: one hash tag for BENCH_TXN_SAME; for CROSS, B is
+ * the first of K's names on another shard than A. */
+static void txn_keys(const struct bench_shared *sh, uint64_t k, char *a,
+                     size_t *alen, char *b, size_t *blen)
+{
+    unsigned long long kk = (unsigned long long)k;
+    int n;
+
+    if (sh->cfg->txn_keys == BENCH_TXN_SAME) {
+        n = snprintf(a, 48, "bench-{%08llu}-1", kk);
+        *alen = n > 0 ? (size_t)n : 0;
+        n = snprintf(b, 48, "bench-{%08llu}-2", kk);
+        *blen = n > 0 ? (size_t)n : 0;
+        return;
+    }
+    n = snprintf(a, 48, "bench-%08llu-1", kk);
+    *alen = n > 0 ? (size_t)n : 0;
+    uint32_t sa = kv_shard_of(a, *alen, sh->nshards);
+    for (unsigned u = 0; u < TXN_NAME_TRIES; u++) {
+        n = snprintf(b, 48, "bench-%08llu-2.%u", kk, u);
+        *blen = n > 0 ? (size_t)n : 0;
+        if (kv_shard_of(b, *blen, sh->nshards) != sa)
+            break;
+    }
+}
+
+/* One transaction of two puts: A and B = VAL. Returns its code. */
+static int txn_op(kv *db, const kv_opts *o, const char *a, size_t alen,
+                  const char *b, size_t blen, const void *val, size_t vlen)
+{
+    kv_txn *t = NULL;
+    int rc = kv_txn_begin(db, o, &t);
+
+    if (rc != KV_OK)
+        return rc;
+    rc = kv_txn_put(t, a, alen, val, vlen);
+    if (rc == KV_OK)
+        rc = kv_txn_put(t, b, blen, val, vlen);
+    if (rc != KV_OK) {
+        kv_txn_abort(t);
+        return rc;
+    }
+    return kv_txn_commit(t, NULL, NULL);
 }
 
 /* Counts a failed operation of code RC. */
@@ -141,7 +197,12 @@ static void run_ops(struct bench_client *cl, kv *db, const void *val,
         int rc;
 
         t0 = now_ns();
-        if (is_read) {
+        if (cfg->workload == BENCH_TXN) {
+            char key2[48];
+            size_t klen2 = 0;
+            txn_keys(cl->sh, (r >> 1) % cfg->keys, key, &klen, key2, &klen2);
+            rc = txn_op(db, &o, key, klen, key2, klen2, val, vlen);
+        } else if (is_read) {
             void *got = NULL;
             size_t glen = 0;
             rc = kv_get(db, key, klen, &o, &got, &glen, NULL);
@@ -192,8 +253,8 @@ static int run_pipelined(struct bench_client *cl, kv *db, const void *val,
     uint64_t issued = 0, finished = 0;
     int rc = ops && keys && t0 && done ? admin_pipeline(db, n) : KV_ENOMEM;
     for (unsigned s = 0; rc == KV_OK && s < n && issued < count; s++) {
-        next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen,
-                first + issued, lat == NULL);
+        next_op(cl, &ops[s], keys[s], sizeof keys[s], val, vlen, first + issued,
+                lat == NULL);
         t0[s] = now_ns();
         rc = admin_submit(db, s, &ops[s]);
         issued++;
@@ -262,12 +323,11 @@ static void *client_main(void *arg)
         snprintf(cl->setup_err, sizeof cl->setup_err, "client %u: open %s: %s",
                  cl->index, cfg->target, kv_errmsg(NULL));
     } else if (cfg->workload == BENCH_READ) {
-        cl->setup_rc =
-            cl->slots > 1
-                ? run_pipelined(cl, db, sh->value, cfg->value_size,
-                                cl->end_key - cl->first_key, NULL,
-                                cl->first_key)
-                : preload(cl, db, sh->value, cfg->value_size);
+        cl->setup_rc = cl->slots > 1
+                           ? run_pipelined(cl, db, sh->value, cfg->value_size,
+                                           cl->end_key - cl->first_key, NULL,
+                                           cl->first_key)
+                           : preload(cl, db, sh->value, cfg->value_size);
     }
 
     pthread_mutex_lock(&sh->mu);
@@ -279,8 +339,7 @@ static void *client_main(void *arg)
     pthread_mutex_unlock(&sh->mu);
 
     if (go > 0 && cl->setup_rc == KV_OK && cl->slots > 1)
-        run_pipelined(cl, db, sh->value, cfg->value_size, cl->nops, cl->lat,
-                      0);
+        run_pipelined(cl, db, sh->value, cfg->value_size, cl->nops, cl->lat, 0);
     else if (go > 0 && cl->setup_rc == KV_OK)
         run_ops(cl, db, sh->value, cfg->value_size);
     clock_gettime(CLOCK_MONOTONIC, &cl->end);
@@ -340,6 +399,77 @@ static void show_progress(struct bench_shared *sh, uint64_t total, uint64_t t0)
     fprintf(stderr, "\r%60s\r", "");
 }
 
+/* Asks the target of CFG how many shards it has (an embedded database is
+ * one). Returns KV_OK and *N, or the code of the failure (then ERR says
+ * what failed). */
+static int shard_count(const struct bench_config *cfg, uint32_t *n, char *err,
+                       size_t errlen)
+{
+    kv_open_opts oo = {0};
+    kv *db = NULL;
+    int rc;
+
+    oo.timeout_ms = cfg->timeout_ms;
+    rc = kv_open(cfg->target, &oo, &db);
+    if (rc != KV_OK) {
+        snprintf(err, errlen, "open %s: %s", cfg->target, kv_errmsg(NULL));
+        return rc;
+    }
+    if (admin_is_embedded(db)) {
+        *n = 1;
+        goto out;
+    }
+    rc = KV_EUNAVAILABLE;
+    for (size_t i = 0; i < admin_node_count(db) && rc != KV_OK; i++) {
+        Kv__StatusResult *st = NULL;
+        if (admin_status(db, i, SHARDS_TIMEOUT_MS, &st) != KV_OK)
+            continue;
+        if (st->shards > 0) {
+            *n = st->shards;
+            rc = KV_OK;
+        }
+        admin_status_free(st);
+    }
+    if (rc != KV_OK)
+        snprintf(err, errlen, "no node of %s told its shard count",
+                 cfg->target);
+out:
+    kv_close(db);
+    return rc;
+}
+
+/* Checks the txn workload's settings and finds the shard count for
+ * cross-shard keys. Returns KV_OK or KV_EINVAL (ERR says why), or the code
+ * of shard_count(). */
+static int txn_setup(const struct bench_config *cfg, struct bench_shared *sh,
+                     char *err, size_t errlen)
+{
+    int rc;
+
+    sh->nshards = 1;
+    if (cfg->txn_keys != BENCH_TXN_SAME && cfg->txn_keys != BENCH_TXN_CROSS) {
+        snprintf(err, errlen, "one run measures same or cross keys");
+        return KV_EINVAL;
+    }
+    if (cfg->threads != 0 && cfg->threads != cfg->clients) {
+        snprintf(err, errlen,
+                 "the txn workload needs a thread per client (--threads "
+                 "equal to --clients, or no --threads)");
+        return KV_EINVAL;
+    }
+    if (cfg->txn_keys == BENCH_TXN_SAME)
+        return KV_OK;
+    rc = shard_count(cfg, &sh->nshards, err, errlen);
+    if (rc == KV_OK && sh->nshards < 2) {
+        snprintf(err, errlen,
+                 "%s has one shard: --txn-keys cross needs a cluster of "
+                 "several",
+                 cfg->target);
+        rc = KV_EINVAL;
+    }
+    return rc;
+}
+
 /* Runs the benchmark (see bench.h). */
 int bench_run(const struct bench_config *cfg, struct bench_result *res,
               char *err, size_t errlen)
@@ -372,7 +502,10 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
         rc = KV_ENOMEM;
         goto out_mutex;
     }
-    nthreads = cfg->threads;
+    if (cfg->workload == BENCH_TXN &&
+        (rc = txn_setup(cfg, &sh, err, errlen)) != KV_OK)
+        goto out_cond;
+    nthreads = cfg->workload == BENCH_TXN ? cfg->clients : cfg->threads;
     if (nthreads == 0)
         /* Embedded: one thread per client (each call blocks). Cluster:
          * one thread pipelines up to 64 clients; requests queued together
@@ -483,19 +616,25 @@ void bench_print(FILE *out, const struct bench_config *cfg,
                  const struct bench_result *res)
 {
     int c, first = 1;
+    int txn = cfg->workload == BENCH_TXN;
 
     if (cfg->json) {
+        fprintf(out, "{\"workload\":\"%s\",",
+                bench_workload_name(cfg->workload));
+        if (txn)
+            fprintf(out, "\"txn_keys\":\"%s\",",
+                    bench_txn_keys_name(cfg->txn_keys));
         fprintf(out,
-                "{\"workload\":\"%s\",\"clients\":%u,\"ops\":%llu,"
+                "\"clients\":%u,\"ops\":%llu,"
                 "\"errors\":%llu,\"seconds\":%.6f,\"ops_per_sec\":%.1f,"
                 "\"p50_ms\":%.4f,\"p95_ms\":%.4f,\"p99_ms\":%.4f,"
                 "\"max_ms\":%.4f,\"not_found\":%llu,\"value_size\":%zu,"
                 "\"keys\":%llu,\"errors_by_code\":{",
-                bench_workload_name(cfg->workload), cfg->clients,
-                (unsigned long long)res->ops, (unsigned long long)res->errors,
-                res->seconds, res->ops_per_sec, res->p50_ms, res->p95_ms,
-                res->p99_ms, res->max_ms, (unsigned long long)res->not_found,
-                cfg->value_size, (unsigned long long)cfg->keys);
+                cfg->clients, (unsigned long long)res->ops,
+                (unsigned long long)res->errors, res->seconds, res->ops_per_sec,
+                res->p50_ms, res->p95_ms, res->p99_ms, res->max_ms,
+                (unsigned long long)res->not_found, cfg->value_size,
+                (unsigned long long)cfg->keys);
         for (c = 0; c < BENCH_NCODES; c++) {
             if (res->by_code[c] == 0)
                 continue;
@@ -507,14 +646,17 @@ void bench_print(FILE *out, const struct bench_config *cfg,
         fputs("}}\n", out);
         return;
     }
+    fprintf(out, "workload %s\n", bench_workload_name(cfg->workload));
+    if (txn)
+        fprintf(out, "txn_keys %s\n", bench_txn_keys_name(cfg->txn_keys));
     fprintf(out,
-            "workload %s\nclients %u\nops %llu\nerrors %llu\n"
+            "clients %u\nops %llu\nerrors %llu\n"
             "not_found %llu\nseconds %.3f\nops_per_sec %.1f\n"
             "p50_ms %.3f\np95_ms %.3f\np99_ms %.3f\nmax_ms %.3f\n",
-            bench_workload_name(cfg->workload), cfg->clients,
-            (unsigned long long)res->ops, (unsigned long long)res->errors,
-            (unsigned long long)res->not_found, res->seconds, res->ops_per_sec,
-            res->p50_ms, res->p95_ms, res->p99_ms, res->max_ms);
+            cfg->clients, (unsigned long long)res->ops,
+            (unsigned long long)res->errors, (unsigned long long)res->not_found,
+            res->seconds, res->ops_per_sec, res->p50_ms, res->p95_ms,
+            res->p99_ms, res->max_ms);
     for (c = 0; c < BENCH_NCODES; c++)
         if (res->by_code[c] != 0)
             fprintf(out, "error %s %llu\n", c ? cli_code_name(-c) : "unknown",
@@ -545,6 +687,8 @@ int bench_parse_workload(const char *s, enum bench_workload *out)
         *out = BENCH_READ;
     else if (strcmp(s, "mixed") == 0)
         *out = BENCH_MIXED;
+    else if (strcmp(s, "txn") == 0)
+        *out = BENCH_TXN;
     else
         return -1;
     return 0;
@@ -558,8 +702,38 @@ const char *bench_workload_name(enum bench_workload w)
         return "read";
     case BENCH_MIXED:
         return "mixed";
+    case BENCH_TXN:
+        return "txn";
     case BENCH_WRITE:
     default:
         return "write";
+    }
+}
+
+/* Parses where a transaction's keys live (see bench.h). */
+int bench_parse_txn_keys(const char *s, enum bench_txn_keys *out)
+{
+    if (strcmp(s, "same") == 0)
+        *out = BENCH_TXN_SAME;
+    else if (strcmp(s, "cross") == 0)
+        *out = BENCH_TXN_CROSS;
+    else if (strcmp(s, "both") == 0)
+        *out = BENCH_TXN_BOTH;
+    else
+        return -1;
+    return 0;
+}
+
+/* The name of where a transaction's keys live (see bench.h). */
+const char *bench_txn_keys_name(enum bench_txn_keys k)
+{
+    switch (k) {
+    case BENCH_TXN_SAME:
+        return "same";
+    case BENCH_TXN_CROSS:
+        return "cross";
+    case BENCH_TXN_BOTH:
+    default:
+        return "both";
     }
 }

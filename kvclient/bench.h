@@ -5,7 +5,9 @@
  * its own kv handle on the same target (a kv handle is used by one thread at
  * a time), records the latency of every operation and reports throughput,
  * percentiles and errors by code. It never runs unbounded: it stops after
- * the configured number of operations. It does not parse the command line
+ * the configured number of operations. An operation is one get or put, or
+ * for the txn workload one transaction of two puts (begin, two kv_txn_put,
+ * commit). It does not parse the command line
  * (main.c does) and prints only through bench_print() and, when stderr is a
  * terminal, a progress line on stderr.
  */
@@ -29,7 +31,15 @@
 enum bench_workload {
     BENCH_WRITE, /* puts only */
     BENCH_READ,  /* gets only, after an untimed write of the whole key space */
-    BENCH_MIXED  /* 50% gets, 50% puts, no preload */
+    BENCH_MIXED, /* 50% gets, 50% puts, no preload */
+    BENCH_TXN    /* transactions of two puts (kv_txn_put twice, commit) */
+};
+
+/* Where the two keys of a BENCH_TXN transaction live. */
+enum bench_txn_keys {
+    BENCH_TXN_SAME,  /* one shard (a shared hash tag): one-step commit */
+    BENCH_TXN_CROSS, /* two different shards: two-phase commit */
+    BENCH_TXN_BOTH   /* main.c runs SAME, then CROSS; bench_run refuses it */
 };
 
 struct bench_config {
@@ -40,11 +50,14 @@ struct bench_config {
     size_t value_size;   /* bytes per written value, 0..BENCH_MAX_VALUE */
     uint64_t keys;       /* key space "bench-%08llu", 1..BENCH_MAX_KEYS */
     enum bench_workload workload;
-    int json; /* bench_print() writes one JSON object instead of text */
+    enum bench_txn_keys txn_keys; /* BENCH_TXN: SAME or CROSS */
+    int json;         /* bench_print() writes one JSON object instead of text */
     unsigned threads; /* threads that carry the clients; 0 = automatic:
-                         one per client for an embedded target, else at most
-                         4, each keeping its clients' requests in flight
-                         together (pipelined, one session per client) */
+                         one per client for an embedded target or the txn
+                         workload, else one per 64 clients, each keeping its
+                         clients' requests in flight together (pipelined,
+                         one session per client). BENCH_TXN needs one per
+                         client (a transaction blocks its thread). */
 };
 
 struct bench_result {
@@ -75,11 +88,18 @@ void bench_print(FILE *out, const struct bench_config *cfg,
  * operation failed. */
 int bench_top_error(const struct bench_result *res);
 
-/* Parses "write", "read" or "mixed". Returns 0, or -1 for anything else. */
+/* Parses "write", "read", "mixed" or "txn". Returns 0, or -1 for anything
+ * else. */
 int bench_parse_workload(const char *s, enum bench_workload *out);
 
-/* The name of W: "write", "read" or "mixed". */
+/* The name of W: "write", "read", "mixed" or "txn". */
 const char *bench_workload_name(enum bench_workload w);
+
+/* Parses "same", "cross" or "both". Returns 0, or -1 for anything else. */
+int bench_parse_txn_keys(const char *s, enum bench_txn_keys *out);
+
+/* The name of K: "same", "cross" or "both". */
+const char *bench_txn_keys_name(enum bench_txn_keys k);
 
 /* Provided by main.c: the stable symbolic name of a kv result code
  * ("KV_ENOTFOUND", ...; "KV_E?" for a code this build does not know). */

@@ -62,6 +62,7 @@ enum opt_id {
     OPT_WORKLOAD,
     OPT_THREADS,
     OPT_LIST,
+    OPT_TXN_KEYS,
     OPT_COUNT
 };
 
@@ -101,7 +102,10 @@ static const struct optdef optdefs[OPT_COUNT] = {
     [OPT_OPS] = {"ops", 0, "N", "bench: operations in total (100000)"},
     [OPT_VALUE_SIZE] = {"value-size", 0, "N", "bench: value bytes (100)"},
     [OPT_KEYS] = {"keys", 0, "N", "bench: key space (100000)"},
-    [OPT_WORKLOAD] = {"workload", 0, "W", "bench: write, read or mixed"},
+    [OPT_WORKLOAD] = {"workload", 0, "W", "bench: write, read, mixed or txn"},
+    [OPT_TXN_KEYS] = {"txn-keys", 0, "K",
+                      "bench txn: keys on the same shard, across two "
+                      "shards, or both (same, cross, both)"},
     [OPT_LIST] = {"list", 0, NULL,
                   "txn: list the transactions in flight, per shard"},
 };
@@ -168,10 +172,11 @@ static const struct command commands[] = {
      "print nodes, shards and replicas; exit 4 if a node is down"},
     {"bench", cmd_bench, 0, 0,
      BIT(OPT_CLIENTS) | BIT(OPT_OPS) | BIT(OPT_VALUE_SIZE) | BIT(OPT_KEYS) |
-         BIT(OPT_WORKLOAD) | BIT(OPT_THREADS),
+         BIT(OPT_WORKLOAD) | BIT(OPT_THREADS) | BIT(OPT_TXN_KEYS),
      0,
      "bench [--clients N] [--ops N] [--value-size N] [--keys N] "
-     "[--workload write|read|mixed] [--threads N]",
+     "[--workload write|read|mixed|txn] [--txn-keys same|cross|both] "
+     "[--threads N]",
      "measure throughput and latency"},
     {"help", cmd_help, 0, 1, 0, 0, "help [COMMAND]", "print help"},
 };
@@ -1646,14 +1651,19 @@ out:
     return ret;
 }
 
-/* bench: see bench.h. */
+/* bench: see bench.h. The txn workload with --txn-keys both (its default,
+ * except on an embedded target: same) is two runs, same then cross, each
+ * of --ops transactions, printed one after the other (text: a blank line
+ * between; JSON: one object a line); the exit status is that of the most
+ * frequent error of the first run that had errors. */
 static int cmd_bench(struct cli *c)
 {
     struct bench_config cfg = {0};
     struct bench_result res;
+    enum bench_txn_keys keys = BENCH_TXN_BOTH;
     uint64_t v;
     char err[512] = "";
-    int rc, ret;
+    int rc, ret, top = KV_OK;
 
     cfg.target = c->target;
     cfg.timeout_ms = c->timeout_ms;
@@ -1682,16 +1692,48 @@ static int cmd_bench(struct cli *c)
     if ((c->seen & BIT(OPT_WORKLOAD)) &&
         bench_parse_workload(c->optval[OPT_WORKLOAD], &cfg.workload) != 0)
         return usage_error(c,
-                           "invalid --workload '%s': expected write, read "
-                           "or mixed",
+                           "invalid --workload '%s': expected write, read, "
+                           "mixed or txn",
                            c->optval[OPT_WORKLOAD]);
+    if ((c->seen & BIT(OPT_TXN_KEYS)) && cfg.workload != BENCH_TXN)
+        return usage_error(c, "--txn-keys needs --workload txn");
+    if ((c->seen & BIT(OPT_TXN_KEYS)) &&
+        bench_parse_txn_keys(c->optval[OPT_TXN_KEYS], &keys) != 0)
+        return usage_error(c,
+                           "invalid --txn-keys '%s': expected same, cross "
+                           "or both",
+                           c->optval[OPT_TXN_KEYS]);
+    /* An embedded database is one shard: nothing to cross by default. */
+    if (cfg.workload == BENCH_TXN && !(c->seen & BIT(OPT_TXN_KEYS)) &&
+        strncmp(c->target, "embedded:", 9) == 0)
+        keys = BENCH_TXN_SAME;
+    if (cfg.workload == BENCH_TXN && cfg.threads != 0 &&
+        cfg.threads != cfg.clients)
+        return usage_error(c, "the txn workload needs a thread per client "
+                              "(--threads equal to --clients)");
     if (c->hex)
         return usage_error(c, "bench does not take --hex");
-    rc = bench_run(&cfg, &res, err, sizeof err);
-    if (rc != KV_OK)
-        return report(c, "bench", rc, err);
-    bench_print(stdout, &cfg, &res);
-    return exit_code_for(bench_top_error(&res));
+    for (int pass = 0; pass < 2; pass++) {
+        if (cfg.workload != BENCH_TXN && pass > 0)
+            break;
+        if (cfg.workload == BENCH_TXN) {
+            if (keys != BENCH_TXN_BOTH && pass > 0)
+                break;
+            cfg.txn_keys = keys != BENCH_TXN_BOTH ? keys
+                           : pass == 0            ? BENCH_TXN_SAME
+                                                  : BENCH_TXN_CROSS;
+        }
+        rc = bench_run(&cfg, &res, err, sizeof err);
+        if (rc != KV_OK)
+            return report(c, "bench", rc, err);
+        if (pass > 0 && !cfg.json)
+            putchar('\n');
+        bench_print(stdout, &cfg, &res);
+        fflush(stdout);
+        if (top == KV_OK)
+            top = bench_top_error(&res);
+    }
+    return exit_code_for(top);
 }
 
 /* Prints the general help to OUT. */

@@ -6,7 +6,10 @@
 # Steps, each bounded by `timeout 600`:
 #   1. every $B/tests/unit_*                       (Check suites)
 #   2. every other executable $B/tests/*           (cluster tests; env KVNODE,
-#      except libkv_example                        KVCLIENT name the binaries)
+#      except libkv_example                        KVCLIENT name the binaries;
+#                                                  chaos: 30 s of register)
+#   2b. $B/tests/sim --seeds 500                   (the simulator)
+#   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
 #   3. tests/cluster/cli.sh                        (kvclient end to end)
 #   4. $B/tests/libkv_example embedded:TMPDIR      (the documented example)
 # A failing step does not stop the run. The last line is exactly
@@ -88,6 +91,13 @@ done
 if [ -x "$B/tests/sim" ]; then
     if [ "${SAN:-0}" = 1 ]; then seeds=${SIM_SEEDS:-100}; else seeds=${SIM_SEEDS:-500}; fi
     run_step sim "$B/tests/sim" --seeds "$seeds"
+fi
+
+# 2c. the chaos test's bank workload (transactions under kill -9 and
+# SIGSTOP; step 2 ran its register workload for 30 s)
+if [ -x "$B/tests/chaos" ]; then
+    run_step chaos-bank env KVNODE="$B/kvnode" "$B/tests/chaos" \
+        --workload bank --duration "${CHAOS_BANK_S:-20}"
 fi
 
 # 3. the command-line client, end to end (a missing script is a failure)

@@ -1,10 +1,17 @@
 /*
  * chaos - kills and pauses real kvnode processes under load, then checks
  * that no acknowledged write was lost and that everything the clients saw
- * is linearizable.
+ * is linearizable (register workload), or that transactions conserved the
+ * bank's money and left nothing in flight (bank workload, bank.c).
  *
  *   chaos [--duration S] [--clients N] [--keys N] [--seed S]
- *         [--kill-every MS] [--op-timeout MS] [--workload register] [--keep]
+ *         [--kill-every MS] [--op-timeout MS] [--workload register|bank]
+ *         [--accounts N] [--keep]
+ *
+ * This file is the driver (cluster, nemesis, probe, watchdog, options) and
+ * the register workload; chaos.h is what the bank workload shares with it.
+ * With --workload bank, the clients and the end checks are bank.c's and
+ * everything else below is the same.
  *
  * It starts a 3-node cluster (8 shards, 3 replicas) with the test harness
  * (tests/cluster/harness.h). N client threads, each with its own kv handle,
@@ -29,11 +36,14 @@
  * reads), cluster healthy (every restart worked, no node died on its own,
  * every node exited 0, every failed shard became writable again). The
  * history is written to DIR/history.txt; DIR is kept on failure or --keep.
- * The last line printed is "N passed, M failed".
+ * The last line printed is "N passed, M failed" (3 checks for register;
+ * 4 for bank: total conserved, no negative balance, no transaction left in
+ * flight after healing, cluster healthy).
  *
  * It must never leave a process or a directory behind: nodes are signalled
  * by PID only, every wait is bounded, and a watchdog thread kills the nodes
- * and removes the temp directory when the run exceeds duration + 60 s or on
+ * and removes the temp directory when the run exceeds duration + 60 s (bank:
+ * + 105 s, for its final audit and wait for transactions in flight) or on
  * SIGINT/SIGTERM.
  */
 #include <errno.h>
@@ -54,11 +64,8 @@
 #include "../cluster/harness.h"
 #include "../lincheck/lincheck.h"
 #include "admin.h"
+#include "chaos.h"
 #include "kv.h"
-
-#define NNODES 3
-#define NSHARDS 8
-#define NREPLICAS 3
 
 #ifndef WATCHDOG_SLACK_MS
 #define WATCHDOG_SLACK_MS 60000 /* the run may take duration + this */
@@ -67,7 +74,6 @@
 #define MAX_KEYS 10000
 #define MAX_OPS_PER_CLIENT 2000000u /* memory bound of one client's log */
 #define VALUE_LEN 16                /* values are 16 hex digits */
-#define NERR 16                     /* error codes are -1..-15 */
 
 #define STATUS_TIMEOUT_MS 500  /* one admin_status call */
 #define READY_TIMEOUT_MS 20000 /* every shard has a leader again */
@@ -84,26 +90,15 @@
 #define FINAL_READ_MS 30000   /* and time */
 #define CHECK_MIN_MS 10000    /* lin_check gets at least this long */
 #define CHECK_MARGIN_MS 15000 /* and leaves this before the watchdog */
-#define MAX_SAMPLES 4096
 #define MAX_LOG_COPY (64L * 1024 * 1024)
-
-struct opts {
-    int duration_s;
-    int clients;
-    int keys;
-    int kill_every_ms; /* 0: no faults */
-    int op_timeout_ms;
-    int keep;
-    uint64_t seed;
-};
+#define MIN_ACCOUNTS 2
+#define MAX_ACCOUNTS 500
 
 /* One thread's record of operations (lincheck form). */
 struct oplog {
     struct lin_op *ops;
     size_t n, cap;
 };
-
-struct run;
 
 struct client {
     struct run *run;
@@ -122,44 +117,6 @@ struct client {
     char errmsg[NERR][160];    /* the first message of each */
 };
 
-struct run {
-    struct opts o;
-    struct cluster *cl;
-    kv *adm; /* the nemesis' handle for admin_status */
-    char conf[512];
-    char work[512]; /* our directory under the harness root */
-    char root[512]; /* the harness root */
-    uint64_t base_ns;
-    int64_t start_ms;
-    int64_t watchdog_ms; /* absolute harness_now_ms() deadline */
-
-    atomic_int stop_clients;
-    atomic_int stop_probe;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* CLOCK_MONOTONIC */
-
-    /* guarded by mu */
-    int clients_done;
-    int probe_done;
-    int probe_shard;   /* -1: idle */
-    uint64_t probe_t0; /* rel ns of the fault, 0 before it */
-    int probe_warm;    /* a probe write succeeded since arming */
-    int probe_have;    /* probe_ms is set */
-    int64_t probe_ms;
-    pid_t pids[CLUSTER_MAX_NODES];
-    int finished;
-
-    char probe_key[NSHARDS][48];
-
-    /* nemesis (main thread only) */
-    int down; /* node index killed and not yet restarted, or -1 */
-    int kills, leader_kills, pauses, unmeasured;
-    int kill_ms[MAX_SAMPLES], nkill_ms;
-    int pause_ms[MAX_SAMPLES], npause_ms;
-    int problems; /* health problems seen */
-    int broken;   /* stop injecting faults */
-};
-
 /* --- small helpers -------------------------------------------------------- */
 
 static uint64_t mono_ns(void)
@@ -175,13 +132,14 @@ static uint64_t rel_ns(const struct run *r)
     return mono_ns() - r->base_ns;
 }
 
-static double rel_s(const struct run *r)
+/* Seconds since the run began (see chaos.h). */
+double chaos_rel_s(const struct run *r)
 {
     return (double)(harness_now_ms() - r->start_ms) / 1000.0;
 }
 
-/* splitmix64 */
-static uint64_t rng_next(uint64_t *s)
+/* splitmix64 (see chaos.h). */
+uint64_t chaos_rng_next(uint64_t *s)
 {
     uint64_t z = (*s += 0x9e3779b97f4a7c15u);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
@@ -189,19 +147,21 @@ static uint64_t rng_next(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-static uint64_t rng_below(uint64_t *s, uint64_t n)
+/* A number in [0, N) (see chaos.h). */
+uint64_t chaos_rng_below(uint64_t *s, uint64_t n)
 {
-    return n == 0 ? 0 : rng_next(s) % n;
+    return n == 0 ? 0 : chaos_rng_next(s) % n;
 }
 
 /* MS jittered uniformly into [MS/2, 3*MS/2]. */
 static int jitter(uint64_t *s, int ms)
 {
-    return ms / 2 + (int)rng_below(s, (uint64_t)ms + 1);
+    return ms / 2 + (int)chaos_rng_below(s, (uint64_t)ms + 1);
 }
 
-/* Waits on r->cv (r->mu held) for at most MS milliseconds. */
-static void cv_wait_ms(struct run *r, int ms)
+/* Waits on r->cv (r->mu held) for at most MS milliseconds (see
+ * chaos.h). */
+void chaos_cv_wait_ms(struct run *r, int ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -312,6 +272,13 @@ static void pids_refresh(struct run *r)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The number of checks a run of R's workload makes (each printed as an
+ * "ok:"/"FAIL:" line and counted in the last line). */
+static int nchecks(const struct run *r)
+{
+    return r->o.workload == WORKLOAD_BANK ? 4 : 3;
+}
+
 /* Ends the run at once from any thread: kills every node it knows with
  * SIGKILL (a node it does not know yet dies with this process through
  * PR_SET_PDEATHSIG), removes the harness root unless --keep, and exits 1. */
@@ -333,7 +300,7 @@ static void abort_run(struct run *r, const char *why)
         else
             harness_rmtree(r->root);
     }
-    printf("chaos: aborted (%s)\n0 passed, 3 failed\n", why);
+    printf("chaos: aborted (%s)\n0 passed, %d failed\n", why, nchecks(r));
     fflush(stdout);
     _exit(1);
 }
@@ -358,7 +325,7 @@ static void *watchdog_main(void *arg)
             return NULL;
         int64_t left = r->watchdog_ms - harness_now_ms();
         if (left <= 0)
-            abort_run(r, "watchdog: the run exceeded duration + 60 s");
+            abort_run(r, "watchdog: the run exceeded its time");
         if (left > 1000)
             left = 1000;
         struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)left * 1000000L};
@@ -419,7 +386,7 @@ static void note_error(struct client *c, kv *db, int rc)
 
 static int pick_op(struct client *c, int key)
 {
-    uint64_t x = rng_below(&c->rng, 100);
+    uint64_t x = chaos_rng_below(&c->rng, 100);
     if (x < 30)
         return OP_GET;
     if (x < 55)
@@ -553,7 +520,7 @@ static void do_del(struct client *c, kv *db, int kind, const char *k, size_t kl,
 static void client_step(struct client *c, kv *db)
 {
     struct run *r = c->run;
-    int key = (int)rng_below(&c->rng, (uint64_t)r->o.keys);
+    int key = (int)chaos_rng_below(&c->rng, (uint64_t)r->o.keys);
     char k[32];
     size_t kl = key_text(key, k, sizeof k);
     kv_opts o = {.timeout_ms = (uint32_t)r->o.op_timeout_ms};
@@ -605,11 +572,17 @@ static void *client_main(void *arg)
     }
     kv_close(db);
 out:
+    chaos_client_done(r);
+    return NULL;
+}
+
+/* One client thread finished (see chaos.h). */
+void chaos_client_done(struct run *r)
+{
     pthread_mutex_lock(&r->mu);
     r->clients_done++;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
-    return NULL;
 }
 
 /* --- the failover probe --------------------------------------------------- */
@@ -631,7 +604,7 @@ static void *probe_main(void *arg)
     while (!atomic_load(&r->stop_probe)) {
         int s = r->probe_shard;
         if (s < 0 || db == NULL) {
-            cv_wait_ms(r, 100);
+            chaos_cv_wait_ms(r, 100);
             continue;
         }
         pthread_mutex_unlock(&r->mu);
@@ -652,7 +625,7 @@ static void *probe_main(void *arg)
             pthread_cond_broadcast(&r->cv);
         }
         if (!atomic_load(&r->stop_probe))
-            cv_wait_ms(r, PROBE_PERIOD_MS);
+            chaos_cv_wait_ms(r, PROBE_PERIOD_MS);
     }
     r->probe_done = 1;
     pthread_cond_broadcast(&r->cv);
@@ -673,7 +646,7 @@ static int probe_arm(struct run *r, int s)
     r->probe_have = 0;
     pthread_cond_broadcast(&r->cv);
     while (!r->probe_warm && harness_now_ms() < until)
-        cv_wait_ms(r, 50);
+        chaos_cv_wait_ms(r, 50);
     int warm = r->probe_warm;
     if (!warm)
         r->probe_shard = -1;
@@ -697,7 +670,7 @@ static int probe_result(struct run *r)
     pthread_mutex_lock(&r->mu);
     uint64_t give_up = r->probe_t0 + (uint64_t)PROBE_GIVE_UP_MS * 1000000u;
     while (!r->probe_have && rel_ns(r) < give_up)
-        cv_wait_ms(r, 50);
+        chaos_cv_wait_ms(r, 50);
     if (r->probe_have)
         ms = r->probe_ms;
     r->probe_shard = -1;
@@ -723,9 +696,8 @@ static int probe_keys(struct run *r)
 
 /* --- the nemesis ---------------------------------------------------------- */
 
-/* Counts a health problem and prints it. */
-__attribute__((format(printf, 2, 3))) static void problem(struct run *r,
-                                                          const char *fmt, ...)
+/* Counts a health problem and prints it (see chaos.h). */
+void chaos_problem(struct run *r, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -733,7 +705,7 @@ __attribute__((format(printf, 2, 3))) static void problem(struct run *r,
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     r->problems++;
-    printf("chaos: PROBLEM at t=%.1fs: %s\n", rel_s(r), msg);
+    printf("chaos: PROBLEM at t=%.1fs: %s\n", chaos_rel_s(r), msg);
 }
 
 /* The harness index of the node with id ID, or -1. */
@@ -796,7 +768,7 @@ static int random_led_shard(const int leader[NSHARDS], uint64_t *rng, int node)
     for (int s = 0; s < NSHARDS; s++)
         if (leader[s] >= 0 && (node < 0 || leader[s] == node))
             cand[n++] = s;
-    return n > 0 ? cand[rng_below(rng, (uint64_t)n)] : -1;
+    return n > 0 ? cand[chaos_rng_below(rng, (uint64_t)n)] : -1;
 }
 
 /* Whether every node but the one the nemesis took down is running; a node
@@ -805,7 +777,8 @@ static void check_alive(struct run *r)
 {
     for (int i = 0; i < NNODES; i++)
         if (i != r->down && !cluster_node_running(r->cl, i)) {
-            problem(r, "node %u died on its own", cluster_node_id(r->cl, i));
+            chaos_problem(r, "node %u died on its own",
+                          cluster_node_id(r->cl, i));
             r->broken = 1;
         }
 }
@@ -819,8 +792,8 @@ static void restart(struct run *r, int i)
             break; /* ready timed out before, but it runs */
         rc = cluster_restart_node(r->cl, i);
         if (rc != 0)
-            problem(r, "restart of node %u failed: %s",
-                    cluster_node_id(r->cl, i), kv_strerror(rc));
+            chaos_problem(r, "restart of node %u failed: %s",
+                          cluster_node_id(r->cl, i), kv_strerror(rc));
     }
     if (cluster_node_running(r->cl, i))
         r->down = -1;
@@ -835,8 +808,8 @@ static void record_sample(struct run *r, int shard, int pause)
 {
     int ms = probe_result(r);
     if (ms < 0) {
-        problem(r, "shard %d not writable %d ms after its leader failed", shard,
-                PROBE_GIVE_UP_MS);
+        chaos_problem(r, "shard %d not writable %d ms after its leader failed",
+                      shard, PROBE_GIVE_UP_MS);
         return;
     }
     printf("chaos: failover: shard %d writable again %d ms after its leader "
@@ -855,7 +828,7 @@ static void nemesis_kill(struct run *r, uint64_t *rng)
     int leader[NSHARDS];
     find_leaders(r, leader);
     int shard = -1, victim = -1;
-    int targeted = rng_below(rng, 2) == 0;
+    int targeted = chaos_rng_below(rng, 2) == 0;
     if (targeted) {
         shard = random_led_shard(leader, rng, -1);
         if (shard >= 0)
@@ -863,22 +836,23 @@ static void nemesis_kill(struct run *r, uint64_t *rng)
     }
     if (victim < 0) {
         targeted = 0;
-        victim = (int)rng_below(rng, NNODES);
+        victim = (int)chaos_rng_below(rng, NNODES);
         shard = random_led_shard(leader, rng, victim);
     }
     if (shard >= 0 && !probe_arm(r, shard)) {
         printf("chaos: t=%.1fs: shard %d not writable before the fault; "
                "not measured\n",
-               rel_s(r), shard);
+               chaos_rel_s(r), shard);
         r->unmeasured++;
         shard = -1;
     }
     uint32_t id = cluster_node_id(r->cl, victim);
     if (shard >= 0)
         printf("chaos: t=%.1fs: kill -9 node %u (%s leader of shard %d)\n",
-               rel_s(r), id, targeted ? "the" : "random node,", shard);
+               chaos_rel_s(r), id, targeted ? "the" : "random node,", shard);
     else
-        printf("chaos: t=%.1fs: kill -9 node %u (random node)\n", rel_s(r), id);
+        printf("chaos: t=%.1fs: kill -9 node %u (random node)\n",
+               chaos_rel_s(r), id);
     if (shard >= 0)
         probe_fault(r);
     r->down = victim;
@@ -886,9 +860,9 @@ static void nemesis_kill(struct run *r, uint64_t *rng)
     pids_refresh(r);
     r->kills++;
     if (rc != 0)
-        problem(r, "kill -9 of node %u: %s", id, kv_strerror(rc));
+        chaos_problem(r, "kill -9 of node %u: %s", id, kv_strerror(rc));
     harness_sleep_ms(KILL_DOWN_MIN_MS +
-                     (int)rng_below(rng, KILL_DOWN_SPAN_MS + 1));
+                     (int)chaos_rng_below(rng, KILL_DOWN_SPAN_MS + 1));
     restart(r, victim);
     if (shard >= 0) {
         r->leader_kills++;
@@ -904,7 +878,7 @@ static void nemesis_pause(struct run *r, uint64_t *rng)
     int shard = random_led_shard(leader, rng, -1);
     if (shard < 0) {
         printf("chaos: t=%.1fs: no shard has a known leader; pause skipped\n",
-               rel_s(r));
+               chaos_rel_s(r));
         return;
     }
     int victim = leader[shard];
@@ -915,12 +889,12 @@ static void nemesis_pause(struct run *r, uint64_t *rng)
     if (!measured) {
         printf("chaos: t=%.1fs: shard %d not writable before the fault; "
                "not measured\n",
-               rel_s(r), shard);
+               chaos_rel_s(r), shard);
         r->unmeasured++;
     }
-    int hold = PAUSE_MIN_MS + (int)rng_below(rng, PAUSE_SPAN_MS + 1);
+    int hold = PAUSE_MIN_MS + (int)chaos_rng_below(rng, PAUSE_SPAN_MS + 1);
     printf("chaos: t=%.1fs: SIGSTOP node %u (leader of shard %d) for %d ms\n",
-           rel_s(r), cluster_node_id(r->cl, victim), shard, hold);
+           chaos_rel_s(r), cluster_node_id(r->cl, victim), shard, hold);
     if (measured)
         probe_fault(r);
     kill(pid, SIGSTOP);
@@ -966,7 +940,7 @@ static void nemesis(struct run *r)
     }
     if (r->broken)
         printf("chaos: t=%.1fs: fault injection stopped after a problem\n",
-               rel_s(r));
+               chaos_rel_s(r));
 }
 
 /* --- the end: final reads and checks -------------------------------------- */
@@ -1205,16 +1179,20 @@ static void usage(void)
     fprintf(stderr,
             "usage: chaos [--duration S] [--clients N] [--keys N] [--seed S]\n"
             "             [--kill-every MS] [--op-timeout MS]\n"
-            "             [--workload register] [--keep]\n"
+            "             [--workload register|bank] [--accounts N] [--keep]\n"
             "  --duration S      seconds of load and faults (default 30)\n"
             "  --clients N       client threads (default 8, max %d)\n"
+            "  --workload W      register (single keys, lincheck; default) or\n"
+            "                    bank (transfers and audits in transactions)\n"
             "  --keys N          keys of the register workload (default 20)\n"
+            "  --accounts N      accounts of the bank workload (default 16,\n"
+            "                    %d..%d, spread over every shard)\n"
             "  --seed S          seed of every random choice (default: time)\n"
             "  --kill-every MS   mean time between faults (default 3000; "
             "0: none)\n"
             "  --op-timeout MS   timeout of one client call (default 2000)\n"
             "  --keep            keep the temp dir (history, logs, data)\n",
-            MAX_CLIENTS);
+            MAX_CLIENTS, MIN_ACCOUNTS, MAX_ACCOUNTS);
 }
 
 /* Parses a decimal number in [LO, HI]. Returns 0 or -1. */
@@ -1237,6 +1215,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     o->duration_s = 30;
     o->clients = 8;
     o->keys = 20;
+    o->accounts = 16;
+    o->workload = WORKLOAD_REGISTER;
     o->kill_every_ms = 3000;
     o->op_timeout_ms = 2000;
     o->keep = 0;
@@ -1251,13 +1231,21 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
             return -1;
         if (strcmp(a, "--workload") == 0) {
-            if (v == NULL || strcmp(v, "register") != 0) {
+            if (v != NULL && strcmp(v, "register") == 0) {
+                o->workload = WORKLOAD_REGISTER;
+            } else if (v != NULL && strcmp(v, "bank") == 0) {
+                o->workload = WORKLOAD_BANK;
+            } else {
                 fprintf(stderr,
-                        "chaos: unknown workload %s (only "
-                        "\"register\")\n",
+                        "chaos: unknown workload %s (\"register\" or "
+                        "\"bank\")\n",
                         v != NULL ? v : "");
                 return -1;
             }
+        } else if (strcmp(a, "--accounts") == 0) {
+            if (parse_num(v, MIN_ACCOUNTS, MAX_ACCOUNTS, &x) != 0)
+                goto bad;
+            o->accounts = (int)x;
         } else if (strcmp(a, "--duration") == 0) {
             if (parse_num(v, 1, 86400, &x) != 0)
                 goto bad;
@@ -1303,12 +1291,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 
 /* Starts the probe and client threads. Returns 0 or -1 (those started are
  * left for the caller to stop). */
-static int start_threads(struct run *r, struct client *cs, pthread_t *probe,
-                         int *probe_started)
+static int start_threads(struct run *r, struct client *cs, struct bank *bank,
+                         pthread_t *probe, int *probe_started)
 {
     if (pthread_create(probe, NULL, probe_main, r) != 0)
         return -1;
     *probe_started = 1;
+    if (bank != NULL)
+        return bank_start(bank);
     for (int i = 0; i < r->o.clients; i++) {
         struct client *c = &cs[i];
         c->run = r;
@@ -1326,11 +1316,13 @@ static int start_threads(struct run *r, struct client *cs, pthread_t *probe,
 
 /* Tells the client and probe threads to stop and joins them; aborts the run
  * when one does not stop in time. */
-static void stop_threads(struct run *r, struct client *cs, pthread_t probe,
-                         int probe_started)
+static void stop_threads(struct run *r, struct client *cs, struct bank *bank,
+                         pthread_t probe, int probe_started)
 {
     int want = 0;
-    for (int i = 0; i < r->o.clients; i++)
+    if (bank != NULL)
+        want = bank_started(bank);
+    for (int i = 0; cs != NULL && i < r->o.clients; i++)
         want += cs[i].started;
     atomic_store(&r->stop_clients, 1);
     atomic_store(&r->stop_probe, 1);
@@ -1340,12 +1332,14 @@ static void stop_threads(struct run *r, struct client *cs, pthread_t probe,
     pthread_cond_broadcast(&r->cv);
     while ((r->clients_done < want || (probe_started && !r->probe_done)) &&
            harness_now_ms() < until)
-        cv_wait_ms(r, 100);
+        chaos_cv_wait_ms(r, 100);
     int stuck = r->clients_done < want || (probe_started && !r->probe_done);
     pthread_mutex_unlock(&r->mu);
     if (stuck)
         abort_run(r, "a client thread did not stop in time");
-    for (int i = 0; i < r->o.clients; i++)
+    if (bank != NULL)
+        bank_join(bank);
+    for (int i = 0; cs != NULL && i < r->o.clients; i++)
         if (cs[i].started)
             pthread_join(cs[i].th, NULL);
     if (probe_started)
@@ -1362,7 +1356,7 @@ static unsigned long client_report(struct run *r, const struct client *cs)
         read_errors += cs[i].read_errors;
         bad += cs[i].bad_values;
         if (cs[i].open_failed)
-            problem(r, "client %d could not open a handle", i);
+            chaos_problem(r, "client %d could not open a handle", i);
         if (cs[i].log_full)
             printf("chaos: client %d stopped early: its log is full\n", i);
         for (int e = 0; e < NERR; e++) {
@@ -1495,37 +1489,46 @@ static void failover_report(struct run *r)
 }
 
 /* After the faults: brings every node back, waits until every shard is
- * led, stops the load, reads every key, and stops the nodes with SIGTERM
- * (each must exit 0). Returns the number of keys it could not read. */
-static int wind_down(struct run *r, struct client *cs, pthread_t probe,
-                     struct oplog *fin, unsigned long *bad)
+ * led, stops the load, and checks the end state (register: reads every
+ * key into FIN, setting *UNREAD to the keys it could not read and *BAD to
+ * the unparseable values seen; bank: the final audit and the transactions
+ * left in flight, into *BV). Then stops the nodes with SIGTERM (each must
+ * exit 0). */
+static void wind_down(struct run *r, struct client *cs, struct bank *bank,
+                      pthread_t probe, struct oplog *fin, int *unread,
+                      unsigned long *bad, struct bank_verdict *bv)
 {
     for (int i = 0; i < NNODES; i++)
         if (!cluster_node_running(r->cl, i)) {
             if (i != r->down)
-                problem(r, "node %u died on its own",
-                        cluster_node_id(r->cl, i));
+                chaos_problem(r, "node %u died on its own",
+                              cluster_node_id(r->cl, i));
             restart(r, i);
         }
     int rc = cluster_wait_ready(r->cl, READY_TIMEOUT_MS);
     if (rc != 0)
-        problem(r, "cluster not ready at the end: %s", kv_strerror(rc));
-    printf("chaos: t=%.1fs: faults over; stopping the clients\n", rel_s(r));
-    stop_threads(r, cs, probe, 1);
-    *bad = client_report(r, cs);
-    int unread = final_reads(r, fin);
+        chaos_problem(r, "cluster not ready at the end: %s", kv_strerror(rc));
+    printf("chaos: t=%.1fs: faults over; stopping the clients\n",
+           chaos_rel_s(r));
+    stop_threads(r, cs, bank, probe, 1);
+    if (bank != NULL) {
+        bank_report(bank);
+        bank_finish(bank, bv);
+    } else {
+        *bad = client_report(r, cs);
+        *unread = final_reads(r, fin);
+    }
     for (int i = 0; i < NNODES; i++) {
         if (!cluster_node_running(r->cl, i)) {
-            problem(r, "node %u not running at the end",
-                    cluster_node_id(r->cl, i));
+            chaos_problem(r, "node %u not running at the end",
+                          cluster_node_id(r->cl, i));
             continue;
         }
         if (cluster_kill(r->cl, i, SIGTERM) != 0)
-            problem(r, "node %u did not exit 0 on SIGTERM",
-                    cluster_node_id(r->cl, i));
+            chaos_problem(r, "node %u did not exit 0 on SIGTERM",
+                          cluster_node_id(r->cl, i));
     }
     pids_refresh(r);
-    return unread;
 }
 
 /* Sets up the run's state from the options. */
@@ -1535,8 +1538,9 @@ static void run_init(struct run *r)
     r->probe_shard = -1;
     r->start_ms = harness_now_ms();
     r->base_ns = mono_ns() - 1;
-    r->watchdog_ms =
-        r->start_ms + (int64_t)r->o.duration_s * 1000 + WATCHDOG_SLACK_MS;
+    r->watchdog_ms = r->start_ms + (int64_t)r->o.duration_s * 1000 +
+                     WATCHDOG_SLACK_MS +
+                     (r->o.workload == WORKLOAD_BANK ? BANK_FINISH_MS : 0);
     pthread_mutex_init(&r->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1577,6 +1581,30 @@ static int cluster_up(struct run *r)
     return 0;
 }
 
+/* Prints the "ok:"/"FAIL:" line of each check. */
+static void print_verdict(const struct run *r, const struct verdict *v,
+                          const struct bank_verdict *bv)
+{
+    if (r->o.workload == WORKLOAD_BANK) {
+        printf("%s total conserved (%lu wrong totals)\n",
+               bv->pass_total ? "ok:  " : "FAIL:", bv->wrong_totals);
+        printf("%s no negative balance (%lu seen)\n",
+               bv->pass_negative ? "ok:  " : "FAIL:", bv->negatives);
+        printf("%s no transaction left in flight after healing (%lu "
+               "left)\n",
+               bv->pass_intents ? "ok:  " : "FAIL:", bv->intents_left);
+        printf("%s cluster healthy at the end\n",
+               v->pass_health ? "ok:  " : "FAIL:");
+        return;
+    }
+    printf("%s linearizable (%zu violations)\n",
+           v->pass_lin ? "ok:  " : "FAIL:", v->violations);
+    printf("%s no acknowledged write lost (lost=%d)\n",
+           v->pass_lost ? "ok:  " : "FAIL:", v->lost);
+    printf("%s cluster healthy at the end\n",
+           v->pass_health ? "ok:  " : "FAIL:");
+}
+
 /* Runs chaos (see the top of this file). Exits 0 when every check passed,
  * 1 when one failed, 2 on a usage error. */
 int main(int argc, char **argv)
@@ -1584,24 +1612,34 @@ int main(int argc, char **argv)
     static struct run run;
     struct run *r = &run;
     struct client *cs = NULL;
+    struct bank *bank = NULL;
     struct oplog fin = {0};
     struct verdict v = {0, 0, 0, 0, 0};
+    struct bank_verdict bv;
     pthread_t probe, wd;
-    int probe_started = 0, wd_started = 0;
+    int probe_started = 0, wd_started = 0, unread = 0;
     unsigned long bad = 0;
 
+    memset(&bv, 0, sizeof bv);
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (parse_opts(argc, argv, &r->o) != 0) {
         usage();
         return 2;
     }
     run_init(r);
-    printf("chaos: seed=%" PRIu64 " duration=%ds clients=%d keys=%d "
-           "kill-every=%dms op-timeout=%dms workload=register\n",
-           r->o.seed, r->o.duration_s, r->o.clients, r->o.keys,
-           r->o.kill_every_ms, r->o.op_timeout_ms);
+    int bankrun = r->o.workload == WORKLOAD_BANK;
+    if (bankrun)
+        printf("chaos: seed=%" PRIu64 " duration=%ds clients=%d accounts=%d "
+               "kill-every=%dms op-timeout=%dms workload=bank\n",
+               r->o.seed, r->o.duration_s, r->o.clients, r->o.accounts,
+               r->o.kill_every_ms, r->o.op_timeout_ms);
+    else
+        printf("chaos: seed=%" PRIu64 " duration=%ds clients=%d keys=%d "
+               "kill-every=%dms op-timeout=%dms workload=register\n",
+               r->o.seed, r->o.duration_s, r->o.clients, r->o.keys,
+               r->o.kill_every_ms, r->o.op_timeout_ms);
     if (harness_init() != 0 || harness_tempdir(r->work, sizeof r->work) != 0) {
-        printf("chaos: no temp dir\n0 passed, 3 failed\n");
+        printf("chaos: no temp dir\n0 passed, %d failed\n", nchecks(r));
         return 1;
     }
     memcpy(r->root, r->work, sizeof r->root);
@@ -1616,23 +1654,31 @@ int main(int argc, char **argv)
         printf("chaos: no probe key for some shard\n");
         goto out_fail;
     }
+    if (bankrun && (bank = bank_new(r)) == NULL) {
+        printf("chaos: could not set up the bank\n");
+        goto out_fail;
+    }
     if (cluster_up(r) != 0)
         goto out_fail;
-    cs = calloc((size_t)r->o.clients, sizeof *cs);
-    if (cs == NULL || start_threads(r, cs, &probe, &probe_started) != 0) {
+    if (!bankrun)
+        cs = calloc((size_t)r->o.clients, sizeof *cs);
+    if ((!bankrun && cs == NULL) ||
+        start_threads(r, cs, bank, &probe, &probe_started) != 0) {
         printf("chaos: could not start the client threads\n");
-        if (cs != NULL)
-            stop_threads(r, cs, probe, probe_started);
+        if (cs != NULL || bank != NULL)
+            stop_threads(r, cs, bank, probe, probe_started);
         goto out_fail;
     }
 
     nemesis(r);
-    int unread = wind_down(r, cs, probe, &fin, &bad);
-    if (check_history(r, cs, &fin, bad, unread, &v) != 0)
+    wind_down(r, cs, bank, probe, &fin, &unread, &bad, &bv);
+    if (!bankrun && check_history(r, cs, &fin, bad, unread, &v) != 0)
         goto out_fail;
     failover_report(r);
     v.pass_health = r->problems == 0;
-    int failing = !(v.pass_lin && v.pass_lost && v.pass_health);
+    int failing = bankrun ? !(bv.pass_total && bv.pass_negative &&
+                              bv.pass_intents && v.pass_health)
+                          : !(v.pass_lin && v.pass_lost && v.pass_health);
     save_artifacts(r, failing || r->o.keep);
     if (failing)
         for (int i = 0; i < NNODES; i++)
@@ -1646,6 +1692,7 @@ int main(int argc, char **argv)
 
 out_fail:
     v.pass_lin = v.pass_lost = v.pass_health = 0;
+    memset(&bv, 0, sizeof bv);
     if (r->cl != NULL) {
         pids_refresh(r);
         for (int i = 0; i < NNODES; i++)
@@ -1665,22 +1712,22 @@ out:
         pthread_kill(wd, SIGUSR1);
         pthread_join(wd, NULL);
     }
-    int passed = v.pass_lin + v.pass_lost + v.pass_health;
-    int keep = r->o.keep || passed != 3;
+    int all = nchecks(r);
+    int passed = bankrun ? bv.pass_total + bv.pass_negative + bv.pass_intents +
+                               v.pass_health
+                         : v.pass_lin + v.pass_lost + v.pass_health;
+    int keep = r->o.keep || passed != all;
     if (keep)
         keep_work(r);
-    harness_fini(passed != 3);
-    printf("%s linearizable (%zu violations)\n",
-           v.pass_lin ? "ok:  " : "FAIL:", v.violations);
-    printf("%s no acknowledged write lost (lost=%d)\n",
-           v.pass_lost ? "ok:  " : "FAIL:", v.lost);
-    printf("%s cluster healthy at the end\n",
-           v.pass_health ? "ok:  " : "FAIL:");
-    if (keep)
+    harness_fini(passed != all);
+    print_verdict(r, &v, &bv);
+    if (keep && bankrun)
+        printf("chaos: kept %s (node logs, data)\n", r->work);
+    else if (keep)
         printf("chaos: kept %s (history.txt, node logs, data); replay: "
                "lincheck_main %s/history.txt\n",
                r->work, r->work);
-    printf("%d passed, %d failed\n", passed, 3 - passed);
+    printf("%d passed, %d failed\n", passed, all - passed);
 
     oplog_release(&fin);
     if (cs != NULL)
@@ -1689,5 +1736,6 @@ out:
             free(cs[i].known);
         }
     free(cs);
-    return passed == 3 ? 0 : 1;
+    bank_free(bank);
+    return passed == all ? 0 : 1;
 }
