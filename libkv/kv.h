@@ -206,6 +206,10 @@ int kv_txn_if_absent(kv_txn *txn, const void *key, size_t klen);
  * for a delete.
  * KV_ECONFLICT: a condition or a read version no longer held, nothing was
  * written; kv_errmsg() names the key and its expected and actual version.
+ * A transaction over several shards may also end KV_ECONFLICT when one of
+ * its keys is locked by another such transaction in progress (nobody
+ * waits for a lock), or when not every shard voted before its deadline
+ * (txn_timeout_ms): nothing was written, and kv_errmsg() says which.
  * KV_ETIMEDOUT / KV_EUNAVAILABLE: the outcome is unknown, as for kv_put().
  * KV_ETOOBIG: over the limits (nothing sent). A transaction with no op
  * commits trivially (KV_OK, *n 0). Inside kv_txn_run() the transaction is
@@ -220,8 +224,9 @@ void kv_txn_abort(kv_txn *txn);
  * when FN returns KV_OK (otherwise aborts and returns FN's code). On
  * KV_ECONFLICT, from FN or from the commit, it starts again after a
  * jittered exponential backoff (2 ms doubling to 200 ms, +-50%) until the
- * timeout of OPTS (NULL or 0: the handle's default) has passed, and then
- * returns KV_ECONFLICT. FN may be called several times, so it must have no
+ * timeout of OPTS (NULL or 0: the handle's default) has passed (or too
+ * little of it is left for another attempt: 100 ms, or a quarter of the
+ * timeout when that is less), and then returns KV_ECONFLICT. FN may be called several times, so it must have no
  * effect besides its ops on TXN; it must not commit or abort TXN. Returns
  * the last code. */
 int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),

@@ -22,6 +22,7 @@
 
 #define NO_OP SIZE_MAX
 #define BACKOFF_FIRST_US 2000u /* kv_txn_run: first pause */
+#define MIN_ATTEMPT_US 100000u /* kv_txn_run: least time for an attempt */
 #define BACKOFF_MAX_US 200000u /* and its cap */
 #define SHOW_KEY_MAX 64        /* key bytes quoted in a conflict message */
 
@@ -529,7 +530,11 @@ int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
         return KV_EINVAL;
     if (!fn)
         return kv_fail(db, KV_EINVAL, "kv_txn_run needs a function");
-    uint64_t deadline = now_us() + (uint64_t)kv_call_timeout(db, opts) * 1000;
+    uint64_t total = (uint64_t)kv_call_timeout(db, opts) * 1000;
+    uint64_t deadline = now_us() + total;
+    /* Another attempt starts only with this much time left: one that is
+     * bound to run out of time would turn a conflict into a timeout. */
+    uint64_t min_left = total / 4 < MIN_ATTEMPT_US ? total / 4 : MIN_ATTEMPT_US;
     uint64_t backoff = BACKOFF_FIRST_US;
     for (;;) {
         /* Each attempt gets what is left of the call's time. */
@@ -553,7 +558,7 @@ int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
         /* Another writer got there first: pause (backoff +-50%), retry. */
         uint64_t pause = backoff / 2 + jitter_next() % (backoff + 1);
         now = now_us();
-        if (now >= deadline || deadline - now <= pause)
+        if (now >= deadline || deadline - now <= pause + min_left)
             return rc;
         sleep_us(pause);
         if (backoff < BACKOFF_MAX_US)

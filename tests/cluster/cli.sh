@@ -664,6 +664,9 @@ if [ $rc = 0 ] && grep -q '^workload read$' "$T/out" && grep -q '^ops 1000$' "$T
 else
     bad "bench --workload read (exit $rc)"
 fi
+kvc bench --ops 300 --clients 4 --workload txn --json
+expect_jsonl "bench --workload txn: one shard, then two shards" 0 \
+    '[d["txn_keys"] for d in L] == ["same", "cross"] and all(d["workload"] == "txn" and d["ops"] == 300 and d["ops_per_sec"] > 0 and d["errors"] == sum(d["errors_by_code"].values()) for d in L)'
 kvc bench --ops 1000 --clients 8 --keys 50 --workload mixed --json
 expect_json "bench --workload mixed --json" 0 \
     'd["workload"] == "mixed" and d["ops"] == 1000 and d["errors"] == 0'
