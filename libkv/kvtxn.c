@@ -558,8 +558,10 @@ int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
         /* Another writer got there first: pause (backoff +-50%), retry. */
         uint64_t pause = backoff / 2 + jitter_next() % (backoff + 1);
         now = now_us();
-        if (now >= deadline || deadline - now <= pause + min_left)
+        if (now >= deadline || deadline - now <= min_left)
             return rc;
+        if (pause > deadline - now - min_left) /* leave the attempt its time */
+            pause = deadline - now - min_left;
         sleep_us(pause);
         if (backoff < BACKOFF_MAX_US)
             backoff =
