@@ -6,7 +6,9 @@
  * frame is decoded with wire_decode() on delivery, as a real node would.
  * Faults (partitions, crashes, pauses, loss storms, store write failures)
  * come from the seeded generator only, and each is bounded in time so the
- * cluster heals.
+ * cluster heals. A failpoint (replica_env.failpoint) that chooses to crash
+ * its node does so once the current event is over (node_flush), never
+ * inside the replica's call stack.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -189,6 +191,12 @@ static void env_reply(void *arg, const void *client, size_t clen,
     free(buf);
 }
 
+static void env_failpoint(void *arg, const char *name)
+{
+    struct sim_node *n = arg;
+    sim_bank_failpoint(n->sim, n, name);
+}
+
 /* --- nodes ---------------------------------------------------------------- */
 
 int sim_node_start(struct sim *s, struct sim_node *n)
@@ -213,7 +221,10 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         .send = env_send,
         .reply = env_reply,
         .now_ms = env_now,
-        .wall_ms = env_wall};
+        .wall_ms = env_wall,
+        .failpoint = s->p.fp_prepared_ppm || s->p.fp_committed_ppm
+                         ? env_failpoint
+                         : NULL};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {
@@ -226,6 +237,7 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     }
     n->restart_at = 0;
     n->paused_until = 0;
+    n->fp_hit = NULL;
     n->next_tick = s->now + sim_range(&s->rng, 1, n->tick_period);
     for (int i = 0; i < SIM_MAX_SHARDS; i++)
         n->verified[i] = 0;
@@ -248,6 +260,7 @@ void sim_node_crash(struct sim *s, struct sim_node *n, const char *why)
     store_sim_fail_writes(n->dir, 0);
     store_sim_crash(n->dir);
     n->fail_armed = false;
+    n->fp_hit = NULL;
     n->paused_until = 0;
     n->restart_at = 0;
     n->stop_by = 0;
@@ -270,6 +283,7 @@ void sim_node_stop(struct sim *s, struct sim_node *n, const char *why)
     store_close(n->store); /* a clean stop: nothing is lost */
     n->store = NULL;
     n->stop_by = 0;
+    n->fp_hit = NULL;
     n->paused_until = 0;
     n->restart_at = 0;
     s->st.stops++;
@@ -309,10 +323,31 @@ void sim_after_event(struct sim *s, struct sim_node *n)
         sim_check_leaders(s, n);
 }
 
-/* Runs the driver order; a failed flush stops the node (a crash). */
+/* A failpoint fired in node N during the event that just ended: it dies
+ * there, as kvnode does with KV_FAILPOINT (what it had not flushed is
+ * lost with it). */
+static void failpoint_crash(struct sim *s, struct sim_node *n)
+{
+    char why[64];
+    snprintf(why, sizeof(why), "failpoint %s", n->fp_hit);
+    sim_node_crash(s, n, why);
+    n->restart_at = s->now + sim_range(&s->rng, 50, 1500);
+    s->st.fp_crashes++;
+}
+
+/* Runs the driver order; a failed flush stops the node (a crash). A node
+ * whose failpoint fired in the event before (or in this flush) crashes. */
 static void node_flush(struct sim *s, struct sim_node *n)
 {
+    if (n->fp_hit) {
+        failpoint_crash(s, n);
+        return;
+    }
     int rc = replica_flush(n->rep);
+    if (rc == KV_OK && n->fp_hit) {
+        failpoint_crash(s, n);
+        return;
+    }
     if (rc == KV_OK)
         return;
     if (!n->fail_armed) {
