@@ -466,19 +466,27 @@ struct txn_list {
 
 static int list_txn(void *arg, const struct engine_txn_info *t)
 {
+    static const char *const states[] = {"pending", "committed", "aborted",
+                                         "unknown"};
     struct txn_list *l = arg;
     l->n++;
-    if (l->len + 80 < l->cap) {
-        int w = snprintf(l->buf + l->len, l->cap - l->len,
-                         " %02x%02x%02x%02x(state %d, home %u, deadline "
-                         "+%lld ms, %zu keys)",
-                         t->txn_id[0], t->txn_id[1], t->txn_id[2],
-                         t->txn_id[3], t->state, t->home,
-                         (long long)t->deadline_ms - 1700000000000ll,
-                         t->nkeys);
-        if (w > 0)
-            l->len += (size_t)w;
-    }
+    if (l->len + 80 >= l->cap)
+        return 0;
+    long long deadline = (long long)t->deadline_ms - 1700000000000ll;
+    int w;
+    if (t->state < 0) /* a participant record */
+        w = snprintf(l->buf + l->len, l->cap - l->len,
+                     " %02x%02x%02x%02x(home %u, deadline t=%lld, %zu keys)",
+                     t->txn_id[0], t->txn_id[1], t->txn_id[2], t->txn_id[3],
+                     t->home, deadline, t->nkeys);
+    else
+        w = snprintf(l->buf + l->len, l->cap - l->len,
+                     " %02x%02x%02x%02x(%s, deadline t=%lld, %zu shards)",
+                     t->txn_id[0], t->txn_id[1], t->txn_id[2], t->txn_id[3],
+                     states[t->state < 3 ? t->state : 3], deadline,
+                     t->nparts);
+    if (w > 0)
+        l->len += (size_t)w;
     return 0;
 }
 

@@ -8,7 +8,9 @@
  * come from the seeded generator only, and each is bounded in time so the
  * cluster heals. A failpoint (replica_env.failpoint) that chooses to crash
  * its node does so once the current event is over (node_flush), never
- * inside the replica's call stack.
+ * inside the replica's call stack; from the failpoint on, nothing the node
+ * sends leaves it, and what it had not flushed is lost, as when kvnode
+ * exits there.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -147,6 +149,8 @@ static void env_send(void *arg, uint32_t to, const void *buf, size_t len)
 {
     struct sim_node *n = arg;
     struct sim *s = n->sim;
+    if (n->fp_hit)
+        return; /* it died at the failpoint: nothing leaves it after */
     if (to == 0 || to > (uint32_t)s->p.nnodes || to == n->id) {
         sim_fail(s, "node %u sent a peer batch to node %u", n->id, to);
         return;
@@ -176,6 +180,8 @@ static void env_reply(void *arg, const void *client, size_t clen,
     struct sim_node *n = arg;
     struct sim *s = n->sim;
     const unsigned char *c = client;
+    if (n->fp_hit)
+        return; /* it died at the failpoint */
     if (clen != 2 || c[0] != 'c' || c[1] >= s->nclients) {
         sim_fail(s, "node %u answered an unknown client (%zu bytes)", n->id,
                  clen);
