@@ -42,11 +42,11 @@
 #include "store.h"
 #include "store_sim.h"
 
-#define BANK_OP_MS 3000     /* a transfer or audit gives up after this */
+#define BANK_OP_MS 3000 /* a transfer or audit gives up after this */
 #define FINAL_AUDIT_MS 20000
-#define AUDIT_PCT 20        /* of the bank ops */
+#define AUDIT_PCT 20 /* of the bank ops */
 #define AMOUNT_MAX 60
-#define BANK_TAG 0xBA4Bull  /* the top 16 bits of an account value */
+#define BANK_TAG 0xBA4Bull /* the top 16 bits of an account value */
 #define BALANCE_BITS 48
 
 /* --- values ----------------------------------------------------------------
@@ -91,8 +91,7 @@ int sim_bank_keys(struct sim *s)
         s->ashard[a] =
             shard_of(s->accts[a], s->alen[a], (uint32_t)s->p.nshards);
         if (s->ashard[a] != (uint32_t)sh) {
-            sim_fail(s, "hash tags do not decide the shard of %s",
-                     s->accts[a]);
+            sim_fail(s, "hash tags do not decide the shard of %s", s->accts[a]);
             return -1;
         }
     }
@@ -122,14 +121,12 @@ static void read_next(struct sim *s, struct sim_client *c, bool final)
 static void add_top(struct sim_op *op, int kind, int acct, uint64_t version,
                     int64_t balance)
 {
-    op->tops[op->ntops++] =
-        (struct sim_txn_op){.kind = kind, .acct = acct, .version = version,
-                            .balance = balance};
+    op->tops[op->ntops++] = (struct sim_txn_op){
+        .kind = kind, .acct = acct, .version = version, .balance = balance};
 }
 
 /* The condition that account position I of B still holds what was read. */
-static void add_condition(struct sim_op *op, const struct sim_bank_op *b,
-                          int i)
+static void add_condition(struct sim_op *op, const struct sim_bank_op *b, int i)
 {
     if (b->present[i])
         add_top(op, KV__TXN_OP__KIND__IF_VERSION, b->accts[i], b->version[i],
@@ -149,9 +146,10 @@ static void send_txn(struct sim *s, struct sim_client *c, bool final)
     if (b->kind == SIM_BANK_TRANSFER) {
         if (b->balance[0] < b->amount) {
             s->st.transfers_skipped++;
-            sim_log(s, "client %d: transfer of %" PRId64 " skipped: %s holds "
-                       "%" PRId64, c->idx, b->amount, s->accts[b->accts[0]],
-                    b->balance[0]);
+            sim_log(s,
+                    "client %d: transfer of %" PRId64 " skipped: %s holds "
+                    "%" PRId64,
+                    c->idx, b->amount, s->accts[b->accts[0]], b->balance[0]);
             b->kind = 0;
             sim_client_end_op(s, c);
             return;
@@ -203,8 +201,8 @@ static void start(struct sim *s, struct sim_client *c, int kind,
         b->naccts = na;
     } else {
         b->accts[0] = (int)sim_below(&s->rng, (uint64_t)na);
-        b->accts[1] = (b->accts[0] + 1 +
-                       (int)sim_below(&s->rng, (uint64_t)na - 1)) % na;
+        b->accts[1] =
+            (b->accts[0] + 1 + (int)sim_below(&s->rng, (uint64_t)na - 1)) % na;
         b->naccts = 2;
         b->amount = (int64_t)sim_range(&s->rng, 1, AMOUNT_MAX);
     }
@@ -214,8 +212,8 @@ static void start(struct sim *s, struct sim_client *c, int kind,
 void sim_bank_start(struct sim *s, struct sim_client *c)
 {
     bool audit = sim_below(&s->rng, 100) < AUDIT_PCT;
-    start(s, c, audit ? SIM_BANK_AUDIT : SIM_BANK_TRANSFER,
-          s->now + BANK_OP_MS, false);
+    start(s, c, audit ? SIM_BANK_AUDIT : SIM_BANK_TRANSFER, s->now + BANK_OP_MS,
+          false);
 }
 
 void sim_bank_final(struct sim *s, struct sim_client *c)
@@ -291,8 +289,7 @@ static void check_audit(struct sim *s, const struct sim_client *c)
         if (used < sizeof(list)) {
             int w = snprintf(list + used, sizeof(list) - used,
                              " %s=%" PRId64 "@%llu", s->accts[b->accts[i]],
-                             b->balance[i],
-                             (unsigned long long)b->version[i]);
+                             b->balance[i], (unsigned long long)b->version[i]);
             if (w > 0)
                 used += (size_t)w;
         }
@@ -379,8 +376,8 @@ void sim_bank_gave_up(struct sim *s, struct sim_client *c)
     } else {
         s->st.bank_dropped++;
     }
-    sim_log(s, "client %d gives up its %s at its %s after %d attempts",
-            c->idx, bank_name(b), op->kind == SIM_TXN ? "transaction" : "read",
+    sim_log(s, "client %d gives up its %s at its %s after %d attempts", c->idx,
+            bank_name(b), op->kind == SIM_TXN ? "transaction" : "read",
             op->attempt);
     b->kind = 0;
     sim_client_end_op(s, c);
@@ -406,8 +403,7 @@ void sim_bank_failpoint(struct sim *s, struct sim_node *n, const char *name)
     } else if (strcmp(name, "txn-committed") == 0) {
         ppm = s->p.fp_committed_ppm;
     } else {
-        sim_fail(s, "node %u reached an unknown failpoint \"%s\"", n->id,
-                 name);
+        sim_fail(s, "node %u reached an unknown failpoint \"%s\"", n->id, name);
         return;
     }
     if (s->phase != SIM_PH_RUN || n->fp_hit ||
@@ -483,8 +479,7 @@ static int list_txn(void *arg, const struct engine_txn_info *t)
         w = snprintf(l->buf + l->len, l->cap - l->len,
                      " %02x%02x%02x%02x(%s, deadline t=%lld, %zu shards)",
                      t->txn_id[0], t->txn_id[1], t->txn_id[2], t->txn_id[3],
-                     states[t->state < 3 ? t->state : 3], deadline,
-                     t->nparts);
+                     states[t->state < 3 ? t->state : 3], deadline, t->nparts);
     if (w > 0)
         l->len += (size_t)w;
     return 0;
@@ -505,8 +500,8 @@ static bool read_node(struct sim *s, struct sim_node *n,
 {
     struct engine *e = NULL;
     size_t used = strlen(why);
-    if (!n->store || engine_open(n->store, (uint32_t)s->p.nshards, &e) !=
-                         KV_OK) {
+    if (!n->store ||
+        engine_open(n->store, (uint32_t)s->p.nshards, &e) != KV_OK) {
         snprintf(why + used, whylen - used, " node %u: %s;", n->id,
                  n->store ? "engine_open failed" : "down");
         return false;
@@ -538,11 +533,11 @@ static bool read_node(struct sim *s, struct sim_node *n,
         memset(st, 0, sizeof(*st));
         void *v = NULL;
         size_t vlen = 0;
-        st->rc = engine_get(e, s->ashard[a], s->accts[a], s->alen[a], &v,
-                            &vlen, &st->version);
-        st->valid = st->rc == KV_ENOTFOUND ||
-                    (st->rc == KV_OK &&
-                     sim_bank_decode(v, vlen, &st->balance) == 0);
+        st->rc = engine_get(e, s->ashard[a], s->accts[a], s->alen[a], &v, &vlen,
+                            &st->version);
+        st->valid =
+            st->rc == KV_ENOTFOUND ||
+            (st->rc == KV_OK && sim_bank_decode(v, vlen, &st->balance) == 0);
         if (st->rc == KV_ENOTFOUND)
             st->balance = SIM_BANK_START;
         free(v);
@@ -576,8 +571,7 @@ static bool bank_state(struct sim *s, bool report, struct acct_state *first)
             const struct acct_state *st = &acct[i][a];
             if (!st->valid) {
                 if (report)
-                    sim_fail(s,
-                             "bank: node %d holds account %s %s (code %d)",
+                    sim_fail(s, "bank: node %d holds account %s %s (code %d)",
                              i + 1, s->accts[a],
                              st->rc == KV_OK ? "as a value no bank client "
                                                "wrote"
@@ -619,11 +613,10 @@ static bool quick_clean(const struct sim *s)
     for (int i = 0; i < s->p.nnodes; i++) {
         for (int sh = 0; sh < s->p.nshards; sh++) {
             for (int t = 0; t < 3; t++) {
-                unsigned char p[5] = {(unsigned char)tags[t],
-                                      (unsigned char)(sh >> 24),
-                                      (unsigned char)(sh >> 16),
-                                      (unsigned char)(sh >> 8),
-                                      (unsigned char)sh};
+                unsigned char p[5] = {
+                    (unsigned char)tags[t], (unsigned char)(sh >> 24),
+                    (unsigned char)(sh >> 16), (unsigned char)(sh >> 8),
+                    (unsigned char)sh};
                 if (store_sim_count(s->nodes[i].dir, p, sizeof(p)))
                     return false;
             }
@@ -656,10 +649,10 @@ void sim_bank_check_final(struct sim *s)
         sum += first[a].balance;
         negative |= first[a].balance < 0;
         if (used < sizeof(list)) {
-            int w = snprintf(list + used, sizeof(list) - used,
-                             " %s=%" PRId64 "@%llu", s->accts[a],
-                             first[a].balance,
-                             (unsigned long long)first[a].version);
+            int w =
+                snprintf(list + used, sizeof(list) - used,
+                         " %s=%" PRId64 "@%llu", s->accts[a], first[a].balance,
+                         (unsigned long long)first[a].version);
             if (w > 0)
                 used += (size_t)w;
         }
