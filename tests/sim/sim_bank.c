@@ -86,7 +86,9 @@ int sim_bank_keys(struct sim *s)
     }
     for (int a = 0; a < s->p.naccts; a++) {
         int sh = a % s->p.nshards;
-        int n = snprintf(s->accts[a], SIM_KEY_MAX, "{%s}a%d", s->tags[sh], a);
+        char tag[sizeof(s->tags[0])]; /* a copy: snprintf into s from s */
+        memcpy(tag, s->tags[sh], sizeof(tag));
+        int n = snprintf(s->accts[a], SIM_KEY_MAX, "{%s}a%d", tag, a);
         s->alen[a] = (size_t)n;
         s->ashard[a] =
             shard_of(s->accts[a], s->alen[a], (uint32_t)s->p.nshards);
