@@ -317,6 +317,8 @@ static int iterate(struct node *n, uint64_t wait_max)
     uint64_t wait = n->next_tick_ms > now ? n->next_tick_ms - now : 0;
     if (wait > wait_max)
         wait = wait_max;
+    if (replica_has_work(n->replica))
+        wait = 0;
     zmq_pollitem_t items[2] = {
         {.socket = n->router, .events = ZMQ_POLLIN},
         {.fd = n->wake[0], .events = ZMQ_POLLIN},

@@ -6,7 +6,7 @@
  *   "L" shard index(u64) a log entry (kv.LogEntry)
  *   "Z" shard store-key  a record of a snapshot being received (staging)
  *   "N" shard            a snapshot install in progress: index, term, phase
- * The engine owns "A", "D" and "S" (see engine.h).
+ * The engine owns "A", "D", "S", "I", "P" and "X" (see engine.h).
  *
  * A snapshot is the shard's applied state read through a LevelDB snapshot
  * and streamed in chunks; the receiver stages the chunks under "Z" and only
@@ -75,6 +75,12 @@ struct pending_read {
     bool indexed;
 };
 
+/* The record kinds of a shard's state, in the order a snapshot streams
+ * them: data, sessions, then what transactions in flight hold (intents,
+ * participant records, transaction records). */
+static const char SNAP_TAGS[] = "DSIPX";
+#define SNAP_NTAGS ((int)sizeof(SNAP_TAGS) - 1)
+
 struct snap_out {
     bool active;
     uint32_t peer;
@@ -84,7 +90,7 @@ struct snap_out {
     bool sent_last;
     int idle;
     struct store_iter *it;
-    int phase; /* 0: "D" records, 1: "S" records, 2: done */
+    int phase; /* index into SNAP_TAGS of the records being sent */
 };
 
 struct snap_in {
@@ -548,10 +554,8 @@ static int run_install(struct replica *r, uint32_t shard, uint64_t index,
     int rc = KV_OK;
     unsigned char p[5];
     if (phase == 1) {
-        shard_key(p, 'D', shard);
-        rc = delete_prefix(r, p, 5);
-        if (rc == KV_OK) {
-            shard_key(p, 'S', shard);
+        for (int t = 0; t < SNAP_NTAGS && rc == KV_OK; t++) {
+            shard_key(p, SNAP_TAGS[t], shard);
             rc = delete_prefix(r, p, 5);
         }
         if (rc == KV_OK)
@@ -765,9 +769,9 @@ static void snap_out_pump(struct replica *r, struct group *g,
                             ? r->conf->max_message_bytes / 4
                             : SNAP_CHUNK_BYTES;
         size_t limit = r->conf->max_message_bytes - 1024;
-        while (o->phase < 2 && bytes < target) {
+        while (o->phase < SNAP_NTAGS && bytes < target) {
             unsigned char want[5];
-            shard_key(want, o->phase == 0 ? 'D' : 'S', g->shard);
+            shard_key(want, SNAP_TAGS[o->phase], g->shard);
             size_t klen, vlen;
             if (!store_iter_valid(o->it) ||
                 (store_iter_key(o->it, &klen), klen < 5) ||
@@ -777,8 +781,8 @@ static void snap_out_pump(struct replica *r, struct group *g,
                     break;
                 }
                 o->phase++;
-                if (o->phase == 1) {
-                    shard_key(want, 'S', g->shard);
+                if (o->phase < SNAP_NTAGS) {
+                    shard_key(want, SNAP_TAGS[o->phase], g->shard);
                     store_iter_seek(o->it, want, 5);
                 }
                 continue;
@@ -827,7 +831,7 @@ static void snap_out_pump(struct replica *r, struct group *g,
             c.seq = o->next_seq++;
             c.n_records = n;
             c.records = ptrs;
-            c.last = o->phase >= 2;
+            c.last = o->phase >= SNAP_NTAGS;
             c.leader_term = g->hs.term;
             c.to = o->peer;
             Kv__PeerBatch b = KV__PEER_BATCH__INIT;
@@ -2131,11 +2135,11 @@ static void handle_chunk(struct replica *r, uint32_t from,
     if (!g->in.active || g->in.from != from || g->in.index != c->index ||
         g->in.term != c->term || g->in.next_seq != c->seq)
         goto refuse;
-    /* Only records of this shard's data and sessions may be staged. */
+    /* Only records of this shard's state may be staged. */
     for (size_t i = 0; i < c->n_records; i++) {
         const Kv__Entry *e = c->records[i];
-        if (e->key.len < 5 ||
-            (e->key.data[0] != 'D' && e->key.data[0] != 'S') ||
+        if (e->key.len < 5 || e->key.data[0] == 0 ||
+            !strchr(SNAP_TAGS, e->key.data[0]) ||
             get_u32(e->key.data + 1) != g->shard)
             goto refuse;
     }
@@ -2550,6 +2554,7 @@ int replica_flush(struct replica *r)
 {
     const struct conf *c = r->conf;
     int rc = KV_OK;
+    run_local(r); /* calls queued since the last flush: proposed now */
     for (uint32_t s = 0; s < c->shards; s++) {
         struct group *g = r->groups[s];
         r->has_rd[s] = false;
@@ -2928,6 +2933,11 @@ uint32_t replica_leader(const struct replica *r, uint32_t shard)
 {
     const struct group *g = shard < r->conf->shards ? r->groups[shard] : NULL;
     return g ? g->leader : 0;
+}
+
+bool replica_has_work(const struct replica *r)
+{
+    return r->nlocal > 0;
 }
 
 void replica_get_stats(const struct replica *r, struct replica_stats *st)

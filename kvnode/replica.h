@@ -124,4 +124,8 @@ struct replica_stats {
 };
 void replica_get_stats(const struct replica *r, struct replica_stats *st);
 
+/* Whether work is queued for the next replica_flush (calls a transaction
+ * coordinator made to shards this node leads): the loop should not wait. */
+bool replica_has_work(const struct replica *r);
+
 #endif

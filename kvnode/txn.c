@@ -133,17 +133,29 @@ void txns_free(struct txns *t)
     free(t);
 }
 
-static struct coord *find(const struct txns *t, const unsigned char *id)
+/* Whether C is a participant's check rather than a coordinator. */
+static bool is_check(const struct coord *c)
+{
+    return c->phase == PH_ASK || c->phase == PH_SETTLE;
+}
+
+/* The coordinator (CHECK false) or participant check (CHECK true) of the
+ * transaction ID running here, or NULL. A node may run both for one
+ * transaction: a check of its participant shard, and the coordinator a
+ * client's retry started on its home shard. */
+static struct coord *find(const struct txns *t, const unsigned char *id,
+                          bool check)
 {
     for (size_t i = 0; i < t->n; i++)
-        if (memcmp(t->c[i]->id, id, ENGINE_TXN_ID_LEN) == 0)
+        if (is_check(t->c[i]) == check &&
+            memcmp(t->c[i]->id, id, ENGINE_TXN_ID_LEN) == 0)
             return t->c[i];
     return NULL;
 }
 
 bool txns_busy(const struct txns *t, const unsigned char *txn_id)
 {
-    return find(t, txn_id) != NULL;
+    return find(t, txn_id, false) != NULL || find(t, txn_id, true) != NULL;
 }
 
 size_t txns_active(const struct txns *t)
@@ -451,7 +463,7 @@ void txns_start(struct txns *t, const void *client, size_t clen,
             memcpy(id + i, &x, 8);
         }
     }
-    struct coord *c = find(t, id);
+    struct coord *c = find(t, id, false);
     unsigned char *copy = malloc(clen ? clen : 1);
     if (!copy) {
         refuse(t, client, clen, req->id, KV_ENOMEM, "out of memory");
@@ -497,7 +509,7 @@ void txns_start(struct txns *t, const void *client, size_t clen,
 
 void txns_adopt(struct txns *t, uint32_t shard, const struct engine_txn_info *x)
 {
-    if (find(t, x->txn_id))
+    if (find(t, x->txn_id, false))
         return;
     if (x->state == ENGINE_TXN_PENDING &&
         t->env.wall_ms(t->env.arg) <= x->deadline_ms)
@@ -528,8 +540,8 @@ void txns_adopt(struct txns *t, uint32_t shard, const struct engine_txn_info *x)
 void txns_check_prepared(struct txns *t, uint32_t shard,
                          const struct engine_txn_info *p)
 {
-    if (find(t, p->txn_id))
-        return;
+    if (find(t, p->txn_id, false) || find(t, p->txn_id, true))
+        return; /* its coordinator resolves it, or a check runs */
     struct coord *c = calloc(1, sizeof(*c));
     if (!c || add(t, c) != KV_OK) {
         free(c);

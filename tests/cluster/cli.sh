@@ -603,6 +603,24 @@ expect "txn --hex: keys and values in hex" 0 \
     "$(printf 'committed\n7b63747d68 %s' "$(sed -n 's/^7b63747d68 //p' "$T/out")")"
 kvc --hex get 7b63747d68
 expect "txn --hex: ... read back" 0 "00ff"
+kvc txn "put cross-a 1" "put cross-b 2" "put cross-c 3" --json
+expect_json "txn: keys of several shards commit" 0 \
+    'd["committed"] is True and all(w["version"] > 0 for w in d["writes"])'
+# resolve and forget follow the answer: wait (bounded) until they are done
+i=0
+while [ $i -lt 50 ]; do
+    kvc txn --list
+    [ "$(wc -l <"$T/out")" -le 1 ] && break
+    sleep 0.1
+    i=$((i + 1))
+done
+expect "txn --list: nothing in flight once they are done" 0 \
+    "$(printf '%-6s %-11s %-32s %-5s %10s %s' SHARD STATE TXN HOME AGE_MS KEYS)"
+kvc txn --list --json
+expect_json "txn --list --json: an empty list from every node" 0 \
+    'd["ok"] is True and d["transactions"] == [] and d["nodes_up"] == d["nodes"] == 3'
+kvc txn --list "put x 1"
+expect_err "txn --list with lines exits 2" 2
 kvc help txn
 if [ $rc = 0 ] && grep -q 'if-version KEY V' "$T/out"; then
     ok "help: help txn"
