@@ -21,8 +21,11 @@
  * it must be sent a snapshot), "restart" (a follower, a leader, then the
  * whole cluster crash and restart while clients run), "stale-tail" (a
  * cut-off leader takes writes it cannot commit, then is sent a snapshot
- * that ends inside its stale log). "all" (the default) runs "random" on
- * every seed and each directed one on the first few seeds.
+ * that ends inside its stale log), "bank" (cross-shard transfers and
+ * audits under the random faults, failpoint crashes in the middle of
+ * two-phase commit, and crashes of transactions' nodes: sim_bank.c).
+ * "all" (the default) runs "random" on every seed and each directed one on
+ * the first few seeds.
  *
  * Nothing in the logic reads a clock or calls rand(): the wall clock only
  * measures the elapsed time printed at the end. A failing seed prints one
@@ -54,24 +57,29 @@ enum sim_scenario {
     SC_SNAPSHOT,
     SC_RESTART,
     SC_STALE_TAIL,
+    SC_BANK,
     SC_COUNT,
     SC_ALL = SC_COUNT,
 };
 
-static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
-                                       "restart", "stale-tail",   "all"};
+static const char *scenario_names[] = {"random",     "leader-crash", "snapshot",
+                                       "restart",    "stale-tail",   "bank",
+                                       "all"};
 
 #define DEFAULT_SEEDS 100
 #define DEFAULT_MAX_EVENTS 4000000u
+#define BANK_SEEDS 200 /* bank seeds of "all" (about 30 ms each) */
 /* "all": how many seeds each scenario runs at most (random: every seed);
  * the snapshot ones load 12,000 writes and cost about 1-2 s a seed. */
-static const uint64_t directed_seeds[] = {UINT64_MAX, 20, 5, 20, 5};
+static const uint64_t directed_seeds[] = {UINT64_MAX, 20, 5, 20, 5,
+                                          BANK_SEEDS};
 _Static_assert(sizeof(directed_seeds) / sizeof(directed_seeds[0]) == SC_COUNT,
                "one seed count per scenario");
 #define SIM_TIME_LIMIT_MS 600000 /* no seed runs longer (simulated) */
 #define DRAIN_MS 4000
 #define FINAL_MS 30000
 #define CONVERGE_MS 15000
+#define BANK_SETTLE_MS 20000 /* bank: no transaction state left by then */
 /* replica.c's COMPACT_EVERY: a node compacts its log once it applied
  * COMPACT_EVERY + COMPACT_KEEP (2000) entries past its last compaction.
  * The stale-tail scenario cuts the leader off a little before that, so the
@@ -602,6 +610,9 @@ static void scenario_step(struct sim *s)
     case SC_STALE_TAIL:
         scenario_stale_tail(s);
         break;
+    case SC_BANK:
+        sim_bank_faults(s);
+        break;
     default:
         break;
     }
@@ -674,6 +685,32 @@ static void choose_params(struct sim *s, int scenario)
         p->delay_max = (uint32_t)sim_range(g, 2, 8);
         p->value_pad_max = 16;
         break;
+    case SC_BANK: {
+        p->nnodes = sim_below(g, 4) == 0 ? 5 : 3;
+        p->nshards = (int)sim_range(g, 2, 4);
+        p->nkeys = 3;
+        p->nclients = 2; /* register clients beside the bank */
+        p->nbank = (int)sim_range(g, 2, 5);
+        p->naccts = 6;
+        p->run_ms = sim_range(g, 4000, 10000);
+        p->loss_ppm =
+            sim_below(g, 3) == 0 ? 0 : (uint32_t)sim_range(g, 0, 50000);
+        p->dup_ppm = (uint32_t)sim_range(g, 0, 30000);
+        p->slow_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->delay_max = (uint32_t)sim_range(g, 2, 20);
+        p->ancient_ppm = (uint32_t)sim_range(g, 0, 1000);
+        p->drift = sim_below(g, 3) == 0;
+        p->faults = true;
+        p->txn_timeout_ms = (uint32_t)sim_range(g, 1000, 5000);
+        uint64_t fp = sim_below(g, 4); /* none, prepared, committed, both */
+        if (fp & 1)
+            p->fp_prepared_ppm = (uint32_t)sim_range(g, 20000, 150000);
+        if (fp & 2)
+            p->fp_committed_ppm = (uint32_t)sim_range(g, 20000, 150000);
+        if (sim_below(g, 2))
+            p->inflight_crash_ppm = (uint32_t)sim_range(g, 200, 2000);
+        break;
+    }
     case SC_STALE_TAIL:
         p->nshards = 2;
         p->nkeys = 3;
@@ -704,6 +741,11 @@ static int build_conf(struct sim *s)
                      "data_dir = /sim\n",
                      s->p.nshards);
     used = (size_t)n;
+    if (s->p.txn_timeout_ms) {
+        n = snprintf(text + used, sizeof(text) - used, "txn_timeout_ms = %u\n",
+                     s->p.txn_timeout_ms);
+        used += (size_t)n;
+    }
     for (int i = 0; i < s->p.nnodes; i++) {
         n = snprintf(text + used, sizeof(text) - used,
                      "[node %d]\naddress = tcp://sim-node-%d:7000\n", i + 1,
@@ -787,7 +829,8 @@ static void phase_step(struct sim *s)
                     s->clients[i].final_pos == s->clients[i].nfinal;
         if (done) {
             s->phase = SIM_PH_CONVERGE;
-            s->phase_deadline = s->now + CONVERGE_MS;
+            s->phase_deadline =
+                s->now + (s->p.nbank ? BANK_SETTLE_MS : CONVERGE_MS);
             sim_log(s, "converge: waiting for every replica");
         } else if (s->now > s->phase_deadline) {
             sim_fail(s, "liveness: the final ops did not finish in %d ms",
@@ -798,11 +841,17 @@ static void phase_step(struct sim *s)
     case SIM_PH_CONVERGE:
         if (s->now % 10)
             return;
-        if (sim_converged(s, false)) {
+        if (sim_converged(s, false) &&
+            (!s->p.nbank || sim_bank_settled(s, false))) {
             sim_check_final(s);
+            if (s->p.nbank && !s->failed)
+                sim_bank_check_final(s);
             s->phase = SIM_PH_DONE;
         } else if (s->now > s->phase_deadline) {
-            sim_converged(s, true);
+            if (s->p.nbank)
+                sim_bank_settled(s, true); /* what is left, or unconverged */
+            else
+                sim_converged(s, true);
         }
         break;
     default:
@@ -861,7 +910,10 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
     s->hist = lin_new();
     if (!s->hist)
         sim_fail(s, "out of memory (history)");
-    if (!s->failed && build_conf(s) == 0 && build_keys(s) == 0) {
+    if (s->p.nbank)
+        s->st.bank_seeds = 1;
+    if (!s->failed && build_conf(s) == 0 && build_keys(s) == 0 &&
+        (!s->p.nbank || sim_bank_keys(s) == 0)) {
         for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
             struct sim_node *n = &s->nodes[i];
             n->sim = s;
@@ -953,7 +1005,7 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
 static void usage(void)
 {
     fprintf(stderr, "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
-                    "random|leader-crash|snapshot|restart|stale-tail|all] "
+                    "random|leader-crash|snapshot|restart|stale-tail|bank|all] "
                     "[--verbose [--verbose]]\n"
                     "  env KV_SIM_SEED=S replays exactly seed S\n");
 }
@@ -1066,6 +1118,23 @@ int main(int argc, char **argv)
            (unsigned long long)tot.st.stops, (unsigned long long)tot.st.scans,
            (unsigned long long)tot.st.snapshots,
            (unsigned long long)tot.st.lease_reads);
+    if (tot.st.bank_seeds)
+        printf("sim: bank (%llu seeds): transfers %llu committed, %llu "
+               "conflicted, %llu unknown, %llu skipped (too little); audits "
+               "%llu committed, %llu conflicted, %llu unknown; %llu ops "
+               "given up while reading; %llu failpoint crashes, %llu "
+               "crashes of a transaction's node\n",
+               (unsigned long long)tot.st.bank_seeds,
+               (unsigned long long)tot.st.transfers_ok,
+               (unsigned long long)tot.st.transfers_conflict,
+               (unsigned long long)tot.st.transfers_unknown,
+               (unsigned long long)tot.st.transfers_skipped,
+               (unsigned long long)tot.st.audits_ok,
+               (unsigned long long)tot.st.audits_conflict,
+               (unsigned long long)tot.st.audits_unknown,
+               (unsigned long long)tot.st.bank_dropped,
+               (unsigned long long)tot.st.fp_crashes,
+               (unsigned long long)tot.st.inflight_crashes);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
            (unsigned long long)tot.failed);

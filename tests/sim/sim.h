@@ -14,6 +14,7 @@
  *   sim_world.c  nodes (start, crash, restart), the network, the faults
  *   sim_client.c the clients and their workload
  *   sim_check.c  safety and convergence checks
+ *   sim_bank.c   the bank workload (cross-shard transactions) and its checks
  * They share struct sim below; nothing here is used outside tests/sim.
  */
 #ifndef KV_SIM_H
@@ -37,6 +38,7 @@ struct store;
 #define SIM_MAX_CLIENTS 64
 #define SIM_KEY_MAX 48
 #define SIM_BULK_KEY_BASE 1000 /* lincheck key ids of bulk (unique) keys */
+#define SIM_MAX_ACCTS 8         /* bank accounts */
 
 /* --- the seeded generator (splitmix64) ------------------------------------ */
 
@@ -93,6 +95,7 @@ struct sim_node {
                               drifting clock's 8..12 */
     uint64_t next_tick;
     bool fail_armed; /* a store write failure was injected */
+    const char *fp_hit; /* a failpoint chose to crash it (after the event) */
     uint64_t crashes, restarts;
     uint64_t verified[SIM_MAX_SHARDS]; /* commit check done up to here */
     uint64_t snapshots_installed;      /* summed over its incarnations */
@@ -109,6 +112,7 @@ enum sim_op_kind {
     SIM_DEL,
     SIM_DEL_IF,
     SIM_SCAN, /* a linearizable scan of one shard's register keys */
+    SIM_TXN,  /* a bank transaction (Request.txn), ops in sim_op.tops */
 };
 
 enum sim_client_mode {
@@ -116,6 +120,15 @@ enum sim_client_mode {
     SIM_CLIENT_BULK,         /* blind puts of new keys of one shard */
     SIM_CLIENT_GHOST,        /* makes no ops: the name scenarios send
                                 unrecorded requests under */
+    SIM_CLIENT_BANK,         /* transfers and audits (sim_bank.c) */
+};
+
+/* One op of a bank transaction: a condition or a put of a balance. */
+struct sim_txn_op {
+    int kind;         /* Kv__TxnOp__Kind */
+    int acct;         /* account index */
+    uint64_t version; /* IF_VERSION */
+    int64_t balance;  /* PUT */
 };
 
 struct sim_op {
@@ -136,6 +149,27 @@ struct sim_op {
     uint64_t attempt_deadline; /* ms */
     uint64_t resend_at;        /* ms: send the next attempt then (0: none) */
     bool final;                /* part of the final phase: must not give up */
+    /* SIM_TXN: the transaction's ops */
+    struct sim_txn_op tops[2 * SIM_MAX_ACCTS];
+    int ntops;
+};
+
+enum sim_bank_kind {
+    SIM_BANK_TRANSFER = 1,
+    SIM_BANK_AUDIT,
+};
+
+/* A bank client's current transfer or audit: reads, then a transaction. */
+struct sim_bank_op {
+    int kind;                 /* enum sim_bank_kind; 0: none */
+    int accts[SIM_MAX_ACCTS]; /* the accounts it reads, in order */
+    int naccts;
+    int nread; /* reads done */
+    bool present[SIM_MAX_ACCTS];
+    uint64_t version[SIM_MAX_ACCTS]; /* by position in accts */
+    int64_t balance[SIM_MAX_ACCTS];
+    int64_t amount;    /* transfer: from accts[0] to accts[1] */
+    uint64_t deadline; /* ms: the whole op gives up then */
 };
 
 struct sim_client {
@@ -153,6 +187,7 @@ struct sim_client {
     int final_kind[3 * SIM_MAX_KEYS];
     int final_key[3 * SIM_MAX_KEYS];
     int nfinal, final_pos;
+    struct sim_bank_op bank; /* SIM_CLIENT_BANK */
 };
 
 /* --- the simulation of one seed ------------------------------------------- */
@@ -162,13 +197,20 @@ enum sim_phase {
     SIM_PH_HEAL,     /* workload, faults off */
     SIM_PH_DRAIN,    /* no new ops; wait for clients to finish */
     SIM_PH_FINAL,    /* a put and a get per key, which must succeed */
-    SIM_PH_CONVERGE, /* wait until the replicas apply the same index */
+    SIM_PH_CONVERGE, /* wait until the replicas apply the same index (bank:
+                        and hold no transaction state) */
     SIM_PH_DONE,
 };
 
 struct sim_params {
     int scenario; /* enum sim_scenario in sim.c */
     int nnodes, nshards, nclients, nkeys, nbulk, nghost;
+    int nbank, naccts;            /* bank clients and accounts */
+    uint32_t txn_timeout_ms;      /* cluster.conf (0: its default) */
+    uint32_t fp_prepared_ppm;     /* crash at "txn-prepared" (per hit) */
+    uint32_t fp_committed_ppm;    /* crash at "txn-committed" */
+    uint32_t inflight_crash_ppm;  /* per ms: crash a node of a transaction
+                                     in flight */
     uint64_t run_ms, heal_ms;
     uint32_t loss_ppm, dup_ppm, slow_ppm;
     uint32_t ancient_ppm; /* messages delayed by seconds (not with fifo) */
@@ -204,6 +246,13 @@ struct sim_stats {
     uint64_t stops, scans;
     uint64_t snapshots;
     uint64_t lease_reads; /* reads leaders served under a lease */
+    /* bank */
+    uint64_t bank_seeds;
+    uint64_t transfers_ok, transfers_conflict, transfers_unknown;
+    uint64_t transfers_skipped; /* the source had too little */
+    uint64_t audits_ok, audits_conflict, audits_unknown;
+    uint64_t bank_dropped; /* ops given up before their transaction */
+    uint64_t fp_crashes, inflight_crashes;
 };
 
 struct sim {
@@ -258,6 +307,12 @@ struct sim {
     uint64_t sc_ghosts; /* unrecorded writes sent */
     uint64_t sc_tail;   /* the isolated leader's last stored index */
     int sc_triggers;
+    /* bank accounts: "{tag}aN", spread over the shards */
+    char accts[SIM_MAX_ACCTS][SIM_KEY_MAX];
+    size_t alen[SIM_MAX_ACCTS];
+    uint32_t ashard[SIM_MAX_ACCTS];
+    int64_t total;       /* naccts * SIM_BANK_START */
+    bool final_audit_ok; /* the final audit committed */
     /* the first failure */
     bool failed;
     char why[2048];
@@ -324,6 +379,54 @@ void sim_client_response(struct sim *s, int c, int from, const void *buf,
 bool sim_clients_idle(const struct sim *s);
 /* Queues the final put and get of every register key. */
 void sim_clients_final(struct sim *s);
+
+/* Sends the current op's next attempt (client C is busy with it). */
+void sim_client_send(struct sim *s, struct sim_client *c);
+/* Starts op KIND of client C on SHARD for the key in C->op.kbuf (set by the
+ * caller, with C->op.tops for SIM_TXN, after sim_client_reset_op): id,
+ * deadline, target, then the first attempt. */
+void sim_client_begin(struct sim *s, struct sim_client *c, int kind,
+                      uint32_t shard, uint64_t deadline, bool final);
+/* Clears C's op for a new one. */
+void sim_client_reset_op(struct sim_client *c);
+/* Ends C's op: the client is idle (a bank client starts its next step). */
+void sim_client_end_op(struct sim *s, struct sim_client *c);
+
+/* --- sim_bank.c ----------------------------------------------------------- */
+
+#define SIM_BANK_START 100 /* an absent account holds this */
+#define SIM_BANK_VALUE_MAX 16
+
+/* Encodes BALANCE as an account value into BUF (SIM_BANK_VALUE_MAX bytes
+ * at least): a tag and the balance, as sim_value_encode with a few pad
+ * bytes that depend on the balance. Returns the length. */
+size_t sim_bank_value(int64_t balance, unsigned char *buf);
+/* Decodes an account value; -1 when no bank client could have written it. */
+int sim_bank_decode(const void *buf, size_t len, int64_t *balance);
+
+/* Builds the account keys over the shard tags. Returns 0 or -1. */
+int sim_bank_keys(struct sim *s);
+/* Starts a transfer or an audit on idle bank client C. */
+void sim_bank_start(struct sim *s, struct sim_client *c);
+/* Client C's final phase: audits until one commits. */
+void sim_bank_final(struct sim *s, struct sim_client *c);
+/* A settled answer (OK, ENOTFOUND, ECONFLICT) to C's current op. */
+void sim_bank_answer(struct sim *s, struct sim_client *c, int from,
+                     const Kv__Response *resp);
+/* C's current op gave up (its deadline passed). */
+void sim_bank_gave_up(struct sim *s, struct sim_client *c);
+/* Whether the bank is settled: no node holds an intent, a participant
+ * record or a transaction record, and every replica of a shard holds the
+ * same account values; with REPORT, fails the seed saying what is left. */
+bool sim_bank_settled(struct sim *s, bool report);
+/* The end-of-seed check of the bank: the stored balances add up. */
+void sim_bank_check_final(struct sim *s);
+/* The bank scenario's fault, once per ms: crashes a node of a transaction
+ * in flight. */
+void sim_bank_faults(struct sim *s);
+/* Node N reached failpoint NAME (replica_env.failpoint): maybe marks it
+ * to crash once the current event is over. */
+void sim_bank_failpoint(struct sim *s, struct sim_node *n, const char *name);
 
 /* --- sim_check.c ---------------------------------------------------------- */
 

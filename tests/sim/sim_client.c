@@ -9,12 +9,19 @@
  * a write given up on is recorded with an unknown outcome, a read given up
  * on is left out of the history. Every finished op goes to the lincheck
  * history with its call and return stamps.
+ *
+ * Bank clients (SIM_CLIENT_BANK) use the same requests, routing and
+ * retries; what their ops mean is sim_bank.c's, which this file calls for
+ * their answers and give-ups. A transaction (SIM_TXN) refused because a
+ * key is locked (ENGINE_ELOCKED: nothing applied) is sent again a little
+ * later, as libkv does.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conf.h"
+#include "engine.h"
 #include "kv.h"
 #include "lincheck.h"
 #include "sim.h"
@@ -24,6 +31,8 @@
 #define FINAL_DEADLINE_MS 20000
 #define ATTEMPT_MIN_MS 150
 #define ATTEMPT_MAX_MS 400
+#define TXN_ATTEMPT_MIN_MS 300 /* a transaction takes several rounds */
+#define TXN_ATTEMPT_MAX_MS 1000
 #define MAX_ATTEMPTS 65535
 
 static const char *op_name(int kind)
@@ -41,6 +50,8 @@ static const char *op_name(int kind)
         return "delete";
     case SIM_SCAN:
         return "scan";
+    case SIM_TXN:
+        return "transaction";
     default:
         return "delete --if-version";
     }
@@ -81,14 +92,16 @@ int sim_value_decode(const void *buf, size_t len, uint64_t *value)
 
 void sim_clients_init(struct sim *s)
 {
-    s->nclients = s->p.nclients + s->p.nbulk + s->p.nghost;
+    s->nclients = s->p.nclients + s->p.nbulk + s->p.nghost + s->p.nbank;
     for (int i = 0; i < s->nclients; i++) {
         struct sim_client *c = &s->clients[i];
         memset(c, 0, sizeof(*c));
         c->idx = i;
-        c->mode = i < s->p.nclients                ? SIM_CLIENT_REGISTER
-                  : i < s->p.nclients + s->p.nbulk ? SIM_CLIENT_BULK
-                                                   : SIM_CLIENT_GHOST;
+        int bulk_end = s->p.nclients + s->p.nbulk;
+        c->mode = i < s->p.nclients               ? SIM_CLIENT_REGISTER
+                  : i < bulk_end                  ? SIM_CLIENT_BULK
+                  : i < bulk_end + s->p.nghost    ? SIM_CLIENT_GHOST
+                                                  : SIM_CLIENT_BANK;
         for (size_t j = 0; j < sizeof(c->cid); j++)
             c->cid[j] = (unsigned char)sim_rand(&s->rng);
         for (int sh = 0; sh < s->p.nshards; sh++)
@@ -115,6 +128,31 @@ static int next_member(struct sim *s, uint32_t shard, int cur)
     return (int)conf_replica(s->conf, shard, 0);
 }
 
+/* Fills the Request.txn of bank transaction OP: TOPS/TOPP/VALS are the
+ * caller's storage for its ops. */
+static void fill_txn(struct sim *s, const struct sim_op *op,
+                     Kv__TxnRequest *txn, Kv__TxnOp *tops, Kv__TxnOp **topp,
+                     unsigned char (*vals)[SIM_BANK_VALUE_MAX])
+{
+    for (int i = 0; i < op->ntops; i++) {
+        const struct sim_txn_op *t = &op->tops[i];
+        Kv__TxnOp *o = &tops[i];
+        kv__txn_op__init(o);
+        o->kind = (Kv__TxnOp__Kind)t->kind;
+        o->key.data = (uint8_t *)s->accts[t->acct];
+        o->key.len = s->alen[t->acct];
+        if (t->kind == KV__TXN_OP__KIND__PUT) {
+            o->value.data = vals[i];
+            o->value.len = sim_bank_value(t->balance, vals[i]);
+        } else if (t->kind == KV__TXN_OP__KIND__IF_VERSION) {
+            o->version = t->version;
+        }
+        topp[i] = o;
+    }
+    txn->ops = topp;
+    txn->n_ops = (size_t)op->ntops;
+}
+
 static void send_attempt(struct sim *s, struct sim_client *c)
 {
     struct sim_op *op = &c->op;
@@ -123,17 +161,25 @@ static void send_attempt(struct sim *s, struct sim_client *c)
         return;
     }
     op->attempt++;
+    uint32_t amax = op->kind == SIM_TXN ? TXN_ATTEMPT_MAX_MS : ATTEMPT_MAX_MS;
     op->attempt_deadline =
-        s->now + sim_range(&s->rng, ATTEMPT_MIN_MS, ATTEMPT_MAX_MS);
+        s->now + sim_range(&s->rng,
+                           op->kind == SIM_TXN ? TXN_ATTEMPT_MIN_MS
+                                               : ATTEMPT_MIN_MS,
+                           amax);
     op->resend_at = 0;
     Kv__Request req = KV__REQUEST__INIT;
     Kv__GetRequest get = KV__GET_REQUEST__INIT;
     Kv__PutRequest put = KV__PUT_REQUEST__INIT;
     Kv__DeleteRequest del = KV__DELETE_REQUEST__INIT;
     Kv__ScanRequest scan = KV__SCAN_REQUEST__INIT;
+    Kv__TxnRequest txn = KV__TXN_REQUEST__INIT;
+    Kv__TxnOp tops[2 * SIM_MAX_ACCTS];
+    Kv__TxnOp *topp[2 * SIM_MAX_ACCTS];
+    unsigned char tvals[2 * SIM_MAX_ACCTS][SIM_BANK_VALUE_MAX];
     unsigned char vbuf[8 + 4096];
     req.id = op->id << 16 | (uint64_t)op->attempt;
-    req.timeout_ms = ATTEMPT_MAX_MS;
+    req.timeout_ms = amax;
     ProtobufCBinaryData key = {op->klen, (uint8_t *)op->kbuf};
     if (is_write(op->kind)) {
         req.client_id.data = c->cid;
@@ -152,6 +198,11 @@ static void send_attempt(struct sim *s, struct sim_client *c)
         scan.prefix = key;
         req.op_case = KV__REQUEST__OP_SCAN;
         req.scan = &scan;
+        break;
+    case SIM_TXN:
+        fill_txn(s, op, &txn, tops, topp, tvals);
+        req.op_case = KV__REQUEST__OP_TXN;
+        req.txn = &txn;
         break;
     case SIM_PUT:
     case SIM_CAS:
@@ -180,6 +231,36 @@ static void send_attempt(struct sim *s, struct sim_client *c)
     }
     sim_net_send(s, SIM_MSG_REQ, c->idx, op->target, buf, len);
     free(buf);
+}
+
+void sim_client_send(struct sim *s, struct sim_client *c)
+{
+    send_attempt(s, c);
+}
+
+void sim_client_reset_op(struct sim_client *c)
+{
+    memset(&c->op, 0, sizeof(c->op));
+}
+
+void sim_client_begin(struct sim *s, struct sim_client *c, int kind,
+                      uint32_t shard, uint64_t deadline, bool final)
+{
+    struct sim_op *op = &c->op;
+    op->kind = kind;
+    op->final = final;
+    op->shard = shard;
+    op->key = UINT64_MAX; /* no lincheck key */
+    if (kind == SIM_TXN)
+        op->wseq = ++c->seq; /* kept by every attempt: exactly-once */
+    op->id = ++s->op_ids;
+    op->call = sim_stamp(s);
+    op->deadline = deadline;
+    op->target = c->leader[shard];
+    if (sim_ppm(&s->rng, 50000)) /* sometimes a random node: a redirect */
+        op->target = (int)sim_below(&s->rng, (uint64_t)s->p.nnodes);
+    c->busy = true;
+    send_attempt(s, c);
 }
 
 static void begin_op(struct sim *s, struct sim_client *c, int kind, int key,
@@ -245,6 +326,13 @@ static void start_register_op(struct sim *s, struct sim_client *c)
 
 void sim_clients_final(struct sim *s)
 {
+    /* the first bank client audits until an audit commits */
+    for (int i = 0; i < s->nclients; i++) {
+        if (s->clients[i].mode == SIM_CLIENT_BANK) {
+            s->clients[i].nfinal = 1;
+            break;
+        }
+    }
     for (int k = 0; k < s->p.nkeys; k++) {
         struct sim_client *c = &s->clients[k % s->p.nclients];
         int kinds[3] = {SIM_GET, SIM_PUT, SIM_GET};
@@ -321,15 +409,24 @@ static void record(struct sim *s, struct sim_client *c, int outcome,
 
 static void end_op(struct sim *s, struct sim_client *c)
 {
-    if (c->op.final)
+    if (c->op.final && c->mode != SIM_CLIENT_BANK)
         c->final_pos++;
     c->busy = false;
     c->next_start = s->now + sim_range(&s->rng, 0, 20);
 }
 
+void sim_client_end_op(struct sim *s, struct sim_client *c)
+{
+    end_op(s, c);
+}
+
 static void give_up(struct sim *s, struct sim_client *c)
 {
     struct sim_op *op = &c->op;
+    if (c->mode == SIM_CLIENT_BANK) {
+        sim_bank_gave_up(s, c);
+        return;
+    }
     if (op->final) {
         sim_fail(s,
                  "liveness: the final %s of key %.*s (shard %u) did not "
@@ -356,7 +453,12 @@ void sim_clients_step(struct sim *s)
         if (!c->busy) {
             if (s->now < c->next_start)
                 continue;
-            if (s->phase == SIM_PH_FINAL) {
+            if (c->mode == SIM_CLIENT_BANK) {
+                if (s->phase == SIM_PH_FINAL && c->final_pos < c->nfinal)
+                    sim_bank_final(s, c);
+                else if (s->phase == SIM_PH_RUN || s->phase == SIM_PH_HEAL)
+                    sim_bank_start(s, c);
+            } else if (s->phase == SIM_PH_FINAL) {
                 if (c->final_pos < c->nfinal)
                     begin_op(s, c, c->final_kind[c->final_pos],
                              c->final_key[c->final_pos], true);
@@ -460,6 +562,10 @@ static void finish(struct sim *s, struct sim_client *c, int from,
     int outcome = 0;
     uint64_t value = 0, version = 0;
     bool reg = op->key < SIM_MAX_KEYS;
+    if (c->mode == SIM_CLIENT_BANK) {
+        sim_bank_answer(s, c, from, resp);
+        return;
+    }
     if (op->kind == SIM_SCAN) {
         finish_scan(s, c, from, resp);
         return;
@@ -555,6 +661,18 @@ static void finish(struct sim *s, struct sim_client *c, int from,
     end_op(s, c);
 }
 
+static void unexpected_answer(struct sim *s, const struct sim_client *c,
+                              int from, const Kv__Response *resp)
+{
+    const struct sim_op *op = &c->op;
+    sim_fail(s,
+             "client %d: %s of %.*s got an unexpected answer from node %d: "
+             "%s (%d) \"%s\"",
+             c->idx, op_name(op->kind), (int)op->klen, op->kbuf, from + 1,
+             kv_strerror(resp->code), resp->code,
+             resp->message ? resp->message : "");
+}
+
 void sim_client_response(struct sim *s, int ci, int from, const void *buf,
                          size_t len)
 {
@@ -603,12 +721,21 @@ void sim_client_response(struct sim *s, int ci, int from, const void *buf,
         s->st.retries++;
         op->resend_at = s->now + sim_range(&s->rng, 10, 50);
         break;
+    case ENGINE_ELOCKED:
+        /* A key of a single-shard transaction is locked by another
+         * transaction: nothing applied; the same request goes again. */
+        if (op->kind != SIM_TXN) {
+            unexpected_answer(s, c, from, resp);
+            break;
+        }
+        if (attempt != op->attempt || op->resend_at)
+            break;
+        s->st.retries++;
+        c->leader[op->shard] = from;
+        op->resend_at = s->now + sim_range(&s->rng, 5, 30);
+        break;
     default:
-        sim_fail(s,
-                 "client %d: %s of %.*s got an unexpected answer from "
-                 "node %d: %s \"%s\"",
-                 ci, op_name(op->kind), (int)op->klen, op->kbuf, from + 1,
-                 kv_strerror(resp->code), resp->message ? resp->message : "");
+        unexpected_answer(s, c, from, resp);
         break;
     }
     wire_free(env);

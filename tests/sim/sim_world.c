@@ -6,7 +6,11 @@
  * frame is decoded with wire_decode() on delivery, as a real node would.
  * Faults (partitions, crashes, pauses, loss storms, store write failures)
  * come from the seeded generator only, and each is bounded in time so the
- * cluster heals.
+ * cluster heals. A failpoint (replica_env.failpoint) that chooses to crash
+ * its node does so once the current event is over (node_flush), never
+ * inside the replica's call stack; from the failpoint on, nothing the node
+ * sends leaves it, and what it had not flushed is lost, as when kvnode
+ * exits there.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -145,6 +149,8 @@ static void env_send(void *arg, uint32_t to, const void *buf, size_t len)
 {
     struct sim_node *n = arg;
     struct sim *s = n->sim;
+    if (n->fp_hit)
+        return; /* it died at the failpoint: nothing leaves it after */
     if (to == 0 || to > (uint32_t)s->p.nnodes || to == n->id) {
         sim_fail(s, "node %u sent a peer batch to node %u", n->id, to);
         return;
@@ -174,6 +180,8 @@ static void env_reply(void *arg, const void *client, size_t clen,
     struct sim_node *n = arg;
     struct sim *s = n->sim;
     const unsigned char *c = client;
+    if (n->fp_hit)
+        return; /* it died at the failpoint */
     if (clen != 2 || c[0] != 'c' || c[1] >= s->nclients) {
         sim_fail(s, "node %u answered an unknown client (%zu bytes)", n->id,
                  clen);
@@ -187,6 +195,12 @@ static void env_reply(void *arg, const void *client, size_t clen,
     }
     sim_net_send(s, SIM_MSG_RESP, n->idx, c[1], buf, len);
     free(buf);
+}
+
+static void env_failpoint(void *arg, const char *name)
+{
+    struct sim_node *n = arg;
+    sim_bank_failpoint(n->sim, n, name);
 }
 
 /* --- nodes ---------------------------------------------------------------- */
@@ -213,7 +227,10 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         .send = env_send,
         .reply = env_reply,
         .now_ms = env_now,
-        .wall_ms = env_wall};
+        .wall_ms = env_wall,
+        .failpoint = s->p.fp_prepared_ppm || s->p.fp_committed_ppm
+                         ? env_failpoint
+                         : NULL};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {
@@ -226,6 +243,7 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     }
     n->restart_at = 0;
     n->paused_until = 0;
+    n->fp_hit = NULL;
     n->next_tick = s->now + sim_range(&s->rng, 1, n->tick_period);
     for (int i = 0; i < SIM_MAX_SHARDS; i++)
         n->verified[i] = 0;
@@ -248,6 +266,7 @@ void sim_node_crash(struct sim *s, struct sim_node *n, const char *why)
     store_sim_fail_writes(n->dir, 0);
     store_sim_crash(n->dir);
     n->fail_armed = false;
+    n->fp_hit = NULL;
     n->paused_until = 0;
     n->restart_at = 0;
     n->stop_by = 0;
@@ -270,6 +289,7 @@ void sim_node_stop(struct sim *s, struct sim_node *n, const char *why)
     store_close(n->store); /* a clean stop: nothing is lost */
     n->store = NULL;
     n->stop_by = 0;
+    n->fp_hit = NULL;
     n->paused_until = 0;
     n->restart_at = 0;
     s->st.stops++;
@@ -309,10 +329,31 @@ void sim_after_event(struct sim *s, struct sim_node *n)
         sim_check_leaders(s, n);
 }
 
-/* Runs the driver order; a failed flush stops the node (a crash). */
+/* A failpoint fired in node N during the event that just ended: it dies
+ * there, as kvnode does with KV_FAILPOINT (what it had not flushed is
+ * lost with it). */
+static void failpoint_crash(struct sim *s, struct sim_node *n)
+{
+    char why[64];
+    snprintf(why, sizeof(why), "failpoint %s", n->fp_hit);
+    sim_node_crash(s, n, why);
+    n->restart_at = s->now + sim_range(&s->rng, 50, 1500);
+    s->st.fp_crashes++;
+}
+
+/* Runs the driver order; a failed flush stops the node (a crash). A node
+ * whose failpoint fired in the event before (or in this flush) crashes. */
 static void node_flush(struct sim *s, struct sim_node *n)
 {
+    if (n->fp_hit) {
+        failpoint_crash(s, n);
+        return;
+    }
     int rc = replica_flush(n->rep);
+    if (rc == KV_OK && n->fp_hit) {
+        failpoint_crash(s, n);
+        return;
+    }
     if (rc == KV_OK)
         return;
     if (!n->fail_armed) {

@@ -2,8 +2,9 @@
  * store_sim - the simulated store (see store_sim.h).
  *
  * Each store is a sorted array of records plus an undo log of the writes
- * not yet durable; a crash replays the undo log backwards. Iterators copy
- * the records they will visit (the simulated stores are small).
+ * not yet durable; a crash replays the undo log backwards. An iterator is a
+ * snapshot: it reads the records in place until the store first changes,
+ * and takes a copy of them then.
  */
 #include "store_sim.h"
 
@@ -38,6 +39,7 @@ struct simdb {
     size_t nundo, capundo;
     bool open;
     int fail_writes;
+    struct store_iter *lazy; /* iterators still reading recs in place */
     struct simdb *next;
 };
 
@@ -58,10 +60,15 @@ struct store_batch {
     size_t n, cap;
 };
 
+/* An iterator reads the records in place (lazy) until the store is about
+ * to change; only then does it take its own copy, so the many short scans
+ * between two writes cost no copy of the store. */
 struct store_iter {
-    struct rec *recs; /* copies */
+    struct rec *recs; /* lazy: the store's own; else copies */
     size_t n;
     size_t pos;
+    struct simdb *db;        /* lazy: the store it reads */
+    struct store_iter *next; /* lazy: the store's other lazy iterators */
 };
 
 static struct simdb *all;
@@ -117,11 +124,34 @@ static struct simdb *find_db(const char *dir, bool create)
     return d;
 }
 
+/* The store DB is about to change: every lazy iterator takes its copy. */
+static void materialize(struct simdb *db)
+{
+    while (db->lazy) {
+        struct store_iter *it = db->lazy;
+        db->lazy = it->next;
+        struct rec *copy = calloc(it->n ? it->n : 1, sizeof(*copy));
+        if (!copy) {
+            fprintf(stderr, "store_sim: out of memory\n");
+            abort();
+        }
+        for (size_t i = 0; i < it->n; i++)
+            copy[i] = (struct rec){.k = dup_bytes(it->recs[i].k, it->recs[i].klen),
+                                   .klen = it->recs[i].klen,
+                                   .v = dup_bytes(it->recs[i].v, it->recs[i].vlen),
+                                   .vlen = it->recs[i].vlen};
+        it->recs = copy;
+        it->db = NULL;
+        it->next = NULL;
+    }
+}
+
 /* Sets (or deletes, V NULL) a record; logs the old value for undo unless
  * DURABLE. */
 static void set_rec(struct simdb *db, const void *k, size_t klen,
                     const void *v, size_t vlen, bool durable)
 {
+    materialize(db);
     size_t i = lower_bound(db, k, klen);
     bool exists = i < db->n && cmp(db->recs[i].k, db->recs[i].klen, k, klen) == 0;
     if (!durable) {
@@ -199,6 +229,7 @@ void store_sim_reset(void)
     while (all) {
         struct simdb *d = all;
         all = d->next;
+        materialize(d);
         clear_undo(d);
         free(d->undo);
         for (size_t i = 0; i < d->n; i++) {
@@ -229,6 +260,20 @@ uint64_t store_sim_digest(const char *dir, const void *prefix, size_t plen)
         h = (h ^ 0xfe) * 1099511628211ull;
     }
     return h;
+}
+
+size_t store_sim_count(const char *dir, const void *prefix, size_t plen)
+{
+    struct simdb *db = find_db(dir, false);
+    size_t n = 0;
+    if (!db)
+        return 0;
+    for (size_t i = lower_bound(db, prefix, plen); i < db->n; i++, n++) {
+        const struct rec *r = &db->recs[i];
+        if (r->klen < plen || memcmp(r->k, prefix, plen) != 0)
+            break;
+    }
+    return n;
 }
 
 /* --- store.h ------------------------------------------------------------ */
@@ -342,18 +387,12 @@ struct store_iter *store_iter_new(struct store *s)
     struct store_iter *it = calloc(1, sizeof(*it));
     if (!it)
         return NULL;
-    it->recs = calloc(db->n ? db->n : 1, sizeof(*it->recs));
-    if (!it->recs) {
-        free(it);
-        return NULL;
-    }
-    for (size_t i = 0; i < db->n; i++)
-        it->recs[i] = (struct rec){.k = dup_bytes(db->recs[i].k, db->recs[i].klen),
-                                   .klen = db->recs[i].klen,
-                                   .v = dup_bytes(db->recs[i].v, db->recs[i].vlen),
-                                   .vlen = db->recs[i].vlen};
+    it->recs = db->recs;
     it->n = db->n;
     it->pos = it->n;
+    it->db = db;
+    it->next = db->lazy;
+    db->lazy = it;
     return it;
 }
 
@@ -403,6 +442,15 @@ void store_iter_free(struct store_iter *it)
 {
     if (!it)
         return;
+    if (it->db) { /* lazy: unlink it */
+        struct store_iter **pp = &it->db->lazy;
+        while (*pp && *pp != it)
+            pp = &(*pp)->next;
+        if (*pp)
+            *pp = it->next;
+        free(it);
+        return;
+    }
     for (size_t i = 0; i < it->n; i++) {
         free(it->recs[i].k);
         free(it->recs[i].v);

@@ -26,4 +26,8 @@ void store_sim_reset(void);
 /* A checksum of the live records of DIR whose keys start with PREFIX. */
 uint64_t store_sim_digest(const char *dir, const void *prefix, size_t plen);
 
+/* How many live records of DIR have keys that start with PREFIX (cheap: no
+ * snapshot is taken). */
+size_t store_sim_count(const char *dir, const void *prefix, size_t plen);
+
 #endif
