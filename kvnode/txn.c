@@ -471,14 +471,31 @@ void txns_start(struct txns *t, const void *client, size_t clen,
     }
     memcpy(copy, client, clen);
     if (c) { /* a retry: answer the newest address */
+        if (!c->req) {
+            /* Adopted by recovery, so it has no request: keep this one,
+             * which says how many versions the answer carries (0 each:
+             * they are not known here). */
+            size_t n = kv__request__get_packed_size(req);
+            unsigned char *buf = malloc(n ? n : 1);
+            if (buf) {
+                kv__request__pack(req, buf);
+                c->req = kv__request__unpack(NULL, n, buf);
+                free(buf);
+            }
+            if (!c->req) {
+                free(copy);
+                refuse(t, client, clen, req->id, KV_EUNAVAILABLE,
+                       "out of memory; retry");
+                return;
+            }
+        }
         free(c->client);
         c->client = copy;
         c->clen = clen;
         c->req_id = req->id;
-        if (c->answered && c->phase >= PH_RESOLVE) {
-            c->answered = false;
-            answer(t, c);
-        }
+        c->answered = false; /* this address gets the outcome */
+        if (c->phase >= PH_RESOLVE)
+            answer(t, c); /* decided already */
         return;
     }
     c = calloc(1, sizeof(*c));
