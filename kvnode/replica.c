@@ -229,6 +229,35 @@ static void take_answer(struct replica *r, const void *buf, size_t len,
 static void take_call(struct replica *r, const void *buf, size_t len,
                       uint32_t from);
 
+/* Sends ENV (a call, or the ANSWER to one) to node TO inside a
+ * PeerBatch, or through the local queue when TO is this node. Dropped when
+ * out of memory: the caller repeats its call. */
+static void send_internal(struct replica *r, uint32_t to, Kv__Envelope *env,
+                          bool answer)
+{
+    env->version = WIRE_VERSION;
+    size_t n = kv__envelope__get_packed_size(env);
+    unsigned char *buf = malloc(n ? n : 1);
+    if (!buf)
+        return;
+    kv__envelope__pack(env, buf);
+    if (to == r->id) {
+        local_push(r, answer, buf, n);
+    } else {
+        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
+        ProtobufCBinaryData one = {.len = n, .data = buf};
+        if (answer) {
+            b.replies = &one;
+            b.n_replies = 1;
+        } else {
+            b.calls = &one;
+            b.n_calls = 1;
+        }
+        send_peer(r, to, &b);
+    }
+    free(buf);
+}
+
 /* Answers a client, or a peer's (or this node's) internal call. */
 static void answer_to(struct replica *r, const void *client, size_t clen,
                       const Kv__Response *resp)
@@ -239,24 +268,9 @@ static void answer_to(struct replica *r, const void *client, size_t clen,
         return;
     }
     Kv__Envelope env = KV__ENVELOPE__INIT;
-    env.version = WIRE_VERSION;
     env.body_case = KV__ENVELOPE__BODY_RESPONSE;
     env.response = (Kv__Response *)resp;
-    size_t n = kv__envelope__get_packed_size(&env);
-    unsigned char *buf = malloc(n ? n : 1);
-    if (!buf)
-        return; /* the caller repeats its call */
-    kv__envelope__pack(&env, buf);
-    if (node == r->id) {
-        local_push(r, true, buf, n);
-    } else {
-        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
-        ProtobufCBinaryData one = {.len = n, .data = buf};
-        b.replies = &one;
-        b.n_replies = 1;
-        send_peer(r, node, &b);
-    }
-    free(buf);
+    send_internal(r, node, &env, true);
 }
 
 static void reply_code(struct replica *r, const void *client, size_t clen,
@@ -2415,36 +2429,22 @@ static void txn_call(void *arg, uint32_t shard, const Kv__Request *req)
         return;
     uint32_t to = call_target(r, shard);
     Kv__Envelope env = KV__ENVELOPE__INIT;
-    env.version = WIRE_VERSION;
     env.body_case = KV__ENVELOPE__BODY_REQUEST;
     env.request = (Kv__Request *)req;
-    size_t n = kv__envelope__get_packed_size(&env);
-    unsigned char *buf = malloc(n ? n : 1);
-    if (!buf)
-        return;
-    kv__envelope__pack(&env, buf);
-    if (to == r->id) {
-        local_push(r, false, buf, n);
-    } else {
-        Kv__PeerBatch b = KV__PEER_BATCH__INIT;
-        ProtobufCBinaryData one = {.len = n, .data = buf};
-        b.calls = &one;
-        b.n_calls = 1;
-        send_peer(r, to, &b);
-        /* Next time, if this one goes unanswered, try another replica. */
-        if (!r->groups[shard] || r->groups[shard]->leader == RAFT_NONE) {
-            size_t i = 0;
-            while (i < r->conf->replicas &&
-                   r->conf->nodes[conf_replica(r->conf, shard, i)].id != to)
-                i++;
-            r->hint[shard] =
-                r->conf->nodes[conf_replica(r->conf, shard,
-                                            (uint32_t)((i + 1) %
-                                                       r->conf->replicas))]
-                    .id;
-        }
+    send_internal(r, to, &env, false);
+    /* Next time, if this one goes unanswered, try another replica. */
+    if (to != r->id &&
+        (!r->groups[shard] || r->groups[shard]->leader == RAFT_NONE)) {
+        size_t i = 0;
+        while (i < r->conf->replicas &&
+               r->conf->nodes[conf_replica(r->conf, shard, i)].id != to)
+            i++;
+        r->hint[shard] =
+            r->conf->nodes[conf_replica(r->conf, shard,
+                                        (uint32_t)((i + 1) %
+                                                   r->conf->replicas))]
+                .id;
     }
-    free(buf);
 }
 
 static void txn_failpoint(void *arg, const char *name)
