@@ -247,6 +247,9 @@ static int route_request_from(struct client *c, uint32_t shard,
     uint64_t backoff = 5;
     int hops = 0;
     char last[256] = "";
+    /* Nodes this call found unreachable: a hint naming one (a follower
+     * that has not noticed its leader died) is not followed. */
+    bool unreachable[CONF_MAX_NODES] = {false};
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline)
@@ -287,7 +290,7 @@ static int route_request_from(struct client *c, uint32_t shard,
             /* "Outcome unknown here": the request may have been applied. */
             delivered |= r->code == KV_EUNAVAILABLE;
             wire_free(env);
-            if (j < c->conf->nnodes && j != i) {
+            if (j < c->conf->nnodes && j != i && !unreachable[j]) {
                 i = j; /* a hint: follow it at once, unless hints go round
                           in circles (stale leaders): then back off */
                 if (++hops > 2 && now_ms() + backoff < deadline) {
@@ -299,6 +302,8 @@ static int route_request_from(struct client *c, uint32_t shard,
             }
         } else {
             delivered |= rc == KV_ETIMEDOUT;
+            if (rc == KV_EUNAVAILABLE && i < CONF_MAX_NODES)
+                unreachable[i] = true; /* not sent: the node is gone */
             snprintf(last, sizeof(last), "%.200s", db->errmsg);
         }
         /* No answer, or no leader known: try the next member, a bit later. */
