@@ -509,7 +509,7 @@ void txns_start(struct txns *t, const void *client, size_t clen,
     if (!c || !c->req || (c->client = copy, c->clen = clen,
                           make_parts(t, c) != KV_OK) ||
         add(t, c) != KV_OK) {
-        if (c && !c->client)
+        if (!c || !c->client)
             free(copy);
         coord_free(c);
         refuse(t, client, clen, req->id, KV_ENOMEM, "out of memory");
