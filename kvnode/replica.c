@@ -1577,7 +1577,11 @@ static void park_read(struct replica *r, const void *client, size_t clen,
     if (!p->client || !p->req || in->home >= r->conf->shards) {
         free(p->client);
         free(p->req);
-        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        if (in->home >= r->conf->shards)
+            reply_code(r, client, clen, req->id, KV_ECORRUPT,
+                       "an intent names no such home shard");
+        else
+            reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
         return;
     }
     memcpy(p->client, client, clen);
