@@ -43,7 +43,8 @@
 #define MAX_PEERS 1024
 #define MAX_INFLIGHT 65536
 #define MAX_ENTRIES_PER_MSG 65536 /* also bounds appends of empty entries */
-#define ENTRY_WIRE_OVERHEAD 32    /* bytes an entry costs on the wire, besides data */
+#define ENTRY_WIRE_OVERHEAD                                                    \
+    32 /* bytes an entry costs on the wire, besides data */
 
 /* Per-entry payload. Freed through a graveyard, never directly while a
  * Ready or a pending message may still point at it. */
@@ -129,8 +130,8 @@ struct raft {
     bool pre_vote;
     bool check_quorum;
     bool boot_quiet;
-    int boot_elapsed;  /* ticks since raft_new, up to election_ticks */
-    bool transferred;  /* a transfer was started in this leader's term */
+    int boot_elapsed; /* ticks since raft_new, up to election_ticks */
+    bool transferred; /* a transfer was started in this leader's term */
     uint64_t rng;
 
     /* hard and soft state */
@@ -1251,11 +1252,10 @@ int raft_step(struct raft *r, const struct raft_msg *m)
         if (m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE) {
             /* Check-quorum lease: while a leader is heard from, votes do
              * not disrupt it, unless the leader itself hands over. */
-            bool lease = r->check_quorum &&
-                         ((r->leader != RAFT_NONE &&
-                           r->elapsed < r->election_ticks) ||
-                          (r->boot_quiet &&
-                           r->boot_elapsed < r->election_ticks));
+            bool lease =
+                r->check_quorum &&
+                ((r->leader != RAFT_NONE && r->elapsed < r->election_ticks) ||
+                 (r->boot_quiet && r->boot_elapsed < r->election_ticks));
             if (lease && m->context != 1)
                 return RAFT_OK;
         }

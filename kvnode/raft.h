@@ -64,19 +64,19 @@ struct raft_entry {
 };
 
 enum raft_msg_type {
-    RAFT_MSG_APPEND = 1,    /* index/log_term: the entry before entries[] */
-    RAFT_MSG_APPEND_RESP,   /* index: last index matched, or with reject the
-                               rejected index; reject_hint: follower's hint */
-    RAFT_MSG_VOTE,          /* index/log_term: candidate's last entry */
+    RAFT_MSG_APPEND = 1,  /* index/log_term: the entry before entries[] */
+    RAFT_MSG_APPEND_RESP, /* index: last index matched, or with reject the
+                             rejected index; reject_hint: follower's hint */
+    RAFT_MSG_VOTE,        /* index/log_term: candidate's last entry */
     RAFT_MSG_VOTE_RESP,
-    RAFT_MSG_PREVOTE,       /* term: the term the candidate would use */
+    RAFT_MSG_PREVOTE, /* term: the term the candidate would use */
     RAFT_MSG_PREVOTE_RESP,
-    RAFT_MSG_HEARTBEAT,     /* commit: min(leader commit, follower match) */
+    RAFT_MSG_HEARTBEAT, /* commit: min(leader commit, follower match) */
     RAFT_MSG_HEARTBEAT_RESP,
-    RAFT_MSG_SNAPSHOT,      /* leader->driver: send a snapshot to `to`;
-                               driver->follower: the snapshot at index/log_term
-                               has been received in full and may be installed */
-    RAFT_MSG_TIMEOUT_NOW,   /* leadership transfer: campaign now */
+    RAFT_MSG_SNAPSHOT,    /* leader->driver: send a snapshot to `to`;
+                             driver->follower: the snapshot at index/log_term
+                             has been received in full and may be installed */
+    RAFT_MSG_TIMEOUT_NOW, /* leadership transfer: campaign now */
 };
 
 struct raft_msg {
@@ -109,26 +109,26 @@ struct raft_read {
 };
 
 struct raft_ready {
-    bool hs_changed;           /* persist hs */
+    bool hs_changed; /* persist hs */
     struct raft_hardstate hs;
     struct raft_entry *entries; /* append to the log (persist, synced) */
     size_t n_entries;
-    uint64_t truncate_after;   /* if entries: also delete stored entries with
-                                  index in (last of entries, truncate_after];
-                                  with has_snapshot and no entries: those in
-                                  (snap_index, truncate_after] (a snapshot
-                                  replaced a conflicting log) */
-    struct raft_msg *msgs;     /* send after persisting */
+    uint64_t truncate_after; /* if entries: also delete stored entries with
+                                index in (last of entries, truncate_after];
+                                with has_snapshot and no entries: those in
+                                (snap_index, truncate_after] (a snapshot
+                                replaced a conflicting log) */
+    struct raft_msg *msgs;   /* send after persisting */
     size_t n_msgs;
     struct raft_entry *committed; /* apply in order */
     size_t n_committed;
-    bool has_snapshot;          /* install the received snapshot: the state
-                                   machine is now at snap_index/snap_term */
+    bool has_snapshot; /* install the received snapshot: the state
+                          machine is now at snap_index/snap_term */
     uint64_t snap_index;
     uint64_t snap_term;
-    struct raft_read *reads;    /* serve when applied >= index */
+    struct raft_read *reads; /* serve when applied >= index */
     size_t n_reads;
-    bool soft_changed;          /* role or leader changed */
+    bool soft_changed; /* role or leader changed */
     enum raft_role role;
     uint32_t leader;
 };
@@ -137,20 +137,20 @@ struct raft_config {
     uint32_t id;           /* this replica's node id, != RAFT_NONE */
     const uint32_t *peers; /* every member's id, self included */
     size_t npeers;
-    int election_ticks;    /* base election timeout, e.g. 50 (x 10 ms);
-                              each timeout is random in [base, 2*base) */
-    int heartbeat_ticks;   /* e.g. 5 */
-    uint64_t seed;         /* for the election timeout generator */
-    size_t max_inflight;   /* appends in flight per follower, e.g. 64 */
-    size_t max_msg_bytes;  /* bytes per append: entry data plus 32 per entry
-                              (a single entry may exceed it), e.g. 1 MiB */
+    int election_ticks;   /* base election timeout, e.g. 50 (x 10 ms);
+                             each timeout is random in [base, 2*base) */
+    int heartbeat_ticks;  /* e.g. 5 */
+    uint64_t seed;        /* for the election timeout generator */
+    size_t max_inflight;  /* appends in flight per follower, e.g. 64 */
+    size_t max_msg_bytes; /* bytes per append: entry data plus 32 per entry
+                             (a single entry may exceed it), e.g. 1 MiB */
     bool pre_vote;
     bool check_quorum;
-    bool boot_quiet;       /* ignore votes for one election timeout after
-                              raft_new, as if a leader had just been heard:
-                              a restarted replica forgot when it last heard
-                              its leader, and leader leases rely on that
-                              promise (raft_lease) */
+    bool boot_quiet; /* ignore votes for one election timeout after
+                        raft_new, as if a leader had just been heard:
+                        a restarted replica forgot when it last heard
+                        its leader, and leader leases rely on that
+                        promise (raft_lease) */
 };
 
 /* What the driver read back from storage at start (all zero when new). */
@@ -178,8 +178,7 @@ void raft_tick(struct raft *r);
 
 /* Appends DATA as a new entry if this replica is the leader. On RAFT_OK
  * *index is the entry's index (it is committed, or lost, later). */
-int raft_propose(struct raft *r, const void *data, size_t len,
-                 uint64_t *index);
+int raft_propose(struct raft *r, const void *data, size_t len, uint64_t *index);
 
 /* Asks for a linearizable read point. The leader answers in a later Ready
  * (reads[]) once a heartbeat round confirmed it is still the leader and it
@@ -234,7 +233,7 @@ struct raft_progress {
     uint32_t id;
     uint64_t match;
     uint64_t next;
-    int state; /* 0 probe, 1 replicate, 2 snapshot */
+    int state;   /* 0 probe, 1 replicate, 2 snapshot */
     bool active; /* heard from within the last election timeout */
 };
 

@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bytes.h"
 #include "conf.h"
 #include "engine.h"
-#include "bytes.h"
 #include "kv.h"
 #include "log.h"
 #include "raft.h"
@@ -36,16 +36,17 @@
 #define HEARTBEAT_TICKS 5
 #define MAX_INFLIGHT 256
 #define MAX_MSG_BYTES (1u << 20)
-#define COMPACT_EVERY 10000 /* compact when the log holds this many... */
-#define COMPACT_KEEP 2000   /* ...keeping this tail for slow followers */
+#define COMPACT_EVERY 10000       /* compact when the log holds this many... */
+#define COMPACT_KEEP 2000         /* ...keeping this tail for slow followers */
 #define COMPACT_BYTES (64u << 20) /* or when it holds this many bytes */
 #define SNAP_CHUNK_BYTES (256u << 10)
 #define SNAP_WINDOW 4        /* chunks in flight per stream */
 #define SNAP_STALL_TICKS 500 /* 5 s without an ack ends a stream */
 #define INSTALL_BATCH 1000   /* records per batch while installing */
 #define HS_LEN 36
-#define MAX_WAITERS 100000   /* writes in flight per node before EUNAVAILABLE */
-#define BALANCE_TICKS 200    /* how often a leader checks it is the preferred one */
+#define MAX_WAITERS 100000 /* writes in flight per node before EUNAVAILABLE */
+#define BALANCE_TICKS                                                          \
+    200 /* how often a leader checks it is the preferred one */
 
 enum { W_WRITE, W_TXN, W_PREPARE, W_STATE, W_RESOLVE };
 
@@ -85,8 +86,8 @@ struct snap_out {
     bool active;
     uint32_t peer;
     uint64_t index, term;
-    uint64_t next_seq;  /* next chunk to send */
-    uint64_t acked;     /* chunks acknowledged (seq < acked) */
+    uint64_t next_seq; /* next chunk to send */
+    uint64_t acked;    /* chunks acknowledged (seq < acked) */
     bool sent_last;
     int idle;
     struct store_iter *it;
@@ -134,7 +135,7 @@ struct replica {
     struct group **groups; /* by shard; NULL where this node is no member */
     struct raft_ready *rd; /* by shard: the Ready being processed */
     bool *has_rd;
-    bool *early;           /* by shard: its appends go out before the fsync */
+    bool *early; /* by shard: its appends go out before the fsync */
     size_t total_waiters;
     uint64_t ticks;      /* replica_tick calls so far */
     uint64_t boot_id;    /* random per start: peers notice our restarts */
@@ -142,8 +143,8 @@ struct replica {
     struct replica_stats stats;
     unsigned char *scratch;
     size_t scratch_cap;
-    struct txns *txns;  /* coordinators of cross-shard transactions */
-    uint32_t *hint;     /* by shard: the leader last named (not hosted) */
+    struct txns *txns;   /* coordinators of cross-shard transactions */
+    uint32_t *hint;      /* by shard: the leader last named (not hosted) */
     struct local *local; /* calls to and answers from this node itself */
     size_t nlocal, caplocal;
     struct parked *parked; /* gets waiting for a transaction's state */
@@ -520,9 +521,8 @@ static int delete_prefix(struct replica *r, const unsigned char *prefix,
 }
 
 /* Moves a staged "Z" shard storekey record to storekey. */
-static int move_staged(void *arg, struct store_batch *b,
-                       const unsigned char *k, size_t klen, const void *v,
-                       size_t vlen)
+static int move_staged(void *arg, struct store_batch *b, const unsigned char *k,
+                       size_t klen, const void *v, size_t vlen)
 {
     (void)arg;
     store_batch_put(b, k + 5, klen - 5, v, vlen);
@@ -698,15 +698,15 @@ static int install_snapshot(struct replica *r, struct group *g,
         return rc; /* the node stops; a restart resumes from the marker */
     g->in = (struct snap_in){0};
     r->stats.snapshots_installed++;
-    log_msg(LOG_INFO, "installed a snapshot", "shard=%u index=%llu",
-            g->shard, (unsigned long long)index);
+    log_msg(LOG_INFO, "installed a snapshot", "shard=%u index=%llu", g->shard,
+            (unsigned long long)index);
     return rc;
 }
 
 /* --- snapshot streaming (sender) --------------------------------------- */
 
-static void snap_out_end(struct replica *r, struct group *g,
-                         struct snap_out *o, bool ok)
+static void snap_out_end(struct replica *r, struct group *g, struct snap_out *o,
+                         bool ok)
 {
     store_iter_free(o->it);
     o->it = NULL;
@@ -758,11 +758,8 @@ static void snap_out_start(struct replica *r, struct group *g,
         raft_report_snapshot(g->raft, peer, false);
         return;
     }
-    *o = (struct snap_out){.active = true,
-                           .peer = peer,
-                           .index = index,
-                           .term = term,
-                           .it = it};
+    *o = (struct snap_out){
+        .active = true, .peer = peer, .index = index, .term = term, .it = it};
     unsigned char dk[5];
     shard_key(dk, 'D', g->shard);
     store_iter_seek(it, dk, 5);
@@ -921,10 +918,10 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
                               .heartbeat_ticks = HEARTBEAT_TICKS,
                               .seed = seed ^ ((uint64_t)shard << 32),
                               .max_inflight = MAX_INFLIGHT,
-                              .max_msg_bytes = r->conf->max_message_bytes / 4 <
-                                                       MAX_MSG_BYTES
-                                                   ? r->conf->max_message_bytes / 4
-                                                   : MAX_MSG_BYTES,
+                              .max_msg_bytes =
+                                  r->conf->max_message_bytes / 4 < MAX_MSG_BYTES
+                                      ? r->conf->max_message_bytes / 4
+                                      : MAX_MSG_BYTES,
                               .pre_vote = true,
                               .check_quorum = true,
                               .boot_quiet = true};
@@ -1091,8 +1088,8 @@ static bool txn_ok(struct replica *r, const void *client, size_t clen,
     }
     if (t->n_ops > r->conf->max_txn_ops) {
         snprintf(msg, sizeof(msg),
-                 "a transaction of %zu ops is over the limit of %llu",
-                 t->n_ops, (unsigned long long)r->conf->max_txn_ops);
+                 "a transaction of %zu ops is over the limit of %llu", t->n_ops,
+                 (unsigned long long)r->conf->max_txn_ops);
         reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
         return false;
     }
@@ -1116,8 +1113,8 @@ static bool txn_ok(struct replica *r, const void *client, size_t clen,
         if (op->kind == KV__TXN_OP__KIND__PUT &&
             op->value.len > r->conf->max_value_bytes) {
             snprintf(msg, sizeof(msg),
-                     "op %zu: value of %zu bytes over the limit of %llu",
-                     i + 1, op->value.len,
+                     "op %zu: value of %zu bytes over the limit of %llu", i + 1,
+                     op->value.len,
                      (unsigned long long)r->conf->max_value_bytes);
             reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
             return false;
@@ -1151,8 +1148,8 @@ static bool txn_ok(struct replica *r, const void *client, size_t clen,
 /* A two-phase commit step from a coordinator: checked, then proposed on
  * the shard it names (the clock of this leader goes into the entry where
  * a deadline is compared, so every replica decides alike). */
-static void handle_txn_step(struct replica *r, const void *client,
-                            size_t clen, const Kv__Request *req)
+static void handle_txn_step(struct replica *r, const void *client, size_t clen,
+                            const Kv__Request *req)
 {
     Kv__Command cmd = KV__COMMAND__INIT;
     const ProtobufCBinaryData *id;
@@ -1171,8 +1168,7 @@ static void handle_txn_step(struct replica *r, const void *client,
             const Kv__TxnOp *op = p->ops[i];
             if (!key_ok(r, client, clen, req->id, &op->key))
                 return;
-            if (shard_of(op->key.data, op->key.len, r->conf->shards) !=
-                    shard ||
+            if (shard_of(op->key.data, op->key.len, r->conf->shards) != shard ||
                 op->kind < KV__TXN_OP__KIND__PUT ||
                 op->kind > KV__TXN_OP__KIND__IF_ABSENT ||
                 (op->kind == KV__TXN_OP__KIND__IF_VERSION && !op->version) ||
@@ -1210,8 +1206,7 @@ static void handle_txn_step(struct replica *r, const void *client,
         id = &req->txn_decide->txn_id;
         shard = req->txn_decide->shard;
         if (req->txn_decide->want > 3) {
-            reply_code(r, client, clen, req->id, KV_EINVAL,
-                       "bad decide: want");
+            reply_code(r, client, clen, req->id, KV_EINVAL, "bad decide: want");
             return;
         }
         req->txn_decide->now_ms = txn_wall(r);
@@ -1284,7 +1279,13 @@ static void handle_txn(struct replica *r, const void *client, size_t clen,
     propose_command(r, client, clen, req, shard, &cmd);
 }
 
-/* Serves a read (get or scan) from this node's applied state. *//* Serves a read (get or scan) from this node's applied state. */
+/* Serves a read (get or scan) from this node's applied state. */ /* Serves a
+                                                                     read (get
+                                                                     or scan)
+                                                                     from this
+                                                                     node's
+                                                                     applied
+                                                                     state. */
 static void serve_read(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req);
 
@@ -1336,8 +1337,8 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
     if (req->op_case == KV__REQUEST__OP_GET) {
         if (!key_ok(r, client, clen, req->id, &req->get->key))
             goto done;
-        shard = shard_of(req->get->key.data, req->get->key.len,
-                         r->conf->shards);
+        shard =
+            shard_of(req->get->key.data, req->get->key.len, r->conf->shards);
         stale = req->get->stale;
     } else {
         shard = req->scan->shard;
@@ -1375,9 +1376,12 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
     memcpy(c, client, clen);
     /* Under a lease a read waits only for the apply of its read point;
      * otherwise it waits for a ReadIndex round (start_reads). */
-    g->reads[g->nreads++] = (struct pending_read){
-        .env = env, .client = c, .clen = clen, .ctx = at ? UINT64_MAX : 0,
-        .index = at, .indexed = at != 0};
+    g->reads[g->nreads++] = (struct pending_read){.env = env,
+                                                  .client = c,
+                                                  .clen = clen,
+                                                  .ctx = at ? UINT64_MAX : 0,
+                                                  .index = at,
+                                                  .indexed = at != 0};
     return; /* the read owns ENV now */
 done:
     wire_free(env);
@@ -1536,7 +1540,7 @@ struct parked {
     unsigned char txn_id[ENGINE_TXN_ID_LEN];
     uint32_t shard, home;
     uint64_t call;
-    int wait;      /* ticks until the question is asked again */
+    int wait;       /* ticks until the question is asked again */
     uint64_t until; /* tick after which the client gave up */
 };
 
@@ -1587,8 +1591,8 @@ static void park_read(struct replica *r, const void *client, size_t clen,
     memcpy(p->client, client, clen);
     kv__request__pack(req, p->req);
     memcpy(p->txn_id, in->txn_id, ENGINE_TXN_ID_LEN);
-    uint32_t timeout = req->timeout_ms ? req->timeout_ms
-                                       : r->conf->request_timeout_ms;
+    uint32_t timeout =
+        req->timeout_ms ? req->timeout_ms : r->conf->request_timeout_ms;
     p->until = r->ticks + timeout / REPLICA_TICK_MS + 1;
     r->nparked++;
     ask_for_parked(r, p);
@@ -1609,10 +1613,10 @@ static void serve_parked(struct replica *r, struct parked *p, int state)
         return;
     const Kv__GetRequest *g = req->get;
     struct engine_intent in = {0};
-    int rc = engine_get_intent(r->engine, p->shard, g->key.data, g->key.len,
-                               &in);
-    bool mine = rc == KV_OK &&
-                memcmp(in.txn_id, p->txn_id, ENGINE_TXN_ID_LEN) == 0;
+    int rc =
+        engine_get_intent(r->engine, p->shard, g->key.data, g->key.len, &in);
+    bool mine =
+        rc == KV_OK && memcmp(in.txn_id, p->txn_id, ENGINE_TXN_ID_LEN) == 0;
     if (mine && state == ENGINE_TXN_COMMITTED &&
         (in.kind == ENGINE_TXN_PUT || in.kind == ENGINE_TXN_DEL)) {
         answer_get(r, p->client, p->clen, req->id, in.val, in.vlen,
@@ -1662,7 +1666,8 @@ static bool parked_answer(struct replica *r, const Kv__Response *resp)
         if (resp->result_case != KV__RESPONSE__RESULT_TXN_STATE ||
             resp->txn_state->state == ENGINE_TXN_PENDING) {
             p->wait = resp->result_case == KV__RESPONSE__RESULT_TXN_STATE
-                          ? 2 : 5; /* ask again soon */
+                          ? 2
+                          : 5; /* ask again soon */
             return true;
         }
         serve_parked(r, p, (int)resp->txn_state->state);
@@ -1703,8 +1708,8 @@ static void serve_read(struct replica *r, const void *client, size_t clen,
         /* A key locked by a transaction: its record says which value a
          * linearizable read sees (docs/transactions.md). */
         struct engine_intent in = {0};
-        int irc = engine_get_intent(r->engine, shard, g->key.data, g->key.len,
-                                    &in);
+        int irc =
+            engine_get_intent(r->engine, shard, g->key.data, g->key.len, &in);
         free(in.val);
         if (irc == KV_OK) {
             park_read(r, client, clen, req, shard, &in);
@@ -1854,8 +1859,8 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
         rc = KV_EINVAL;
     } else if (cmd->op_case == KV__COMMAND__OP_TXN_PREPARE) {
         const Kv__TxnPrepare *p = cmd->txn_prepare;
-        struct engine_txn_op *ops = calloc(p->n_ops ? p->n_ops : 1,
-                                           sizeof(*ops));
+        struct engine_txn_op *ops =
+            calloc(p->n_ops ? p->n_ops : 1, sizeof(*ops));
         if (!ops)
             return KV_ENOMEM;
         for (size_t i = 0; i < p->n_ops; i++)
@@ -1866,13 +1871,14 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
                 .val = p->ops[i]->value.data,
                 .vlen = p->ops[i]->value.len,
                 .version = p->ops[i]->version};
-        struct engine_prepare ep = {
-            .txn = {.shard = g->shard, .ops = ops, .nops = p->n_ops,
-                    .index = index},
-            .txn_id = id->data,
-            .home = p->home,
-            .deadline_ms = p->deadline_ms,
-            .now_ms = p->now_ms};
+        struct engine_prepare ep = {.txn = {.shard = g->shard,
+                                            .ops = ops,
+                                            .nops = p->n_ops,
+                                            .index = index},
+                                    .txn_id = id->data,
+                                    .home = p->home,
+                                    .deadline_ms = p->deadline_ms,
+                                    .now_ms = p->now_ms};
         rc = engine_stage_prepare(r->engine, &ep, &version, &failed, &current);
         free(ops);
     } else if (cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE) {
@@ -1988,7 +1994,7 @@ static int apply_entry(struct replica *r, struct group *g,
     kv__command__free_unpacked(cmd, NULL);
     if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND &&
         rc != KV_EINVAL && rc != ENGINE_ELOCKED)
-        return rc; /* storage failure: the node stops */
+        return rc;       /* storage failure: the node stops */
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, e->index);
     r->stats.applied++;
@@ -2145,10 +2151,8 @@ static void handle_chunk(struct replica *r, uint32_t from,
         shard_key(z, 'Z', g->shard);
         if (delete_prefix(r, z, 5) != KV_OK)
             goto refuse;
-        g->in = (struct snap_in){.active = true,
-                                 .from = from,
-                                 .index = c->index,
-                                 .term = c->term};
+        g->in = (struct snap_in){
+            .active = true, .from = from, .index = c->index, .term = c->term};
     }
     if (!g->in.active || g->in.from != from || g->in.index != c->index ||
         g->in.term != c->term || g->in.next_seq != c->seq)
@@ -2218,8 +2222,8 @@ static void handle_ack(struct replica *r, uint32_t from,
         o->idle = 0;
         if (o->sent_last && o->acked == o->next_seq) {
             snap_out_end(r, g, o, true);
-            log_msg(LOG_INFO, "snapshot delivered", "shard=%u to=%u",
-                    g->shard, from);
+            log_msg(LOG_INFO, "snapshot delivered", "shard=%u to=%u", g->shard,
+                    from);
         }
         return;
     }
@@ -2407,8 +2411,8 @@ static void local_push(struct replica *r, bool answer, const void *buf,
     if (!copy)
         return;
     memcpy(copy, buf, len);
-    r->local[r->nlocal++] = (struct local){.answer = answer, .buf = copy,
-                                           .len = len};
+    r->local[r->nlocal++] =
+        (struct local){.answer = answer, .buf = copy, .len = len};
 }
 
 /* Where a call to SHARD goes: its leader as this node knows it, else the
@@ -2444,9 +2448,9 @@ static void txn_call(void *arg, uint32_t shard, const Kv__Request *req)
                r->conf->nodes[conf_replica(r->conf, shard, i)].id != to)
             i++;
         r->hint[shard] =
-            r->conf->nodes[conf_replica(r->conf, shard,
-                                        (uint32_t)((i + 1) %
-                                                   r->conf->replicas))]
+            r->conf
+                ->nodes[conf_replica(r->conf, shard,
+                                     (uint32_t)((i + 1) % r->conf->replicas))]
                 .id;
     }
 }
@@ -2466,7 +2470,7 @@ static void txn_reply(void *arg, const void *client, size_t clen,
 static uint64_t txn_wall(void *arg)
 {
     struct replica *r = arg;
-    return r->env.wall_ms ? r->env.wall_ms(r->env.arg)
+    return r->env.wall_ms  ? r->env.wall_ms(r->env.arg)
            : r->env.now_ms ? r->env.now_ms(r->env.arg)
                            : r->ticks * REPLICA_TICK_MS;
 }
@@ -2610,9 +2614,8 @@ int replica_flush(struct replica *r)
             /* Stored entries past the new log end are stale: past the last
              * new entry, or past an installed snapshot that replaced a
              * conflicting log. */
-            uint64_t last = rd->n_entries
-                                ? rd->entries[rd->n_entries - 1].index
-                                : rd->snap_index;
+            uint64_t last = rd->n_entries ? rd->entries[rd->n_entries - 1].index
+                                          : rd->snap_index;
             for (uint64_t i = last + 1; i <= rd->truncate_after; i++) {
                 unsigned char k[13];
                 log_key(k, s, i);
@@ -2703,8 +2706,8 @@ static void balance_leader(struct group *g, uint32_t self, uint64_t now)
 /* Every RECOVER_TICKS, a leader looks for transactions nobody drives:
  * records on its home shards, intents past their deadline on the shards
  * it participates in. */
-#define RECOVER_TICKS 25      /* 250 ms: cheap when nothing is in flight */
-#define RECOVER_GRACE_MS 500  /* after a deadline, before a participant asks */
+#define RECOVER_TICKS 25     /* 250 ms: cheap when nothing is in flight */
+#define RECOVER_GRACE_MS 500 /* after a deadline, before a participant asks */
 
 struct sweep {
     struct replica *r;
@@ -2840,10 +2843,10 @@ static int list_txn(void *arg, const struct engine_txn_info *t)
     memcpy(id, t->txn_id, ENGINE_TXN_ID_LEN);
     x->txn_id.data = id;
     x->txn_id.len = ENGINE_TXN_ID_LEN;
-    x->state = t->state < 0                           ? "prepared"
-               : t->state == ENGINE_TXN_PENDING    ? "pending"
-               : t->state == ENGINE_TXN_COMMITTED  ? "committed"
-                                                   : "aborted";
+    x->state = t->state < 0                       ? "prepared"
+               : t->state == ENGINE_TXN_PENDING   ? "pending"
+               : t->state == ENGINE_TXN_COMMITTED ? "committed"
+                                                  : "aborted";
     x->home = t->state < 0 ? t->home : si->shard;
     x->deadline_ms = t->deadline_ms;
     x->age_ms = (int64_t)tl->now -
@@ -2858,8 +2861,8 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
     st->txn_coordinators = txns_active(r->txns);
     for (size_t i = 0; i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
-        struct group *g = si->shard < r->conf->shards ? r->groups[si->shard]
-                                                      : NULL;
+        struct group *g =
+            si->shard < r->conf->shards ? r->groups[si->shard] : NULL;
         if (!g)
             continue;
         struct raft_status rs;
@@ -2917,8 +2920,7 @@ void replica_status_free(Kv__StatusResult *st)
     }
 }
 
-int replica_check_invariants(const struct replica *r, char *why,
-                             size_t whylen)
+int replica_check_invariants(const struct replica *r, char *why, size_t whylen)
 {
     for (uint32_t s = 0; s < r->conf->shards; s++) {
         const struct group *g = r->groups[s];

@@ -105,8 +105,7 @@ void replica_status_free(Kv__StatusResult *st);
 
 /* Runs raft_check_invariants() on every group. Returns 0, or -1 with the
  * shard and the broken rule in WHY. */
-int replica_check_invariants(const struct replica *r, char *why,
-                             size_t whylen);
+int replica_check_invariants(const struct replica *r, char *why, size_t whylen);
 
 /* Who this node believes leads SHARD (RAFT_NONE/0 if unknown or not a
  * member). For tests. */

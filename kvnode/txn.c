@@ -32,8 +32,8 @@ struct part {
     int vote; /* 0 none yet, 1 yes, 2 no */
     uint64_t version;
     bool resolved;
-    uint64_t call;  /* id of the outstanding call, 0: none */
-    int wait;       /* ticks until it is repeated */
+    uint64_t call; /* id of the outstanding call, 0: none */
+    int wait;      /* ticks until it is repeated */
 };
 
 struct coord {
@@ -48,10 +48,10 @@ struct coord {
     bool answered;
     struct part *parts;
     size_t nparts;
-    int state;      /* the record's state, once known */
-    uint64_t call;  /* record / decide / forget / ask / settle call */
+    int state;     /* the record's state, once known */
+    uint64_t call; /* record / decide / forget / ask / settle call */
     int wait;
-    int want;       /* PH_DECIDE: what was asked */
+    int want; /* PH_DECIDE: what was asked */
     /* the first NO vote, for the client */
     int no_code;
     size_t no_op; /* 1-based client op */
@@ -308,10 +308,9 @@ static void answer(struct txns *t, struct coord *c)
                 for (size_t j = 0; j < p->nops; j++) {
                     const Kv__TxnOp *op = c->req->txn->ops[p->ops[j]];
                     versions[p->ops[j]] =
-                        op->kind == KV__TXN_OP__KIND__PUT ? p->version
-                        : op->kind == KV__TXN_OP__KIND__IF_VERSION
-                            ? op->version
-                            : 0;
+                        op->kind == KV__TXN_OP__KIND__PUT          ? p->version
+                        : op->kind == KV__TXN_OP__KIND__IF_VERSION ? op->version
+                                                                   : 0;
                 }
             }
             res.versions = versions;
@@ -416,8 +415,8 @@ static int make_parts(struct txns *t, struct coord *c)
         return KV_ENOMEM;
     }
     for (size_t i = 0; i < r->n_ops; i++) {
-        uint32_t s = shard_of(r->ops[i]->key.data, r->ops[i]->key.len,
-                              t->nshards);
+        uint32_t s =
+            shard_of(r->ops[i]->key.data, r->ops[i]->key.len, t->nshards);
         shard_of_op[i] = s;
         size_t j = 0;
         while (j < c->nparts && c->parts[j].shard != s)
@@ -441,8 +440,8 @@ static int make_parts(struct txns *t, struct coord *c)
     return rc;
 }
 
-static void refuse(struct txns *t, const void *client, size_t clen,
-                   uint64_t id, int code, const char *msg)
+static void refuse(struct txns *t, const void *client, size_t clen, uint64_t id,
+                   int code, const char *msg)
 {
     Kv__Response resp = KV__RESPONSE__INIT;
     resp.id = id;
@@ -506,8 +505,8 @@ void txns_start(struct txns *t, const void *client, size_t clen,
         c->req = kv__request__unpack(NULL, n, buf);
     }
     free(buf);
-    if (!c || !c->req || (c->client = copy, c->clen = clen,
-                          make_parts(t, c) != KV_OK) ||
+    if (!c || !c->req ||
+        (c->client = copy, c->clen = clen, make_parts(t, c) != KV_OK) ||
         add(t, c) != KV_OK) {
         if (!c || !c->client)
             free(copy);
@@ -587,7 +586,8 @@ static void on_vote(struct txns *t, struct coord *c, struct part *p,
                     const Kv__Response *resp)
 {
     p->call = 0;
-    if (resp->code == KV_OK && resp->result_case == KV__RESPONSE__RESULT_WRITE) {
+    if (resp->code == KV_OK &&
+        resp->result_case == KV__RESPONSE__RESULT_WRITE) {
         p->vote = 1;
         p->version = resp->write->version;
     } else if (resp->result_case == KV__RESPONSE__RESULT_TXN) {
@@ -608,9 +608,10 @@ static void on_vote(struct txns *t, struct coord *c, struct part *p,
         p->vote = 2; /* a participant that cannot take it: abort */
         if (!c->no_code)
             c->no_code = KV_ETIMEDOUT;
-        log_msg(LOG_WARN, "transaction prepare refused", "shard=%u code=%d "
-                "message=\"%s\"", p->shard, resp->code,
-                resp->message ? resp->message : "");
+        log_msg(LOG_WARN, "transaction prepare refused",
+                "shard=%u code=%d "
+                "message=\"%s\"",
+                p->shard, resp->code, resp->message ? resp->message : "");
     }
     maybe_decide(t, c);
 }
@@ -708,8 +709,8 @@ void txns_tick(struct txns *t)
         if (c->phase == PH_PREPARE || c->phase == PH_RESOLVE) {
             for (size_t j = 0; j < c->nparts; j++) {
                 struct part *p = &c->parts[j];
-                bool pending = c->phase == PH_PREPARE ? p->vote == 0
-                                                      : !p->resolved;
+                bool pending =
+                    c->phase == PH_PREPARE ? p->vote == 0 : !p->resolved;
                 if (!pending || --p->wait > 0)
                     continue;
                 if (c->phase == PH_PREPARE)
@@ -737,8 +738,8 @@ void txns_tick(struct txns *t)
             call_decide(t, c, c->home, WANT_ASK);
             break;
         case PH_SETTLE:
-            call_resolve(t, c->id, c->check_shard, c->state ==
-                         ENGINE_TXN_COMMITTED, &c->call, &c->wait);
+            call_resolve(t, c->id, c->check_shard,
+                         c->state == ENGINE_TXN_COMMITTED, &c->call, &c->wait);
             break;
         default:
             break;

@@ -82,7 +82,8 @@ void txns_tick(struct txns *t);
 /* Home shard recovery: X is a record on SHARD, led here. Unless a
  * coordinator drives it, one is started: a PENDING record is aborted once
  * past its deadline; a decided one is resolved and forgotten. */
-void txns_adopt(struct txns *t, uint32_t shard, const struct engine_txn_info *x);
+void txns_adopt(struct txns *t, uint32_t shard,
+                const struct engine_txn_info *x);
 
 /* Participant recovery: P is prepared on SHARD (led here) past its
  * deadline: ask its home shard, then resolve as the record says. */

@@ -75,8 +75,9 @@ int kv_check_key(kv *db, const void *key, size_t klen)
     if (!key || klen == 0)
         return kv_fail(db, KV_EINVAL, "a key must be 1 byte or more");
     if (klen > db->max_key_bytes)
-        return kv_fail(db, KV_ETOOBIG, "key of %zu bytes over the limit of %llu",
-                       klen, (unsigned long long)db->max_key_bytes);
+        return kv_fail(db, KV_ETOOBIG,
+                       "key of %zu bytes over the limit of %llu", klen,
+                       (unsigned long long)db->max_key_bytes);
     return KV_OK;
 }
 
@@ -120,7 +121,8 @@ static int do_write(kv *db, struct engine_write *w, const kv_opts *o,
     if (rc != KV_OK)
         return rc;
     if (o && o->if_version && o->if_absent)
-        return kv_fail(db, KV_EINVAL, "if_version and if_absent exclude each other");
+        return kv_fail(db, KV_EINVAL,
+                       "if_version and if_absent exclude each other");
     w->shard = shard_of(w->key, w->klen, db->nshards);
     w->if_version = o ? o->if_version : 0;
     w->if_absent = o && o->if_absent && w->op == ENGINE_PUT;
@@ -134,11 +136,8 @@ static int do_write(kv *db, struct engine_write *w, const kv_opts *o,
 int kv_put(kv *db, const void *key, size_t klen, const void *val, size_t vlen,
            const kv_opts *o, uint64_t *version)
 {
-    struct engine_write w = {.op = ENGINE_PUT,
-                             .key = key,
-                             .klen = klen,
-                             .val = val,
-                             .vlen = vlen};
+    struct engine_write w = {
+        .op = ENGINE_PUT, .key = key, .klen = klen, .val = val, .vlen = vlen};
     return do_write(db, &w, o, version);
 }
 
@@ -187,9 +186,9 @@ void scan_page_clear(struct scan_page *p)
 
 struct shard_cursor {
     struct scan_page page;
-    size_t pos;     /* next entry of page to hand out */
-    bool started;   /* a page was fetched */
-    bool done;      /* no more entries in this shard */
+    size_t pos;          /* next entry of page to hand out */
+    bool started;        /* a page was fetched */
+    bool done;           /* no more entries in this shard */
     unsigned char *last; /* last key fetched (the resume cursor) */
     size_t last_len;
 };
@@ -277,7 +276,8 @@ int kv_scan(kv *db, const kv_scan_opts *so, const kv_opts *o, kv_iter **out)
         so = &none;
     if ((so->start_len && !so->start) || (so->end_len && !so->end) ||
         (so->prefix_len && !so->prefix))
-        return kv_fail(db, KV_EINVAL, "scan bound with a length but no pointer");
+        return kv_fail(db, KV_EINVAL,
+                       "scan bound with a length but no pointer");
     if (so->start_len > db->max_key_bytes || so->end_len > db->max_key_bytes ||
         so->prefix_len > db->max_key_bytes)
         return kv_fail(db, KV_ETOOBIG, "scan bound longer than a key may be");
@@ -393,7 +393,8 @@ int admin_status(kv *db, size_t i, uint32_t timeout_ms, Kv__StatusResult **out)
 {
     if (i >= db->ops->node_count(db))
         return KV_EINVAL;
-    return db->ops->status(db, i, timeout_ms ? timeout_ms : db->timeout_ms, out);
+    return db->ops->status(db, i, timeout_ms ? timeout_ms : db->timeout_ms,
+                           out);
 }
 
 void admin_status_free(Kv__StatusResult *st)
@@ -407,6 +408,6 @@ int admin_raw(kv *db, size_t i, const void *buf, size_t len,
 {
     if (i >= db->ops->node_count(db) || !db->ops->raw)
         return KV_EINVAL;
-    return db->ops->raw(db, i, buf, len, timeout_ms ? timeout_ms : db->timeout_ms,
-                        out);
+    return db->ops->raw(db, i, buf, len,
+                        timeout_ms ? timeout_ms : db->timeout_ms, out);
 }

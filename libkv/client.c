@@ -14,11 +14,11 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sodium.h>
 #include <zmq.h>
 
 #include "admin.h"
@@ -33,8 +33,8 @@
 struct client {
     struct kv base;
     struct conf *conf;
-    void **socks;    /* per node, NULL until first use */
-    size_t *route;   /* per shard: index of the node believed to serve it */
+    void **socks;  /* per node, NULL until first use */
+    size_t *route; /* per shard: index of the node believed to serve it */
     uint64_t next_id;
     unsigned char client_id[CLIENT_ID_LEN]; /* names this handle's session */
     uint64_t seq;                           /* last write's sequence number */
@@ -254,18 +254,17 @@ static int route_request_from(struct client *c, uint32_t shard,
         uint64_t now = now_ms();
         if (now >= deadline)
             break;
-        uint64_t until = now + attempt_ms < deadline ? now + attempt_ms
-                                                     : deadline;
+        uint64_t until =
+            now + attempt_ms < deadline ? now + attempt_ms : deadline;
         Kv__Envelope *env = NULL;
         rc = exchange(c, i, buf, len, req->id, until, &env);
         if (rc == KV_OK && env->response->code == ENGINE_ELOCKED) {
             /* A key is locked by a cross-shard transaction in progress:
              * nothing was applied (not even the session), so the same
              * request is sent again once the lock is likely gone. */
-            snprintf(last, sizeof(last), "node %u: %.200s",
-                     c->conf->nodes[i].id,
-                     env->response->message ? env->response->message
-                                            : "key locked");
+            snprintf(
+                last, sizeof(last), "node %u: %.200s", c->conf->nodes[i].id,
+                env->response->message ? env->response->message : "key locked");
             wire_free(env);
             now = now_ms();
             if (now + backoff < deadline)
@@ -282,7 +281,8 @@ static int route_request_from(struct client *c, uint32_t shard,
                 free(buf);
                 return KV_OK;
             }
-            snprintf(last, sizeof(last), "node %u: %.200s", c->conf->nodes[i].id,
+            snprintf(last, sizeof(last), "node %u: %.200s",
+                     c->conf->nodes[i].id,
                      r->message ? r->message : kv_strerror(r->code));
             size_t j = r->code == KV_ENOTLEADER
                            ? node_index(c->conf, r->leader_id)
@@ -321,8 +321,8 @@ static int route_request_from(struct client *c, uint32_t shard,
                        "have happened); last: %s",
                        shard, timeout_ms, last);
     return kv_fail(db, KV_EUNAVAILABLE,
-                   "shard %u: no node could serve it in %u ms; last: %s",
-                   shard, timeout_ms, last);
+                   "shard %u: no node could serve it in %u ms; last: %s", shard,
+                   timeout_ms, last);
 }
 
 /* Maps a reply's error code to the handle's result. */
@@ -817,8 +817,8 @@ int client_open(const char *target, const kv_open_opts *opts, kv **out,
     uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 0;
     int rc;
     if (strncmp(target, "tcp://", 6) == 0) {
-        rc = client_from_seeds(c, target, timeout ? timeout : 5000, err,
-                               errlen);
+        rc =
+            client_from_seeds(c, target, timeout ? timeout : 5000, err, errlen);
     } else {
         rc = conf_load(target, &c->conf, err, errlen);
     }

@@ -30,8 +30,8 @@ struct conf_node {
 };
 
 struct conf {
-    char *path;     /* the file it was read from ("" when parsed from text) */
-    char *cluster;  /* cluster name, stored in every node's metadata */
+    char *path;    /* the file it was read from ("" when parsed from text) */
+    char *cluster; /* cluster name, stored in every node's metadata */
     uint32_t shards;
     uint32_t replicas; /* default 3, lowered to nnodes; an explicit value
                           greater than nnodes is an error */
@@ -60,7 +60,8 @@ int conf_parse(const char *text, size_t len, const char *name,
                struct conf **out, char *err, size_t errlen);
 
 /* Reads and parses the file PATH. A relative data_dir is resolved against the
- * folder of PATH. Errors as conf_parse(), plus KV_EIO if PATH cannot be read. */
+ * folder of PATH. Errors as conf_parse(), plus KV_EIO if PATH cannot be read.
+ */
 int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
 
 /* Frees a conf. NULL is a no-op. */

@@ -141,8 +141,8 @@ static int emb_get(kv *db, uint32_t shard, const void *key, size_t klen,
 {
     (void)timeout_ms;
     (void)stale;
-    int rc = engine_get(engine_of(db)->engine, shard, key, klen, val, vlen,
-                        version);
+    int rc =
+        engine_get(engine_of(db)->engine, shard, key, klen, val, vlen, version);
     if (rc == KV_EIO || rc == KV_ECORRUPT)
         kv_fail(db, rc, "storage error reading a key (see the log)");
     return rc;
@@ -156,8 +156,9 @@ static int stage_lock(kv *db, struct shared_engine *se)
     if (se->failed) {
         int frc = se->rc_failed;
         pthread_mutex_unlock(&se->mu);
-        return kv_fail(db, frc, "an earlier write failed to reach the disk; "
-                                "reopen the database");
+        return kv_fail(db, frc,
+                       "an earlier write failed to reach the disk; "
+                       "reopen the database");
     }
     return KV_OK;
 }

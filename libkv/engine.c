@@ -17,7 +17,7 @@
 #include "store.h"
 
 #define REC_TAG 0x01
-#define REC_HDR 9 /* tag + u64 version */
+#define REC_HDR 9    /* tag + u64 version */
 #define PREFIX_LEN 5 /* 'D' + u32 shard */
 
 struct overlay_slot {
@@ -43,9 +43,9 @@ struct shard_state {
 struct gen {
     struct store_batch *batch;
     size_t nstaged;
-    uint32_t *dirty;    /* shards whose "A" record this gen must write */
+    uint32_t *dirty; /* shards whose "A" record this gen must write */
     size_t ndirty;
-    bool *is_dirty;     /* by shard */
+    bool *is_dirty; /* by shard */
     struct overlay_slot *slots;
     size_t nslots; /* power of two */
     size_t used;
@@ -190,8 +190,7 @@ static int gen_init(struct gen *g, uint32_t nshards)
     g->slots = calloc(g->nslots, sizeof(*g->slots));
     g->dirty = calloc(nshards, sizeof(*g->dirty));
     g->is_dirty = calloc(nshards, sizeof(*g->is_dirty));
-    return g->batch && g->slots && g->dirty && g->is_dirty ? KV_OK
-                                                           : KV_ENOMEM;
+    return g->batch && g->slots && g->dirty && g->is_dirty ? KV_OK : KV_ENOMEM;
 }
 
 static void gen_release(struct gen *g)
@@ -422,8 +421,7 @@ static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
  * the staged generations first (a retry can be applied in the same batch as
  * the first attempt), then the store. */
 static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
-                       bool *found, uint64_t *seq, int *code,
-                       uint64_t *version)
+                       bool *found, uint64_t *seq, int *code, uint64_t *version)
 {
     struct gen *gens[2] = {e->cur, e->inflight};
     for (int i = 0; i < 2; i++) {
@@ -453,8 +451,9 @@ static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
     const unsigned char *p = v;
     *found = true;
     *seq = get_u64(p);
-    *code = (int)(int32_t)(uint32_t)((uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
-                                     (uint32_t)p[10] << 8 | p[11]);
+    *code =
+        (int)(int32_t)(uint32_t)((uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
+                                 (uint32_t)p[10] << 8 | p[11]);
     *version = get_u64(p + 12);
     free(v);
     return KV_OK;
@@ -656,8 +655,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
     g->nstaged++;
     overlay_set(g, slot, dk, dlen, w->op == ENGINE_PUT ? ver : 0);
     if (sk) /* no overlay growth between the two inserts: see the check above */
-        session_put(g, sk, sklen, w->seq, KV_OK,
-                    w->op == ENGINE_PUT ? ver : 0);
+        session_put(g, sk, sklen, w->seq, KV_OK, w->op == ENGINE_PUT ? ver : 0);
     *version = w->op == ENGINE_PUT ? ver : 0;
     return KV_OK;
 fail:
@@ -754,7 +752,7 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
             }
             for (size_t i = 0; i < t->nops; i++) {
                 const struct engine_txn_op *op = &t->ops[i];
-                versions[i] = scode != KV_OK                     ? 0
+                versions[i] = scode != KV_OK                      ? 0
                               : op->kind == ENGINE_TXN_PUT        ? sver
                               : op->kind == ENGINE_TXN_IF_VERSION ? op->version
                                                                   : 0;
@@ -796,12 +794,13 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
     /* Conditions, against the state before the transaction. */
     for (size_t i = 0; i < t->nops; i++) {
         const struct engine_txn_op *op = &t->ops[i];
-        if (op->kind != ENGINE_TXN_IF_VERSION && op->kind != ENGINE_TXN_IF_ABSENT)
+        if (op->kind != ENGINE_TXN_IF_VERSION &&
+            op->kind != ENGINE_TXN_IF_ABSENT)
             continue;
         versions[i] = pre[i];
-        if (!*failed && ((op->kind == ENGINE_TXN_IF_VERSION &&
-                          pre[i] != op->version) ||
-                         (op->kind == ENGINE_TXN_IF_ABSENT && pre[i] != 0))) {
+        if (!*failed &&
+            ((op->kind == ENGINE_TXN_IF_VERSION && pre[i] != op->version) ||
+             (op->kind == ENGINE_TXN_IF_ABSENT && pre[i] != 0))) {
             *failed = i + 1;
             *current = pre[i];
         }
@@ -848,8 +847,8 @@ static int current_version(struct engine *e, uint32_t shard, const void *key,
     unsigned char *dk = data_key(shard, key, klen, &dlen);
     if (!dk)
         return KV_ENOMEM;
-    int rc = latest_version(e, dk, dlen, overlay_find(e->cur, dk, dlen),
-                            version);
+    int rc =
+        latest_version(e, dk, dlen, overlay_find(e->cur, dk, dlen), version);
     free(dk);
     return rc;
 }
@@ -971,8 +970,7 @@ static void stage_index(struct engine *e, uint32_t shard, uint64_t index)
 
 static int check_index(struct engine *e, uint32_t shard, uint64_t index)
 {
-    if (shard >= e->nshards || index == 0 ||
-        index <= e->staged[shard].version)
+    if (shard >= e->nshards || index == 0 || index <= e->staged[shard].version)
         return KV_EINVAL;
     return KV_OK;
 }
@@ -992,8 +990,8 @@ int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
             (t->ops[i].kind == ENGINE_TXN_IF_VERSION && !t->ops[i].version))
             return KV_EINVAL;
     size_t plen;
-    unsigned char *pk = tagged_key('P', t->shard, p->txn_id, ENGINE_TXN_ID_LEN,
-                                   &plen);
+    unsigned char *pk =
+        tagged_key('P', t->shard, p->txn_id, ENGINE_TXN_ID_LEN, &plen);
     if (!pk)
         return KV_ENOMEM;
     void *pv = NULL;
@@ -1027,13 +1025,14 @@ int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
     }
     for (size_t i = 0; i < t->nops && rc == KV_OK; i++) {
         const struct engine_txn_op *op = &t->ops[i];
-        if (op->kind != ENGINE_TXN_IF_VERSION && op->kind != ENGINE_TXN_IF_ABSENT)
+        if (op->kind != ENGINE_TXN_IF_VERSION &&
+            op->kind != ENGINE_TXN_IF_ABSENT)
             continue;
         uint64_t cur = 0;
         rc = current_version(e, t->shard, op->key, op->klen, &cur);
-        if (rc == KV_OK && ((op->kind == ENGINE_TXN_IF_VERSION &&
-                             cur != op->version) ||
-                            (op->kind == ENGINE_TXN_IF_ABSENT && cur != 0))) {
+        if (rc == KV_OK &&
+            ((op->kind == ENGINE_TXN_IF_VERSION && cur != op->version) ||
+             (op->kind == ENGINE_TXN_IF_ABSENT && cur != 0))) {
             rc = KV_ECONFLICT;
             *failed = i + 1;
             *current = cur;
@@ -1128,7 +1127,8 @@ int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
     if (rc != KV_OK || !txn_id)
         return KV_EINVAL;
     size_t plen;
-    unsigned char *pk = tagged_key('P', shard, txn_id, ENGINE_TXN_ID_LEN, &plen);
+    unsigned char *pk =
+        tagged_key('P', shard, txn_id, ENGINE_TXN_ID_LEN, &plen);
     if (!pk)
         return KV_ENOMEM;
     unsigned char *prec = NULL;
@@ -1166,9 +1166,9 @@ int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
         unsigned char *iv = NULL;
         size_t ivlen = 0;
         rc = rec_get(e, ik, ilen, (void **)&iv, &ivlen);
-        if (rc == KV_ENOTFOUND || (rc == KV_OK && (ivlen < INTENT_HDR ||
-                                                   memcmp(iv, txn_id,
-                                                          ENGINE_TXN_ID_LEN)))) {
+        if (rc == KV_ENOTFOUND ||
+            (rc == KV_OK &&
+             (ivlen < INTENT_HDR || memcmp(iv, txn_id, ENGINE_TXN_ID_LEN)))) {
             rc = rc == KV_OK && ivlen < INTENT_HDR ? KV_ECORRUPT : KV_OK;
             free(ik);
             free(iv);
@@ -1521,8 +1521,7 @@ int engine_list_txns(struct engine *e, uint32_t shard, char which,
 
 /* Counts the records of prefix TAG stored for SHARD (at open and after an
  * install). */
-static int count_tagged(struct engine *e, char tag, uint32_t shard,
-                        uint64_t *n)
+static int count_tagged(struct engine *e, char tag, uint32_t shard, uint64_t *n)
 {
     unsigned char prefix[PREFIX_LEN];
     prefix[0] = (unsigned char)tag;
@@ -1635,7 +1634,8 @@ int engine_scan(struct engine *e, const struct engine_scan *sc,
     /* Seek to the greatest of start, prefix and the cursor. */
     const void *lo = sc->start;
     size_t lolen = sc->start_len;
-    if (sc->prefix_len && cmp_bytes(sc->prefix, sc->prefix_len, lo, lolen) > 0) {
+    if (sc->prefix_len &&
+        cmp_bytes(sc->prefix, sc->prefix_len, lo, lolen) > 0) {
         lo = sc->prefix;
         lolen = sc->prefix_len;
     }

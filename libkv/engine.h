@@ -73,7 +73,7 @@ enum engine_txn_kind {
 struct engine_txn_op {
     enum engine_txn_kind kind;
     const void *key;
-    size_t klen; /* > 0 */
+    size_t klen;     /* > 0 */
     const void *val; /* ENGINE_TXN_PUT */
     size_t vlen;
     uint64_t version; /* ENGINE_TXN_IF_VERSION */
@@ -182,7 +182,7 @@ enum engine_txn_state {
 };
 
 struct engine_prepare {
-    struct engine_txn txn; /* this shard's ops, index (no session) */
+    struct engine_txn txn;       /* this shard's ops, index (no session) */
     const unsigned char *txn_id; /* ENGINE_TXN_ID_LEN bytes */
     uint32_t home;
     uint64_t deadline_ms; /* wall clock */
@@ -262,13 +262,13 @@ bool engine_has_txn_records(const struct engine *e, uint32_t shard);
 /* One transaction known to a shard, for recovery and listing. */
 struct engine_txn_info {
     const unsigned char *txn_id;
-    int state;            /* records (X): the state; participants (P): -1 */
-    uint32_t home;        /* participants: the home shard */
+    int state;     /* records (X): the state; participants (P): -1 */
+    uint32_t home; /* participants: the home shard */
     uint64_t deadline_ms;
-    uint64_t version;     /* participants: the prepare's version */
+    uint64_t version;      /* participants: the prepare's version */
     const uint32_t *parts; /* records: the participant shards */
     size_t nparts;
-    size_t nkeys;          /* participants: keys holding its intents */
+    size_t nkeys; /* participants: keys holding its intents */
 };
 typedef int (*engine_txn_fn)(void *arg, const struct engine_txn_info *t);
 

@@ -226,9 +226,9 @@ void kv_txn_abort(kv_txn *txn);
  * jittered exponential backoff (2 ms doubling to 200 ms, +-50%) until the
  * timeout of OPTS (NULL or 0: the handle's default) has passed (or too
  * little of it is left for another attempt: 100 ms, or a quarter of the
- * timeout when that is less), and then returns KV_ECONFLICT. FN may be called several times, so it must have no
- * effect besides its ops on TXN; it must not commit or abort TXN. Returns
- * the last code. */
+ * timeout when that is less), and then returns KV_ECONFLICT. FN may be called
+ * several times, so it must have no effect besides its ops on TXN; it must not
+ * commit or abort TXN. Returns the last code. */
 int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
                void *arg);
 

@@ -294,8 +294,7 @@ static void *transfer_thread(void *arg)
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         struct transfer tr = {.from = (int)((seed >> 33) % ACCOUNTS),
                               .amount = (int)((seed >> 40) % 300) + 1};
-        tr.to = (tr.from + 1 + (int)((seed >> 50) % (ACCOUNTS - 1))) %
-                ACCOUNTS;
+        tr.to = (tr.from + 1 + (int)((seed >> 50) % (ACCOUNTS - 1))) % ACCOUNTS;
         int rc = kv_txn_run(h, NULL, transfer_fn, &tr);
         if (rc != KV_OK) {
             fprintf(stderr, "transfer: %s (%s)\n", kv_strerror(rc),
@@ -318,9 +317,8 @@ START_TEST(concurrent_transfers_across_shards_keep_the_total)
     pthread_t th[3];
     uint64_t seeds[3] = {11, 22, 33};
     for (int i = 0; i < 3; i++)
-        ck_assert_int_eq(pthread_create(&th[i], NULL, transfer_thread,
-                                        &seeds[i]),
-                         0);
+        ck_assert_int_eq(
+            pthread_create(&th[i], NULL, transfer_thread, &seeds[i]), 0);
     int bad = 0;
     for (int i = 0; i < 3; i++) {
         void *r = NULL;
@@ -332,9 +330,9 @@ START_TEST(concurrent_transfers_across_shards_keep_the_total)
     for (int i = 0; i < ACCOUNTS; i++) {
         void *v = NULL;
         size_t n = 0;
-        ck_assert_int_eq(kv_get(h, accounts[i], strlen(accounts[i]), NULL, &v,
-                                &n, NULL),
-                         KV_OK);
+        ck_assert_int_eq(
+            kv_get(h, accounts[i], strlen(accounts[i]), NULL, &v, &n, NULL),
+            KV_OK);
         long b = balance_of(v, n);
         kv_free(v);
         ck_assert_msg(b >= 0, "account %d is negative: %ld", i, b);
@@ -500,8 +498,8 @@ START_TEST(a_client_retry_after_the_coordinator_died_finds_one_outcome)
     ck_assert_int_eq(kv_get(h, k[1], strlen(k[1]), NULL, &v1, &n1, NULL),
                      KV_OK);
     ck_assert_msg(n0 == n1 && memcmp(v0, v1, n0) == 0,
-                  "the shards disagree: '%.*s' and '%.*s'", (int)n0,
-                  (char *)v0, (int)n1, (char *)v1);
+                  "the shards disagree: '%.*s' and '%.*s'", (int)n0, (char *)v0,
+                  (int)n1, (char *)v1);
     if (rc == KV_OK)
         ck_assert_msg(n0 == 3 && memcmp(v0, "new", 3) == 0,
                       "a commit the client was told of is missing");
@@ -511,7 +509,8 @@ START_TEST(a_client_retry_after_the_coordinator_died_finds_one_outcome)
 }
 END_TEST
 
-START_TEST(a_coordinator_killed_after_the_commit_point_leaves_every_part_committed)
+START_TEST(
+    a_coordinator_killed_after_the_commit_point_leaves_every_part_committed)
 {
     kv *h = open_handle(5000);
     char k[2][32];
@@ -538,7 +537,8 @@ static Suite *txn_suite(void)
     TCase *tc = tcase_create("commit");
     tcase_add_checked_fixture(tc, cluster_up, cluster_down);
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, a_cross_shard_transaction_commits_on_every_shard_or_none);
+    tcase_add_test(tc,
+                   a_cross_shard_transaction_commits_on_every_shard_or_none);
     tcase_add_test(tc, concurrent_transfers_across_shards_keep_the_total);
     suite_add_tcase(s, tc);
 

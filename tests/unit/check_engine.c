@@ -1640,10 +1640,22 @@ END_TEST
 
 /* ---- transactions on one shard (engine_stage_txn) ----------------------- */
 
-#define TPUT(k, v) {ENGINE_TXN_PUT, k, sizeof(k) - 1, v, sizeof(v) - 1, 0}
-#define TDEL(k) {ENGINE_TXN_DEL, k, sizeof(k) - 1, NULL, 0, 0}
-#define TIFV(k, ver) {ENGINE_TXN_IF_VERSION, k, sizeof(k) - 1, NULL, 0, ver}
-#define TIFA(k) {ENGINE_TXN_IF_ABSENT, k, sizeof(k) - 1, NULL, 0, 0}
+#define TPUT(k, v)                                                             \
+    {                                                                          \
+        ENGINE_TXN_PUT, k, sizeof(k) - 1, v, sizeof(v) - 1, 0                  \
+    }
+#define TDEL(k)                                                                \
+    {                                                                          \
+        ENGINE_TXN_DEL, k, sizeof(k) - 1, NULL, 0, 0                           \
+    }
+#define TIFV(k, ver)                                                           \
+    {                                                                          \
+        ENGINE_TXN_IF_VERSION, k, sizeof(k) - 1, NULL, 0, ver                  \
+    }
+#define TIFA(k)                                                                \
+    {                                                                          \
+        ENGINE_TXN_IF_ABSENT, k, sizeof(k) - 1, NULL, 0, 0                     \
+    }
 
 static int stage_txn(uint32_t shard, const struct engine_txn_op *ops, size_t n,
                      uint64_t index, uint64_t seq, uint64_t *versions,
@@ -1786,8 +1798,8 @@ START_TEST(malformed_transactions_are_invalid_and_stage_nothing)
     uint64_t cur;
     struct engine_txn_op empty_key[] = {{ENGINE_TXN_PUT, "", 0, "v", 1, 0}};
     struct engine_txn_op zero_version[] = {TIFV("k", 0)};
-    struct engine_txn_op bad_kind[] = {{(enum engine_txn_kind)9, "k", 1, NULL,
-                                        0, 0}};
+    struct engine_txn_op bad_kind[] = {
+        {(enum engine_txn_kind)9, "k", 1, NULL, 0, 0}};
     ck_assert_int_eq(stage_txn(0, empty_key, 1, 0, 0, vers, &failed, &cur),
                      KV_EINVAL);
     ck_assert_int_eq(stage_txn(0, zero_version, 1, 0, 0, vers, &failed, &cur),
@@ -1796,9 +1808,9 @@ START_TEST(malformed_transactions_are_invalid_and_stage_nothing)
                      KV_EINVAL);
     ck_assert_int_eq(stage_txn(0, empty_key, 0, 0, 0, vers, &failed, &cur),
                      KV_EINVAL);
-    ck_assert_int_eq(stage_txn(NSHARDS, zero_version, 1, 0, 0, vers, &failed,
-                               &cur),
-                     KV_EINVAL);
+    ck_assert_int_eq(
+        stage_txn(NSHARDS, zero_version, 1, 0, 0, vers, &failed, &cur),
+        KV_EINVAL);
     put_ok(0, "k", "v");
     struct engine_txn_op ok[] = {TPUT("z", "1")};
     uint64_t a = applied_of(0);
@@ -1807,7 +1819,6 @@ START_TEST(malformed_transactions_are_invalid_and_stage_nothing)
     ck_assert(!engine_has_staged(eng));
 }
 END_TEST
-
 
 /* ---- two-phase commit: intents, participant and transaction records ----- */
 
@@ -1818,12 +1829,12 @@ static int prepare(uint32_t shard, const unsigned char *id,
                    const struct engine_txn_op *ops, size_t n, uint64_t index,
                    uint64_t now, uint64_t *version)
 {
-    struct engine_prepare p = {.txn = {.shard = shard, .ops = ops, .nops = n,
-                                       .index = index},
-                               .txn_id = id,
-                               .home = 7,
-                               .deadline_ms = 1000,
-                               .now_ms = now};
+    struct engine_prepare p = {
+        .txn = {.shard = shard, .ops = ops, .nops = n, .index = index},
+        .txn_id = id,
+        .home = 7,
+        .deadline_ms = 1000,
+        .now_ms = now};
     size_t failed;
     uint64_t cur;
     return engine_stage_prepare(eng, &p, version, &failed, &cur);
@@ -1853,10 +1864,16 @@ START_TEST(prepared_intents_lock_keys_until_a_commit_applies_them)
     expect_missing(0, "a"); /* nothing visible before the commit */
     expect_value(0, "keep", "k0", i0);
 
-    struct engine_write w = {.op = ENGINE_PUT, .shard = 0, .key = "c",
-                             .klen = 1, .val = "x", .vlen = 1,
-                             .index = i0 + 2, .client_id = "cl",
-                             .client_id_len = 2, .seq = 1};
+    struct engine_write w = {.op = ENGINE_PUT,
+                             .shard = 0,
+                             .key = "c",
+                             .klen = 1,
+                             .val = "x",
+                             .vlen = 1,
+                             .index = i0 + 2,
+                             .client_id = "cl",
+                             .client_id_len = 2,
+                             .seq = 1};
     uint64_t v;
     ck_assert_int_eq(engine_stage(eng, &w, &v), ENGINE_ELOCKED);
     struct engine_txn_op one[] = {TPUT("zz", "1"), TPUT("a", "2")};
@@ -1914,12 +1931,12 @@ START_TEST(prepare_votes_no_on_a_failed_condition_or_a_passed_deadline)
 {
     uint64_t v1 = put_ok(2, "a", "x");
     struct engine_txn_op ops[] = {TIFV("a", v1 + 1), TPUT("b", "1")};
-    struct engine_prepare p = {.txn = {.shard = 2, .ops = ops, .nops = 2,
-                                       .index = v1 + 1},
-                               .txn_id = txn_a,
-                               .home = 0,
-                               .deadline_ms = 1000,
-                               .now_ms = 5};
+    struct engine_prepare p = {
+        .txn = {.shard = 2, .ops = ops, .nops = 2, .index = v1 + 1},
+        .txn_id = txn_a,
+        .home = 0,
+        .deadline_ms = 1000,
+        .now_ms = 5};
     uint64_t ver;
     size_t failed;
     uint64_t cur;
@@ -1973,22 +1990,21 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
 {
     uint32_t parts[] = {0, 3};
     int state = -1;
-    ck_assert_int_eq(engine_stage_record(eng, 3, 1, txn_a, 1000, parts, 2,
-                                         &state),
-                     KV_OK);
+    ck_assert_int_eq(
+        engine_stage_record(eng, 3, 1, txn_a, 1000, parts, 2, &state), KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_PENDING);
-    ck_assert_int_eq(engine_stage_decide(eng, 3, 2, txn_a, ENGINE_TXN_PENDING,
-                                         500, &state),
-                     KV_OK);
+    ck_assert_int_eq(
+        engine_stage_decide(eng, 3, 2, txn_a, ENGINE_TXN_PENDING, 500, &state),
+        KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_PENDING);
     ck_assert_int_eq(engine_stage_forget(eng, 3, 3, txn_a), KV_OK); /* kept */
     ck_assert_int_eq(engine_stage_decide(eng, 3, 4, txn_a, ENGINE_TXN_COMMITTED,
                                          900, &state),
                      KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_COMMITTED);
-    ck_assert_int_eq(engine_stage_decide(eng, 3, 5, txn_a, ENGINE_TXN_ABORTED,
-                                         950, &state),
-                     KV_OK);
+    ck_assert_int_eq(
+        engine_stage_decide(eng, 3, 5, txn_a, ENGINE_TXN_ABORTED, 950, &state),
+        KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_COMMITTED);
     ck_assert_int_eq(engine_stage_record(eng, 3, 6, txn_a, 5, parts, 2, &state),
                      KV_OK);
@@ -2000,14 +2016,13 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
     ck_assert(engine_has_txn_records(eng, 3));
     ck_assert_int_eq(engine_stage_forget(eng, 3, 7, txn_a), KV_OK);
     ck_assert(!engine_has_txn_records(eng, 3));
-    ck_assert_int_eq(engine_stage_decide(eng, 3, 8, txn_a, ENGINE_TXN_PENDING,
-                                         1, &state),
-                     KV_OK);
+    ck_assert_int_eq(
+        engine_stage_decide(eng, 3, 8, txn_a, ENGINE_TXN_PENDING, 1, &state),
+        KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_UNKNOWN);
     /* past its deadline, asking or committing aborts */
-    ck_assert_int_eq(engine_stage_record(eng, 3, 9, txn_b, 1000, parts, 2,
-                                         &state),
-                     KV_OK);
+    ck_assert_int_eq(
+        engine_stage_record(eng, 3, 9, txn_b, 1000, parts, 2, &state), KV_OK);
     ck_assert_int_eq(engine_stage_decide(eng, 3, 10, txn_b,
                                          ENGINE_TXN_COMMITTED, 1001, &state),
                      KV_OK);
@@ -2022,7 +2037,6 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
     ck_assert(!engine_has_txn_records(eng, 2));
 }
 END_TEST
-
 
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
  * two-step commit, each test on its own store under /tmp. */
@@ -2119,10 +2133,12 @@ Suite *engine_suite(void)
     tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, a_transaction_applies_every_write_with_one_version);
-    tcase_add_test(tc, a_failed_condition_writes_nothing_and_names_the_condition);
+    tcase_add_test(tc,
+                   a_failed_condition_writes_nothing_and_names_the_condition);
     tcase_add_test(tc, a_later_write_of_the_same_key_in_a_transaction_wins);
     tcase_add_test(
-        tc, a_replicated_transaction_is_applied_once_and_retries_get_its_outcome);
+        tc,
+        a_replicated_transaction_is_applied_once_and_retries_get_its_outcome);
     tcase_add_test(tc, malformed_transactions_are_invalid_and_stage_nothing);
     tcase_add_test(tc, prepared_intents_lock_keys_until_a_commit_applies_them);
     tcase_add_test(tc, an_aborted_prepare_leaves_the_data_as_it_was);

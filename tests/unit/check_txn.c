@@ -256,7 +256,7 @@ START_TEST(every_yes_commits_answers_resolves_and_forgets)
     ck_assert_ptr_nonnull(d);
     ck_assert_uint_eq(d->req->txn_decide->want, 1);
     ck_assert_uint_eq(d->req->seq, 9); /* the decision goes in the session */
-    ck_assert_uint_eq(nanswers, 0); /* nobody is told before the decision */
+    ck_assert_uint_eq(nanswers, 0);    /* nobody is told before the decision */
     mark = ncalls;
     answer_state(d, 1 /* committed */);
     ck_assert_str_eq(failpoints[1], "txn-committed");
@@ -483,7 +483,8 @@ START_TEST(a_participant_check_asks_the_home_shard_and_resolves_as_told)
     ask = last_call(mark, KV__REQUEST__OP_TXN_DECIDE, 2);
     mark = ncalls;
     answer_state(ask, 3); /* gone: never made, so aborted */
-    const struct seen_call *rs = last_call(mark, KV__REQUEST__OP_TXN_RESOLVE, 5);
+    const struct seen_call *rs =
+        last_call(mark, KV__REQUEST__OP_TXN_RESOLVE, 5);
     ck_assert_ptr_nonnull(rs);
     ck_assert(!rs->req->txn_resolve->commit);
     answer_code(rs, KV_OK);
@@ -507,8 +508,8 @@ Suite *txn_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(
         tc, recovery_aborts_an_expired_record_and_finishes_a_decided_one);
-    tcase_add_test(tc,
-                   a_participant_check_asks_the_home_shard_and_resolves_as_told);
+    tcase_add_test(
+        tc, a_participant_check_asks_the_home_shard_and_resolves_as_told);
     suite_add_tcase(s, tc);
     return s;
 }
