@@ -1402,9 +1402,17 @@ void replica_request(struct replica *r, const void *client, size_t clen,
     case KV__REQUEST__OP_TXN_PREPARE:
     case KV__REQUEST__OP_TXN_RESOLVE:
     case KV__REQUEST__OP_TXN_RECORD:
-    case KV__REQUEST__OP_TXN_DECIDE:
-        handle_txn_step(r, client, clen, req);
+    case KV__REQUEST__OP_TXN_DECIDE: {
+        /* Steps of two-phase commit come only from nodes (their calls
+         * travel in PeerBatch); a client cannot name such an address. */
+        uint32_t from;
+        if (!is_peer_addr(client, clen, &from))
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "transaction steps are for nodes only");
+        else
+            handle_txn_step(r, client, clen, req);
         break;
+    }
     case KV__REQUEST__OP_GET:
     case KV__REQUEST__OP_SCAN:
         handle_read(r, client, clen, env);
@@ -1546,6 +1554,12 @@ struct parked {
 
 #define PARKED_CALL_BIT (1ull << 62)
 
+static uint64_t next_parked_call(struct replica *r)
+{
+    r->parked_calls = (r->parked_calls + 1) & ((1ull << 61) - 1);
+    return CALL_BIT_OF_TXN | PARKED_CALL_BIT | r->parked_calls;
+}
+
 static void ask_for_parked(struct replica *r, struct parked *p)
 {
     Kv__TxnDecide d = KV__TXN_DECIDE__INIT;
@@ -1554,7 +1568,7 @@ static void ask_for_parked(struct replica *r, struct parked *p)
     d.shard = p->home;
     d.want = 0; /* ask (a PENDING record past its deadline is aborted) */
     Kv__Request req = KV__REQUEST__INIT;
-    req.id = p->call = CALL_BIT_OF_TXN | PARKED_CALL_BIT | ++r->parked_calls;
+    req.id = p->call = next_parked_call(r);
     req.op_case = KV__REQUEST__OP_TXN_DECIDE;
     req.txn_decide = &d;
     txn_call(r, p->home, &req);
@@ -1628,7 +1642,7 @@ static void serve_parked(struct replica *r, struct parked *p, int state)
         rs.shard = p->shard;
         rs.commit = true;
         Kv__Request q = KV__REQUEST__INIT;
-        q.id = CALL_BIT_OF_TXN | PARKED_CALL_BIT | ++r->parked_calls;
+        q.id = next_parked_call(r);
         q.op_case = KV__REQUEST__OP_TXN_RESOLVE;
         q.txn_resolve = &rs;
         txn_call(r, p->shard, &q);
@@ -1886,8 +1900,10 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
                                   cmd->txn_resolve->commit);
     } else if (cmd->op_case == KV__COMMAND__OP_TXN_RECORD) {
         const Kv__TxnRecord *x = cmd->txn_record;
-        rc = engine_stage_record(r->engine, g->shard, index, id->data,
-                                 x->deadline_ms, x->parts, x->n_parts, &state);
+        rc = engine_stage_record_for(
+            r->engine, g->shard, index, id->data, x->deadline_ms, x->parts,
+            x->n_parts, cmd->seq ? cmd->client_id.data : NULL,
+            cmd->seq ? cmd->client_id.len : 0, cmd->seq, &state);
     } else if (cmd->txn_decide->want == 3) {
         rc = engine_stage_forget(r->engine, g->shard, index, id->data);
         state = ENGINE_TXN_UNKNOWN;
@@ -2046,6 +2062,8 @@ static void answer_waiters(struct replica *r, struct group *g)
                                : "a key is locked by another transaction";
             resp.result_case = KV__RESPONSE__RESULT_TXN;
             resp.txn = &tres;
+        } else if (w->kind == W_RESOLVE) {
+            resp.code = w->code; /* a bare code: never taken for a vote */
         } else if (w->code == ENGINE_ELOCKED) {
             resp.code = w->code;
             resp.message = "a key is locked by a transaction in progress; "
@@ -2977,6 +2995,8 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
                            .wall_ms = txn_wall,
                            .failpoint = env->failpoint ? txn_failpoint : NULL};
     r->txns = txns_new(conf->shards, conf->txn_timeout_ms, &tenv, seed);
+    /* Random start: an answer meant for an earlier run matches nothing. */
+    r->parked_calls = (seed * 0x9e3779b97f4a7c15ull) >> 4;
     int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
                      r->hint && r->txns
                  ? KV_OK

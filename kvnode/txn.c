@@ -107,6 +107,9 @@ struct txns *txns_new(uint32_t nshards, uint32_t timeout_ms,
     t->timeout_ms = timeout_ms;
     t->env = *env;
     t->rng = seed ^ 0x74786e73ull;
+    /* Ids start at a random point of 61 bits, so an answer addressed to an
+     * earlier run of this node (a restart) matches no call of this one. */
+    t->next_call = next_rand(t) >> 3;
     return t;
 }
 
@@ -192,7 +195,8 @@ static void drop(struct txns *t, struct coord *c)
 
 static uint64_t new_call(struct txns *t)
 {
-    return CALL_BIT | ++t->next_call;
+    t->next_call = (t->next_call + 1) & ((1ull << 61) - 1);
+    return CALL_BIT | t->next_call;
 }
 
 static void call_record(struct txns *t, struct coord *c)
@@ -214,6 +218,12 @@ static void call_record(struct txns *t, struct coord *c)
     req.id = c->call = new_call(t);
     req.op_case = KV__REQUEST__OP_TXN_RECORD;
     req.txn_record = &rec;
+    /* With the session, the home shard does not make the record again for
+     * a transaction it already decided and forgot. */
+    if (c->req) {
+        req.client_id = c->req->client_id;
+        req.seq = c->req->seq;
+    }
     t->env.call(t->env.arg, c->home, &req);
     if (pp != parts)
         free(pp);

@@ -1366,9 +1366,58 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
         free(sk);
         return rc;
     }
+    bool found = false;
+    uint64_t had = 0, ver = 0;
+    int code = 0;
+    rc = session_get(e, sk, sklen, &found, &had, &code, &ver);
+    if (rc != KV_OK || (found && had >= seq)) {
+        free(sk); /* a later write of the session is recorded: keep it */
+        return rc;
+    }
     session_put(e->cur, sk, sklen, seq,
                 *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0);
     return KV_OK;
+}
+
+int engine_stage_record_for(struct engine *e, uint32_t shard, uint64_t index,
+                            const unsigned char *txn_id, uint64_t deadline_ms,
+                            const uint32_t *parts, size_t nparts,
+                            const void *client_id, size_t client_id_len,
+                            uint64_t seq, int *state)
+{
+    if (seq && (!client_id || client_id_len == 0 ||
+                client_id_len > ENGINE_MAX_CLIENT_ID))
+        return KV_EINVAL;
+    if (seq && check_index(e, shard, index) == KV_OK && txn_id) {
+        /* A record that exists is what counts; only when there is none
+         * does the session tell a forgotten transaction from a new one. */
+        unsigned char *k;
+        size_t klen;
+        uint64_t dl;
+        int rc = xrec_get(e, shard, txn_id, &k, &klen, state, &dl);
+        free(k);
+        if (rc != KV_OK && rc != KV_ENOTFOUND)
+            return rc;
+        if (rc == KV_ENOTFOUND) {
+            uint64_t had = 0, ver = 0;
+            int code = 0;
+            rc = engine_session(e, shard, client_id, client_id_len, &had, &code,
+                                &ver);
+            if (rc != KV_OK && rc != KV_ENOTFOUND)
+                return rc;
+            if (rc == KV_OK && had >= seq) {
+                /* Decided and forgotten (HAD == SEQ: the session holds its
+                 * decision), or superseded by a later write of the client:
+                 * never made again. */
+                *state = had == seq && code == KV_OK ? ENGINE_TXN_COMMITTED
+                                                     : ENGINE_TXN_ABORTED;
+                stage_index(e, shard, index);
+                return KV_OK;
+            }
+        }
+    }
+    return engine_stage_record(e, shard, index, txn_id, deadline_ms, parts,
+                               nparts, state);
 }
 
 int engine_session(struct engine *e, uint32_t shard, const void *client_id,

@@ -212,6 +212,16 @@ int engine_stage_record(struct engine *e, uint32_t shard, uint64_t index,
                         const unsigned char *txn_id, uint64_t deadline_ms,
                         const uint32_t *parts, size_t nparts, int *state);
 
+/* engine_stage_record, unless the session CLIENT_ID (SEQ > 0) already
+ * recorded SEQ or a later write: then the transaction was decided and
+ * forgotten (or superseded), no record is made, and *STATE is the decision
+ * the session holds (COMMITTED for KV_OK, else ABORTED). */
+int engine_stage_record_for(struct engine *e, uint32_t shard, uint64_t index,
+                            const unsigned char *txn_id, uint64_t deadline_ms,
+                            const uint32_t *parts, size_t nparts,
+                            const void *client_id, size_t client_id_len,
+                            uint64_t seq, int *state);
+
 /* Decides or asks: WANT is ENGINE_TXN_COMMITTED, ENGINE_TXN_ABORTED or
  * ENGINE_TXN_PENDING (only asking). A PENDING record becomes what is wanted,
  * except that past its deadline (NOW_MS, the proposer's clock in the entry)
@@ -222,8 +232,9 @@ int engine_stage_decide(struct engine *e, uint32_t shard, uint64_t index,
                         int *state);
 
 /* engine_stage_decide, then, when a decision was asked for (WANT is not
- * PENDING) and SEQ > 0, records the decision in the session CLIENT_ID:
- * code KV_OK when committed, KV_ECONFLICT when aborted. */
+ * PENDING) and SEQ > 0, records the decision in the session CLIENT_ID
+ * (code KV_OK when committed, KV_ECONFLICT when aborted), unless the
+ * session already holds SEQ or a later write. */
 int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
                             const unsigned char *txn_id, int want,
                             uint64_t now_ms, const void *client_id,

@@ -2038,6 +2038,57 @@ START_TEST(a_transaction_record_is_decided_once_and_aborts_past_its_deadline)
 }
 END_TEST
 
+/* The decision goes into the client's session, never lowering it; once the
+ * record is forgotten, a late request to make it again (a retry of the
+ * same write, or an older one) makes nothing and gets the decision. */
+START_TEST(a_forgotten_transaction_is_never_recorded_again)
+{
+    uint32_t parts[] = {0, 1};
+    int state = -1;
+    const char *cid = "client-x";
+    ck_assert_int_eq(engine_stage_record_for(eng, 1, 1, txn_a, 1000, parts, 2,
+                                             cid, 8, 5, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_PENDING);
+    ck_assert_int_eq(engine_stage_decide_for(eng, 1, 2, txn_a,
+                                             ENGINE_TXN_COMMITTED, 10, cid, 8,
+                                             5, &state),
+                     KV_OK);
+    ck_assert_int_eq(engine_stage_forget(eng, 1, 3, txn_a), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    /* the same write again: no record, the session's decision */
+    ck_assert_int_eq(engine_stage_record_for(eng, 1, 4, txn_a, 1000, parts, 2,
+                                             cid, 8, 5, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_COMMITTED);
+    ck_assert(!engine_has_txn_records(eng, 1));
+    /* an older write of the session: superseded, never made */
+    ck_assert_int_eq(engine_stage_record_for(eng, 1, 5, txn_b, 1000, parts, 2,
+                                             cid, 8, 4, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_ABORTED);
+    ck_assert(!engine_has_txn_records(eng, 1));
+    /* a late decision of an older write does not lower the session */
+    ck_assert_int_eq(
+        engine_stage_record(eng, 1, 6, txn_b, 1000, parts, 2, &state), KV_OK);
+    ck_assert_int_eq(engine_stage_decide_for(eng, 1, 7, txn_b,
+                                             ENGINE_TXN_ABORTED, 10, cid, 8, 4,
+                                             &state),
+                     KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    uint64_t seq = 0, ver = 0;
+    int code = -1;
+    ck_assert_int_eq(engine_session(eng, 1, cid, 8, &seq, &code, &ver), KV_OK);
+    ck_assert_uint_eq(seq, 5);
+    ck_assert_int_eq(code, KV_OK);
+    /* an existing record wins over the session */
+    ck_assert_int_eq(engine_stage_record_for(eng, 1, 8, txn_b, 1000, parts, 2,
+                                             cid, 8, 9, &state),
+                     KV_OK);
+    ck_assert_int_eq(state, ENGINE_TXN_ABORTED);
+}
+END_TEST
+
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
  * two-step commit, each test on its own store under /tmp. */
 Suite *engine_suite(void)
@@ -2146,6 +2197,7 @@ Suite *engine_suite(void)
                    prepare_votes_no_on_a_failed_condition_or_a_passed_deadline);
     tcase_add_test(
         tc, a_transaction_record_is_decided_once_and_aborts_past_its_deadline);
+    tcase_add_test(tc, a_forgotten_transaction_is_never_recorded_again);
     suite_add_tcase(s, tc);
     return s;
 }

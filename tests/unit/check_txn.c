@@ -222,6 +222,7 @@ static size_t to_prepares(const char *client, uint64_t seq)
     ck_assert_ptr_nonnull(rec);
     ck_assert_uint_eq(rec->req->txn_record->deadline_ms, wall + TIMEOUT_MS);
     ck_assert_uint_eq(rec->req->txn_record->n_parts, 2);
+    ck_assert_uint_eq(rec->req->seq, seq); /* the record checks the session */
     size_t mark = ncalls;
     answer_state(rec, 0 /* pending */);
     return mark;
