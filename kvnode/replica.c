@@ -2473,6 +2473,13 @@ static void txn_call(void *arg, uint32_t shard, const Kv__Request *req)
     }
 }
 
+static bool txn_leads(void *arg, uint32_t shard)
+{
+    struct replica *r = arg;
+    return shard < r->conf->shards && r->groups[shard] &&
+           r->groups[shard]->role == RAFT_LEADER;
+}
+
 static void txn_failpoint(void *arg, const char *name)
 {
     struct replica *r = arg;
@@ -2993,6 +3000,7 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
                            .call = txn_call,
                            .reply = txn_reply,
                            .wall_ms = txn_wall,
+                           .leads = txn_leads,
                            .failpoint = env->failpoint ? txn_failpoint : NULL};
     r->txns = txns_new(conf->shards, conf->txn_timeout_ms, &tenv, seed);
     /* Random start: an answer meant for an earlier run matches nothing. */

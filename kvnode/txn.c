@@ -632,6 +632,14 @@ bool txns_reply(struct txns *t, const Kv__Response *resp)
         return false;
     for (size_t i = 0; i < t->n; i++) {
         struct coord *c = t->c[i];
+        bool mine = c->call == resp->id;
+        for (size_t j = 0; !mine && j < c->nparts; j++)
+            mine = c->parts[j].call == resp->id;
+        if (mine && !is_check(c) && t->env.leads &&
+            !t->env.leads(t->env.arg, c->home)) {
+            drop(t, c); /* deposed: the home shard's new leader carries on */
+            return true;
+        }
         if (c->call == resp->id) {
             c->call = 0;
             if (c->phase == PH_SETTLE) {
@@ -708,6 +716,14 @@ bool txns_reply(struct txns *t, const Kv__Response *resp)
 void txns_tick(struct txns *t)
 {
     uint64_t now = t->env.wall_ms(t->env.arg);
+    /* Coordinators whose node no longer leads their home shard stop. */
+    for (size_t i = 0; i < t->n;) {
+        struct coord *c = t->c[i];
+        if (!is_check(c) && t->env.leads && !t->env.leads(t->env.arg, c->home))
+            drop(t, c); /* moves the last one to I */
+        else
+            i++;
+    }
     for (size_t i = 0; i < t->n; i++) {
         struct coord *c = t->c[i];
         if (c->phase == PH_PREPARE && now > c->deadline) {

@@ -49,6 +49,12 @@ struct txn_env {
                   const Kv__Response *resp);
     /* Wall clock, ms since the epoch: deadlines are compared across nodes. */
     uint64_t (*wall_ms)(void *arg);
+    /* Whether this node leads SHARD now. A coordinator stops (without an
+     * answer: the client retries) once its node no longer leads its home
+     * shard, so that two coordinators never drive one transaction past a
+     * decision: the new leader's recovery, or a client's retry there,
+     * carries on from the record. */
+    bool (*leads)(void *arg, uint32_t shard);
     /* Optional: called at the named points of the protocol, so a test can
      * stop the node there ("txn-prepared": every vote is YES, nothing
      * decided; "txn-committed": the record is COMMITTED, no participant

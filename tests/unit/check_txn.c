@@ -82,6 +82,15 @@ static uint64_t env_wall(void *arg)
     return wall;
 }
 
+static bool leading = true;
+
+static bool env_leads(void *arg, uint32_t shard)
+{
+    (void)arg;
+    (void)shard;
+    return leading;
+}
+
 static void env_failpoint(void *arg, const char *name)
 {
     (void)arg;
@@ -93,8 +102,10 @@ static void setup(void)
     struct txn_env env = {.call = env_call,
                           .reply = env_reply,
                           .wall_ms = env_wall,
+                          .leads = env_leads,
                           .failpoint = env_failpoint};
     ncalls = nanswers = nfailpoints = 0;
+    leading = true;
     wall = 1000000;
     t = txns_new(NSHARDS, TIMEOUT_MS, &env, 42);
     ck_assert_ptr_nonnull(t);
@@ -493,6 +504,32 @@ START_TEST(a_participant_check_asks_the_home_shard_and_resolves_as_told)
 }
 END_TEST
 
+/* A coordinator whose node lost the home shard's leadership stops at its
+ * next step (no decision, no answer): the new leader carries on from the
+ * record, so two coordinators never drive one transaction. */
+START_TEST(a_coordinator_stops_when_its_node_no_longer_leads_the_home_shard)
+{
+    size_t mark = to_prepares("c6", 11);
+    const struct seen_call *pa =
+        last_call(mark, KV__REQUEST__OP_TXN_PREPARE, shard_a);
+    const struct seen_call *pb =
+        last_call(mark, KV__REQUEST__OP_TXN_PREPARE, shard_b);
+    answer_yes(pa, 1);
+    leading = false;
+    mark = ncalls;
+    answer_yes(pb, 2);
+    ck_assert_uint_eq(count_calls(mark, KV__REQUEST__OP_TXN_DECIDE), 0);
+    ck_assert_uint_eq(txns_active(t), 0);
+    ck_assert_uint_eq(nanswers, 0);
+    /* and at a tick, without any answer */
+    leading = true;
+    to_prepares("c7", 12);
+    leading = false;
+    ticks(1);
+    ck_assert_uint_eq(txns_active(t), 0);
+}
+END_TEST
+
 Suite *txn_suite(void)
 {
     Suite *s = suite_create("txn");
@@ -504,6 +541,8 @@ Suite *txn_suite(void)
     tcase_add_test(tc, unanswered_and_redirected_calls_are_repeated);
     tcase_add_test(tc, a_client_retry_joins_the_running_transaction);
     tcase_add_test(tc, a_record_found_decided_is_answered_and_resolved);
+    tcase_add_test(
+        tc, a_coordinator_stops_when_its_node_no_longer_leads_the_home_shard);
     suite_add_tcase(s, tc);
     tc = tcase_create("recovery");
     tcase_add_checked_fixture(tc, setup, teardown);
