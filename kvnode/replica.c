@@ -59,7 +59,6 @@ struct waiter {
     int code;
     uint64_t version;
     bool done;
-    bool txn;           /* answer with a TxnResult */
     int kind;           /* W_* : what the answer carries */
     uint64_t *versions; /* txn: one per op (malloc()ed), NULL until applied */
     size_t nversions;
@@ -225,8 +224,7 @@ static void local_push(struct replica *r, bool answer, const void *buf,
                        size_t len);
 static uint64_t txn_wall(void *arg);
 static void txn_call(void *arg, uint32_t shard, const Kv__Request *req);
-static void take_answer(struct replica *r, const void *buf, size_t len,
-                        uint32_t from);
+static void take_answer(struct replica *r, const void *buf, size_t len);
 static void take_call(struct replica *r, const void *buf, size_t len,
                       uint32_t from);
 
@@ -1027,7 +1025,6 @@ static void propose_command(struct replica *r, const void *client, size_t clen,
         return;
     }
     struct waiter *w = &g->waiters[g->nwaiters - 1];
-    w->txn = cmd->op_case == KV__COMMAND__OP_TXN;
     w->kind = cmd->op_case == KV__COMMAND__OP_TXN           ? W_TXN
               : cmd->op_case == KV__COMMAND__OP_TXN_PREPARE ? W_PREPARE
               : cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE ? W_RESOLVE
@@ -1802,6 +1799,15 @@ static void bounce_reads(struct replica *r, struct group *g)
 
 /* --- apply ---------------------------------------------------------------- */
 
+/* Whether RC, from an engine_stage* call, is an outcome of the entry
+ * (the same on every replica) rather than a failure of this node's
+ * storage or memory, which stops the node. */
+static bool applied_outcome(int rc)
+{
+    return rc == KV_OK || rc == KV_ECONFLICT || rc == KV_ENOTFOUND ||
+           rc == KV_EINVAL || rc == KV_ETIMEDOUT || rc == ENGINE_ELOCKED;
+}
+
 /* Applies a single-shard transaction; W (if any) gets its outcome. */
 static int apply_txn(struct replica *r, struct group *g, uint64_t index,
                      const Kv__Command *cmd, struct waiter *w)
@@ -1837,8 +1843,7 @@ static int apply_txn(struct replica *r, struct group *g, uint64_t index,
     free(ops);
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, index);
-    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_EINVAL &&
-        rc != ENGINE_ELOCKED) {
+    if (!applied_outcome(rc)) {
         free(versions);
         return rc; /* storage failure: the node stops */
     }
@@ -1916,8 +1921,7 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
     }
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, index);
-    else if (rc != KV_OK && rc != KV_ECONFLICT && rc != ENGINE_ELOCKED &&
-             rc != KV_ETIMEDOUT)
+    else if (!applied_outcome(rc))
         return rc; /* storage failure: the node stops */
     r->stats.applied++;
     if (w) {
@@ -2008,8 +2012,7 @@ static int apply_entry(struct replica *r, struct group *g,
     uint64_t version = 0;
     int rc = engine_stage(r->engine, &wr, &version);
     kv__command__free_unpacked(cmd, NULL);
-    if (rc != KV_OK && rc != KV_ECONFLICT && rc != KV_ENOTFOUND &&
-        rc != KV_EINVAL && rc != ENGINE_ELOCKED)
+    if (!applied_outcome(rc))
         return rc;       /* storage failure: the node stops */
     if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
         engine_stage_applied(r->engine, g->shard, e->index);
@@ -2068,7 +2071,8 @@ static void answer_waiters(struct replica *r, struct group *g)
             resp.code = w->code;
             resp.message = "a key is locked by a transaction in progress; "
                            "retry";
-        } else if (w->txn && (w->code == KV_OK || w->code == KV_ECONFLICT)) {
+        } else if (w->kind == W_TXN &&
+                   (w->code == KV_OK || w->code == KV_ECONFLICT)) {
             tres.versions = w->versions;
             tres.n_versions = w->versions ? w->nversions : 0;
             if (w->code == KV_ECONFLICT) {
@@ -2298,7 +2302,7 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
     for (size_t i = 0; i < b->n_acks; i++)
         handle_ack(r, b->from, b->acks[i]);
     for (size_t i = 0; i < b->n_replies; i++)
-        take_answer(r, b->replies[i].data, b->replies[i].len, b->from);
+        take_answer(r, b->replies[i].data, b->replies[i].len);
     for (size_t i = 0; i < b->n_calls; i++)
         take_call(r, b->calls[i].data, b->calls[i].len, b->from);
 }
@@ -2500,21 +2504,33 @@ static uint64_t txn_wall(void *arg)
                            : r->ticks * REPLICA_TICK_MS;
 }
 
-/* An answer to one of this node's calls: remember a leader it names. */
-static void take_answer(struct replica *r, const void *buf, size_t len,
-                        uint32_t from)
+/* Decodes an internal frame (a call or an answer, from a peer or the local
+ * queue); NULL unless it is a valid Envelope of body BODY. */
+static Kv__Envelope *decode_internal(struct replica *r, const void *buf,
+                                     size_t len, Kv__Envelope__BodyCase body)
 {
     Kv__Envelope *env = NULL;
     char err[64];
     if (wire_decode(buf, len, r->conf->max_message_bytes + 4096, &env, err,
                     sizeof(err)) != KV_OK)
-        return;
-    if (env->body_case == KV__ENVELOPE__BODY_RESPONSE) {
-        const Kv__Response *resp = env->response;
-        (void)from;
-        if (!parked_answer(r, resp))
-            txns_reply(r->txns, resp);
+        return NULL;
+    if (env->body_case != body) {
+        wire_free(env);
+        return NULL;
     }
+    return env;
+}
+
+/* An answer to one of this node's calls: a parked read's or a
+ * coordinator's. */
+static void take_answer(struct replica *r, const void *buf, size_t len)
+{
+    Kv__Envelope *env =
+        decode_internal(r, buf, len, KV__ENVELOPE__BODY_RESPONSE);
+    if (!env)
+        return;
+    if (!parked_answer(r, env->response))
+        txns_reply(r->txns, env->response);
     wire_free(env);
 }
 
@@ -2522,15 +2538,10 @@ static void take_answer(struct replica *r, const void *buf, size_t len,
 static void take_call(struct replica *r, const void *buf, size_t len,
                       uint32_t from)
 {
-    Kv__Envelope *env = NULL;
-    char err[64];
-    if (wire_decode(buf, len, r->conf->max_message_bytes + 4096, &env, err,
-                    sizeof(err)) != KV_OK)
+    Kv__Envelope *env =
+        decode_internal(r, buf, len, KV__ENVELOPE__BODY_REQUEST);
+    if (!env)
         return;
-    if (env->body_case != KV__ENVELOPE__BODY_REQUEST) {
-        wire_free(env);
-        return;
-    }
     unsigned char a[PEER_ADDR_LEN];
     peer_addr(a, from);
     replica_request(r, a, sizeof(a), env); /* takes ENV */
@@ -2545,7 +2556,7 @@ static void run_local(struct replica *r)
     r->nlocal = r->caplocal = 0;
     for (size_t i = 0; i < n; i++) {
         if (l[i].answer)
-            take_answer(r, l[i].buf, l[i].len, r->id);
+            take_answer(r, l[i].buf, l[i].len);
         else
             take_call(r, l[i].buf, l[i].len, r->id);
         free(l[i].buf);

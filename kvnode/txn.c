@@ -460,6 +460,19 @@ static void refuse(struct txns *t, const void *client, size_t clen, uint64_t id,
     t->env.reply(t->env.arg, client, clen, &resp);
 }
 
+/* A deep copy of REQ (free with kv__request__free_unpacked), or NULL. */
+static Kv__Request *copy_request(const Kv__Request *req)
+{
+    size_t n = kv__request__get_packed_size(req);
+    unsigned char *buf = malloc(n ? n : 1);
+    if (!buf)
+        return NULL;
+    kv__request__pack(req, buf);
+    Kv__Request *copy = kv__request__unpack(NULL, n, buf);
+    free(buf);
+    return copy;
+}
+
 void txns_start(struct txns *t, const void *client, size_t clen,
                 const Kv__Request *req, uint32_t home)
 {
@@ -484,13 +497,7 @@ void txns_start(struct txns *t, const void *client, size_t clen,
             /* Adopted by recovery, so it has no request: keep this one,
              * which says how many versions the answer carries (0 each:
              * they are not known here). */
-            size_t n = kv__request__get_packed_size(req);
-            unsigned char *buf = malloc(n ? n : 1);
-            if (buf) {
-                kv__request__pack(req, buf);
-                c->req = kv__request__unpack(NULL, n, buf);
-                free(buf);
-            }
+            c->req = copy_request(req);
             if (!c->req) {
                 free(copy);
                 refuse(t, client, clen, req->id, KV_EUNAVAILABLE,
@@ -508,13 +515,8 @@ void txns_start(struct txns *t, const void *client, size_t clen,
         return;
     }
     c = calloc(1, sizeof(*c));
-    size_t n = kv__request__get_packed_size(req);
-    unsigned char *buf = malloc(n ? n : 1);
-    if (c && buf) {
-        kv__request__pack(req, buf);
-        c->req = kv__request__unpack(NULL, n, buf);
-    }
-    free(buf);
+    if (c)
+        c->req = copy_request(req);
     if (!c || !c->req ||
         (c->client = copy, c->clen = clen, make_parts(t, c) != KV_OK) ||
         add(t, c) != KV_OK) {

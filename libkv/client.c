@@ -209,6 +209,16 @@ static void sleep_ms(uint64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* Sleeps *BACKOFF ms unless that passes DEADLINE, and doubles it (5 ms up
+ * to 160 ms): the pause between rounds of a call's attempts. */
+static void back_off(uint64_t *backoff, uint64_t deadline)
+{
+    if (now_ms() + *backoff < deadline)
+        sleep_ms(*backoff);
+    if (*backoff < 100)
+        *backoff *= 2;
+}
+
 /* Sends REQ for SHARD to the node serving it until one answers or the
  * deadline passes: it follows KV_ENOTLEADER hints, and after a node that
  * does not answer (or has no leader to name) it tries the next member of
@@ -266,11 +276,7 @@ static int route_request_from(struct client *c, uint32_t shard,
                 last, sizeof(last), "node %u: %.200s", c->conf->nodes[i].id,
                 env->response->message ? env->response->message : "key locked");
             wire_free(env);
-            now = now_ms();
-            if (now + backoff < deadline)
-                sleep_ms(backoff);
-            if (backoff < 100)
-                backoff *= 2;
+            back_off(&backoff, deadline);
             continue;
         }
         if (rc == KV_OK) {
@@ -293,11 +299,8 @@ static int route_request_from(struct client *c, uint32_t shard,
             if (j < c->conf->nnodes && j != i && !unreachable[j]) {
                 i = j; /* a hint: follow it at once, unless hints go round
                           in circles (stale leaders): then back off */
-                if (++hops > 2 && now_ms() + backoff < deadline) {
-                    sleep_ms(backoff);
-                    if (backoff < 100)
-                        backoff *= 2;
-                }
+                if (++hops > 2)
+                    back_off(&backoff, deadline);
                 continue;
             }
         } else {
@@ -308,11 +311,7 @@ static int route_request_from(struct client *c, uint32_t shard,
         }
         /* No answer, or no leader known: try the next member, a bit later. */
         i = next_member(c, shard, i);
-        now = now_ms();
-        if (now + backoff < deadline)
-            sleep_ms(backoff);
-        if (backoff < 100)
-            backoff *= 2;
+        back_off(&backoff, deadline);
     }
     free(buf);
     if (delivered)
