@@ -96,8 +96,8 @@ int kv_proc_get(kv_proc_ctx *ctx, const void *key, size_t klen,
                 const void **val, size_t *vlen, uint64_t *version);
 
 /* Buffers a write of KEY (applied only if the procedure returns KV_OK). */
-int kv_proc_put(kv_proc_ctx *ctx, const void *key, size_t klen,
-                const void *val, size_t vlen);
+int kv_proc_put(kv_proc_ctx *ctx, const void *key, size_t klen, const void *val,
+                size_t vlen);
 int kv_proc_del(kv_proc_ctx *ctx, const void *key, size_t klen);
 
 /* Called by kv_proc_scan for each entry in key order; a non-zero return
@@ -132,8 +132,7 @@ int kv_proc_error(kv_proc_ctx *ctx, int code, const char *fmt, ...)
 /* Takes the next item of the list at *P (*LEFT bytes left): KV_OK with
  * *ITEM/*ILEN (*ITEM NULL for a missing item), KV_EOF at the end, or
  * KV_EINVAL when the bytes are not a list. */
-int kv_list_next(const void **p, size_t *left, const void **item,
-                 size_t *ilen);
+int kv_list_next(const void **p, size_t *left, const void **item, size_t *ilen);
 
 /* Appends an item (ITEM NULL: a missing item) to the ctx's reply. */
 int kv_proc_reply_item(kv_proc_ctx *ctx, const void *item, size_t ilen);

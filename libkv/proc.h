@@ -53,10 +53,10 @@ struct proc_limits {
 
 /* The outcome of one evaluation. */
 struct proc_result {
-    int code;       /* KV_OK or the error the caller gets */
-    char msg[256];  /* with an error: what went wrong */
-    bool readonly;  /* the procedure is defined KV_PROC_READONLY */
-    bool scanned;   /* it scanned: valid only right after what it read */
+    int code;      /* KV_OK or the error the caller gets */
+    char msg[256]; /* with an error: what went wrong */
+    bool readonly; /* the procedure is defined KV_PROC_READONLY */
+    bool scanned;  /* it scanned: valid only right after what it read */
     /* Effects (code KV_OK): IF_VERSION / IF_ABSENT conditions for the keys
      * read, then PUT / DEL for the keys written (one op per key, the last
      * write). Keys and values point into the result's own memory. */
@@ -90,8 +90,8 @@ const struct proc_plugin *proc_plugins(const struct proc_registry *reg,
 
 /* Whether NAME is defined; *READONLY and, if not NULL, *PLUGIN (the index
  * into proc_plugins(), or -1 for a built-in). */
-bool proc_lookup(const struct proc_registry *reg, const char *name,
-                 size_t nlen, bool *readonly, int *plugin);
+bool proc_lookup(const struct proc_registry *reg, const char *name, size_t nlen,
+                 bool *readonly, int *plugin);
 
 /* Runs NAME on KEY's shard SHARD (of NSHARDS) with ARG, reading through
  * RD. RESULT is filled in every case (free it with proc_result_free);
