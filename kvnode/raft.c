@@ -1489,6 +1489,11 @@ int raft_compact(struct raft *r, uint64_t index)
 }
 
 /* The term of INDEX, or 0 when it is compacted or beyond the log. */
+uint64_t raft_last_index(const struct raft *r)
+{
+    return r ? last_index(r) : 0;
+}
+
 uint64_t raft_term_at(const struct raft *r, uint64_t index)
 {
     if (!r)

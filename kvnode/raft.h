@@ -229,6 +229,9 @@ int raft_compact(struct raft *r, uint64_t index);
  * or beyond the end; the snapshot point itself is known). */
 uint64_t raft_term_at(const struct raft *r, uint64_t index);
 
+/* The index of the last entry in the log (or the snapshot point). */
+uint64_t raft_last_index(const struct raft *r);
+
 struct raft_progress {
     uint32_t id;
     uint64_t match;

@@ -26,6 +26,8 @@
 #include "engine.h"
 #include "kv.h"
 #include "log.h"
+#include "pending.h"
+#include "proc.h"
 #include "raft.h"
 #include "shard.h"
 #include "store.h"
@@ -44,11 +46,12 @@
 #define SNAP_STALL_TICKS 500 /* 5 s without an ack ends a stream */
 #define INSTALL_BATCH 1000   /* records per batch while installing */
 #define HS_LEN 36
+#define PLUGINS_EVERY_TICKS 100 /* each peer hears our plugins every 1 s */
 #define MAX_WAITERS 100000 /* writes in flight per node before EUNAVAILABLE */
 #define BALANCE_TICKS                                                          \
     200 /* how often a leader checks it is the preferred one */
 
-enum { W_WRITE, W_TXN, W_PREPARE, W_STATE, W_RESOLVE };
+enum { W_WRITE, W_TXN, W_PREPARE, W_STATE, W_RESOLVE, W_CALL };
 
 struct waiter {
     uint64_t index;
@@ -64,6 +67,20 @@ struct waiter {
     size_t nversions;
     size_t failed_op; /* txn conflict: 1-based op index (0: unknown) */
     int state;        /* W_STATE: the transaction record's state */
+    Kv__Envelope *env; /* W_CALL: the call, evaluated again if stale */
+    unsigned char *reply; /* W_CALL: the recorded reply (malloc()ed) */
+    size_t rlen;
+    int attempts; /* W_CALL: evaluations found stale so far */
+};
+
+/* A procedure call waiting to be evaluated on a shard this node leads. */
+struct qcall {
+    Kv__Envelope *env;
+    unsigned char *client;
+    size_t clen;
+    uint64_t wait;  /* evaluate once the shard applied this index */
+    uint64_t until; /* tick after which the client gave up */
+    int attempts;
 };
 
 struct pending_read {
@@ -123,6 +140,13 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
+    /* Procedure calls (leader only): predictions of what is proposed and
+     * not applied, the index from which they cover the log, and calls
+     * waiting for an apply before they can be evaluated. */
+    struct pending *pend;
+    uint64_t lead_from;
+    struct qcall *calls;
+    size_t ncalls, capcalls;
 };
 
 struct replica {
@@ -149,6 +173,18 @@ struct replica {
     struct parked *parked; /* gets waiting for a transaction's state */
     size_t nparked, capparked;
     uint64_t parked_calls;
+    struct fanout *fanouts; /* calls on every shard this node merges */
+    size_t nfanouts, capfanouts;
+    uint64_t fanout_calls;
+    struct peer_plugins *peer_plugins; /* by node index */
+    uint64_t *plugins_sent;            /* by node index: tick last sent */
+};
+
+/* The procedure plugins a peer reported loading. */
+struct peer_plugins {
+    bool known;
+    struct proc_plugin *list;
+    size_t n;
 };
 
 /* A call a coordinator made to a shard this node leads, or the answer to
@@ -224,6 +260,14 @@ static void local_push(struct replica *r, bool answer, const void *buf,
                        size_t len);
 static uint64_t txn_wall(void *arg);
 static void txn_call(void *arg, uint32_t shard, const Kv__Request *req);
+static void note_pending(struct group *g, uint64_t index,
+                         const Kv__Command *cmd);
+static bool fanout_answer(struct replica *r, const Kv__Response *resp);
+static bool applied_outcome(int rc);
+static void handle_call(struct replica *r, const void *client, size_t clen,
+                        Kv__Envelope *env);
+static void serve_call(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req);
 static void take_answer(struct replica *r, const void *buf, size_t len);
 static void take_call(struct replica *r, const void *buf, size_t len,
                       uint32_t from);
@@ -719,9 +763,35 @@ static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b)
     b->from = r->id;
     b->cluster = r->conf->cluster;
     b->boot_id = r->boot_id;
+    /* Now and then, the plugins this node loaded (their hashes). */
+    const struct conf_node *node = node_of(r, to);
+    size_t pi = node ? (size_t)(node - r->conf->nodes) : 0;
+    size_t np = 0;
+    const struct proc_plugin *pl =
+        r->env.procs ? proc_plugins(r->env.procs, &np) : NULL;
+    Kv__PluginHash hs[PROC_MAX_PLUGINS], *hp[PROC_MAX_PLUGINS];
+    if (node && r->env.procs &&
+        (!r->plugins_sent[pi] ||
+         r->ticks >= r->plugins_sent[pi] + PLUGINS_EVERY_TICKS)) {
+        for (size_t i = 0; i < np && i < PROC_MAX_PLUGINS; i++) {
+            kv__plugin_hash__init(&hs[i]);
+            hs[i].name = (char *)pl[i].name;
+            hs[i].hash.data = (uint8_t *)pl[i].hash;
+            hs[i].hash.len = PROC_HASH_LEN;
+            hp[i] = &hs[i];
+        }
+        b->has_plugins = true;
+        b->plugins = hp;
+        b->n_plugins = np < PROC_MAX_PLUGINS ? np : PROC_MAX_PLUGINS;
+        r->plugins_sent[pi] = r->ticks + 1;
+    }
     void *buf;
     size_t len;
-    if (wire_encode_peer(b, &buf, &len) != KV_OK)
+    int rc = wire_encode_peer(b, &buf, &len);
+    b->has_plugins = false;
+    b->plugins = NULL;
+    b->n_plugins = 0;
+    if (rc != KV_OK)
         return;
     r->env.send(r->env.arg, to, buf, len);
     free(buf);
@@ -871,8 +941,16 @@ static void group_free(struct group *g)
     for (size_t i = 0; i < g->nwaiters; i++) {
         free(g->waiters[i].client);
         free(g->waiters[i].versions);
+        free(g->waiters[i].reply);
+        wire_free(g->waiters[i].env);
     }
     free(g->waiters);
+    for (size_t i = 0; i < g->ncalls; i++) {
+        free(g->calls[i].client);
+        wire_free(g->calls[i].env);
+    }
+    free(g->calls);
+    pending_free(g->pend);
     for (size_t i = 0; i < g->nreads; i++) {
         free(g->reads[i].client);
         wire_free(g->reads[i].env);
@@ -895,7 +973,10 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
         g->members[g->nmembers++] =
             r->conf->nodes[conf_replica(r->conf, shard, i)].id;
     g->out = calloc(g->nmembers, sizeof(*g->out));
-    if (!g->out) {
+    g->pend = pending_new();
+    if (!g->out || !g->pend) {
+        free(g->out);
+        pending_free(g->pend);
         free(g);
         return KV_ENOMEM;
     }
@@ -981,40 +1062,41 @@ static bool key_ok(struct replica *r, const void *client, size_t clen,
 }
 
 /* Proposes CMD (a client's write or single-shard transaction) on SHARD's
- * group and registers the client to be answered when it is applied. */
-static void propose_command(struct replica *r, const void *client, size_t clen,
-                            const Kv__Request *req, uint32_t shard,
-                            Kv__Command *cmd)
+ * group and registers the client to be answered when it is applied: the
+ * waiter, or NULL when the client was answered already. */
+static struct waiter *propose_command(struct replica *r, const void *client,
+                                      size_t clen, const Kv__Request *req,
+                                      uint32_t shard, Kv__Command *cmd)
 {
     if (req->seq && (req->client_id.len == 0 ||
                      req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
         reply_code(r, client, clen, req->id, KV_EINVAL,
                    "a write with a sequence number needs a client id");
-        return;
+        return NULL;
     }
     struct group *g = r->groups[shard];
     if (!g || g->role != RAFT_LEADER) {
         reply_redirect(r, client, clen, req->id, shard);
-        return;
+        return NULL;
     }
     if (r->total_waiters >= MAX_WAITERS) {
         reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
                    "too many writes in flight; retry");
-        return;
+        return NULL;
     }
     cmd->client_id = req->client_id;
     cmd->seq = req->seq;
     size_t n = kv__command__get_packed_size(cmd);
     if (scratch_reserve(r, n ? n : 1) != KV_OK) {
         reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
-        return;
+        return NULL;
     }
     kv__command__pack(cmd, r->scratch);
     uint64_t index = 0;
     int rc = raft_propose(g->raft, r->scratch, n, &index);
     if (rc == RAFT_ENOTLEADER || rc == RAFT_EBUSY) {
         reply_redirect(r, client, clen, req->id, shard);
-        return;
+        return NULL;
     }
     if (rc != RAFT_OK || add_waiter(r, g, index, raft_term_at(g->raft, index),
                                     client, clen, req->id) != KV_OK) {
@@ -1022,10 +1104,12 @@ static void propose_command(struct replica *r, const void *client, size_t clen,
          * client retries, and its session makes the retry safe. */
         reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
                    "out of memory here; outcome unknown, retry");
-        return;
+        return NULL;
     }
+    note_pending(g, index, cmd);
     struct waiter *w = &g->waiters[g->nwaiters - 1];
-    w->kind = cmd->op_case == KV__COMMAND__OP_TXN           ? W_TXN
+    w->kind = cmd->op_case == KV__COMMAND__OP_EFFECT        ? W_CALL
+              : cmd->op_case == KV__COMMAND__OP_TXN         ? W_TXN
               : cmd->op_case == KV__COMMAND__OP_TXN_PREPARE ? W_PREPARE
               : cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE ? W_RESOLVE
               : cmd->op_case == KV__COMMAND__OP_TXN_RECORD ||
@@ -1033,6 +1117,7 @@ static void propose_command(struct replica *r, const void *client, size_t clen,
                   ? W_STATE
                   : W_WRITE;
     r->stats.proposals++;
+    return w;
 }
 
 static void handle_write(struct replica *r, const void *client, size_t clen,
@@ -1337,6 +1422,11 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
         shard =
             shard_of(req->get->key.data, req->get->key.len, r->conf->shards);
         stale = req->get->stale;
+    } else if (req->op_case == KV__REQUEST__OP_CALL) {
+        const Kv__CallRequest *c = req->call;
+        shard = c->part ? c->shard
+                        : shard_of(c->key.data, c->key.len, r->conf->shards);
+        stale = false;
     } else {
         shard = req->scan->shard;
         if (shard >= r->conf->shards) {
@@ -1413,6 +1503,9 @@ void replica_request(struct replica *r, const void *client, size_t clen,
     case KV__REQUEST__OP_GET:
     case KV__REQUEST__OP_SCAN:
         handle_read(r, client, clen, env);
+        return;
+    case KV__REQUEST__OP_CALL:
+        handle_call(r, client, clen, env);
         return;
     default:
         reply_code(r, client, clen, req->id, KV_EPROTO, "unknown operation");
@@ -1713,6 +1806,10 @@ static void serve_read(struct replica *r, const void *client, size_t clen,
         serve_scan(r, client, clen, req);
         return;
     }
+    if (req->op_case == KV__REQUEST__OP_CALL) {
+        serve_call(r, client, clen, req);
+        return;
+    }
     const Kv__GetRequest *g = req->get;
     uint32_t shard = shard_of(g->key.data, g->key.len, r->conf->shards);
     if (!g->stale && engine_has_intents(r->engine, shard)) {
@@ -1797,6 +1894,838 @@ static void bounce_reads(struct replica *r, struct group *g)
     g->nreads = 0;
 }
 
+/* --- procedures ----------------------------------------------------------
+ *
+ * A call of a procedure that writes is evaluated on the leader of its key's
+ * shard, against the state everything proposed before it will leave (the
+ * group's pending predictions); its effects (the versions it read as
+ * conditions, its writes, its reply) are proposed as one entry. A call that
+ * reads a key whose pending outcome cannot be predicted waits in the
+ * group's queue for that entry's apply. An effect whose conditions no
+ * longer hold at apply (a prediction was wrong) is evaluated again.
+ * Read-only procedures are served like linearizable reads, and a call on
+ * every shard fans out one such read per shard and merges the replies. */
+
+#define CALL_STALE_MAX 8 /* evaluations found stale before giving up */
+#define FANOUT_CALL_BIT (1ull << 61)
+#define FANOUT_RETRY_TICKS 20 /* 200 ms before a shard is asked again */
+
+enum { EVAL_DONE, EVAL_WAIT };
+
+static struct proc_limits call_limits(const struct replica *r)
+{
+    const struct conf *c = r->conf;
+    return (struct proc_limits){.max_keys = c->proc_max_keys,
+                                .max_write_bytes = c->proc_max_write_bytes,
+                                .max_reply_bytes = c->proc_max_reply_bytes,
+                                .max_key_bytes = c->max_key_bytes,
+                                .max_value_bytes = c->max_value_bytes};
+}
+
+static void answer_call(struct replica *r, const void *client, size_t clen,
+                        uint64_t req_id, int code, const char *msg,
+                        const void *reply, size_t rlen, uint64_t version)
+{
+    Kv__Response resp = KV__RESPONSE__INIT;
+    Kv__CallResult cr = KV__CALL_RESULT__INIT;
+    resp.id = req_id;
+    resp.code = code;
+    resp.message = (char *)(msg ? msg : "");
+    if (code == KV_OK || rlen) {
+        cr.reply.data = (uint8_t *)reply;
+        cr.reply.len = rlen;
+        cr.version = version;
+        resp.result_case = KV__RESPONSE__RESULT_CALL;
+        resp.call = &cr;
+    }
+    answer_to(r, client, clen, &resp);
+}
+
+static void hex_prefix(char out[17], const unsigned char *h)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 8; i++) {
+        out[2 * i] = digits[h[i] >> 4];
+        out[2 * i + 1] = digits[h[i] & 15];
+    }
+    out[16] = '\0';
+}
+
+/* Whether the plugin (index PLUGIN; -1 for a built-in) defining NAME is the
+ * same file on every node that reported its plugins; if not, MSG says how
+ * they differ. */
+static bool plugin_agrees(const struct replica *r, int plugin,
+                          const char *name, char *msg, size_t msglen)
+{
+    if (plugin < 0 || !r->env.procs)
+        return true;
+    size_t n;
+    const struct proc_plugin *all = proc_plugins(r->env.procs, &n);
+    if ((size_t)plugin >= n)
+        return true;
+    const struct proc_plugin *mine = &all[plugin];
+    for (size_t ni = 0; ni < r->conf->nnodes; ni++) {
+        const struct peer_plugins *pp = &r->peer_plugins[ni];
+        uint32_t id = r->conf->nodes[ni].id;
+        if (!pp->known || id == r->id)
+            continue;
+        const struct proc_plugin *theirs = NULL;
+        for (size_t j = 0; j < pp->n && !theirs; j++)
+            if (strcmp(pp->list[j].name, mine->name) == 0)
+                theirs = &pp->list[j];
+        if (!theirs) {
+            snprintf(msg, msglen,
+                     "procedure %s: plugin %s is loaded on node %u but not on "
+                     "node %u; load the same plugins everywhere",
+                     name, mine->name, r->id, id);
+            return false;
+        }
+        if (memcmp(theirs->hash, mine->hash, PROC_HASH_LEN) != 0) {
+            char a[17], b[17];
+            hex_prefix(a, mine->hash);
+            hex_prefix(b, theirs->hash);
+            snprintf(msg, msglen,
+                     "procedure %s: plugin %s differs between nodes: BLAKE2b "
+                     "%s... on node %u, %s... on node %u; deploy one build "
+                     "everywhere",
+                     name, mine->name, a, r->id, b, id);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The view a write call is evaluated against on a leader. */
+struct eval_view {
+    struct replica *r;
+    struct group *g;
+    uint64_t wait; /* PROC_EWAIT: the index to wait for */
+};
+
+static int view_get(void *arg, uint32_t shard, const void *key, size_t klen,
+                    void **val, size_t *vlen, uint64_t *version)
+{
+    struct eval_view *v = arg;
+    enum pending_kind kind;
+    uint64_t index;
+    const void *pv;
+    size_t pvlen;
+    *val = NULL;
+    *vlen = 0;
+    if (pending_lookup(v->g->pend, key, klen, &kind, &index, &pv, &pvlen)) {
+        if (kind == PENDING_UNKNOWN) {
+            if (index > v->wait)
+                v->wait = index;
+            return PROC_EWAIT;
+        }
+        if (kind == PENDING_DEL)
+            return KV_ENOTFOUND;
+        if (pvlen) {
+            *val = malloc(pvlen);
+            if (!*val)
+                return KV_ENOMEM;
+            memcpy(*val, pv, pvlen);
+        }
+        *vlen = pvlen;
+        *version = index; /* a write's version is its entry's index */
+        return KV_OK;
+    }
+    if (engine_has_intents(v->r->engine, shard)) {
+        struct engine_intent in = {0};
+        int rc = engine_get_intent(v->r->engine, shard, key, klen, &in);
+        free(in.val);
+        if (rc == KV_OK)
+            return ENGINE_ELOCKED;
+        if (rc != KV_ENOTFOUND)
+            return rc;
+    }
+    return engine_get(v->r->engine, shard, key, klen, val, vlen, version);
+}
+
+static int view_scan(void *arg, const struct engine_scan *sc,
+                     engine_emit_fn fn, void *fnarg)
+{
+    struct eval_view *v = arg;
+    /* A scan sees the applied state, so nothing may be in flight: the
+     * effects are then valid only as the very next entry (after_index). */
+    uint64_t last = raft_last_index(v->g->raft);
+    if (last > engine_applied(v->r->engine, sc->shard)) {
+        if (last > v->wait)
+            v->wait = last;
+        return PROC_EWAIT;
+    }
+    return engine_scan(v->r->engine, sc, fn, fnarg, NULL);
+}
+
+/* What a read-only call reads: the applied state. */
+static int applied_get(void *arg, uint32_t shard, const void *key,
+                       size_t klen, void **val, size_t *vlen,
+                       uint64_t *version)
+{
+    struct replica *r = arg;
+    return engine_get(r->engine, shard, key, klen, val, vlen, version);
+}
+
+static int applied_scan(void *arg, const struct engine_scan *sc,
+                        engine_emit_fn fn, void *fnarg)
+{
+    struct replica *r = arg;
+    return engine_scan(r->engine, sc, fn, fnarg, NULL);
+}
+
+/* Notes in G's predictions what the entry CMD proposed at INDEX writes. */
+static void note_pending(struct group *g, uint64_t index,
+                         const Kv__Command *cmd)
+{
+    int rc = KV_OK;
+    switch (cmd->op_case) {
+    case KV__COMMAND__OP_PUT: {
+        const Kv__PutRequest *p = cmd->put;
+        bool cond = p->if_version || p->if_absent;
+        rc = pending_note(g->pend, index, p->key.data, p->key.len,
+                          cond ? PENDING_UNKNOWN : PENDING_PUT, p->value.data,
+                          p->value.len);
+        break;
+    }
+    case KV__COMMAND__OP_DEL:
+        rc = pending_note(g->pend, index, cmd->del->key.data,
+                          cmd->del->key.len,
+                          cmd->del->if_version ? PENDING_UNKNOWN : PENDING_DEL,
+                          NULL, 0);
+        break;
+    case KV__COMMAND__OP_TXN:
+    case KV__COMMAND__OP_TXN_PREPARE: {
+        size_t n = cmd->op_case == KV__COMMAND__OP_TXN ? cmd->txn->n_ops
+                                                       : cmd->txn_prepare->n_ops;
+        Kv__TxnOp **ops = cmd->op_case == KV__COMMAND__OP_TXN
+                              ? cmd->txn->ops
+                              : cmd->txn_prepare->ops;
+        for (size_t i = 0; i < n && rc == KV_OK; i++)
+            rc = pending_note(g->pend, index, ops[i]->key.data,
+                              ops[i]->key.len, PENDING_UNKNOWN, NULL, 0);
+        break;
+    }
+    case KV__COMMAND__OP_EFFECT:
+        for (size_t i = 0; i < cmd->effect->n_ops && rc == KV_OK; i++) {
+            const Kv__TxnOp *op = cmd->effect->ops[i];
+            if (op->kind == KV__TXN_OP__KIND__PUT)
+                rc = pending_note(g->pend, index, op->key.data, op->key.len,
+                                  PENDING_PUT, op->value.data, op->value.len);
+            else if (op->kind == KV__TXN_OP__KIND__DEL)
+                rc = pending_note(g->pend, index, op->key.data, op->key.len,
+                                  PENDING_DEL, NULL, 0);
+        }
+        break;
+    default:
+        break;
+    }
+    if (rc != KV_OK) {
+        /* Out of memory: predict nothing; calls wait for this apply. */
+        pending_clear(g->pend);
+        g->lead_from = index;
+    }
+}
+
+/* Adds a call to G's queue (taking ENV and a copy of CLIENT). */
+static int push_call(struct replica *r, struct group *g, const void *client,
+                     size_t clen, Kv__Envelope *env, uint64_t wait,
+                     uint64_t until, int attempts)
+{
+    if (g->ncalls == g->capcalls) {
+        struct qcall *q = grow(g->calls, &g->capcalls, sizeof(*q));
+        if (!q)
+            return KV_ENOMEM;
+        g->calls = q;
+    }
+    unsigned char *c = malloc(clen ? clen : 1);
+    if (!c)
+        return KV_ENOMEM;
+    memcpy(c, client, clen);
+    if (!until) {
+        uint32_t t = env->request->timeout_ms ? env->request->timeout_ms
+                                              : r->conf->request_timeout_ms;
+        until = r->ticks + t / REPLICA_TICK_MS + 1;
+    }
+    g->calls[g->ncalls++] = (struct qcall){.env = env,
+                                           .client = c,
+                                           .clen = clen,
+                                           .wait = wait,
+                                           .until = until,
+                                           .attempts = attempts};
+    return KV_OK;
+}
+
+/* Evaluates a write call on G (led here): answers it, or proposes its
+ * effects (the waiter then owns ENV), or returns EVAL_WAIT with *WAIT the
+ * index to be applied first (ENV stays the caller's). */
+static int eval_call(struct replica *r, struct group *g, const void *client,
+                     size_t clen, Kv__Envelope *env, int attempts,
+                     uint64_t *wait)
+{
+    const Kv__Request *req = env->request;
+    const Kv__CallRequest *c = req->call;
+    uint64_t applied = engine_applied(r->engine, g->shard);
+    if (applied < g->lead_from) {
+        *wait = g->lead_from; /* a new leader's log is not predicted yet */
+        return EVAL_WAIT;
+    }
+    if (req->seq) {
+        uint64_t seq = 0, ver = 0;
+        int code = 0;
+        void *rep = NULL;
+        size_t rlen = 0;
+        int rc = engine_session_reply(r->engine, g->shard, req->client_id.data,
+                                      req->client_id.len, &seq, &code, &ver,
+                                      &rep, &rlen);
+        if (rc == KV_OK && seq >= req->seq) { /* a retry: as the first time */
+            answer_call(r, client, clen, req->id, code, "", rep, rlen, ver);
+            free(rep);
+            wire_free(env);
+            return EVAL_DONE;
+        }
+        free(rep);
+        if (rc != KV_OK && rc != KV_ENOTFOUND) {
+            reply_code(r, client, clen, req->id, rc, "storage error");
+            wire_free(env);
+            return EVAL_DONE;
+        }
+    }
+    struct eval_view v = {.r = r, .g = g};
+    struct proc_reader rd = {.arg = &v, .get = view_get, .scan = view_scan};
+    struct proc_limits lim = call_limits(r);
+    struct proc_result res;
+    int rc = proc_run(r->env.procs, c->name, strlen(c->name), g->shard,
+                      r->conf->shards, c->key.data, c->key.len, c->arg.data,
+                      c->arg.len, &rd, &lim, &res);
+    if (rc == PROC_EWAIT) {
+        proc_result_free(&res);
+        *wait = v.wait > applied ? v.wait : applied + 1;
+        return EVAL_WAIT;
+    }
+    if (rc != KV_OK) {
+        answer_call(r, client, clen, req->id, rc,
+                    rc == ENGINE_ELOCKED
+                        ? "a key is locked by a transaction in progress; retry"
+                        : res.msg,
+                    res.reply, res.rlen, 0);
+        proc_result_free(&res);
+        wire_free(env);
+        return EVAL_DONE;
+    }
+    Kv__TxnOp *ops = calloc(res.nops ? res.nops : 1, sizeof(*ops));
+    Kv__TxnOp **opp = calloc(res.nops ? res.nops : 1, sizeof(*opp));
+    if (!ops || !opp) {
+        free(ops);
+        free(opp);
+        proc_result_free(&res);
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        wire_free(env);
+        return EVAL_DONE;
+    }
+    for (size_t i = 0; i < res.nops; i++) {
+        const struct engine_txn_op *o = &res.ops[i];
+        kv__txn_op__init(&ops[i]);
+        ops[i].kind = (Kv__TxnOp__Kind)o->kind;
+        ops[i].key.data = (uint8_t *)o->key;
+        ops[i].key.len = o->klen;
+        ops[i].value.data = (uint8_t *)o->val;
+        ops[i].value.len = o->vlen;
+        ops[i].version = o->version;
+        opp[i] = &ops[i];
+    }
+    Kv__ProcEffect fx = KV__PROC_EFFECT__INIT;
+    fx.ops = opp;
+    fx.n_ops = res.nops;
+    fx.reply.data = res.reply;
+    fx.reply.len = res.rlen;
+    fx.after_index = res.scanned ? raft_last_index(g->raft) : 0;
+    Kv__Command cmd = KV__COMMAND__INIT;
+    cmd.op_case = KV__COMMAND__OP_EFFECT;
+    cmd.effect = &fx;
+    struct waiter *w = propose_command(r, client, clen, req, g->shard, &cmd);
+    free(ops);
+    free(opp);
+    proc_result_free(&res);
+    if (!w) {
+        wire_free(env); /* answered */
+        return EVAL_DONE;
+    }
+    w->env = env;
+    w->attempts = attempts;
+    return EVAL_DONE;
+}
+
+/* Sends every queued call of G elsewhere (it no longer leads). */
+static void bounce_calls(struct replica *r, struct group *g)
+{
+    for (size_t i = 0; i < g->ncalls; i++) {
+        struct qcall *q = &g->calls[i];
+        reply_redirect(r, q->client, q->clen, q->env->request->id, g->shard);
+        free(q->client);
+        wire_free(q->env);
+    }
+    g->ncalls = 0;
+}
+
+/* Evaluates the queued calls whose wait is over. */
+static void run_calls(struct replica *r)
+{
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g || !g->ncalls)
+            continue;
+        if (g->role != RAFT_LEADER) {
+            bounce_calls(r, g);
+            continue;
+        }
+        uint64_t applied = engine_applied(r->engine, s);
+        struct qcall *q = g->calls;
+        size_t n = g->ncalls;
+        g->calls = NULL;
+        g->ncalls = g->capcalls = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t wait = q[i].wait;
+            if (wait <= applied &&
+                eval_call(r, g, q[i].client, q[i].clen, q[i].env,
+                          q[i].attempts, &wait) == EVAL_DONE) {
+                free(q[i].client);
+                continue;
+            }
+            if (push_call(r, g, q[i].client, q[i].clen, q[i].env, wait,
+                          q[i].until, q[i].attempts) != KV_OK) {
+                reply_code(r, q[i].client, q[i].clen, q[i].env->request->id,
+                           KV_ENOMEM, "out of memory");
+                wire_free(q[i].env);
+            }
+            free(q[i].client);
+        }
+        free(q);
+    }
+}
+
+/* Ends the queued calls whose client gave up. */
+static void tick_calls(struct replica *r)
+{
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        struct group *g = r->groups[s];
+        if (!g)
+            continue;
+        size_t keep = 0;
+        for (size_t i = 0; i < g->ncalls; i++) {
+            struct qcall *q = &g->calls[i];
+            if (r->ticks <= q->until) {
+                g->calls[keep++] = *q;
+                continue;
+            }
+            reply_code(r, q->client, q->clen, q->env->request->id,
+                       KV_ETIMEDOUT,
+                       "the call waited too long for writes in flight");
+            free(q->client);
+            wire_free(q->env);
+        }
+        g->ncalls = keep;
+    }
+}
+
+/* Serves a read-only call (or one shard's part of a call on every shard)
+ * from the applied state: a linearizable read. */
+static void serve_call(struct replica *r, const void *client, size_t clen,
+                       const Kv__Request *req)
+{
+    const Kv__CallRequest *c = req->call;
+    uint32_t shard = c->part ? c->shard
+                             : shard_of(c->key.data, c->key.len,
+                                        r->conf->shards);
+    struct proc_reader rd = {.arg = r, .get = applied_get, .scan = applied_scan};
+    struct proc_limits lim = call_limits(r);
+    struct proc_result res;
+    int rc = proc_run(r->env.procs, c->name, strlen(c->name), shard,
+                      r->conf->shards, c->part ? NULL : c->key.data,
+                      c->part ? 0 : c->key.len, c->arg.data, c->arg.len, &rd,
+                      &lim, &res);
+    answer_call(r, client, clen, req->id, rc, rc == KV_OK ? "" : res.msg,
+                res.reply, res.rlen, 0);
+    proc_result_free(&res);
+}
+
+/* A call on every shard, fanned out by this node. */
+struct fanout {
+    unsigned char *client;
+    size_t clen;
+    uint64_t req_id;
+    char *name;
+    unsigned char *arg;
+    size_t alen;
+    uint64_t base; /* call ids: base | shard */
+    unsigned char **replies;
+    size_t *lens;
+    bool *done;
+    int *wait; /* by shard: ticks until it is asked again */
+    size_t left;
+    uint64_t until;
+};
+
+static void fanout_release(struct replica *r, struct fanout *f)
+{
+    for (uint32_t s = 0; f->replies && s < r->conf->shards; s++)
+        free(f->replies[s]);
+    free(f->replies);
+    free(f->client);
+    free(f->name);
+    free(f->arg);
+    free(f->lens);
+    free(f->done);
+    free(f->wait);
+}
+
+static void fanout_ask(struct replica *r, struct fanout *f, uint32_t shard)
+{
+    Kv__CallRequest c = KV__CALL_REQUEST__INIT;
+    c.name = f->name;
+    c.arg.data = f->arg;
+    c.arg.len = f->alen;
+    c.part = true;
+    c.shard = shard;
+    Kv__Request req = KV__REQUEST__INIT;
+    req.id = f->base | shard;
+    req.op_case = KV__REQUEST__OP_CALL;
+    req.call = &c;
+    txn_call(r, shard, &req);
+    f->wait[shard] = FANOUT_RETRY_TICKS;
+}
+
+static void start_fanout(struct replica *r, const void *client, size_t clen,
+                         const Kv__Request *req)
+{
+    uint32_t n = r->conf->shards;
+    if (r->nfanouts == r->capfanouts) {
+        struct fanout *x = grow(r->fanouts, &r->capfanouts, sizeof(*x));
+        if (!x) {
+            reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+            return;
+        }
+        r->fanouts = x;
+    }
+    struct fanout *f = &r->fanouts[r->nfanouts];
+    *f = (struct fanout){.clen = clen, .req_id = req->id, .left = n};
+    size_t nlen = strlen(req->call->name);
+    f->client = malloc(clen ? clen : 1);
+    f->name = malloc(nlen + 1);
+    f->alen = req->call->arg.len;
+    f->arg = malloc(f->alen ? f->alen : 1);
+    f->replies = calloc(n, sizeof(*f->replies));
+    f->lens = calloc(n, sizeof(*f->lens));
+    f->done = calloc(n, sizeof(*f->done));
+    f->wait = calloc(n, sizeof(*f->wait));
+    if (!f->client || !f->name || !f->arg || !f->replies || !f->lens ||
+        !f->done || !f->wait) {
+        fanout_release(r, f);
+        reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+        return;
+    }
+    memcpy(f->client, client, clen);
+    memcpy(f->name, req->call->name, nlen + 1);
+    if (f->alen)
+        memcpy(f->arg, req->call->arg.data, f->alen);
+    r->fanout_calls = (r->fanout_calls + 1) & ((1ull << 48) - 1);
+    f->base = CALL_BIT_OF_TXN | FANOUT_CALL_BIT | r->fanout_calls << 12;
+    uint32_t timeout =
+        req->timeout_ms ? req->timeout_ms : r->conf->request_timeout_ms;
+    f->until = r->ticks + timeout / REPLICA_TICK_MS + 1;
+    r->nfanouts++;
+    for (uint32_t s = 0; s < n; s++)
+        fanout_ask(r, f, s);
+}
+
+/* Every shard answered: merge and answer the client. */
+static void finish_fanout(struct replica *r, struct fanout *f)
+{
+    uint32_t n = r->conf->shards;
+    struct proc_limits lim = call_limits(r);
+    struct proc_result res;
+    int rc = proc_merge(r->env.procs, f->name, strlen(f->name),
+                        (const void *const *)f->replies, f->lens, n, &lim,
+                        &res);
+    answer_call(r, f->client, f->clen, f->req_id, rc,
+                rc == KV_OK ? "" : res.msg, res.reply, res.rlen, 0);
+    proc_result_free(&res);
+}
+
+/* An answer to a fan-out's call; false when it is not one. */
+static bool fanout_answer(struct replica *r, const Kv__Response *resp)
+{
+    if (!(resp->id & CALL_BIT_OF_TXN) || !(resp->id & FANOUT_CALL_BIT) ||
+        (resp->id & PARKED_CALL_BIT))
+        return false;
+    uint64_t base = resp->id & ~(uint64_t)0xfff;
+    uint32_t shard = (uint32_t)(resp->id & 0xfff);
+    for (size_t i = 0; i < r->nfanouts; i++) {
+        struct fanout *f = &r->fanouts[i];
+        if (f->base != base || shard >= r->conf->shards || f->done[shard])
+            continue;
+        if (resp->code == KV_ENOTLEADER || resp->code == KV_EUNAVAILABLE ||
+            resp->code == KV_ETIMEDOUT) {
+            if (resp->code == KV_ENOTLEADER && resp->leader_id &&
+                node_of(r, resp->leader_id))
+                r->hint[shard] = resp->leader_id;
+            f->wait[shard] = 1; /* ask again at the next tick */
+            return true;
+        }
+        bool ok = resp->code == KV_OK &&
+                  resp->result_case == KV__RESPONSE__RESULT_CALL;
+        if (!ok) { /* the procedure failed on a shard: so does the call */
+            char msg[300];
+            snprintf(msg, sizeof(msg), "shard %u: %s", shard,
+                     resp->message && *resp->message
+                         ? resp->message
+                         : kv_strerror(resp->code ? resp->code : KV_EPROTO));
+            reply_code(r, f->client, f->clen, f->req_id,
+                       resp->code ? resp->code : KV_EPROTO, msg);
+        } else {
+            size_t len = resp->call->reply.len;
+            f->replies[shard] = malloc(len ? len : 1);
+            if (!f->replies[shard]) {
+                reply_code(r, f->client, f->clen, f->req_id, KV_ENOMEM,
+                           "out of memory");
+                ok = false;
+            } else {
+                if (len)
+                    memcpy(f->replies[shard], resp->call->reply.data, len);
+                f->lens[shard] = len;
+                f->done[shard] = true;
+                if (--f->left > 0)
+                    return true;
+                finish_fanout(r, f);
+            }
+        }
+        fanout_release(r, f);
+        r->fanouts[i] = r->fanouts[--r->nfanouts];
+        return true;
+    }
+    return true; /* late: its fan-out is over */
+}
+
+static void tick_fanouts(struct replica *r)
+{
+    for (size_t i = 0; i < r->nfanouts;) {
+        struct fanout *f = &r->fanouts[i];
+        if (r->ticks > f->until) {
+            char msg[128];
+            uint32_t first = 0;
+            while (first < r->conf->shards && f->done[first])
+                first++;
+            snprintf(msg, sizeof(msg),
+                     "%zu shard(s) did not answer in time (shard %u first)",
+                     f->left, first);
+            reply_code(r, f->client, f->clen, f->req_id, KV_ETIMEDOUT, msg);
+            fanout_release(r, f);
+            r->fanouts[i] = r->fanouts[--r->nfanouts];
+            continue;
+        }
+        for (uint32_t s = 0; s < r->conf->shards; s++)
+            if (!f->done[s] && --f->wait[s] <= 0)
+                fanout_ask(r, f, s);
+        i++;
+    }
+}
+
+static void handle_read(struct replica *r, const void *client, size_t clen,
+                        Kv__Envelope *env);
+
+/* A procedure call from a client (or a node's part of a call on every
+ * shard). Takes ENV. */
+static void handle_call(struct replica *r, const void *client, size_t clen,
+                        Kv__Envelope *env)
+{
+    const Kv__Request *req = env->request;
+    const Kv__CallRequest *c = req->call;
+    bool readonly = false;
+    int plugin = -1;
+    char msg[320];
+    size_t nlen = c->name ? strlen(c->name) : 0;
+    if (!r->env.procs || nlen == 0 ||
+        !proc_lookup(r->env.procs, c->name, nlen, &readonly, &plugin)) {
+        snprintf(msg, sizeof(msg),
+                 "no procedure named \"%.64s\" (the built-ins are incr, "
+                 "append, cas and mget; plugins are listed in cluster.conf)",
+                 c->name ? c->name : "");
+        reply_code(r, client, clen, req->id, KV_ENOPROC, msg);
+        goto done;
+    }
+    if (!plugin_agrees(r, plugin, c->name, msg, sizeof(msg))) {
+        reply_code(r, client, clen, req->id, KV_EPROC, msg);
+        goto done;
+    }
+    if (c->part || c->all) {
+        uint32_t from;
+        if (!readonly) {
+            snprintf(msg, sizeof(msg),
+                     "procedure %.64s writes; only read-only procedures run "
+                     "on every shard",
+                     c->name);
+            reply_code(r, client, clen, req->id, KV_EINVAL, msg);
+        } else if (c->part && !is_peer_addr(client, clen, &from)) {
+            reply_code(r, client, clen, req->id, KV_EINVAL,
+                       "parts of a call on every shard are for nodes only");
+        } else if (c->part && c->shard >= r->conf->shards) {
+            reply_code(r, client, clen, req->id, KV_EINVAL, "no such shard");
+        } else if (c->part) {
+            handle_read(r, client, clen, env);
+            return;
+        } else {
+            start_fanout(r, client, clen, req);
+        }
+        goto done;
+    }
+    if (!key_ok(r, client, clen, req->id, &c->key))
+        goto done;
+    if (readonly) {
+        handle_read(r, client, clen, env);
+        return;
+    }
+    if (req->seq && (req->client_id.len == 0 ||
+                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
+        reply_code(r, client, clen, req->id, KV_EINVAL,
+                   "a call with a sequence number needs a client id");
+        goto done;
+    }
+    uint32_t shard = shard_of(c->key.data, c->key.len, r->conf->shards);
+    struct group *g = r->groups[shard];
+    if (!g || g->role != RAFT_LEADER) {
+        reply_redirect(r, client, clen, req->id, shard);
+        goto done;
+    }
+    if (r->total_waiters >= MAX_WAITERS) {
+        reply_code(r, client, clen, req->id, KV_EUNAVAILABLE,
+                   "too many writes in flight; retry");
+        goto done;
+    }
+    uint64_t wait = 0;
+    if (eval_call(r, g, client, clen, env, 0, &wait) == EVAL_DONE)
+        return;
+    if (push_call(r, g, client, clen, env, wait, 0, 0) == KV_OK)
+        return;
+    reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
+done:
+    wire_free(env);
+}
+
+/* Applies a procedure's effects; W (if any) gets the outcome. */
+static int apply_effect(struct replica *r, struct group *g, uint64_t index,
+                        const Kv__Command *cmd, struct waiter *w)
+{
+    const Kv__ProcEffect *f = cmd->effect;
+    size_t n = f->n_ops;
+    struct engine_txn_op *ops = calloc(n ? n : 1, sizeof(*ops));
+    if (!ops)
+        return KV_ENOMEM; /* the node stops: it cannot apply the log */
+    for (size_t i = 0; i < n; i++) {
+        const Kv__TxnOp *op = f->ops[i];
+        ops[i] = (struct engine_txn_op){.kind = (enum engine_txn_kind)op->kind,
+                                        .key = op->key.data,
+                                        .klen = op->key.len,
+                                        .val = op->value.data,
+                                        .vlen = op->value.len,
+                                        .version = op->version};
+    }
+    struct engine_effect ef = {
+        .txn = {.shard = g->shard,
+                .ops = ops,
+                .nops = n,
+                .index = index,
+                .client_id = cmd->seq ? cmd->client_id.data : NULL,
+                .client_id_len = cmd->seq ? cmd->client_id.len : 0,
+                .seq = cmd->seq},
+        .reply = f->reply.data,
+        .rlen = f->reply.len,
+        .after_index = f->after_index};
+    uint64_t version = 0;
+    void *reply = NULL;
+    size_t rlen = 0;
+    int rc = engine_stage_effect(r->engine, &ef, &version, &reply, &rlen);
+    free(ops);
+    if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
+        engine_stage_applied(r->engine, g->shard, index);
+    else if (!applied_outcome(rc)) {
+        free(reply);
+        return rc; /* storage failure: the node stops */
+    }
+    r->stats.applied++;
+    if (w) {
+        w->done = true;
+        w->code = rc;
+        w->version = version;
+        w->reply = reply;
+        w->rlen = rlen;
+    } else {
+        free(reply);
+    }
+    return KV_OK;
+}
+
+/* Answers a call's waiter, or queues the call again when its effects were
+ * stale. */
+static void finish_call(struct replica *r, struct group *g, struct waiter *w)
+{
+    if (w->code == ENGINE_ESTALE && w->env && g->role == RAFT_LEADER &&
+        w->attempts + 1 < CALL_STALE_MAX &&
+        push_call(r, g, w->client, w->clen, w->env, 0, 0, w->attempts + 1) ==
+            KV_OK) {
+        w->env = NULL; /* evaluated again at the end of this flush */
+        return;
+    }
+    uint64_t id = w->req_id;
+    switch (w->code) {
+    case KV_OK:
+        answer_call(r, w->client, w->clen, id, KV_OK, "", w->reply, w->rlen,
+                    w->version);
+        break;
+    case ENGINE_ESTALE:
+        reply_code(r, w->client, w->clen, id, KV_EUNAVAILABLE,
+                   "the call kept meeting concurrent writes; retry");
+        break;
+    case ENGINE_ELOCKED:
+        reply_code(r, w->client, w->clen, id, ENGINE_ELOCKED,
+                   "a key is locked by a transaction in progress; retry");
+        break;
+    case KV_ENOTLEADER:
+        reply_redirect(r, w->client, w->clen, id, g->shard);
+        break;
+    case KV_EUNAVAILABLE:
+        reply_code(r, w->client, w->clen, id, KV_EUNAVAILABLE,
+                   "outcome unknown here; retry");
+        break;
+    default:
+        answer_call(r, w->client, w->clen, id, w->code, "", w->reply, w->rlen,
+                    w->version);
+        break;
+    }
+}
+
+/* Peers' plugin lists: what they loaded, to compare before each call. */
+static void take_plugins(struct replica *r, size_t pi, const Kv__PeerBatch *b)
+{
+    struct peer_plugins *pp = &r->peer_plugins[pi];
+    struct proc_plugin *list = calloc(b->n_plugins ? b->n_plugins : 1,
+                                      sizeof(*list));
+    if (!list)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < b->n_plugins; i++) {
+        const Kv__PluginHash *h = b->plugins[i];
+        if (!h->name || h->hash.len != PROC_HASH_LEN ||
+            strlen(h->name) > PROC_MAX_NAME)
+            continue;
+        memcpy(list[n].name, h->name, strlen(h->name) + 1);
+        memcpy(list[n].hash, h->hash.data, PROC_HASH_LEN);
+        n++;
+    }
+    free(pp->list);
+    pp->list = list;
+    pp->n = n;
+    pp->known = true;
+}
+
 /* --- apply ---------------------------------------------------------------- */
 
 /* Whether RC, from an engine_stage* call, is an outcome of the entry
@@ -1805,7 +2734,8 @@ static void bounce_reads(struct replica *r, struct group *g)
 static bool applied_outcome(int rc)
 {
     return rc == KV_OK || rc == KV_ECONFLICT || rc == KV_ENOTFOUND ||
-           rc == KV_EINVAL || rc == KV_ETIMEDOUT || rc == ENGINE_ELOCKED;
+           rc == KV_EINVAL || rc == KV_ETIMEDOUT || rc == ENGINE_ELOCKED ||
+           rc == ENGINE_ESTALE;
 }
 
 /* Applies a single-shard transaction; W (if any) gets its outcome. */
@@ -1973,6 +2903,11 @@ static int apply_entry(struct replica *r, struct group *g,
         }
         return rc == KV_EINVAL ? KV_OK : rc;
     }
+    if (cmd->op_case == KV__COMMAND__OP_EFFECT) {
+        int rc = apply_effect(r, g, e->index, cmd, w);
+        kv__command__free_unpacked(cmd, NULL);
+        return rc;
+    }
     if (cmd->op_case == KV__COMMAND__OP_TXN) {
         int rc = apply_txn(r, g, e->index, cmd, w);
         kv__command__free_unpacked(cmd, NULL);
@@ -2039,6 +2974,14 @@ static void answer_waiters(struct replica *r, struct group *g)
         }
         if (!w->done) {
             g->waiters[keep++] = *w;
+            continue;
+        }
+        if (w->kind == W_CALL) {
+            finish_call(r, g, w);
+            free(w->client);
+            free(w->reply);
+            wire_free(w->env);
+            r->total_waiters--;
             continue;
         }
         Kv__Response resp = KV__RESPONSE__INIT;
@@ -2268,6 +3211,8 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
                     raft_peer_restarted(r->groups[s]->raft, b->from);
         r->peer_boot[pi] = b->boot_id;
     }
+    if (b->has_plugins)
+        take_plugins(r, pi, b);
     struct raft_entry *es = NULL;
     size_t cap = 0;
     for (size_t i = 0; i < b->n_msgs; i++) {
@@ -2529,7 +3474,7 @@ static void take_answer(struct replica *r, const void *buf, size_t len)
         decode_internal(r, buf, len, KV__ENVELOPE__BODY_RESPONSE);
     if (!env)
         return;
-    if (!parked_answer(r, env->response))
+    if (!parked_answer(r, env->response) && !fanout_answer(r, env->response))
         txns_reply(r->txns, env->response);
     wire_free(env);
 }
@@ -2620,8 +3565,13 @@ int replica_flush(struct replica *r)
                       (!rd->hs_changed || (rd->hs.term == g->hs.term &&
                                            rd->hs.vote == g->hs.vote));
         if (rd->soft_changed) {
-            if (g->role == RAFT_LEADER && rd->role != RAFT_LEADER)
+            if (g->role == RAFT_LEADER && rd->role != RAFT_LEADER) {
                 bounce_reads(r, g);
+                bounce_calls(r, g);
+                pending_clear(g->pend);
+            }
+            if (g->role != RAFT_LEADER && rd->role == RAFT_LEADER)
+                g->lead_from = raft_last_index(g->raft);
             if (rd->role != g->role || rd->leader != g->leader)
                 log_msg(rd->role == RAFT_LEADER ? LOG_INFO : LOG_DEBUG,
                         "role changed", "shard=%u role=%s leader=%u term=%llu",
@@ -2663,6 +3613,7 @@ int replica_flush(struct replica *r)
             if (rc != KV_OK)
                 return rc;
         }
+        pending_applied(g->pend, engine_applied(r->engine, s));
         for (size_t i = 0; i < rd->n_reads; i++)
             for (size_t j = 0; j < g->nreads; j++)
                 if (g->reads[j].ctx == rd->reads[i].ctx) {
@@ -2712,6 +3663,7 @@ int replica_flush(struct replica *r)
         maybe_compact(r, g);
     }
     run_local(r);
+    run_calls(r);
     return KV_OK;
 }
 
@@ -2786,6 +3738,8 @@ void replica_tick(struct replica *r)
     r->ticks++;
     txns_tick(r->txns);
     tick_parked(r);
+    tick_calls(r);
+    tick_fanouts(r);
     if (r->ticks % RECOVER_TICKS == 0)
         recover_txns(r);
     for (uint32_t s = 0; s < r->conf->shards; s++) {
@@ -3007,6 +3961,8 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
     r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
     r->hint = calloc(conf->shards, sizeof(*r->hint));
+    r->peer_plugins = calloc(conf->nnodes, sizeof(*r->peer_plugins));
+    r->plugins_sent = calloc(conf->nnodes, sizeof(*r->plugins_sent));
     struct txn_env tenv = {.arg = r,
                            .call = txn_call,
                            .reply = txn_reply,
@@ -3016,8 +3972,9 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->txns = txns_new(conf->shards, conf->txn_timeout_ms, &tenv, seed);
     /* Random start: an answer meant for an earlier run matches nothing. */
     r->parked_calls = (seed * 0x9e3779b97f4a7c15ull) >> 4;
+    r->fanout_calls = (seed * 0xc2b2ae3d27d4eb4full) >> 20;
     int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
-                     r->hint && r->txns
+                     r->hint && r->txns && r->peer_plugins && r->plugins_sent
                  ? KV_OK
                  : KV_ENOMEM;
     if (rc == KV_OK)
@@ -3062,6 +4019,13 @@ void replica_close(struct replica *r)
     for (size_t i = 0; i < r->nparked; i++)
         parked_free(&r->parked[i]);
     free(r->parked);
+    for (size_t i = 0; i < r->nfanouts; i++)
+        fanout_release(r, &r->fanouts[i]);
+    free(r->fanouts);
+    for (size_t i = 0; r->peer_plugins && i < r->conf->nnodes; i++)
+        free(r->peer_plugins[i].list);
+    free(r->peer_plugins);
+    free(r->plugins_sent);
     engine_close(r->engine);
     free(r->scratch);
     free(r);

@@ -37,6 +37,7 @@
 struct conf;
 struct store;
 struct replica;
+struct proc_registry;
 
 #define REPLICA_TICK_MS 10
 
@@ -59,6 +60,9 @@ struct replica_env {
     uint64_t (*wall_ms)(void *arg);
     /* Optional: see txn_env.failpoint (kvnode/txn.h). */
     void (*failpoint)(void *arg, const char *name);
+    /* The procedures this node runs (libkv/proc.h), borrowed until
+     * replica_close; NULL: every call fails with KV_ENOPROC. */
+    const struct proc_registry *procs;
 };
 
 /* How long after sending a heartbeat round that a majority acknowledged a

@@ -419,10 +419,16 @@ static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
 
 /* Looks up the session of a client: *found and the recorded outcome, from
  * the staged generations first (a retry can be applied in the same batch as
- * the first attempt), then the store. */
+ * the first attempt), then the store. With REPLY, also a malloc()ed copy of
+ * the recorded procedure reply (NULL when there is none). */
 static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
-                       bool *found, uint64_t *seq, int *code, uint64_t *version)
+                       bool *found, uint64_t *seq, int *code, uint64_t *version,
+                       void **reply, size_t *rlen)
 {
+    if (reply) {
+        *reply = NULL;
+        *rlen = 0;
+    }
     struct gen *gens[2] = {e->cur, e->inflight};
     for (int i = 0; i < 2; i++) {
         if (!gens[i])
@@ -433,6 +439,13 @@ static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
             *seq = o->seq;
             *code = o->code;
             *version = o->version;
+            if (reply && o->vlen) {
+                *reply = malloc(o->vlen);
+                if (!*reply)
+                    return KV_ENOMEM;
+                memcpy(*reply, o->val, o->vlen);
+                *rlen = o->vlen;
+            }
             return KV_OK;
         }
     }
@@ -444,25 +457,49 @@ static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
         return KV_OK;
     if (rc != KV_OK)
         return rc;
-    if (vlen != SESSION_LEN) {
+    if (vlen < SESSION_LEN) {
         free(v);
         return KV_ECORRUPT;
     }
-    const unsigned char *p = v;
+    unsigned char *p = v;
     *found = true;
     *seq = get_u64(p);
     *code =
         (int)(int32_t)(uint32_t)((uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
                                  (uint32_t)p[10] << 8 | p[11]);
     *version = get_u64(p + 12);
+    if (reply && vlen > SESSION_LEN) {
+        memmove(p, p + SESSION_LEN, vlen - SESSION_LEN);
+        *reply = p;
+        *rlen = vlen - SESSION_LEN;
+        return KV_OK;
+    }
     free(v);
     return KV_OK;
 }
 
-/* Stages a session record, and mirrors it in the overlay (taking SK). */
-static void session_put(struct gen *g, unsigned char *sk, size_t sklen,
-                        uint64_t seq, int code, uint64_t version)
+/* Stages a session record, and mirrors it in the overlay (taking SK).
+ * REPLY (RLEN bytes, a procedure's reply) is recorded with it. Cannot fail
+ * without a reply (the caller made room in the overlay); with one it may
+ * fail for memory, leaving SK freed and nothing staged. */
+static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
+                       uint64_t seq, int code, uint64_t version,
+                       const void *reply, size_t rlen)
 {
+    unsigned char *copy = NULL, *v = NULL;
+    unsigned char fixed[SESSION_LEN];
+    if (rlen) {
+        copy = malloc(rlen);
+        v = malloc(SESSION_LEN + rlen);
+        if (!copy || !v) {
+            free(copy);
+            free(v);
+            free(sk);
+            return KV_ENOMEM;
+        }
+        memcpy(copy, reply, rlen);
+        memcpy(v + SESSION_LEN, reply, rlen);
+    }
     struct overlay_slot *o = overlay_find(g, sk, sklen);
     if (o->key) {
         free(sk);
@@ -475,11 +512,16 @@ static void session_put(struct gen *g, unsigned char *sk, size_t sklen,
     o->seq = seq;
     o->code = code;
     o->version = version;
-    unsigned char v[SESSION_LEN];
-    put_u64(v, seq);
-    put_u32(v + 8, (uint32_t)(int32_t)code);
-    put_u64(v + 12, version);
-    store_batch_put(g->batch, sk, sklen, v, sizeof(v));
+    free(o->val);
+    o->val = copy;
+    o->vlen = rlen;
+    unsigned char *p = v ? v : fixed;
+    put_u64(p, seq);
+    put_u32(p + 8, (uint32_t)(int32_t)code);
+    put_u64(p + 12, version);
+    store_batch_put(g->batch, sk, sklen, p, SESSION_LEN + rlen);
+    free(v);
+    return KV_OK;
 }
 
 /* Notes that SHARD's "A" record changed in G. It is written once, when G
@@ -583,7 +625,8 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         /* Sessions are written only at commit time in one generation per
          * client write: a client has one write in flight, so the store
          * holds every earlier one by the time a retry arrives. */
-        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver);
+        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver, NULL,
+                         NULL);
         if (rc != KV_OK)
             goto fail;
         if (found && seq >= w->seq) {
@@ -629,7 +672,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         st->version = ver;
         stage_shard_state(e, g, w->shard);
         if (sk)
-            session_put(g, sk, sklen, w->seq, rc, 0);
+            session_put(g, sk, sklen, w->seq, rc, 0, NULL, 0);
         g->nstaged++;
         free(dk);
         return rc;
@@ -655,7 +698,8 @@ int engine_stage(struct engine *e, const struct engine_write *w,
     g->nstaged++;
     overlay_set(g, slot, dk, dlen, w->op == ENGINE_PUT ? ver : 0);
     if (sk) /* no overlay growth between the two inserts: see the check above */
-        session_put(g, sk, sklen, w->seq, KV_OK, w->op == ENGINE_PUT ? ver : 0);
+        session_put(g, sk, sklen, w->seq, KV_OK, w->op == ENGINE_PUT ? ver : 0,
+                    NULL, 0);
     *version = w->op == ENGINE_PUT ? ver : 0;
     return KV_OK;
 fail:
@@ -703,12 +747,25 @@ static int overlay_reserve(struct gen *g, size_t n)
     return KV_OK;
 }
 
-int engine_stage_txn(struct engine *e, const struct engine_txn *t,
-                     uint64_t *versions, size_t *failed, uint64_t *current)
+/* What a procedure's effects add to a transaction's apply. */
+struct effect_io {
+    const void *reply; /* recorded in the session */
+    size_t rlen;
+    uint64_t after_index;
+    uint64_t version; /* out: the writes' version (0: none) */
+    void *out;        /* out: the recorded reply (malloc()ed) */
+    size_t outlen;
+};
+
+/* engine_stage_txn, and with FX engine_stage_effect: a failed condition is
+ * then ENGINE_ESTALE, nothing recorded. */
+static int stage_txn(struct engine *e, const struct engine_txn *t,
+                     struct effect_io *fx, uint64_t *versions, size_t *failed,
+                     uint64_t *current)
 {
     *failed = 0;
     *current = 0;
-    if (t->shard >= e->nshards || t->nops == 0)
+    if (t->shard >= e->nshards || (t->nops == 0 && !fx))
         return KV_EINVAL;
     if (t->index && t->index <= e->staged[t->shard].version)
         return KV_EINVAL;
@@ -729,9 +786,10 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
     uint64_t ver = t->index ? t->index : st->version + 1;
     unsigned char *sk = NULL;
     size_t sklen = 0;
-    unsigned char **dks = calloc(t->nops, sizeof(*dks));
-    size_t *dlens = calloc(t->nops, sizeof(*dlens));
-    uint64_t *pre = calloc(t->nops, sizeof(*pre));
+    size_t nalloc = t->nops ? t->nops : 1;
+    unsigned char **dks = calloc(nalloc, sizeof(*dks));
+    size_t *dlens = calloc(nalloc, sizeof(*dlens));
+    uint64_t *pre = calloc(nalloc, sizeof(*pre));
     int rc = dks && dlens && pre ? KV_OK : KV_ENOMEM;
     if (rc == KV_OK && t->seq) {
         sk = session_key(t->shard, t->client_id, t->client_id_len, &sklen);
@@ -741,8 +799,11 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
         bool found;
         uint64_t seq = 0, sver = 0;
         int scode = 0;
-        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver);
+        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver,
+                         fx ? &fx->out : NULL, fx ? &fx->outlen : NULL);
         if (rc == KV_OK && found && seq >= t->seq) {
+            if (fx)
+                fx->version = scode == KV_OK ? sver : 0;
             /* A retry: the first outcome again. Every write of a committed
              * transaction got its version; conditions held as asked. */
             if (t->index) {
@@ -785,6 +846,8 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
         rc = latest_version(e, dks[i], dlens[i],
                             overlay_find(g, dks[i], dlens[i]), &pre[i]);
     }
+    if (rc == KV_OK && fx && fx->after_index && t->index != fx->after_index + 1)
+        *failed = 1; /* what it scanned may have changed */
     if (rc == KV_OK)
         rc = overlay_reserve(g, t->nops + 1);
     if (rc == KV_OK)
@@ -805,6 +868,14 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
             *current = pre[i];
         }
     }
+    if (*failed && fx) {
+        /* The evaluation's view is out of date: nothing applied, nothing
+         * recorded; the leader evaluates the call again. */
+        if (t->index)
+            stage_index(e, t->shard, t->index);
+        rc = ENGINE_ESTALE;
+        goto out;
+    }
     if (*failed) {
         rc = KV_ECONFLICT;
         if (!t->index) /* nothing to record: the transaction did not happen */
@@ -817,14 +888,31 @@ int engine_stage_txn(struct engine *e, const struct engine_txn *t,
             stage_txn_write(e, g, t->shard, op, dks[i], dlens[i], pre[i], ver);
             dks[i] = NULL; /* taken */
             versions[i] = op->kind == ENGINE_TXN_PUT ? ver : 0;
+            if (fx)
+                fx->version = ver;
         }
     }
     st->version = ver;
     stage_shard_state(e, g, t->shard);
     g->nstaged++;
     if (sk) {
-        session_put(g, sk, sklen, t->seq, rc, rc == KV_OK ? ver : 0);
+        int prc = session_put(g, sk, sklen, t->seq, rc,
+                              rc == KV_OK && (!fx || fx->version) ? ver : 0,
+                              fx ? fx->reply : NULL, fx ? fx->rlen : 0);
         sk = NULL; /* taken */
+        if (prc != KV_OK) {
+            rc = prc; /* half staged: the caller stops (as for storage) */
+            goto out;
+        }
+    }
+    if (fx && fx->rlen && rc == KV_OK) {
+        fx->out = malloc(fx->rlen);
+        if (!fx->out) {
+            rc = KV_ENOMEM;
+            goto out;
+        }
+        memcpy(fx->out, fx->reply, fx->rlen);
+        fx->outlen = fx->rlen;
     }
 out:
     if (dks)
@@ -834,6 +922,35 @@ out:
     free(dlens);
     free(pre);
     free(sk);
+    return rc;
+}
+
+int engine_stage_txn(struct engine *e, const struct engine_txn *t,
+                     uint64_t *versions, size_t *failed, uint64_t *current)
+{
+    return stage_txn(e, t, NULL, versions, failed, current);
+}
+
+int engine_stage_effect(struct engine *e, const struct engine_effect *f,
+                        uint64_t *version, void **reply, size_t *rlen)
+{
+    *version = 0;
+    *reply = NULL;
+    *rlen = 0;
+    for (size_t i = 0; i < f->txn.nops; i++)
+        if (f->txn.ops[i].kind > ENGINE_TXN_IF_ABSENT)
+            return KV_EINVAL;
+    struct effect_io fx = {
+        .reply = f->reply, .rlen = f->rlen, .after_index = f->after_index};
+    size_t n = f->txn.nops ? f->txn.nops : 1, failed;
+    uint64_t *versions = calloc(n, sizeof(*versions)), current;
+    if (!versions)
+        return KV_ENOMEM;
+    int rc = stage_txn(e, &f->txn, &fx, versions, &failed, &current);
+    free(versions);
+    *version = fx.version;
+    *reply = fx.out;
+    *rlen = fx.outlen;
     return rc;
 }
 
@@ -1369,13 +1486,14 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
     bool found = false;
     uint64_t had = 0, ver = 0;
     int code = 0;
-    rc = session_get(e, sk, sklen, &found, &had, &code, &ver);
+    rc = session_get(e, sk, sklen, &found, &had, &code, &ver, NULL, NULL);
     if (rc != KV_OK || (found && had >= seq)) {
         free(sk); /* a later write of the session is recorded: keep it */
         return rc;
     }
     session_put(e->cur, sk, sklen, seq,
-                *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0);
+                *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0, NULL,
+                0);
     return KV_OK;
 }
 
@@ -1420,10 +1538,15 @@ int engine_stage_record_for(struct engine *e, uint32_t shard, uint64_t index,
                                nparts, state);
 }
 
-int engine_session(struct engine *e, uint32_t shard, const void *client_id,
-                   size_t client_id_len, uint64_t *seq, int *code,
-                   uint64_t *version)
+int engine_session_reply(struct engine *e, uint32_t shard,
+                         const void *client_id, size_t client_id_len,
+                         uint64_t *seq, int *code, uint64_t *version,
+                         void **reply, size_t *rlen)
 {
+    if (reply) {
+        *reply = NULL;
+        *rlen = 0;
+    }
     if (shard >= e->nshards || !client_id || client_id_len == 0 ||
         client_id_len > ENGINE_MAX_CLIENT_ID)
         return KV_EINVAL;
@@ -1432,11 +1555,20 @@ int engine_session(struct engine *e, uint32_t shard, const void *client_id,
     if (!sk)
         return KV_ENOMEM;
     bool found = false;
-    int rc = session_get(e, sk, sklen, &found, seq, code, version);
+    int rc =
+        session_get(e, sk, sklen, &found, seq, code, version, reply, rlen);
     free(sk);
     if (rc == KV_OK && !found)
         rc = KV_ENOTFOUND;
     return rc;
+}
+
+int engine_session(struct engine *e, uint32_t shard, const void *client_id,
+                   size_t client_id_len, uint64_t *seq, int *code,
+                   uint64_t *version)
+{
+    return engine_session_reply(e, shard, client_id, client_id_len, seq, code,
+                                version, NULL, NULL);
 }
 
 int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,

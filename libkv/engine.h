@@ -157,6 +157,31 @@ int engine_stage(struct engine *e, const struct engine_write *w,
 int engine_stage_txn(struct engine *e, const struct engine_txn *t,
                      uint64_t *versions, size_t *failed, uint64_t *current);
 
+/* The effects of a procedure call (libkv/proc.h), as its leader evaluated
+ * them: TXN's ops are conditions (the keys the call read, as it read them)
+ * then writes; nops may be 0. REPLY is recorded in the session with the
+ * outcome, so a retried call gets the first reply. AFTER_INDEX, when not 0,
+ * makes the effects valid only as the entry right after that index (a call
+ * that scanned saw the shard as of AFTER_INDEX). */
+struct engine_effect {
+    struct engine_txn txn;
+    const void *reply;
+    size_t rlen;
+    uint64_t after_index;
+};
+
+/* The evaluation a procedure's effects came from is out of date (a key it
+ * read changed since): nothing was applied and nothing recorded. */
+#define ENGINE_ESTALE (-102)
+
+/* Applies F like engine_stage_txn, except that a failed condition (or a
+ * broken AFTER_INDEX) is ENGINE_ESTALE. On KV_OK *VERSION is the version
+ * the writes got (0: nothing written) and *REPLY (*RLEN bytes, malloc()ed,
+ * NULL when empty) the recorded reply; a retry (the session holds SEQ or a
+ * later write) returns the recorded outcome, version and reply. */
+int engine_stage_effect(struct engine *e, const struct engine_effect *f,
+                        uint64_t *version, void **reply, size_t *rlen);
+
 /* ---- two-phase commit (cross-shard transactions) --------------------
  *
  * A participant shard prepares its part of a transaction (conditions
@@ -245,6 +270,13 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
 int engine_session(struct engine *e, uint32_t shard, const void *client_id,
                    size_t client_id_len, uint64_t *seq, int *code,
                    uint64_t *version);
+
+/* engine_session, and the procedure reply recorded with the outcome
+ * (*REPLY malloc()ed, NULL when there is none). */
+int engine_session_reply(struct engine *e, uint32_t shard,
+                         const void *client_id, size_t client_id_len,
+                         uint64_t *seq, int *code, uint64_t *version,
+                         void **reply, size_t *rlen);
 
 /* Deletes a decided record (every participant resolved). */
 int engine_stage_forget(struct engine *e, uint32_t shard, uint64_t index,

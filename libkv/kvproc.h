@@ -130,7 +130,7 @@ int kv_proc_error(kv_proc_ctx *ctx, int code, const char *fmt, ...)
 #define KV_LIST_MISSING 0xFFFFFFFFu
 
 /* Takes the next item of the list at *P (*LEFT bytes left): KV_OK with
- * *ITEM/*ILEN (*ITEM NULL for a missing item), KV_EOF at the end, or
+ * *ITEM and *ILEN (*ITEM NULL for a missing item), KV_EOF at the end, or
  * KV_EINVAL when the bytes are not a list. */
 int kv_list_next(const void **p, size_t *left, const void **item, size_t *ilen);
 

@@ -28,6 +28,7 @@
 
 #define PROC_MAX_NAME 64
 #define PROC_HASH_LEN 32
+#define PROC_MAX_PLUGINS 64 /* cluster.conf procedures: at most this many */
 
 /* What a call reads through. */
 struct proc_reader {
