@@ -9,7 +9,8 @@
  * rather than to one line (a missing key, no nodes) are reported at line 0.
  *
  * This module must never open sockets or create files: conf_load() reads
- * the config file, nothing else, and resolves data_dir without touching it.
+ * the config file, nothing else, and resolves data_dir and the procedures
+ * paths without touching them.
  */
 #include "conf.h"
 
@@ -54,6 +55,10 @@ enum key_id {
     KEY_LOG_LEVEL,
     KEY_MAX_TXN_OPS,
     KEY_MAX_TXN_BYTES,
+    KEY_PROCEDURES,
+    KEY_PROC_MAX_KEYS,
+    KEY_PROC_MAX_WRITE_BYTES,
+    KEY_PROC_MAX_REPLY_BYTES,
     KEY_COUNT
 };
 
@@ -77,6 +82,13 @@ static const struct key_def {
     [KEY_MAX_TXN_OPS] = {"max_txn_ops", 1, 1, CONF_TXN_OPS_LIMIT},
     /* The upper bound also depends on max_message_bytes: see finish(). */
     [KEY_MAX_TXN_BYTES] = {"max_txn_bytes", 1, 1, CONF_MESSAGE_MAX},
+    [KEY_PROCEDURES] = {"procedures", 0, 0, 0},
+    [KEY_PROC_MAX_KEYS] = {"proc_max_keys", 1, 1, CONF_PROC_KEYS_LIMIT},
+    /* Like max_txn_bytes, also bounded by max_message_bytes: see finish(). */
+    [KEY_PROC_MAX_WRITE_BYTES] = {"proc_max_write_bytes", 1, 1,
+                                  CONF_MESSAGE_MAX},
+    [KEY_PROC_MAX_REPLY_BYTES] = {"proc_max_reply_bytes", 1, 1,
+                                  CONF_MESSAGE_MAX},
 };
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
@@ -329,6 +341,15 @@ static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
     case KEY_MAX_TXN_BYTES:
         c->max_txn_bytes = x;
         break;
+    case KEY_PROC_MAX_KEYS:
+        c->proc_max_keys = x;
+        break;
+    case KEY_PROC_MAX_WRITE_BYTES:
+        c->proc_max_write_bytes = x;
+        break;
+    case KEY_PROC_MAX_REPLY_BYTES:
+        c->proc_max_reply_bytes = x;
+        break;
     default:
         return fail(p, p->line, "internal: %s is not a number", d->name);
     }
@@ -343,6 +364,54 @@ static int replace(struct parser *p, char **slot, const char *v, size_t n)
         return fail_nomem(p);
     free(*slot);
     *slot = copy;
+    return KV_OK;
+}
+
+/* "procedures = PATH ...": paths separated by spaces or tabs, each without
+ * control characters and at most CONF_PATH_MAX bytes, at most
+ * CONF_MAX_PROCEDURES of them, none listed twice. Kept as written here;
+ * conf_load() resolves relative ones. */
+static int set_procedures(struct parser *p, const char *v, size_t n)
+{
+    struct conf *c = p->c;
+    size_t pos = 0;
+
+    c->procedures = calloc(CONF_MAX_PROCEDURES, sizeof *c->procedures);
+    if (c->procedures == NULL)
+        return fail_nomem(p);
+    while (pos < n) {
+        const char *w;
+        size_t wn = 0;
+        while (pos < n && is_space(v[pos]))
+            pos++;
+        if (pos == n)
+            break;
+        w = v + pos;
+        while (pos + wn < n && !is_space(w[wn]))
+            wn++;
+        pos += wn;
+        for (size_t i = 0; i < wn; i++)
+            if ((unsigned char)w[i] < 0x20 || w[i] == 0x7f)
+                return fail(p, p->line,
+                            "procedures: path '%s' contains a control "
+                            "character",
+                            show(p, w, wn));
+        if (wn > CONF_PATH_MAX)
+            return fail(p, p->line,
+                        "procedures: a path is longer than %d bytes",
+                        CONF_PATH_MAX);
+        if (c->nprocedures == CONF_MAX_PROCEDURES)
+            return fail(p, p->line, "procedures: more than %d plugins",
+                        CONF_MAX_PROCEDURES);
+        for (size_t i = 0; i < c->nprocedures; i++)
+            if (equals(w, wn, c->procedures[i]))
+                return fail(p, p->line, "procedures: '%s' is listed twice",
+                            show(p, w, wn));
+        c->procedures[c->nprocedures] = strndup(w, wn);
+        if (c->procedures[c->nprocedures] == NULL)
+            return fail_nomem(p);
+        c->nprocedures++;
+    }
     return KV_OK;
 }
 
@@ -378,6 +447,8 @@ static int set_string(struct parser *p, enum key_id k, const char *v, size_t n)
         return fail(p, p->line,
                     "log_level must be debug, info, warn or error, not '%s'",
                     show(p, v, n));
+    case KEY_PROCEDURES:
+        return set_procedures(p, v, n);
     default:
         return fail(p, p->line, "internal: %s is not a string",
                     key_defs[k].name);
@@ -548,38 +619,39 @@ static int node_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* max_txn_bytes must leave CONF_TXN_SLACK bytes of max_message_bytes for
- * the envelope and the per-op framing. A value set in the file beyond that
- * is an error, reported at the later of the two keys' lines; the default is
- * lowered to fit (to 1 at least, when max_message_bytes leaves no room). */
-static int finish_txn_bytes(struct parser *p)
+/* A byte limit K (max_txn_bytes, proc_max_write_bytes, proc_max_reply_bytes)
+ * must leave CONF_TXN_SLACK bytes of max_message_bytes for the envelope and
+ * the framing. A value set in the file beyond that is an error, reported at
+ * the later of the two keys' lines; the default is lowered to fit (to 1 at
+ * least, when max_message_bytes leaves no room). */
+static int finish_room(struct parser *p, enum key_id k, uint64_t *slot)
 {
     struct conf *c = p->c;
+    const char *name = key_defs[k].name;
     uint64_t room = c->max_message_bytes > CONF_TXN_SLACK
                         ? c->max_message_bytes - CONF_TXN_SLACK
                         : 0;
-    unsigned at = p->key_line[KEY_MAX_TXN_BYTES];
+    unsigned at = p->key_line[k];
 
     if (at == 0) {
-        if (c->max_txn_bytes > room)
-            c->max_txn_bytes = room > 0 ? room : 1;
+        if (*slot > room)
+            *slot = room > 0 ? room : 1;
         return KV_OK;
     }
-    if (c->max_txn_bytes <= room)
+    if (*slot <= room)
         return KV_OK;
     if (p->key_line[KEY_MAX_MESSAGE_BYTES] > at)
         at = p->key_line[KEY_MAX_MESSAGE_BYTES];
     if (room == 0)
         return fail(p, at,
-                    "max_txn_bytes = %" PRIu64
+                    "%s = %" PRIu64
                     " does not fit: max_message_bytes = %" PRIu64
-                    " leaves no room for a transaction (it must be above "
-                    "%u)",
-                    c->max_txn_bytes, c->max_message_bytes, CONF_TXN_SLACK);
+                    " leaves no room for it (it must be above %u)",
+                    name, *slot, c->max_message_bytes, CONF_TXN_SLACK);
     return fail(p, at,
-                "max_txn_bytes = %" PRIu64 " is out of range 1..%" PRIu64
+                "%s = %" PRIu64 " is out of range 1..%" PRIu64
                 " (max_message_bytes - %u)",
-                c->max_txn_bytes, room, CONF_TXN_SLACK);
+                name, *slot, room, CONF_TXN_SLACK);
 }
 
 /* Checks what only the whole file can tell, then sorts the nodes. */
@@ -622,7 +694,11 @@ static int finish(struct parser *p)
                     "max_value_bytes + %u = %" PRIu64,
                     c->max_message_bytes, CONF_MESSAGE_SLACK, need);
     }
-    rc = finish_txn_bytes(p);
+    rc = finish_room(p, KEY_MAX_TXN_BYTES, &c->max_txn_bytes);
+    if (rc == KV_OK)
+        rc = finish_room(p, KEY_PROC_MAX_WRITE_BYTES, &c->proc_max_write_bytes);
+    if (rc == KV_OK)
+        rc = finish_room(p, KEY_PROC_MAX_REPLY_BYTES, &c->proc_max_reply_bytes);
     if (rc != KV_OK)
         return rc;
     qsort(c->nodes, c->nnodes, sizeof *c->nodes, node_cmp);
@@ -693,6 +769,9 @@ int conf_parse(const char *text, size_t len, const char *name,
     c->txn_timeout_ms = 5000;
     c->max_txn_ops = CONF_TXN_OPS_DEFAULT;
     c->max_txn_bytes = CONF_TXN_BYTES_DEFAULT;
+    c->proc_max_keys = CONF_PROC_KEYS_DEFAULT;
+    c->proc_max_write_bytes = CONF_PROC_BYTES_DEFAULT;
+    c->proc_max_reply_bytes = CONF_PROC_BYTES_DEFAULT;
     c->path = strdup("");
     c->data_dir = strdup("data");
     c->log_level = strdup("info");
@@ -838,19 +917,20 @@ static char *current_dir(void)
     return NULL;
 }
 
-/* Makes c->data_dir absolute and clean. A relative one is joined to the
- * folder of PATH (itself joined to the current directory when relative);
- * "." and ".." are resolved lexically, so the folders need not exist. */
-static int resolve_data_dir(struct conf *c, const char *path, char *err,
-                            size_t errlen)
+/* Sets *OUT to a new absolute, clean copy of REL: REL itself when absolute,
+ * else REL joined to the folder of PATH (itself joined to the current
+ * directory when relative); "." and ".." are resolved lexically, so the
+ * folders need not exist. */
+static int resolve_path(const char *path, const char *rel, char **out,
+                        char *err, size_t errlen)
 {
     char *cwd = NULL, *joined = NULL, *clean = NULL;
     const char *slash = strrchr(path, '/');
     size_t dirlen = slash == NULL ? 0 : (size_t)(slash - path) + 1;
     int rc = KV_OK;
 
-    if (c->data_dir[0] == '/') {
-        clean = clean_path(c->data_dir);
+    if (rel[0] == '/') {
+        clean = clean_path(rel);
         if (clean == NULL)
             goto nomem;
         goto done;
@@ -862,9 +942,9 @@ static int resolve_data_dir(struct conf *c, const char *path, char *err,
             goto free_all;
         }
     }
-    /* CWD "/" PATH's folder including its last '/' DATA_DIR */
-    joined = malloc((cwd != NULL ? strlen(cwd) + 1 : 0) + dirlen +
-                    strlen(c->data_dir) + 1);
+    /* CWD "/" PATH's folder including its last '/' REL */
+    joined =
+        malloc((cwd != NULL ? strlen(cwd) + 1 : 0) + dirlen + strlen(rel) + 1);
     if (joined == NULL)
         goto nomem;
     joined[0] = '\0';
@@ -873,13 +953,12 @@ static int resolve_data_dir(struct conf *c, const char *path, char *err,
         strcat(joined, "/");
     }
     strncat(joined, path, dirlen);
-    strcat(joined, c->data_dir);
+    strcat(joined, rel);
     clean = clean_path(joined);
     if (clean == NULL)
         goto nomem;
 done:
-    free(c->data_dir);
-    c->data_dir = clean;
+    *out = clean;
     goto free_all;
 nomem:
     if (err != NULL && errlen > 0)
@@ -891,10 +970,33 @@ free_all:
     return rc;
 }
 
+/* Makes c->data_dir and each of c->procedures absolute and clean, relative
+ * ones against the folder of PATH (see resolve_path). */
+static int resolve_paths(struct conf *c, const char *path, char *err,
+                         size_t errlen)
+{
+    char *abs = NULL;
+    int rc = resolve_path(path, c->data_dir, &abs, err, errlen);
+
+    if (rc != KV_OK)
+        return rc;
+    free(c->data_dir);
+    c->data_dir = abs;
+    for (size_t i = 0; i < c->nprocedures; i++) {
+        rc = resolve_path(path, c->procedures[i], &abs, err, errlen);
+        if (rc != KV_OK)
+            return rc;
+        free(c->procedures[i]);
+        c->procedures[i] = abs;
+    }
+    return KV_OK;
+}
+
 /* Reads and parses PATH; see conf.h. On KV_OK c->path is a copy of PATH and
- * c->data_dir is absolute. Returns KV_EIO ("PATH: reason") when the file
- * (or the current directory, for a relative PATH) cannot be read, KV_EINVAL for
- * a bad or over-1-MiB file, KV_ENOMEM. *out is only written on KV_OK. */
+ * c->data_dir and every c->procedures path are absolute. Returns KV_EIO ("PATH:
+ * reason") when the file (or the current directory, for a relative PATH) cannot
+ * be read, KV_EINVAL for a bad or over-1-MiB file, KV_ENOMEM. *out is only
+ * written on KV_OK. */
 int conf_load(const char *path, struct conf **out, char *err, size_t errlen)
 {
     char *text = NULL;
@@ -924,7 +1026,7 @@ int conf_load(const char *path, struct conf **out, char *err, size_t errlen)
     }
     free(c->path);
     c->path = copy;
-    rc = resolve_data_dir(c, path, err, errlen);
+    rc = resolve_paths(c, path, err, errlen);
     if (rc != KV_OK)
         goto free_conf;
     *out = c;
@@ -945,6 +1047,9 @@ void conf_free(struct conf *c)
     for (size_t i = 0; i < c->nnodes; i++)
         free(c->nodes[i].address);
     free(c->nodes);
+    for (size_t i = 0; i < c->nprocedures; i++)
+        free(c->procedures[i]);
+    free(c->procedures);
     free(c->path);
     free(c->cluster);
     free(c->data_dir);

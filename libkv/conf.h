@@ -21,8 +21,13 @@
 #define CONF_TXN_OPS_LIMIT 100000             /* hard cap on max_txn_ops */
 #define CONF_TXN_BYTES_DEFAULT (1024u * 1024) /* default max_txn_bytes */
 /* max_txn_bytes is at most max_message_bytes minus this much: room for the
- * envelope and the framing of a transaction's ops. */
+ * envelope and the framing of a transaction's ops. proc_max_write_bytes and
+ * proc_max_reply_bytes follow the same rule. */
 #define CONF_TXN_SLACK 4096u
+#define CONF_MAX_PROCEDURES 64 /* plugins in `procedures` */
+#define CONF_PROC_KEYS_DEFAULT 100000
+#define CONF_PROC_KEYS_LIMIT 10000000          /* cap on proc_max_keys */
+#define CONF_PROC_BYTES_DEFAULT (1024u * 1024) /* write and reply budgets */
 
 struct conf_node {
     uint32_t id;   /* 1..65535, unique */
@@ -51,6 +56,17 @@ struct conf {
      * the file above it is an error. */
     uint32_t max_txn_ops;
     uint64_t max_txn_bytes; /* "debug", "info", "warn" or "error" */
+    /* Plugin paths of `procedures`, in file order (at most
+     * CONF_MAX_PROCEDURES, none by default); conf_load() makes relative
+     * ones absolute against the config file's folder, like data_dir. */
+    char **procedures;
+    size_t nprocedures;
+    /* Budgets of one procedure call (libkv/proc.h struct proc_limits):
+     * keys touched, bytes of keys and values written, reply bytes. The two
+     * byte budgets follow max_txn_bytes's rule against max_message_bytes. */
+    uint64_t proc_max_keys;
+    uint64_t proc_max_write_bytes;
+    uint64_t proc_max_reply_bytes;
 };
 
 /* Parses TEXT (LEN bytes) read from a file named NAME (used in errors).
@@ -59,8 +75,9 @@ struct conf {
 int conf_parse(const char *text, size_t len, const char *name,
                struct conf **out, char *err, size_t errlen);
 
-/* Reads and parses the file PATH. A relative data_dir is resolved against the
- * folder of PATH. Errors as conf_parse(), plus KV_EIO if PATH cannot be read.
+/* Reads and parses the file PATH. A relative data_dir and relative
+ * procedures paths are resolved against the folder of PATH. Errors as
+ * conf_parse(), plus KV_EIO if PATH cannot be read.
  */
 int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
 

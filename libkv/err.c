@@ -36,6 +36,14 @@ const char *kv_strerror(int code)
         return "end of iteration";
     case KV_EINTERNAL:
         return "internal error";
+    case KV_ENOPROC:
+        return "no such procedure";
+    case KV_EPROC:
+        return "procedure failed";
+    case KV_EBUDGET:
+        return "procedure over its budget";
+    case KV_ERANGE:
+        return "value out of range";
     default:
         return "unknown error";
     }

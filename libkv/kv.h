@@ -54,6 +54,10 @@ extern "C" {
 #define KV_EAUTH (-12)       /* authentication failed or not allowed */
 #define KV_EOF (-13)         /* an iterator has no more entries */
 #define KV_EINTERNAL (-14)   /* a bug: please report it */
+#define KV_ENOPROC (-15)     /* no procedure of that name is defined */
+#define KV_EPROC (-16)       /* a procedure failed (see kv_errmsg) */
+#define KV_EBUDGET (-17)     /* a procedure went over one of its budgets */
+#define KV_ERANGE (-18)      /* a number is out of range (incr overflow) */
 
 /* Returns a static, human-readable name for a result code. */
 const char *kv_strerror(int code);

@@ -111,6 +111,10 @@ START_TEST(a_minimal_file_gets_every_default)
     ck_assert_uint_eq(c->max_txn_ops, 1000);
     ck_assert_uint_eq(c->max_txn_bytes, 1048576);
     ck_assert_str_eq(c->log_level, "info");
+    ck_assert_uint_eq(c->nprocedures, 0);
+    ck_assert_uint_eq(c->proc_max_keys, 100000);
+    ck_assert_uint_eq(c->proc_max_write_bytes, 1048576);
+    ck_assert_uint_eq(c->proc_max_reply_bytes, 1048576);
     ck_assert_uint_eq(c->nnodes, 3);
     ck_assert_str_eq(c->nodes[2].address, "tcp://127.0.0.1:7103");
     conf_free(c);
@@ -408,6 +412,79 @@ START_TEST(the_default_txn_bytes_shrink_to_a_smaller_message_limit)
 }
 END_TEST
 
+START_TEST(procedure_keys_can_be_set)
+{
+    char text[1024];
+    struct conf *c;
+
+    snprintf(text, sizeof text,
+             "cluster = a\n"
+             "procedures = procs/a.so \t/opt/kv/b.so   ../c.so # three\n"
+             "proc_max_keys = 10000000\nproc_max_write_bytes = 4190208\n"
+             "proc_max_reply_bytes = 1\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->nprocedures, 3);
+    ck_assert_str_eq(c->procedures[0], "procs/a.so"); /* as written */
+    ck_assert_str_eq(c->procedures[1], "/opt/kv/b.so");
+    ck_assert_str_eq(c->procedures[2], "../c.so");
+    ck_assert_uint_eq(c->proc_max_keys, 10000000);
+    ck_assert_uint_eq(c->proc_max_write_bytes, 4190208);
+    ck_assert_uint_eq(c->proc_max_reply_bytes, 1);
+    conf_free(c);
+}
+END_TEST
+
+START_TEST(sixty_four_plugins_are_accepted_and_65_are_not)
+{
+    char text[4096];
+    size_t n = 0;
+    struct conf *c;
+
+    n += (size_t)snprintf(text + n, sizeof text - n,
+                          "cluster = a\nprocedures =");
+    for (int i = 0; i < 64; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, " p%d.so", i);
+    snprintf(text + n, sizeof text - n, "\n%s", three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->nprocedures, 64);
+    ck_assert_str_eq(c->procedures[63], "p63.so");
+    conf_free(c);
+    snprintf(text + n, sizeof text - n, " p64.so\n%s", three_nodes);
+    expect_error(text, 2, "procedures: more than 64 plugins");
+}
+END_TEST
+
+START_TEST(the_default_proc_byte_budgets_shrink_to_a_smaller_message_limit)
+{
+    char text[512];
+    struct conf *c;
+
+    snprintf(text, sizeof text,
+             "cluster = a\nmax_value_bytes = 1000\n"
+             "max_message_bytes = 1052671\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->proc_max_write_bytes, 1052671 - 4096);
+    ck_assert_uint_eq(c->proc_max_reply_bytes, 1052671 - 4096);
+    conf_free(c);
+    snprintf(text, sizeof text,
+             "cluster = a\nmax_key_bytes = 1\nmax_value_bytes = 0\n"
+             "max_message_bytes = 4096\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->proc_max_write_bytes, 1);
+    ck_assert_uint_eq(c->proc_max_reply_bytes, 1);
+    conf_free(c);
+    snprintf(text, sizeof text, "cluster = a\nmax_message_bytes = 67108864\n%s",
+             three_nodes);
+    c = parse_ok(text);
+    ck_assert_uint_eq(c->proc_max_write_bytes, 1048576);
+    ck_assert_uint_eq(c->proc_max_reply_bytes, 1048576);
+    conf_free(c);
+}
+END_TEST
+
 START_TEST(a_file_without_nodes_is_an_error_at_line_0)
 {
     expect_error("cluster = a\nshards = 4\n# no nodes\n", 0, "no nodes");
@@ -508,6 +585,37 @@ static const struct broken broken_bodies[] = {
      5, "leaves no room"},
     {"duplicate txn ops", "max_txn_ops = 5\nmax_txn_ops = 5\n", 3,
      "first set at line 2"},
+    {"zero proc keys", "proc_max_keys = 0\n", 2,
+     "proc_max_keys = 0 is out of range 1..10000000"},
+    {"proc keys over the cap", "proc_max_keys = 10000001\n", 2,
+     "out of range 1..10000000"},
+    {"zero proc write bytes", "proc_max_write_bytes = 0\n", 2,
+     "proc_max_write_bytes = 0 is out of range"},
+    {"proc write bytes above the message limit less 4096",
+     "proc_max_write_bytes = 4190209\n", 2,
+     "proc_max_write_bytes = 4190209 is out of range 1..4190208"},
+    {"proc reply bytes above the message limit less 4096",
+     "proc_max_reply_bytes = 4190209\n", 2,
+     "proc_max_reply_bytes = 4190209 is out of range 1..4190208"},
+    {"proc reply bytes that no longer fit a lowered message limit",
+     "max_value_bytes = 1000\nproc_max_reply_bytes = 1048576\n"
+     "max_message_bytes = 1052671\n",
+     4, "proc_max_reply_bytes = 1048576 is out of range 1..1048575"},
+    {"proc write bytes and a message limit leaving no room",
+     "max_key_bytes = 1\nmax_value_bytes = 0\nmax_message_bytes = 4096\n"
+     "proc_max_write_bytes = 1\n",
+     5, "proc_max_write_bytes = 1 does not fit"},
+    {"proc reply bytes not a number", "proc_max_reply_bytes = 1MiB\n", 2,
+     "bad number"},
+    {"plugin listed twice", "procedures = a.so b.so a.so\n", 2,
+     "procedures: 'a.so' is listed twice"},
+    {"control character in a plugin path",
+     "procedures = a\x01"
+     "b.so\n",
+     2, "procedures: path 'a?b.so' contains a control character"},
+    {"duplicate procedures", "procedures = a.so\nprocedures = b.so\n", 3,
+     "duplicate key 'procedures'"},
+    {"empty procedures", "procedures =   # none\n", 2, "empty value"},
     {"bad log level", "log_level = verbose\n", 2, "log_level"},
     {"log level in capitals", "log_level = INFO\n", 2, "log_level"},
     {"control character in data_dir", "data_dir = a\tb\n", 2,
@@ -668,6 +776,14 @@ static int check_any(const char *t, size_t n, const char *what)
               strcmp(c->log_level, "warn") == 0 ||
               strcmp(c->log_level, "error") == 0);
     ck_assert(c->data_dir != NULL && c->data_dir[0] != '\0');
+    ck_assert(c->proc_max_keys >= 1 && c->proc_max_keys <= 10000000);
+    ck_assert(c->proc_max_write_bytes >= 1 && c->proc_max_reply_bytes >= 1);
+    ck_assert(c->max_message_bytes <= 4096 ||
+              (c->proc_max_write_bytes <= c->max_message_bytes - 4096 &&
+               c->proc_max_reply_bytes <= c->max_message_bytes - 4096));
+    ck_assert(c->nprocedures <= 64);
+    for (size_t i = 0; i < c->nprocedures; i++)
+        ck_assert(c->procedures[i] != NULL && c->procedures[i][0] != '\0');
     for (size_t i = 0; i < c->nnodes; i++) {
         ck_assert(c->nodes[i].id >= 1 && c->nodes[i].id <= 65535);
         ck_assert(i == 0 || c->nodes[i - 1].id < c->nodes[i].id);
@@ -888,6 +1004,27 @@ START_TEST(an_absolute_data_dir_is_kept_but_cleaned)
 }
 END_TEST
 
+START_TEST(relative_plugin_paths_are_resolved_against_the_config_folder)
+{
+    char text[512], want[256];
+    const char *path;
+    struct conf *c;
+
+    snprintf(text, sizeof text,
+             "cluster = a\nprocedures = procs/r.so /opt//p/./s.so ../m.so\n%s",
+             three_nodes);
+    path = write_file("etc/cluster.conf", text, strlen(text));
+    c = load_ok(path);
+    ck_assert_uint_eq(c->nprocedures, 3);
+    snprintf(want, sizeof want, "%s/etc/procs/r.so", tmpdir);
+    ck_assert_str_eq(c->procedures[0], want);
+    ck_assert_str_eq(c->procedures[1], "/opt/p/s.so");
+    snprintf(want, sizeof want, "%s/m.so", tmpdir);
+    ck_assert_str_eq(c->procedures[2], want);
+    conf_free(c);
+}
+END_TEST
+
 START_TEST(a_missing_file_is_an_io_error_naming_it)
 {
     char path[256], err[512] = "", want[512];
@@ -995,6 +1132,10 @@ Suite *conf_suite(void)
     tcase_add_test(tc, a_node_without_address_is_an_error);
     tcase_add_test(tc, a_message_limit_below_key_plus_value_is_an_error);
     tcase_add_test(tc, the_default_txn_bytes_shrink_to_a_smaller_message_limit);
+    tcase_add_test(tc, procedure_keys_can_be_set);
+    tcase_add_test(tc, sixty_four_plugins_are_accepted_and_65_are_not);
+    tcase_add_test(
+        tc, the_default_proc_byte_budgets_shrink_to_a_smaller_message_limit);
     tcase_add_test(tc, a_file_without_nodes_is_an_error_at_line_0);
     tcase_add_test(tc, a_garbage_line_is_an_error);
     tcase_add_test(tc, a_nul_byte_is_an_error);
@@ -1021,6 +1162,8 @@ Suite *conf_suite(void)
                    a_relative_data_dir_is_resolved_against_the_config_folder);
     tcase_add_test(tc, a_config_given_by_a_relative_path_resolves_from_the_cwd);
     tcase_add_test(tc, an_absolute_data_dir_is_kept_but_cleaned);
+    tcase_add_test(
+        tc, relative_plugin_paths_are_resolved_against_the_config_folder);
     tcase_add_test(tc, a_missing_file_is_an_io_error_naming_it);
     tcase_add_test(tc, a_parse_error_from_a_file_names_the_file_and_line);
     tcase_add_test(tc, a_file_of_exactly_one_mebibyte_is_read);
