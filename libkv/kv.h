@@ -236,6 +236,38 @@ void kv_txn_abort(kv_txn *txn);
 int kv_txn_run(kv *db, const kv_opts *opts, int (*fn)(kv_txn *txn, void *arg),
                void *arg);
 
+/* ---- procedures (docs/procedures.md) ----------------------------------
+ *
+ * Procedures run on the node holding the data: one round trip for a
+ * read-modify-write of any complexity. Built-ins: incr, append, cas, mget;
+ * plugins are listed in cluster.conf (`procedures = ...`). In embedded mode
+ * the same procedures run in-process (plugins: KV_PROCEDURES, a
+ * space-separated list of .so paths in the environment). */
+
+/* Calls procedure NAME on the shard of KEY with ARG (ALEN bytes; ARG may
+ * be NULL when ALEN is 0). On KV_OK *reply (*rlen bytes, free with
+ * kv_free; NULL when empty) is what it replied. A procedure that writes
+ * is applied at most once, even when this call retries it, and exactly
+ * once when it returns KV_OK; a read-only one is a linearizable read.
+ * Errors: KV_ENOPROC (no such procedure), KV_EINVAL (bad argument, a key
+ * outside the call's shard), KV_EBUDGET (over a budget), KV_ERANGE,
+ * KV_EPROC (the procedure failed, or its plugin differs between nodes),
+ * or the procedure's own code (cas: KV_ECONFLICT, with *reply set to the
+ * current value as a one-item list); kv_errmsg() tells why. Nothing is
+ * written on any error. KV_ETIMEDOUT / KV_EUNAVAILABLE: the outcome is
+ * unknown, as for kv_put(). On every error *reply is NULL unless the
+ * procedure replied with its error. */
+int kv_call(kv *db, const char *name, const void *key, size_t klen,
+            const void *arg, size_t alen, const kv_opts *o, void **reply,
+            size_t *rlen);
+
+/* Runs the read-only procedure NAME on every shard in parallel and returns
+ * the replies merged by its merge function (or, without one, as a list
+ * with one item per shard in shard order). Errors as kv_call(); a write
+ * procedure is KV_EINVAL. */
+int kv_call_all(kv *db, const char *name, const void *arg, size_t alen,
+                const kv_opts *o, void **reply, size_t *rlen);
+
 /* The shard that holds KEY in a cluster of NSHARDS shards: siphash-2-4 of
  * the key, or of the part inside its first {...} (a hash tag) when that part
  * is not empty, modulo NSHARDS. Keys with the same tag share a shard. */

@@ -58,6 +58,11 @@ struct kv_ops {
      * key's version then (0: absent). */
     int (*txn)(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
                uint64_t *versions, size_t *failed, uint64_t *current);
+    /* Calls procedure NAME (validated) on KEY's shard, or with KLEN 0 and
+     * ALL on every shard. *reply malloc()ed or NULL. */
+    int (*call)(kv *db, const char *name, const void *key, size_t klen,
+                bool all, const void *arg, size_t alen, uint32_t timeout_ms,
+                void **reply, size_t *rlen);
     int (*status)(kv *db, size_t node, uint32_t timeout_ms,
                   Kv__StatusResult **out);
     int (*raw)(kv *db, size_t node, const void *buf, size_t len,
