@@ -441,7 +441,7 @@ END_TEST
 
 START_TEST(embedded_mode_runs_the_same_procedures)
 {
-    char dir[512], env[2048], path[600];
+    char dir[512], env[2100], path[600];
     find_procs();
     ck_assert_int_eq(harness_tempdir(dir, sizeof dir), 0);
     snprintf(env, sizeof env, "%s/move.so %s/sum_prefix.so", procdir,
