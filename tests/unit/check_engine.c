@@ -1890,7 +1890,8 @@ START_TEST(prepared_intents_lock_keys_until_a_commit_applies_them)
     expect_missing(0, "zz");
     /* the refused write recorded no session: after the resolve, the same
      * seq is applied */
-    ck_assert_int_eq(engine_stage_resolve(eng, 0, i0 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 0, i0 + 5, txn_a, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     ck_assert(!engine_has_intents(eng, 0));
     expect_value(0, "a", "1", i0 + 1);
@@ -1911,7 +1912,8 @@ START_TEST(an_aborted_prepare_leaves_the_data_as_it_was)
     uint64_t ver;
     ck_assert_int_eq(prepare(1, txn_a, ops, 2, v1 + 1, 10, &ver), KV_OK);
     /* resolved in the same batch as the prepare (a follower catching up) */
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 2, txn_a, false), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 2, txn_a, false, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(1, "a", "old", v1);
     expect_missing(1, "b");
@@ -1920,8 +1922,10 @@ START_TEST(an_aborted_prepare_leaves_the_data_as_it_was)
     ck_assert_int_eq(engine_list_txns(eng, 1, 'P', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 0);
     /* resolving again, or something never prepared: nothing to do */
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 3, txn_a, true), KV_OK);
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 4, txn_b, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 3, txn_a, true, 20),
+                     KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 4, txn_b, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(1, "a", "old", v1);
 }
@@ -1978,7 +1982,8 @@ START_TEST(prepare_votes_no_on_a_failed_condition_or_a_passed_deadline)
     int n = 0;
     ck_assert_int_eq(engine_list_txns(eng, 2, 'P', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 1);
-    ck_assert_int_eq(engine_stage_resolve(eng, 2, v1 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, v1 + 5, txn_a, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(2, "b", "1", v1 + 3);
 }
