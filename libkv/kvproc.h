@@ -101,7 +101,8 @@ int kv_proc_put(kv_proc_ctx *ctx, const void *key, size_t klen, const void *val,
 int kv_proc_del(kv_proc_ctx *ctx, const void *key, size_t klen);
 
 /* Called by kv_proc_scan for each entry in key order; a non-zero return
- * stops the scan and is returned by kv_proc_scan. */
+ * stops the scan and is returned by kv_proc_scan. KEY and VAL are valid
+ * during this call only (copy what must outlive it). */
 typedef int (*kv_proc_scan_fn)(void *arg, const void *key, size_t klen,
                                const void *val, size_t vlen);
 
@@ -130,7 +131,7 @@ int kv_proc_error(kv_proc_ctx *ctx, int code, const char *fmt, ...)
 #define KV_LIST_MISSING 0xFFFFFFFFu
 
 /* Takes the next item of the list at *P (*LEFT bytes left): KV_OK with
- * *ITEM/*ILEN (*ITEM NULL for a missing item), KV_EOF at the end, or
+ * *ITEM and *ILEN (*ITEM NULL for a missing item), KV_EOF at the end, or
  * KV_EINVAL when the bytes are not a list. */
 int kv_list_next(const void **p, size_t *left, const void **item, size_t *ilen);
 
