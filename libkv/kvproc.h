@@ -108,8 +108,9 @@ typedef int (*kv_proc_scan_fn)(void *arg, const void *key, size_t klen,
 
 /* Visits the keys of the call's shard that start with PREFIX (PLEN bytes;
  * 0: every key), in order, at most LIMIT of them (0: up to the keys
- * budget). Each visited key counts against the keys budget. The call's own
- * writes are not seen by a scan. */
+ * budget). Each visited key counts against the keys budget: a scan that
+ * would visit more fails the call with KV_EBUDGET. The call's own writes
+ * are not seen by a scan. */
 int kv_proc_scan(kv_proc_ctx *ctx, const void *prefix, size_t plen,
                  uint64_t limit, kv_proc_scan_fn fn, void *arg);
 
