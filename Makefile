@@ -60,7 +60,7 @@ PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
 TEST_PROC_SOS := $(patsubst tests/unit/procs/%.c,$(B)/testprocs/%.so,$(wildcard tests/unit/procs/*.c))
 
 .PHONY: all deps deps-check test run stop clean format-check chaos sim \
-        fuzz fuzz-deps fuzz-build
+        fuzz fuzz-deps fuzz-build fuzz-corpus
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -203,6 +203,15 @@ $(B)/targets/%: $(B)/obj/tests/fuzz/fuzz_%.o $(FUZZ_HARNESS) $(B)/libkvnode.a $(
 
 fuzz-deps:
 	@sh .ci/deps.sh --fuzz
+
+# Rewrites the generated seeds of tests/fuzz/corpus (corpus_gen.c says
+# which); inputs kept by hand ("found-*") stay.
+$(B)/fuzz-gen/corpus_gen: $(B)/obj/tests/fuzz/corpus_gen.o $(FUZZ_HARNESS) $(B)/libkvnode.a $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(FUZZ_HARNESS) $(B)/libkvnode.a $(B)/libkv.a $(PKG_LIBS) -lm
+
+fuzz-corpus: $(B)/fuzz-gen/corpus_gen
+	$(B)/fuzz-gen/corpus_gen tests/fuzz/corpus
 
 fuzz-build: deps-check $(FUZZ_BINS) $(PROC_SOS)
 

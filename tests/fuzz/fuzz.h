@@ -74,10 +74,12 @@ void fuzz_txn_id(uint32_t shard, bool resolved, unsigned char id[16]);
  * into STORE, as a node that installed a snapshot at index 10 of term 1
  * would hold it: per shard the applied index and hard state, keys
  * "{tag}n" = "5", "{tag}s" = "hello", "{tag}l" = "old" (locked by a
- * prepared transaction whose record is PENDING on the same shard, with an
- * intent putting "new"), a tombstone and the session of FUZZ_CLIENT_ID.
- * Aborts if the store refuses it. */
-void fuzz_seed_state(struct store *store, const bool *hosted, uint32_t nshards);
+ * prepared transaction whose record is PENDING on the same shard until
+ * DEADLINE_MS, wall clock, with an intent putting "new"), a tombstone old
+ * enough for the GC and the session of FUZZ_CLIENT_ID. Aborts if the
+ * store refuses it. */
+void fuzz_seed_state(struct store *store, const bool *hosted, uint32_t nshards,
+                     uint64_t deadline_ms);
 
 /* --- one node ------------------------------------------------------------ */
 

@@ -147,7 +147,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct fuzz_node n;
     char err[256] = "";
     fuzz_node_init(&n, conf, 1);
-    fuzz_seed_state(n.store, hosted, NSHARDS);
+    fuzz_seed_state(n.store, hosted, NSHARDS, FUZZ_WALL_BASE + 200);
     store_log(n.store, &in);
     if (fuzz_node_start(&n, err, sizeof(err)) != KV_OK)
         fuzz_fail("node 1 does not start on a log of commands: %s", err);

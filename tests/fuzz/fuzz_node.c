@@ -165,12 +165,13 @@ static void put_data(struct store_batch *b, uint32_t shard, const char *tag,
     put_rec(b, 'D', shard, key, (size_t)klen, v, 9 + vlen);
 }
 
-void fuzz_seed_state(struct store *store, const bool *hosted, uint32_t nshards)
+void fuzz_seed_state(struct store *store, const bool *hosted, uint32_t nshards,
+                     uint64_t deadline_ms)
 {
     struct store_batch *b = store_batch_new();
     if (!b)
         fuzz_fail("harness: out of memory");
-    const uint64_t later = FUZZ_WALL_BASE + 600000; /* deadlines to come */
+    const uint64_t later = deadline_ms;
     for (uint32_t s = 0; s < nshards; s++) {
         if (!hosted[s])
             continue;
@@ -508,6 +509,21 @@ void fuzz_node_drop_sent(struct fuzz_node *n)
 
 void fuzz_node_close(struct fuzz_node *n)
 {
+    if (n->rep && log_enabled(LOG_DEBUG)) {
+        struct replica_stats st;
+        replica_get_stats(n->rep, &st);
+        log_msg(LOG_DEBUG, "node stats",
+                "node=%u ticks=%llu proposals=%llu applied=%llu reads=%llu "
+                "dropped=%llu snapshots_installed=%llu frames_sent=%llu "
+                "answers=%llu stopped=%d",
+                n->id, (unsigned long long)n->ticks,
+                (unsigned long long)st.proposals,
+                (unsigned long long)st.applied, (unsigned long long)st.reads,
+                (unsigned long long)st.dropped_msgs,
+                (unsigned long long)st.snapshots_installed,
+                (unsigned long long)n->frames_sent,
+                (unsigned long long)n->replies, n->stopped ? n->stop_rc : 0);
+    }
     replica_close(n->rep);
     n->rep = NULL;
     store_close(n->store);

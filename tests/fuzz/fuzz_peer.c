@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char err[256] = "";
     bool hosted[NSHARDS] = {true, true};
     fuzz_node_init(&n, conf, 1);
-    fuzz_seed_state(n.store, hosted, NSHARDS);
+    fuzz_seed_state(n.store, hosted, NSHARDS, FUZZ_WALL_BASE + 900);
     if (fuzz_node_start(&n, err, sizeof(err)) != KV_OK)
         fuzz_fail("harness: node 1 does not start: %s", err);
     elect(&n);
