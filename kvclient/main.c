@@ -65,6 +65,7 @@ enum opt_id {
     OPT_LIST,
     OPT_TXN_KEYS,
     OPT_ARG_FILE,
+    OPT_AS_LIST,
     OPT_COUNT
 };
 
@@ -116,6 +117,9 @@ static const struct optdef optdefs[OPT_COUNT] = {
     [OPT_ARG_FILE] = {"arg-file", 0, "FILE",
                       "call, call-all: the argument is FILE's bytes ('-': "
                       "stdin), instead of ARGs"},
+    [OPT_AS_LIST] = {"as-list", 0, NULL,
+                     "call, call-all: send the ARGs as a list even when "
+                     "there is one"},
 };
 
 /* --- the parsed command line -------------------------------------------- */
@@ -178,12 +182,15 @@ static const struct command commands[] = {
      "txn [LINE...] | txn --list   (LINE: if-version KEY V | if-absent KEY | "
      "put KEY VALUE | del KEY; no LINE: lines from stdin)",
      "commit conditions and writes all or none; print the versions"},
-    {"call", cmd_call, 2, SIZE_MAX, BIT(OPT_ARG_FILE), CMD_OPEN,
-     "call NAME KEY [ARG...] | call NAME KEY --arg-file FILE   (no ARG: an "
-     "empty argument; one: its bytes; several: a list)",
+    {"call", cmd_call, 2, SIZE_MAX, BIT(OPT_ARG_FILE) | BIT(OPT_AS_LIST),
+     CMD_OPEN,
+     "call NAME KEY [ARG...] [--as-list] | call NAME KEY --arg-file FILE   "
+     "(no ARG: an empty argument; one: its bytes; several, or --as-list: a "
+     "list)",
      "run procedure NAME on the shard of KEY; print its reply"},
-    {"call-all", cmd_call_all, 1, SIZE_MAX, BIT(OPT_ARG_FILE), CMD_OPEN,
-     "call-all NAME [ARG...] | call-all NAME --arg-file FILE",
+    {"call-all", cmd_call_all, 1, SIZE_MAX,
+     BIT(OPT_ARG_FILE) | BIT(OPT_AS_LIST), CMD_OPEN,
+     "call-all NAME [ARG...] [--as-list] | call-all NAME --arg-file FILE",
      "run read-only procedure NAME on every shard; print the merged reply"},
     {"status", cmd_status, 0, 0, 0, CMD_OPEN, "status",
      "print nodes, shards and replicas; exit 4 if a node is down"},
@@ -1252,9 +1259,10 @@ static int arg_file(struct cli *c, struct bytes *b)
 
 /* The argument of call and call-all from the positional arguments from
  * index FIRST on, or from --arg-file: none is an empty argument, one is
- * its bytes, several are a list (kvproc.h: each a 4-byte big-endian length
- * and the bytes). With --hex each ARG is hex. Returns 0 or the exit code
- * after reporting; B->owned is then NULL or to be freed. */
+ * its bytes, several (or any number with --as-list) are a list (kvproc.h:
+ * each a 4-byte big-endian length and the bytes). With --hex each ARG is
+ * hex. Returns 0 or the exit code after reporting; B->owned is then NULL
+ * or to be freed. */
 static int call_arg(struct cli *c, size_t first, struct bytes *b)
 {
     size_t n = c->nargs - first, i, total = 0;
@@ -1269,11 +1277,14 @@ static int call_arg(struct cli *c, size_t first, struct bytes *b)
         if (n > 0)
             return usage_error(c, "give the argument as ARGs or with "
                                   "--arg-file, not both");
+        if (c->seen & BIT(OPT_AS_LIST))
+            return usage_error(c, "--as-list encodes ARGs; a file is "
+                                  "sent as it is");
         return arg_file(c, b);
     }
     if (n == 0)
-        return 0;
-    if (n == 1)
+        return 0; /* also an empty list */
+    if (n == 1 && !(c->seen & BIT(OPT_AS_LIST)))
         return arg_bytes(c, "argument", c->args[first], b);
     for (i = first; i < c->nargs; i++) {
         size_t len = strlen(c->args[i]);
