@@ -658,13 +658,12 @@ static void incr_verify(const struct bench_config *cfg,
         rc = kv_scan(db, &so, &o, &it);
         while (rc == KV_OK &&
                (rc = kv_iter_next(it, &k, &klen, &v, &vlen, NULL)) == KV_OK) {
-            const char *idx = (const char *)k + sh->prefix_len + 1;
-            size_t ilen = klen - sh->prefix_len - 1;
+            const char *ks = k; /* "PREFIX" "k" N, N < cfg->keys */
+            size_t at = sh->prefix_len + 1;
             int64_t i;
-            if (klen <= sh->prefix_len + 1 ||
-                ((const char *)k)[sh->prefix_len] != 'k' ||
-                parse_i64(idx, ilen, &i) != 0 || i < 0 ||
-                (uint64_t)i >= cfg->keys || idx[0] == '-') {
+            if (klen <= at || ks[at - 1] != 'k' || ks[at] == '-' ||
+                parse_i64(ks + at, klen - at, &i) != 0 ||
+                (uint64_t)i >= cfg->keys) {
                 snprintf(res->verify_msg, sizeof res->verify_msg,
                          "a key of the run that it never wrote (%.*s)",
                          (int)(klen > 64 ? 64 : klen), (const char *)k);
@@ -673,9 +672,9 @@ static void incr_verify(const struct bench_config *cfg,
             }
             if (parse_i64(v, vlen, &n) != 0 || n < 0 || n > INT64_MAX - sum) {
                 snprintf(res->verify_msg, sizeof res->verify_msg,
-                         "key %.*s holds %.*s, not a count", (int)klen,
-                         (const char *)k, (int)(vlen > 24 ? 24 : vlen),
-                         (const char *)v);
+                         "key %.*s holds %.*s, not a count",
+                         (int)(klen > 64 ? 64 : klen), (const char *)k,
+                         (int)(vlen > 24 ? 24 : vlen), (const char *)v);
                 rc = KV_ECORRUPT;
                 break;
             }
