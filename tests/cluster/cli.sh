@@ -707,8 +707,8 @@ else
     bad "call cas: mismatch (exit $rc, want 3 and the one-item list)"
 fi
 kvc call cas cli-cas old newer --json
-expect_json "call cas --json: mismatch, reply_hex and the current value in items" 3 \
-    'd["ok"] is False and d["error"] == "KV_ECONFLICT" and d["code"] == -3 and d["reply_hex"] == "000000036e6577" and d["items"] == ["new"] and "reply" not in d'
+expect_json "call cas --json: mismatch, the reply and the current value in items" 3 \
+    'd["ok"] is False and d["error"] == "KV_ECONFLICT" and d["code"] == -3 and d["reply"] == "\x00\x00\x00\x03new" and d["items"] == ["new"] and "cli-cas" in d["message"]'
 kvc get cli-cas
 expect "call cas: ... unchanged" 0 "new"
 kvc call cas cli-cas new
