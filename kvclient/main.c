@@ -2010,6 +2010,8 @@ static int cmd_bench(struct cli *c)
                            "--value-size does not apply to the %s "
                            "workload (its values are counts)",
                            bench_workload_name(cfg.workload));
+    if (bench_is_incr(cfg.workload))
+        cfg.value_size = 0; /* nothing of that size is written */
     if (bench_is_incr(cfg.workload) && cfg.threads != 0 &&
         cfg.threads != cfg.clients)
         return usage_error(c,
