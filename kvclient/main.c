@@ -185,8 +185,8 @@ static const struct command commands[] = {
     {"call", cmd_call, 2, SIZE_MAX, BIT(OPT_ARG_FILE) | BIT(OPT_AS_LIST),
      CMD_OPEN,
      "call NAME KEY [ARG...] [--as-list] | call NAME KEY --arg-file FILE   "
-     "(no ARG: an empty argument; one: its bytes; several, or --as-list: a "
-     "list)",
+     "(no ARG: an empty argument; one: its bytes; several, --as-list, or "
+     "mget/cas: a list)",
      "run procedure NAME on the shard of KEY; print its reply"},
     {"call-all", cmd_call_all, 1, SIZE_MAX,
      BIT(OPT_ARG_FILE) | BIT(OPT_AS_LIST), CMD_OPEN,
@@ -1259,12 +1259,15 @@ static int arg_file(struct cli *c, struct bytes *b)
 
 /* The argument of call and call-all from the positional arguments from
  * index FIRST on, or from --arg-file: none is an empty argument, one is
- * its bytes, several (or any number with --as-list) are a list (kvproc.h:
- * each a 4-byte big-endian length and the bytes). With --hex each ARG is
- * hex. Returns 0 or the exit code after reporting; B->owned is then NULL
- * or to be freed. */
-static int call_arg(struct cli *c, size_t first, struct bytes *b)
+ * its bytes, several (or any number with --as-list, or for the built-ins
+ * that take a list: mget, cas) are a list (kvproc.h: each a 4-byte
+ * big-endian length and the bytes). With --hex each ARG is hex. Returns 0
+ * or the exit code after reporting; B->owned is then NULL or to be freed. */
+static int call_arg(struct cli *c, const char *name, size_t first,
+                    struct bytes *b)
 {
+    bool as_list = (c->seen & BIT(OPT_AS_LIST)) || strcmp(name, "mget") == 0 ||
+                   strcmp(name, "cas") == 0;
     size_t n = c->nargs - first, i, total = 0;
     struct bytes item;
     unsigned char *p;
@@ -1284,7 +1287,7 @@ static int call_arg(struct cli *c, size_t first, struct bytes *b)
     }
     if (n == 0)
         return 0; /* also an empty list */
-    if (n == 1 && !(c->seen & BIT(OPT_AS_LIST)))
+    if (n == 1 && !as_list)
         return arg_bytes(c, "argument", c->args[first], b);
     for (i = first; i < c->nargs; i++) {
         size_t len = strlen(c->args[i]);
@@ -1446,7 +1449,7 @@ static int cmd_call(struct cli *c)
     ret = arg_bytes(c, "key", c->args[1], &key);
     if (ret != 0)
         return ret;
-    ret = call_arg(c, 2, &arg);
+    ret = call_arg(c, c->args[0], 2, &arg);
     if (ret != 0)
         goto out_key;
     rc = kv_call(c->db, c->args[0], key.p, key.n, arg.p, arg.n, &o, &reply,
@@ -1469,7 +1472,7 @@ static int cmd_call_all(struct cli *c)
     size_t rlen = 0;
     int rc, ret;
 
-    ret = call_arg(c, 1, &arg);
+    ret = call_arg(c, c->args[0], 1, &arg);
     if (ret != 0)
         return ret;
     rc = kv_call_all(c->db, c->args[0], arg.p, arg.n, &o, &reply, &rlen);
