@@ -27,6 +27,7 @@
 #include "conf.h"
 #include "kv.h"
 #include "log.h"
+#include "proc.h"
 #include "replica.h"
 #include "store.h"
 #include "wire.h"
@@ -47,6 +48,7 @@ struct node {
     int wake[2];  /* self-pipe: node_stop() writes, the loop reads */
     struct store *store;
     struct replica *replica;
+    struct proc_registry *procs; /* built-ins and cluster.conf plugins */
     uint64_t started_ms;
     uint64_t next_tick_ms;
     uint64_t requests;
@@ -452,13 +454,22 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         rc = store_open(dir, &n->store, err, errlen);
     }
     if (rc == KV_OK) {
+        char perr[512] = "";
+        rc = proc_registry_open((const char *const *)conf->procedures,
+                                conf->nprocedures, &n->procs, perr,
+                                sizeof(perr));
+        if (rc != KV_OK)
+            snprintf(err, errlen, "procedures: %s", perr);
+    }
+    if (rc == KV_OK) {
         struct replica_env env = {
             .arg = n,
             .send = send_peer,
             .reply = send_reply,
             .now_ms = env_now_ms,
             .wall_ms = env_wall_ms,
-            .failpoint = getenv("KV_FAILPOINT") ? env_failpoint : NULL};
+            .failpoint = getenv("KV_FAILPOINT") ? env_failpoint : NULL,
+            .procs = n->procs};
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;
@@ -513,6 +524,7 @@ void node_close(struct node *n)
     if (n->ctx)
         zmq_ctx_term(n->ctx);
     replica_close(n->replica);
+    proc_registry_close(n->procs);
     store_close(n->store);
     if (n->wake[0] >= 0)
         close(n->wake[0]);

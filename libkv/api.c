@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "kvimpl.h"
+#include "proc.h"
 #include "shard.h"
 
 int kv_fail(kv *db, int code, const char *fmt, ...)
@@ -145,6 +146,55 @@ int kv_del(kv *db, const void *key, size_t klen, const kv_opts *o)
 {
     struct engine_write w = {.op = ENGINE_DEL, .key = key, .klen = klen};
     return do_write(db, &w, o, NULL);
+}
+
+/* --- procedures --------------------------------------------------------- */
+
+static int check_call(kv *db, const char *name, const void *arg, size_t alen,
+                      void **reply, size_t *rlen)
+{
+    *reply = NULL;
+    *rlen = 0;
+    db->errmsg[0] = '\0';
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > PROC_MAX_NAME)
+        return kv_fail(db, KV_EINVAL,
+                       "a procedure name has 1 to %d characters", PROC_MAX_NAME);
+    if (alen && !arg)
+        return kv_fail(db, KV_EINVAL, "argument pointer is NULL");
+    if (alen > db->max_value_bytes)
+        return kv_fail(db, KV_ETOOBIG,
+                       "argument of %zu bytes over the limit of %llu "
+                       "(max_value_bytes)",
+                       alen, (unsigned long long)db->max_value_bytes);
+    return KV_OK;
+}
+
+int kv_call(kv *db, const char *name, const void *key, size_t klen,
+            const void *arg, size_t alen, const kv_opts *o, void **reply,
+            size_t *rlen)
+{
+    if (!db || !reply || !rlen)
+        return KV_EINVAL;
+    int rc = check_call(db, name, arg, alen, reply, rlen);
+    if (rc == KV_OK)
+        rc = kv_check_key(db, key, klen);
+    if (rc != KV_OK)
+        return rc;
+    return db->ops->call(db, name, key, klen, false, arg, alen,
+                         kv_call_timeout(db, o), reply, rlen);
+}
+
+int kv_call_all(kv *db, const char *name, const void *arg, size_t alen,
+                const kv_opts *o, void **reply, size_t *rlen)
+{
+    if (!db || !reply || !rlen)
+        return KV_EINVAL;
+    int rc = check_call(db, name, arg, alen, reply, rlen);
+    if (rc != KV_OK)
+        return rc;
+    return db->ops->call(db, name, NULL, 0, true, arg, alen,
+                         kv_call_timeout(db, o), reply, rlen);
 }
 
 /* --- scan pages --------------------------------------------------------- */

@@ -329,7 +329,7 @@ static int reply_code(kv *db, const Kv__Response *r)
 {
     if (r->code >= 0)
         return KV_OK;
-    if (r->code < KV_EINTERNAL)
+    if (r->code < KV_ERANGE) /* the lowest code this library knows */
         return kv_fail(db, KV_EPROTO, "unknown error code %d from node",
                        r->code);
     if (r->message && r->message[0])
@@ -422,6 +422,54 @@ static int cl_write(kv *db, const struct engine_write *w, uint32_t timeout_ms,
             *version = r->write->version;
         else
             rc = kv_fail(db, KV_EPROTO, "reply to a write without a result");
+    }
+    wire_free(env);
+    return rc;
+}
+
+/* Calls a procedure on KEY's shard (like a write: same routing, retries
+ * and session, so a retried call is applied at most once), or with ALL on
+ * every shard through any node. */
+static int cl_call(kv *db, const char *name, const void *key, size_t klen,
+                   bool all, const void *arg, size_t alen, uint32_t timeout_ms,
+                   void **reply, size_t *rlen)
+{
+    struct client *c = client_of(db);
+    Kv__Request req = KV__REQUEST__INIT;
+    Kv__CallRequest cr = KV__CALL_REQUEST__INIT;
+    cr.name = (char *)name;
+    cr.key.data = (uint8_t *)key;
+    cr.key.len = klen;
+    cr.arg.data = (uint8_t *)arg;
+    cr.arg.len = alen;
+    cr.all = all;
+    req.op_case = KV__REQUEST__OP_CALL;
+    req.call = &cr;
+    uint32_t shard = all ? (uint32_t)(c->next_id % db->nshards)
+                         : shard_of(key, klen, db->nshards);
+    if (!all) {
+        req.client_id.data = c->client_id;
+        req.client_id.len = sizeof(c->client_id);
+        req.seq = ++c->seq;
+    }
+    Kv__Envelope *env = NULL;
+    int rc = route_request(c, shard, &req, timeout_ms, &env);
+    if (rc != KV_OK)
+        return rc;
+    Kv__Response *r = env->response;
+    rc = reply_code(db, r);
+    if (r->result_case == KV__RESPONSE__RESULT_CALL && r->call->reply.len &&
+        (rc == KV_OK || r->code < 0)) {
+        size_t n = r->call->reply.len;
+        *reply = malloc(n);
+        if (!*reply) {
+            wire_free(env);
+            return kv_fail(db, KV_ENOMEM, "out of memory");
+        }
+        memcpy(*reply, r->call->reply.data, n);
+        *rlen = n;
+    } else if (rc == KV_OK && r->result_case != KV__RESPONSE__RESULT_CALL) {
+        rc = kv_fail(db, KV_EPROTO, "reply to a call without a result");
     }
     wire_free(env);
     return rc;
@@ -646,6 +694,7 @@ static const struct kv_ops client_ops = {
     .write = cl_write,
     .scan_page = cl_scan_page,
     .txn = cl_txn,
+    .call = cl_call,
     .status = cl_status,
     .raw = cl_raw,
     .node_count = cl_node_count,

@@ -23,6 +23,7 @@
 
 #include "conf.h"
 #include "kvimpl.h"
+#include "proc.h"
 #include "store.h"
 #include "wire.h"
 
@@ -44,6 +45,7 @@ struct shared_engine {
     uint64_t failed_from; /* writes after this sequence number failed */
     int rc_failed;
     uint64_t started_ms;
+    struct proc_registry *procs; /* built-ins and KV_PROCEDURES plugins */
     struct shared_engine *next;
 };
 
@@ -64,12 +66,42 @@ static uint64_t now_ms(void)
 
 static void shared_free(struct shared_engine *se)
 {
+    proc_registry_close(se->procs);
     engine_close(se->engine);
     store_close(se->store);
     pthread_mutex_destroy(&se->mu);
     pthread_cond_destroy(&se->cv);
     free(se->path);
     free(se);
+}
+
+/* Loads the built-in procedures and the plugins named in the environment
+ * (KV_PROCEDURES: .so paths separated by spaces). */
+static int load_procs(struct shared_engine *se, char *err, size_t errlen)
+{
+    const char *env = getenv("KV_PROCEDURES");
+    char *copy = strdup(env ? env : "");
+    const char *paths[PROC_MAX_PLUGINS];
+    size_t n = 0;
+    if (!copy)
+        return KV_ENOMEM;
+    char *save = NULL;
+    for (char *t = strtok_r(copy, " \t", &save); t;
+         t = strtok_r(NULL, " \t", &save)) {
+        if (n == PROC_MAX_PLUGINS) {
+            snprintf(err, errlen, "KV_PROCEDURES: more than %d plugins",
+                     PROC_MAX_PLUGINS);
+            free(copy);
+            return KV_EINVAL;
+        }
+        paths[n++] = t;
+    }
+    char perr[400] = "";
+    int rc = proc_registry_open(paths, n, &se->procs, perr, sizeof(perr));
+    if (rc != KV_OK)
+        snprintf(err, errlen, "KV_PROCEDURES: %s", perr);
+    free(copy);
+    return rc;
 }
 
 /* Finds or opens the shared engine of DIR. Called with registry_mu held. */
@@ -105,6 +137,8 @@ static int shared_get(const char *dir, struct shared_engine **out, char *err,
         rc = engine_open(se->store, EMBEDDED_SHARDS, &se->engine);
     if (rc == KV_OK)
         rc = engine_check_meta(se->engine, "embedded", 0, err, errlen);
+    if (rc == KV_OK)
+        rc = load_procs(se, err, errlen);
     if (rc != KV_OK) {
         shared_free(se);
         return rc;
@@ -246,6 +280,95 @@ static int emb_txn(kv *db, const struct engine_txn *t, uint32_t timeout_ms,
     return wait_flushed(db, se, rc);
 }
 
+/* A call reads committed state (what other threads staged but did not
+ * flush yet is not acknowledged); its effects are applied with the
+ * versions it read as conditions, so a write staged since makes them
+ * stale: the call then waits for the flush and runs again. */
+static int emb_read(void *arg, uint32_t shard, const void *key, size_t klen,
+                    void **val, size_t *vlen, uint64_t *version)
+{
+    struct shared_engine *se = arg;
+    return engine_get(se->engine, shard, key, klen, val, vlen, version);
+}
+
+static int emb_scan(void *arg, const struct engine_scan *sc,
+                    engine_emit_fn fn, void *fnarg)
+{
+    struct shared_engine *se = arg;
+    return engine_scan(se->engine, sc, fn, fnarg, NULL);
+}
+
+#define EMB_CALL_ATTEMPTS 16
+
+static int emb_call(kv *db, const char *name, const void *key, size_t klen,
+                    bool all, const void *arg, size_t alen,
+                    uint32_t timeout_ms, void **reply, size_t *rlen)
+{
+    (void)timeout_ms;
+    struct shared_engine *se = engine_of(db);
+    struct proc_reader rd = {.arg = se, .get = emb_read, .scan = emb_scan};
+    struct proc_limits lim = {.max_keys = CONF_PROC_KEYS_DEFAULT,
+                              .max_write_bytes = CONF_PROC_BYTES_DEFAULT,
+                              .max_reply_bytes = CONF_PROC_BYTES_DEFAULT,
+                              .max_key_bytes = db->max_key_bytes,
+                              .max_value_bytes = db->max_value_bytes};
+    for (int attempt = 0; attempt < EMB_CALL_ATTEMPTS; attempt++) {
+        struct proc_result res;
+        int rc = stage_lock(db, se);
+        if (rc != KV_OK)
+            return rc;
+        /* A scan sees only committed state: with writes staged, flush. */
+        rc = proc_run(se->procs, name, strlen(name), 0, EMBEDDED_SHARDS, key,
+                      klen, arg, alen, &rd, &lim, &res);
+        if (rc == KV_OK && res.scanned && res.nwrites &&
+            engine_has_staged(se->engine))
+            rc = ENGINE_ESTALE;
+        if (rc == KV_OK && all) {
+            struct proc_result merged;
+            const void *one = res.reply;
+            rc = proc_merge(se->procs, name, strlen(name), &one, &res.rlen, 1,
+                            &lim, &merged);
+            proc_result_free(&res);
+            res = merged;
+        }
+        if (rc == KV_OK && res.nwrites) {
+            struct engine_effect ef = {
+                .txn = {.shard = 0, .ops = res.ops, .nops = res.nops}};
+            uint64_t ver = 0;
+            void *rep = NULL;
+            size_t rl = 0;
+            rc = engine_stage_effect(se->engine, &ef, &ver, &rep, &rl);
+            free(rep);
+            if (rc == KV_OK)
+                rc = wait_flushed(db, se, rc); /* unlocks */
+            else if (rc != ENGINE_ESTALE)
+                pthread_mutex_unlock(&se->mu);
+        } else if (rc != ENGINE_ESTALE) {
+            pthread_mutex_unlock(&se->mu);
+        }
+        if (rc == ENGINE_ESTALE) {
+            proc_result_free(&res);
+            wait_flushed(db, se, KV_OK); /* unlocks */
+            continue;
+        }
+        if (rc != KV_OK && res.msg[0])
+            kv_fail(db, rc, "%s", res.msg);
+        if ((rc == KV_OK || res.rlen) && res.rlen) {
+            *reply = malloc(res.rlen);
+            if (*reply) {
+                memcpy(*reply, res.reply, res.rlen);
+                *rlen = res.rlen;
+            } else if (rc == KV_OK) {
+                rc = kv_fail(db, KV_ENOMEM, "out of memory");
+            }
+        }
+        proc_result_free(&res);
+        return rc;
+    }
+    return kv_fail(db, KV_EUNAVAILABLE,
+                   "the call kept meeting concurrent writes; retry");
+}
+
 struct page_fill {
     struct scan_page *p;
     size_t bytes;
@@ -348,6 +471,7 @@ static const struct kv_ops embedded_ops = {
     .write = emb_write,
     .scan_page = emb_scan_page,
     .txn = emb_txn,
+    .call = emb_call,
     .status = emb_status,
     .raw = NULL,
     .node_count = emb_node_count,
