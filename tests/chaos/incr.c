@@ -485,7 +485,6 @@ static unsigned long check_replies(struct incr *w, const int64_t *val)
 {
     size_t n = 0, at = 0;
     unsigned long bad = 0;
-    int printed = 0;
     for (int i = 0; i < w->r->o.clients; i++)
         n += w->cs[i].nreplies;
     struct incr_reply *all = malloc((n > 0 ? n : 1) * sizeof *all);
@@ -512,15 +511,17 @@ static unsigned long check_replies(struct incr *w, const int64_t *val)
             why = all[i].val < 1 ? "below 1" : "above the final value";
         else if (i > 0 && all[i - 1].key == all[i].key &&
                  all[i - 1].val == all[i].val)
-            why = "acknowledged to two calls";
+            why = "acknowledged to more than one call";
         if (why == NULL)
             continue;
-        bad++;
-        if (printed++ < MAX_REPORTS)
+        if (bad++ < MAX_REPORTS)
             printf("chaos: incr %s: reply %" PRId64 " %s (final value "
                    "%" PRId64 ")\n",
                    w->key[all[i].key], all[i].val, why, fin);
     }
+    if (bad > MAX_REPORTS)
+        printf("chaos: incr: ... and %lu more bad replies\n",
+               bad - MAX_REPORTS);
     free(all);
     return bad;
 }
@@ -551,7 +552,8 @@ void incr_finish(struct incr *w, struct incr_verdict *v)
         sum += val[k];
         if ((uint64_t)val[k] >= acked && (uint64_t)val[k] <= acked + unknown)
             continue;
-        out++;
+        if (out++ >= MAX_REPORTS)
+            continue;
         printf("chaos: incr %s: acknowledged %lu, final value %" PRId64
                ", unknown %lu: %s\n",
                w->key[k], acked, val[k], unknown,
@@ -560,6 +562,9 @@ void incr_finish(struct incr *w, struct incr_verdict *v)
                    : "more applied than acknowledged + unknown (applied "
                      "twice?)");
     }
+    if (out > MAX_REPORTS)
+        printf("chaos: incr: ... and %lu more counters out of bounds\n",
+               out - MAX_REPORTS);
     v->out_of_bounds = out;
     v->bad_replies = check_replies(w, val);
     uint64_t most = (uint64_t)t.acked + t.unknown + t.other;
