@@ -26,10 +26,14 @@ WARN := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wpedantic -Werror \
         -Wimplicit-fallthrough
 PKGS := libzmq libsodium libprotobuf-c
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lleveldb -lpthread
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lleveldb -lpthread -ldl
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 CFLAGS := $(OPT) $(WARN) $(SANFLAGS) -fPIC -Ilibkv -I$(B)/gen
-LDFLAGS := $(SANFLAGS)
+# Procedure plugins (procs/*.so, loaded with dlopen) call the kv_proc_*
+# functions of the program that loads them: every program exports its
+# symbols (libkv.so exports them anyway).
+EXPORT := -rdynamic
+LDFLAGS := $(SANFLAGS) $(EXPORT)
 
 LIB_SRC := $(wildcard libkv/*.c)
 LIB_OBJ := $(patsubst libkv/%.c,$(B)/obj/libkv/%.o,$(LIB_SRC)) $(B)/obj/gen/kv.pb-c.o
@@ -39,6 +43,9 @@ UNIT_SUITES := $(patsubst tests/unit/check_%.c,%,$(wildcard tests/unit/check_*.c
 UNIT_BINS := $(patsubst %,$(B)/tests/unit_%,$(UNIT_SUITES))
 CLUSTER_BINS := $(patsubst tests/cluster/%.c,$(B)/tests/%,$(filter-out tests/cluster/harness.c,$(wildcard tests/cluster/*.c)))
 PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
+# Broken plugins the procedure unit tests load (kept out of $(B)/tests, whose
+# executables run.sh runs).
+TEST_PROC_SOS := $(patsubst tests/unit/procs/%.c,$(B)/testprocs/%.so,$(wildcard tests/unit/procs/*.c))
 
 .PHONY: all deps deps-check test run stop clean format-check chaos sim
 .DELETE_ON_ERROR:
@@ -85,15 +92,26 @@ $(B)/kvnode: $(B)/obj/kvnode/main.o $(B)/libkvnode.a $(B)/libkv.a
 $(B)/kvclient: $(CLI_OBJ) $(B)/libkv.a
 	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(B)/libkv.a $(PKG_LIBS) -lm
 
-$(B)/procs/%.so: procs/%.c libkv/kvproc.h
+$(B)/procs/%.so: procs/%.c libkv/kvproc.h libkv/kv.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -shared -o $@ $<
+
+$(B)/testprocs/%.so: tests/unit/procs/%.c libkv/kvproc.h libkv/kv.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -shared -o $@ $<
 
 # --- tests ------------------------------------------------------------------
 $(B)/tests/unit_%: $(B)/obj/tests/unit/check_%.o tests/unit/runner.c $(B)/libkvnode.a $(B)/libkv.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=$*_suite -o $@ tests/unit/runner.c \
+	$(CC) $(CFLAGS) $(EXPORT) $(PKG_CFLAGS) -DSUITE_FN=$*_suite -o $@ tests/unit/runner.c \
 	    $(B)/obj/tests/unit/check_$*.o $(B)/libkvnode.a $(B)/libkv.a $(CHECK_LIBS) $(PKG_LIBS) -lm
+
+# The procedure tests load the example plugins and the broken test plugins
+# from this build's folders (KV_PROC_DIR, KV_TESTPROC_DIR in the
+# environment override them).
+$(B)/tests/unit_proc: $(PROC_SOS) $(TEST_PROC_SOS)
+$(B)/obj/tests/unit/check_proc.o: CFLAGS += -DKV_PROC_DIR='"$(abspath $(B))/procs"' \
+    -DKV_TESTPROC_DIR='"$(abspath $(B))/testprocs"'
 
 $(B)/tests/%: $(B)/obj/tests/cluster/%.o $(B)/obj/tests/cluster/harness.o $(B)/libkv.a
 	@mkdir -p $(dir $@)
@@ -109,7 +127,7 @@ $(B)/obj/tests/unit/check_raft.o: kvnode/raft.c
 
 $(B)/tests/unit_lincheck: $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o tests/unit/runner.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(PKG_CFLAGS) -DSUITE_FN=lincheck_suite -o $@ tests/unit/runner.c \
+	$(CC) $(CFLAGS) $(EXPORT) $(PKG_CFLAGS) -DSUITE_FN=lincheck_suite -o $@ tests/unit/runner.c \
 	    $(B)/obj/tests/unit/check_lincheck.o $(B)/obj/tests/lincheck/lincheck.o $(CHECK_LIBS) -lm
 
 # --- simulation (tests/sim): real raft.c, replica.c and engine.c on a
@@ -141,7 +159,7 @@ chaos: deps all $(B)/tests/chaos
 
 $(B)/tests/libkv_example: docs/libkv_example.c $(B)/libkv.so
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
+	$(CC) $(CFLAGS) $(EXPORT) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
 
 test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/sim $(B)/tests/chaos $(B)/tests/libkv_example
 	@B=$(B) SAN=$(SAN) sh tests/run.sh
@@ -158,4 +176,5 @@ clean:
 
 format-check:
 	clang-format --dry-run --Werror libkv/*.c libkv/*.h kvnode/*.c kvnode/*.h \
-	    kvclient/*.c tests/unit/*.c tests/cluster/*.c
+	    kvclient/*.c tests/unit/*.c tests/unit/procs/*.c tests/cluster/*.c \
+	    procs/*.c

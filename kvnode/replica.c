@@ -140,6 +140,7 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
+    uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
     /* Procedure calls (leader only): predictions of what is proposed and
      * not applied, the index from which they cover the log, and calls
      * waiting for an apply before they can be evaluated. */
@@ -1269,6 +1270,8 @@ static void handle_txn_step(struct replica *r, const void *client, size_t clen,
     case KV__REQUEST__OP_TXN_RESOLVE:
         id = &req->txn_resolve->txn_id;
         shard = req->txn_resolve->shard;
+        /* dates the tombstone when nothing was prepared */
+        req->txn_resolve->now_ms = txn_wall(r);
         cmd.op_case = KV__COMMAND__OP_TXN_RESOLVE;
         cmd.txn_resolve = req->txn_resolve;
         break;
@@ -2832,7 +2835,8 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
         free(ops);
     } else if (cmd->op_case == KV__COMMAND__OP_TXN_RESOLVE) {
         rc = engine_stage_resolve(r->engine, g->shard, index, id->data,
-                                  cmd->txn_resolve->commit);
+                                  cmd->txn_resolve->commit,
+                                  cmd->txn_resolve->now_ms);
     } else if (cmd->op_case == KV__COMMAND__OP_TXN_RECORD) {
         const Kv__TxnRecord *x = cmd->txn_record;
         rc = engine_stage_record_for(
@@ -2921,6 +2925,25 @@ static int apply_entry(struct replica *r, struct group *g,
         kv__command__free_unpacked(cmd, NULL);
         return rc;
     }
+    if (cmd->op_case == KV__COMMAND__OP_TXN_GC) {
+        size_t removed = 0;
+        int rc = engine_stage_gc(r->engine, g->shard, e->index,
+                                 cmd->txn_gc->now_ms, &removed);
+        kv__command__free_unpacked(cmd, NULL);
+        if (rc == KV_EINVAL) /* cannot happen: the index is checked above */
+            rc = engine_stage_applied(r->engine, g->shard, e->index);
+        if (rc != KV_OK)
+            return rc; /* storage failure: the node stops */
+        if (removed)
+            log_msg(LOG_DEBUG, "transaction tombstones removed",
+                    "shard=%u count=%zu", g->shard, removed);
+        r->stats.applied++;
+        if (w) { /* defensive: no waiter is ever registered for a GC */
+            w->done = true;
+            w->code = KV_EINTERNAL;
+        }
+        return KV_OK;
+    }
     struct engine_write wr = {.shard = g->shard,
                               .index = e->index,
                               .client_id = cmd->client_id.data,
@@ -3004,7 +3027,8 @@ static void answer_waiters(struct replica *r, struct group *g)
             tres.current_version = w->version;
             resp.message = w->code == KV_ECONFLICT ? "condition failed"
                            : w->code == KV_ETIMEDOUT
-                               ? "transaction deadline passed"
+                               ? "transaction deadline passed, or aborted "
+                                 "already"
                                : "a key is locked by another transaction";
             resp.result_case = KV__RESPONSE__RESULT_TXN;
             resp.txn = &tres;
@@ -3693,7 +3717,7 @@ static void balance_leader(struct group *g, uint32_t self, uint64_t now)
 
 /* Every RECOVER_TICKS, a leader looks for transactions nobody drives:
  * records on its home shards, intents past their deadline on the shards
- * it participates in. */
+ * it participates in; and for tombstones old enough to go. */
 #define RECOVER_TICKS 25     /* 250 ms: cheap when nothing is in flight */
 #define RECOVER_GRACE_MS 500 /* after a deadline, before a participant asks */
 
@@ -3718,6 +3742,30 @@ static int check_one(void *arg, const struct engine_txn_info *t)
     return 0;
 }
 
+/* Proposes the removal of G's old tombstones (engine_stage_gc), dated
+ * NOW by this leader's clock, unless the last one proposed here is not
+ * applied yet. Nobody waits for it: the next sweep proposes again if
+ * some are left, or if it was lost. */
+static void propose_gc(struct replica *r, struct group *g, uint64_t now)
+{
+    if (g->gc_index > engine_applied(r->engine, g->shard))
+        return;
+    Kv__TxnGc gc = KV__TXN_GC__INIT;
+    gc.now_ms = now;
+    Kv__Command cmd = KV__COMMAND__INIT;
+    cmd.op_case = KV__COMMAND__OP_TXN_GC;
+    cmd.txn_gc = &gc;
+    size_t n = kv__command__get_packed_size(&cmd);
+    if (scratch_reserve(r, n ? n : 1) != KV_OK)
+        return;
+    kv__command__pack(&cmd, r->scratch);
+    uint64_t index = 0;
+    if (raft_propose(g->raft, r->scratch, n, &index) == RAFT_OK) {
+        g->gc_index = index;
+        r->stats.proposals++;
+    }
+}
+
 static void recover_txns(struct replica *r)
 {
     struct sweep sw = {.r = r, .now = txn_wall(r)};
@@ -3730,6 +3778,8 @@ static void recover_txns(struct replica *r)
             engine_list_txns(r->engine, s, 'X', adopt_one, &sw);
         if (engine_has_intents(r->engine, s))
             engine_list_txns(r->engine, s, 'P', check_one, &sw);
+        if (engine_gc_due(r->engine, s, sw.now))
+            propose_gc(r, g, sw.now);
     }
 }
 

@@ -12,7 +12,9 @@
  *   3. decide:  the home shard turns the record COMMITTED (every vote YES,
  *               before the deadline) or ABORTED; that entry is the commit
  *               point, and only then is the client answered;
- *   4. resolve: each participant applies or drops its intents;
+ *   4. resolve: each participant applies or drops its intents, and keeps
+ *               a tombstone of the outcome for a while (a late prepare
+ *               then locks nothing: engine.h);
  *   5. forget:  the home shard deletes the decided record.
  *
  * Every step is idempotent, so a coordinator that lost its place (a new

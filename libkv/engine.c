@@ -35,8 +35,12 @@ struct overlay_slot {
 struct shard_state {
     uint64_t version;
     uint64_t keys;
-    uint64_t intents; /* not stored: counted at open, kept up to date */
-    uint64_t records; /* transaction records ("X"): likewise */
+    uint64_t intents;     /* not stored: counted at open, kept up to date */
+    uint64_t records;     /* transaction records ("X"): likewise */
+    uint64_t tombs;       /* tombstones among the "P" records: likewise */
+    uint64_t tomb_oldest; /* with tombs > 0: no tombstone's deadline is
+                             earlier (exact after open and after a GC
+                             that went through every "P" record) */
 };
 
 /* A generation of staged writes: the batch and the overlay that mirrors it. */
@@ -251,8 +255,7 @@ int engine_open(struct store *s, uint32_t nshards, struct engine **out)
         rc = count_intents(e, i, &e->applied[i]);
         if (rc != KV_OK)
             goto fail;
-        e->staged[i].intents = e->applied[i].intents;
-        e->staged[i].records = e->applied[i].records;
+        e->staged[i] = e->applied[i];
     }
     *out = e;
     return KV_OK;
@@ -577,10 +580,13 @@ void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
     if (shard >= e->nshards)
         return;
     struct shard_state st = {.version = index, .keys = keys};
-    /* Unknown after a failed count: assume some, so writes look them up. */
+    /* Unknown after a failed count: assume some, so writes look them up
+     * (and the next GC, which goes through them, counts the tombstones). */
     if (count_intents(e, shard, &st) != KV_OK) {
         st.intents = UINT64_MAX / 2;
         st.records = UINT64_MAX / 2;
+        st.tombs = UINT64_MAX / 2;
+        st.tomb_oldest = 0;
     }
     e->applied[shard] = e->staged[shard] = e->flushing[shard] = st;
 }
@@ -974,6 +980,60 @@ static int current_version(struct engine *e, uint32_t shard, const void *key,
 #define PART_HDR (4 + 8 + 8 + 4)
 #define XREC_HDR (1 + 8 + 4)
 
+/* A participant record ("P") is a header: home (u32), deadline (u64),
+ * version (u64), key count (u32), then, while prepared, the keys it holds
+ * intents on (u32 length, bytes each). Once resolved it is a tombstone:
+ * the header with the key count PART_TOMB, then one byte, the outcome
+ * (ENGINE_TXN_COMMITTED or ENGINE_TXN_ABORTED). A prepared record's key
+ * count is the number of keys that follow, at least 4 bytes each, so it is
+ * never PART_TOMB, and records written before tombstones existed read as
+ * prepared ones. A tombstone resolved without a prepare has home
+ * PART_NO_HOME and version 0. */
+#define PART_TOMB UINT32_MAX
+#define PART_TOMB_LEN (PART_HDR + 1)
+#define PART_NO_HOME UINT32_MAX
+
+struct part_rec {
+    uint32_t home;
+    uint64_t deadline;
+    uint64_t version;
+    uint32_t nkeys; /* prepared: the keys after the header */
+    int outcome;    /* tombstone: ENGINE_TXN_COMMITTED or _ABORTED; else -1 */
+};
+
+/* Decodes the header of a participant record. KV_ECORRUPT when it is none. */
+static int part_decode(const unsigned char *v, size_t len, struct part_rec *out)
+{
+    if (len < PART_HDR)
+        return KV_ECORRUPT;
+    out->home = get_u32(v);
+    out->deadline = get_u64(v + 4);
+    out->version = get_u64(v + 12);
+    out->nkeys = get_u32(v + 20);
+    out->outcome = -1;
+    if (out->nkeys != PART_TOMB)
+        return KV_OK;
+    if (len != PART_TOMB_LEN || (v[PART_HDR] != ENGINE_TXN_COMMITTED &&
+                                 v[PART_HDR] != ENGINE_TXN_ABORTED))
+        return KV_ECORRUPT;
+    out->outcome = v[PART_HDR];
+    return KV_OK;
+}
+
+/* Whether a tombstone of DEADLINE is old enough to go at NOW. */
+static bool tomb_expired(uint64_t deadline, uint64_t now)
+{
+    return now > ENGINE_TOMB_KEEP_MS && deadline < now - ENGINE_TOMB_KEEP_MS;
+}
+
+/* Counts a new tombstone of DEADLINE in ST. */
+static void tomb_added(struct shard_state *st, uint64_t deadline)
+{
+    if (st->tombs == 0 || deadline < st->tomb_oldest)
+        st->tomb_oldest = deadline;
+    st->tombs++;
+}
+
 /* A store key TAG shard BYTES (malloc()ed). */
 static unsigned char *tagged_key(char tag, uint32_t shard, const void *b,
                                  size_t n, size_t *out_len)
@@ -1114,15 +1174,18 @@ int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
     void *pv = NULL;
     size_t pvlen = 0;
     rc = rec_get(e, pk, plen, &pv, &pvlen);
-    if (rc == KV_OK) { /* prepared before: the same YES */
+    if (rc == KV_OK) { /* prepared before, or resolved already */
         free(pk);
-        if (pvlen < PART_HDR) {
-            free(pv);
-            return KV_ECORRUPT;
-        }
-        *version = get_u64((unsigned char *)pv + 12);
+        struct part_rec pr;
+        rc = part_decode(pv, pvlen, &pr);
         free(pv);
+        if (rc != KV_OK)
+            return rc;
         stage_index(e, t->shard, t->index);
+        if (pr.outcome == ENGINE_TXN_ABORTED)
+            return KV_ETIMEDOUT; /* a NO, and nothing locked */
+        /* prepared: the same YES; committed: the YES it was, harmless */
+        *version = pr.version;
         return KV_OK;
     }
     if (rc != KV_ENOTFOUND) {
@@ -1237,33 +1300,14 @@ int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
     return KV_OK;
 }
 
-int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
-                         const unsigned char *txn_id, bool commit)
+/* Commits or drops the intents on the NKEYS keys listed in PREC (a
+ * prepared participant record of PRLEN bytes) that TXN_ID holds. */
+static int resolve_intents(struct engine *e, uint32_t shard,
+                           const unsigned char *txn_id, bool commit,
+                           const unsigned char *prec, size_t prlen,
+                           uint32_t nkeys)
 {
-    int rc = check_index(e, shard, index);
-    if (rc != KV_OK || !txn_id)
-        return KV_EINVAL;
-    size_t plen;
-    unsigned char *pk =
-        tagged_key('P', shard, txn_id, ENGINE_TXN_ID_LEN, &plen);
-    if (!pk)
-        return KV_ENOMEM;
-    unsigned char *prec = NULL;
-    size_t prlen = 0;
-    rc = rec_get(e, pk, plen, (void **)&prec, &prlen);
-    if (rc == KV_ENOTFOUND) {
-        free(pk);
-        stage_index(e, shard, index);
-        return KV_OK;
-    }
-    if (rc == KV_OK && prlen < PART_HDR)
-        rc = KV_ECORRUPT;
-    if (rc != KV_OK) {
-        free(pk);
-        free(prec);
-        return rc;
-    }
-    uint32_t nkeys = get_u32(prec + 20);
+    int rc = KV_OK;
     size_t off = PART_HDR;
     struct shard_state *st = &e->staged[shard];
     for (uint32_t i = 0; i < nkeys && rc == KV_OK; i++) {
@@ -1328,11 +1372,51 @@ int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
             free(ik);
         }
     }
+    return rc;
+}
+
+int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
+                         const unsigned char *txn_id, bool commit,
+                         uint64_t now_ms)
+{
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK || !txn_id)
+        return KV_EINVAL;
+    size_t plen;
+    unsigned char *pk =
+        tagged_key('P', shard, txn_id, ENGINE_TXN_ID_LEN, &plen);
+    if (!pk)
+        return KV_ENOMEM;
+    unsigned char *prec = NULL;
+    size_t prlen = 0;
+    /* Never prepared here: a tombstone all the same, dated by the entry. */
+    struct part_rec pr = {
+        .home = PART_NO_HOME, .deadline = now_ms, .outcome = -1};
+    rc = rec_get(e, pk, plen, (void **)&prec, &prlen);
+    if (rc == KV_OK) {
+        rc = part_decode(prec, prlen, &pr);
+        if (rc == KV_OK && pr.outcome < 0)
+            rc = resolve_intents(e, shard, txn_id, commit, prec, prlen,
+                                 pr.nkeys);
+    } else if (rc == KV_ENOTFOUND) {
+        rc = KV_OK;
+    }
     free(prec);
-    if (rc == KV_OK)
-        rc = rec_put(e, pk, plen, NULL, 0);
-    else
+    if (rc == KV_OK && pr.outcome >= 0) {
+        free(pk); /* resolved before: its tombstone stays as it is */
+    } else if (rc == KV_OK) {
+        unsigned char tv[PART_TOMB_LEN];
+        put_u32(tv, pr.home);
+        put_u64(tv + 4, pr.deadline);
+        put_u64(tv + 12, pr.version);
+        put_u32(tv + 20, PART_TOMB);
+        tv[PART_HDR] = commit ? ENGINE_TXN_COMMITTED : ENGINE_TXN_ABORTED;
+        rc = rec_put(e, pk, plen, tv, sizeof(tv));
+        if (rc == KV_OK)
+            tomb_added(&e->staged[shard], pr.deadline);
+    } else {
         free(pk);
+    }
     if (rc != KV_OK)
         return rc;
     stage_index(e, shard, index);
@@ -1680,14 +1764,16 @@ int engine_list_txns(struct engine *e, uint32_t shard, char which,
                 parts[i] = get_u32(v + XREC_HDR + 4 * i);
             t.parts = parts;
         } else {
-            if (vlen < PART_HDR) {
-                rc = KV_ECORRUPT;
+            struct part_rec pr;
+            rc = part_decode(v, vlen, &pr);
+            if (rc != KV_OK)
                 break;
-            }
-            t.home = get_u32(v);
-            t.deadline_ms = get_u64(v + 4);
-            t.version = get_u64(v + 12);
-            t.nkeys = get_u32(v + 20);
+            if (pr.outcome >= 0)
+                continue; /* a tombstone: resolved, nothing to list */
+            t.home = pr.home;
+            t.deadline_ms = pr.deadline;
+            t.version = pr.version;
+            t.nkeys = pr.nkeys;
         }
         rc = fn(arg, &t);
         if (rc != 0)
@@ -1724,12 +1810,219 @@ static int count_tagged(struct engine *e, char tag, uint32_t shard, uint64_t *n)
     return rc;
 }
 
+/* Counts the tombstones among SHARD's stored "P" records and finds the
+ * earliest deadline among them. A record that does not decode counts as
+ * none: whatever reads it reports it. */
+static int count_tombs(struct engine *e, uint32_t shard, struct shard_state *st)
+{
+    unsigned char prefix[PREFIX_LEN];
+    prefix[0] = 'P';
+    put_u32(prefix + 1, shard);
+    struct store_iter *it = store_iter_new(e->store);
+    if (!it)
+        return KV_ENOMEM;
+    st->tombs = 0;
+    st->tomb_oldest = 0;
+    for (store_iter_seek(it, prefix, sizeof(prefix)); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen, vlen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen < PREFIX_LEN || memcmp(k, prefix, PREFIX_LEN) != 0)
+            break;
+        struct part_rec pr;
+        const unsigned char *v = store_iter_value(it, &vlen);
+        if (part_decode(v, vlen, &pr) == KV_OK && pr.outcome >= 0)
+            tomb_added(st, pr.deadline);
+    }
+    int rc = store_iter_status(it);
+    store_iter_free(it);
+    return rc;
+}
+
 static int count_intents(struct engine *e, uint32_t shard,
                          struct shard_state *st)
 {
     int rc = count_tagged(e, 'I', shard, &st->intents);
     if (rc == KV_OK)
         rc = count_tagged(e, 'X', shard, &st->records);
+    if (rc == KV_OK)
+        rc = count_tombs(e, shard, st);
+    return rc;
+}
+
+/* --- tombstones ----------------------------------------------------------- */
+
+bool engine_gc_due(const struct engine *e, uint32_t shard, uint64_t now_ms)
+{
+    return shard < e->nshards && e->staged[shard].tombs > 0 &&
+           tomb_expired(e->staged[shard].tomb_oldest, now_ms);
+}
+
+uint64_t engine_tombstones(const struct engine *e, uint32_t shard)
+{
+    return shard < e->nshards ? e->staged[shard].tombs : 0;
+}
+
+static int cmp_txn_ids(const void *a, const void *b)
+{
+    return memcmp(a, b, ENGINE_TXN_ID_LEN);
+}
+
+/* Appends to *IDS (*N ids, room for *CAP) the txn ids of the "P" records
+ * of PREFIX staged in G (changed or deleted). */
+static int staged_part_ids(const struct gen *g, const unsigned char *prefix,
+                           unsigned char **ids, size_t *n, size_t *cap)
+{
+    for (size_t i = 0; g && i < g->nslots; i++) {
+        const struct overlay_slot *o = &g->slots[i];
+        if (!o->key || o->klen != PREFIX_LEN + ENGINE_TXN_ID_LEN ||
+            memcmp(o->key, prefix, PREFIX_LEN) != 0)
+            continue;
+        if (!buf_reserve(ids, cap, (*n + 1) * ENGINE_TXN_ID_LEN))
+            return KV_ENOMEM;
+        memcpy(*ids + *n * ENGINE_TXN_ID_LEN, o->key + PREFIX_LEN,
+               ENGINE_TXN_ID_LEN);
+        (*n)++;
+    }
+    return KV_OK;
+}
+
+/* The tombstone GC's walk through a shard's "P" records, in txn id order,
+ * as staged: the store's records merged with the staged ones. */
+struct part_walk {
+    unsigned char prefix[PREFIX_LEN];
+    uint32_t shard;
+    struct store_iter *it;
+    unsigned char *ids; /* staged txn ids, sorted */
+    size_t nids, next;
+};
+
+/* The next record of W, as staged: its txn id (into ID) and header *PR;
+ * *OK false when it does not decode (whatever reads it reports it).
+ * KV_ENOTFOUND at the end. */
+static int part_walk_next(struct engine *e, struct part_walk *w,
+                          unsigned char id[ENGINE_TXN_ID_LEN],
+                          struct part_rec *pr, bool *ok)
+{
+    for (;;) {
+        const unsigned char *sid = NULL;
+        if (store_iter_valid(w->it)) {
+            size_t klen;
+            const unsigned char *k = store_iter_key(w->it, &klen);
+            if (klen >= PREFIX_LEN && memcmp(k, w->prefix, PREFIX_LEN) == 0) {
+                if (klen != PREFIX_LEN + ENGINE_TXN_ID_LEN)
+                    return KV_ECORRUPT;
+                sid = k + PREFIX_LEN;
+            }
+        } else {
+            int rc = store_iter_status(w->it);
+            if (rc != KV_OK)
+                return rc;
+        }
+        const unsigned char *oid =
+            w->next < w->nids ? w->ids + w->next * ENGINE_TXN_ID_LEN : NULL;
+        if (!sid && !oid)
+            return KV_ENOTFOUND;
+        int c = !sid ? 1 : !oid ? -1 : memcmp(sid, oid, ENGINE_TXN_ID_LEN);
+        if (c < 0) { /* not staged: the store's value is the latest */
+            size_t vlen;
+            const unsigned char *v = store_iter_value(w->it, &vlen);
+            memcpy(id, sid, ENGINE_TXN_ID_LEN);
+            *ok = part_decode(v, vlen, pr) == KV_OK;
+            store_iter_next(w->it);
+            return KV_OK;
+        }
+        memcpy(id, oid, ENGINE_TXN_ID_LEN);
+        /* Staged (in one generation or both): past its copies and the
+         * store's, then read as staged. */
+        while (w->next < w->nids && memcmp(w->ids + w->next * ENGINE_TXN_ID_LEN,
+                                           id, ENGINE_TXN_ID_LEN) == 0)
+            w->next++;
+        if (c == 0)
+            store_iter_next(w->it);
+        size_t klen, vlen = 0;
+        void *v = NULL;
+        unsigned char *k =
+            tagged_key('P', w->shard, id, ENGINE_TXN_ID_LEN, &klen);
+        int rc = k ? rec_get(e, k, klen, &v, &vlen) : KV_ENOMEM;
+        free(k);
+        if (rc == KV_ENOTFOUND)
+            continue; /* deleted by a staged write */
+        if (rc != KV_OK)
+            return rc;
+        *ok = part_decode(v, vlen, pr) == KV_OK;
+        free(v);
+        return KV_OK;
+    }
+}
+
+int engine_stage_gc(struct engine *e, uint32_t shard, uint64_t index,
+                    uint64_t now_ms, size_t *removed)
+{
+    if (removed)
+        *removed = 0;
+    int rc = check_index(e, shard, index);
+    if (rc != KV_OK)
+        return KV_EINVAL;
+    struct part_walk w = {.prefix = {'P'}, .shard = shard};
+    put_u32(w.prefix + 1, shard);
+    size_t cap = 0;
+    rc = staged_part_ids(e->cur, w.prefix, &w.ids, &w.nids, &cap);
+    if (rc == KV_OK)
+        rc = staged_part_ids(e->inflight, w.prefix, &w.ids, &w.nids, &cap);
+    if (rc == KV_OK && !(w.it = store_iter_new(e->store)))
+        rc = KV_ENOMEM;
+    if (rc != KV_OK)
+        goto out;
+    if (w.nids > 1)
+        qsort(w.ids, w.nids, ENGINE_TXN_ID_LEN, cmp_txn_ids);
+    store_iter_seek(w.it, w.prefix, sizeof(w.prefix));
+    struct shard_state *st = &e->staged[shard];
+    struct shard_state left = {0}; /* the tombstones that stay */
+    size_t gone = 0;
+    bool whole = true; /* went through every record */
+    for (;;) {
+        unsigned char id[ENGINE_TXN_ID_LEN];
+        struct part_rec pr;
+        bool ok = false;
+        rc = part_walk_next(e, &w, id, &pr, &ok);
+        if (rc == KV_ENOTFOUND) {
+            rc = KV_OK;
+            break;
+        }
+        if (rc != KV_OK)
+            break;
+        if (!ok || pr.outcome < 0)
+            continue; /* prepared (or unreadable): not the GC's */
+        if (!tomb_expired(pr.deadline, now_ms)) {
+            tomb_added(&left, pr.deadline);
+            continue;
+        }
+        if (gone == ENGINE_TOMB_GC_MAX) {
+            whole = false; /* the next GC goes on from here */
+            break;
+        }
+        size_t klen;
+        unsigned char *k = tagged_key('P', shard, id, ENGINE_TXN_ID_LEN, &klen);
+        rc = k ? rec_put(e, k, klen, NULL, 0) : KV_ENOMEM;
+        if (rc != KV_OK)
+            break;
+        gone++;
+        if (st->tombs > 0)
+            st->tombs--;
+    }
+    if (rc != KV_OK)
+        goto out;
+    if (whole) { /* exact again */
+        st->tombs = left.tombs;
+        st->tomb_oldest = left.tomb_oldest;
+    } /* else the oldest deadline known stays a lower bound */
+    stage_index(e, shard, index);
+    if (removed)
+        *removed = gone;
+out:
+    store_iter_free(w.it);
+    free(w.ids);
     return rc;
 }
 

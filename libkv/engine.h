@@ -22,7 +22,10 @@
  *   "I" shard user key           intent of a prepared transaction: txn id,
  *                                kind, version, home, deadline, value
  *   "P" shard txn id             participant record: home, deadline,
- *                                version, the keys it holds intents on
+ *                                version, the keys it holds intents on;
+ *                                once resolved, a tombstone: the same
+ *                                header with the key count UINT32_MAX,
+ *                                then the outcome (one byte)
  *   "X" shard txn id             transaction record on its home shard:
  *                                state, deadline, participant shards
  */
@@ -221,15 +224,44 @@ struct engine_prepare {
  * ops and a participant record. Otherwise a NO vote and nothing but the
  * applied index: ENGINE_ELOCKED (a key is locked), KV_ECONFLICT (condition
  * *FAILED, 1-based, found *CURRENT) or KV_ETIMEDOUT (past the deadline).
- * Preparing a transaction this shard holds already answers YES again. */
+ * Preparing a transaction this shard holds already answers YES again.
+ * Preparing one this shard resolved already (a late or repeated message:
+ * its tombstone is there) locks nothing: KV_OK with the version of its
+ * first prepare (0 when it was resolved without one) when it committed,
+ * KV_ETIMEDOUT (a NO) when it aborted. */
 int engine_stage_prepare(struct engine *e, const struct engine_prepare *p,
                          uint64_t *version, size_t *failed, uint64_t *current);
 
 /* Resolves TXN_ID on SHARD: COMMIT turns its intents into records at the
  * prepare's version (a lock-only intent changes nothing), otherwise they
- * go; the participant record goes. Nothing prepared: nothing to do. */
+ * go. The participant record becomes a tombstone that keeps the outcome,
+ * the prepare's version and its deadline, or, when nothing was prepared,
+ * a tombstone with version 0 and deadline NOW_MS (the proposer's clock in
+ * the entry), so that a prepare arriving later cannot lock the keys again.
+ * A tombstone is no participant record to anything else: not listed, not
+ * counted. Resolving again (a tombstone is there) changes nothing. */
 int engine_stage_resolve(struct engine *e, uint32_t shard, uint64_t index,
-                         const unsigned char *txn_id, bool commit);
+                         const unsigned char *txn_id, bool commit,
+                         uint64_t now_ms);
+
+/* How long a tombstone outlives its deadline, and how many one
+ * engine_stage_gc removes at most. */
+#define ENGINE_TOMB_KEEP_MS 60000
+#define ENGINE_TOMB_GC_MAX 256
+
+/* Removes SHARD's tombstones whose deadline + ENGINE_TOMB_KEEP_MS is before
+ * NOW_MS (the proposer's clock in the entry), at most ENGINE_TOMB_GC_MAX,
+ * the first in txn id order; *REMOVED (may be NULL) says how many. Reads
+ * the staged state, so every replica removes the same ones. */
+int engine_stage_gc(struct engine *e, uint32_t shard, uint64_t index,
+                    uint64_t now_ms, size_t *removed);
+
+/* Whether SHARD may hold a tombstone that engine_stage_gc at NOW_MS would
+ * remove (staged state; cheap, from a count kept in memory). */
+bool engine_gc_due(const struct engine *e, uint32_t shard, uint64_t now_ms);
+
+/* The number of tombstones SHARD holds (staged state). */
+uint64_t engine_tombstones(const struct engine *e, uint32_t shard);
 
 /* Creates TXN_ID's record on its home SHARD as PENDING with DEADLINE_MS and
  * its participant shards, unless it exists; *STATE is the record's state. */
@@ -316,7 +348,8 @@ struct engine_txn_info {
 typedef int (*engine_txn_fn)(void *arg, const struct engine_txn_info *t);
 
 /* Calls FN for each committed transaction record ('X') or participant
- * record ('P') of SHARD; a non-zero return stops and is returned. */
+ * record ('P', tombstones left out) of SHARD; a non-zero return stops and
+ * is returned. */
 int engine_list_txns(struct engine *e, uint32_t shard, char which,
                      engine_txn_fn fn, void *arg);
 

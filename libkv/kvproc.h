@@ -101,14 +101,16 @@ int kv_proc_put(kv_proc_ctx *ctx, const void *key, size_t klen, const void *val,
 int kv_proc_del(kv_proc_ctx *ctx, const void *key, size_t klen);
 
 /* Called by kv_proc_scan for each entry in key order; a non-zero return
- * stops the scan and is returned by kv_proc_scan. */
+ * stops the scan and is returned by kv_proc_scan. KEY and VAL are valid
+ * during this call only (copy what must outlive it). */
 typedef int (*kv_proc_scan_fn)(void *arg, const void *key, size_t klen,
                                const void *val, size_t vlen);
 
 /* Visits the keys of the call's shard that start with PREFIX (PLEN bytes;
  * 0: every key), in order, at most LIMIT of them (0: up to the keys
- * budget). Each visited key counts against the keys budget. The call's own
- * writes are not seen by a scan. */
+ * budget). Each visited key counts against the keys budget: a scan that
+ * would visit more fails the call with KV_EBUDGET. The call's own writes
+ * are not seen by a scan. */
 int kv_proc_scan(kv_proc_ctx *ctx, const void *prefix, size_t plen,
                  uint64_t limit, kv_proc_scan_fn fn, void *arg);
 

@@ -45,8 +45,13 @@ struct proc_reader {
 };
 
 struct proc_limits {
-    uint64_t max_keys;        /* keys read, written or scanned */
-    uint64_t max_write_bytes; /* keys and values written */
+    /* keys touched: each distinct key got, put or deleted counts once, and
+     * each entry a scan visits once more */
+    uint64_t max_keys;
+    /* bytes written: the key and value of every put and the key of every
+     * delete, summed as the call makes them (a key written twice counts
+     * twice) */
+    uint64_t max_write_bytes;
     uint64_t max_reply_bytes;
     uint64_t max_key_bytes; /* cluster.conf limits of one key and value */
     uint64_t max_value_bytes;

@@ -709,6 +709,7 @@ static void choose_params(struct sim *s, int scenario)
             p->fp_committed_ppm = (uint32_t)sim_range(g, 20000, 150000);
         if (sim_below(g, 2))
             p->inflight_crash_ppm = (uint32_t)sim_range(g, 200, 2000);
+        p->tomb_gc = s->seed % 2 == 0; /* not from G: seeds stay as they were */
         break;
     }
     case SC_STALE_TAIL:
@@ -1123,7 +1124,8 @@ int main(int argc, char **argv)
                "conflicted, %llu unknown, %llu skipped (too little); audits "
                "%llu committed, %llu conflicted, %llu unknown; %llu ops "
                "given up while reading; %llu failpoint crashes, %llu "
-               "crashes of a transaction's node\n",
+               "crashes of a transaction's node; %llu tombstones collected "
+               "in %llu seeds\n",
                (unsigned long long)tot.st.bank_seeds,
                (unsigned long long)tot.st.transfers_ok,
                (unsigned long long)tot.st.transfers_conflict,
@@ -1134,7 +1136,9 @@ int main(int argc, char **argv)
                (unsigned long long)tot.st.audits_unknown,
                (unsigned long long)tot.st.bank_dropped,
                (unsigned long long)tot.st.fp_crashes,
-               (unsigned long long)tot.st.inflight_crashes);
+               (unsigned long long)tot.st.inflight_crashes,
+               (unsigned long long)tot.st.tombstones,
+               (unsigned long long)tot.st.tomb_gc_seeds);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
            (unsigned long long)tot.failed);

@@ -211,6 +211,8 @@ struct sim_params {
     uint32_t fp_committed_ppm;    /* crash at "txn-committed" */
     uint32_t inflight_crash_ppm;  /* per ms: crash a node of a transaction
                                      in flight */
+    bool tomb_gc; /* bank: once settled, the wall clocks jump past the
+                     tombstones' keep time, and every one must go */
     uint64_t run_ms, heal_ms;
     uint32_t loss_ppm, dup_ppm, slow_ppm;
     uint32_t ancient_ppm; /* messages delayed by seconds (not with fifo) */
@@ -253,6 +255,7 @@ struct sim_stats {
     uint64_t audits_ok, audits_conflict, audits_unknown;
     uint64_t bank_dropped; /* ops given up before their transaction */
     uint64_t fp_crashes, inflight_crashes;
+    uint64_t tomb_gc_seeds, tombstones; /* tombstones: found at the jump */
 };
 
 struct sim {
@@ -313,6 +316,7 @@ struct sim {
     uint32_t ashard[SIM_MAX_ACCTS];
     int64_t total;       /* naccts * SIM_BANK_START */
     bool final_audit_ok; /* the final audit committed */
+    uint64_t wall_jump;  /* ms added to every node's wall clock */
     /* the first failure */
     bool failed;
     char why[2048];
@@ -417,7 +421,9 @@ void sim_bank_answer(struct sim *s, struct sim_client *c, int from,
 void sim_bank_gave_up(struct sim *s, struct sim_client *c);
 /* Whether the bank is settled: no node holds an intent, a participant
  * record or a transaction record, and every replica of a shard holds the
- * same account values; with REPORT, fails the seed saying what is left. */
+ * same account values; with tomb_gc, then no tombstone either, once the
+ * clocks jumped past their keep time. With REPORT, fails the seed saying
+ * what is left. */
 bool sim_bank_settled(struct sim *s, bool report);
 /* The end-of-seed check of the bank: the stored balances add up. */
 void sim_bank_check_final(struct sim *s);

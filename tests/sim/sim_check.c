@@ -427,10 +427,15 @@ bool sim_converged(struct sim *s, bool report)
 
 static void check_digests(struct sim *s)
 {
-    const char tags[3] = {'D', 'S', 'A'};
-    const char *names[3] = {"data", "sessions", "shard state"};
+    const char tags[6] = {'D', 'S', 'A', 'I', 'P', 'X'};
+    const char *names[6] = {"data",
+                            "sessions",
+                            "shard state",
+                            "intents",
+                            "participant records (tombstones)",
+                            "transaction records"};
     for (int sh = 0; sh < s->p.nshards && !s->failed; sh++) {
-        for (int t = 0; t < 3 && !s->failed; t++) {
+        for (int t = 0; t < 6 && !s->failed; t++) {
             unsigned char p[5];
             shard_prefix(p, tags[t], (uint32_t)sh);
             uint64_t first = 0;

@@ -167,11 +167,13 @@ static uint64_t env_now(void *arg)
 }
 
 /* The node's wall clock: shared sim time plus a per-node offset (set up
- * to +-250 ms apart with drift), as NTP leaves real clocks. */
+ * to +-250 ms apart with drift), as NTP leaves real clocks, plus the jump
+ * of the bank scenario's tombstone check. */
 static uint64_t env_wall(void *arg)
 {
     const struct sim_node *n = arg;
-    return 1700000000000ull + n->sim->now + (uint64_t)n->wall_skew;
+    return 1700000000000ull + n->sim->now + (uint64_t)n->wall_skew +
+           n->sim->wall_jump;
 }
 
 static void env_reply(void *arg, const void *client, size_t clen,

@@ -6,8 +6,10 @@
  * reopening the store, node metadata checks, scans with every bound, and
  * the rollback of a failed commit; replicated mode: Raft indexes as versions
  * and applied index, exactly-once sessions, engine_stage_applied, raw
- * records and engine_reset_shard. Every test runs on a real store in its
- * own directory under /tmp that the fixture removes.
+ * records and engine_reset_shard; two-phase commit: intents, participant
+ * and transaction records, the tombstones of resolved participants and
+ * their GC. Every test runs on a real store in its own directory under
+ * /tmp that the fixture removes.
  */
 #define _XOPEN_SOURCE 700 /* nftw() */
 
@@ -1890,7 +1892,8 @@ START_TEST(prepared_intents_lock_keys_until_a_commit_applies_them)
     expect_missing(0, "zz");
     /* the refused write recorded no session: after the resolve, the same
      * seq is applied */
-    ck_assert_int_eq(engine_stage_resolve(eng, 0, i0 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 0, i0 + 5, txn_a, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     ck_assert(!engine_has_intents(eng, 0));
     expect_value(0, "a", "1", i0 + 1);
@@ -1911,7 +1914,8 @@ START_TEST(an_aborted_prepare_leaves_the_data_as_it_was)
     uint64_t ver;
     ck_assert_int_eq(prepare(1, txn_a, ops, 2, v1 + 1, 10, &ver), KV_OK);
     /* resolved in the same batch as the prepare (a follower catching up) */
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 2, txn_a, false), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 2, txn_a, false, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(1, "a", "old", v1);
     expect_missing(1, "b");
@@ -1920,8 +1924,10 @@ START_TEST(an_aborted_prepare_leaves_the_data_as_it_was)
     ck_assert_int_eq(engine_list_txns(eng, 1, 'P', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 0);
     /* resolving again, or something never prepared: nothing to do */
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 3, txn_a, true), KV_OK);
-    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 4, txn_b, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 3, txn_a, true, 20),
+                     KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, v1 + 4, txn_b, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(1, "a", "old", v1);
 }
@@ -1978,7 +1984,8 @@ START_TEST(prepare_votes_no_on_a_failed_condition_or_a_passed_deadline)
     int n = 0;
     ck_assert_int_eq(engine_list_txns(eng, 2, 'P', count_txns, &n), KV_OK);
     ck_assert_int_eq(n, 1);
-    ck_assert_int_eq(engine_stage_resolve(eng, 2, v1 + 5, txn_a, true), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, v1 + 5, txn_a, true, 20),
+                     KV_OK);
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_value(2, "b", "1", v1 + 3);
 }
@@ -2086,6 +2093,306 @@ START_TEST(a_forgotten_transaction_is_never_recorded_again)
                                              cid, 8, 9, &state),
                      KV_OK);
     ck_assert_int_eq(state, ENGINE_TXN_ABORTED);
+}
+END_TEST
+
+/* ---- tombstones of resolved participants -------------------------------- */
+
+/* The participant records of SHARD that engine_list_txns shows. */
+static int listed_parts(uint32_t shard)
+{
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, shard, 'P', count_txns, &n), KV_OK);
+    return n;
+}
+
+/* Whether a plain put of K on SHARD at INDEX is applied (the key is not
+ * locked); commits it. */
+static int put_at(uint32_t shard, const char *k, const char *v, uint64_t index)
+{
+    struct engine_write w = {.op = ENGINE_PUT,
+                             .shard = shard,
+                             .key = k,
+                             .klen = strlen(k),
+                             .val = v,
+                             .vlen = strlen(v),
+                             .index = index};
+    uint64_t ver = 0;
+    int rc = engine_stage(eng, &w, &ver);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    return rc;
+}
+
+/* A prepare of a transaction this shard committed (a duplicated or late
+ * message) is the YES it was, at the same version, and locks nothing:
+ * the data is written once, and a later write to the key stays. */
+START_TEST(a_prepare_after_a_commit_votes_yes_again_and_locks_nothing)
+{
+    uint64_t v0 = put_ok(0, "a", "old");
+    struct engine_txn_op ops[] = {TPUT("a", "new"), TIFA("b")};
+    uint64_t ver = 0;
+    ck_assert_int_eq(prepare(0, txn_a, ops, 2, v0 + 1, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, v0 + 1);
+    ck_assert_int_eq(engine_stage_resolve(eng, 0, v0 + 2, txn_a, true, 20),
+                     KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "new", v0 + 1);
+    ck_assert(!engine_has_intents(eng, 0));
+    ck_assert(!engine_has_txn_records(eng, 0));
+    ck_assert_int_eq(listed_parts(0), 0);
+    ck_assert_uint_eq(engine_tombstones(eng, 0), 1);
+    /* another write changes the key; then the prepare comes again */
+    ck_assert_int_eq(put_at(0, "a", "later", v0 + 3), KV_OK);
+    ver = 0;
+    ck_assert_int_eq(prepare(0, txn_a, ops, 2, v0 + 4, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, v0 + 1);
+    ck_assert(!engine_has_intents(eng, 0));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    struct engine_intent in;
+    ck_assert_int_eq(engine_get_intent(eng, 0, "a", 1, &in), KV_ENOTFOUND);
+    ck_assert_int_eq(engine_get_intent(eng, 0, "b", 1, &in), KV_ENOTFOUND);
+    /* and so does its resolve: nothing is written a second time */
+    ck_assert_int_eq(engine_stage_resolve(eng, 0, v0 + 5, txn_a, true, 30),
+                     KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "a", "later", v0 + 3);
+    expect_missing(0, "b");
+    expect_info(0, 1, v0 + 5);
+    ck_assert_int_eq(put_at(0, "b", "free", v0 + 6), KV_OK);
+    ck_assert_uint_eq(engine_tombstones(eng, 0), 1);
+    ck_assert_int_eq(listed_parts(0), 0);
+}
+END_TEST
+
+/* An abort that arrives before the prepare ever did leaves a tombstone:
+ * the late prepare votes NO and locks nothing. */
+START_TEST(a_prepare_after_an_abort_it_never_saw_votes_no_and_locks_nothing)
+{
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 1, txn_a, false, 500), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_eq(engine_tombstones(eng, 1), 1);
+    ck_assert(!engine_has_intents(eng, 1));
+    ck_assert_int_eq(listed_parts(1), 0);
+    struct engine_txn_op ops[] = {TPUT("k", "v"), TIFA("c")};
+    uint64_t ver = 99;
+    ck_assert_int_eq(prepare(1, txn_a, ops, 2, 2, 10, &ver), KV_ETIMEDOUT);
+    ck_assert_uint_eq(ver, 0);
+    ck_assert(!engine_has_intents(eng, 1));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(1, 0, 2);
+    ck_assert_int_eq(put_at(1, "k", "plain", 3), KV_OK);
+    ck_assert_int_eq(put_at(1, "c", "plain", 4), KV_OK);
+    expect_value(1, "k", "plain", 3);
+    /* resolving again, even the other way, changes nothing */
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 5, txn_a, true, 600), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 6, txn_a, false, 700), KV_OK);
+    ck_assert_int_eq(prepare(1, txn_a, ops, 2, 7, 10, &ver), KV_ETIMEDOUT);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_eq(engine_tombstones(eng, 1), 1);
+    expect_value(1, "k", "plain", 3);
+    expect_info(1, 2, 7);
+    /* a commit that never met a prepare: a YES of unknown version (0) */
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 8, txn_b, true, 800), KV_OK);
+    ver = 99;
+    ck_assert_int_eq(prepare(1, txn_b, ops, 2, 9, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, 0);
+    ck_assert(!engine_has_intents(eng, 1));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(1, "k", "plain", 3);
+    ck_assert_uint_eq(engine_tombstones(eng, 1), 2);
+}
+END_TEST
+
+/* The GC removes a tombstone once its deadline is more than
+ * ENGINE_TOMB_KEEP_MS before the entry's clock, and nothing else: not a
+ * younger tombstone, not a prepared part however old. */
+START_TEST(gc_removes_only_tombstones_past_their_keep_time)
+{
+    struct engine_txn_op ops[] = {TPUT("x", "1")};
+    uint64_t ver;
+    /* txn_a: prepared (deadline 1000) then aborted: a tombstone of 1000 */
+    ck_assert_int_eq(prepare(2, txn_a, ops, 1, 1, 10, &ver), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 2, txn_a, false, 5000),
+                     KV_OK);
+    /* txn_b: never prepared, committed at 50000: a tombstone of 50000 */
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 3, txn_b, true, 50000),
+                     KV_OK);
+    /* txn_c: prepared (deadline 1000), never resolved */
+    static const unsigned char txn_c[ENGINE_TXN_ID_LEN] = "txn-c-0123456789";
+    struct engine_txn_op other[] = {TPUT("y", "2")};
+    ck_assert_int_eq(prepare(2, txn_c, other, 1, 4, 10, &ver), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_eq(engine_tombstones(eng, 2), 2);
+    ck_assert_int_eq(listed_parts(2), 1);
+    uint64_t keep = ENGINE_TOMB_KEEP_MS;
+    ck_assert(!engine_gc_due(eng, 2, 1000 + keep));
+    size_t removed = 99;
+    ck_assert_int_eq(engine_stage_gc(eng, 2, 5, 1000 + keep, &removed), KV_OK);
+    ck_assert_uint_eq(removed, 0);
+    ck_assert(engine_gc_due(eng, 2, 1001 + keep));
+    ck_assert_int_eq(engine_stage_gc(eng, 2, 6, 1001 + keep, &removed), KV_OK);
+    ck_assert_uint_eq(removed, 1);
+    ck_assert_uint_eq(engine_tombstones(eng, 2), 1);
+    ck_assert(!engine_gc_due(eng, 2, 1001 + keep)); /* 50000 is left */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(2, 0, 6);
+    /* txn_a's tombstone is gone: a prepare now would lock again */
+    ck_assert_int_eq(prepare(2, txn_a, ops, 1, 7, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, 7);
+    /* far later: txn_b's goes too; prepared parts stay */
+    ck_assert(engine_gc_due(eng, 2, 1000000));
+    ck_assert_int_eq(engine_stage_gc(eng, 2, 8, 1000000, &removed), KV_OK);
+    ck_assert_uint_eq(removed, 1);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_eq(engine_tombstones(eng, 2), 0);
+    ck_assert(!engine_gc_due(eng, 2, UINT64_MAX));
+    ck_assert_int_eq(listed_parts(2), 2);
+    ck_assert(engine_has_intents(eng, 2));
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 9, txn_c, true, 10), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(2, "y", "2", 4);
+    /* an index not above the applied one is refused */
+    ck_assert_int_eq(engine_stage_gc(eng, 2, 9, 1000000, &removed), KV_EINVAL);
+}
+END_TEST
+
+/* An id of 16 bytes, distinct per N. */
+static void tomb_id(unsigned n, unsigned char id[ENGINE_TXN_ID_LEN])
+{
+    char buf[ENGINE_TXN_ID_LEN + 1];
+    snprintf(buf, sizeof(buf), "tomb-%011u", n);
+    memcpy(id, buf, ENGINE_TXN_ID_LEN);
+}
+
+/* One GC removes at most ENGINE_TOMB_GC_MAX, in txn id order, counting
+ * what is staged as well as what is stored (so a replica that commits
+ * its entries in other batches removes the same ones). */
+START_TEST(gc_is_bounded_per_entry_and_sees_staged_tombstones)
+{
+    const unsigned stored = 300, staged = 10;
+    uint64_t idx = 0;
+    unsigned char id[ENGINE_TXN_ID_LEN];
+    for (unsigned i = 0; i < stored + staged; i++) {
+        if (i == stored)
+            ck_assert_int_eq(engine_commit(eng), KV_OK);
+        /* staged ones interleave with the stored in id order */
+        tomb_id(i < stored ? 2 * i : 2 * (i - stored) + 1, id);
+        ck_assert_int_eq(engine_stage_resolve(eng, 3, ++idx, id, i % 2, 100),
+                         KV_OK);
+    }
+    ck_assert_uint_eq(engine_tombstones(eng, 3), stored + staged);
+    ck_assert(engine_gc_due(eng, 3, 100 + ENGINE_TOMB_KEEP_MS + 1));
+    size_t removed = 0;
+    ck_assert_int_eq(engine_stage_gc(eng, 3, ++idx, 200000, &removed), KV_OK);
+    ck_assert_uint_eq(removed, ENGINE_TOMB_GC_MAX);
+    ck_assert_uint_eq(engine_tombstones(eng, 3),
+                      stored + staged - ENGINE_TOMB_GC_MAX);
+    /* the first ids went: the staged odd ones among them */
+    tomb_id(1, id);
+    uint64_t ver = 0;
+    struct engine_txn_op ops[] = {TPUT("z", "1")};
+    ck_assert_int_eq(prepare(3, id, ops, 1, ++idx, 10, &ver), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 3, ++idx, id, false, 100),
+                     KV_OK); /* a tombstone again, staged */
+    /* the next one, in the same batch, takes the rest (its own deletes
+     * staged before it are not counted twice) */
+    ck_assert_int_eq(engine_stage_gc(eng, 3, ++idx, 200000, &removed), KV_OK);
+    ck_assert_uint_eq(removed, stored + staged - ENGINE_TOMB_GC_MAX + 1);
+    ck_assert_uint_eq(engine_tombstones(eng, 3), 0);
+    ck_assert(!engine_gc_due(eng, 3, 200000));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_uint_eq(engine_tombstones(eng, 3), 0);
+    ck_assert(!engine_has_intents(eng, 3));
+    ck_assert_int_eq(listed_parts(3), 0);
+}
+END_TEST
+
+/* Tombstones are stored state: a restart finds them, their count and the
+ * oldest deadline again, and they still answer late prepares; a snapshot
+ * install (engine_reset_shard) counts them too. */
+START_TEST(tombstones_and_their_count_survive_a_reopen)
+{
+    struct engine_txn_op ops[] = {TPUT("a", "1")};
+    uint64_t ver;
+    ck_assert_int_eq(prepare(1, txn_a, ops, 1, 1, 10, &ver), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 2, txn_a, true, 30), KV_OK);
+    ck_assert_int_eq(engine_stage_resolve(eng, 1, 3, txn_b, false, 2000),
+                     KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_uint_eq(engine_tombstones(eng, 1), 2);
+    ck_assert_uint_eq(engine_tombstones(eng, 0), 0);
+    ck_assert(!engine_has_intents(eng, 1));
+    ck_assert(!engine_has_txn_records(eng, 1));
+    ck_assert_int_eq(listed_parts(1), 0);
+    ck_assert(!engine_gc_due(eng, 1, 1000 + ENGINE_TOMB_KEEP_MS));
+    ck_assert(engine_gc_due(eng, 1, 1001 + ENGINE_TOMB_KEEP_MS));
+    ver = 0;
+    ck_assert_int_eq(prepare(1, txn_a, ops, 1, 4, 10, &ver), KV_OK);
+    ck_assert_uint_eq(ver, 1);
+    ck_assert_int_eq(prepare(1, txn_b, ops, 1, 5, 10, &ver), KV_ETIMEDOUT);
+    ck_assert(!engine_has_intents(eng, 1));
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(1, "a", "1", 1);
+    engine_reset_shard(eng, 1, 5, 1);
+    ck_assert_uint_eq(engine_tombstones(eng, 1), 2);
+    ck_assert(engine_gc_due(eng, 1, 1001 + ENGINE_TOMB_KEEP_MS));
+}
+END_TEST
+
+/* A participant record written before tombstones existed (a header and
+ * its keys) still reads as prepared; a tombstone of the wrong length or
+ * outcome is corrupt. */
+START_TEST(participant_records_and_tombstones_are_told_apart)
+{
+    struct engine_txn_op ops[] = {TPUT("a", "1")};
+    uint64_t ver;
+    ck_assert_int_eq(prepare(2, txn_a, ops, 1, 1, 10, &ver), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    unsigned char pk[5 + ENGINE_TXN_ID_LEN] = {'P', 0, 0, 0, 2};
+    memcpy(pk + 5, txn_a, ENGINE_TXN_ID_LEN);
+    void *v = NULL;
+    size_t vlen = 0;
+    ck_assert_int_eq(store_get(st, pk, sizeof(pk), &v, &vlen), KV_OK);
+    /* home 7, deadline 1000, version 1, one key "a" */
+    static const unsigned char want[] = {0, 0,    0, 7, 0, 0, 0, 0, 0,  0,
+                                         3, 0xe8, 0, 0, 0, 0, 0, 0, 0,  1,
+                                         0, 0,    0, 1, 0, 0, 0, 1, 'a'};
+    ck_assert_uint_eq(vlen, sizeof(want));
+    ck_assert_mem_eq(v, want, sizeof(want));
+    free(v);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 2, txn_a, true, 30), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(store_get(st, pk, sizeof(pk), &v, &vlen), KV_OK);
+    static const unsigned char tomb[] = {
+        0,    0,    0,    7,    0,
+        0,    0,    0,    0,    0,
+        3,    0xe8, 0,    0,    0,
+        0,    0,    0,    0,    1,
+        0xff, 0xff, 0xff, 0xff, ENGINE_TXN_COMMITTED};
+    ck_assert_uint_eq(vlen, sizeof(tomb));
+    ck_assert_mem_eq(v, tomb, sizeof(tomb));
+    free(v);
+    /* damaged: one byte more, or an outcome that is none */
+    unsigned char bad[sizeof(tomb) + 1];
+    memcpy(bad, tomb, sizeof(tomb));
+    bad[sizeof(tomb)] = 0;
+    struct store_batch *b = store_batch_new();
+    ck_assert_ptr_nonnull(b);
+    store_batch_put(b, pk, sizeof(pk), bad, sizeof(bad));
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    ck_assert_int_eq(prepare(2, txn_a, ops, 1, 3, 10, &ver), KV_ECORRUPT);
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 2, 'P', count_txns, &n),
+                     KV_ECORRUPT);
+    bad[sizeof(tomb) - 1] = ENGINE_TXN_PENDING;
+    store_batch_clear(b);
+    store_batch_put(b, pk, sizeof(pk), bad, sizeof(tomb));
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 3, txn_a, true, 30),
+                     KV_ECORRUPT);
 }
 END_TEST
 
@@ -2198,6 +2505,14 @@ Suite *engine_suite(void)
     tcase_add_test(
         tc, a_transaction_record_is_decided_once_and_aborts_past_its_deadline);
     tcase_add_test(tc, a_forgotten_transaction_is_never_recorded_again);
+    tcase_add_test(tc,
+                   a_prepare_after_a_commit_votes_yes_again_and_locks_nothing);
+    tcase_add_test(
+        tc, a_prepare_after_an_abort_it_never_saw_votes_no_and_locks_nothing);
+    tcase_add_test(tc, gc_removes_only_tombstones_past_their_keep_time);
+    tcase_add_test(tc, gc_is_bounded_per_entry_and_sees_staged_tombstones);
+    tcase_add_test(tc, tombstones_and_their_count_survive_a_reopen);
+    tcase_add_test(tc, participant_records_and_tombstones_are_told_apart);
     suite_add_tcase(s, tc);
     return s;
 }
