@@ -13,6 +13,7 @@
 #include "kv.h"
 #include "log.h"
 #include "node.h"
+#include "proc.h"
 
 static struct node *running;
 
@@ -32,7 +33,8 @@ static void usage(FILE *f)
             "  -n ID              which [node ID] of FILE to run\n"
             "  --log-level LEVEL  debug, info, warn or error (default: "
             "the file's log_level)\n"
-            "  --check            validate FILE, print data_dir and nodes\n");
+            "  --check            validate FILE and load its plugins; print data_dir,\n"
+            "                     nodes and plugin hashes\n");
 }
 
 static int parse_id(const char *s, uint32_t *out)
@@ -87,6 +89,24 @@ int main(int argc, char **argv)
         printf("data_dir %s\n", conf->data_dir);
         for (size_t i = 0; i < conf->nnodes; i++)
             printf("node %u %s\n", conf->nodes[i].id, conf->nodes[i].address);
+        /* The plugins load as a node would load them. */
+        struct proc_registry *reg = NULL;
+        rc = proc_registry_open((const char *const *)conf->procedures,
+                                conf->nprocedures, &reg, err, sizeof(err));
+        if (rc != KV_OK) {
+            fprintf(stderr, "kvnode: procedures: %s\n", err);
+            conf_free(conf);
+            return 2;
+        }
+        size_t np = 0;
+        const struct proc_plugin *pl = proc_plugins(reg, &np);
+        for (size_t i = 0; i < np; i++) {
+            printf("plugin %s blake2b ", pl[i].name);
+            for (size_t j = 0; j < PROC_HASH_LEN; j++)
+                printf("%02x", pl[i].hash[j]);
+            printf("\n");
+        }
+        proc_registry_close(reg);
         conf_free(conf);
         return 0;
     }

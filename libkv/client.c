@@ -1062,7 +1062,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
         s->op->version = r->write->version;
     else if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_GET)
         s->op->version = r->get->version;
-    pipe_finish(p, s, r->code < KV_EINTERNAL ? KV_EPROTO : r->code, done, n);
+    pipe_finish(p, s, r->code < KV_ERANGE ? KV_EPROTO : r->code, done, n);
 }
 
 int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)

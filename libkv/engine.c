@@ -807,6 +807,11 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
         int scode = 0;
         rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver,
                          fx ? &fx->out : NULL, fx ? &fx->outlen : NULL);
+        if (fx && !(rc == KV_OK && found && seq >= t->seq)) {
+            free(fx->out); /* an earlier call's reply: not this one's */
+            fx->out = NULL;
+            fx->outlen = 0;
+        }
         if (rc == KV_OK && found && seq >= t->seq) {
             if (fx)
                 fx->version = scode == KV_OK ? sver : 0;

@@ -55,8 +55,8 @@
 extern "C" {
 #endif
 
-/* The interface version a plugin was built against; kv_proc_define()
- * refuses other major versions. */
+/* The version of this interface: raised only by a change that breaks
+ * plugins built before it (a plugin can test it with #if). */
 #define KV_PROC_API 1
 
 typedef struct kv_proc_ctx kv_proc_ctx;
