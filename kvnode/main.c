@@ -26,15 +26,15 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kvnode -c FILE -n ID [--log-level LEVEL]\n"
-            "       kvnode -c FILE --check\n"
-            "  -c FILE            cluster configuration (cluster.conf)\n"
-            "  -n ID              which [node ID] of FILE to run\n"
-            "  --log-level LEVEL  debug, info, warn or error (default: "
-            "the file's log_level)\n"
-            "  --check            validate FILE and load its plugins; print data_dir,\n"
-            "                     nodes and plugin hashes\n");
+    fprintf(f, "usage: kvnode -c FILE -n ID [--log-level LEVEL]\n"
+               "       kvnode -c FILE --check\n"
+               "  -c FILE            cluster configuration (cluster.conf)\n"
+               "  -n ID              which [node ID] of FILE to run\n"
+               "  --log-level LEVEL  debug, info, warn or error (default: "
+               "the file's log_level)\n"
+               "  --check            validate FILE and load its plugins; print "
+               "data_dir,\n"
+               "                     nodes and plugin hashes\n");
 }
 
 static int parse_id(const char *s, uint32_t *out)

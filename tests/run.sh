@@ -10,7 +10,8 @@
 #                                                  chaos: 30 s of register)
 #   2b. $B/tests/sim --seeds 500                   (the simulator)
 #   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
-#   2d. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
+#   2d. $B/tests/chaos --workload incr             (20 s; CHAOS_INCR_S=N)
+#   2e. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
 #       replays every seed; make fuzz runs them under libFuzzer)
 #   3. tests/cluster/cli.sh                        (kvclient end to end)
 #   4. $B/tests/libkv_example embedded:TMPDIR      (the documented example)
@@ -102,7 +103,14 @@ if [ -x "$B/tests/chaos" ]; then
         --workload bank --duration "${CHAOS_BANK_S:-20}"
 fi
 
-# 2d. the fuzz corpus: every seed of tests/fuzz/corpus through every fuzz
+# 2d. the chaos test's incr workload (procedure calls under kill -9 and
+# SIGSTOP: acknowledged increments applied once, the others at most once)
+if [ -x "$B/tests/chaos" ]; then
+    run_step chaos-incr env KVNODE="$B/kvnode" "$B/tests/chaos" \
+        --workload incr --duration "${CHAOS_INCR_S:-20}"
+fi
+
+# 2e. the fuzz corpus: every seed of tests/fuzz/corpus through every fuzz
 # target, built without libFuzzer (a finding aborts the replay)
 nreplay=0
 for t in "$B"/fuzz-replay/*; do
