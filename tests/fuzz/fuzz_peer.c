@@ -3,8 +3,10 @@
  *
  * The input is one frame as node 1 of a three-node cluster (2 shards, 3
  * replicas each) receives it. Before the frame, node 1 starts on the
- * seeded state of fuzz.h and a scripted node 2 elects it leader of shard
- * 0 (term 2) and makes itself leader of shard 1 (term 2, node 1 follows),
+ * seeded state of fuzz.h (its prepared transactions' deadline passes at
+ * 900 ms, after the frame, so a recovery sweep runs during the input) and
+ * a scripted node 2 elects it leader of shard 0 (term 2) and makes itself
+ * leader of shard 1 (term 2, node 1 follows),
  * so the frame meets both sides of Raft. The frame goes through
  * wire_decode and, as kvnode does for a batch whose routing id is
  * "n<from>", to replica_peer: Raft messages of both shards, snapshot

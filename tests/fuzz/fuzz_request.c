@@ -4,12 +4,15 @@
  * The input is one frame as it arrives on a node's ROUTER socket from a
  * client. Node 1 of a two-node cluster (4 shards, one replica each: node 1
  * leads shards 0 and 2, node 2 holds 1 and 3, whose traffic goes nowhere)
- * starts on the seeded state of fuzz.h, elects itself, and then takes the
- * frame: wire_decode, then the status answer or replica_request (key,
- * value and transaction checks, procedure calls, reads and writes through
- * Raft, cross-shard transactions coordinated through the other node). It
- * runs 60 loop iterations (600 ms of fake time: longer than the
- * configured request and transaction timeouts, so waits end).
+ * starts on the seeded state of fuzz.h (its prepared transaction's
+ * deadline passes at 200 ms, so recovery aborts it during the run),
+ * elects itself, and then takes the frame: wire_decode, then the status
+ * answer or replica_request (key, value and transaction checks, procedure
+ * calls, reads and writes through Raft, cross-shard transactions
+ * coordinated through the other node). It runs 10 loop iterations, then
+ * takes a plain write and runs 50 more (630 ms of fake time in all:
+ * longer than the configured request and transaction timeouts, so waits
+ * end).
  *
  * Findings besides crashes, leaks and undefined behaviour: a client frame
  * that stops the node, an answer that does not encode or goes to a
