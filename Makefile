@@ -213,7 +213,13 @@ $(B)/fuzz-gen/corpus_gen: $(B)/obj/tests/fuzz/corpus_gen.o $(FUZZ_HARNESS) $(B)/
 fuzz-corpus: $(B)/fuzz-gen/corpus_gen
 	$(B)/fuzz-gen/corpus_gen tests/fuzz/corpus
 
+# The libFuzzer builds exist only with FUZZ=1 (clang).
+ifeq ($(FUZZ),1)
 fuzz-build: deps-check $(FUZZ_BINS) $(PROC_SOS)
+else
+fuzz-build: fuzz-deps
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-build
+endif
 
 # Builds the targets with clang (FUZZ=1, into build/fuzz) and runs each for
 # FUZZ_SECONDS over tests/fuzz/corpus/NAME; new inputs go to
