@@ -3859,6 +3859,17 @@ struct txn_list {
     bool failed;
 };
 
+/* How long ago (ms, negative: ahead) a transaction of DEADLINE began, at
+ * NOW: the deadline comes from a stored record or a peer's call, so any
+ * value must give an answer, saturated to the range of an int64. */
+static int64_t age_since(uint64_t now, uint64_t deadline, uint32_t timeout)
+{
+    uint64_t began = deadline > timeout ? deadline - timeout : 0;
+    if (now >= began)
+        return now - began > INT64_MAX ? INT64_MAX : (int64_t)(now - began);
+    return began - now > INT64_MAX ? -INT64_MAX : -(int64_t)(began - now);
+}
+
 /* Adds one transaction to a shard's status. */
 static int list_txn(void *arg, const struct engine_txn_info *t)
 {
@@ -3887,8 +3898,7 @@ static int list_txn(void *arg, const struct engine_txn_info *t)
                                                   : "aborted";
     x->home = t->state < 0 ? t->home : si->shard;
     x->deadline_ms = t->deadline_ms;
-    x->age_ms = (int64_t)tl->now -
-                ((int64_t)t->deadline_ms - tl->r->conf->txn_timeout_ms);
+    x->age_ms = age_since(tl->now, t->deadline_ms, tl->r->conf->txn_timeout_ms);
     x->keys = t->nkeys;
     si->txns[si->n_txns++] = x;
     return 0;

@@ -64,7 +64,7 @@ for t in "$@"; do
         echo "--- PASS fuzz $t"
     else
         echo "--- FAIL fuzz $t (exit $rc): the report, from $log:"
-        grep -E 'ERROR|finding|SUMMARY|Test unit written|deadly signal' "$log" |
+        grep -E 'ERROR|finding|runtime error|SUMMARY|Test unit written' "$log" |
             head -n 20 | sed 's/^/    /'
         echo "    reproduce: build/fuzz-replay/$t FILE (make), or $bin FILE"
         failed="$failed $t"
