@@ -160,7 +160,8 @@ static uint32_t peer_id(struct harness *h, uint8_t b)
     return (uint32_t)(b % (h->npeers + 2)); /* 0 and npeers+1: no member */
 }
 
-/* Reads a message: every field from the input, small numbers. */
+/* Reads a message: every field from the input, small numbers (and with
+ * flags 8 and 16 any numbers). */
 static void step(struct harness *h, struct fuzz_in *in)
 {
     struct raft_entry es[8];
@@ -179,13 +180,21 @@ static void step(struct harness *h, struct fuzz_in *in)
     m.context = fuzz_u8(in);
     if (flags & 8) /* large numbers too */
         m.index = fuzz_u64(in);
+    if (flags & 16) {
+        m.term = fuzz_u64(in);
+        m.log_term = m.term - fuzz_u8(in);
+        m.commit = fuzz_u64(in);
+        m.reject_hint = fuzz_u64(in);
+        m.context = fuzz_u64(in);
+    }
     size_t n = fuzz_u8(in) % 9;
     for (size_t k = 0; k < n; k++) {
         size_t len = fuzz_u8(in) % 33;
         size_t got = 0;
         const uint8_t *p = fuzz_bytes(in, len, &got);
         memcpy(data[k], p, got);
-        es[k] = (struct raft_entry){.term = fuzz_u8(in),
+        uint8_t t = fuzz_u8(in);
+        es[k] = (struct raft_entry){.term = (flags & 16) ? m.term - t : t,
                                     .index = (flags & 4) ? fuzz_u8(in)
                                                          : m.index + 1 + k,
                                     .type = fuzz_u8(in) % 3,
@@ -217,8 +226,10 @@ static void run_op(struct harness *h, struct fuzz_in *in)
     switch (op) {
     case 0: {
         int n = 1 + fuzz_u8(in) % 32;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             raft_tick(h->r);
+            check(h); /* each tick is an input of its own */
+        }
         break;
     }
     case 1:
@@ -342,6 +353,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(&h);
     for (int i = 0; i < MAX_OPS && in.left; i++) {
         run_op(&h, &in);
+        if (log_enabled(LOG_DEBUG)) {
+            struct raft_status st;
+            raft_get_status(h.r, &st);
+            log_msg(LOG_DEBUG, "status",
+                    "role=%d term=%llu leader=%u commit=%llu applied=%llu "
+                    "last=%llu",
+                    (int)st.role, (unsigned long long)st.term, st.leader,
+                    (unsigned long long)st.commit,
+                    (unsigned long long)st.applied,
+                    (unsigned long long)st.last_index);
+        }
         check(&h);
         drain(&h);
     }
