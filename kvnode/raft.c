@@ -1208,9 +1208,14 @@ static int validate(const struct raft *r, const struct raft_msg *m)
         return RAFT_EINVAL;
     if (m->log_term > m->term)
         return RAFT_EINVAL;
+    /* An index at the top of the space (a snapshot there, an append up to
+     * UINT64_MAX) made loops to the last index wrap, a term there the next
+     * election's term. */
+    if (m->index >= RAFT_MAX_INDEX ||
+        m->n_entries >= RAFT_MAX_INDEX - m->index || m->term >= RAFT_MAX_TERM)
+        return RAFT_EINVAL;
     if (m->n_entries > 0) {
-        if (m->type != RAFT_MSG_APPEND || !m->entries ||
-            m->n_entries > UINT64_MAX - m->index)
+        if (m->type != RAFT_MSG_APPEND || !m->entries)
             return RAFT_EINVAL;
         uint64_t t = m->log_term;
         for (size_t k = 0; k < m->n_entries; k++) {
@@ -1351,6 +1356,8 @@ int raft_propose(struct raft *r, const void *data, size_t len, uint64_t *index)
         return RAFT_ENOTLEADER;
     if (r->transferee != RAFT_NONE)
         return RAFT_EBUSY;
+    if (last_index(r) + 1 >= RAFT_MAX_INDEX)
+        return RAFT_EINVAL; /* the log is full */
     struct raft_entry e = {.term = r->term,
                            .index = last_index(r) + 1,
                            .type = RAFT_ENTRY_NORMAL,
@@ -1714,7 +1721,9 @@ static bool valid_init(const struct raft_config *cfg,
         return false;
     if (in->hs.vote != RAFT_NONE && !is_member(cfg, in->hs.vote))
         return false;
-    if (in->n_entries > UINT64_MAX - in->snap_index)
+    if (in->snap_index >= RAFT_MAX_INDEX ||
+        in->n_entries >= RAFT_MAX_INDEX - in->snap_index ||
+        in->hs.term >= RAFT_MAX_TERM)
         return false;
     uint64_t t = in->snap_term;
     for (size_t k = 0; k < in->n_entries; k++) {

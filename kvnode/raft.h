@@ -36,6 +36,14 @@
 
 #define RAFT_NONE 0u /* no node: "no vote", "no leader" */
 
+/* Log indices stay below RAFT_MAX_INDEX and terms below RAFT_MAX_TERM
+ * (2^62 each), so that arithmetic on them (a loop up to the last index, a
+ * sum, the next term) never wraps: messages and stored states that reach
+ * them are refused, and a log that reaches RAFT_MAX_INDEX takes no more
+ * proposals (RAFT_EINVAL). No real log or election gets there. */
+#define RAFT_MAX_INDEX (1ull << 62)
+#define RAFT_MAX_TERM (1ull << 62)
+
 /* Results (negative, like KV_E* codes but private to raft). */
 #define RAFT_OK 0
 #define RAFT_ENOTLEADER (-1) /* a proposal or read on a non-leader */

@@ -1067,6 +1067,27 @@ START_TEST(malformed_or_misaddressed_messages_are_refused)
     m.n_entries = 2;
     m.commit = 2;
     ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    /* Indices at the top of the space: loops up to the last index would
+     * wrap (found by tests/fuzz/fuzz_records.c through a snapshot). */
+    m = msg(RAFT_MSG_SNAPSHOT, 2, 1, 1);
+    m.index = UINT64_MAX - 1;
+    m.log_term = 1;
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    m.index = RAFT_MAX_INDEX;
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    struct raft_entry top = {.index = RAFT_MAX_INDEX, .term = 1};
+    m = msg(RAFT_MSG_APPEND, 2, 1, 1);
+    m.index = RAFT_MAX_INDEX - 1;
+    m.log_term = 1;
+    m.entries = &top;
+    m.n_entries = 1;
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    /* A term at the top: the next election's term wrapped to 0 (found by
+     * tests/fuzz/fuzz_raft.c). */
+    m = msg(RAFT_MSG_HEARTBEAT, 2, 1, UINT64_MAX);
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    m.term = RAFT_MAX_TERM;
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
     struct raft_status st;
     raft_get_status(r, &st);
     ck_assert_uint_eq(st.term, 0);
@@ -1116,6 +1137,24 @@ START_TEST(bad_configurations_and_impossible_stored_states_are_refused)
     in.hs.vote = 9; /* vote for a stranger */
     ck_assert_ptr_null(raft_new(&c, &in));
     in.hs.vote = 2;
+    struct raft_init top = {.hs = {.term = 1, .commit = RAFT_MAX_INDEX},
+                            .snap_index = RAFT_MAX_INDEX,
+                            .snap_term = 1,
+                            .applied = RAFT_MAX_INDEX};
+    ck_assert_ptr_null(raft_new(&c, &top)); /* at the top of the indices */
+    struct raft_init high = {.hs = {.term = UINT64_MAX}};
+    ck_assert_ptr_null(raft_new(&c, &high)); /* a term at the top */
+    /* Just below it, a leader's no-op fills the log: no more proposals. */
+    struct raft_config one = mk_config(1, 1, &plain, 9);
+    top.hs.commit = top.snap_index = top.applied = RAFT_MAX_INDEX - 2;
+    struct raft *full = raft_new(&one, &top);
+    ck_assert_ptr_nonnull(full);
+    raft_campaign(full);
+    expect_ok(full);
+    uint64_t idx = 0;
+    ck_assert_int_eq(raft_propose(full, "x", 1, &idx), RAFT_EINVAL);
+    ck_assert_uint_eq(raft_last_index(full), RAFT_MAX_INDEX - 1);
+    raft_free(full);
     terms[0] = 0; /* an entry of term 0: terms start at 1 */
     fill_log(ents, terms, 3);
     ck_assert_ptr_null(raft_new(&c, &in));

@@ -137,6 +137,42 @@ START_TEST(a_far_deadline_lists_a_transaction_as_not_begun)
 }
 END_TEST
 
+/* A store whose snapshot point is at the top of the index space (a peer's
+ * snapshot could put it there) is refused when the replica opens: taken,
+ * it made compaction add to the snapshot point, wrap and divide by zero,
+ * killing the node with SIGFPE at its first loop iteration (found by
+ * tests/fuzz/fuzz_records.c; tests/fuzz/corpus/peer/
+ * snapshot-at-the-last-index does it with a snapshot chunk). */
+START_TEST(a_snapshot_point_at_the_top_index_is_refused)
+{
+    const uint64_t top = UINT64_MAX - 1;
+    unsigned char hk[5] = {'H', 0, 0, 0, 0}, hv[36];
+    unsigned char ak[5] = {'A', 0, 0, 0, 0}, av[16];
+    put_u64(hv, 1);        /* term */
+    put_u32(hv + 8, 0);    /* vote */
+    put_u64(hv + 12, top); /* commit */
+    put_u64(hv + 20, top); /* snapshot index */
+    put_u64(hv + 28, 1);   /* snapshot term */
+    put_u64(av, top);      /* applied */
+    put_u64(av + 8, 0);    /* keys */
+    struct store_batch *b = store_batch_new();
+    ck_assert_ptr_nonnull(b);
+    store_batch_put(b, hk, sizeof(hk), hv, sizeof(hv));
+    store_batch_put(b, ak, sizeof(ak), av, sizeof(av));
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+    struct replica_env env = {.send = env_send, .reply = env_reply};
+    char err[256] = "";
+    int rc = replica_open(conf, 1, st, &env, 7, &rep, err, sizeof(err));
+    for (int i = 0; rc == KV_OK && i < 5; i++) {
+        ck_assert_int_eq(replica_flush(rep), KV_OK);
+        replica_tick(rep);
+    }
+    ck_assert_int_ne(rc, KV_OK);
+    ck_assert_ptr_null(rep);
+}
+END_TEST
+
 /* The replica suite. */
 Suite *replica_suite(void)
 {
@@ -144,6 +180,10 @@ Suite *replica_suite(void)
     TCase *tc = tcase_create("status");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, a_far_deadline_lists_a_transaction_as_not_begun);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("open");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, a_snapshot_point_at_the_top_index_is_refused);
     suite_add_tcase(s, tc);
     return s;
 }
