@@ -43,6 +43,7 @@
 #include "kv.h"
 #include "lincheck.h"
 #include "log.h"
+#include "proc.h"
 #include "raft.h"
 #include "replica.h"
 #include "shard.h"
@@ -892,9 +893,11 @@ static void free_sim(struct sim *s)
     store_sim_reset();
 }
 
-/* Runs one seed of SCENARIO. Returns 0 when it passed. */
+/* Runs one seed of SCENARIO, its nodes running the procedures of PROCS.
+ * Returns 0 when it passed. */
 static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
-                    int verbose, const char *argv0, struct totals *tot)
+                    int verbose, const char *argv0,
+                    const struct proc_registry *procs, struct totals *tot)
 {
     struct sim *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -902,6 +905,7 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
         return 1;
     }
     s->seed = seed;
+    s->procs = procs;
     s->verbose = verbose > 0;
     s->log_level = verbose > 1 ? LOG_DEBUG : LOG_INFO;
     s->max_events = max_events;
@@ -1077,6 +1081,15 @@ int main(int argc, char **argv)
         replay = true;
     }
     log_setup(LOG_OFF, NULL);
+    /* One registry of the built-in procedures for every node of every
+     * seed: it holds no state between calls. */
+    struct proc_registry *procs = NULL;
+    char perr[256] = "";
+    if (proc_registry_open(NULL, 0, &procs, perr, sizeof(perr)) != KV_OK) {
+        fprintf(stderr, "sim: cannot open the procedure registry: %s\n",
+                perr);
+        return 1;
+    }
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1092,7 +1105,8 @@ int main(int argc, char **argv)
         if (scenario == SC_ALL && n > directed_seeds[sc])
             n = directed_seeds[sc];
         for (uint64_t k = 0; k < n; k++) {
-            run_seed(first + k, sc, max_events, verbose, argv[0], &tot);
+            run_seed(first + k, sc, max_events, verbose, argv[0], procs,
+                     &tot);
             if (tot.seeds % 100 == 0)
                 printf("sim: %llu seeds run, %llu failed, %.1f s\n",
                        (unsigned long long)tot.seeds,
@@ -1139,6 +1153,7 @@ int main(int argc, char **argv)
                (unsigned long long)tot.st.inflight_crashes,
                (unsigned long long)tot.st.tombstones,
                (unsigned long long)tot.st.tomb_gc_seeds);
+    proc_registry_close(procs);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
            (unsigned long long)tot.failed);

@@ -28,6 +28,7 @@
 
 struct conf;
 struct lin_history;
+struct proc_registry;
 struct lin_report;
 struct replica;
 struct store;
@@ -265,6 +266,9 @@ struct sim {
     bool verbose;
     int log_level; /* enum log_level of the nodes' lines when verbose */
     struct conf *conf;
+    /* the procedures every node runs (the built-ins), opened once per run
+     * by main and borrowed by every seed */
+    const struct proc_registry *procs;
     struct sim_node nodes[SIM_MAX_NODES];
     struct sim_client clients[SIM_MAX_CLIENTS];
     int nclients;
