@@ -23,7 +23,9 @@
  * cut-off leader takes writes it cannot commit, then is sent a snapshot
  * that ends inside its stale log), "bank" (cross-shard transfers and
  * audits under the random faults, failpoint crashes in the middle of
- * two-phase commit, and crashes of transactions' nodes: sim_bank.c).
+ * two-phase commit, and crashes of transactions' nodes: sim_bank.c),
+ * "counter" (calls of the procedure incr on a few hot keys, with gets and
+ * puts, under the random faults: sim_counter.c).
  * "all" (the default) runs "random" on every seed and each directed one on
  * the first few seeds.
  *
@@ -59,21 +61,30 @@ enum sim_scenario {
     SC_RESTART,
     SC_STALE_TAIL,
     SC_BANK,
+    SC_COUNTER,
     SC_COUNT,
     SC_ALL = SC_COUNT,
 };
 
-static const char *scenario_names[] = {"random",     "leader-crash", "snapshot",
-                                       "restart",    "stale-tail",   "bank",
-                                       "all"};
+static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
+                                       "restart", "stale-tail",   "bank",
+                                       "counter", "all"};
 
 #define DEFAULT_SEEDS 100
 #define DEFAULT_MAX_EVENTS 4000000u
-#define BANK_SEEDS 200 /* bank seeds of "all" (about 30 ms each) */
+#define BANK_SEEDS 200    /* bank seeds of "all" (about 30 ms each) */
+#define COUNTER_SEEDS 100 /* counter seeds of "all" */
 /* "all": how many seeds each scenario runs at most (random: every seed);
  * the snapshot ones load 12,000 writes and cost about 1-2 s a seed. */
-static const uint64_t directed_seeds[] = {UINT64_MAX, 20, 5, 20, 5,
-                                          BANK_SEEDS};
+static const uint64_t directed_seeds[] = {
+    UINT64_MAX,    /* random */
+    20,            /* leader-crash */
+    5,             /* snapshot */
+    20,            /* restart */
+    5,             /* stale-tail */
+    BANK_SEEDS,    /* bank */
+    COUNTER_SEEDS, /* counter */
+};
 _Static_assert(sizeof(directed_seeds) / sizeof(directed_seeds[0]) == SC_COUNT,
                "one seed count per scenario");
 #define SIM_TIME_LIMIT_MS 600000 /* no seed runs longer (simulated) */
@@ -614,7 +625,7 @@ static void scenario_step(struct sim *s)
     case SC_BANK:
         sim_bank_faults(s);
         break;
-    default:
+    default: /* random, counter: the fault schedule only */
         break;
     }
 }
@@ -713,6 +724,25 @@ static void choose_params(struct sim *s, int scenario)
         p->tomb_gc = s->seed % 2 == 0; /* not from G: seeds stay as they were */
         break;
     }
+    case SC_COUNTER:
+        p->nnodes = sim_below(g, 4) == 0 ? 5 : 3;
+        p->nshards = (int)sim_range(g, 2, 4);
+        p->nkeys = 3;
+        p->nclients = 2; /* register clients beside the counters */
+        p->ncounter = (int)sim_range(g, 3, 8);
+        p->ncounters = (int)sim_range(g, 3, SIM_MAX_COUNTERS);
+        p->counter_puts = sim_below(g, 3) == 0;
+        p->counter_down = sim_below(g, 3) == 0;
+        p->run_ms = sim_range(g, 4000, 10000);
+        p->loss_ppm =
+            sim_below(g, 4) == 0 ? 0 : (uint32_t)sim_range(g, 0, 100000);
+        p->dup_ppm = (uint32_t)sim_range(g, 0, 50000);
+        p->slow_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->delay_max = (uint32_t)sim_range(g, 5, 30);
+        p->ancient_ppm = (uint32_t)sim_range(g, 0, 2000);
+        p->drift = sim_below(g, 3) == 0;
+        p->faults = true;
+        break;
     case SC_STALE_TAIL:
         p->nshards = 2;
         p->nkeys = 3;
@@ -848,6 +878,8 @@ static void phase_step(struct sim *s)
             sim_check_final(s);
             if (s->p.nbank && !s->failed)
                 sim_bank_check_final(s);
+            if (s->p.ncounters && !s->failed)
+                sim_counter_check_final(s);
             s->phase = SIM_PH_DONE;
         } else if (s->now > s->phase_deadline) {
             if (s->p.nbank)
@@ -888,6 +920,7 @@ static void free_sim(struct sim *s)
     }
     sim_net_free(s);
     sim_check_free(s);
+    sim_counter_free(s);
     lin_free(s->hist);
     conf_free(s->conf);
     store_sim_reset();
@@ -917,8 +950,11 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
         sim_fail(s, "out of memory (history)");
     if (s->p.nbank)
         s->st.bank_seeds = 1;
+    if (s->p.ncounters)
+        s->st.counter_seeds = 1;
     if (!s->failed && build_conf(s) == 0 && build_keys(s) == 0 &&
-        (!s->p.nbank || sim_bank_keys(s) == 0)) {
+        (!s->p.nbank || sim_bank_keys(s) == 0) &&
+        (!s->p.ncounters || sim_counter_keys(s) == 0)) {
         for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
             struct sim_node *n = &s->nodes[i];
             n->sim = s;
@@ -1010,7 +1046,8 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
 static void usage(void)
 {
     fprintf(stderr, "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
-                    "random|leader-crash|snapshot|restart|stale-tail|bank|all] "
+                    "random|leader-crash|snapshot|restart|stale-tail|bank|"
+                    "counter|all] "
                     "[--verbose [--verbose]]\n"
                     "  env KV_SIM_SEED=S replays exactly seed S\n");
 }
@@ -1153,6 +1190,24 @@ int main(int argc, char **argv)
                (unsigned long long)tot.st.inflight_crashes,
                (unsigned long long)tot.st.tombstones,
                (unsigned long long)tot.st.tomb_gc_seeds);
+    if (tot.st.counter_seeds)
+        printf("sim: counter (%llu seeds): incrs %llu acknowledged, %llu "
+               "unknown; answers retried: %llu unavailable, %llu timed out "
+               "in a leader's queue; %llu late answers matched the first; "
+               "gets %llu (%llu absent), %llu given up; puts %llu "
+               "acknowledged, %llu refused (condition), %llu unknown\n",
+               (unsigned long long)tot.st.counter_seeds,
+               (unsigned long long)tot.st.incr_ok,
+               (unsigned long long)tot.st.incr_unknown,
+               (unsigned long long)tot.st.incr_unavailable,
+               (unsigned long long)tot.st.incr_timedout,
+               (unsigned long long)tot.st.incr_late,
+               (unsigned long long)tot.st.cget_ok,
+               (unsigned long long)tot.st.cget_absent,
+               (unsigned long long)tot.st.cget_dropped,
+               (unsigned long long)tot.st.cput_ok,
+               (unsigned long long)tot.st.cput_failed,
+               (unsigned long long)tot.st.cput_unknown);
     proc_registry_close(procs);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
