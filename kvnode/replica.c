@@ -2611,6 +2611,35 @@ done:
     wire_free(env);
 }
 
+/* On the leader of G: the effects F, just applied, did not write what G
+ * predicted when they were proposed (a condition no longer held, or the
+ * entry was a retry answered from the session). Entries proposed after
+ * them on the same keys were evaluated on that prediction and will be
+ * stale too, and so would every call evaluated on theirs: a stale call
+ * evaluated again at once reads the newest prediction, itself from a
+ * doomed entry, and the chain renews itself as long as calls keep coming.
+ * Until everything proposed so far is applied, the keys it wrote (and with
+ * ALL_KEYS the keys it read) are unknown: calls on them wait for that
+ * apply, and the doomed entries cost one re-evaluation each. */
+static void forget_predictions(struct group *g, const Kv__ProcEffect *f,
+                               bool all_keys)
+{
+    uint64_t last = raft_last_index(g->raft);
+    for (size_t i = 0; i < f->n_ops; i++) {
+        const Kv__TxnOp *op = f->ops[i];
+        if (!all_keys && op->kind != KV__TXN_OP__KIND__PUT &&
+            op->kind != KV__TXN_OP__KIND__DEL)
+            continue;
+        if (pending_note(g->pend, last, op->key.data, op->key.len,
+                         PENDING_UNKNOWN, NULL, 0) != KV_OK) {
+            /* Out of memory: predict nothing; calls wait for this apply. */
+            pending_clear(g->pend);
+            g->lead_from = last;
+            return;
+        }
+    }
+}
+
 /* Applies a procedure's effects; W (if any) gets the outcome. */
 static int apply_effect(struct replica *r, struct group *g, uint64_t index,
                         const Kv__Command *cmd, struct waiter *w)
@@ -2651,6 +2680,11 @@ static int apply_effect(struct replica *r, struct group *g, uint64_t index,
         free(reply);
         return rc; /* storage failure: the node stops */
     }
+    /* Written as predicted: with the outcome KV_OK and the entry's own
+     * index as the version (a retry answered from the session carries the
+     * first call's version). */
+    if (g->role == RAFT_LEADER && (rc != KV_OK || version != index))
+        forget_predictions(g, f, rc == ENGINE_ESTALE);
     r->stats.applied++;
     if (w) {
         w->done = true;
