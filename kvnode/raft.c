@@ -130,8 +130,12 @@ struct raft {
     bool pre_vote;
     bool check_quorum;
     bool boot_quiet;
-    int boot_elapsed; /* ticks since raft_new, up to election_ticks */
-    bool transferred; /* a transfer was started in this leader's term */
+    bool await_leader;    /* rebuilt: no vote, no campaign (see
+                             await_heartbeat) */
+    uint64_t await_term;  /* the term of await_round */
+    uint64_t await_round; /* the first heartbeat round heard in it */
+    int boot_elapsed;     /* ticks since raft_new, up to election_ticks */
+    bool transferred;     /* a transfer was started in this leader's term */
     uint64_t rng;
 
     /* hard and soft state */
@@ -660,10 +664,24 @@ static void bcast_append(struct raft *r, bool send_empty)
             send_append(r, &r->prs[i], send_empty);
 }
 
+/* The latest heartbeat round of this leader that every other member has
+ * acknowledged (0: none yet). */
+static uint64_t round_acked_by_all(const struct raft *r)
+{
+    uint64_t lo = UINT64_MAX;
+    for (size_t i = 0; i < r->npeers; i++)
+        if (r->prs[i].id != r->id)
+            lo = min_u64(lo, r->prs[i].ack_round);
+    return lo == UINT64_MAX ? 0 : lo;
+}
+
 /* One heartbeat round: every heartbeat carries the round number, which a
- * ReadIndex request waits to see acknowledged by a majority. */
+ * ReadIndex request waits to see acknowledged by a majority, and the
+ * latest round every member acknowledged (for a rebuilt replica: see
+ * await_heartbeat). */
 static void bcast_heartbeat(struct raft *r)
 {
+    uint64_t all = round_acked_by_all(r);
     r->read_round++;
     r->hb_pending = false;
     for (size_t i = 0; i < r->npeers; i++) {
@@ -675,6 +693,7 @@ static void bcast_heartbeat(struct raft *r)
             continue;
         m->commit = min_u64(pr->match, r->commit);
         m->context = r->read_round;
+        m->index = all;
     }
 }
 
@@ -922,9 +941,12 @@ static bool up_to_date(const struct raft *r, uint64_t lterm, uint64_t lindex)
 static int on_vote_request(struct raft *r, const struct raft_msg *m)
 {
     bool pre = m->type == RAFT_MSG_PREVOTE;
-    bool can = r->vote == m->from ||
-               (r->vote == RAFT_NONE && r->leader == RAFT_NONE) ||
-               (pre && m->term > r->term);
+    /* A replica that lost its votes may have voted in this term already:
+     * it answers no until a leader is heard (raft_awaits_leader). */
+    bool can =
+        !r->await_leader && (r->vote == m->from ||
+                             (r->vote == RAFT_NONE && r->leader == RAFT_NONE) ||
+                             (pre && m->term > r->term));
     bool grant = can && up_to_date(r, m->log_term, m->index);
     struct raft_msg *resp = send_msg(
         r, pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP, m->from, 0);
@@ -1056,8 +1078,10 @@ static int step_follower(struct raft *r, const struct raft_msg *m)
         r->leader = m->from;
         return on_snapshot(r, m);
     case RAFT_MSG_TIMEOUT_NOW:
-        /* Leadership transfer: no pre-vote, and the votes say so. */
-        campaign(r, false, true);
+        /* Leadership transfer: no pre-vote, and the votes say so. A
+         * replica waiting for a leader has heard none, so this is stale. */
+        if (!r->await_leader)
+            campaign(r, false, true);
         return RAFT_OK;
     default:
         return RAFT_OK;
@@ -1199,6 +1223,31 @@ static int answer_stale(struct raft *r, const struct raft_msg *m)
     return RAFT_OK;
 }
 
+/* A replica that lost its state (raft_init.no_vote_until_leader) hears a
+ * heartbeat of the leader of its term. Raft 5.2 allows one vote per term,
+ * and the votes it cast before are forgotten. Any term T it voted in is no
+ * later than the term its candidate had then, and every server's term only
+ * grows. So once every other member has acknowledged, in this term, a
+ * heartbeat round sent after the loss (the first round this replica heard:
+ * a heartbeat's index names the latest round every member acknowledged),
+ * this term is at least T. Recording the leader as its vote in this term,
+ * the replica votes only in later terms, never twice in one. Merely
+ * hearing a leader would not do: a stale leader's term can be below T. */
+static void await_heartbeat(struct raft *r, const struct raft_msg *m)
+{
+    if (m->context == 0)
+        return; /* not a numbered round */
+    if (r->await_term != r->term || r->await_round == 0) {
+        r->await_term = r->term;
+        r->await_round = m->context;
+    }
+    if (m->index < r->await_round)
+        return;
+    r->await_leader = false;
+    if (r->vote == RAFT_NONE)
+        r->vote = m->from;
+}
+
 /* Refuses what no correct peer sends: it could break invariants. */
 static int validate(const struct raft *r, const struct raft_msg *m)
 {
@@ -1226,6 +1275,10 @@ static int validate(const struct raft *r, const struct raft_msg *m)
     case RAFT_MSG_APPEND:
         if (m->index > 0 && m->log_term == 0)
             return RAFT_EINVAL;
+        break;
+    case RAFT_MSG_HEARTBEAT:
+        if (m->index && m->index >= m->context)
+            return RAFT_EINVAL; /* a round acknowledged before it was sent */
         break;
     case RAFT_MSG_SNAPSHOT:
         if (m->index == 0 || m->log_term == 0)
@@ -1274,6 +1327,8 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     }
     if (m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE)
         return on_vote_request(r, m);
+    if (r->await_leader && m->type == RAFT_MSG_HEARTBEAT)
+        await_heartbeat(r, m);
     return r->step(r, m);
 }
 
@@ -1325,7 +1380,8 @@ void raft_tick(struct raft *r)
     }
     if (++r->elapsed >= r->timeout) {
         r->elapsed = 0;
-        campaign(r, r->pre_vote, false);
+        if (!r->await_leader)
+            campaign(r, r->pre_vote, false);
     }
 }
 
@@ -1335,7 +1391,7 @@ void raft_campaign(struct raft *r)
     if (!r)
         return;
     begin_input(r);
-    if (r->role != RAFT_LEADER)
+    if (r->role != RAFT_LEADER && !r->await_leader)
         campaign(r, r->pre_vote, false);
 }
 
@@ -1489,6 +1545,11 @@ int raft_compact(struct raft *r, uint64_t index)
 }
 
 /* The term of INDEX, or 0 when it is compacted or beyond the log. */
+bool raft_awaits_leader(const struct raft *r)
+{
+    return r && r->await_leader;
+}
+
 uint64_t raft_last_index(const struct raft *r)
 {
     return r ? last_index(r) : 0;
@@ -1768,6 +1829,7 @@ struct raft *raft_new(const struct raft_config *cfg,
     r->pre_vote = cfg->pre_vote;
     r->check_quorum = cfg->check_quorum;
     r->boot_quiet = cfg->boot_quiet;
+    r->await_leader = init->no_vote_until_leader;
     /* Mix the id in, so replicas given the same seed still differ. */
     r->rng = cfg->seed ^ ((uint64_t)cfg->id * 0xd1b54a32d192ed03ull);
 
@@ -1912,6 +1974,12 @@ int raft_check_invariants(const struct raft *r, char *why, size_t whylen)
     }
     if (r->vote != RAFT_NONE && !find_pr(r, r->vote))
         BROKEN("vote for non-member %u", r->vote);
+    if (r->await_leader && r->role != RAFT_FOLLOWER)
+        BROKEN("replica %u waits for a leader, yet is a %s", r->id,
+               r->role == RAFT_LEADER ? "leader" : "candidate");
+    if (r->await_leader && r->vote != RAFT_NONE && r->vote != r->chk_vote)
+        BROKEN("replica %u voted for %u while waiting for a leader", r->id,
+               r->vote);
     switch (r->role) {
     case RAFT_LEADER:
         if (r->leader != r->id || r->vote != r->id)
