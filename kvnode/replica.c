@@ -6,6 +6,11 @@
  *   "L" shard index(u64) a log entry (kv.LogEntry)
  *   "Z" shard store-key  a record of a snapshot being received (staging)
  *   "N" shard            a snapshot install in progress: index, term, phase
+ *   "R" shard            the replica was rebuilt (kvnode --rebuild) and has
+ *                        not yet heard a current leader: it must not vote
+ *                        (raft_init.no_vote_until_leader); removed in the
+ *                        batch that stores the hard state recording the
+ *                        leader as its vote
  * The engine owns "A", "D", "S", "I", "P" and "X" (see engine.h).
  *
  * A snapshot is the shard's applied state read through a LevelDB snapshot
@@ -65,9 +70,9 @@ struct waiter {
     int kind;           /* W_* : what the answer carries */
     uint64_t *versions; /* txn: one per op (malloc()ed), NULL until applied */
     size_t nversions;
-    size_t failed_op; /* txn conflict: 1-based op index (0: unknown) */
-    int state;        /* W_STATE: the transaction record's state */
-    Kv__Envelope *env; /* W_CALL: the call, evaluated again if stale */
+    size_t failed_op;     /* txn conflict: 1-based op index (0: unknown) */
+    int state;            /* W_STATE: the transaction record's state */
+    Kv__Envelope *env;    /* W_CALL: the call, evaluated again if stale */
     unsigned char *reply; /* W_CALL: the recorded reply (malloc()ed) */
     size_t rlen;
     int attempts; /* W_CALL: evaluations found stale so far */
@@ -140,6 +145,7 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
+    bool rebuilt;      /* the "R" marker is stored: no vote yet */
     uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
     /* Procedure calls (leader only): predictions of what is proposed and
      * not applied, the index from which they cover the log, and calls
@@ -987,10 +993,28 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
     size_t ne = 0;
     if (rc == KV_OK)
         rc = load_group(r, g, &init, &es, &ne);
+    if (rc == KV_OK) {
+        unsigned char rk[5];
+        void *v = NULL;
+        size_t vlen = 0;
+        shard_key(rk, 'R', shard);
+        rc = store_get(r->store, rk, sizeof(rk), &v, &vlen);
+        free(v);
+        g->rebuilt = rc == KV_OK;
+        if (rc == KV_ENOTFOUND)
+            rc = KV_OK;
+    }
     if (rc != KV_OK) {
+        for (size_t i = 0; i < ne; i++)
+            free(es[i].data);
+        free(es);
         group_free(g);
         return rc;
     }
+    init.no_vote_until_leader = g->rebuilt;
+    if (g->rebuilt)
+        log_msg(LOG_WARN, "rebuilt replica: no vote until a current leader",
+                "shard=%u term=%llu", shard, (unsigned long long)g->hs.term);
     struct raft_config cfg = {.id = r->id,
                               .peers = g->members,
                               .npeers = g->nmembers,
@@ -1957,8 +1981,8 @@ static void hex_prefix(char out[17], const unsigned char *h)
 /* Whether the plugin (index PLUGIN; -1 for a built-in) defining NAME is the
  * same file on every node that reported its plugins; if not, MSG says how
  * they differ. */
-static bool plugin_agrees(const struct replica *r, int plugin,
-                          const char *name, char *msg, size_t msglen)
+static bool plugin_agrees(const struct replica *r, int plugin, const char *name,
+                          char *msg, size_t msglen)
 {
     if (plugin < 0 || !r->env.procs)
         return true;
@@ -2045,8 +2069,8 @@ static int view_get(void *arg, uint32_t shard, const void *key, size_t klen,
     return engine_get(v->r->engine, shard, key, klen, val, vlen, version);
 }
 
-static int view_scan(void *arg, const struct engine_scan *sc,
-                     engine_emit_fn fn, void *fnarg)
+static int view_scan(void *arg, const struct engine_scan *sc, engine_emit_fn fn,
+                     void *fnarg)
 {
     struct eval_view *v = arg;
     /* A scan sees the applied state, so nothing may be in flight: the
@@ -2061,9 +2085,8 @@ static int view_scan(void *arg, const struct engine_scan *sc,
 }
 
 /* What a read-only call reads: the applied state. */
-static int applied_get(void *arg, uint32_t shard, const void *key,
-                       size_t klen, void **val, size_t *vlen,
-                       uint64_t *version)
+static int applied_get(void *arg, uint32_t shard, const void *key, size_t klen,
+                       void **val, size_t *vlen, uint64_t *version)
 {
     struct replica *r = arg;
     return engine_get(r->engine, shard, key, klen, val, vlen, version);
@@ -2091,21 +2114,21 @@ static void note_pending(struct group *g, uint64_t index,
         break;
     }
     case KV__COMMAND__OP_DEL:
-        rc = pending_note(g->pend, index, cmd->del->key.data,
-                          cmd->del->key.len,
+        rc = pending_note(g->pend, index, cmd->del->key.data, cmd->del->key.len,
                           cmd->del->if_version ? PENDING_UNKNOWN : PENDING_DEL,
                           NULL, 0);
         break;
     case KV__COMMAND__OP_TXN:
     case KV__COMMAND__OP_TXN_PREPARE: {
-        size_t n = cmd->op_case == KV__COMMAND__OP_TXN ? cmd->txn->n_ops
-                                                       : cmd->txn_prepare->n_ops;
+        size_t n = cmd->op_case == KV__COMMAND__OP_TXN
+                       ? cmd->txn->n_ops
+                       : cmd->txn_prepare->n_ops;
         Kv__TxnOp **ops = cmd->op_case == KV__COMMAND__OP_TXN
                               ? cmd->txn->ops
                               : cmd->txn_prepare->ops;
         for (size_t i = 0; i < n && rc == KV_OK; i++)
-            rc = pending_note(g->pend, index, ops[i]->key.data,
-                              ops[i]->key.len, PENDING_UNKNOWN, NULL, 0);
+            rc = pending_note(g->pend, index, ops[i]->key.data, ops[i]->key.len,
+                              PENDING_UNKNOWN, NULL, 0);
         break;
     }
     case KV__COMMAND__OP_EFFECT:
@@ -2289,8 +2312,8 @@ static void run_calls(struct replica *r)
         for (size_t i = 0; i < n; i++) {
             uint64_t wait = q[i].wait;
             if (wait <= applied &&
-                eval_call(r, g, q[i].client, q[i].clen, q[i].env,
-                          q[i].attempts, &wait) == EVAL_DONE) {
+                eval_call(r, g, q[i].client, q[i].clen, q[i].env, q[i].attempts,
+                          &wait) == EVAL_DONE) {
                 free(q[i].client);
                 continue;
             }
@@ -2320,8 +2343,7 @@ static void tick_calls(struct replica *r)
                 g->calls[keep++] = *q;
                 continue;
             }
-            reply_code(r, q->client, q->clen, q->env->request->id,
-                       KV_ETIMEDOUT,
+            reply_code(r, q->client, q->clen, q->env->request->id, KV_ETIMEDOUT,
                        "the call waited too long for writes in flight");
             free(q->client);
             wire_free(q->env);
@@ -2336,16 +2358,16 @@ static void serve_call(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req)
 {
     const Kv__CallRequest *c = req->call;
-    uint32_t shard = c->part ? c->shard
-                             : shard_of(c->key.data, c->key.len,
-                                        r->conf->shards);
-    struct proc_reader rd = {.arg = r, .get = applied_get, .scan = applied_scan};
+    uint32_t shard =
+        c->part ? c->shard : shard_of(c->key.data, c->key.len, r->conf->shards);
+    struct proc_reader rd = {
+        .arg = r, .get = applied_get, .scan = applied_scan};
     struct proc_limits lim = call_limits(r);
     struct proc_result res;
-    int rc = proc_run(r->env.procs, c->name, strlen(c->name), shard,
-                      r->conf->shards, c->part ? NULL : c->key.data,
-                      c->part ? 0 : c->key.len, c->arg.data, c->arg.len, &rd,
-                      &lim, &res);
+    int rc =
+        proc_run(r->env.procs, c->name, strlen(c->name), shard, r->conf->shards,
+                 c->part ? NULL : c->key.data, c->part ? 0 : c->key.len,
+                 c->arg.data, c->arg.len, &rd, &lim, &res);
     answer_call(r, client, clen, req->id, rc, rc == KV_OK ? "" : res.msg,
                 res.reply, res.rlen, 0);
     proc_result_free(&res);
@@ -2446,9 +2468,9 @@ static void finish_fanout(struct replica *r, struct fanout *f)
     uint32_t n = r->conf->shards;
     struct proc_limits lim = call_limits(r);
     struct proc_result res;
-    int rc = proc_merge(r->env.procs, f->name, strlen(f->name),
-                        (const void *const *)f->replies, f->lens, n, &lim,
-                        &res);
+    int rc =
+        proc_merge(r->env.procs, f->name, strlen(f->name),
+                   (const void *const *)f->replies, f->lens, n, &lim, &res);
     answer_call(r, f->client, f->clen, f->req_id, rc,
                 rc == KV_OK ? "" : res.msg, res.reply, res.rlen, 0);
     proc_result_free(&res);
@@ -2709,8 +2731,8 @@ static void finish_call(struct replica *r, struct group *g, struct waiter *w)
 static void take_plugins(struct replica *r, size_t pi, const Kv__PeerBatch *b)
 {
     struct peer_plugins *pp = &r->peer_plugins[pi];
-    struct proc_plugin *list = calloc(b->n_plugins ? b->n_plugins : 1,
-                                      sizeof(*list));
+    struct proc_plugin *list =
+        calloc(b->n_plugins ? b->n_plugins : 1, sizeof(*list));
     if (!list)
         return;
     size_t n = 0;
@@ -3615,6 +3637,16 @@ int replica_flush(struct replica *r)
             g->hs = rd->hs;
             stage_hardstate(r, g);
         }
+        if (g->rebuilt && !raft_awaits_leader(g->raft)) {
+            /* in the batch that stores the vote for that leader */
+            unsigned char rk[5];
+            shard_key(rk, 'R', s);
+            engine_stage_raw(r->engine, rk, sizeof(rk), NULL, 0);
+            g->rebuilt = false;
+            log_msg(LOG_INFO, "rebuilt replica heard a current leader",
+                    "shard=%u leader=%u term=%llu", s, rd->leader,
+                    (unsigned long long)rd->hs.term);
+        }
         for (size_t i = 0; i < rd->n_entries; i++) {
             rc = stage_entry(r, s, &rd->entries[i]);
             if (rc != KV_OK)
@@ -4048,6 +4080,40 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     }
     *out = r;
     return KV_OK;
+}
+
+int replica_mark_rebuilt(struct store *store, const struct conf *conf,
+                         uint32_t id, char *err, size_t errlen)
+{
+    if (conf->replicas < 3) {
+        snprintf(err, errlen,
+                 "replicas = %u: a rebuilt replica catches up from the "
+                 "others and votes only once every member of its shards "
+                 "has heard the same leader; with fewer than 3 replicas "
+                 "that leader could never be elected",
+                 conf->replicas);
+        return KV_EINVAL;
+    }
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    size_t n = 0;
+    for (uint32_t s = 0; s < conf->shards; s++) {
+        for (uint32_t i = 0; i < conf->replicas; i++) {
+            if (conf->nodes[conf_replica(conf, s, i)].id != id)
+                continue;
+            unsigned char k[5];
+            shard_key(k, 'R', s);
+            store_batch_put(b, k, sizeof(k), "", 0);
+            n++;
+        }
+    }
+    int rc = store_write(store, b, true);
+    store_batch_free(b);
+    if (rc != KV_OK)
+        snprintf(err, errlen, "cannot mark %zu shards rebuilt: %s", n,
+                 kv_strerror(rc));
+    return rc;
 }
 
 void replica_close(struct replica *r)
