@@ -72,8 +72,9 @@ enum raft_msg_type {
     RAFT_MSG_PREVOTE, /* term: the term the candidate would use */
     RAFT_MSG_PREVOTE_RESP,
     RAFT_MSG_HEARTBEAT, /* commit: min(leader commit, follower match);
-                           context: the round; index: the latest round
-                           every member acknowledged (0: none yet) */
+                           context: the round; index: the latest earlier
+                           round every member but the recipient
+                           acknowledged (0: none) */
     RAFT_MSG_HEARTBEAT_RESP,
     RAFT_MSG_SNAPSHOT,    /* leader->driver: send a snapshot to `to`;
                              driver->follower: the snapshot at index/log_term
@@ -165,14 +166,16 @@ struct raft_init {
     size_t n_entries;
     uint64_t applied; /* the state machine reflects entries up to here */
     /* The replica lost what it stored (its data directory was rebuilt):
-     * it may have voted in the current term before, and Raft allows each
-     * server one vote per term (5.2). Until it hears from a current
-     * leader it grants no vote or pre-vote and never campaigns. Current:
-     * a heartbeat of the leader says that every member acknowledged, in
-     * the leader's term, a round sent after the loss; then no term the
-     * replica voted in can be later than the leader's. That ends the wait
-     * (raft_awaits_leader), recording the vote in that term as the leader
-     * (safe: there is one leader per term). */
+     * it may have voted, or acknowledged entries, in the current term
+     * before, and Raft allows each server one vote per term (5.2). Until
+     * it hears a current leader it grants no vote or pre-vote, never
+     * campaigns and acknowledges nothing (a stale leader must not count
+     * it). Current: a heartbeat of the leader says that every other
+     * member acknowledged, in the leader's term, a round sent after the
+     * loss; then no term the replica took part in can be later than the
+     * leader's. It then records that leader as its vote in that term
+     * (safe: one leader per term) and follows it, and votes again once its
+     * log holds the leader's commit index (raft_awaits_leader). */
     bool no_vote_until_leader;
 };
 
@@ -234,10 +237,10 @@ void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok);
  * lost its data (wiped, rebuilt) is caught up instead of being trusted. */
 void raft_peer_restarted(struct raft *r, uint32_t peer);
 
-/* Whether the replica still waits for a leader before it votes or
- * campaigns (raft_init.no_vote_until_leader). The driver keeps that
- * promise across restarts: it stores a marker while this is true and
- * removes it with the first hard state stored after it became false. */
+/* Whether the replica still waits for a current leader, or to catch up
+ * with it, before it votes or campaigns (raft_init.no_vote_until_leader).
+ * The driver keeps that promise across restarts: it stores a marker while
+ * this is true and removes it in the first batch after it became false. */
 bool raft_awaits_leader(const struct raft *r);
 
 /* Drops log entries up to INDEX (which must be <= the applied index). The

@@ -6,11 +6,11 @@
  *   "L" shard index(u64) a log entry (kv.LogEntry)
  *   "Z" shard store-key  a record of a snapshot being received (staging)
  *   "N" shard            a snapshot install in progress: index, term, phase
- *   "R" shard            the replica was rebuilt (kvnode --rebuild) and has
- *                        not yet heard a current leader: it must not vote
- *                        (raft_init.no_vote_until_leader); removed in the
- *                        batch that stores the hard state recording the
- *                        leader as its vote
+ *   "R" shard            the replica was rebuilt (kvnode --rebuild) and may
+ *                        not vote yet (raft_init.no_vote_until_leader):
+ *                        removed in the first batch after raft says it may
+ *                        (it heard a current leader, recorded it as its
+ *                        vote in a hard state stored before, and caught up)
  * The engine owns "A", "D", "S", "I", "P" and "X" (see engine.h).
  *
  * A snapshot is the shard's applied state read through a LevelDB snapshot
@@ -1013,7 +1013,7 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
     }
     init.no_vote_until_leader = g->rebuilt;
     if (g->rebuilt)
-        log_msg(LOG_WARN, "rebuilt replica: no vote until a current leader",
+        log_msg(LOG_INFO, "rebuilt replica: no vote until a current leader",
                 "shard=%u term=%llu", shard, (unsigned long long)g->hs.term);
     struct raft_config cfg = {.id = r->id,
                               .peers = g->members,
@@ -3638,12 +3638,13 @@ int replica_flush(struct replica *r)
             stage_hardstate(r, g);
         }
         if (g->rebuilt && !raft_awaits_leader(g->raft)) {
-            /* in the batch that stores the vote for that leader */
+            /* with this Ready's hard state: a restart must not find the
+             * marker gone and the vote not yet stored */
             unsigned char rk[5];
             shard_key(rk, 'R', s);
             engine_stage_raw(r->engine, rk, sizeof(rk), NULL, 0);
             g->rebuilt = false;
-            log_msg(LOG_INFO, "rebuilt replica heard a current leader",
+            log_msg(LOG_INFO, "rebuilt replica votes again",
                     "shard=%u leader=%u term=%llu", s, rd->leader,
                     (unsigned long long)rd->hs.term);
         }
@@ -4087,10 +4088,10 @@ int replica_mark_rebuilt(struct store *store, const struct conf *conf,
 {
     if (conf->replicas < 3) {
         snprintf(err, errlen,
-                 "replicas = %u: a rebuilt replica catches up from the "
-                 "others and votes only once every member of its shards "
-                 "has heard the same leader; with fewer than 3 replicas "
-                 "that leader could never be elected",
+                 "replicas = %u: a rebuilt replica votes again only once "
+                 "every other replica of its shards follows one leader, "
+                 "and with fewer than 3 replicas no leader could be "
+                 "elected meanwhile",
                  conf->replicas);
         return KV_EINVAL;
     }

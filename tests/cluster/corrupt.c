@@ -6,9 +6,11 @@
  * writes of incompressible values; node 3 is stopped and bytes of its
  * LevelDB files are flipped, three ways:
  *   - inside a table block of user records, found by the stored bytes of a
- *     key: only a read of that block meets the damage, so node 3 starts
- *     and serves, and the test reads every key from node 3 alone (stale
- *     reads: its own copy) until one meets it;
+ *     key: node 3 starts and serves, and the test reads every key from
+ *     node 3 alone (stale reads: its own copy) until the damage is met,
+ *     by a read (the client gets KV_ECORRUPT) or by a compaction LevelDB
+ *     runs in the background (reads that look into several tables start
+ *     one; it checks every block and fails the next write);
  *   - in the middle of its largest table, as a failing disk would (there
  *     the Raft log's records lie, which the node reads as it starts);
  *   - in the middle of its write-ahead log (*.log), which LevelDB replays
@@ -30,8 +32,9 @@
  * to the message limit, valid envelopes with bad fields, responses, peer
  * batches, multipart messages), then a status request whose answer says
  * the node read them all. Afterwards the node serves every shard, its
- * bad_frames counter grew by exactly the frames that are not requests,
- * and its resident memory (VmRSS) grew by less than GARBAGE_RSS_BOUND.
+ * bad_frames counter grew by at least the frames sent that are not
+ * requests (junk on raw connections may add more), and its resident
+ * memory (VmRSS) grew by less than GARBAGE_RSS_BOUND.
  * Random content comes from a fixed seed, printed; KV_TEST_SEED=N replays
  * another.
  */
@@ -537,9 +540,10 @@ static void damage_and_rebuild(enum damage where)
             code, harness_now_ms() - t0, served, ecorrupt);
     ck_assert_int_eq(code, EXIT_DAMAGED);
     if (where == IN_A_USER_RECORD)
-        ck_assert_msg(served > 0 && ecorrupt > 0,
-                      "the damage in a user record should be met by a read, "
-                      "after others were served");
+        ck_assert_msg(served > 0,
+                      "a damaged user record should stop the node only once "
+                      "met (by a read, or by a LevelDB compaction), not as "
+                      "it starts");
     ck_assert_msg(file_contains(logpath, "is damaged ("),
                   "node 3 did not log that its data directory is damaged");
     char want[128];
@@ -594,7 +598,7 @@ static void damage_and_rebuild(enum damage where)
     stop_cluster_cleanly();
 }
 
-START_TEST(a_damaged_user_record_stops_the_node_at_the_read_that_meets_it)
+START_TEST(a_damaged_user_record_stops_the_running_node_once_met)
 {
     damage_and_rebuild(IN_A_USER_RECORD);
 }
@@ -995,9 +999,12 @@ START_TEST(garbage_connections_leave_the_node_serving_in_bounded_memory)
             asan ? " (AddressSanitizer build: the bound is not checked)" : "");
     ck_assert_msg(took < GARBAGE_TIME_LIMIT_MS, "garbage took %" PRId64 " ms",
                   took);
-    ck_assert_msg(frames1 - frames0 == bad,
+    /* At least every frame that must count: the junk of raw connections
+     * can make frames too (libzmq reads a peer without a ZMTP 3 greeting
+     * as a ZMTP 1.0 one, whose framing junk easily fits). */
+    ck_assert_msg(frames1 - frames0 >= bad,
                   "the node counted %" PRIu64 " bad frames, %" PRIu64
-                  " were sent",
+                  " were sent on ZeroMQ connections",
                   frames1 - frames0, bad);
     if (!asan)
         ck_assert_msg(rss1<rss0 + GARBAGE_RSS_BOUND / 1024,
@@ -1018,8 +1025,7 @@ static Suite *corrupt_suite(void)
     /* Checked: each test owns its cluster, in the process that runs it. */
     tcase_add_checked_fixture(tc, cluster_up, cluster_down);
     tcase_set_timeout(tc, 300);
-    tcase_add_test(
-        tc, a_damaged_user_record_stops_the_node_at_the_read_that_meets_it);
+    tcase_add_test(tc, a_damaged_user_record_stops_the_running_node_once_met);
     tcase_add_test(tc,
                    a_damaged_table_stops_the_node_and_rebuild_brings_it_back);
     tcase_add_test(tc, a_damaged_log_file_keeps_the_node_from_starting);

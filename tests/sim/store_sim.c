@@ -219,6 +219,20 @@ void store_sim_crash(const char *dir)
     clear_undo(db);
 }
 
+void store_sim_wipe(const char *dir)
+{
+    struct simdb *db = find_db(dir, false);
+    if (!db)
+        return;
+    materialize(db);
+    clear_undo(db);
+    for (size_t i = 0; i < db->n; i++) {
+        free(db->recs[i].k);
+        free(db->recs[i].v);
+    }
+    db->n = 0;
+}
+
 void store_sim_fail_writes(const char *dir, int n)
 {
     find_db(dir, true)->fail_writes = n;

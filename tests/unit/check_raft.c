@@ -608,12 +608,8 @@ static void net_ready(struct net *nt, uint32_t id)
         /* 1. persist */
         if (rd.hs_changed)
             s->hs = rd.hs;
-        if (s->no_vote && !raft_awaits_leader(r)) {
-            /* the marker goes with the hard state that records the vote */
-            REQUIRE(rd.hs_changed && rd.hs.vote != RAFT_NONE,
-                    "node %u heard a leader but stores no vote", id);
-            s->no_vote = false;
-        }
+        if (s->no_vote && !raft_awaits_leader(r))
+            s->no_vote = false; /* the marker goes in this Ready's batch */
         if (rd.has_snapshot) {
             s->snap_index = rd.snap_index;
             s->snap_term = rd.snap_term;
@@ -2371,10 +2367,13 @@ END_TEST
 
 /* Raft 5.2: "Each server will vote for at most one candidate in a given
  * term, on a first-come-first-served basis." A replica whose data directory
- * was rebuilt has forgotten the votes it cast, so it votes for nobody (nor
- * answers a pre-vote) until it hears a current leader: one whose heartbeat
- * says every member acknowledged a round sent since the rebuild. Then its
- * vote in that term is the leader, and it votes again in later terms. */
+ * was rebuilt has forgotten the votes it cast (and the entries it
+ * acknowledged), so until it hears a current leader - one whose heartbeat
+ * says every other member acknowledged a round sent since the rebuild - it
+ * votes for nobody, answers no pre-vote and acknowledges nothing a stale
+ * leader could count. Then its vote in that term is the leader; it follows
+ * it, and votes again in a later term once its log holds the commit index
+ * of the first append it took. */
 START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
 {
     struct raft_init in = {.no_vote_until_leader = true};
@@ -2392,9 +2391,15 @@ START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
     drain(r, &d);
     ck_assert(find_msg(&d, RAFT_MSG_PREVOTE_RESP, 3)->reject);
 
-    /* Appends, a snapshot and a heartbeat whose rounds not every member
-     * acknowledged since: the leader may be stale, the wait goes on. */
+    /* An append, a snapshot and heartbeats whose rounds not every other
+     * member acknowledged since: the leader may be stale; nothing is taken
+     * and nothing answered. */
+    struct raft_entry ents[2] = {{.term = 5, .index = 1},
+                                 {.term = 5, .index = 2}};
     struct raft_msg ap = msg(RAFT_MSG_APPEND, 1, 2, 5);
+    ap.entries = ents;
+    ap.n_entries = 2;
+    ap.commit = 2;
     ck_assert_int_eq(step_to(r, ap), RAFT_OK);
     struct raft_msg sn = msg(RAFT_MSG_SNAPSHOT, 1, 2, 5);
     sn.index = 9;
@@ -2409,26 +2414,52 @@ START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
     ck_assert_int_eq(step_to(r, hb), RAFT_OK);
     ck_assert(raft_awaits_leader(r));
     drain(r, &d);
+    ck_assert_uint_eq(d.n_msgs, 0);
+    ck_assert_uint_eq(d.n_entries, 0);
+    ck_assert(!d.has_snapshot);
     ck_assert_uint_eq(d.hs.vote, RAFT_NONE);
     ck_assert_int_eq(step_to(r, v), RAFT_OK);
     drain(r, &d);
     ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
 
-    /* Every member acknowledged round 7: the vote in term 5 is 1. */
+    /* Every other member acknowledged round 7: the vote in term 5 is 1,
+     * and the heartbeat is answered. */
     hb.context = 9;
     hb.index = 7;
     ck_assert_int_eq(step_to(r, hb), RAFT_OK);
-    ck_assert(!raft_awaits_leader(r));
     drain(r, &d);
     ck_assert(d.hs_changed);
     ck_assert_uint_eq(d.hs.term, 5);
     ck_assert_uint_eq(d.hs.vote, 1);
+    ck_assert_ptr_nonnull(find_msg(&d, RAFT_MSG_HEARTBEAT_RESP, 1));
     ck_assert_int_eq(step_to(r, v), RAFT_OK); /* 3 again, term 5: no */
     drain(r, &d);
     ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
-    struct raft_msg v6 = msg(RAFT_MSG_VOTE, 3, 2, 6); /* a new term: yes */
-    v6.index = 9; /* as up to date as the snapshot */
-    v6.log_term = 4;
+
+    /* Not yet caught up: no vote in a new term either. */
+    ck_assert(raft_awaits_leader(r));
+    struct raft_msg v6 = msg(RAFT_MSG_VOTE, 3, 2, 6);
+    v6.index = 2;
+    v6.log_term = 5;
+    ck_assert_int_eq(step_to(r, v6), RAFT_OK);
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+    raft_free(r);
+
+    /* The same, caught up by the leader's first append: it votes again. */
+    r = mk_node(2, 3, &plain, &in);
+    hb.context = 1;
+    hb.index = 0;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    hb.context = 2;
+    hb.index = 1;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    ck_assert(raft_awaits_leader(r));
+    ck_assert_int_eq(step_to(r, ap), RAFT_OK);
+    ck_assert(!raft_awaits_leader(r));
+    drain(r, &d);
+    ck_assert_uint_eq(d.n_entries, 2);
+    ck_assert_ptr_nonnull(find_msg(&d, RAFT_MSG_APPEND_RESP, 1));
     ck_assert_int_eq(step_to(r, v6), RAFT_OK);
     drain(r, &d);
     ck_assert(!find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
@@ -2444,11 +2475,11 @@ START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
     hb.context = 2; /* the first round heard in term 6 */
     hb.index = 1;
     ck_assert_int_eq(step_to(r, hb), RAFT_OK);
-    ck_assert(raft_awaits_leader(r));
+    drain(r, &d);
+    ck_assert_uint_eq(d.hs.vote, RAFT_NONE);
     hb.context = 4;
     hb.index = 2;
     ck_assert_int_eq(step_to(r, hb), RAFT_OK);
-    ck_assert(!raft_awaits_leader(r));
     drain(r, &d);
     ck_assert_uint_eq(d.hs.term, 6);
     ck_assert_uint_eq(d.hs.vote, 3);
@@ -2456,15 +2487,15 @@ START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
 }
 END_TEST
 
-/* A leader's heartbeats name the latest round every other member
- * acknowledged; a heartbeat naming a round not yet sent is refused. */
-START_TEST(heartbeats_name_the_round_every_member_acknowledged)
+/* A leader's heartbeats name the latest earlier round every member but
+ * the recipient acknowledged; a heartbeat naming a round not yet sent is
+ * refused. */
+START_TEST(heartbeats_name_the_round_every_other_member_acknowledged)
 {
     struct raft *r = mk_node(1, 3, &plain, NULL);
     make_leader(r, 3);
     struct drained d;
     drain(r, &d);
-    uint64_t term = 0;
     for (uint64_t round = 1; round <= 3; round++) {
         for (int i = 0; i < HEARTBEAT; i++)
             raft_tick(r);
@@ -2473,14 +2504,15 @@ START_TEST(heartbeats_name_the_round_every_member_acknowledged)
         const struct seen *h3 = find_msg(&d, RAFT_MSG_HEARTBEAT, 3);
         ck_assert_ptr_nonnull(h2);
         ck_assert_ptr_nonnull(h3);
-        term = h2->term;
+        ck_assert_uint_eq(h2->context, round);
         /* 2 acknowledges every round, 3 only the first */
         ck_assert_uint_eq(h2->index, round > 1 ? 1 : 0);
-        struct raft_msg a = msg(RAFT_MSG_HEARTBEAT_RESP, 2, 1, term);
+        ck_assert_uint_eq(h3->index, round - 1);
+        struct raft_msg a = msg(RAFT_MSG_HEARTBEAT_RESP, 2, 1, h2->term);
         a.context = h2->context;
         ck_assert_int_eq(step_to(r, a), RAFT_OK);
         if (round == 1) {
-            a = msg(RAFT_MSG_HEARTBEAT_RESP, 3, 1, term);
+            a = msg(RAFT_MSG_HEARTBEAT_RESP, 3, 1, h3->term);
             a.context = h3->context;
             ck_assert_int_eq(step_to(r, a), RAFT_OK);
         }
@@ -2546,8 +2578,8 @@ START_TEST(rebuilt_voter_never_elects_a_second_leader_in_a_term)
     ck_assert_int_eq(net_propose(nt, 2, "only on 2 and 3", NULL), RAFT_OK);
     net_deliver(nt, 1000);
 
-    /* 3 is rebuilt and hears only 1, still leading term 1: 1 catches it
-     * up, but 2 never acknowledges 1's rounds, so 3 keeps waiting. */
+    /* 3 is rebuilt and hears only 1, still leading term 1: 2 never
+     * acknowledges 1's rounds, so 3 keeps waiting and takes nothing. */
     net_rebuild(nt, 3);
     ck_assert(raft_awaits_leader(nt->r[3]));
     net_heal(nt);
@@ -2559,7 +2591,7 @@ START_TEST(rebuilt_voter_never_elects_a_second_leader_in_a_term)
         net_deliver(nt, 100000);
     }
     ck_assert_int_eq(status_of(nt, 1).role, RAFT_LEADER);
-    ck_assert_uint_eq(status_of(nt, 3).last_index, status_of(nt, 1).last_index);
+    ck_assert_uint_eq(status_of(nt, 3).last_index, 0);
 
     /* 1 restarts (a follower of term 1) and campaigns for term 2: 3 must
      * not vote for it, however long it tries (were it to, the network's
@@ -3472,7 +3504,7 @@ Suite *raft_suite(void)
           restarted_replica_with_boot_quiet_withholds_votes_for_a_timeout}},
         {"rebuilt replica",
          {rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader,
-          heartbeats_name_the_round_every_member_acknowledged,
+          heartbeats_name_the_round_every_other_member_acknowledged,
           rebuilt_replica_never_campaigns_while_waiting_for_a_leader,
           rebuilt_voter_never_elects_a_second_leader_in_a_term,
           rebuilt_replica_that_restarts_before_hearing_a_leader_still_waits}},
