@@ -4096,8 +4096,10 @@ int replica_mark_rebuilt(struct store *store, const struct conf *conf,
         return KV_EINVAL;
     }
     struct store_batch *b = store_batch_new();
-    if (!b)
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
         return KV_ENOMEM;
+    }
     size_t n = 0;
     for (uint32_t s = 0; s < conf->shards; s++) {
         for (uint32_t i = 0; i < conf->replicas; i++) {
