@@ -11,6 +11,11 @@
  *
  * A frame that does not decode is counted, logged once per sender, and
  * answered with KV_EPROTO; nothing a client sends can stop the loop.
+ *
+ * Damaged data stops it: once the store met corruption (store_damage),
+ * nothing but KV_ECORRUPT answers leaves the node, no peer traffic either,
+ * and node_run returns KV_ECORRUPT at the end of that iteration. A reply
+ * computed from a read that hid the damage is never sent.
  */
 #include "node.h"
 
@@ -110,6 +115,8 @@ static void send_reply(void *arg, const void *id, size_t idlen,
     struct node *n = arg;
     void *buf;
     size_t len;
+    if (store_damage(n->store) && resp->code != KV_ECORRUPT)
+        return; /* it may hold what the damage hid: the client retries */
     if (wire_encode_response(resp, &buf, &len) != KV_OK) {
         log_msg(LOG_ERROR, "cannot encode a reply", "bytes=%zu",
                 kv__response__get_packed_size(resp));
@@ -124,6 +131,8 @@ static void send_reply(void *arg, const void *id, size_t idlen,
 static void send_peer(void *arg, uint32_t to, const void *buf, size_t len)
 {
     struct node *n = arg;
+    if (store_damage(n->store))
+        return; /* a damaged node takes no part any more */
     for (size_t i = 0; i < n->conf->nnodes; i++) {
         if (n->conf->nodes[i].id != to || !n->peers[i])
             continue;
@@ -340,6 +349,8 @@ static int iterate(struct node *n, uint64_t wait_max)
     }
     for (int i = 0; i < MAX_READS_PER_LOOP && read_one(n); i++)
         ;
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     now = now_ms();
     for (int i = 0; now >= n->next_tick_ms && i < 100; i++) {
         replica_tick(n->replica);
@@ -348,9 +359,25 @@ static int iterate(struct node *n, uint64_t wait_max)
     if (now >= n->next_tick_ms) /* far behind (stopped process): catch up */
         n->next_tick_ms = now + REPLICA_TICK_MS;
     rc = replica_flush(n->replica);
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     if (rc != KV_OK)
         return rc;
     return woke;
+}
+
+/* The answers already queued (KV_ECORRUPT to the requests that met the
+ * damage) get a moment to leave when the node closes. */
+static int damaged(struct node *n)
+{
+    int linger = 500;
+    zmq_setsockopt(n->router, ZMQ_LINGER, &linger, sizeof(linger));
+    return KV_ECORRUPT;
+}
+
+const char *node_damage(const struct node *n)
+{
+    return store_damage(n->store);
 }
 
 int node_run(struct node *n)
@@ -362,6 +389,8 @@ int node_run(struct node *n)
     int rc;
     while ((rc = iterate(n, 1000)) == 0)
         ;
+    if (rc == KV_ECORRUPT)
+        return damaged(n);
     if (rc < 0)
         return rc;
     /* Graceful stop: hand every led shard to a caught-up member first, so
@@ -370,6 +399,8 @@ int node_run(struct node *n)
     size_t led = replica_transfer_all(n->replica);
     while (led && now_ms() < deadline) {
         rc = iterate(n, 20);
+        if (rc == KV_ECORRUPT)
+            return damaged(n);
         if (rc < 0)
             return rc;
         led = replica_transfer_all(n->replica);
@@ -475,6 +506,11 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;
         rc = replica_open(conf, id, n->store, &env, seed, &n->replica, err,
                           errlen);
+        if (rc == KV_ECORRUPT && store_damage(n->store)) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used, " (LevelDB: %s)",
+                     store_damage(n->store));
+        }
     }
     if (rc == KV_OK) {
         n->ctx = zmq_ctx_new();

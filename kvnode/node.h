@@ -18,14 +18,23 @@ struct node;
 
 /* Opens node ID of CONF (which the node borrows until node_close): checks
  * and opens its data directory, binds its address. On KV_OK *out is a node
- * to node_close(). On error ERR holds the reason. */
+ * to node_close(). On error ERR holds the reason: KV_ECORRUPT when the data
+ * directory is damaged (with LevelDB's words when it found the damage),
+ * KV_EINVAL for a node or data directory that does not fit CONF. */
 int node_open(const struct conf *conf, uint32_t id, struct node **out,
               char *err, size_t errlen);
 
 /* Serves until node_stop() is called (from a signal handler: it only writes
  * to a pipe). Returns KV_OK after a clean stop: every acknowledged write is
- * durable. */
+ * durable. Returns KV_ECORRUPT as soon as the store met damaged data
+ * (node_damage says what): the node has served nothing since but
+ * KV_ECORRUPT answers. Other errors (KV_EIO: the store failed) also stop
+ * it. */
 int node_run(struct node *n);
+
+/* What LevelDB said of the damage the node met, or NULL (a string owned by
+ * N, valid until node_close). */
+const char *node_damage(const struct node *n);
 
 /* Asks a running node to stop. Async-signal-safe. */
 void node_stop(struct node *n);

@@ -6,6 +6,11 @@
  *   "L" shard index(u64) a log entry (kv.LogEntry)
  *   "Z" shard store-key  a record of a snapshot being received (staging)
  *   "N" shard            a snapshot install in progress: index, term, phase
+ *   "R" shard            the replica was rebuilt (kvnode --rebuild) and may
+ *                        not vote yet (raft_init.no_vote_until_leader):
+ *                        removed in the first batch after raft says it may
+ *                        (it heard a current leader, recorded it as its
+ *                        vote in a hard state stored before, and caught up)
  * The engine owns "A", "D", "S", "I", "P" and "X" (see engine.h).
  *
  * A snapshot is the shard's applied state read through a LevelDB snapshot
@@ -140,6 +145,7 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
+    bool rebuilt;      /* the "R" marker is stored: no vote yet */
     uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
     /* Procedure calls (leader only): predictions of what is proposed and
      * not applied, the index from which they cover the log, and calls
@@ -987,10 +993,28 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
     size_t ne = 0;
     if (rc == KV_OK)
         rc = load_group(r, g, &init, &es, &ne);
+    if (rc == KV_OK) {
+        unsigned char rk[5];
+        void *v = NULL;
+        size_t vlen = 0;
+        shard_key(rk, 'R', shard);
+        rc = store_get(r->store, rk, sizeof(rk), &v, &vlen);
+        free(v);
+        g->rebuilt = rc == KV_OK;
+        if (rc == KV_ENOTFOUND)
+            rc = KV_OK;
+    }
     if (rc != KV_OK) {
+        for (size_t i = 0; i < ne; i++)
+            free(es[i].data);
+        free(es);
         group_free(g);
         return rc;
     }
+    init.no_vote_until_leader = g->rebuilt;
+    if (g->rebuilt)
+        log_msg(LOG_INFO, "rebuilt replica: no vote until a current leader",
+                "shard=%u term=%llu", shard, (unsigned long long)g->hs.term);
     struct raft_config cfg = {.id = r->id,
                               .peers = g->members,
                               .npeers = g->nmembers,
@@ -3647,6 +3671,17 @@ int replica_flush(struct replica *r)
             g->hs = rd->hs;
             stage_hardstate(r, g);
         }
+        if (g->rebuilt && !raft_awaits_leader(g->raft)) {
+            /* with this Ready's hard state: a restart must not find the
+             * marker gone and the vote not yet stored */
+            unsigned char rk[5];
+            shard_key(rk, 'R', s);
+            engine_stage_raw(r->engine, rk, sizeof(rk), NULL, 0);
+            g->rebuilt = false;
+            log_msg(LOG_INFO, "rebuilt replica votes again",
+                    "shard=%u leader=%u term=%llu", s, rd->leader,
+                    (unsigned long long)rd->hs.term);
+        }
         for (size_t i = 0; i < rd->n_entries; i++) {
             rc = stage_entry(r, s, &rd->entries[i]);
             if (rc != KV_OK)
@@ -4080,6 +4115,42 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     }
     *out = r;
     return KV_OK;
+}
+
+int replica_mark_rebuilt(struct store *store, const struct conf *conf,
+                         uint32_t id, char *err, size_t errlen)
+{
+    if (conf->replicas < 3) {
+        snprintf(err, errlen,
+                 "replicas = %u: a rebuilt replica votes again only once "
+                 "every other replica of its shards follows one leader, "
+                 "and with fewer than 3 replicas no leader could be "
+                 "elected meanwhile",
+                 conf->replicas);
+        return KV_EINVAL;
+    }
+    struct store_batch *b = store_batch_new();
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return KV_ENOMEM;
+    }
+    size_t n = 0;
+    for (uint32_t s = 0; s < conf->shards; s++) {
+        for (uint32_t i = 0; i < conf->replicas; i++) {
+            if (conf->nodes[conf_replica(conf, s, i)].id != id)
+                continue;
+            unsigned char k[5];
+            shard_key(k, 'R', s);
+            store_batch_put(b, k, sizeof(k), "", 0);
+            n++;
+        }
+    }
+    int rc = store_write(store, b, true);
+    store_batch_free(b);
+    if (rc != KV_OK)
+        snprintf(err, errlen, "cannot mark %zu shards rebuilt: %s", n,
+                 kv_strerror(rc));
+    return rc;
 }
 
 void replica_close(struct replica *r)

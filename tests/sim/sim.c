@@ -25,7 +25,11 @@
  * audits under the random faults, failpoint crashes in the middle of
  * two-phase commit, and crashes of transactions' nodes: sim_bank.c),
  * "counter" (calls of the procedure incr on a few hot keys, with gets and
- * puts, under the random faults: sim_counter.c).
+ * puts, under the random faults: sim_counter.c), "rebuild" (a shard's
+ * leader is cut off, the others elect a new one, and the replica that
+ * voted for it loses its disk and comes back rebuilt, hearing only the old
+ * leader, which campaigns for the very term it voted in: it must not vote
+ * again, kvnode --rebuild).
  * "all" (the default) runs "random" on every seed and each directed one on
  * the first few seeds.
  *
@@ -62,13 +66,14 @@ enum sim_scenario {
     SC_STALE_TAIL,
     SC_BANK,
     SC_COUNTER,
+    SC_REBUILD,
     SC_COUNT,
     SC_ALL = SC_COUNT,
 };
 
 static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
                                        "restart", "stale-tail",   "bank",
-                                       "counter", "all"};
+                                       "counter", "rebuild",      "all"};
 
 #define DEFAULT_SEEDS 100
 #define DEFAULT_MAX_EVENTS 4000000u
@@ -84,6 +89,7 @@ static const uint64_t directed_seeds[] = {
     5,             /* stale-tail */
     BANK_SEEDS,    /* bank */
     COUNTER_SEEDS, /* counter */
+    20,            /* rebuild */
 };
 _Static_assert(sizeof(directed_seeds) / sizeof(directed_seeds[0]) == SC_COUNT,
                "one seed count per scenario");
@@ -605,6 +611,119 @@ static void scenario_stale_tail(struct sim *s)
     }
 }
 
+/* The member of SHARD that is neither node index A nor B (3 nodes). */
+static int third_member(const struct sim *s, uint32_t shard, int a, int b)
+{
+    for (int i = 0; i < s->p.nnodes; i++)
+        if (i != a && i != b && shard_member(s, shard, i))
+            return i;
+    return -1;
+}
+
+/* Node index I is cut off from J (both ways) when CUT. */
+static void cut(struct sim *s, int i, int j, bool on)
+{
+    s->blocked[i][j] = s->blocked[j][i] = on;
+}
+
+/* The rebuild scenario (3 nodes): the leader L of a shard is cut off; N
+ * and X elect N, X voting for it. X then loses its disk and restarts
+ * rebuilt (replica_mark_rebuilt, as kvnode --rebuild does), reaching only
+ * L, which has not heard of N's term and campaigns for it. Had X voted
+ * again, L and N would both lead that term (sim_check_leaders), and what
+ * only N and the lost disk held could be lost. X must wait until it hears
+ * a current leader, which it does once everything heals. */
+static void scenario_rebuild(struct sim *s)
+{
+    uint32_t sh = (uint32_t)s->sc_shard;
+    int l = s->sc_node, x = s->sc_variant;
+    switch (s->sc_state) {
+    case 0: { /* cut the leader off */
+        if (s->now < s->sc_at)
+            return;
+        l = sim_shard_leader(s, sh);
+        if (l < 0)
+            return;
+        s->sc_node = l;
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l);
+        s->sc_state = 1;
+        s->sc_at = s->now;
+        sim_log(s, "rebuild: leader %d of shard %u cut off", l + 1, sh);
+        break;
+    }
+    case 1: { /* a new leader N; X, its voter, loses its disk */
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l);
+        int nl = -1;
+        for (int i = 0; i < s->p.nnodes; i++)
+            if (i != l && s->nodes[i].rep &&
+                replica_leader(s->nodes[i].rep, sh) == s->nodes[i].id)
+                nl = i;
+        if (nl < 0) {
+            if (s->now > s->sc_at + 20000)
+                sim_fail(s,
+                         "rebuild scenario: no new leader of shard %u "
+                         "in 20 s",
+                         sh);
+            return;
+        }
+        x = third_member(s, sh, l, nl);
+        if (x < 0 || !s->nodes[x].rep)
+            return;
+        struct sim_node *xn = &s->nodes[x];
+        sim_node_crash(s, xn, "rebuild: its disk is lost");
+        store_sim_wipe(xn->dir);
+        struct store *st = NULL;
+        char err[256] = "";
+        if (store_open(xn->dir, &st, err, sizeof(err)) != KV_OK ||
+            replica_mark_rebuilt(st, s->conf, xn->id, err, sizeof(err)) !=
+                KV_OK) {
+            sim_fail(s, "rebuild scenario: cannot mark node %u rebuilt: %s",
+                     xn->id, err);
+            store_close(st);
+            return;
+        }
+        store_close(st);
+        xn->restart_at = s->now + sim_range(&s->rng, 1, 300);
+        s->sc_variant = x;
+        s->sc_state = 2;
+        s->sc_at = s->now + sim_range(&s->rng, 3000, 6000);
+        s->sc_triggers++;
+        sim_log(s,
+                "rebuild: node %d leads shard %u; node %d is rebuilt and "
+                "reaches only node %d",
+                nl + 1, sh, x + 1, l + 1);
+        break;
+    }
+    case 2: /* X hears only L, until the window ends */
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l && j != x);
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, x, j, j != l && j != x);
+        if (s->now < s->sc_at)
+            return;
+        memset(s->blocked, 0, sizeof(s->blocked));
+        s->sc_state = 3;
+        s->sc_at = s->now;
+        sim_log(s, "rebuild: healed");
+        break;
+    case 3: /* X hears a current leader of every shard */
+        if (s->nodes[x].rep && store_sim_count(s->nodes[x].dir, "R", 1) == 0) {
+            sim_log(s, "rebuild: node %d votes again", x + 1);
+            s->sc_state = 4;
+        } else if (s->now > s->sc_at + 30000) {
+            sim_fail(s,
+                     "rebuild scenario: node %d still waits for a current "
+                     "leader 30 s after the heal",
+                     x + 1);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
 static void scenario_step(struct sim *s)
 {
     if (s->phase != SIM_PH_RUN)
@@ -625,6 +744,9 @@ static void scenario_step(struct sim *s)
     case SC_BANK:
         sim_bank_faults(s);
         break;
+    case SC_REBUILD:
+        scenario_rebuild(s);
+        break;
     default: /* random, counter: the fault schedule only */
         break;
     }
@@ -636,6 +758,8 @@ static bool run_over(struct sim *s)
         return s->sc_state == 3;
     if (s->p.scenario == SC_STALE_TAIL)
         return s->sc_state == 6;
+    if (s->p.scenario == SC_REBUILD)
+        return s->sc_state == 4;
     if (s->now < s->p.run_ms)
         return false;
     if (s->p.scenario == SC_LEADER_CRASH && s->sc_triggers < 2)
@@ -751,6 +875,12 @@ static void choose_params(struct sim *s, int scenario)
         p->nghost = 1;
         p->delay_max = (uint32_t)sim_range(g, 2, 8);
         p->value_pad_max = 16;
+        break;
+    case SC_REBUILD:
+        p->nshards = (int)sim_range(g, 1, 3);
+        p->nkeys = 4;
+        p->delay_max = (uint32_t)sim_range(g, 2, 10);
+        s->sc_shard = (int)sim_below(g, (uint64_t)p->nshards);
         break;
     default: /* SC_RESTART */
         p->nnodes = s->seed % 2 ? 5 : 3;
