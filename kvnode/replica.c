@@ -2268,7 +2268,22 @@ static int eval_call(struct replica *r, struct group *g, const void *client,
     Kv__Command cmd = KV__COMMAND__INIT;
     cmd.op_case = KV__COMMAND__OP_EFFECT;
     cmd.effect = &fx;
-    struct waiter *w = propose_command(r, client, clen, req, g->shard, &cmd);
+    cmd.client_id = req->client_id;
+    cmd.seq = req->seq;
+    /* One entry travels in one peer frame: it must fit with room for the
+     * frame around it (budgets can add up to more than that). */
+    size_t size = kv__command__get_packed_size(&cmd);
+    struct waiter *w = NULL;
+    if (size + CONF_TXN_SLACK > r->conf->max_message_bytes) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "procedure %.64s: its writes and reply take %zu bytes, over "
+                 "what one message carries (max_message_bytes - %u)",
+                 c->name, size, CONF_TXN_SLACK);
+        reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+    } else {
+        w = propose_command(r, client, clen, req, g->shard, &cmd);
+    }
     free(ops);
     free(opp);
     proc_result_free(&res);
