@@ -6,12 +6,24 @@
 #   make run        deps + build + start the cluster of cluster.conf + demo
 #   make stop       stop exactly the nodes `make run` started (by PID)
 #   make clean      remove build outputs
+#   make fuzz       clang + libFuzzer: run every tests/fuzz target for
+#                   FUZZ_SECONDS (default 60) each, one after the other
+#                   (FUZZ_TARGETS="request peer" runs only those)
 #
 # SAN=1 builds everything with -fsanitize=address,undefined into build/san.
+# FUZZ=1 (used by `make fuzz`) builds with clang and
+# -fsanitize=fuzzer-no-link,address,undefined into build/fuzz.
 
 SAN ?= 0
+FUZZ ?= 0
 CC ?= cc
-ifeq ($(SAN),1)
+FUZZ_CC ?= clang
+ifeq ($(FUZZ),1)
+B := build/fuzz
+CC := $(FUZZ_CC)
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+OPT := -O1 -g
+else ifeq ($(SAN),1)
 B := build/san
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 OPT := -O1 -g
@@ -47,7 +59,8 @@ PROC_SOS := $(patsubst procs/%.c,$(B)/procs/%.so,$(wildcard procs/*.c))
 # executables run.sh runs).
 TEST_PROC_SOS := $(patsubst tests/unit/procs/%.c,$(B)/testprocs/%.so,$(wildcard tests/unit/procs/*.c))
 
-.PHONY: all deps deps-check test run stop clean format-check chaos sim
+.PHONY: all deps deps-check test run stop clean format-check chaos sim \
+        fuzz fuzz-deps fuzz-build fuzz-corpus
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -163,7 +176,62 @@ $(B)/tests/libkv_example: docs/libkv_example.c $(B)/libkv.so
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(EXPORT) -o $@ $< -L$(B) -Wl,-rpath,$(abspath $(B)) -lkv
 
-test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/sim $(B)/tests/chaos $(B)/tests/libkv_example
+# --- fuzzing (tests/fuzz, docs/security.md) ----------------------------------
+# Each tests/fuzz/fuzz_NAME.c is one target. Linked with replay.c (a plain
+# main() over files) it is $(B)/fuzz-replay/NAME, which `make test` runs on
+# every file of tests/fuzz/corpus; linked with libFuzzer (FUZZ=1) it is
+# build/fuzz/targets/NAME, which `make fuzz` runs. store_sim.o comes
+# before the archives so it replaces libkv's LevelDB store, as in the sim.
+FUZZ_TARGETS_ALL := $(patsubst tests/fuzz/fuzz_%.c,%,$(filter-out tests/fuzz/fuzz_node.c,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_HARNESS := $(B)/obj/tests/fuzz/fuzz_node.o $(B)/obj/tests/sim/store_sim.o
+FUZZ_REPLAYS := $(patsubst %,$(B)/fuzz-replay/%,$(FUZZ_TARGETS_ALL))
+FUZZ_BINS := $(patsubst %,$(B)/targets/%,$(FUZZ_TARGETS_ALL))
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(FUZZ_TARGETS_ALL)
+
+# The harness loads the example plugins from this build's folder.
+$(B)/obj/tests/fuzz/fuzz_node.o: CFLAGS += -DKV_FUZZ_PROC_DIR='"$(abspath $(B))/procs"'
+
+$(B)/fuzz-replay/%: $(B)/obj/tests/fuzz/fuzz_%.o $(B)/obj/tests/fuzz/replay.o $(FUZZ_HARNESS) \
+                    $(B)/libkvnode.a $(B)/libkv.a | $(PROC_SOS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(B)/obj/tests/fuzz/replay.o $(FUZZ_HARNESS) \
+	    $(B)/libkvnode.a $(B)/libkv.a $(PKG_LIBS) -lm
+
+$(B)/targets/%: $(B)/obj/tests/fuzz/fuzz_%.o $(FUZZ_HARNESS) $(B)/libkvnode.a $(B)/libkv.a | $(PROC_SOS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_HARNESS) \
+	    $(B)/libkvnode.a $(B)/libkv.a $(PKG_LIBS) -lm
+
+fuzz-deps:
+	@sh .ci/deps.sh --fuzz
+
+# Rewrites the generated seeds of tests/fuzz/corpus (corpus_gen.c says
+# which); inputs kept by hand ("found-*") stay.
+$(B)/fuzz-gen/corpus_gen: $(B)/obj/tests/fuzz/corpus_gen.o $(FUZZ_HARNESS) $(B)/libkvnode.a $(B)/libkv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(FUZZ_HARNESS) $(B)/libkvnode.a $(B)/libkv.a $(PKG_LIBS) -lm
+
+fuzz-corpus: $(B)/fuzz-gen/corpus_gen
+	$(B)/fuzz-gen/corpus_gen tests/fuzz/corpus
+
+# The libFuzzer builds exist only with FUZZ=1 (clang).
+ifeq ($(FUZZ),1)
+fuzz-build: deps-check $(FUZZ_BINS) $(PROC_SOS)
+else
+fuzz-build: fuzz-deps
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-build
+endif
+
+# Builds the targets with clang (FUZZ=1, into build/fuzz) and runs each for
+# FUZZ_SECONDS over tests/fuzz/corpus/NAME; new inputs go to
+# build/fuzz/corpus/NAME, findings to build/fuzz/findings/NAME.
+fuzz: fuzz-deps
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh build/fuzz $(FUZZ_TARGETS)
+
+test: deps all $(UNIT_BINS) $(CLUSTER_BINS) $(B)/tests/sim $(B)/tests/chaos $(B)/tests/libkv_example \
+      $(FUZZ_REPLAYS)
 	@B=$(B) SAN=$(SAN) sh tests/run.sh
 
 # --- local cluster ----------------------------------------------------------
@@ -179,4 +247,4 @@ clean:
 format-check:
 	clang-format --dry-run --Werror libkv/*.c libkv/*.h kvnode/*.c kvnode/*.h \
 	    kvclient/*.c tests/unit/*.c tests/unit/procs/*.c tests/cluster/*.c \
-	    procs/*.c
+	    procs/*.c tests/fuzz/*.c tests/fuzz/*.h

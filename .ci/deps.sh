@@ -1,8 +1,18 @@
 #!/bin/sh
 # Installs the Debian packages kv needs, only when something is missing.
 # --quiet: say nothing when all is present (used before every build).
+# --fuzz: also clang and its libFuzzer runtime (only `make fuzz` needs them).
 set -e
 missing=""
+if [ "$1" = "--fuzz" ]; then
+    command -v clang >/dev/null 2>&1 || missing="$missing clang"
+    # libFuzzer's runtime ships apart from the compiler on Debian.
+    if ! command -v clang >/dev/null 2>&1 ||
+        ! ls "$(clang -print-resource-dir 2>/dev/null)"/lib/linux/libclang_rt.fuzzer-*.a \
+            >/dev/null 2>&1; then
+        missing="$missing libclang-rt-dev"
+    fi
+fi
 pkg-config --exists libzmq 2>/dev/null || missing="$missing libzmq3-dev"
 pkg-config --exists libsodium 2>/dev/null || missing="$missing libsodium-dev"
 pkg-config --exists libprotobuf-c 2>/dev/null || missing="$missing libprotobuf-c-dev"

@@ -1294,7 +1294,9 @@ static int validate(const struct raft *r, const struct raft_msg *m)
         uint64_t t = m->log_term;
         for (size_t k = 0; k < m->n_entries; k++) {
             const struct raft_entry *e = &m->entries[k];
-            if (e->index != m->index + 1 + k || e->term < t ||
+            /* Terms start at 1: term_of() says 0 for an index past the
+             * log, so an entry of term 0 would look already stored. */
+            if (e->index != m->index + 1 + k || e->term == 0 || e->term < t ||
                 e->term > m->term || e->type > RAFT_ENTRY_NOOP ||
                 (e->len > 0 && !e->data))
                 return RAFT_EINVAL;
@@ -1817,7 +1819,7 @@ static bool valid_init(const struct raft_config *cfg,
     uint64_t t = in->snap_term;
     for (size_t k = 0; k < in->n_entries; k++) {
         const struct raft_entry *e = &in->entries[k];
-        if (e->index != in->snap_index + 1 + k || e->term < t ||
+        if (e->index != in->snap_index + 1 + k || e->term == 0 || e->term < t ||
             e->type > RAFT_ENTRY_NOOP || (e->len > 0 && !e->data))
             return false;
         t = e->term;

@@ -984,6 +984,14 @@ static int current_version(struct engine *e, uint32_t shard, const void *key,
 #define PART_HDR (4 + 8 + 8 + 4)
 #define XREC_HDR (1 + 8 + 4)
 
+/* Whether V (VLEN bytes) is an intent: a whole header whose kind is one of
+ * enum engine_txn_kind. Anything else is damage (KV_ECORRUPT): taken for
+ * a lock-only intent, a commit would drop the write it held. */
+static bool intent_ok(const unsigned char *v, size_t vlen)
+{
+    return vlen >= INTENT_HDR && v[ENGINE_TXN_ID_LEN] <= ENGINE_TXN_IF_ABSENT;
+}
+
 /* A participant record ("P") is a header: home (u32), deadline (u64),
  * version (u64), key count (u32), then, while prepared, the keys it holds
  * intents on (u32 length, bytes each). Once resolved it is a tombstone:
@@ -1130,7 +1138,7 @@ static int key_locked(struct engine *e, uint32_t shard, const void *key,
         return KV_OK;
     if (rc != KV_OK)
         return rc;
-    if (vlen < INTENT_HDR) {
+    if (!intent_ok(v, vlen)) {
         free(v);
         return KV_ECORRUPT;
     }
@@ -1332,9 +1340,9 @@ static int resolve_intents(struct engine *e, uint32_t shard,
         size_t ivlen = 0;
         rc = rec_get(e, ik, ilen, (void **)&iv, &ivlen);
         if (rc == KV_ENOTFOUND ||
-            (rc == KV_OK &&
-             (ivlen < INTENT_HDR || memcmp(iv, txn_id, ENGINE_TXN_ID_LEN)))) {
-            rc = rc == KV_OK && ivlen < INTENT_HDR ? KV_ECORRUPT : KV_OK;
+            (rc == KV_OK && (!intent_ok(iv, ivlen) ||
+                             memcmp(iv, txn_id, ENGINE_TXN_ID_LEN)))) {
+            rc = rc == KV_OK && !intent_ok(iv, ivlen) ? KV_ECORRUPT : KV_OK;
             free(ik);
             free(iv);
             continue; /* not ours (cannot happen) */
@@ -1439,8 +1447,8 @@ static int xrec_get(struct engine *e, uint32_t shard,
     unsigned char *v = NULL;
     size_t vlen = 0;
     int rc = rec_get(e, *key, *klen, (void **)&v, &vlen);
-    if (rc == KV_OK && vlen < XREC_HDR)
-        rc = KV_ECORRUPT;
+    if (rc == KV_OK && (vlen < XREC_HDR || v[0] > ENGINE_TXN_ABORTED))
+        rc = KV_ECORRUPT; /* a state that is none: never taken as an abort */
     if (rc == KV_OK) {
         *state = v[0];
         *deadline = get_u64(v + 1);
@@ -1701,7 +1709,7 @@ int engine_get_intent(struct engine *e, uint32_t shard, const void *key,
     free(ik);
     if (rc != KV_OK)
         return rc;
-    if (vlen < INTENT_HDR) {
+    if (!intent_ok(v, vlen)) {
         free(v);
         return KV_ECORRUPT;
     }
@@ -1750,7 +1758,8 @@ int engine_list_txns(struct engine *e, uint32_t shard, char which,
         }
         struct engine_txn_info t = {.txn_id = k + PREFIX_LEN, .state = -1};
         if (which == 'X') {
-            if (vlen < XREC_HDR || (vlen - XREC_HDR) / 4 < get_u32(v + 9)) {
+            if (vlen < XREC_HDR || v[0] > ENGINE_TXN_ABORTED ||
+                (vlen - XREC_HDR) / 4 < get_u32(v + 9)) {
                 rc = KV_ECORRUPT;
                 break;
             }

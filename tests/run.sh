@@ -11,6 +11,8 @@
 #   2b. $B/tests/sim --seeds 500                   (the simulator)
 #   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
 #   2d. $B/tests/chaos --workload incr             (20 s; CHAOS_INCR_S=N)
+#   2e. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
+#       replays every seed; make fuzz runs them under libFuzzer)
 #   3. tests/cluster/cli.sh                        (kvclient end to end)
 #   4. $B/tests/libkv_example embedded:TMPDIR      (the documented example)
 # A failing step does not stop the run. The last line is exactly
@@ -106,6 +108,22 @@ fi
 if [ -x "$B/tests/chaos" ]; then
     run_step chaos-incr env KVNODE="$B/kvnode" "$B/tests/chaos" \
         --workload incr --duration "${CHAOS_INCR_S:-20}"
+fi
+
+# 2e. the fuzz corpus: every seed of tests/fuzz/corpus through every fuzz
+# target, built without libFuzzer (a finding aborts the replay)
+nreplay=0
+for t in "$B"/fuzz-replay/*; do
+    [ -f "$t" ] && [ -x "$t" ] || continue
+    nreplay=$((nreplay + 1))
+    run_step "fuzz-${t##*/}" "$t" tests/fuzz/corpus
+done
+if [ $nreplay -eq 0 ]; then
+    echo "=== fuzz corpus"
+    echo "--- FAIL fuzz corpus (no $B/fuzz-replay/* built)"
+    echo
+    failed=$((failed + 1))
+    failures="$failures fuzz-corpus"
 fi
 
 # 3. the command-line client, end to end (a missing script is a failure)

@@ -2396,6 +2396,53 @@ START_TEST(participant_records_and_tombstones_are_told_apart)
 }
 END_TEST
 
+/* A damaged intent kind or transaction record state is corruption, never
+ * a lock-only intent or a decision: read as such, a commit dropped the
+ * write the intent held, and the record was resolved as an abort and then
+ * forgotten (found by tests/fuzz/fuzz_records.c). */
+START_TEST(a_damaged_intent_or_transaction_record_is_reported_as_corrupt)
+{
+    struct engine_txn_op ops[] = {TPUT("a", "1")};
+    uint64_t ver;
+    uint32_t parts[] = {1, 2};
+    int state = -1;
+    ck_assert_int_eq(prepare(2, txn_a, ops, 1, 1, 10, &ver), KV_OK);
+    ck_assert_int_eq(
+        engine_stage_record(eng, 1, 1, txn_b, 1000, parts, 2, &state), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    unsigned char ik[6] = {'I', 0, 0, 0, 2, 'a'};
+    unsigned char xk[5 + ENGINE_TXN_ID_LEN] = {'X', 0, 0, 0, 1};
+    memcpy(xk + 5, txn_b, ENGINE_TXN_ID_LEN);
+    void *iv = NULL, *xv = NULL;
+    size_t ivlen = 0, xvlen = 0;
+    ck_assert_int_eq(store_get(st, ik, sizeof(ik), &iv, &ivlen), KV_OK);
+    ck_assert_int_eq(store_get(st, xk, sizeof(xk), &xv, &xvlen), KV_OK);
+    ((unsigned char *)iv)[ENGINE_TXN_ID_LEN] = 9; /* no kind */
+    ((unsigned char *)xv)[0] = 9;                 /* no state */
+    struct store_batch *b = store_batch_new();
+    ck_assert_ptr_nonnull(b);
+    store_batch_put(b, ik, sizeof(ik), iv, ivlen);
+    store_batch_put(b, xk, sizeof(xk), xv, xvlen);
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+    free(iv);
+    free(xv);
+    struct engine_intent in = {0};
+    ck_assert_int_eq(engine_get_intent(eng, 2, "a", 1, &in), KV_ECORRUPT);
+    ck_assert_int_eq(stage_put(2, "a", "x", 0, false, NULL), KV_ECORRUPT);
+    ck_assert_int_eq(engine_stage_resolve(eng, 2, 2, txn_a, true, 30),
+                     KV_ECORRUPT);
+    ck_assert_int_eq(
+        engine_stage_decide(eng, 1, 2, txn_b, ENGINE_TXN_PENDING, 1, &state),
+        KV_ECORRUPT);
+    ck_assert_int_eq(engine_stage_forget(eng, 1, 3, txn_b), KV_ECORRUPT);
+    int n = 0;
+    ck_assert_int_eq(engine_list_txns(eng, 1, 'X', count_txns, &n),
+                     KV_ECORRUPT);
+    ck_assert_int_eq(n, 0);
+}
+END_TEST
+
 /* The engine suite: versions, conditions, recovery, metadata, scans and the
  * two-step commit, each test on its own store under /tmp. */
 Suite *engine_suite(void)
@@ -2513,6 +2560,8 @@ Suite *engine_suite(void)
     tcase_add_test(tc, gc_is_bounded_per_entry_and_sees_staged_tombstones);
     tcase_add_test(tc, tombstones_and_their_count_survive_a_reopen);
     tcase_add_test(tc, participant_records_and_tombstones_are_told_apart);
+    tcase_add_test(
+        tc, a_damaged_intent_or_transaction_record_is_reported_as_corrupt);
     suite_add_tcase(s, tc);
     return s;
 }

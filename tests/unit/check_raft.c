@@ -1080,6 +1080,16 @@ START_TEST(malformed_or_misaddressed_messages_are_refused)
     m = msg(RAFT_MSG_SNAPSHOT, 2, 1, 1);
     m.index = 5; /* no term */
     ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
+    /* Entries of term 0 (terms start at 1) with a commit: once taken for
+     * entries already stored, they moved the commit index past the log
+     * (found by tests/fuzz/fuzz_raft.c). */
+    struct raft_entry zero[2] = {{.index = 1, .term = 0},
+                                 {.index = 2, .term = 0}};
+    m = msg(RAFT_MSG_APPEND, 2, 1, 1);
+    m.entries = zero;
+    m.n_entries = 2;
+    m.commit = 2;
+    ck_assert_int_eq(step_to(r, m), RAFT_EINVAL);
     struct raft_status st;
     raft_get_status(r, &st);
     ck_assert_uint_eq(st.term, 0);
@@ -1129,6 +1139,11 @@ START_TEST(bad_configurations_and_impossible_stored_states_are_refused)
     in.hs.vote = 9; /* vote for a stranger */
     ck_assert_ptr_null(raft_new(&c, &in));
     in.hs.vote = 2;
+    terms[0] = 0; /* an entry of term 0: terms start at 1 */
+    fill_log(ents, terms, 3);
+    ck_assert_ptr_null(raft_new(&c, &in));
+    terms[0] = 1;
+    fill_log(ents, terms, 3);
     struct raft *r = raft_new(&c, &in);
     ck_assert_ptr_nonnull(r);
     expect_ok(r);
