@@ -621,7 +621,7 @@ static const struct broken broken_bodies[] = {
     {"control character in data_dir", "data_dir = a\tb\n", 2,
      "control character"},
     {"address outside a node", "address = tcp://h:9\n", 2, "belongs"},
-    {"unknown section", "[security]\n", 2, "unknown section"},
+    {"unknown section", "[securty]\n", 2, "unknown section"},
     {"section of a similar name", "[nodes 4]\n", 2, "unknown section"},
     {"node without id", "[node]\n", 2, "missing node id"},
     {"node id 0", "[node 0]\n", 2, "bad node id"},
