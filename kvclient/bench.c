@@ -16,6 +16,19 @@
  * committed in one step) or are picked on two different shards (cross: two-
  * phase commit); for cross, the shard count is asked from the cluster
  * before the clients start.
+ *
+ * The incr workloads increment --keys hot keys under a prefix drawn at
+ * random per run ("bench/incr/RUN/kN"), so runs never add up. incr-proc is
+ * one kv_call of the built-in incr per operation; incr-rmw is what a client
+ * does without procedures: kv_get (absent = 0), then kv_put of value+1 on
+ * the condition that the key is still at the version read (or still
+ * absent), starting again from the get whenever another client won the
+ * race (KV_ECONFLICT). Both block their thread, so they run a thread per
+ * client. Each operation ends acknowledged (KV_OK), failed with nothing
+ * written, or unknown (a write or call that timed out may have been
+ * applied); after the run the keys are read back with a scan of the prefix
+ * and their sum must lie between the acknowledged count and that plus the
+ * unknown ones.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -33,17 +46,26 @@
 #define TXN_NAME_TRIES 64      /* names tried for a key on another shard */
 #define SHARDS_TIMEOUT_MS 1000 /* asking a node for the shard count */
 #define PROGRESS_NS 250000000L /* progress line refresh: 4 times a second */
+/* incr-rmw gives up an increment (counted as a KV_ECONFLICT error) after
+ * this many attempts or this long: the loop is bounded even if some client
+ * kept winning every race. */
+#define RMW_MAX_ATTEMPTS 100000
+#define RMW_MAX_NS 60000000000ULL
+#define VERIFY_ATTEMPTS 3 /* reading the keys back: transient errors */
+#define INCR_PREFIX_MAX 48
 
 /* What every client thread shares. */
 struct bench_shared {
     const struct bench_config *cfg;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    unsigned ready;            /* clients done with setup (under mu) */
-    int go;                    /* 0 wait, 1 run, -1 stop (under mu) */
-    atomic_uint_fast64_t done; /* timed operations finished */
-    unsigned char *value;      /* what every put writes (read-only) */
-    uint32_t nshards;          /* txn workload: the target's shard count */
+    unsigned ready;               /* clients done with setup (under mu) */
+    int go;                       /* 0 wait, 1 run, -1 stop (under mu) */
+    atomic_uint_fast64_t done;    /* timed operations finished */
+    unsigned char *value;         /* what every put writes (read-only) */
+    uint32_t nshards;             /* txn workload: the target's shard count */
+    char prefix[INCR_PREFIX_MAX]; /* incr workloads: "bench/incr/RUN/" */
+    size_t prefix_len;
 };
 
 /* One client thread. */
@@ -57,6 +79,7 @@ struct bench_client {
     uint64_t rng;
     uint64_t errors, not_found;
     uint64_t by_code[BENCH_NCODES];
+    uint64_t increments, timed_out, retries; /* incr workloads */
     unsigned slots;      /* clients this thread carries (pipelined if > 1) */
     struct timespec end; /* when its timed loop ended */
     int setup_rc;        /* KV_OK or why its setup failed */
@@ -137,6 +160,124 @@ static int txn_op(kv *db, const kv_opts *o, const char *a, size_t alen,
     return kv_txn_commit(t, NULL, NULL);
 }
 
+/* Whether the workload runs a blocking thread per client. */
+static int blocking_workload(enum bench_workload w)
+{
+    return w == BENCH_TXN || bench_is_incr(w);
+}
+
+/* Writes hot key number K of the incr workloads into BUF (LEN bytes);
+ * returns its length. */
+static size_t incr_key(const struct bench_shared *sh, char *buf, size_t len,
+                       uint64_t k)
+{
+    int n = snprintf(buf, len, "%sk%llu", sh->prefix, (unsigned long long)k);
+    return n > 0 && (size_t)n < len ? (size_t)n : 0;
+}
+
+/* Parses the N bytes at P as a decimal int64 (an optional '-', then 1 to 19
+ * digits, nothing else). Returns 0 and *OUT, or -1. */
+static int parse_i64(const void *p, size_t n, int64_t *out)
+{
+    const unsigned char *s = p;
+    uint64_t v = 0, max = INT64_MAX;
+    size_t i = 0;
+    int neg = 0;
+
+    if (n > 0 && s[0] == '-') {
+        neg = 1;
+        max = (uint64_t)INT64_MAX + 1;
+        i = 1;
+    }
+    if (i == n || n - i > 19)
+        return -1;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (uint64_t)(s[i] - '0'); /* 19 digits fit in 64 bits */
+    }
+    if (v > max)
+        return -1;
+    *out = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v)
+               : (int64_t)v;
+    return 0;
+}
+
+/* Whether an operation that ended with RC may have written anyway. */
+static int outcome_unknown(int rc)
+{
+    return rc == KV_ETIMEDOUT || rc == KV_EUNAVAILABLE;
+}
+
+/* One increment through the built-in procedure: kv_call(incr, KEY) with an
+ * empty argument (+1). *UNKNOWN is set when it may have been applied
+ * although it failed. Returns its code. */
+static int incr_proc_op(kv *db, const kv_opts *o, const char *key, size_t klen,
+                        int *unknown)
+{
+    void *reply = NULL;
+    size_t rlen = 0;
+    int rc = kv_call(db, "incr", key, klen, NULL, 0, o, &reply, &rlen);
+
+    kv_free(reply);
+    *unknown = outcome_unknown(rc);
+    return rc;
+}
+
+/* One increment done by the client: read KEY, write value+1 on the
+ * condition that KEY is still at the version read (or still absent), and
+ * from the read again when it no longer is; each new attempt is counted in
+ * cl->retries. A value that is no decimal int64 fails with KV_EINVAL, one
+ * at INT64_MAX with KV_ERANGE, and an increment that lost the race
+ * RMW_MAX_ATTEMPTS times or for RMW_MAX_NS with KV_ECONFLICT. *UNKNOWN is
+ * set when the last put may have been applied although it failed. Returns
+ * the code of the increment. */
+static int incr_rmw_op(struct bench_client *cl, kv *db, const kv_opts *base,
+                       const char *key, size_t klen, int *unknown)
+{
+    uint64_t t0 = now_ns();
+    unsigned attempt;
+    int rc = KV_ECONFLICT;
+
+    *unknown = 0;
+    for (attempt = 0; attempt < RMW_MAX_ATTEMPTS; attempt++) {
+        kv_opts o = *base;
+        void *val = NULL;
+        size_t vlen = 0;
+        uint64_t version = 0;
+        int64_t n = 0;
+        char buf[24];
+        int len;
+
+        if (attempt > 0) {
+            if (now_ns() - t0 > RMW_MAX_NS)
+                break;
+            cl->retries++;
+        }
+        rc = kv_get(db, key, klen, base, &val, &vlen, &version);
+        if (rc == KV_ENOTFOUND) {
+            o.if_absent = 1;
+        } else if (rc != KV_OK) {
+            return rc;
+        } else {
+            int bad = parse_i64(val, vlen, &n) != 0;
+            kv_free(val);
+            if (bad)
+                return KV_EINVAL;
+            if (n == INT64_MAX)
+                return KV_ERANGE;
+            o.if_version = version;
+        }
+        len = snprintf(buf, sizeof buf, "%lld", (long long)(n + 1));
+        rc = kv_put(db, key, klen, buf, (size_t)len, &o, NULL);
+        if (rc != KV_ECONFLICT) {
+            *unknown = outcome_unknown(rc);
+            return rc;
+        }
+    }
+    return KV_ECONFLICT;
+}
+
 /* Counts a failed operation of code RC. */
 static void count_error(struct bench_client *cl, int rc)
 {
@@ -193,11 +334,18 @@ static void run_ops(struct bench_client *cl, kv *db, const void *val,
         size_t klen = bench_key(key, sizeof key, (r >> 1) % cfg->keys);
         int is_read = cfg->workload == BENCH_READ ||
                       (cfg->workload == BENCH_MIXED && (r & 1));
+        int incr = bench_is_incr(cfg->workload), unknown = 0;
         uint64_t t0, t1;
         int rc;
 
+        if (incr)
+            klen = incr_key(cl->sh, key, sizeof key, (r >> 1) % cfg->keys);
         t0 = now_ns();
-        if (cfg->workload == BENCH_TXN) {
+        if (cfg->workload == BENCH_INCR_PROC) {
+            rc = incr_proc_op(db, &o, key, klen, &unknown);
+        } else if (cfg->workload == BENCH_INCR_RMW) {
+            rc = incr_rmw_op(cl, db, &o, key, klen, &unknown);
+        } else if (cfg->workload == BENCH_TXN) {
             char key2[48];
             size_t klen2 = 0;
             txn_keys(cl->sh, (r >> 1) % cfg->keys, key, &klen, key2, &klen2);
@@ -213,6 +361,10 @@ static void run_ops(struct bench_client *cl, kv *db, const void *val,
         }
         t1 = now_ns();
         cl->lat[i] = t1 - t0;
+        if (incr && rc == KV_OK)
+            cl->increments++;
+        if (incr && unknown)
+            cl->timed_out++;
         if (rc == KV_ENOTFOUND && is_read)
             cl->not_found++;
         else if (rc != KV_OK)
@@ -470,6 +622,97 @@ static int txn_setup(const struct bench_config *cfg, struct bench_shared *sh,
     return rc;
 }
 
+/* Reads the incr workload's keys back (a scan of the run's prefix, again
+ * from the start after a transient error) into res->verify_*: their sum,
+ * how many exist, and whether the sum is what the run acknowledged (at
+ * least res->increments, at most that plus res->timed_out). A key outside
+ * the run's N or a value that is no decimal int64 fails the check too. */
+static void incr_verify(const struct bench_config *cfg,
+                        const struct bench_shared *sh, struct bench_result *res)
+{
+    kv_open_opts oo = {0};
+    kv_scan_opts so = {0};
+    kv_opts o = {0};
+    kv *db = NULL;
+    int rc, attempt;
+
+    res->verified = 1;
+    oo.timeout_ms = cfg->timeout_ms;
+    o.timeout_ms = cfg->timeout_ms;
+    so.prefix = sh->prefix;
+    so.prefix_len = sh->prefix_len;
+    rc = kv_open(cfg->target, &oo, &db);
+    if (rc != KV_OK) {
+        snprintf(res->verify_msg, sizeof res->verify_msg, "open %s: %s",
+                 cfg->target, kv_errmsg(NULL));
+        res->verify_rc = rc;
+        return;
+    }
+    for (attempt = 0; attempt < VERIFY_ATTEMPTS; attempt++) {
+        kv_iter *it = NULL;
+        const void *k, *v;
+        size_t klen, vlen;
+        int64_t sum = 0, n;
+
+        res->verify_found = 0;
+        rc = kv_scan(db, &so, &o, &it);
+        while (rc == KV_OK &&
+               (rc = kv_iter_next(it, &k, &klen, &v, &vlen, NULL)) == KV_OK) {
+            const char *ks = k; /* "PREFIX" "k" N, N < cfg->keys */
+            size_t at = sh->prefix_len + 1;
+            int64_t i;
+            if (klen <= at || ks[at - 1] != 'k' || ks[at] == '-' ||
+                parse_i64(ks + at, klen - at, &i) != 0 ||
+                (uint64_t)i >= cfg->keys) {
+                snprintf(res->verify_msg, sizeof res->verify_msg,
+                         "a key of the run that it never wrote (%.*s)",
+                         (int)(klen > 64 ? 64 : klen), (const char *)k);
+                rc = KV_ECORRUPT;
+                break;
+            }
+            if (parse_i64(v, vlen, &n) != 0 || n < 0 || n > INT64_MAX - sum) {
+                snprintf(res->verify_msg, sizeof res->verify_msg,
+                         "key %.*s holds %.*s, not a count",
+                         (int)(klen > 64 ? 64 : klen), (const char *)k,
+                         (int)(vlen > 24 ? 24 : vlen), (const char *)v);
+                rc = KV_ECORRUPT;
+                break;
+            }
+            sum += n;
+            res->verify_found++;
+        }
+        kv_iter_free(it);
+        if (rc == KV_EOF) {
+            res->verify_sum = sum;
+            rc = KV_OK;
+            break;
+        }
+        if (rc != KV_ETIMEDOUT && rc != KV_EUNAVAILABLE)
+            break;
+    }
+    if (rc != KV_OK && res->verify_msg[0] == '\0')
+        snprintf(res->verify_msg, sizeof res->verify_msg,
+                 "reading the keys back: %s", kv_errmsg(db));
+    kv_close(db);
+    if (rc == KV_OK) {
+        uint64_t s = (uint64_t)res->verify_sum;
+        if (s < res->increments)
+            snprintf(res->verify_msg, sizeof res->verify_msg,
+                     "sum %llu < acknowledged %llu: increments were lost",
+                     (unsigned long long)s,
+                     (unsigned long long)res->increments);
+        else if (s - res->increments > res->timed_out)
+            snprintf(res->verify_msg, sizeof res->verify_msg,
+                     "sum %llu > acknowledged %llu + %llu timed out: "
+                     "increments were applied twice",
+                     (unsigned long long)s, (unsigned long long)res->increments,
+                     (unsigned long long)res->timed_out);
+        if (res->verify_msg[0] != '\0')
+            rc = KV_ECORRUPT;
+    }
+    res->verify_rc = rc;
+}
+
 /* Runs the benchmark (see bench.h). */
 int bench_run(const struct bench_config *cfg, struct bench_result *res,
               char *err, size_t errlen)
@@ -505,7 +748,16 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     if (cfg->workload == BENCH_TXN &&
         (rc = txn_setup(cfg, &sh, err, errlen)) != KV_OK)
         goto out_cond;
-    nthreads = cfg->workload == BENCH_TXN ? cfg->clients : cfg->threads;
+    if (bench_is_incr(cfg->workload) && cfg->threads != 0 &&
+        cfg->threads != cfg->clients) {
+        snprintf(err, errlen,
+                 "the %s workload needs a thread per client (--threads "
+                 "equal to --clients, or no --threads)",
+                 bench_workload_name(cfg->workload));
+        rc = KV_EINVAL;
+        goto out_cond;
+    }
+    nthreads = blocking_workload(cfg->workload) ? cfg->clients : cfg->threads;
     if (nthreads == 0)
         /* Embedded: one thread per client (each call blocks). Cluster:
          * one thread pipelines up to 64 clients; requests queued together
@@ -535,6 +787,9 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
     for (off = 0; off < cfg->value_size; off++)
         sh.value[off] = (unsigned char)('a' + next_rand(&seed) % 26);
     off = 0;
+    snprintf(sh.prefix, sizeof sh.prefix, "bench/incr/%016llx/",
+             (unsigned long long)next_rand(&seed));
+    sh.prefix_len = strlen(sh.prefix);
     for (i = 0; i < nthreads; i++) {
         struct bench_client *cl = &cls[i];
         cl->index = i;
@@ -588,17 +843,27 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res,
             end = cls[i].end;
         res->errors += cls[i].errors;
         res->not_found += cls[i].not_found;
+        res->increments += cls[i].increments;
+        res->timed_out += cls[i].timed_out;
+        res->retries += cls[i].retries;
         for (c = 0; c < BENCH_NCODES; c++)
             res->by_code[c] += cls[i].by_code[c];
     }
     res->ops = cfg->ops;
     res->seconds = elapsed(&start, &end);
-    res->ops_per_sec = res->seconds > 0 ? (double)res->ops / res->seconds : 0.0;
+    if (bench_is_incr(cfg->workload))
+        res->ops_per_sec =
+            res->seconds > 0 ? (double)res->increments / res->seconds : 0.0;
+    else
+        res->ops_per_sec =
+            res->seconds > 0 ? (double)res->ops / res->seconds : 0.0;
     qsort(lat, cfg->ops, sizeof *lat, cmp_u64);
     res->p50_ms = quantile_ms(lat, cfg->ops, 0.50);
     res->p95_ms = quantile_ms(lat, cfg->ops, 0.95);
     res->p99_ms = quantile_ms(lat, cfg->ops, 0.99);
     res->max_ms = (double)lat[cfg->ops - 1] / 1e6;
+    if (bench_is_incr(cfg->workload))
+        incr_verify(cfg, &sh, res);
 
 out_mem:
     free(sh.value);
@@ -617,6 +882,8 @@ void bench_print(FILE *out, const struct bench_config *cfg,
 {
     int c, first = 1;
     int txn = cfg->workload == BENCH_TXN;
+    int incr = bench_is_incr(cfg->workload);
+    int rmw = cfg->workload == BENCH_INCR_RMW;
 
     if (cfg->json) {
         fprintf(out, "{\"workload\":\"%s\",",
@@ -643,7 +910,40 @@ void bench_print(FILE *out, const struct bench_config *cfg,
                     (unsigned long long)res->by_code[c]);
             first = 0;
         }
-        fputs("}}\n", out);
+        fputc('}', out);
+        if (incr) {
+            fprintf(out, ",\"increments\":%llu,\"timed_out\":%llu",
+                    (unsigned long long)res->increments,
+                    (unsigned long long)res->timed_out);
+            if (rmw)
+                fprintf(out, ",\"retries\":%llu",
+                        (unsigned long long)res->retries);
+            fprintf(out, ",\"verify\":{\"ok\":%s",
+                    res->verify_rc == KV_OK ? "true" : "false");
+            if (res->verify_rc == KV_OK || res->verify_rc == KV_ECORRUPT)
+                fprintf(out, ",\"sum\":%lld,\"found\":%llu",
+                        (long long)res->verify_sum,
+                        (unsigned long long)res->verify_found);
+            fprintf(out, ",\"keys\":%llu,\"acknowledged\":%llu",
+                    (unsigned long long)cfg->keys,
+                    (unsigned long long)res->increments);
+            if (res->verify_rc != KV_OK) {
+                fprintf(out, ",\"error\":\"%s\",\"message\":\"",
+                        cli_code_name(res->verify_rc));
+                for (const char *m = res->verify_msg; *m != '\0'; m++) {
+                    unsigned char ch = (unsigned char)*m;
+                    if (ch == '"' || ch == '\\')
+                        fprintf(out, "\\%c", ch);
+                    else if (ch < 0x20 || ch >= 0x7f)
+                        fprintf(out, "\\u%04x", ch);
+                    else
+                        fputc(ch, out);
+                }
+                fputc('"', out);
+            }
+            fputc('}', out);
+        }
+        fputs("}\n", out);
         return;
     }
     fprintf(out, "workload %s\n", bench_workload_name(cfg->workload));
@@ -661,6 +961,17 @@ void bench_print(FILE *out, const struct bench_config *cfg,
         if (res->by_code[c] != 0)
             fprintf(out, "error %s %llu\n", c ? cli_code_name(-c) : "unknown",
                     (unsigned long long)res->by_code[c]);
+    if (!incr)
+        return;
+    fprintf(out, "keys %llu\nincrements %llu\ntimed_out %llu\n",
+            (unsigned long long)cfg->keys, (unsigned long long)res->increments,
+            (unsigned long long)res->timed_out);
+    if (rmw)
+        fprintf(out, "retries %llu\n", (unsigned long long)res->retries);
+    if (res->verify_rc == KV_OK || res->verify_rc == KV_ECORRUPT)
+        fprintf(out, "verify: sum %lld of %llu keys = acknowledged %llu\n",
+                (long long)res->verify_sum, (unsigned long long)cfg->keys,
+                (unsigned long long)res->increments);
 }
 
 /* The most frequent error code (see bench.h). */
@@ -689,6 +1000,10 @@ int bench_parse_workload(const char *s, enum bench_workload *out)
         *out = BENCH_MIXED;
     else if (strcmp(s, "txn") == 0)
         *out = BENCH_TXN;
+    else if (strcmp(s, "incr-proc") == 0)
+        *out = BENCH_INCR_PROC;
+    else if (strcmp(s, "incr-rmw") == 0)
+        *out = BENCH_INCR_RMW;
     else
         return -1;
     return 0;
@@ -704,10 +1019,20 @@ const char *bench_workload_name(enum bench_workload w)
         return "mixed";
     case BENCH_TXN:
         return "txn";
+    case BENCH_INCR_PROC:
+        return "incr-proc";
+    case BENCH_INCR_RMW:
+        return "incr-rmw";
     case BENCH_WRITE:
     default:
         return "write";
     }
+}
+
+/* Whether W is an incr workload (see bench.h). */
+int bench_is_incr(enum bench_workload w)
+{
+    return w == BENCH_INCR_PROC || w == BENCH_INCR_RMW;
 }
 
 /* Parses where a transaction's keys live (see bench.h). */

@@ -188,8 +188,8 @@ int pending_note(struct pending *p, uint64_t index, const void *key,
 }
 
 bool pending_lookup(const struct pending *p, const void *key, size_t klen,
-                    enum pending_kind *kind, uint64_t *index,
-                    const void **val, size_t *vlen)
+                    enum pending_kind *kind, uint64_t *index, const void **val,
+                    size_t *vlen)
 {
     if (!p->count)
         return false;

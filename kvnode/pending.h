@@ -43,8 +43,8 @@ int pending_note(struct pending *p, uint64_t index, const void *key,
  * *VAL / *VLEN (valid until the map changes); false when no unapplied
  * entry writes KEY. */
 bool pending_lookup(const struct pending *p, const void *key, size_t klen,
-                    enum pending_kind *kind, uint64_t *index,
-                    const void **val, size_t *vlen);
+                    enum pending_kind *kind, uint64_t *index, const void **val,
+                    size_t *vlen);
 
 /* Forgets every entry at or below APPLIED. */
 void pending_applied(struct pending *p, uint64_t applied);

@@ -65,9 +65,9 @@ struct waiter {
     int kind;           /* W_* : what the answer carries */
     uint64_t *versions; /* txn: one per op (malloc()ed), NULL until applied */
     size_t nversions;
-    size_t failed_op; /* txn conflict: 1-based op index (0: unknown) */
-    int state;        /* W_STATE: the transaction record's state */
-    Kv__Envelope *env; /* W_CALL: the call, evaluated again if stale */
+    size_t failed_op;     /* txn conflict: 1-based op index (0: unknown) */
+    int state;            /* W_STATE: the transaction record's state */
+    Kv__Envelope *env;    /* W_CALL: the call, evaluated again if stale */
     unsigned char *reply; /* W_CALL: the recorded reply (malloc()ed) */
     size_t rlen;
     int attempts; /* W_CALL: evaluations found stale so far */
@@ -1957,8 +1957,8 @@ static void hex_prefix(char out[17], const unsigned char *h)
 /* Whether the plugin (index PLUGIN; -1 for a built-in) defining NAME is the
  * same file on every node that reported its plugins; if not, MSG says how
  * they differ. */
-static bool plugin_agrees(const struct replica *r, int plugin,
-                          const char *name, char *msg, size_t msglen)
+static bool plugin_agrees(const struct replica *r, int plugin, const char *name,
+                          char *msg, size_t msglen)
 {
     if (plugin < 0 || !r->env.procs)
         return true;
@@ -2045,8 +2045,8 @@ static int view_get(void *arg, uint32_t shard, const void *key, size_t klen,
     return engine_get(v->r->engine, shard, key, klen, val, vlen, version);
 }
 
-static int view_scan(void *arg, const struct engine_scan *sc,
-                     engine_emit_fn fn, void *fnarg)
+static int view_scan(void *arg, const struct engine_scan *sc, engine_emit_fn fn,
+                     void *fnarg)
 {
     struct eval_view *v = arg;
     /* A scan sees the applied state, so nothing may be in flight: the
@@ -2061,9 +2061,8 @@ static int view_scan(void *arg, const struct engine_scan *sc,
 }
 
 /* What a read-only call reads: the applied state. */
-static int applied_get(void *arg, uint32_t shard, const void *key,
-                       size_t klen, void **val, size_t *vlen,
-                       uint64_t *version)
+static int applied_get(void *arg, uint32_t shard, const void *key, size_t klen,
+                       void **val, size_t *vlen, uint64_t *version)
 {
     struct replica *r = arg;
     return engine_get(r->engine, shard, key, klen, val, vlen, version);
@@ -2091,21 +2090,21 @@ static void note_pending(struct group *g, uint64_t index,
         break;
     }
     case KV__COMMAND__OP_DEL:
-        rc = pending_note(g->pend, index, cmd->del->key.data,
-                          cmd->del->key.len,
+        rc = pending_note(g->pend, index, cmd->del->key.data, cmd->del->key.len,
                           cmd->del->if_version ? PENDING_UNKNOWN : PENDING_DEL,
                           NULL, 0);
         break;
     case KV__COMMAND__OP_TXN:
     case KV__COMMAND__OP_TXN_PREPARE: {
-        size_t n = cmd->op_case == KV__COMMAND__OP_TXN ? cmd->txn->n_ops
-                                                       : cmd->txn_prepare->n_ops;
+        size_t n = cmd->op_case == KV__COMMAND__OP_TXN
+                       ? cmd->txn->n_ops
+                       : cmd->txn_prepare->n_ops;
         Kv__TxnOp **ops = cmd->op_case == KV__COMMAND__OP_TXN
                               ? cmd->txn->ops
                               : cmd->txn_prepare->ops;
         for (size_t i = 0; i < n && rc == KV_OK; i++)
-            rc = pending_note(g->pend, index, ops[i]->key.data,
-                              ops[i]->key.len, PENDING_UNKNOWN, NULL, 0);
+            rc = pending_note(g->pend, index, ops[i]->key.data, ops[i]->key.len,
+                              PENDING_UNKNOWN, NULL, 0);
         break;
     }
     case KV__COMMAND__OP_EFFECT:
@@ -2289,8 +2288,8 @@ static void run_calls(struct replica *r)
         for (size_t i = 0; i < n; i++) {
             uint64_t wait = q[i].wait;
             if (wait <= applied &&
-                eval_call(r, g, q[i].client, q[i].clen, q[i].env,
-                          q[i].attempts, &wait) == EVAL_DONE) {
+                eval_call(r, g, q[i].client, q[i].clen, q[i].env, q[i].attempts,
+                          &wait) == EVAL_DONE) {
                 free(q[i].client);
                 continue;
             }
@@ -2320,8 +2319,7 @@ static void tick_calls(struct replica *r)
                 g->calls[keep++] = *q;
                 continue;
             }
-            reply_code(r, q->client, q->clen, q->env->request->id,
-                       KV_ETIMEDOUT,
+            reply_code(r, q->client, q->clen, q->env->request->id, KV_ETIMEDOUT,
                        "the call waited too long for writes in flight");
             free(q->client);
             wire_free(q->env);
@@ -2336,16 +2334,16 @@ static void serve_call(struct replica *r, const void *client, size_t clen,
                        const Kv__Request *req)
 {
     const Kv__CallRequest *c = req->call;
-    uint32_t shard = c->part ? c->shard
-                             : shard_of(c->key.data, c->key.len,
-                                        r->conf->shards);
-    struct proc_reader rd = {.arg = r, .get = applied_get, .scan = applied_scan};
+    uint32_t shard =
+        c->part ? c->shard : shard_of(c->key.data, c->key.len, r->conf->shards);
+    struct proc_reader rd = {
+        .arg = r, .get = applied_get, .scan = applied_scan};
     struct proc_limits lim = call_limits(r);
     struct proc_result res;
-    int rc = proc_run(r->env.procs, c->name, strlen(c->name), shard,
-                      r->conf->shards, c->part ? NULL : c->key.data,
-                      c->part ? 0 : c->key.len, c->arg.data, c->arg.len, &rd,
-                      &lim, &res);
+    int rc =
+        proc_run(r->env.procs, c->name, strlen(c->name), shard, r->conf->shards,
+                 c->part ? NULL : c->key.data, c->part ? 0 : c->key.len,
+                 c->arg.data, c->arg.len, &rd, &lim, &res);
     answer_call(r, client, clen, req->id, rc, rc == KV_OK ? "" : res.msg,
                 res.reply, res.rlen, 0);
     proc_result_free(&res);
@@ -2446,9 +2444,9 @@ static void finish_fanout(struct replica *r, struct fanout *f)
     uint32_t n = r->conf->shards;
     struct proc_limits lim = call_limits(r);
     struct proc_result res;
-    int rc = proc_merge(r->env.procs, f->name, strlen(f->name),
-                        (const void *const *)f->replies, f->lens, n, &lim,
-                        &res);
+    int rc =
+        proc_merge(r->env.procs, f->name, strlen(f->name),
+                   (const void *const *)f->replies, f->lens, n, &lim, &res);
     answer_call(r, f->client, f->clen, f->req_id, rc,
                 rc == KV_OK ? "" : res.msg, res.reply, res.rlen, 0);
     proc_result_free(&res);
@@ -2709,8 +2707,8 @@ static void finish_call(struct replica *r, struct group *g, struct waiter *w)
 static void take_plugins(struct replica *r, size_t pi, const Kv__PeerBatch *b)
 {
     struct peer_plugins *pp = &r->peer_plugins[pi];
-    struct proc_plugin *list = calloc(b->n_plugins ? b->n_plugins : 1,
-                                      sizeof(*list));
+    struct proc_plugin *list =
+        calloc(b->n_plugins ? b->n_plugins : 1, sizeof(*list));
     if (!list)
         return;
     size_t n = 0;

@@ -158,8 +158,8 @@ static int check_call(kv *db, const char *name, const void *arg, size_t alen,
     db->errmsg[0] = '\0';
     size_t n = name ? strlen(name) : 0;
     if (n == 0 || n > PROC_MAX_NAME)
-        return kv_fail(db, KV_EINVAL,
-                       "a procedure name has 1 to %d characters", PROC_MAX_NAME);
+        return kv_fail(db, KV_EINVAL, "a procedure name has 1 to %d characters",
+                       PROC_MAX_NAME);
     if (alen && !arg)
         return kv_fail(db, KV_EINVAL, "argument pointer is NULL");
     if (alen > db->max_value_bytes)

@@ -291,8 +291,8 @@ static int emb_read(void *arg, uint32_t shard, const void *key, size_t klen,
     return engine_get(se->engine, shard, key, klen, val, vlen, version);
 }
 
-static int emb_scan(void *arg, const struct engine_scan *sc,
-                    engine_emit_fn fn, void *fnarg)
+static int emb_scan(void *arg, const struct engine_scan *sc, engine_emit_fn fn,
+                    void *fnarg)
 {
     struct shared_engine *se = arg;
     return engine_scan(se->engine, sc, fn, fnarg, NULL);
@@ -301,8 +301,8 @@ static int emb_scan(void *arg, const struct engine_scan *sc,
 #define EMB_CALL_ATTEMPTS 16
 
 static int emb_call(kv *db, const char *name, const void *key, size_t klen,
-                    bool all, const void *arg, size_t alen,
-                    uint32_t timeout_ms, void **reply, size_t *rlen)
+                    bool all, const void *arg, size_t alen, uint32_t timeout_ms,
+                    void **reply, size_t *rlen)
 {
     (void)timeout_ms;
     struct shared_engine *se = engine_of(db);

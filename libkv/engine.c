@@ -631,8 +631,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         /* Sessions are written only at commit time in one generation per
          * client write: a client has one write in flight, so the store
          * holds every earlier one by the time a retry arrives. */
-        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver, NULL,
-                         NULL);
+        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver, NULL, NULL);
         if (rc != KV_OK)
             goto fail;
         if (found && seq >= w->seq) {
@@ -1644,8 +1643,7 @@ int engine_session_reply(struct engine *e, uint32_t shard,
     if (!sk)
         return KV_ENOMEM;
     bool found = false;
-    int rc =
-        session_get(e, sk, sklen, &found, seq, code, version, reply, rlen);
+    int rc = session_get(e, sk, sklen, &found, seq, code, version, reply, rlen);
     free(sk);
     if (rc == KV_OK && !found)
         rc = KV_ENOTFOUND;

@@ -10,6 +10,7 @@
 #                                                  chaos: 30 s of register)
 #   2b. $B/tests/sim --seeds 500                   (the simulator)
 #   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
+#   2d. $B/tests/chaos --workload incr             (20 s; CHAOS_INCR_S=N)
 #   3. tests/cluster/cli.sh                        (kvclient end to end)
 #   4. $B/tests/libkv_example embedded:TMPDIR      (the documented example)
 # A failing step does not stop the run. The last line is exactly
@@ -98,6 +99,13 @@ fi
 if [ -x "$B/tests/chaos" ]; then
     run_step chaos-bank env KVNODE="$B/kvnode" "$B/tests/chaos" \
         --workload bank --duration "${CHAOS_BANK_S:-20}"
+fi
+
+# 2d. the chaos test's incr workload (procedure calls under kill -9 and
+# SIGSTOP: acknowledged increments applied once, the others at most once)
+if [ -x "$B/tests/chaos" ]; then
+    run_step chaos-incr env KVNODE="$B/kvnode" "$B/tests/chaos" \
+        --workload incr --duration "${CHAOS_INCR_S:-20}"
 fi
 
 # 3. the command-line client, end to end (a missing script is a failure)

@@ -1,17 +1,19 @@
 /*
  * chaos - kills and pauses real kvnode processes under load, then checks
  * that no acknowledged write was lost and that everything the clients saw
- * is linearizable (register workload), or that transactions conserved the
- * bank's money and left nothing in flight (bank workload, bank.c).
+ * is linearizable (register workload), that transactions conserved the
+ * bank's money and left nothing in flight (bank workload, bank.c), or that
+ * procedure calls were applied exactly once when acknowledged and at most
+ * once otherwise (incr workload, incr.c).
  *
  *   chaos [--duration S] [--clients N] [--keys N] [--seed S]
- *         [--kill-every MS] [--op-timeout MS] [--workload register|bank]
- *         [--accounts N] [--keep]
+ *         [--kill-every MS] [--op-timeout MS]
+ *         [--workload register|bank|incr] [--accounts N] [--keep]
  *
  * This file is the driver (cluster, nemesis, probe, watchdog, options) and
- * the register workload; chaos.h is what the bank workload shares with it.
- * With --workload bank, the clients and the end checks are bank.c's and
- * everything else below is the same.
+ * the register workload; chaos.h is what the other workloads share with
+ * it. With --workload bank or incr, the clients and the end checks are
+ * bank.c's or incr.c's and everything else below is the same.
  *
  * It starts a 3-node cluster (8 shards, 3 replicas) with the test harness
  * (tests/cluster/harness.h). N client threads, each with its own kv handle,
@@ -38,13 +40,14 @@
  * history is written to DIR/history.txt; DIR is kept on failure or --keep.
  * The last line printed is "N passed, M failed" (3 checks for register;
  * 4 for bank: total conserved, no negative balance, no transaction left in
- * flight after healing, cluster healthy).
+ * flight after healing, cluster healthy; 4 for incr: counts within bounds,
+ * replies increasing, no call failed for sure, cluster healthy).
  *
  * It must never leave a process or a directory behind: nodes are signalled
  * by PID only, every wait is bounded, and a watchdog thread kills the nodes
  * and removes the temp directory when the run exceeds duration + 60 s (bank:
- * + 105 s, for its final audit and wait for transactions in flight) or on
- * SIGINT/SIGTERM.
+ * + 105 s, for its final audit and wait for transactions in flight; incr:
+ * + 90 s, for its final reads) or on SIGINT/SIGTERM.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -276,7 +279,7 @@ static void pids_refresh(struct run *r)
  * "ok:"/"FAIL:" line and counted in the last line). */
 static int nchecks(const struct run *r)
 {
-    return r->o.workload == WORKLOAD_BANK ? 4 : 3;
+    return r->o.workload == WORKLOAD_REGISTER ? 3 : 4;
 }
 
 /* Ends the run at once from any thread: kills every node it knows with
@@ -1179,12 +1182,16 @@ static void usage(void)
     fprintf(stderr,
             "usage: chaos [--duration S] [--clients N] [--keys N] [--seed S]\n"
             "             [--kill-every MS] [--op-timeout MS]\n"
-            "             [--workload register|bank] [--accounts N] [--keep]\n"
+            "             [--workload register|bank|incr] [--accounts N] "
+            "[--keep]\n"
             "  --duration S      seconds of load and faults (default 30)\n"
-            "  --clients N       client threads (default 8, max %d)\n"
-            "  --workload W      register (single keys, lincheck; default) or\n"
-            "                    bank (transfers and audits in transactions)\n"
-            "  --keys N          keys of the register workload (default 20)\n"
+            "  --clients N       client threads (default 8, incr 16; max %d)\n"
+            "  --workload W      register (single keys, lincheck; default),\n"
+            "                    bank (transfers and audits in transactions) "
+            "or\n"
+            "                    incr (the incr procedure on counters)\n"
+            "  --keys N          keys of the register workload (default 20),\n"
+            "                    counters of the incr workload (default 50)\n"
             "  --accounts N      accounts of the bank workload (default 16,\n"
             "                    %d..%d, spread over every shard)\n"
             "  --seed S          seed of every random choice (default: time)\n"
@@ -1211,7 +1218,7 @@ static int parse_num(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
-    int seeded = 0;
+    int seeded = 0, clients = 0, keys = 0;
     o->duration_s = 30;
     o->clients = 8;
     o->keys = 20;
@@ -1235,10 +1242,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->workload = WORKLOAD_REGISTER;
             } else if (v != NULL && strcmp(v, "bank") == 0) {
                 o->workload = WORKLOAD_BANK;
+            } else if (v != NULL && strcmp(v, "incr") == 0) {
+                o->workload = WORKLOAD_INCR;
             } else {
                 fprintf(stderr,
-                        "chaos: unknown workload %s (\"register\" or "
-                        "\"bank\")\n",
+                        "chaos: unknown workload %s (\"register\", "
+                        "\"bank\" or \"incr\")\n",
                         v != NULL ? v : "");
                 return -1;
             }
@@ -1254,10 +1263,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             if (parse_num(v, 1, MAX_CLIENTS, &x) != 0)
                 goto bad;
             o->clients = (int)x;
+            clients = 1;
         } else if (strcmp(a, "--keys") == 0) {
             if (parse_num(v, 1, MAX_KEYS, &x) != 0)
                 goto bad;
             o->keys = (int)x;
+            keys = 1;
         } else if (strcmp(a, "--seed") == 0) {
             if (parse_num(v, 0, UINT64_MAX, &x) != 0)
                 goto bad;
@@ -1284,21 +1295,35 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     }
     if (!seeded)
         o->seed = mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+    if (o->workload == WORKLOAD_INCR && !clients)
+        o->clients = 16;
+    if (o->workload == WORKLOAD_INCR && !keys)
+        o->keys = 50;
     return 0;
 }
 
 /* --- main ----------------------------------------------------------------- */
 
+/* The clients of the run's workload: one of these is set. */
+struct load {
+    struct client *cs; /* register: r->o.clients of them */
+    struct bank *bank;
+    struct incr *incr;
+};
+
 /* Starts the probe and client threads. Returns 0 or -1 (those started are
  * left for the caller to stop). */
-static int start_threads(struct run *r, struct client *cs, struct bank *bank,
-                         pthread_t *probe, int *probe_started)
+static int start_threads(struct run *r, const struct load *ld, pthread_t *probe,
+                         int *probe_started)
 {
+    struct client *cs = ld->cs;
     if (pthread_create(probe, NULL, probe_main, r) != 0)
         return -1;
     *probe_started = 1;
-    if (bank != NULL)
-        return bank_start(bank);
+    if (ld->bank != NULL)
+        return bank_start(ld->bank);
+    if (ld->incr != NULL)
+        return incr_start(ld->incr);
     for (int i = 0; i < r->o.clients; i++) {
         struct client *c = &cs[i];
         c->run = r;
@@ -1316,12 +1341,15 @@ static int start_threads(struct run *r, struct client *cs, struct bank *bank,
 
 /* Tells the client and probe threads to stop and joins them; aborts the run
  * when one does not stop in time. */
-static void stop_threads(struct run *r, struct client *cs, struct bank *bank,
-                         pthread_t probe, int probe_started)
+static void stop_threads(struct run *r, const struct load *ld, pthread_t probe,
+                         int probe_started)
 {
+    const struct client *cs = ld->cs;
     int want = 0;
-    if (bank != NULL)
-        want = bank_started(bank);
+    if (ld->bank != NULL)
+        want = bank_started(ld->bank);
+    if (ld->incr != NULL)
+        want = incr_started(ld->incr);
     for (int i = 0; cs != NULL && i < r->o.clients; i++)
         want += cs[i].started;
     atomic_store(&r->stop_clients, 1);
@@ -1337,8 +1365,10 @@ static void stop_threads(struct run *r, struct client *cs, struct bank *bank,
     pthread_mutex_unlock(&r->mu);
     if (stuck)
         abort_run(r, "a client thread did not stop in time");
-    if (bank != NULL)
-        bank_join(bank);
+    if (ld->bank != NULL)
+        bank_join(ld->bank);
+    if (ld->incr != NULL)
+        incr_join(ld->incr);
     for (int i = 0; cs != NULL && i < r->o.clients; i++)
         if (cs[i].started)
             pthread_join(cs[i].th, NULL);
@@ -1492,11 +1522,11 @@ static void failover_report(struct run *r)
  * led, stops the load, and checks the end state (register: reads every
  * key into FIN, setting *UNREAD to the keys it could not read and *BAD to
  * the unparseable values seen; bank: the final audit and the transactions
- * left in flight, into *BV). Then stops the nodes with SIGTERM (each must
- * exit 0). */
-static void wind_down(struct run *r, struct client *cs, struct bank *bank,
-                      pthread_t probe, struct oplog *fin, int *unread,
-                      unsigned long *bad, struct bank_verdict *bv)
+ * left in flight, into *BV; incr: the final reads and the counts, into
+ * *IV). Then stops the nodes with SIGTERM (each must exit 0). */
+static void wind_down(struct run *r, const struct load *ld, pthread_t probe,
+                      struct oplog *fin, int *unread, unsigned long *bad,
+                      struct bank_verdict *bv, struct incr_verdict *iv)
 {
     for (int i = 0; i < NNODES; i++)
         if (!cluster_node_running(r->cl, i)) {
@@ -1510,12 +1540,15 @@ static void wind_down(struct run *r, struct client *cs, struct bank *bank,
         chaos_problem(r, "cluster not ready at the end: %s", kv_strerror(rc));
     printf("chaos: t=%.1fs: faults over; stopping the clients\n",
            chaos_rel_s(r));
-    stop_threads(r, cs, bank, probe, 1);
-    if (bank != NULL) {
-        bank_report(bank);
-        bank_finish(bank, bv);
+    stop_threads(r, ld, probe, 1);
+    if (ld->bank != NULL) {
+        bank_report(ld->bank);
+        bank_finish(ld->bank, bv);
+    } else if (ld->incr != NULL) {
+        incr_report(ld->incr);
+        incr_finish(ld->incr, iv);
     } else {
-        *bad = client_report(r, cs);
+        *bad = client_report(r, ld->cs);
         *unread = final_reads(r, fin);
     }
     for (int i = 0; i < NNODES; i++) {
@@ -1540,7 +1573,9 @@ static void run_init(struct run *r)
     r->base_ns = mono_ns() - 1;
     r->watchdog_ms = r->start_ms + (int64_t)r->o.duration_s * 1000 +
                      WATCHDOG_SLACK_MS +
-                     (r->o.workload == WORKLOAD_BANK ? BANK_FINISH_MS : 0);
+                     (r->o.workload == WORKLOAD_BANK   ? BANK_FINISH_MS
+                      : r->o.workload == WORKLOAD_INCR ? INCR_FINAL_READ_MS
+                                                       : 0);
     pthread_mutex_init(&r->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1583,7 +1618,8 @@ static int cluster_up(struct run *r)
 
 /* Prints the "ok:"/"FAIL:" line of each check. */
 static void print_verdict(const struct run *r, const struct verdict *v,
-                          const struct bank_verdict *bv)
+                          const struct bank_verdict *bv,
+                          const struct incr_verdict *iv)
 {
     if (r->o.workload == WORKLOAD_BANK) {
         printf("%s total conserved (%lu wrong totals)\n",
@@ -1593,16 +1629,40 @@ static void print_verdict(const struct run *r, const struct verdict *v,
         printf("%s no transaction left in flight after healing (%lu "
                "left)\n",
                bv->pass_intents ? "ok:  " : "FAIL:", bv->intents_left);
-        printf("%s cluster healthy at the end\n",
-               v->pass_health ? "ok:  " : "FAIL:");
-        return;
+    } else if (r->o.workload == WORKLOAD_INCR) {
+        printf("%s no increment lost or applied twice (%lu counters out of "
+               "bounds, %lu unread, %lu bad replies)\n",
+               iv->pass_counts ? "ok:  " : "FAIL:", iv->out_of_bounds,
+               iv->unread, iv->bad_replies);
+        printf("%s replies increased per client and counter (%lu did "
+               "not)\n",
+               iv->pass_order ? "ok:  " : "FAIL:", iv->disorder);
+        printf("%s no call failed for sure (%lu failed, %lu unexpected "
+               "codes)\n",
+               iv->pass_errors ? "ok:  " : "FAIL:", iv->failed_sure,
+               iv->unexpected);
+    } else {
+        printf("%s linearizable (%zu violations)\n",
+               v->pass_lin ? "ok:  " : "FAIL:", v->violations);
+        printf("%s no acknowledged write lost (lost=%d)\n",
+               v->pass_lost ? "ok:  " : "FAIL:", v->lost);
     }
-    printf("%s linearizable (%zu violations)\n",
-           v->pass_lin ? "ok:  " : "FAIL:", v->violations);
-    printf("%s no acknowledged write lost (lost=%d)\n",
-           v->pass_lost ? "ok:  " : "FAIL:", v->lost);
     printf("%s cluster healthy at the end\n",
            v->pass_health ? "ok:  " : "FAIL:");
+}
+
+/* The number of checks of R's workload that passed (of nchecks(r)). */
+static int checks_passed(const struct run *r, const struct verdict *v,
+                         const struct bank_verdict *bv,
+                         const struct incr_verdict *iv)
+{
+    if (r->o.workload == WORKLOAD_BANK)
+        return bv->pass_total + bv->pass_negative + bv->pass_intents +
+               v->pass_health;
+    if (r->o.workload == WORKLOAD_INCR)
+        return iv->pass_counts + iv->pass_order + iv->pass_errors +
+               v->pass_health;
+    return v->pass_lin + v->pass_lost + v->pass_health;
 }
 
 /* Runs chaos (see the top of this file). Exits 0 when every check passed,
@@ -1611,33 +1671,35 @@ int main(int argc, char **argv)
 {
     static struct run run;
     struct run *r = &run;
-    struct client *cs = NULL;
-    struct bank *bank = NULL;
+    struct load ld = {NULL, NULL, NULL};
     struct oplog fin = {0};
     struct verdict v = {0, 0, 0, 0, 0};
     struct bank_verdict bv;
+    struct incr_verdict iv;
     pthread_t probe, wd;
     int probe_started = 0, wd_started = 0, unread = 0;
     unsigned long bad = 0;
 
     memset(&bv, 0, sizeof bv);
+    memset(&iv, 0, sizeof iv);
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (parse_opts(argc, argv, &r->o) != 0) {
         usage();
         return 2;
     }
     run_init(r);
-    int bankrun = r->o.workload == WORKLOAD_BANK;
-    if (bankrun)
+    enum chaos_workload wl = r->o.workload;
+    if (wl == WORKLOAD_BANK)
         printf("chaos: seed=%" PRIu64 " duration=%ds clients=%d accounts=%d "
                "kill-every=%dms op-timeout=%dms workload=bank\n",
                r->o.seed, r->o.duration_s, r->o.clients, r->o.accounts,
                r->o.kill_every_ms, r->o.op_timeout_ms);
     else
         printf("chaos: seed=%" PRIu64 " duration=%ds clients=%d keys=%d "
-               "kill-every=%dms op-timeout=%dms workload=register\n",
+               "kill-every=%dms op-timeout=%dms workload=%s\n",
                r->o.seed, r->o.duration_s, r->o.clients, r->o.keys,
-               r->o.kill_every_ms, r->o.op_timeout_ms);
+               r->o.kill_every_ms, r->o.op_timeout_ms,
+               wl == WORKLOAD_INCR ? "incr" : "register");
     if (harness_init() != 0 || harness_tempdir(r->work, sizeof r->work) != 0) {
         printf("chaos: no temp dir\n0 passed, %d failed\n", nchecks(r));
         return 1;
@@ -1654,31 +1716,37 @@ int main(int argc, char **argv)
         printf("chaos: no probe key for some shard\n");
         goto out_fail;
     }
-    if (bankrun && (bank = bank_new(r)) == NULL) {
+    if (wl == WORKLOAD_BANK && (ld.bank = bank_new(r)) == NULL) {
         printf("chaos: could not set up the bank\n");
         goto out_fail;
     }
+    if (wl == WORKLOAD_INCR) {
+        if ((ld.incr = incr_new(r)) == NULL) {
+            printf("chaos: could not set up the counters\n");
+            goto out_fail;
+        }
+        printf("chaos: counters %s/*\n", incr_prefix(ld.incr));
+    }
     if (cluster_up(r) != 0)
         goto out_fail;
-    if (!bankrun)
-        cs = calloc((size_t)r->o.clients, sizeof *cs);
-    if ((!bankrun && cs == NULL) ||
-        start_threads(r, cs, bank, &probe, &probe_started) != 0) {
+    if (wl == WORKLOAD_REGISTER)
+        ld.cs = calloc((size_t)r->o.clients, sizeof *ld.cs);
+    if ((wl == WORKLOAD_REGISTER && ld.cs == NULL) ||
+        start_threads(r, &ld, &probe, &probe_started) != 0) {
         printf("chaos: could not start the client threads\n");
-        if (cs != NULL || bank != NULL)
-            stop_threads(r, cs, bank, probe, probe_started);
+        if (ld.cs != NULL || ld.bank != NULL || ld.incr != NULL)
+            stop_threads(r, &ld, probe, probe_started);
         goto out_fail;
     }
 
     nemesis(r);
-    wind_down(r, cs, bank, probe, &fin, &unread, &bad, &bv);
-    if (!bankrun && check_history(r, cs, &fin, bad, unread, &v) != 0)
+    wind_down(r, &ld, probe, &fin, &unread, &bad, &bv, &iv);
+    if (wl == WORKLOAD_REGISTER &&
+        check_history(r, ld.cs, &fin, bad, unread, &v) != 0)
         goto out_fail;
     failover_report(r);
     v.pass_health = r->problems == 0;
-    int failing = bankrun ? !(bv.pass_total && bv.pass_negative &&
-                              bv.pass_intents && v.pass_health)
-                          : !(v.pass_lin && v.pass_lost && v.pass_health);
+    int failing = checks_passed(r, &v, &bv, &iv) != nchecks(r);
     save_artifacts(r, failing || r->o.keep);
     if (failing)
         for (int i = 0; i < NNODES; i++)
@@ -1693,6 +1761,7 @@ int main(int argc, char **argv)
 out_fail:
     v.pass_lin = v.pass_lost = v.pass_health = 0;
     memset(&bv, 0, sizeof bv);
+    memset(&iv, 0, sizeof iv);
     if (r->cl != NULL) {
         pids_refresh(r);
         for (int i = 0; i < NNODES; i++)
@@ -1713,15 +1782,13 @@ out:
         pthread_join(wd, NULL);
     }
     int all = nchecks(r);
-    int passed = bankrun ? bv.pass_total + bv.pass_negative + bv.pass_intents +
-                               v.pass_health
-                         : v.pass_lin + v.pass_lost + v.pass_health;
+    int passed = checks_passed(r, &v, &bv, &iv);
     int keep = r->o.keep || passed != all;
     if (keep)
         keep_work(r);
     harness_fini(passed != all);
-    print_verdict(r, &v, &bv);
-    if (keep && bankrun)
+    print_verdict(r, &v, &bv, &iv);
+    if (keep && wl != WORKLOAD_REGISTER)
         printf("chaos: kept %s (node logs, data)\n", r->work);
     else if (keep)
         printf("chaos: kept %s (history.txt, node logs, data); replay: "
@@ -1730,12 +1797,13 @@ out:
     printf("%d passed, %d failed\n", passed, all - passed);
 
     oplog_release(&fin);
-    if (cs != NULL)
+    if (ld.cs != NULL)
         for (int i = 0; i < r->o.clients; i++) {
-            oplog_release(&cs[i].log);
-            free(cs[i].known);
+            oplog_release(&ld.cs[i].log);
+            free(ld.cs[i].known);
         }
-    free(cs);
-    bank_free(bank);
+    free(ld.cs);
+    bank_free(ld.bank);
+    incr_free(ld.incr);
     return passed == all ? 0 : 1;
 }

@@ -1,7 +1,7 @@
 /*
  * chaos.h - what the chaos driver (chaos.c: cluster, nemesis, probe,
  * watchdog, the register workload) shares with the other workloads
- * (bank.c). Internal to tests/chaos.
+ * (bank.c, incr.c). Internal to tests/chaos.
  *
  * A workload runs r->o.clients threads, each with its own kv handle on
  * r->conf. A thread loops until r->stop_clients is set, bounds every call
@@ -25,17 +25,18 @@
 #define NSHARDS 8
 #define NREPLICAS 3
 #define MAX_SAMPLES 4096
-#define NERR 16 /* error codes are -1..-15 */
+#define NERR 19 /* error codes are -1..-18 */
 
 enum chaos_workload {
     WORKLOAD_REGISTER, /* single-key ops, checked by lincheck */
-    WORKLOAD_BANK      /* transfers and audits (bank.c) */
+    WORKLOAD_BANK,     /* transfers and audits (bank.c) */
+    WORKLOAD_INCR      /* the incr procedure on counters (incr.c) */
 };
 
 struct opts {
     int duration_s;
     int clients;
-    int keys;          /* register workload */
+    int keys;          /* register and incr workloads */
     int accounts;      /* bank workload */
     int kill_every_ms; /* 0: no faults */
     int op_timeout_ms;
@@ -152,5 +153,54 @@ void bank_report(struct bank *b);
  * waits at most 15 s until no shard leader lists a transaction in flight,
  * and fills *V (main thread). */
 void bank_finish(struct bank *b, struct bank_verdict *v);
+
+/* --- the incr workload (incr.c) ------------------------------------------- */
+
+struct incr;
+
+/* The most the final reads of incr_finish() take. */
+#define INCR_FINAL_READ_MS 30000
+
+/* What the end of an incr run found. */
+struct incr_verdict {
+    int pass_counts; /* every counter read, acknowledged <= value <=
+                        acknowledged + unknown, and the acknowledged
+                        replies of each distinct and in 1..value */
+    int pass_order;  /* each client's replies on a counter increased */
+    int pass_errors; /* no call failed for sure or with another code */
+    unsigned long unread, out_of_bounds, bad_replies, disorder, failed_sure,
+        unexpected;
+};
+
+/* Makes the workload: r->o.keys counters, counter i on shard i % NSHARDS,
+ * named under a prefix unique to the run. Returns NULL when out of memory
+ * or when no name fits a shard. Free with incr_free(). */
+struct incr *incr_new(struct run *r);
+
+/* Frees W (its threads must be joined). NULL is a no-op. */
+void incr_free(struct incr *w);
+
+/* The prefix of the counters' names (owned by W). */
+const char *incr_prefix(const struct incr *w);
+
+/* Starts r->o.clients client threads of increments. Returns 0, or -1 when
+ * one could not start (those started keep running until r->stop_clients). */
+int incr_start(struct incr *w);
+
+/* The number of client threads incr_start() started. */
+int incr_started(const struct incr *w);
+
+/* Joins the client threads (each has called chaos_client_done()). */
+void incr_join(struct incr *w);
+
+/* Prints what the clients did (acknowledged, unknown, failed increments,
+ * unexpected codes). A client that could not open a handle is a health
+ * problem. */
+void incr_report(struct incr *w);
+
+/* With every node running and the clients stopped: reads every counter
+ * (at most INCR_FINAL_READ_MS), checks the counts and the replies, prints
+ * the totals and fills *V (main thread). */
+void incr_finish(struct incr *w, struct incr_verdict *v);
 
 #endif

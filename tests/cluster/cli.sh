@@ -8,9 +8,11 @@
 # of every kvclient command and flag: usage errors, get/put/del, conditions,
 # binary values (stdin, --hex), scan bounds across shards, --json output
 # (parsed with python3), size limits, the tcp:// and embedded: targets,
-# transactions (txn: arguments, stdin scripts, conditions, limits), bench,
-# status with its replication view (leaders, terms, members) and
-# get --stale, also with nodes down. Every started process is ended by
+# transactions (txn: arguments, stdin scripts, conditions, limits),
+# procedures (call, call-all: the built-ins and the example plugins of
+# $B/procs, which the cluster loads), bench (incr-proc and incr-rmw with
+# their check of the sum too), status with its replication view (leaders,
+# terms, members) and get --stale, also with nodes down. Every started process is ended by
 # its PID and the temp dir removed on exit. The last line is exactly
 # "N passed, M failed"; the exit status is non-zero on any failure.
 set -u
@@ -180,6 +182,17 @@ P1=$1
 P2=$2
 P3=$3
 CONF="$T/cluster.conf"
+# The example plugins (make builds them into $B/procs). Without them the
+# cluster starts without plugins and their checks fail.
+PROCS=""
+for so in ratelimit sum_prefix move; do
+    [ -f "$B/procs/$so.so" ] && PROCS="$PROCS $B/procs/$so.so"
+done
+if [ -n "$PROCS" ]; then
+    PROCS_LINE="procedures =$PROCS"
+else
+    PROCS_LINE="# no plugins built in $B/procs"
+fi
 cat >"$CONF" <<EOF
 # written by tests/cluster/cli.sh
 cluster = clitest
@@ -192,6 +205,7 @@ max_message_bytes = 1048576
 request_timeout_ms = 3000
 txn_timeout_ms = 3000
 log_level = warn
+$PROCS_LINE
 
 [node 1]
 address = tcp://127.0.0.1:$P1
@@ -631,6 +645,185 @@ kvt "embedded:$T/emb-txn" txn "put ta 1" "put tb 2" "put tc 3" "if-absent td"
 expect "txn: an embedded target takes any keys in one transaction" 0 \
     "$(printf 'committed\nta 1\ntb 1\ntc 1')"
 
+# --- call, call-all -----------------------------------------------------------
+kvc call incr cli-n
+expect "call incr: a new key counts from 0" 0 "1"
+kvc call incr cli-n
+expect "call incr: again" 0 "2"
+kvc call incr cli-n 5
+printf '7\n' >"$T/want"
+if [ $rc = 0 ] && cmp -s "$T/out" "$T/want"; then
+    ok "call incr 5: prints the reply and one newline"
+else
+    bad "call incr 5: exit $rc, want 0 and exactly '7\\n'"
+fi
+kvc get cli-n
+expect "call incr: get shows the count" 0 "7"
+kvc call incr cli-n -- -10
+expect "call incr: a negative ARG after --" 0 "-3"
+kvc call incr cli-n --json
+expect_json "call --json: ok and reply" 0 'd == {"ok": True, "reply": "-2"}'
+kvc put cli-word hello
+kvc call incr cli-word
+expect_err "call incr on a non-integer value exits 2 (KV_EINVAL)" 2
+kvc get cli-word
+expect "call incr: ... and leaves the value unchanged" 0 "hello"
+kvc call incr cli-n x1
+expect_err "call incr: an ARG that is no integer exits 2" 2
+kvc put cli-max 9223372036854775807
+kvc call incr cli-max --json
+expect_json "call incr past int64: KV_ERANGE, exit 5" 5 \
+    'd["ok"] is False and d["error"] == "KV_ERANGE" and d["code"] == -18 and isinstance(d["message"], str)'
+kvc get cli-max
+expect "call incr: ... nothing written" 0 "9223372036854775807"
+kvc call append cli-ap abc
+expect "call append: absent key, the new length" 0 "3"
+kvc call append cli-ap 'd f'
+expect "call append: the new length again" 0 "6"
+kvc get cli-ap
+expect "call append: get shows both parts" 0 "abcd f"
+kvc call append cli-ap
+expect "call append: no ARG appends nothing" 0 "6"
+kvc --hex call append 636c692d6170 00ff
+expect "call --hex: hex key and ARG, the reply in hex" 0 "38"
+kvc --hex get 636c692d6170
+expect "call --hex: ... the bytes were appended" 0 "61626364206600ff"
+kvc put cli-cas old
+kvc call cas cli-cas old new
+printf '\n' >"$T/want"
+if [ $rc = 0 ] && cmp -s "$T/out" "$T/want"; then
+    ok "call cas: match, empty reply (a newline)"
+else
+    bad "call cas: match (exit $rc)"
+fi
+kvc get cli-cas
+expect "call cas: ... swapped" 0 "new"
+kvc call cas cli-cas old newer
+printf '\000\000\000\003new' >"$T/want"
+if [ $rc = 3 ] && cmp -s "$T/out" "$T/want" &&
+    grep -q '^kvclient: call cas: condition failed' "$T/err"; then
+    ok "call cas: mismatch exits 3, the current value as a list on stdout"
+else
+    bad "call cas: mismatch (exit $rc, want 3 and the one-item list)"
+fi
+kvc call cas cli-cas old newer --json
+expect_json "call cas --json: mismatch, the reply and the current value in items" 3 \
+    'd["ok"] is False and d["error"] == "KV_ECONFLICT" and d["code"] == -3 and d["reply"] == "\x00\x00\x00\x03new" and d["items"] == ["new"] and "cli-cas" in d["message"]'
+kvc get cli-cas
+expect "call cas: ... unchanged" 0 "new"
+kvc call cas cli-cas new
+expect_err "call cas: one ARG is no list, exit 2" 2
+kvc call cas cli-cas a b c
+expect_err "call cas: a list of three, exit 2" 2
+printf '\377\377\377\377\000\000\000\005fresh' >"$T/arg"
+kvc call cas cli-cas-new --arg-file "$T/arg"
+expect "call cas --arg-file: a missing expected item = must be absent" 0 ""
+kvc get cli-cas-new
+expect "call cas: ... created" 0 "fresh"
+kvc call cas cli-cas-new --arg-file "$T/arg" --json
+expect_json "call cas: again, the key exists now" 3 'd["items"] == ["fresh"]'
+kvc put "{t}a" A
+kvc put "{t}b" "$(printf 'b\tB')"
+kvc call mget "{t}a" "{t}b" "{t}c" --json
+expect_json "call mget --json: hash tag, items with null for the absent key" 0 \
+    'd["ok"] is True and d["items"] == ["A", "b\tB", None] and "reply_hex" in d'
+kvc call mget "{t}a" "{t}b" --as-list --json
+expect_json "call mget --as-list: one more key as a list" 0 \
+    'd["items"] == ["A", "b\tB"]'
+kvc call mget "{t}a" --json
+expect_json "call mget: no ARG reads the call's key" 0 'd["items"] == ["A"]'
+kvc call mget "{t}a" "{t}b" "{t}c"
+printf '\000\000\000\001A\000\000\000\003b\tB\377\377\377\377' >"$T/want"
+if [ $rc = 0 ] && cmp -s "$T/out" "$T/want"; then
+    ok "call mget: text output is the reply's bytes, no newline"
+else
+    bad "call mget: text output (exit $rc)"
+fi
+# eight more keys without the tag: some are on another shard than {t}
+kvc call mget "{t}a" o0 o1 o2 o3 o4 o5 o6 o7 --json
+expect_json "call mget: a key of another shard exits 2" 2 \
+    'd["error"] == "KV_EINVAL"'
+kvc --hex call mget 7b747d61 7b747d62 7b747d63 --json
+expect_json "call --hex --json: items_hex" 0 \
+    'd["items_hex"] == ["41", "620942", None] and "items" not in d'
+kvc call frobnicate cli-n
+expect_err "call: an unknown procedure exits 5" 5
+grep -q 'frobnicate' "$T/err" && grep -q 'no such procedure' "$T/err" &&
+    ok "call: ... and the message names it" || bad "call: unknown procedure message"
+kvc call frobnicate cli-n --json
+expect_json "call --json: KV_ENOPROC" 5 \
+    'd["ok"] is False and d["error"] == "KV_ENOPROC" and d["code"] == -15 and "frobnicate" in d["message"]'
+kvc call incr
+expect_err "usage: call without a key" 2
+kvc call incr cli-n 1 --arg-file "$T/arg"
+expect_err "usage: call with ARGs and --arg-file" 2
+kvc call incr cli-n --arg-file "$T/no-such-file"
+expect_err "call --arg-file: a missing file exits 5" 5
+kvc get cli-n --arg-file "$T/arg"
+expect_err "usage: --arg-file does not apply to get" 2
+printf '40' >"$T/arg"
+kvc_in "$T/arg" call incr cli-n --arg-file -
+expect "call --arg-file -: the argument from stdin" 0 "38"
+kvc help call
+if [ $rc = 0 ] && grep -q 'call NAME KEY' "$T/out"; then
+    ok "help: help call"
+else
+    bad "help: help call (exit $rc)"
+fi
+kvt "embedded:$T/emb-call" call incr e-n 41
+kvt "embedded:$T/emb-call" call incr e-n
+expect "call on an embedded target" 0 "42"
+
+# the example plugins (loaded by this cluster's cluster.conf)
+if [ -n "$PROCS" ] && [ "$(echo $PROCS | wc -w)" = 3 ]; then
+    ok "plugins: ratelimit, sum_prefix and move are built in $B/procs"
+else
+    bad "plugins: not all of ratelimit, sum_prefix and move in $B/procs"
+fi
+for i in 1 2 3 4 5 6; do
+    "$KVC" -c "$CONF" put "cs/$i" "$i$i" >/dev/null 2>&1 || bad "call-all: put cs/$i"
+done
+"$KVC" -c "$CONF" put cs/x word >/dev/null 2>&1
+kvc call-all sum_prefix cs/
+expect "call-all sum_prefix: keys, sum and skipped over every shard" 0 "6 231 1"
+kvc call-all sum_prefix cs/ --json
+expect_json "call-all --json" 0 'd == {"ok": True, "reply": "6 231 1"}'
+kvc call-all sum_prefix nothing/
+expect "call-all sum_prefix: no key" 0 "0 0 0"
+kvc call-all incr
+expect_err "call-all of a writing procedure exits 2" 2
+kvc call-all frobnicate --json
+expect_json "call-all: an unknown procedure" 5 \
+    'd["error"] == "KV_ENOPROC" and "frobnicate" in d["message"]'
+now=$(now_ms)
+kvc call ratelimit cli-rl "2 1 $now"
+case $(cat "$T/out") in
+allowed\ *) ok "call ratelimit: the first call is allowed" ;;
+*) bad "call ratelimit: first call (exit $rc)" ;;
+esac
+kvc call ratelimit cli-rl "2 1 $now"
+kvc call ratelimit cli-rl "2 1 $now"
+case $(cat "$T/out") in
+denied\ *) ok "call ratelimit: the third call at the same time is denied" ;;
+*) bad "call ratelimit: third call (exit $rc)" ;;
+esac
+kvc put "{acme}.alice" 100
+kvc call move "{acme}.alice" "{acme}.bob" 30
+if [ $rc = 0 ] && [ "$("$KVC" -c "$CONF" get "{acme}.alice")" = 70 ] &&
+    [ "$("$KVC" -c "$CONF" get "{acme}.bob")" = 30 ]; then
+    ok "call move: 30 from alice to bob"
+else
+    bad "call move (exit $rc)"
+fi
+kvc call move "{acme}.alice" "{acme}.bob" 1000
+expect_err "call move: insufficient funds exits 3" 3
+if [ "$("$KVC" -c "$CONF" get "{acme}.alice")" = 70 ] &&
+    [ "$("$KVC" -c "$CONF" get "{acme}.bob")" = 30 ]; then
+    ok "call move: ... and writes nothing"
+else
+    bad "call move: a failed move changed the balances"
+fi
+
 # --- targets --------------------------------------------------------------
 kvt "tcp://127.0.0.1:$P2" get s/07
 expect "target tcp:// seed list" 0 "v07"
@@ -680,6 +873,27 @@ expect_json "bench --threads 2: pipelined clients" 0 \
     'd["ops"] == 1000 and d["errors"] == 0 and d["clients"] == 8'
 kvt "embedded:$T/emb-bench" bench --ops 100 --clients 4 --threads 2
 expect_err "usage: an embedded target needs a thread per client" 2
+kvc bench --workload incr-proc --ops 2000 --clients 8 --json
+expect_json "bench --workload incr-proc: 16 hot keys, the sum checked" 0 \
+    'd["workload"] == "incr-proc" and d["keys"] == 16 and d["ops"] == 2000 and d["errors"] == 0 and d["increments"] == 2000 and d["timed_out"] == 0 and d["ops_per_sec"] > 0 and d["verify"] == {"ok": True, "sum": 2000, "found": 16, "keys": 16, "acknowledged": 2000} and 0 < d["p50_ms"] <= d["p99_ms"] <= d["max_ms"]'
+kvc bench --workload incr-rmw --ops 1000 --clients 8 --keys 4
+if [ $rc = 0 ] && grep -q '^workload incr-rmw$' "$T/out" &&
+    grep -q '^increments 1000$' "$T/out" && grep -q '^retries [0-9][0-9]*$' "$T/out" &&
+    grep -q '^verify: sum 1000 of 4 keys = acknowledged 1000$' "$T/out"; then
+    ok "bench --workload incr-rmw: a run of its own keys, the sum checked"
+else
+    bad "bench --workload incr-rmw (exit $rc)"
+fi
+kvc bench --workload incr-rmw --ops 500 --clients 4 --json
+expect_json "bench --workload incr-rmw --json: retries and verify" 0 \
+    'd["increments"] == 500 and d["retries"] >= 0 and d["verify"]["ok"] is True and d["verify"]["sum"] == 500'
+kvt "embedded:$T/emb-bench" bench --workload incr-proc --ops 400 --clients 4 --json
+expect_json "bench --workload incr-proc on an embedded target" 0 \
+    'd["increments"] == 400 and d["verify"]["sum"] == 400'
+kvc bench --workload incr-proc --value-size 10
+expect_err "usage: --value-size does not apply to incr-proc" 2
+kvc bench --workload incr-rmw --clients 8 --threads 2
+expect_err "usage: incr-rmw needs a thread per client" 2
 
 # --- status, then nodes going down ----------------------------------------
 kvc status

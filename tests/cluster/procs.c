@@ -13,9 +13,9 @@
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <check.h>
-#include <limits.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -108,9 +108,8 @@ static void expect_str(kv *h, const char *k, const char *v)
 
 /* Calls NAME on K with ARG (text); expects CODE and, when WANT is not
  * NULL, that reply. */
-static void call_expect(kv *h, const char *name, const char *k,
-                        const void *arg, size_t alen, int code,
-                        const char *want)
+static void call_expect(kv *h, const char *name, const char *k, const void *arg,
+                        size_t alen, int code, const char *want)
 {
     void *rep = NULL;
     size_t rlen = 0;
@@ -212,8 +211,8 @@ START_TEST(builtins_do_what_they_say_and_errors_change_nothing)
 
     /* Unknown procedures are named. */
     call_text(h, "no_such_proc", "p/x", NULL, KV_ENOPROC, NULL);
-    ck_assert_msg(strstr(kv_errmsg(h), "no_such_proc") != NULL,
-                  "message: %s", kv_errmsg(h));
+    ck_assert_msg(strstr(kv_errmsg(h), "no_such_proc") != NULL, "message: %s",
+                  kv_errmsg(h));
     kv_close(h);
 }
 END_TEST
@@ -227,15 +226,15 @@ START_TEST(plugins_run_and_a_failing_one_writes_nothing)
     void *rep = NULL;
     size_t rlen = 0;
     const char *arg = "2 1 1000000";
-    int rc = kv_call(h, "ratelimit", "p/rl", 4, arg, strlen(arg), NULL, &rep,
-                     &rlen);
+    int rc =
+        kv_call(h, "ratelimit", "p/rl", 4, arg, strlen(arg), NULL, &rep, &rlen);
     ck_assert_int_eq(rc, KV_OK);
     ck_assert_msg(rlen >= 6 && memcmp(rep, "denied", 6) == 0,
                   "third call: '%.*s'", (int)rlen, (char *)rep);
     kv_free(rep);
     arg = "2 1 1002000"; /* two seconds later: allowed again */
-    rc = kv_call(h, "ratelimit", "p/rl", 4, arg, strlen(arg), NULL, &rep,
-                 &rlen);
+    rc =
+        kv_call(h, "ratelimit", "p/rl", 4, arg, strlen(arg), NULL, &rep, &rlen);
     ck_assert_int_eq(rc, KV_OK);
     ck_assert_msg(rlen >= 7 && memcmp(rep, "allowed", 7) == 0,
                   "after a refill: '%.*s'", (int)rlen, (char *)rep);
@@ -310,8 +309,8 @@ START_TEST(a_call_over_a_budget_fails_and_writes_nothing)
         list_add(arg, &n, k);
     }
     call_expect(h, "mget", "{b}1", arg, n, KV_EBUDGET, NULL);
-    ck_assert_msg(strstr(kv_errmsg(h), "proc_max_keys") != NULL,
-                  "message: %s", kv_errmsg(h));
+    ck_assert_msg(strstr(kv_errmsg(h), "proc_max_keys") != NULL, "message: %s",
+                  kv_errmsg(h));
     /* append past proc_max_write_bytes = 64: nothing written. */
     char big[100];
     memset(big, 'x', sizeof big);
@@ -454,8 +453,7 @@ START_TEST(embedded_mode_runs_the_same_procedures)
     char dir[512], env[2 * PATH_MAX + 64], path[600];
     find_procs();
     ck_assert_int_eq(harness_tempdir(dir, sizeof dir), 0);
-    snprintf(env, sizeof env, "%s/move.so %s/sum_prefix.so", procdir,
-             procdir);
+    snprintf(env, sizeof env, "%s/move.so %s/sum_prefix.so", procdir, procdir);
     setenv("KV_PROCEDURES", env, 1);
     snprintf(path, sizeof path, "embedded:%s/db", dir);
     kv *h = NULL;
