@@ -22,6 +22,11 @@
  * hold at most max_inflight_per_client unanswered requests (inflight.h).
  * With curve off a node only listens on a loopback address, unless
  * insecure = yes (protected mode).
+ *
+ * Damaged data stops it: once the store met corruption (store_damage),
+ * nothing but KV_ECORRUPT answers leaves the node, no peer traffic either,
+ * and node_run returns KV_ECORRUPT at the end of that iteration. A reply
+ * computed from a read that hid the damage is never sent.
  */
 #include "node.h"
 
@@ -133,6 +138,8 @@ static void send_reply(void *arg, const void *id, size_t idlen,
     struct node *n = arg;
     void *buf;
     size_t len;
+    if (store_damage(n->store) && resp->code != KV_ECORRUPT)
+        return; /* it may hold what the damage hid: the client retries */
     if (wire_encode_response(resp, &buf, &len) != KV_OK) {
         log_msg(LOG_ERROR, "cannot encode a reply", "bytes=%zu",
                 kv__response__get_packed_size(resp));
@@ -157,6 +164,8 @@ static void answer_client(void *arg, const void *id, size_t idlen,
 static void send_peer(void *arg, uint32_t to, const void *buf, size_t len)
 {
     struct node *n = arg;
+    if (store_damage(n->store))
+        return; /* a damaged node takes no part any more */
     for (size_t i = 0; i < n->conf->nnodes; i++) {
         if (n->conf->nodes[i].id != to || !n->peers[i])
             continue;
@@ -426,6 +435,8 @@ static int iterate(struct node *n, uint64_t wait_max)
         zap_serve(n->zap, now_ms());
     for (int i = 0; i < MAX_READS_PER_LOOP && read_one(n); i++)
         ;
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     now = now_ms();
     if (now >= n->next_expire_ms) {
         inflight_expire(n->inflight, now);
@@ -438,9 +449,25 @@ static int iterate(struct node *n, uint64_t wait_max)
     if (now >= n->next_tick_ms) /* far behind (stopped process): catch up */
         n->next_tick_ms = now + REPLICA_TICK_MS;
     rc = replica_flush(n->replica);
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     if (rc != KV_OK)
         return rc;
     return woke;
+}
+
+/* The answers already queued (KV_ECORRUPT to the requests that met the
+ * damage) get a moment to leave when the node closes. */
+static int damaged(struct node *n)
+{
+    int linger = 500;
+    zmq_setsockopt(n->router, ZMQ_LINGER, &linger, sizeof(linger));
+    return KV_ECORRUPT;
+}
+
+const char *node_damage(const struct node *n)
+{
+    return store_damage(n->store);
 }
 
 int node_run(struct node *n)
@@ -452,6 +479,8 @@ int node_run(struct node *n)
     int rc;
     while ((rc = iterate(n, 1000)) == 0)
         ;
+    if (rc == KV_ECORRUPT)
+        return damaged(n);
     if (rc < 0)
         return rc;
     /* Graceful stop: hand every led shard to a caught-up member first, so
@@ -460,6 +489,8 @@ int node_run(struct node *n)
     size_t led = replica_transfer_all(n->replica);
     while (led && now_ms() < deadline) {
         rc = iterate(n, 20);
+        if (rc == KV_ECORRUPT)
+            return damaged(n);
         if (rc < 0)
             return rc;
         led = replica_transfer_all(n->replica);
@@ -665,6 +696,17 @@ static int open_router(struct node *n, const struct conf_node *me,
     return KV_OK;
 }
 
+int node_check_protected(const struct conf *conf, uint32_t id, char *err,
+                         size_t errlen)
+{
+    const struct conf_node *me = conf_node_by_id(conf, id);
+    if (!me) {
+        snprintf(err, errlen, "node %u is not in %s", id, conf->path);
+        return KV_EINVAL;
+    }
+    return check_protected(conf, me, err, errlen);
+}
+
 int node_open(const struct conf *conf, uint32_t id, struct node **out,
               char *err, size_t errlen)
 {
@@ -722,6 +764,11 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;
         rc = replica_open(conf, id, n->store, &env, seed, &n->replica, err,
                           errlen);
+        if (rc == KV_ECORRUPT && store_damage(n->store)) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used, " (LevelDB: %s)",
+                     store_damage(n->store));
+        }
     }
     if (rc == KV_OK) {
         n->ctx = zmq_ctx_new();

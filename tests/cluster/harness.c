@@ -607,6 +607,11 @@ static void check_node(struct cluster *c, int i)
 
 int cluster_spawn_node(struct cluster *c, int i)
 {
+    return cluster_spawn_node_args(c, i, NULL);
+}
+
+int cluster_spawn_node_args(struct cluster *c, int i, const char *const *extra)
+{
     if (c == NULL || i < 0 || i >= c->nnodes || c->owner != getpid())
         return KV_EINVAL;
     check_node(c, i);
@@ -615,14 +620,20 @@ int cluster_spawn_node(struct cluster *c, int i)
         return KV_EINVAL;
     char idbuf[16];
     snprintf(idbuf, sizeof idbuf, "%u", n->id);
-    char *argv[] = {(char *)harness_kvnode(),
-                    "-c",
-                    c->conf,
-                    "-n",
-                    idbuf,
-                    "--log-level",
-                    c->log_level,
-                    NULL};
+    char *argv[16] = {(char *)harness_kvnode(),
+                      "-c",
+                      c->conf,
+                      "-n",
+                      idbuf,
+                      "--log-level",
+                      c->log_level,
+                      NULL};
+    for (size_t k = 7; extra != NULL && extra[k - 7] != NULL; k++) {
+        if (k >= 15)
+            return KV_EINVAL;
+        argv[k] = (char *)extra[k - 7];
+        argv[k + 1] = NULL;
+    }
     int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "harness: open %s: %s\n", n->log, strerror(errno));
@@ -635,6 +646,26 @@ int cluster_spawn_node(struct cluster *c, int i)
         return KV_EIO;
     }
     n->pid = pid;
+    return 0;
+}
+
+int cluster_wait_exit(struct cluster *c, int i, int timeout_ms, int *exit_code)
+{
+    if (c == NULL || i < 0 || i >= c->nnodes || c->owner != getpid() ||
+        c->nodes[i].pid <= 0)
+        return KV_EINVAL;
+    int status = 0;
+    if (!reap_within(c->nodes[i].pid, timeout_ms, &status))
+        return KV_ETIMEDOUT;
+    c->nodes[i].pid = 0;
+    if (exit_code != NULL) {
+        if (WIFEXITED(status))
+            *exit_code = WEXITSTATUS(status);
+        else if (WIFSIGNALED(status))
+            *exit_code = 128 + WTERMSIG(status);
+        else
+            *exit_code = -1;
+    }
     return 0;
 }
 

@@ -128,6 +128,17 @@ int cluster_restart_node(struct cluster *c, int i);
 /* Starts node I again without waiting for it. Returns 0, KV_EINVAL, KV_EIO. */
 int cluster_spawn_node(struct cluster *c, int i);
 
+/* The same with EXTRA arguments for kvnode (NULL-terminated, at most 8;
+ * e.g. "--rebuild"). */
+int cluster_spawn_node_args(struct cluster *c, int i, const char *const *extra);
+
+/* Waits at most TIMEOUT_MS for node I to exit by itself, as a test expects
+ * (it is then not reported as an unexpected death): *exit_code (may be
+ * NULL) gets its exit status, 128+N when signal N ended it. Returns 0,
+ * KV_ETIMEDOUT while it still runs, KV_EINVAL when it is not running (or
+ * a harness call already reaped it as an unexpected death). */
+int cluster_wait_exit(struct cluster *c, int i, int timeout_ms, int *exit_code);
+
 /* Waits at most TIMEOUT_MS until every running node answers a status
  * request in which every shard it holds has a known leader. Returns 0,
  * KV_ETIMEDOUT, or KV_EUNAVAILABLE when a node died meanwhile. */
