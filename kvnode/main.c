@@ -1,10 +1,12 @@
 /*
- * kvnode - the kv server: `kvnode -c cluster.conf -n ID [--rebuild]`.
+ * kvnode - the kv server: `kvnode -c cluster.conf -n ID [--rebuild]`, and
+ * `kvnode keygen FILE` (a CurveZMQ key pair for a node, docs/security.md).
  *
  * main() alone maps errors to exit codes: 0 clean stop, 1 runtime failure
- * (cannot open data, cannot bind, the store failed), 2 usage or
- * configuration error, which includes a data directory marked DAMAGED (the
- * node refuses to start until it is rebuilt), 3 the node found its data
+ * (cannot open data, cannot bind, the store failed, cannot write a key
+ * file), 2 usage or configuration error, which includes a data directory
+ * marked DAMAGED (the node refuses to start until it is rebuilt), a key
+ * file that already exists and protected mode, 3 the node found its data
  * damaged (checksums, paranoid checks) and stopped: it wrote the DAMAGED
  * marker (kvnode/datadir.h, docs/security.md).
  */
@@ -15,6 +17,7 @@
 
 #include "conf.h"
 #include "datadir.h"
+#include "keys.h"
 #include "kv.h"
 #include "log.h"
 #include "node.h"
@@ -33,23 +36,76 @@ static void on_signal(int sig)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvnode -c FILE -n ID [--log-level LEVEL] [--rebuild]\n"
-               "       kvnode -c FILE --check\n"
-               "  -c FILE            cluster configuration (cluster.conf)\n"
-               "  -n ID              which [node ID] of FILE to run\n"
-               "  --log-level LEVEL  debug, info, warn or error (default: "
-               "the file's log_level)\n"
-               "  --rebuild          move the node's data directory aside "
-               "(DIR.damaged-TIME)\n"
-               "                     and start empty: every shard catches up "
-               "from its leader\n"
-               "  --check            validate FILE and load its plugins; print "
-               "data_dir,\n"
-               "                     nodes and plugin hashes\n"
-               "exit status: 0 stopped, 1 runtime failure, 2 usage or "
-               "configuration error\n"
-               "  or a data directory marked DAMAGED, 3 found damaged data "
-               "(docs/security.md)\n");
+    fprintf(f,
+            "usage: kvnode -c FILE -n ID [--log-level LEVEL] [--rebuild]\n"
+            "       kvnode -c FILE --check\n"
+            "       kvnode keygen FILE\n"
+            "  -c FILE            cluster configuration (cluster.conf)\n"
+            "  -n ID              which [node ID] of FILE to run\n"
+            "  --log-level LEVEL  debug, info, warn or error (default: "
+            "the file's log_level)\n"
+            "  --rebuild          move the node's data directory aside "
+            "(DIR.damaged-TIME)\n"
+            "                     and start empty: every shard catches up "
+            "from its leader\n"
+            "  --check            validate FILE and load its plugins; print "
+            "data_dir,\n"
+            "                     nodes and plugin hashes\n"
+            "  keygen FILE        write a new CurveZMQ key pair to FILE (mode "
+            "0600,\n"
+            "                     never replacing a file); print its public "
+            "key\n"
+            "exit status: 0 stopped, 1 runtime failure, 2 usage or "
+            "configuration error\n"
+            "  or a data directory marked DAMAGED, 3 found damaged data "
+            "(docs/security.md)\n");
+}
+
+/* kvnode keygen FILE: prints the public key on stdout, so that
+ * `echo "public_key = $(kvnode keygen n1.key)"` works. */
+static int keygen(int argc, char **argv)
+{
+    if (argc != 3 || argv[2][0] == '\0' || argv[2][0] == '-') {
+        fprintf(stderr, "usage: kvnode keygen FILE\n");
+        return 2;
+    }
+    char pub[KEYS_Z85_LEN + 1], err[512];
+    int rc = keys_generate(argv[2], pub, err, sizeof(err));
+    if (rc != KV_OK) {
+        fprintf(stderr, "kvnode keygen: %s\n", err);
+        return rc == KV_EINVAL ? 2 : 1;
+    }
+    printf("%s\n", pub);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* --check: what a node would refuse at start that the parser cannot see:
+ * the client key file, and protected mode. Returns 0 or 2. */
+static int check_security(const struct conf *conf)
+{
+    const struct conf_security *sec = &conf->security;
+    if (sec->curve) {
+        size_t n = 0;
+        char(*keys)[KEYS_Z85_LEN + 1] = NULL;
+        char err[512];
+        if (sec->client_keys_file &&
+            keys_load_list(sec->client_keys_file, &keys, &n, err,
+                           sizeof(err)) != KV_OK) {
+            fprintf(stderr, "kvnode: client_keys_file: %s\n", err);
+            return 2;
+        }
+        free(keys);
+        printf("curve on, %zu client keys\n", sec->nclient_keys + n);
+        return 0;
+    }
+    for (size_t i = 0; !sec->insecure && i < conf->nnodes; i++)
+        if (!conf_address_is_loopback(conf->nodes[i].address))
+            fprintf(stderr,
+                    "kvnode: note: node %u (%s) will refuse to start: not a "
+                    "loopback address and curve is off (protected mode; "
+                    "docs/security.md)\n",
+                    conf->nodes[i].id, conf->nodes[i].address);
+    return 0;
 }
 
 /* The node found its data directory DIR damaged (DETAIL says how): one
@@ -132,6 +188,8 @@ int main(int argc, char **argv)
     const char *path = NULL, *level = NULL;
     uint32_t id = 0;
     int check = 0, rebuild = 0;
+    if (argc >= 2 && strcmp(argv[1], "keygen") == 0)
+        return keygen(argc, argv);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-c") == 0 && i + 1 < argc) {
@@ -189,8 +247,9 @@ int main(int argc, char **argv)
             printf("\n");
         }
         proc_registry_close(reg);
+        rc = check_security(conf);
         conf_free(conf);
-        return 0;
+        return rc;
     }
     enum log_level lv;
     if (log_parse_level(level ? level : conf->log_level, &lv) != 0) {
@@ -209,6 +268,13 @@ int main(int argc, char **argv)
                 "kvnode: node %u is not in %s (or its data "
                 "directory path is too long)\n",
                 id, path);
+        conf_free(conf);
+        return 2;
+    }
+    /* Protected mode, before the data directory is touched. */
+    if (node_check_protected(conf, id, err, sizeof(err)) != KV_OK) {
+        log_msg(LOG_ERROR, "cannot start", "error=\"%s\"", err);
+        fprintf(stderr, "kvnode: %s\n", err);
         conf_free(conf);
         return 2;
     }

@@ -24,6 +24,14 @@ struct node;
 int node_open(const struct conf *conf, uint32_t id, struct node **out,
               char *err, size_t errlen);
 
+/* Protected mode: with [security] curve off, node ID may listen only on a
+ * loopback address (localhost, 127.0.0.0/8, ::1) unless the file says
+ * insecure = yes. Returns KV_OK, or KV_EINVAL with the reason, and what to
+ * set, in ERR. node_open() checks it too; main() asks first, before it
+ * touches the data directory. */
+int node_check_protected(const struct conf *conf, uint32_t id, char *err,
+                         size_t errlen);
+
 /* Serves until node_stop() is called (from a signal handler: it only writes
  * to a pipe). Returns KV_OK after a clean stop: every acknowledged write is
  * durable. Returns KV_ECORRUPT as soon as the store met damaged data
