@@ -513,7 +513,7 @@ START_TEST(effects_too_big_for_one_message_are_refused)
             list_add(arg, &n, cmd);
         }
         list_add(arg, &n, big ? "reply 12000" : "reply 2000");
-        char key[16];
+        char key[32];
         snprintf(key, sizeof key, "{s}%d.0", big);
         void *rep = NULL;
         size_t rlen = 0;
