@@ -123,6 +123,8 @@ $(B)/tests/unit_%: $(B)/obj/tests/unit/check_%.o tests/unit/runner.c $(B)/libkvn
 # from this build's folders (KV_PROC_DIR, KV_TESTPROC_DIR in the
 # environment override them).
 $(B)/tests/unit_proc: $(PROC_SOS) $(TEST_PROC_SOS)
+# the procs cluster test loads the example and test plugins into kvnode
+$(B)/tests/procs: $(PROC_SOS) $(TEST_PROC_SOS)
 $(B)/obj/tests/unit/check_proc.o: CFLAGS += -DKV_PROC_DIR='"$(abspath $(B))/procs"' \
     -DKV_TESTPROC_DIR='"$(abspath $(B))/testprocs"'
 

@@ -258,6 +258,13 @@ start() {
     echo "# a create-only put of a key that exists is refused (exit 3):"
     EXPECT=3 demo put user:1 'someone else' --if-absent
     demo scan --prefix user:
+    echo "# procedures run on the node holding the key: a counter, and a"
+    echo "# transfer within one hash tag (plugins of procs/, docs/procedures.md)"
+    demo call incr demo:visits
+    demo call incr demo:visits 10
+    demo put '{acme}.alice' 100
+    demo call move '{acme}.alice' '{acme}.bob' 30
+    demo call-all sum_prefix '{acme}.'
     demo status
     [ $DEMO_OK -eq 1 ] || echo "cluster.sh: some demo commands failed" >&2
 
@@ -275,6 +282,7 @@ start() {
   $k get KEY                       read
   $k del KEY                       delete
   $k scan --prefix P               keys in order, merged across shards
+  $k call incr KEY [N]             run a procedure on KEY's node (docs/procedures.md)
   $k status                        nodes, shards, which node serves each
   $k bench --help                  load generator (throughput, latency)
   $k help                          every command and option

@@ -141,23 +141,29 @@ static void txn_keys(const struct bench_shared *sh, uint64_t k, char *a,
     }
 }
 
-/* One transaction of two puts: A and B = VAL. Returns its code. */
+struct txn_puts {
+    const char *a, *b;
+    size_t alen, blen;
+    const void *val;
+    size_t vlen;
+};
+
+static int txn_fill(kv_txn *t, void *arg)
+{
+    const struct txn_puts *p = arg;
+    int rc = kv_txn_put(t, p->a, p->alen, p->val, p->vlen);
+    return rc == KV_OK ? kv_txn_put(t, p->b, p->blen, p->val, p->vlen) : rc;
+}
+
+/* One transaction of two puts: A and B = VAL, run as an application runs
+ * one (kv_txn_run: one that lost a race for a key to another client's
+ * transaction starts again after a short backoff). Returns its code. */
 static int txn_op(kv *db, const kv_opts *o, const char *a, size_t alen,
                   const char *b, size_t blen, const void *val, size_t vlen)
 {
-    kv_txn *t = NULL;
-    int rc = kv_txn_begin(db, o, &t);
-
-    if (rc != KV_OK)
-        return rc;
-    rc = kv_txn_put(t, a, alen, val, vlen);
-    if (rc == KV_OK)
-        rc = kv_txn_put(t, b, blen, val, vlen);
-    if (rc != KV_OK) {
-        kv_txn_abort(t);
-        return rc;
-    }
-    return kv_txn_commit(t, NULL, NULL);
+    struct txn_puts p = {
+        .a = a, .b = b, .alen = alen, .blen = blen, .val = val, .vlen = vlen};
+    return kv_txn_run(db, o, txn_fill, &p);
 }
 
 /* Whether the workload runs a blocking thread per client. */

@@ -1,7 +1,8 @@
 /*
  * kvclient - the command-line client of kv.
  *
- *   kvclient [-c TARGET] [--timeout MS] [--json] [--hex] COMMAND [ARGS]
+ *   kvclient [-c TARGET] [--key FILE] [--timeout MS] [--json] [--hex]
+ *            COMMAND [ARGS]
  *
  * Commands are rows of one table (name, handler, argument counts, accepted
  * options, flags) checked in one place before a handler runs, in the style
@@ -23,6 +24,7 @@
 
 #include "admin.h"
 #include "bench.h"
+#include "keys.h"
 #include "kv.h"
 #include "kvproc.h"
 
@@ -47,6 +49,7 @@ enum {
 enum opt_id {
     OPT_CONF,
     OPT_TIMEOUT,
+    OPT_KEY,
     OPT_JSON,
     OPT_HEX,
     OPT_HELP,
@@ -73,7 +76,7 @@ enum opt_id {
 #define BIT(o) (1u << (o))
 #define GLOBAL_OPTS                                                            \
     (BIT(OPT_CONF) | BIT(OPT_TIMEOUT) | BIT(OPT_JSON) | BIT(OPT_HEX) |         \
-     BIT(OPT_HELP))
+     BIT(OPT_HELP) | BIT(OPT_KEY))
 
 struct optdef {
     const char *name; /* long name, after "--" */
@@ -87,6 +90,8 @@ static const struct optdef optdefs[OPT_COUNT] = {
                   "a cluster.conf (" DEFAULT_TARGET "), tcp://h:p,... or "
                   "embedded:DIR"},
     [OPT_TIMEOUT] = {"timeout", 0, "MS", "per-call timeout in milliseconds"},
+    [OPT_KEY] = {"key", 0, "FILE",
+                 "CurveZMQ client key file (as KV_CLIENT_KEY=FILE)"},
     [OPT_JSON] = {"json", 0, NULL, "print JSON instead of text"},
     [OPT_HEX] = {"hex", 0, NULL, "keys and values are hex on input and output"},
     [OPT_HELP] = {"help", 'h', NULL, "print this help and exit"},
@@ -156,6 +161,7 @@ struct command {
 #define CMD_OPEN 1u /* the handler needs c->db opened on the target */
 
 static int cmd_get(struct cli *c);
+static int cmd_keygen(struct cli *c);
 static int cmd_put(struct cli *c);
 static int cmd_del(struct cli *c);
 static int cmd_scan(struct cli *c);
@@ -174,6 +180,9 @@ static const struct command commands[] = {
      "write KEY (VALUE - reads stdin); print the new version"},
     {"del", cmd_del, 1, 1, BIT(OPT_IF_VERSION), CMD_OPEN,
      "del KEY [--if-version V]", "delete KEY"},
+    {"keygen", cmd_keygen, 1, 1, 0, 0, "keygen FILE",
+     "write a new CurveZMQ key pair to FILE (mode 0600, never replacing a "
+     "file); print its public key"},
     {"scan", cmd_scan, 0, 0,
      BIT(OPT_PREFIX) | BIT(OPT_START) | BIT(OPT_END) | BIT(OPT_LIMIT) |
          BIT(OPT_STALE),
@@ -757,6 +766,21 @@ out_val:
 out_key:
     free(key.owned);
     return ret;
+}
+
+/* keygen FILE: a client's key pair (docs/security.md). Prints the public
+ * key alone on stdout, so scripts can collect it. */
+static int cmd_keygen(struct cli *c)
+{
+    char pub[KEYS_Z85_LEN + 1], err[512];
+    int rc = keys_generate(c->args[0], pub, err, sizeof err);
+    if (rc != KV_OK)
+        return report(c, "keygen", rc, err);
+    if (c->json)
+        printf("{\"ok\":true,\"public_key\":\"%s\"}\n", pub);
+    else
+        printf("%s\n", pub);
+    return EXIT_OKAY;
 }
 
 /* del KEY: deletes, prints OK. */
@@ -2293,6 +2317,20 @@ int main(int argc, char **argv)
     ret = check_command(&c);
     if (ret != 0)
         goto out;
+    if (c.seen & BIT(OPT_KEY)) {
+        /* Every handle this process opens (bench opens many) uses it. */
+        if (c.optval[OPT_KEY][0] == '\0' ||
+            strncmp(c.target, "tcp://", 6) == 0) {
+            ret = usage_error(&c, "--key needs a key file and a cluster.conf "
+                                  "target (a tcp:// seed list cannot carry "
+                                  "the nodes' public keys)");
+            goto out;
+        }
+        if (setenv("KV_CLIENT_KEY", c.optval[OPT_KEY], 1) != 0) {
+            ret = report(&c, "--key", KV_ENOMEM, strerror(errno));
+            goto out;
+        }
+    }
     if (c.cmd->flags & CMD_OPEN) {
         kv_open_opts oo = {0};
         oo.timeout_ms = c.timeout_ms;

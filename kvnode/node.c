@@ -11,11 +11,28 @@
  *
  * A frame that does not decode is counted, logged once per sender, and
  * answered with KV_EPROTO; nothing a client sends can stop the loop.
+ *
+ * Security (docs/security.md): with [security] curve = on the ROUTER is a
+ * CURVE server with this node's secret key, each peer DEALER a CURVE client
+ * that knows the peer's public key, and the ZAP handler (zap.h, polled in
+ * this loop) admits only the keys of the nodes and of the listed clients;
+ * a peer batch must come over a connection authenticated as the node it
+ * names. Whatever the mode, every socket drops a connection whose
+ * handshake takes longer than handshake_timeout_ms, and one connection may
+ * hold at most max_inflight_per_client unanswered requests (inflight.h).
+ * With curve off a node only listens on a loopback address, unless
+ * insecure = yes (protected mode).
+ *
+ * Damaged data stops it: once the store met corruption (store_damage),
+ * nothing but KV_ECORRUPT answers leaves the node, no peer traffic either,
+ * and node_run returns KV_ECORRUPT at the end of that iteration. A reply
+ * computed from a read that hid the damage is never sent.
  */
 #include "node.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,18 +42,25 @@
 #include <zmq.h>
 
 #include "conf.h"
+#include "inflight.h"
+#include "keys.h"
 #include "kv.h"
 #include "log.h"
 #include "proc.h"
 #include "replica.h"
 #include "store.h"
 #include "wire.h"
+#include "zap.h"
 
 #define MAX_READS_PER_LOOP 4096
 #define MAX_ID_LEN 256        /* ZeroMQ routing ids are at most 255 bytes */
 #define MAX_LOGGED_PEERS 1024 /* senders of bad frames we remember */
 #define PEER_HWM 10000
 #define SHUTDOWN_TRANSFER_MS 3000
+/* A request still unanswered this long after its client stopped waiting
+ * no longer counts against its connection's max_inflight_per_client. */
+#define INFLIGHT_SLACK_MS 1000
+#define INFLIGHT_EXPIRE_EVERY_MS 1000
 
 struct node {
     const struct conf *conf;
@@ -56,6 +80,10 @@ struct node {
     uint64_t peer_drops;
     char **logged_peers; /* hex ids of senders whose bad frames we logged */
     size_t nlogged;
+    struct zap *zap;           /* curve = on: the ZAP handler, else NULL */
+    struct inflight *inflight; /* unanswered requests per connection */
+    uint64_t next_expire_ms;
+    uint64_t inflight_refused; /* requests refused over the cap */
 };
 
 static uint64_t now_ms(void)
@@ -110,6 +138,8 @@ static void send_reply(void *arg, const void *id, size_t idlen,
     struct node *n = arg;
     void *buf;
     size_t len;
+    if (store_damage(n->store) && resp->code != KV_ECORRUPT)
+        return; /* it may hold what the damage hid: the client retries */
     if (wire_encode_response(resp, &buf, &len) != KV_OK) {
         log_msg(LOG_ERROR, "cannot encode a reply", "bytes=%zu",
                 kv__response__get_packed_size(resp));
@@ -121,9 +151,21 @@ static void send_reply(void *arg, const void *id, size_t idlen,
     free(buf);
 }
 
+/* The replica's answer to a client request: it no longer counts against
+ * the connection's max_inflight_per_client. */
+static void answer_client(void *arg, const void *id, size_t idlen,
+                          const Kv__Response *resp)
+{
+    struct node *n = arg;
+    inflight_done(n->inflight, id, idlen, resp->id);
+    send_reply(n, id, idlen, resp);
+}
+
 static void send_peer(void *arg, uint32_t to, const void *buf, size_t len)
 {
     struct node *n = arg;
+    if (store_damage(n->store))
+        return; /* a damaged node takes no part any more */
     for (size_t i = 0; i < n->conf->nnodes; i++) {
         if (n->conf->nodes[i].id != to || !n->peers[i])
             continue;
@@ -234,8 +276,47 @@ static bool peer_id_ok(const void *id, size_t idlen, uint32_t from)
     return (size_t)len == idlen && memcmp(id, want, idlen) == 0;
 }
 
+/* Whether a peer batch claiming to come from node FROM came over a
+ * connection the ZAP handler authenticated as that node (USER the
+ * connection's "User-Id"). Always true with curve off: then only the
+ * routing id tells. */
+static bool peer_key_ok(const struct node *n, const char *user, uint32_t from)
+{
+    uint32_t node;
+    if (!n->zap)
+        return true;
+    return zap_user_node(user, &node) == 0 && node == from;
+}
+
+/* Counts REQ against its connection's max_inflight_per_client. Returns
+ * false (and answers it) when the connection is over the cap. */
+static bool admit_request(struct node *n, const void *id, size_t idlen,
+                          const Kv__Request *req)
+{
+    uint64_t timeout =
+        req->timeout_ms ? req->timeout_ms : n->conf->request_timeout_ms;
+    int rc = inflight_add(n->inflight, id, idlen, req->id,
+                          now_ms() + timeout + INFLIGHT_SLACK_MS);
+    if (rc == KV_OK)
+        return true;
+    char msg[128];
+    if (rc == KV_EUNAVAILABLE) {
+        n->inflight_refused++;
+        snprintf(msg, sizeof(msg),
+                 "too many requests in flight on this connection "
+                 "(max_inflight_per_client = %u)",
+                 n->conf->max_inflight_per_client);
+    } else {
+        snprintf(msg, sizeof(msg), "cannot hold the request: %s",
+                 kv_strerror(rc));
+        rc = rc == KV_ENOMEM ? KV_ENOMEM : KV_EPROTO;
+    }
+    reply_error(n, id, idlen, req->id, rc, msg);
+    return false;
+}
+
 static void handle_frame(struct node *n, const void *id, size_t idlen,
-                         const void *data, size_t len)
+                         const char *user, const void *data, size_t len)
 {
     char err[160];
     Kv__Envelope *env = NULL;
@@ -247,10 +328,14 @@ static void handle_frame(struct node *n, const void *id, size_t idlen,
         return;
     }
     if (env->body_case == KV__ENVELOPE__BODY_PEER) {
-        if (peer_id_ok(id, idlen, env->peer->from))
-            replica_peer(n->replica, env->peer);
-        else
+        if (!peer_id_ok(id, idlen, env->peer->from))
             bad_frame(n, id, idlen, "peer batch from a wrong routing id");
+        else if (!peer_key_ok(n, user, env->peer->from))
+            bad_frame(n, id, idlen,
+                      "peer batch over a connection not authenticated as "
+                      "the node it names");
+        else
+            replica_peer(n->replica, env->peer);
         wire_free(env);
         return;
     }
@@ -262,6 +347,10 @@ static void handle_frame(struct node *n, const void *id, size_t idlen,
     n->requests++;
     if (env->request->op_case == KV__REQUEST__OP_STATUS) {
         handle_status(n, id, idlen, env->request);
+        wire_free(env);
+        return;
+    }
+    if (!admit_request(n, id, idlen, env->request)) {
         wire_free(env);
         return;
     }
@@ -304,7 +393,10 @@ static int read_one(struct node *n)
         reply_error(n, id, idlen, 0, KV_EPROTO, "a request must be one frame");
         return 1;
     }
-    handle_frame(n, id, idlen, zmq_msg_data(&msg), zmq_msg_size(&msg));
+    /* The ZAP handler's user id for the connection ("node:ID", "client"),
+     * valid while MSG is. */
+    const char *user = n->zap ? zmq_msg_gets(&msg, "User-Id") : NULL;
+    handle_frame(n, id, idlen, user, zmq_msg_data(&msg), zmq_msg_size(&msg));
     zmq_msg_close(&msg);
     return 1;
 }
@@ -321,12 +413,13 @@ static int iterate(struct node *n, uint64_t wait_max)
         wait = wait_max;
     if (replica_has_work(n->replica))
         wait = 0;
-    zmq_pollitem_t items[2] = {
+    zmq_pollitem_t items[3] = {
         {.socket = n->router, .events = ZMQ_POLLIN},
         {.fd = n->wake[0], .events = ZMQ_POLLIN},
+        {.socket = n->zap ? zap_socket(n->zap) : NULL, .events = ZMQ_POLLIN},
     };
     int woke = 0;
-    int rc = zmq_poll(items, 2, (long)wait);
+    int rc = zmq_poll(items, n->zap ? 3 : 2, (long)wait);
     if (rc < 0 && zmq_errno() != EINTR) {
         log_msg(LOG_ERROR, "poll failed", "error=\"%s\"",
                 zmq_strerror(zmq_errno()));
@@ -338,9 +431,17 @@ static int iterate(struct node *n, uint64_t wait_max)
             ;
         woke = 1;
     }
+    if (n->zap && rc > 0 && (items[2].revents & ZMQ_POLLIN))
+        zap_serve(n->zap, now_ms());
     for (int i = 0; i < MAX_READS_PER_LOOP && read_one(n); i++)
         ;
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     now = now_ms();
+    if (now >= n->next_expire_ms) {
+        inflight_expire(n->inflight, now);
+        n->next_expire_ms = now + INFLIGHT_EXPIRE_EVERY_MS;
+    }
     for (int i = 0; now >= n->next_tick_ms && i < 100; i++) {
         replica_tick(n->replica);
         n->next_tick_ms += REPLICA_TICK_MS;
@@ -348,20 +449,38 @@ static int iterate(struct node *n, uint64_t wait_max)
     if (now >= n->next_tick_ms) /* far behind (stopped process): catch up */
         n->next_tick_ms = now + REPLICA_TICK_MS;
     rc = replica_flush(n->replica);
+    if (store_damage(n->store))
+        return KV_ECORRUPT;
     if (rc != KV_OK)
         return rc;
     return woke;
 }
 
+/* The answers already queued (KV_ECORRUPT to the requests that met the
+ * damage) get a moment to leave when the node closes. */
+static int damaged(struct node *n)
+{
+    int linger = 500;
+    zmq_setsockopt(n->router, ZMQ_LINGER, &linger, sizeof(linger));
+    return KV_ECORRUPT;
+}
+
+const char *node_damage(const struct node *n)
+{
+    return store_damage(n->store);
+}
+
 int node_run(struct node *n)
 {
-    log_msg(LOG_INFO, "serving", "address=%s shards=%u replicas=%u",
-            n->conf->nodes[n->self].address, n->conf->shards,
-            n->conf->replicas);
+    log_msg(LOG_INFO, "serving", "address=%s shards=%u replicas=%u curve=%s",
+            n->conf->nodes[n->self].address, n->conf->shards, n->conf->replicas,
+            n->zap ? "on" : "off");
     n->next_tick_ms = now_ms() + REPLICA_TICK_MS;
     int rc;
     while ((rc = iterate(n, 1000)) == 0)
         ;
+    if (rc == KV_ECORRUPT)
+        return damaged(n);
     if (rc < 0)
         return rc;
     /* Graceful stop: hand every led shard to a caught-up member first, so
@@ -370,14 +489,23 @@ int node_run(struct node *n)
     size_t led = replica_transfer_all(n->replica);
     while (led && now_ms() < deadline) {
         rc = iterate(n, 20);
+        if (rc == KV_ECORRUPT)
+            return damaged(n);
         if (rc < 0)
             return rc;
         led = replica_transfer_all(n->replica);
     }
     if (led)
         log_msg(LOG_WARN, "stopping while still leading", "shards=%zu", led);
-    log_msg(LOG_INFO, "stopping", "requests=%llu",
-            (unsigned long long)n->requests);
+    struct zap_stats zs = {0};
+    if (n->zap)
+        zap_get_stats(n->zap, &zs);
+    log_msg(LOG_INFO, "stopping",
+            "requests=%llu inflight_refused=%llu zap_admitted=%llu "
+            "zap_refused=%llu",
+            (unsigned long long)n->requests,
+            (unsigned long long)n->inflight_refused,
+            (unsigned long long)zs.admitted, (unsigned long long)zs.refused);
     return KV_OK;
 }
 
@@ -388,7 +516,25 @@ void node_stop(struct node *n)
     (void)w;
 }
 
-static int open_peers(struct node *n, char *err, size_t errlen)
+/* Makes socket S a CURVE client of the node with public key SERVER,
+ * authenticating with PAIR. Returns KV_OK or KV_EIO (reason in ERR). */
+static int curve_client(void *s, const char *server,
+                        const struct keys_pair *pair, char *err, size_t errlen)
+{
+    if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server, KEYS_Z85_LEN + 1) ||
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pair->pub, KEYS_Z85_LEN + 1) ||
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, pair->sec, KEYS_Z85_LEN + 1)) {
+        snprintf(err, errlen, "cannot set the CurveZMQ keys: %s",
+                 zmq_strerror(zmq_errno()));
+        return KV_EIO;
+    }
+    return KV_OK;
+}
+
+/* Connects a DEALER to every other node; PAIR (NULL with curve off) is
+ * this node's key pair. */
+static int open_peers(struct node *n, const struct keys_pair *pair, char *err,
+                      size_t errlen)
 {
     const struct conf *c = n->conf;
     n->peers = calloc(c->nnodes, sizeof(void *));
@@ -407,6 +553,7 @@ static int open_peers(struct node *n, char *err, size_t errlen)
         char rid[16];
         int len = snprintf(rid, sizeof(rid), "n%u", n->id);
         int zero = 0, one = 1, hwm = PEER_HWM, ivl = 1000, ttl = 3000;
+        int hs = (int)c->security.handshake_timeout_ms;
         int64_t maxmsg = (int64_t)c->max_message_bytes;
         zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, (size_t)len);
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
@@ -415,6 +562,12 @@ static int open_peers(struct node *n, char *err, size_t errlen)
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
         zmq_setsockopt(s, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
         zmq_setsockopt(s, ZMQ_HEARTBEAT_TIMEOUT, &ttl, sizeof(ttl));
+        zmq_setsockopt(s, ZMQ_HANDSHAKE_IVL, &hs, sizeof(hs));
+        if (pair) {
+            int rc = curve_client(s, c->nodes[i].public_key, pair, err, errlen);
+            if (rc != KV_OK)
+                return rc;
+        }
         if (zmq_connect(s, c->nodes[i].address) != 0) {
             snprintf(err, errlen, "cannot connect to %s: %s",
                      c->nodes[i].address, zmq_strerror(zmq_errno()));
@@ -422,6 +575,136 @@ static int open_peers(struct node *n, char *err, size_t errlen)
         }
     }
     return KV_OK;
+}
+
+/* Protected mode: with curve off, a node listens only on a loopback
+ * address unless the file says insecure = yes. */
+static int check_protected(const struct conf *conf, const struct conf_node *me,
+                           char *err, size_t errlen)
+{
+    if (conf->security.curve || conf->security.insecure ||
+        conf_address_is_loopback(me->address))
+        return KV_OK;
+    snprintf(err, errlen,
+             "protected mode: node %u would listen on %s, which is not a "
+             "loopback address, with CurveZMQ off, so anyone who can reach "
+             "it could read and change every key. Set 'curve = on' in the "
+             "[security] section of %s (see docs/security.md), or "
+             "'insecure = yes' there to run unprotected anyway",
+             me->id, me->address, conf->path[0] ? conf->path : "the config");
+    return KV_EINVAL;
+}
+
+/* Reads this node's key pair from its secret_key_file and checks it is
+ * the one cluster.conf names. */
+static int load_node_keys(const struct conf *conf, const struct conf_node *me,
+                          struct keys_pair *pair, char *err, size_t errlen)
+{
+    char kerr[512];
+    int rc = keys_load_pair(me->secret_key_file, pair, kerr, sizeof(kerr));
+    if (rc != KV_OK) {
+        snprintf(err, errlen, "secret_key_file of node %u: %s", me->id, kerr);
+        return rc == KV_EIO ? KV_EIO : KV_EINVAL;
+    }
+    if (strcmp(pair->pub, me->public_key) != 0) {
+        snprintf(err, errlen,
+                 "%s holds the key pair of public key %s, but %s gives node "
+                 "%u the public_key %s",
+                 me->secret_key_file, pair->pub,
+                 conf->path[0] ? conf->path : "the config", me->id,
+                 me->public_key);
+        return KV_EINVAL;
+    }
+    if (pair->loose_mode)
+        log_msg(LOG_WARN,
+                "the secret key file is readable by others than its owner",
+                "file=%s fix=\"chmod 600 %s\"", me->secret_key_file,
+                me->secret_key_file);
+    return KV_OK;
+}
+
+/* curve = on: reads the keys, binds the ZAP handler (before the ROUTER
+ * binds: a context without one admits every key). */
+static int open_curve(struct node *n, const struct conf_node *me,
+                      struct keys_pair *pair, char *err, size_t errlen)
+{
+    const struct conf *conf = n->conf;
+    if (!zmq_has("curve")) {
+        snprintf(err, errlen,
+                 "curve = on, but this libzmq was built without CURVE");
+        return KV_EINVAL;
+    }
+    int rc = load_node_keys(conf, me, pair, err, errlen);
+    if (rc != KV_OK)
+        return rc;
+    char(*extra)[KEYS_Z85_LEN + 1] = NULL;
+    size_t nextra = 0;
+    const char *file = conf->security.client_keys_file;
+    if (file) {
+        char kerr[512];
+        rc = keys_load_list(file, &extra, &nextra, kerr, sizeof(kerr));
+        if (rc != KV_OK) {
+            snprintf(err, errlen, "client_keys_file: %s", kerr);
+            return rc == KV_EIO ? KV_EIO : rc;
+        }
+    }
+    rc = zap_open(n->ctx, conf, (const char(*)[KEYS_Z85_LEN + 1]) extra, nextra,
+                  &n->zap, err, errlen);
+    if (rc == KV_OK)
+        log_msg(LOG_INFO, "CurveZMQ on", "public_key=%s client_keys=%zu",
+                pair->pub, conf->security.nclient_keys + nextra);
+    free(extra);
+    return rc;
+}
+
+/* Binds the ROUTER (a CURVE server when PAIR is not NULL). */
+static int open_router(struct node *n, const struct conf_node *me,
+                       const struct keys_pair *pair, char *err, size_t errlen)
+{
+    const struct conf *conf = n->conf;
+    n->router = zmq_socket(n->ctx, ZMQ_ROUTER);
+    if (!n->router) {
+        snprintf(err, errlen, "cannot create a socket: %s",
+                 zmq_strerror(zmq_errno()));
+        return KV_EIO;
+    }
+    int zero = 0, one = 1, hwm = 100000;
+    int hs = (int)conf->security.handshake_timeout_ms;
+    int64_t maxmsg = (int64_t)conf->max_message_bytes;
+    zmq_setsockopt(n->router, ZMQ_LINGER, &zero, sizeof(zero));
+    /* A restarted peer reconnects with the same routing id: its new
+     * connection must replace the old one, not be ignored. */
+    zmq_setsockopt(n->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+    zmq_setsockopt(n->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    zmq_setsockopt(n->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(n->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(n->router, ZMQ_HANDSHAKE_IVL, &hs, sizeof(hs));
+    if (pair &&
+        (zmq_setsockopt(n->router, ZMQ_CURVE_SERVER, &one, sizeof(one)) ||
+         zmq_setsockopt(n->router, ZMQ_CURVE_SECRETKEY, pair->sec,
+                        KEYS_Z85_LEN + 1) ||
+         zmq_setsockopt(n->router, ZMQ_ZAP_DOMAIN, "kv", 2))) {
+        snprintf(err, errlen, "cannot make the socket a CurveZMQ server: %s",
+                 zmq_strerror(zmq_errno()));
+        return KV_EIO;
+    }
+    if (zmq_bind(n->router, me->address) != 0) {
+        snprintf(err, errlen, "cannot bind %s: %s", me->address,
+                 zmq_strerror(zmq_errno()));
+        return KV_EIO;
+    }
+    return KV_OK;
+}
+
+int node_check_protected(const struct conf *conf, uint32_t id, char *err,
+                         size_t errlen)
+{
+    const struct conf_node *me = conf_node_by_id(conf, id);
+    if (!me) {
+        snprintf(err, errlen, "node %u is not in %s", id, conf->path);
+        return KV_EINVAL;
+    }
+    return check_protected(conf, me, err, errlen);
 }
 
 int node_open(const struct conf *conf, uint32_t id, struct node **out,
@@ -432,16 +715,22 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         snprintf(err, errlen, "node %u is not in %s", id, conf->path);
         return KV_EINVAL;
     }
+    int rc = check_protected(conf, me, err, errlen);
+    if (rc != KV_OK)
+        return rc;
     struct node *n = calloc(1, sizeof(*n));
     if (!n)
         return KV_ENOMEM;
+    struct keys_pair pair;
+    memset(&pair, 0, sizeof(pair));
     n->conf = conf;
     n->id = id;
     n->self = (size_t)(me - conf->nodes);
     n->wake[0] = n->wake[1] = -1;
     n->started_ms = now_ms();
     n->logged_peers = calloc(MAX_LOGGED_PEERS, sizeof(char *));
-    int rc = n->logged_peers ? KV_OK : KV_ENOMEM;
+    n->inflight = inflight_new(conf->max_inflight_per_client);
+    rc = n->logged_peers && n->inflight ? KV_OK : KV_ENOMEM;
     if (rc == KV_OK && pipe(n->wake) != 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));
         rc = KV_EIO;
@@ -465,7 +754,7 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         struct replica_env env = {
             .arg = n,
             .send = send_peer,
-            .reply = send_reply,
+            .reply = answer_client,
             .now_ms = env_now_ms,
             .wall_ms = env_wall_ms,
             .failpoint = getenv("KV_FAILPOINT") ? env_failpoint : NULL,
@@ -475,34 +764,28 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
         uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32) ^ id;
         rc = replica_open(conf, id, n->store, &env, seed, &n->replica, err,
                           errlen);
+        if (rc == KV_ECORRUPT && store_damage(n->store)) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used, " (LevelDB: %s)",
+                     store_damage(n->store));
+        }
     }
     if (rc == KV_OK) {
         n->ctx = zmq_ctx_new();
-        n->router = n->ctx ? zmq_socket(n->ctx, ZMQ_ROUTER) : NULL;
-        if (!n->router) {
-            snprintf(err, errlen, "cannot create a socket: %s",
+        if (!n->ctx) {
+            snprintf(err, errlen, "cannot create a ZeroMQ context: %s",
                      zmq_strerror(zmq_errno()));
             rc = KV_EIO;
         }
     }
-    if (rc == KV_OK) {
-        int zero = 0, one = 1, hwm = 100000;
-        int64_t maxmsg = (int64_t)conf->max_message_bytes;
-        zmq_setsockopt(n->router, ZMQ_LINGER, &zero, sizeof(zero));
-        /* A restarted peer reconnects with the same routing id: its new
-         * connection must replace the old one, not be ignored. */
-        zmq_setsockopt(n->router, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
-        zmq_setsockopt(n->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
-        zmq_setsockopt(n->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
-        zmq_setsockopt(n->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
-        if (zmq_bind(n->router, me->address) != 0) {
-            snprintf(err, errlen, "cannot bind %s: %s", me->address,
-                     zmq_strerror(zmq_errno()));
-            rc = KV_EIO;
-        }
-    }
+    bool curve = conf->security.curve;
+    if (rc == KV_OK && curve)
+        rc = open_curve(n, me, &pair, err, errlen);
     if (rc == KV_OK)
-        rc = open_peers(n, err, errlen);
+        rc = open_router(n, me, curve ? &pair : NULL, err, errlen);
+    if (rc == KV_OK)
+        rc = open_peers(n, curve ? &pair : NULL, err, errlen);
+    sodium_memzero(&pair, sizeof(pair)); /* libzmq keeps its own copy */
     if (rc != KV_OK) {
         node_close(n);
         return rc;
@@ -521,6 +804,7 @@ void node_close(struct node *n)
     free(n->peers);
     if (n->router)
         zmq_close(n->router);
+    zap_close(n->zap);
     if (n->ctx)
         zmq_ctx_term(n->ctx);
     replica_close(n->replica);
@@ -533,5 +817,6 @@ void node_close(struct node *n)
     for (size_t i = 0; i < n->nlogged; i++)
         free(n->logged_peers[i]);
     free(n->logged_peers);
+    inflight_free(n->inflight);
     free(n);
 }

@@ -130,8 +130,18 @@ struct raft {
     bool pre_vote;
     bool check_quorum;
     bool boot_quiet;
-    int boot_elapsed; /* ticks since raft_new, up to election_ticks */
-    bool transferred; /* a transfer was started in this leader's term */
+    /* A rebuilt replica (raft_init.no_vote_until_leader): first it waits
+     * for a current leader (await_leader: it answers no leader and votes
+     * for nobody), then for its log to hold what that leader had
+     * committed (hold_vote: it follows, but votes for nobody). */
+    bool await_leader;
+    uint64_t await_term;  /* the term of await_round */
+    uint64_t await_round; /* the first heartbeat round heard in it */
+    bool hold_vote;
+    bool hold_set;        /* hold_commit is known */
+    uint64_t hold_commit; /* the leader's commit in the first append */
+    int boot_elapsed;     /* ticks since raft_new, up to election_ticks */
+    bool transferred;     /* a transfer was started in this leader's term */
     uint64_t rng;
 
     /* hard and soft state */
@@ -660,10 +670,25 @@ static void bcast_append(struct raft *r, bool send_empty)
             send_append(r, &r->prs[i], send_empty);
 }
 
+/* The latest heartbeat round of this leader that every member but itself
+ * and TO has acknowledged (0: none yet; in a group of two, the latest
+ * round sent). */
+static uint64_t round_acked_by_others(const struct raft *r, uint32_t to)
+{
+    uint64_t lo = r->read_round;
+    for (size_t i = 0; i < r->npeers; i++)
+        if (r->prs[i].id != r->id && r->prs[i].id != to)
+            lo = min_u64(lo, r->prs[i].ack_round);
+    return lo;
+}
+
 /* One heartbeat round: every heartbeat carries the round number, which a
- * ReadIndex request waits to see acknowledged by a majority. */
+ * ReadIndex request waits to see acknowledged by a majority, and the
+ * latest earlier round every other member acknowledged (for a rebuilt
+ * replica: see await_heartbeat). */
 static void bcast_heartbeat(struct raft *r)
 {
+    uint64_t before = r->read_round;
     r->read_round++;
     r->hb_pending = false;
     for (size_t i = 0; i < r->npeers; i++) {
@@ -675,6 +700,7 @@ static void bcast_heartbeat(struct raft *r)
             continue;
         m->commit = min_u64(pr->match, r->commit);
         m->context = r->read_round;
+        m->index = min_u64(round_acked_by_others(r, pr->id), before);
     }
 }
 
@@ -922,9 +948,12 @@ static bool up_to_date(const struct raft *r, uint64_t lterm, uint64_t lindex)
 static int on_vote_request(struct raft *r, const struct raft_msg *m)
 {
     bool pre = m->type == RAFT_MSG_PREVOTE;
-    bool can = r->vote == m->from ||
-               (r->vote == RAFT_NONE && r->leader == RAFT_NONE) ||
-               (pre && m->term > r->term);
+    /* A replica that lost its votes may have voted in this term already:
+     * it answers no until a leader is heard (raft_awaits_leader). */
+    bool can = !r->await_leader && !r->hold_vote &&
+               (r->vote == m->from ||
+                (r->vote == RAFT_NONE && r->leader == RAFT_NONE) ||
+                (pre && m->term > r->term));
     bool grant = can && up_to_date(r, m->log_term, m->index);
     struct raft_msg *resp = send_msg(
         r, pre ? RAFT_MSG_PREVOTE_RESP : RAFT_MSG_VOTE_RESP, m->from, 0);
@@ -953,6 +982,18 @@ static uint64_t first_of_term(const struct raft *r, uint64_t lo, uint64_t i)
             hi = mid;
     }
     return hi;
+}
+
+/* A replica holding its vote (see await_heartbeat) accepted append M: the
+ * first one names the leader's commit index, which its log must reach. */
+static void hold_append(struct raft *r, const struct raft_msg *m)
+{
+    if (!r->hold_set) {
+        r->hold_set = true;
+        r->hold_commit = m->commit;
+    }
+    if (r->commit >= r->hold_commit)
+        r->hold_vote = false;
 }
 
 static int on_append(struct raft *r, const struct raft_msg *m)
@@ -994,6 +1035,8 @@ static int on_append(struct raft *r, const struct raft_msg *m)
     if (m->commit > r->commit)
         r->commit = max_u64(r->commit, min_u64(m->commit, last_new));
     respond_append(r, m->from, last_new);
+    if (r->hold_vote)
+        hold_append(r, m);
     return RAFT_OK;
 }
 
@@ -1056,8 +1099,10 @@ static int step_follower(struct raft *r, const struct raft_msg *m)
         r->leader = m->from;
         return on_snapshot(r, m);
     case RAFT_MSG_TIMEOUT_NOW:
-        /* Leadership transfer: no pre-vote, and the votes say so. */
-        campaign(r, false, true);
+        /* Leadership transfer: no pre-vote, and the votes say so. A
+         * replica waiting for a leader has heard none, so this is stale. */
+        if (!r->await_leader && !r->hold_vote)
+            campaign(r, false, true);
         return RAFT_OK;
     default:
         return RAFT_OK;
@@ -1199,6 +1244,40 @@ static int answer_stale(struct raft *r, const struct raft_msg *m)
     return RAFT_OK;
 }
 
+/* A replica that lost its state (raft_init.no_vote_until_leader) hears a
+ * heartbeat of the leader of its term. Raft 5.2 allows one vote per term,
+ * and the votes it cast before are forgotten; so is the term it had, and
+ * so are the entries it acknowledged. Any term T it voted or acknowledged
+ * in is no later than the term of the candidate or leader it answered,
+ * and every server's term only grows. Once every other member has
+ * acknowledged, in this term, a heartbeat round sent after the loss (the
+ * first round this replica heard; a heartbeat's index names the latest
+ * round every member but its recipient acknowledged), this term is at
+ * least T and its leader is current. Until then the replica answers
+ * nothing: neither a vote nor an acknowledgement that a stale leader
+ * could count. Then it records that leader as its vote in this term (it
+ * votes only in later terms, never twice in one) and follows it; it votes
+ * again once its log holds what the leader had committed (hold_append),
+ * so that its vote cannot elect a candidate lacking an entry the lost
+ * disk had acknowledged. Merely hearing a leader would not do: a stale
+ * leader's term can be below T. */
+static void await_heartbeat(struct raft *r, const struct raft_msg *m)
+{
+    if (m->context == 0)
+        return; /* not a numbered round */
+    if (r->await_term != r->term || r->await_round == 0) {
+        r->await_term = r->term;
+        r->await_round = m->context;
+    }
+    if (m->index < r->await_round)
+        return;
+    r->await_leader = false;
+    r->hold_vote = true;
+    r->hold_set = false;
+    if (r->vote == RAFT_NONE)
+        r->vote = m->from;
+}
+
 /* Refuses what no correct peer sends: it could break invariants. */
 static int validate(const struct raft *r, const struct raft_msg *m)
 {
@@ -1233,6 +1312,10 @@ static int validate(const struct raft *r, const struct raft_msg *m)
     case RAFT_MSG_APPEND:
         if (m->index > 0 && m->log_term == 0)
             return RAFT_EINVAL;
+        break;
+    case RAFT_MSG_HEARTBEAT:
+        if (m->index && m->index >= m->context)
+            return RAFT_EINVAL; /* a round acknowledged before it was sent */
         break;
     case RAFT_MSG_SNAPSHOT:
         if (m->index == 0 || m->log_term == 0)
@@ -1281,6 +1364,17 @@ int raft_step(struct raft *r, const struct raft_msg *m)
     }
     if (m->type == RAFT_MSG_VOTE || m->type == RAFT_MSG_PREVOTE)
         return on_vote_request(r, m);
+    bool from_leader = m->type == RAFT_MSG_APPEND ||
+                       m->type == RAFT_MSG_HEARTBEAT ||
+                       m->type == RAFT_MSG_SNAPSHOT;
+    if (r->await_leader && from_leader) {
+        r->leader = m->from; /* known, not yet trusted */
+        r->elapsed = 0;
+        if (m->type == RAFT_MSG_HEARTBEAT)
+            await_heartbeat(r, m);
+        if (r->await_leader)
+            return RAFT_OK; /* nothing a stale leader could count */
+    }
     return r->step(r, m);
 }
 
@@ -1332,7 +1426,8 @@ void raft_tick(struct raft *r)
     }
     if (++r->elapsed >= r->timeout) {
         r->elapsed = 0;
-        campaign(r, r->pre_vote, false);
+        if (!r->await_leader && !r->hold_vote)
+            campaign(r, r->pre_vote, false);
     }
 }
 
@@ -1342,7 +1437,7 @@ void raft_campaign(struct raft *r)
     if (!r)
         return;
     begin_input(r);
-    if (r->role != RAFT_LEADER)
+    if (r->role != RAFT_LEADER && !r->await_leader && !r->hold_vote)
         campaign(r, r->pre_vote, false);
 }
 
@@ -1498,6 +1593,11 @@ int raft_compact(struct raft *r, uint64_t index)
 }
 
 /* The term of INDEX, or 0 when it is compacted or beyond the log. */
+bool raft_awaits_leader(const struct raft *r)
+{
+    return r && (r->await_leader || r->hold_vote);
+}
+
 uint64_t raft_last_index(const struct raft *r)
 {
     return r ? last_index(r) : 0;
@@ -1779,6 +1879,7 @@ struct raft *raft_new(const struct raft_config *cfg,
     r->pre_vote = cfg->pre_vote;
     r->check_quorum = cfg->check_quorum;
     r->boot_quiet = cfg->boot_quiet;
+    r->await_leader = init->no_vote_until_leader;
     /* Mix the id in, so replicas given the same seed still differ. */
     r->rng = cfg->seed ^ ((uint64_t)cfg->id * 0xd1b54a32d192ed03ull);
 
@@ -1923,6 +2024,12 @@ int raft_check_invariants(const struct raft *r, char *why, size_t whylen)
     }
     if (r->vote != RAFT_NONE && !find_pr(r, r->vote))
         BROKEN("vote for non-member %u", r->vote);
+    if ((r->await_leader || r->hold_vote) && r->role != RAFT_FOLLOWER)
+        BROKEN("replica %u waits for a leader, yet is a %s", r->id,
+               r->role == RAFT_LEADER ? "leader" : "candidate");
+    if (r->await_leader && r->vote != RAFT_NONE && r->vote != r->chk_vote)
+        BROKEN("replica %u voted for %u while waiting for a leader", r->id,
+               r->vote);
     switch (r->role) {
     case RAFT_LEADER:
         if (r->leader != r->id || r->vote != r->id)

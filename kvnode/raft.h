@@ -79,7 +79,10 @@ enum raft_msg_type {
     RAFT_MSG_VOTE_RESP,
     RAFT_MSG_PREVOTE, /* term: the term the candidate would use */
     RAFT_MSG_PREVOTE_RESP,
-    RAFT_MSG_HEARTBEAT, /* commit: min(leader commit, follower match) */
+    RAFT_MSG_HEARTBEAT, /* commit: min(leader commit, follower match);
+                           context: the round; index: the latest earlier
+                           round every member but the recipient
+                           acknowledged (0: none) */
     RAFT_MSG_HEARTBEAT_RESP,
     RAFT_MSG_SNAPSHOT,    /* leader->driver: send a snapshot to `to`;
                              driver->follower: the snapshot at index/log_term
@@ -170,6 +173,18 @@ struct raft_init {
                                          order; copied */
     size_t n_entries;
     uint64_t applied; /* the state machine reflects entries up to here */
+    /* The replica lost what it stored (its data directory was rebuilt):
+     * it may have voted, or acknowledged entries, in the current term
+     * before, and Raft allows each server one vote per term (5.2). Until
+     * it hears a current leader it grants no vote or pre-vote, never
+     * campaigns and acknowledges nothing (a stale leader must not count
+     * it). Current: a heartbeat of the leader says that every other
+     * member acknowledged, in the leader's term, a round sent after the
+     * loss; then no term the replica took part in can be later than the
+     * leader's. It then records that leader as its vote in that term
+     * (safe: one leader per term) and follows it, and votes again once its
+     * log holds the leader's commit index (raft_awaits_leader). */
+    bool no_vote_until_leader;
 };
 
 struct raft;
@@ -210,7 +225,8 @@ bool raft_lease(const struct raft *r, uint64_t *term, uint64_t *round,
  * RAFT_EBUSY until it ends (success, or an election timeout passed). */
 int raft_transfer_leader(struct raft *r, uint32_t target);
 
-/* Campaign now (used by tests and by a single-member group at start). */
+/* Campaign now (used by tests and by a single-member group at start); a
+ * no-op on a leader and on a replica waiting for a leader. */
 void raft_campaign(struct raft *r);
 
 /* Output. Fills RD and returns true if there is anything to do. Everything
@@ -228,6 +244,12 @@ void raft_report_snapshot(struct raft *r, uint32_t peer, bool ok);
  * The leader forgets PEER's match and probes it again, so a replica that
  * lost its data (wiped, rebuilt) is caught up instead of being trusted. */
 void raft_peer_restarted(struct raft *r, uint32_t peer);
+
+/* Whether the replica still waits for a current leader, or to catch up
+ * with it, before it votes or campaigns (raft_init.no_vote_until_leader).
+ * The driver keeps that promise across restarts: it stores a marker while
+ * this is true and removes it in the first batch after it became false. */
+bool raft_awaits_leader(const struct raft *r);
 
 /* Drops log entries up to INDEX (which must be <= the applied index). The
  * term of INDEX is kept as the snapshot point. */
@@ -266,7 +288,8 @@ void raft_get_status(struct raft *r, struct raft_status *st);
 
 /* Checks the invariants of this instance (term never decreases, one vote per
  * term, commit <= last index, applied <= commit, log terms never decrease,
- * the log is contiguous). Returns 0, or -1 with the broken rule in WHY. */
+ * the log is contiguous, a replica waiting for a leader neither votes nor
+ * campaigns). Returns 0, or -1 with the broken rule in WHY. */
 int raft_check_invariants(const struct raft *r, char *why, size_t whylen);
 
 #endif

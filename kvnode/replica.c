@@ -6,6 +6,11 @@
  *   "L" shard index(u64) a log entry (kv.LogEntry)
  *   "Z" shard store-key  a record of a snapshot being received (staging)
  *   "N" shard            a snapshot install in progress: index, term, phase
+ *   "R" shard            the replica was rebuilt (kvnode --rebuild) and may
+ *                        not vote yet (raft_init.no_vote_until_leader):
+ *                        removed in the first batch after raft says it may
+ *                        (it heard a current leader, recorded it as its
+ *                        vote in a hard state stored before, and caught up)
  * The engine owns "A", "D", "S", "I", "P" and "X" (see engine.h).
  *
  * A snapshot is the shard's applied state read through a LevelDB snapshot
@@ -140,6 +145,7 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
+    bool rebuilt;      /* the "R" marker is stored: no vote yet */
     uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
     /* Procedure calls (leader only): predictions of what is proposed and
      * not applied, the index from which they cover the log, and calls
@@ -987,10 +993,28 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
     size_t ne = 0;
     if (rc == KV_OK)
         rc = load_group(r, g, &init, &es, &ne);
+    if (rc == KV_OK) {
+        unsigned char rk[5];
+        void *v = NULL;
+        size_t vlen = 0;
+        shard_key(rk, 'R', shard);
+        rc = store_get(r->store, rk, sizeof(rk), &v, &vlen);
+        free(v);
+        g->rebuilt = rc == KV_OK;
+        if (rc == KV_ENOTFOUND)
+            rc = KV_OK;
+    }
     if (rc != KV_OK) {
+        for (size_t i = 0; i < ne; i++)
+            free(es[i].data);
+        free(es);
         group_free(g);
         return rc;
     }
+    init.no_vote_until_leader = g->rebuilt;
+    if (g->rebuilt)
+        log_msg(LOG_INFO, "rebuilt replica: no vote until a current leader",
+                "shard=%u term=%llu", shard, (unsigned long long)g->hs.term);
     struct raft_config cfg = {.id = r->id,
                               .peers = g->members,
                               .npeers = g->nmembers,
@@ -2244,7 +2268,22 @@ static int eval_call(struct replica *r, struct group *g, const void *client,
     Kv__Command cmd = KV__COMMAND__INIT;
     cmd.op_case = KV__COMMAND__OP_EFFECT;
     cmd.effect = &fx;
-    struct waiter *w = propose_command(r, client, clen, req, g->shard, &cmd);
+    cmd.client_id = req->client_id;
+    cmd.seq = req->seq;
+    /* One entry travels in one peer frame: it must fit with room for the
+     * frame around it (budgets can add up to more than that). */
+    size_t size = kv__command__get_packed_size(&cmd);
+    struct waiter *w = NULL;
+    if (size + CONF_TXN_SLACK > r->conf->max_message_bytes) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "procedure %.64s: its writes and reply take %zu bytes, over "
+                 "what one message carries (max_message_bytes - %u)",
+                 c->name, size, CONF_TXN_SLACK);
+        reply_code(r, client, clen, req->id, KV_ETOOBIG, msg);
+    } else {
+        w = propose_command(r, client, clen, req, g->shard, &cmd);
+    }
     free(ops);
     free(opp);
     proc_result_free(&res);
@@ -2611,6 +2650,35 @@ done:
     wire_free(env);
 }
 
+/* On the leader of G: the effects F, just applied, did not write what G
+ * predicted when they were proposed (a condition no longer held, or the
+ * entry was a retry answered from the session). Entries proposed after
+ * them on the same keys were evaluated on that prediction and will be
+ * stale too, and so would every call evaluated on theirs: a stale call
+ * evaluated again at once reads the newest prediction, itself from a
+ * doomed entry, and the chain renews itself as long as calls keep coming.
+ * Until everything proposed so far is applied, the keys it wrote (and with
+ * ALL_KEYS the keys it read) are unknown: calls on them wait for that
+ * apply, and the doomed entries cost one re-evaluation each. */
+static void forget_predictions(struct group *g, const Kv__ProcEffect *f,
+                               bool all_keys)
+{
+    uint64_t last = raft_last_index(g->raft);
+    for (size_t i = 0; i < f->n_ops; i++) {
+        const Kv__TxnOp *op = f->ops[i];
+        if (!all_keys && op->kind != KV__TXN_OP__KIND__PUT &&
+            op->kind != KV__TXN_OP__KIND__DEL)
+            continue;
+        if (pending_note(g->pend, last, op->key.data, op->key.len,
+                         PENDING_UNKNOWN, NULL, 0) != KV_OK) {
+            /* Out of memory: predict nothing; calls wait for this apply. */
+            pending_clear(g->pend);
+            g->lead_from = last;
+            return;
+        }
+    }
+}
+
 /* Applies a procedure's effects; W (if any) gets the outcome. */
 static int apply_effect(struct replica *r, struct group *g, uint64_t index,
                         const Kv__Command *cmd, struct waiter *w)
@@ -2651,6 +2719,11 @@ static int apply_effect(struct replica *r, struct group *g, uint64_t index,
         free(reply);
         return rc; /* storage failure: the node stops */
     }
+    /* Written as predicted: with the outcome KV_OK and the entry's own
+     * index as the version (a retry answered from the session carries the
+     * first call's version). */
+    if (g->role == RAFT_LEADER && (rc != KV_OK || version != index))
+        forget_predictions(g, f, rc == ENGINE_ESTALE);
     r->stats.applied++;
     if (w) {
         w->done = true;
@@ -3613,6 +3686,17 @@ int replica_flush(struct replica *r)
             g->hs = rd->hs;
             stage_hardstate(r, g);
         }
+        if (g->rebuilt && !raft_awaits_leader(g->raft)) {
+            /* with this Ready's hard state: a restart must not find the
+             * marker gone and the vote not yet stored */
+            unsigned char rk[5];
+            shard_key(rk, 'R', s);
+            engine_stage_raw(r->engine, rk, sizeof(rk), NULL, 0);
+            g->rebuilt = false;
+            log_msg(LOG_INFO, "rebuilt replica votes again",
+                    "shard=%u leader=%u term=%llu", s, rd->leader,
+                    (unsigned long long)rd->hs.term);
+        }
         for (size_t i = 0; i < rd->n_entries; i++) {
             rc = stage_entry(r, s, &rd->entries[i]);
             if (rc != KV_OK)
@@ -4056,6 +4140,42 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     }
     *out = r;
     return KV_OK;
+}
+
+int replica_mark_rebuilt(struct store *store, const struct conf *conf,
+                         uint32_t id, char *err, size_t errlen)
+{
+    if (conf->replicas < 3) {
+        snprintf(err, errlen,
+                 "replicas = %u: a rebuilt replica votes again only once "
+                 "every other replica of its shards follows one leader, "
+                 "and with fewer than 3 replicas no leader could be "
+                 "elected meanwhile",
+                 conf->replicas);
+        return KV_EINVAL;
+    }
+    struct store_batch *b = store_batch_new();
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return KV_ENOMEM;
+    }
+    size_t n = 0;
+    for (uint32_t s = 0; s < conf->shards; s++) {
+        for (uint32_t i = 0; i < conf->replicas; i++) {
+            if (conf->nodes[conf_replica(conf, s, i)].id != id)
+                continue;
+            unsigned char k[5];
+            shard_key(k, 'R', s);
+            store_batch_put(b, k, sizeof(k), "", 0);
+            n++;
+        }
+    }
+    int rc = store_write(store, b, true);
+    store_batch_free(b);
+    if (rc != KV_OK)
+        snprintf(err, errlen, "cannot mark %zu shards rebuilt: %s", n,
+                 kv_strerror(rc));
+    return rc;
 }
 
 void replica_close(struct replica *r)

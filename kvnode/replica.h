@@ -81,6 +81,16 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
 /* Frees everything. Unanswered clients get no answer (they time out). */
 void replica_close(struct replica *r);
 
+/* Marks every shard node ID of CONF hosts as rebuilt in STORE, an empty
+ * data directory about to replace a lost one (kvnode --rebuild; synced):
+ * each such replica catches up by snapshot and votes only once it heard a
+ * current leader (raft_init.no_vote_until_leader), even across restarts.
+ * Returns KV_EINVAL with the reason in ERR when CONF has fewer than 3
+ * replicas (nobody could be elected without the rebuilt replica's vote),
+ * or a store error. */
+int replica_mark_rebuilt(struct store *store, const struct conf *conf,
+                         uint32_t id, char *err, size_t errlen);
+
 /* One tick of REPLICA_TICK_MS. */
 void replica_tick(struct replica *r);
 

@@ -11,6 +11,15 @@
  * out and the call fails with KV_EUNAVAILABLE (the request was not sent).
  *
  * All handles of a process share one ZeroMQ context (reference counted).
+ *
+ * Security (docs/security.md): when the cluster.conf says [security]
+ * curve = on, every socket is a CurveZMQ client with the handle's key pair
+ * (kv_open_opts.key_file or $KV_CLIENT_KEY) and the node's public key from
+ * the file. Each socket has a monitor for failed handshakes, read only on
+ * the slow paths (a send that cannot go out, an answer that does not come):
+ * a node that refuses the key, or a node and a client that disagree on
+ * CurveZMQ, ends the call at once with KV_EAUTH and says which, instead of
+ * letting it time out.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -23,17 +32,33 @@
 
 #include "admin.h"
 #include "conf.h"
+#include "keys.h"
 #include "kvimpl.h"
 #include "shard.h"
 #include "wire.h"
 
 #define SEND_WAIT_MS 100 /* a node with no live connection is skipped */
 #define CLIENT_ID_LEN 16
+/* Handshakes the node hung up on (EPIPE, ECONNRESET, no detail) with no
+ * answer from it in between, before a call ends with KV_EAUTH: one may be
+ * a node dying, but a node that does not take this client's handshake
+ * (CurveZMQ on one side only, a wrong server key) hangs up on each of
+ * libzmq's reconnects and only sometimes says why. While they come, a send
+ * waits up to HANDSHAKE_SETTLE_MS for the verdict. The count survives
+ * node_reset(); an answer from the node clears it. */
+#define NO_DETAIL_LIMIT 3
+#define HANDSHAKE_SETTLE_MS 1000
+#define MONITOR_EVENTS                                                         \
+    (ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |                                    \
+     ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 
 struct client {
     struct kv base;
     struct conf *conf;
-    void **socks;  /* per node, NULL until first use */
+    void **socks;           /* per node, NULL until first use */
+    void **mons;            /* per node: the monitor of its socket (PAIR) */
+    unsigned *no_detail;    /* per node: handshakes it hung up on, in a row */
+    struct keys_pair *keys; /* curve = on: this handle's key pair */
     size_t *route; /* per shard: index of the node believed to serve it */
     uint64_t next_id;
     unsigned char client_id[CLIENT_ID_LEN]; /* names this handle's session */
@@ -47,6 +72,7 @@ static void pipeline_free(struct pipeline *p);
 static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
 static void *shared_ctx;
 static int ctx_refs;
+static unsigned long monitor_seq; /* names monitor endpoints (ctx_mu) */
 
 static void *ctx_get(void)
 {
@@ -82,7 +108,56 @@ static struct client *client_of(kv *db)
     return (struct client *)db;
 }
 
-/* The DEALER socket to node I, connecting it on first use. */
+/* Makes the per-node socket arrays for N nodes. */
+static int conns_alloc(struct client *c, size_t n)
+{
+    c->socks = calloc(n ? n : 1, sizeof(void *));
+    c->mons = calloc(n ? n : 1, sizeof(void *));
+    c->no_detail = calloc(n ? n : 1, sizeof(unsigned));
+    return c->socks && c->mons && c->no_detail ? KV_OK : KV_ENOMEM;
+}
+
+static void node_reset(struct client *c, size_t i);
+
+/* Closes the sockets of the N nodes and frees the arrays. */
+static void conns_free(struct client *c, size_t n)
+{
+    for (size_t i = 0; c->socks && c->mons && i < n; i++)
+        node_reset(c, i);
+    free(c->socks);
+    free(c->mons);
+    free(c->no_detail);
+    c->socks = NULL;
+    c->mons = NULL;
+    c->no_detail = NULL;
+}
+
+/* Watches socket S's handshakes: *mon gets a PAIR socket that receives
+ * the failures. Returns 0 or -1. */
+static int monitor_open(void *s, void **mon)
+{
+    char ep[64];
+    pthread_mutex_lock(&ctx_mu);
+    unsigned long seq = ++monitor_seq;
+    pthread_mutex_unlock(&ctx_mu);
+    snprintf(ep, sizeof(ep), "inproc://kv-client-monitor-%lu", seq);
+    if (zmq_socket_monitor(s, ep, MONITOR_EVENTS) != 0)
+        return -1;
+    void *m = zmq_socket(shared_ctx, ZMQ_PAIR);
+    if (!m || zmq_connect(m, ep) != 0) {
+        if (m)
+            zmq_close(m);
+        zmq_socket_monitor(s, NULL, 0);
+        return -1;
+    }
+    int zero = 0;
+    zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof(zero));
+    *mon = m;
+    return 0;
+}
+
+/* The DEALER socket to node I, connecting it on first use: a CurveZMQ
+ * client of the node's public key when the handle has keys. */
 static void *node_socket(struct client *c, size_t i)
 {
     if (c->socks[i])
@@ -91,15 +166,38 @@ static void *node_socket(struct client *c, size_t i)
     if (!s)
         return NULL;
     int zero = 0, one = 1;
+    int hs = (int)(c->conf->security.handshake_timeout_ms
+                       ? c->conf->security.handshake_timeout_ms
+                       : CONF_HANDSHAKE_DEFAULT);
     int64_t maxmsg = (int64_t)c->conf->max_message_bytes + 4096;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(s, ZMQ_IMMEDIATE, &one, sizeof(one));
     zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
+    zmq_setsockopt(s, ZMQ_HANDSHAKE_IVL, &hs, sizeof(hs));
+    const char *server = c->conf->nodes[i].public_key;
+    if (c->keys &&
+        (!server ||
+         zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server, KEYS_Z85_LEN + 1) ||
+         zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, c->keys->pub,
+                        KEYS_Z85_LEN + 1) ||
+         zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, c->keys->sec,
+                        KEYS_Z85_LEN + 1))) {
+        zmq_close(s);
+        return NULL;
+    }
+    void *mon = NULL;
+    if (monitor_open(s, &mon) != 0) {
+        zmq_close(s);
+        return NULL;
+    }
     if (zmq_connect(s, c->conf->nodes[i].address) != 0) {
+        zmq_socket_monitor(s, NULL, 0);
+        zmq_close(mon);
         zmq_close(s);
         return NULL;
     }
     c->socks[i] = s;
+    c->mons[i] = mon;
     return s;
 }
 
@@ -108,8 +206,131 @@ static void *node_socket(struct client *c, size_t i)
 static void node_reset(struct client *c, size_t i)
 {
     if (c->socks[i]) {
+        zmq_socket_monitor(c->socks[i], NULL, 0);
         zmq_close(c->socks[i]);
         c->socks[i] = NULL;
+    }
+    if (c->mons[i]) {
+        zmq_close(c->mons[i]);
+        c->mons[i] = NULL;
+    }
+}
+
+/* Reads the handshake failures the monitor of node I's socket reported.
+ * Returns KV_OK, or KV_EAUTH (with the handle's message set, the socket
+ * reset) when they show the node will not take this client: its key is
+ * refused, the two disagree on CurveZMQ, or (curve on) the node keeps
+ * hanging up during the handshake. */
+static int auth_check(struct client *c, size_t i)
+{
+    kv *db = &c->base;
+    const char *addr = c->conf->nodes[i].address;
+    uint32_t node = c->conf->nodes[i].id;
+    int rc = KV_OK;
+    for (int k = 0; c->mons[i] && k < 64 && rc == KV_OK; k++) {
+        zmq_msg_t ev, ep;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mons[i], ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            break;
+        }
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&ev) == 6) {
+            memcpy(&event, zmq_msg_data(&ev), 2);
+            memcpy(&value, (unsigned char *)zmq_msg_data(&ev) + 2, 4);
+        }
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) { /* the endpoint frame */
+            zmq_msg_init(&ep);
+            zmq_msg_recv(&ep, c->mons[i], ZMQ_DONTWAIT);
+            zmq_msg_close(&ep);
+        }
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+            rc = kv_fail(db, KV_EAUTH,
+                         "node %u (%s) refused this client's key %s (ZAP "
+                         "status %u): it is not one of the cluster's client "
+                         "keys ([security] client_keys or client_keys_file "
+                         "in the nodes' cluster.conf)",
+                         node, addr, c->keys ? c->keys->pub : "(none)", value);
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                   value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+            if (c->keys)
+                rc = kv_fail(db, KV_EAUTH,
+                             "node %u (%s) does not use CurveZMQ, but this "
+                             "client's cluster.conf says curve = on: the "
+                             "nodes and this file disagree",
+                             node, addr);
+            else
+                rc = kv_fail(db, KV_EAUTH,
+                             "node %u (%s) requires CurveZMQ, but this client "
+                             "connects in plaintext: use the cluster's "
+                             "cluster.conf (with [security] curve = on and "
+                             "the nodes' public keys; a tcp:// seed list "
+                             "cannot carry them) and a client key",
+                             node, addr);
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+            rc = kv_fail(db, KV_EAUTH,
+                         "the %s handshake with node %u (%s) failed "
+                         "(protocol error 0x%x)%s",
+                         c->keys ? "CurveZMQ" : "ZeroMQ", node, addr, value,
+                         c->keys ? ": is the node's public_key in this "
+                                   "cluster.conf its own?"
+                                 : "");
+        } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL &&
+                   (value == EPIPE || value == ECONNRESET) &&
+                   ++c->no_detail[i] >= NO_DETAIL_LIMIT) {
+            rc = kv_fail(db, KV_EAUTH,
+                         "node %u (%s) hung up during the %s handshake %u "
+                         "times in a row: %s",
+                         node, addr, c->keys ? "CurveZMQ" : "ZeroMQ",
+                         c->no_detail[i],
+                         c->keys ? "is its public_key in this cluster.conf "
+                                   "its own, and does it use CurveZMQ?"
+                                 : "it probably requires CurveZMQ, which this "
+                                   "client does not use (its cluster.conf "
+                                   "has no [security] curve = on)");
+        }
+    }
+    if (rc != KV_OK)
+        node_reset(c, i);
+    return rc;
+}
+
+/* Sends BUF on node I's socket S, waiting at most WAIT ms for a connection
+ * (ZMQ_IMMEDIATE queues nothing before one) while watching for a refused
+ * handshake. Returns KV_OK; KV_EAUTH (message set, socket reset);
+ * KV_EUNAVAILABLE when no connection came in time, or KV_EIO when the send
+ * failed otherwise (zmq errno in *e); those two set no message. */
+static int send_or_auth(struct client *c, size_t i, void *s, const void *buf,
+                        size_t len, int wait, uint64_t deadline, int *e)
+{
+    uint64_t start = now_ms();
+    uint64_t until = start + (uint64_t)wait;
+    for (;;) {
+        if (zmq_send(s, buf, len, ZMQ_DONTWAIT) >= 0)
+            return KV_OK;
+        *e = zmq_errno();
+        if (*e != EAGAIN && *e != EINTR)
+            return KV_EIO;
+        uint64_t now = now_ms();
+        if (now >= until)
+            return auth_check(c, i) == KV_EAUTH ? KV_EAUTH : KV_EUNAVAILABLE;
+        zmq_pollitem_t items[2] = {
+            {.socket = s, .events = ZMQ_POLLOUT},
+            {.socket = c->mons[i], .events = ZMQ_POLLIN},
+        };
+        int n = zmq_poll(items, 2, (long)(until - now));
+        if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
+            if (auth_check(c, i) == KV_EAUTH)
+                return KV_EAUTH;
+            /* The node is there but hangs up on the handshake: wait for
+             * the verdict rather than take it for a node that is down. */
+            uint64_t settle = start + HANDSHAKE_SETTLE_MS;
+            if (c->no_detail[i] > 0 && until < settle)
+                until = settle < deadline ? settle : deadline;
+        }
     }
 }
 
@@ -128,11 +349,13 @@ static int exchange(struct client *c, size_t i, const void *buf, size_t len,
     int wait = deadline > now ? (int)(deadline - now) : 0;
     if (wait > SEND_WAIT_MS)
         wait = SEND_WAIT_MS;
-    zmq_setsockopt(s, ZMQ_SNDTIMEO, &wait, sizeof(wait));
-    if (zmq_send(s, buf, len, 0) < 0) {
-        int e = zmq_errno();
+    int e = 0;
+    int src = send_or_auth(c, i, s, buf, len, wait, deadline, &e);
+    if (src == KV_EAUTH)
+        return KV_EAUTH; /* the socket is reset, the message set */
+    if (src != KV_OK) {
         node_reset(c, i);
-        if (e == EAGAIN)
+        if (src == KV_EUNAVAILABLE)
             return kv_fail(db, KV_EUNAVAILABLE,
                            "node %u (%s) is not reachable (request not sent)",
                            c->conf->nodes[i].id, addr);
@@ -171,9 +394,13 @@ static int exchange(struct client *c, size_t i, const void *buf, size_t len,
             wire_free(env); /* a late reply to an earlier request */
             continue;
         }
+        c->no_detail[i] = 0;
         *out = env;
         return KV_OK;
     }
+    /* The connection may have been dropped and refused since. */
+    if (auth_check(c, i) == KV_EAUTH)
+        return KV_EAUTH;
     node_reset(c, i);
     return kv_fail(db, KV_ETIMEDOUT, "node %u (%s) did not answer in time",
                    c->conf->nodes[i].id, addr);
@@ -268,6 +495,12 @@ static int route_request_from(struct client *c, uint32_t shard,
             now + attempt_ms < deadline ? now + attempt_ms : deadline;
         Kv__Envelope *env = NULL;
         rc = exchange(c, i, buf, len, req->id, until, &env);
+        if (rc == KV_EAUTH) {
+            /* Every node shares the cluster's keys: another would refuse
+             * this client too. */
+            free(buf);
+            return rc;
+        }
         if (rc == KV_OK && env->response->code == ENGINE_ELOCKED) {
             /* A key is locked by a cross-shard transaction in progress:
              * nothing was applied (not even the session), so the same
@@ -674,10 +907,12 @@ static void client_free(struct client *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; c->socks && c->conf && i < c->conf->nnodes; i++)
-        node_reset(c, i);
-    free(c->socks);
+    conns_free(c, c->conf ? c->conf->nnodes : 0);
     free(c->route);
+    if (c->keys) {
+        sodium_memzero(c->keys, sizeof(*c->keys));
+        free(c->keys);
+    }
     conf_free(c->conf);
     pipeline_free(c->pipe);
     free(c);
@@ -706,9 +941,8 @@ static const struct kv_ops client_ops = {
 /* Sets up sockets and routes for C->conf. */
 static int client_layout(struct client *c)
 {
-    c->socks = calloc(c->conf->nnodes, sizeof(void *));
     c->route = calloc(c->conf->shards, sizeof(size_t));
-    if (!c->socks || !c->route)
+    if (conns_alloc(c, c->conf->nnodes) != KV_OK || !c->route)
         return KV_ENOMEM;
     for (uint32_t s = 0; s < c->conf->shards; s++)
         c->route[s] = conf_replica(c->conf, s, 0);
@@ -747,6 +981,8 @@ static int conf_from_status(const Kv__StatusResult *st, struct conf **out)
     c->max_message_bytes = st->max_message_bytes;
     c->request_timeout_ms = 5000;
     c->txn_timeout_ms = 5000;
+    c->max_inflight_per_client = CONF_INFLIGHT_DEFAULT;
+    c->security.handshake_timeout_ms = CONF_HANDSHAKE_DEFAULT;
     /* The transaction limits; a node that does not send them (0) gets the
      * defaults, lowered to fit the message limit as conf_parse does. */
     c->max_txn_ops = st->max_txn_ops ? st->max_txn_ops : CONF_TXN_OPS_DEFAULT;
@@ -811,8 +1047,7 @@ static int client_from_seeds(struct client *c, const char *seeds,
         goto out;
     }
     c->conf = tmp;
-    c->socks = calloc(tmp->nnodes, sizeof(void *));
-    if (!c->socks) {
+    if (conns_alloc(c, tmp->nnodes) != KV_OK) {
         rc = KV_ENOMEM;
         goto out;
     }
@@ -820,34 +1055,55 @@ static int client_from_seeds(struct client *c, const char *seeds,
     for (size_t i = 0; i < tmp->nnodes; i++) {
         Kv__StatusResult *st = NULL;
         rc = status_of(c, i, timeout_ms, &st);
+        if (rc == KV_EAUTH)
+            break; /* a curve cluster: a seed list cannot reach it */
         if (rc != KV_OK)
             continue;
         struct conf *real = NULL;
         rc = conf_from_status(st, &real);
         kv__status_result__free_unpacked(st, NULL);
         if (rc == KV_OK) {
-            for (size_t j = 0; j < tmp->nnodes; j++)
-                node_reset(c, j);
-            free(c->socks);
-            c->socks = NULL;
+            conns_free(c, tmp->nnodes);
             c->conf = real;
             break;
         }
     }
-    if (rc != KV_OK)
+    if (rc == KV_EAUTH)
+        snprintf(err, errlen, "%s", c->base.errmsg);
+    else if (rc != KV_OK)
         snprintf(err, errlen, "no seed of \"%s\" answered: %s", seeds,
                  c->base.errmsg);
 out:
     if (c->conf == tmp) {
-        for (size_t j = 0; c->socks && j < tmp->nnodes; j++)
-            node_reset(c, j);
-        free(c->socks);
-        c->socks = NULL;
+        conns_free(c, tmp->nnodes);
         c->conf = NULL;
     }
     conf_free(tmp);
     free(list);
     return rc;
+}
+
+/* curve = on: reads the handle's key pair from KEY_FILE (named by
+ * KEY_FROM in messages). */
+static int client_keys(struct client *c, const char *key_file,
+                       const char *key_from, char *err, size_t errlen)
+{
+    if (!key_file) {
+        snprintf(err, errlen,
+                 "the cluster requires CurveZMQ: give a client key "
+                 "(kv_open_opts.key_file, KV_CLIENT_KEY, kvclient --key)");
+        return KV_EAUTH;
+    }
+    c->keys = calloc(1, sizeof(*c->keys));
+    if (!c->keys)
+        return KV_ENOMEM;
+    char kerr[480];
+    int rc = keys_load_pair(key_file, c->keys, kerr, sizeof(kerr));
+    if (rc != KV_OK) {
+        snprintf(err, errlen, "client key (%s): %s", key_from, kerr);
+        return rc;
+    }
+    return KV_OK;
 }
 
 int client_open(const char *target, const kv_open_opts *opts, kv **out,
@@ -863,12 +1119,26 @@ int client_open(const char *target, const kv_open_opts *opts, kv **out,
     }
     c->base.ops = &client_ops;
     uint32_t timeout = opts && opts->timeout_ms ? opts->timeout_ms : 0;
+    const char *env_key = getenv("KV_CLIENT_KEY");
+    const char *key_file = opts && opts->key_file ? opts->key_file
+                           : env_key && *env_key  ? env_key
+                                                  : NULL;
+    const char *key_from =
+        opts && opts->key_file ? "kv_open_opts.key_file" : "KV_CLIENT_KEY";
     int rc;
-    if (strncmp(target, "tcp://", 6) == 0) {
+    if (strncmp(target, "tcp://", 6) == 0 && key_file) {
+        snprintf(err, errlen,
+                 "a client key (%s) needs a cluster.conf target: a seed list "
+                 "(tcp://...) cannot carry the nodes' public keys",
+                 key_from);
+        rc = KV_EINVAL;
+    } else if (strncmp(target, "tcp://", 6) == 0) {
         rc =
             client_from_seeds(c, target, timeout ? timeout : 5000, err, errlen);
     } else {
         rc = conf_load(target, &c->conf, err, errlen);
+        if (rc == KV_OK && c->conf->security.curve)
+            rc = client_keys(c, key_file, key_from, err, errlen);
     }
     if (rc == KV_OK)
         rc = client_layout(c);
@@ -906,6 +1176,7 @@ struct pipe_slot {
     uint64_t attempt_deadline;
     uint64_t retry_at; /* 0: sent; else resend at this time */
     bool delivered;
+    bool refused; /* the node refused this client (KV_EAUTH) */
 };
 
 struct pipeline {
@@ -953,6 +1224,11 @@ static void pipe_send(struct client *c, struct pipe_slot *s, uint64_t now,
     s->retry_at = 0;
     s->attempt_deadline = now + attempt_ms;
     if (!sock || zmq_send(sock, s->buf, s->len, ZMQ_DONTWAIT) < 0) {
+        if (sock && auth_check(c, s->node) == KV_EAUTH) {
+            s->refused = true; /* admin_poll ends it */
+            s->retry_at = now;
+            return;
+        }
         /* Not connected (down, or not yet): try the next member shortly;
          * if this one was the leader, a follower's hint brings it back. */
         s->node = next_member(c, s->shard, s->node);
@@ -1011,6 +1287,7 @@ int admin_submit(kv *db, unsigned slot, struct admin_op *op)
     s->node = c->route[s->shard];
     s->deadline = now + timeout;
     s->delivered = false;
+    s->refused = false;
     op->rc = KV_OK;
     op->version = 0;
     p->busy++;
@@ -1058,6 +1335,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
         return;
     }
     c->route[s->shard] = s->node;
+    c->no_detail[s->node] = 0;
     if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_WRITE)
         s->op->version = r->write->version;
     else if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_GET)
@@ -1082,6 +1360,10 @@ int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
             struct pipe_slot *s = &p->slots[i];
             if (!s->op)
                 continue;
+            if (s->refused) {
+                pipe_finish(p, s, KV_EAUTH, done, &n);
+                continue;
+            }
             if (now >= s->deadline) {
                 pipe_finish(p, s, s->delivered ? KV_ETIMEDOUT : KV_EUNAVAILABLE,
                             done, &n);

@@ -9,11 +9,13 @@
  * rather than to one line (a missing key, no nodes) are reported at line 0.
  *
  * This module must never open sockets or create files: conf_load() reads
- * the config file, nothing else, and resolves data_dir and the procedures
- * paths without touching them.
+ * the config file, nothing else, and resolves data_dir, the procedures
+ * paths and the key file paths without touching them (kvnode reads the key
+ * files; see keys.h).
  */
 #include "conf.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "keys.h"
 #include "kv.h"
 
 #define CONF_FILE_LIMIT (1024u * 1024u) /* bytes; larger files are refused */
@@ -59,6 +62,7 @@ enum key_id {
     KEY_PROC_MAX_KEYS,
     KEY_PROC_MAX_WRITE_BYTES,
     KEY_PROC_MAX_REPLY_BYTES,
+    KEY_MAX_INFLIGHT_PER_CLIENT,
     KEY_COUNT
 };
 
@@ -89,7 +93,32 @@ static const struct key_def {
                                   CONF_MESSAGE_MAX},
     [KEY_PROC_MAX_REPLY_BYTES] = {"proc_max_reply_bytes", 1, 1,
                                   CONF_MESSAGE_MAX},
+    [KEY_MAX_INFLIGHT_PER_CLIENT] = {"max_inflight_per_client", 1, 1,
+                                     CONF_INFLIGHT_LIMIT},
 };
+
+/* ---- the [security] section and the CurveZMQ keys of nodes -------------- */
+
+enum sec_id {
+    SEC_CURVE,
+    SEC_INSECURE,
+    SEC_CLIENT_KEYS,
+    SEC_CLIENT_KEYS_FILE,
+    SEC_HANDSHAKE_TIMEOUT_MS,
+    SEC_COUNT
+};
+
+static const char *const sec_names[SEC_COUNT] = {
+    [SEC_CURVE] = "curve",
+    [SEC_INSECURE] = "insecure",
+    [SEC_CLIENT_KEYS] = "client_keys",
+    [SEC_CLIENT_KEYS_FILE] = "client_keys_file",
+    [SEC_HANDSHAKE_TIMEOUT_MS] = "handshake_timeout_ms",
+};
+
+/* Keys of a [node ID] section besides address. */
+#define NODE_PUBLIC_KEY "public_key"
+#define NODE_SECRET_KEY_FILE "secret_key_file"
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error"};
 
@@ -99,10 +128,15 @@ struct parser {
     const char *name; /* file name used in messages */
     char *err;
     size_t errlen;
-    unsigned line;  /* current line, 1-based */
-    struct conf *c; /* being filled; freed by the caller on error */
-    size_t cap;     /* capacity of c->nodes */
-    size_t section; /* 0 = global, else 1 + index of the node in c->nodes */
+    unsigned line;   /* current line, 1-based */
+    struct conf *c;  /* being filled; freed by the caller on error */
+    size_t cap;      /* capacity of c->nodes */
+    size_t section;  /* 0 = global, else 1 + index of the node in c->nodes */
+    int in_security; /* the current section is [security] */
+    unsigned security_line;       /* line of the [security] header, 0 = none */
+    unsigned sec_line[SEC_COUNT]; /* where each [security] key was set */
+    unsigned pub_line[CONF_MAX_NODES];  /* line of each node's public_key */
+    unsigned skf_line[CONF_MAX_NODES];  /* ... and of its secret_key_file */
     unsigned key_line[KEY_COUNT];       /* where each key was set, 0 = not */
     unsigned node_line[CONF_MAX_NODES]; /* line of each [node ID] header */
     unsigned addr_line[CONF_MAX_NODES]; /* line of each node's address */
@@ -350,6 +384,9 @@ static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
     case KEY_PROC_MAX_REPLY_BYTES:
         c->proc_max_reply_bytes = x;
         break;
+    case KEY_MAX_INFLIGHT_PER_CLIENT:
+        c->max_inflight_per_client = (uint32_t)x;
+        break;
     default:
         return fail(p, p->line, "internal: %s is not a number", d->name);
     }
@@ -463,15 +500,42 @@ static int find_key(const char *k, size_t n)
     return -1;
 }
 
+static int find_sec_key(const char *k, size_t n)
+{
+    for (int i = 0; i < SEC_COUNT; i++)
+        if (equals(k, n, sec_names[i]))
+            return i;
+    return -1;
+}
+
+static int is_node_key(const char *k, size_t n)
+{
+    return equals(k, n, "address") || equals(k, n, NODE_PUBLIC_KEY) ||
+           equals(k, n, NODE_SECRET_KEY_FILE);
+}
+
+/* A key of another part of the file than the one it is in: says where it
+ * belongs. Returns 0 when K is no such key. */
+static int misplaced_key(struct parser *p, const char *k, size_t kn)
+{
+    if (is_node_key(k, kn) && p->section == 0)
+        return fail(p, p->line, "key '%s' belongs in a [node ID] section",
+                    show(p, k, kn));
+    if (find_sec_key(k, kn) >= 0 && !p->in_security)
+        return fail(p, p->line, "key '%s' belongs in the [security] section",
+                    show(p, k, kn));
+    return 0;
+}
+
 static int global_key(struct parser *p, const char *k, size_t kn, const char *v,
                       size_t vn)
 {
     int id = find_key(k, kn);
 
     if (id < 0) {
-        if (equals(k, kn, "address"))
-            return fail(p, p->line,
-                        "key 'address' belongs in a [node ID] section");
+        int rc = misplaced_key(p, k, kn);
+        if (rc != 0)
+            return rc;
         return fail(p, p->line, "unknown key '%s'", show(p, k, kn));
     }
     if (p->key_line[id] != 0)
@@ -483,6 +547,158 @@ static int global_key(struct parser *p, const char *k, size_t kn, const char *v,
     return set_string(p, (enum key_id)id, v, vn);
 }
 
+/* A path value (client_keys_file, secret_key_file): no control
+ * characters, at most CONF_PATH_MAX bytes. Kept as written; conf_load()
+ * resolves a relative one. */
+static int set_path(struct parser *p, const char *name, char **slot,
+                    const char *v, size_t n)
+{
+    if (n > CONF_PATH_MAX)
+        return fail(p, p->line, "%s is longer than %d bytes", name,
+                    CONF_PATH_MAX);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+            return fail(p, p->line, "%s contains a control character", name);
+    return replace(p, slot, v, n);
+}
+
+/* "on"/"off" or "yes"/"no" (WORDS[1] is true) into *out. */
+static int set_bool(struct parser *p, const char *name, const char *const *w,
+                    const char *v, size_t n, int *out)
+{
+    if (equals(v, n, w[0]) || equals(v, n, w[1])) {
+        *out = equals(v, n, w[1]);
+        return KV_OK;
+    }
+    return fail(p, p->line, "%s must be %s or %s, not '%s'", name, w[1], w[0],
+                show(p, v, n));
+}
+
+/* "client_keys = KEY KEY ...": Z85 public keys separated by blanks, none
+ * listed twice, at most CONF_MAX_CLIENT_KEYS. */
+static int set_client_keys(struct parser *p, const char *v, size_t n)
+{
+    struct conf_security *sec = &p->c->security;
+    size_t pos = 0, cap = 0;
+
+    while (pos < n) {
+        const char *w;
+        size_t wn = 0;
+        while (pos < n && is_space(v[pos]))
+            pos++;
+        if (pos == n)
+            break;
+        w = v + pos;
+        while (pos + wn < n && !is_space(w[wn]))
+            wn++;
+        pos += wn;
+        if (!keys_z85_valid(w, wn))
+            return fail(p, p->line,
+                        "client_keys: '%s' is not a Z85 public key of 40 "
+                        "characters",
+                        show(p, w, wn));
+        for (size_t i = 0; i < sec->nclient_keys; i++)
+            if (equals(w, wn, sec->client_keys[i]))
+                return fail(p, p->line, "client_keys: '%s' is listed twice",
+                            show(p, w, wn));
+        if (sec->nclient_keys == CONF_MAX_CLIENT_KEYS)
+            return fail(p, p->line, "client_keys: more than %d keys",
+                        CONF_MAX_CLIENT_KEYS);
+        if (sec->nclient_keys == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            char **nk = realloc(sec->client_keys, ncap * sizeof *nk);
+            if (nk == NULL)
+                return fail_nomem(p);
+            sec->client_keys = nk;
+            cap = ncap;
+        }
+        sec->client_keys[sec->nclient_keys] = strndup(w, wn);
+        if (sec->client_keys[sec->nclient_keys] == NULL)
+            return fail_nomem(p);
+        sec->nclient_keys++;
+    }
+    return KV_OK;
+}
+
+static int security_key(struct parser *p, const char *k, size_t kn,
+                        const char *v, size_t vn)
+{
+    static const char *const on_off[] = {"off", "on"};
+    static const char *const yes_no[] = {"no", "yes"};
+    struct conf_security *sec = &p->c->security;
+    int id = find_sec_key(k, kn);
+    uint64_t x;
+
+    if (id < 0) {
+        if (find_key(k, kn) >= 0)
+            return fail(p, p->line,
+                        "key '%s' must come before the first section",
+                        show(p, k, kn));
+        if (is_node_key(k, kn))
+            return fail(p, p->line, "key '%s' belongs in a [node ID] section",
+                        show(p, k, kn));
+        return fail(p, p->line, "unknown key '%s' in [security]",
+                    show(p, k, kn));
+    }
+    if (p->sec_line[id] != 0)
+        return fail(p, p->line, "duplicate key '%s' (first set at line %u)",
+                    sec_names[id], p->sec_line[id]);
+    p->sec_line[id] = p->line;
+    switch ((enum sec_id)id) {
+    case SEC_CURVE:
+        return set_bool(p, "curve", on_off, v, vn, &sec->curve);
+    case SEC_INSECURE:
+        return set_bool(p, "insecure", yes_no, v, vn, &sec->insecure);
+    case SEC_CLIENT_KEYS:
+        return set_client_keys(p, v, vn);
+    case SEC_CLIENT_KEYS_FILE:
+        return set_path(p, "client_keys_file", &sec->client_keys_file, v, vn);
+    case SEC_HANDSHAKE_TIMEOUT_MS:
+        if (parse_u64(v, vn, &x) != 0 || x < CONF_HANDSHAKE_MIN ||
+            x > CONF_TIMEOUT_MAX)
+            return fail(p, p->line,
+                        "handshake_timeout_ms: '%s' is not a number of "
+                        "%u..%u",
+                        show(p, v, vn), CONF_HANDSHAKE_MIN, CONF_TIMEOUT_MAX);
+        sec->handshake_timeout_ms = (uint32_t)x;
+        return KV_OK;
+    case SEC_COUNT:
+        break;
+    }
+    return fail(p, p->line, "internal: bad [security] key");
+}
+
+/* public_key and secret_key_file of node index I. */
+static int node_curve_key(struct parser *p, size_t i, const char *k, size_t kn,
+                          const char *v, size_t vn)
+{
+    struct conf_node *node = &p->c->nodes[i];
+    int is_pub = equals(k, kn, NODE_PUBLIC_KEY);
+    unsigned *at = is_pub ? &p->pub_line[i] : &p->skf_line[i];
+
+    if (*at != 0)
+        return fail(
+            p, p->line,
+            "duplicate key '%s' in [node %" PRIu32 "] (first set at line %u)",
+            is_pub ? NODE_PUBLIC_KEY : NODE_SECRET_KEY_FILE, node->id, *at);
+    *at = p->line;
+    if (!is_pub)
+        return set_path(p, NODE_SECRET_KEY_FILE, &node->secret_key_file, v, vn);
+    if (!keys_z85_valid(v, vn))
+        return fail(p, p->line,
+                    "public_key of node %" PRIu32
+                    " is not a Z85 key of 40 characters",
+                    node->id);
+    for (size_t j = 0; j < p->c->nnodes; j++)
+        if (j != i && p->c->nodes[j].public_key != NULL &&
+            equals(v, vn, p->c->nodes[j].public_key))
+            return fail(p, p->line,
+                        "public_key of node %" PRIu32
+                        " is already node %" PRIu32 "'s (line %u)",
+                        node->id, p->c->nodes[j].id, p->pub_line[j]);
+    return replace(p, &node->public_key, v, vn);
+}
+
 static int node_key(struct parser *p, const char *k, size_t kn, const char *v,
                     size_t vn)
 {
@@ -492,11 +708,15 @@ static int node_key(struct parser *p, const char *k, size_t kn, const char *v,
     size_t hostlen;
     uint32_t port;
 
+    if (equals(k, kn, NODE_PUBLIC_KEY) || equals(k, kn, NODE_SECRET_KEY_FILE))
+        return node_curve_key(p, i, k, kn, v, vn);
     if (!equals(k, kn, "address")) {
         if (find_key(k, kn) >= 0)
             return fail(p, p->line,
                         "key '%s' must come before the first [node ID] section",
                         show(p, k, kn));
+        if (misplaced_key(p, k, kn) != 0)
+            return KV_EINVAL;
         return fail(p, p->line, "unknown key '%s' in [node %" PRIu32 "]",
                     show(p, k, kn), node->id);
     }
@@ -531,9 +751,20 @@ static int parse_section(struct parser *p, const char *s, size_t n)
     struct conf *c = p->c;
     uint64_t id;
 
+    if (equals(s, n, "security")) {
+        if (p->security_line != 0)
+            return fail(p, p->line,
+                        "duplicate section [security] (first at line %u)",
+                        p->security_line);
+        p->security_line = p->line;
+        p->in_security = 1;
+        p->section = 0;
+        return KV_OK;
+    }
     if (!(n >= 4 && memcmp(s, "node", 4) == 0 && (n == 4 || is_space(s[4]))))
         return fail(p, p->line,
-                    "unknown section '[%s]' (the only section is [node ID])",
+                    "unknown section '[%s]' (the sections are [security] and "
+                    "[node ID])",
                     show(p, s, n));
     s += 4;
     n -= 4;
@@ -561,25 +792,47 @@ static int parse_section(struct parser *p, const char *s, size_t n)
         c->nodes = nn;
         p->cap = ncap;
     }
+    memset(&c->nodes[c->nnodes], 0, sizeof c->nodes[c->nnodes]);
     c->nodes[c->nnodes].id = (uint32_t)id;
-    c->nodes[c->nnodes].address = NULL;
     p->node_line[c->nnodes] = p->line;
     p->addr_line[c->nnodes] = 0;
+    p->pub_line[c->nnodes] = 0;
+    p->skf_line[c->nnodes] = 0;
     c->nnodes++;
     p->section = c->nnodes;
+    p->in_security = 0;
     return KV_OK;
+}
+
+/* The length of line S (N bytes) without its comment. '#' starts one
+ * anywhere, except on the lines of Z85 keys (public_key, client_keys),
+ * where it does only at the start or after a blank: '#' is a Z85
+ * character. */
+static size_t cut_comment(const char *s, size_t n)
+{
+    const char *eq = memchr(s, '=', n);
+    const char *hash;
+
+    if (eq != NULL) {
+        const char *k = s;
+        size_t kn = (size_t)(eq - s);
+        trim(&k, &kn);
+        if (equals(k, kn, NODE_PUBLIC_KEY) ||
+            equals(k, kn, sec_names[SEC_CLIENT_KEYS]))
+            return keys_cut_comment(s, n);
+    }
+    hash = memchr(s, '#', n);
+    return hash != NULL ? (size_t)(hash - s) : n;
 }
 
 static int parse_line(struct parser *p, const char *s, size_t n)
 {
-    const char *hash, *eq, *k, *v;
+    const char *eq, *k, *v;
     size_t kn, vn;
 
     if (memchr(s, '\0', n) != NULL)
         return fail(p, p->line, "NUL byte in line");
-    hash = memchr(s, '#', n);
-    if (hash != NULL)
-        n = (size_t)(hash - s);
+    n = cut_comment(s, n);
     trim(&s, &n);
     if (n == 0)
         return KV_OK;
@@ -607,6 +860,8 @@ static int parse_line(struct parser *p, const char *s, size_t n)
         return fail(p, p->line, "missing key before '='");
     if (vn == 0)
         return fail(p, p->line, "empty value for key '%s'", show(p, k, kn));
+    if (p->in_security)
+        return security_key(p, k, kn, v, vn);
     if (p->section == 0)
         return global_key(p, k, kn, v, vn);
     return node_key(p, k, kn, v, vn);
@@ -654,6 +909,39 @@ static int finish_room(struct parser *p, enum key_id k, uint64_t *slot)
                 name, *slot, room, CONF_TXN_SLACK);
 }
 
+/* With curve = on every node needs its public key and key file; no client
+ * key may be a node's key (the node would admit it as that node). */
+static int finish_security(struct parser *p)
+{
+    struct conf *c = p->c;
+    const struct conf_security *sec = &c->security;
+
+    for (size_t i = 0; sec->curve && i < c->nnodes; i++) {
+        const char *missing = c->nodes[i].public_key == NULL ? NODE_PUBLIC_KEY
+                              : c->nodes[i].secret_key_file == NULL
+                                  ? NODE_SECRET_KEY_FILE
+                                  : NULL;
+        if (missing != NULL)
+            return fail(p, p->node_line[i],
+                        "node %" PRIu32
+                        " has no %s: curve = on (line %u) needs public_key "
+                        "and secret_key_file in every [node ID] section "
+                        "(make a key pair with: kvnode keygen FILE)",
+                        c->nodes[i].id, missing, p->sec_line[SEC_CURVE]);
+    }
+    for (size_t k = 0; k < sec->nclient_keys; k++)
+        for (size_t i = 0; i < c->nnodes; i++)
+            if (c->nodes[i].public_key != NULL &&
+                strcmp(c->nodes[i].public_key, sec->client_keys[k]) == 0)
+                return fail(p, p->sec_line[SEC_CLIENT_KEYS],
+                            "client_keys: '%s' is the public_key of node "
+                            "%" PRIu32 " (line %u); a client needs a key of "
+                            "its own",
+                            sec->client_keys[k], c->nodes[i].id,
+                            p->pub_line[i]);
+    return KV_OK;
+}
+
 /* Checks what only the whole file can tell, then sorts the nodes. */
 static int finish(struct parser *p)
 {
@@ -673,6 +961,9 @@ static int finish(struct parser *p)
                         "node %" PRIu32
                         " has no address (add 'address = tcp://HOST:PORT')",
                         c->nodes[i].id);
+    rc = finish_security(p);
+    if (rc != KV_OK)
+        return rc;
     if (c->replicas > c->nnodes) {
         if (p->key_line[KEY_REPLICAS] != 0)
             return fail(p, p->key_line[KEY_REPLICAS],
@@ -772,6 +1063,8 @@ int conf_parse(const char *text, size_t len, const char *name,
     c->proc_max_keys = CONF_PROC_KEYS_DEFAULT;
     c->proc_max_write_bytes = CONF_PROC_BYTES_DEFAULT;
     c->proc_max_reply_bytes = CONF_PROC_BYTES_DEFAULT;
+    c->max_inflight_per_client = CONF_INFLIGHT_DEFAULT;
+    c->security.handshake_timeout_ms = CONF_HANDSHAKE_DEFAULT;
     c->path = strdup("");
     c->data_dir = strdup("data");
     c->log_level = strdup("info");
@@ -970,26 +1263,36 @@ free_all:
     return rc;
 }
 
-/* Makes c->data_dir and each of c->procedures absolute and clean, relative
- * ones against the folder of PATH (see resolve_path). */
+/* Makes *SLOT (when not NULL) absolute and clean (see resolve_path). */
+static int resolve_slot(const char *path, char **slot, char *err, size_t errlen)
+{
+    char *abs = NULL;
+    int rc;
+
+    if (*slot == NULL)
+        return KV_OK;
+    rc = resolve_path(path, *slot, &abs, err, errlen);
+    if (rc != KV_OK)
+        return rc;
+    free(*slot);
+    *slot = abs;
+    return KV_OK;
+}
+
+/* Makes c->data_dir, each of c->procedures and the key file paths absolute
+ * and clean, relative ones against the folder of PATH (see resolve_path). */
 static int resolve_paths(struct conf *c, const char *path, char *err,
                          size_t errlen)
 {
-    char *abs = NULL;
-    int rc = resolve_path(path, c->data_dir, &abs, err, errlen);
+    int rc = resolve_slot(path, &c->data_dir, err, errlen);
 
-    if (rc != KV_OK)
-        return rc;
-    free(c->data_dir);
-    c->data_dir = abs;
-    for (size_t i = 0; i < c->nprocedures; i++) {
-        rc = resolve_path(path, c->procedures[i], &abs, err, errlen);
-        if (rc != KV_OK)
-            return rc;
-        free(c->procedures[i]);
-        c->procedures[i] = abs;
-    }
-    return KV_OK;
+    for (size_t i = 0; rc == KV_OK && i < c->nprocedures; i++)
+        rc = resolve_slot(path, &c->procedures[i], err, errlen);
+    for (size_t i = 0; rc == KV_OK && i < c->nnodes; i++)
+        rc = resolve_slot(path, &c->nodes[i].secret_key_file, err, errlen);
+    if (rc == KV_OK)
+        rc = resolve_slot(path, &c->security.client_keys_file, err, errlen);
+    return rc;
 }
 
 /* Reads and parses PATH; see conf.h. On KV_OK c->path is a copy of PATH and
@@ -1044,9 +1347,16 @@ void conf_free(struct conf *c)
 {
     if (c == NULL)
         return;
-    for (size_t i = 0; i < c->nnodes; i++)
+    for (size_t i = 0; i < c->nnodes; i++) {
         free(c->nodes[i].address);
+        free(c->nodes[i].public_key);
+        free(c->nodes[i].secret_key_file);
+    }
     free(c->nodes);
+    for (size_t i = 0; i < c->security.nclient_keys; i++)
+        free(c->security.client_keys[i]);
+    free(c->security.client_keys);
+    free(c->security.client_keys_file);
     for (size_t i = 0; i < c->nprocedures; i++)
         free(c->procedures[i]);
     free(c->procedures);
@@ -1075,6 +1385,43 @@ const struct conf_node *conf_node_by_id(const struct conf *c, uint32_t id)
             hi = mid;
     }
     return NULL;
+}
+
+/* Whether ADDRESS names a loopback host (see conf.h). */
+int conf_address_is_loopback(const char *address)
+{
+    const char *host;
+    size_t hn;
+    uint32_t port;
+    char buf[CONF_HOST_MAX + 1];
+    unsigned char a6[16];
+    unsigned char a4[4];
+    static const unsigned char loop6[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                            0, 0, 0, 0, 0, 0, 0, 1};
+
+    if (address == NULL ||
+        split_address(address, strlen(address), &host, &hn, &port) != NULL ||
+        hn > CONF_HOST_MAX)
+        return 0;
+    memcpy(buf, host, hn);
+    buf[hn] = '\0';
+    if (strlen(buf) == 9) {
+        int local = 1;
+        for (size_t i = 0; i < 9; i++)
+            local &= lower(buf[i]) == "localhost"[i];
+        if (local)
+            return 1;
+    }
+    if (inet_pton(AF_INET, buf, a4) == 1)
+        return a4[0] == 127;
+    if (inet_pton(AF_INET6, buf, a6) == 1) {
+        static const unsigned char mapped[12] = {0, 0, 0, 0, 0,    0,
+                                                 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(a6, loop6, 16) == 0)
+            return 1;
+        return memcmp(a6, mapped, 12) == 0 && a6[12] == 127;
+    }
+    return 0;
 }
 
 /* The index in c->nodes of replica R of SHARD: (shard + r) mod nnodes.

@@ -1,8 +1,11 @@
 /*
  * conf - the cluster.conf parser.
  *
- * A cluster.conf is an INI-style file: global "key = value" lines, then one
- * "[node ID]" section per node with its address. Comments start with '#'.
+ * A cluster.conf is an INI-style file: global "key = value" lines, then an
+ * optional "[security]" section and one "[node ID]" section per node with
+ * its address (and, for CurveZMQ, its public key and secret key file), in
+ * any order after the global keys. Comments start with '#' (on the lines of
+ * Z85 keys only at the start or after a blank: '#' is a Z85 character).
  * Every error names the file, the line and the problem; unknown keys,
  * duplicate keys or nodes, and out-of-range values are errors. This module
  * only parses and validates: it opens no sockets and creates no files.
@@ -28,10 +31,36 @@
 #define CONF_PROC_KEYS_DEFAULT 100000
 #define CONF_PROC_KEYS_LIMIT 10000000          /* cap on proc_max_keys */
 #define CONF_PROC_BYTES_DEFAULT (1024u * 1024) /* write and reply budgets */
+#define CONF_INFLIGHT_DEFAULT 1024             /* max_inflight_per_client */
+#define CONF_INFLIGHT_LIMIT 1000000            /* its cap */
+#define CONF_HANDSHAKE_DEFAULT 5000 /* [security] handshake_timeout_ms */
+#define CONF_HANDSHAKE_MIN 100
+#define CONF_MAX_CLIENT_KEYS 100000 /* keys in [security] client_keys */
 
 struct conf_node {
     uint32_t id;   /* 1..65535, unique */
     char *address; /* "tcp://host:port" */
+    /* CurveZMQ (both required when [security] curve = on, else optional):
+     * the node's public key (Z85, 40 characters, unique among the nodes)
+     * and the file holding its key pair, made absolute by conf_load() like
+     * data_dir. NULL when not set. */
+    char *public_key;
+    char *secret_key_file;
+};
+
+/* The [security] section (docs/security.md). */
+struct conf_security {
+    int curve;    /* curve = on: every socket uses CurveZMQ */
+    int insecure; /* insecure = yes: a node may listen on a non-loopback
+                     address with curve off */
+    /* Public keys (Z85) of the clients a node admits, from client_keys, in
+     * file order; none of them is a node's key. */
+    char **client_keys;
+    size_t nclient_keys;
+    /* client_keys_file: more client keys, one a line (read by kvnode, not
+     * here); absolute after conf_load(). NULL when not set. */
+    char *client_keys_file;
+    uint32_t handshake_timeout_ms; /* ZMQ_HANDSHAKE_IVL of every socket */
 };
 
 struct conf {
@@ -67,6 +96,10 @@ struct conf {
     uint64_t proc_max_keys;
     uint64_t proc_max_write_bytes;
     uint64_t proc_max_reply_bytes;
+    /* Requests a node holds unanswered for one client connection; more
+     * are answered KV_EUNAVAILABLE at once. */
+    uint32_t max_inflight_per_client;
+    struct conf_security security;
 };
 
 /* Parses TEXT (LEN bytes) read from a file named NAME (used in errors).
@@ -75,8 +108,9 @@ struct conf {
 int conf_parse(const char *text, size_t len, const char *name,
                struct conf **out, char *err, size_t errlen);
 
-/* Reads and parses the file PATH. A relative data_dir and relative
- * procedures paths are resolved against the folder of PATH. Errors as
+/* Reads and parses the file PATH. A relative data_dir, relative
+ * procedures paths and relative key file paths (secret_key_file,
+ * client_keys_file) are resolved against the folder of PATH. Errors as
  * conf_parse(), plus KV_EIO if PATH cannot be read.
  */
 int conf_load(const char *path, struct conf **out, char *err, size_t errlen);
@@ -86,6 +120,11 @@ void conf_free(struct conf *c);
 
 /* The node with id ID, or NULL. */
 const struct conf_node *conf_node_by_id(const struct conf *c, uint32_t id);
+
+/* Whether ADDRESS ("tcp://HOST:PORT", as validated by the parser) names a
+ * loopback host: localhost, an IPv4 address in 127.0.0.0/8, or ::1. Names
+ * are not resolved, so any other name is not loopback. */
+int conf_address_is_loopback(const char *address);
 
 /* The index in c->nodes of replica R (0 = the first, which serves the shard
  * until replication lands) of SHARD: placement is (shard + r) mod nnodes over

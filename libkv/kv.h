@@ -70,12 +70,25 @@ typedef struct kv kv;
 typedef struct kv_open_opts {
     uint32_t timeout_ms; /* default per-call timeout; 0 = the cluster's
                             request_timeout_ms (embedded: 5000 ms) */
+    /* The client's CurveZMQ key file (made by `kvclient keygen FILE`; its
+     * public key must be among the cluster's client keys). NULL: the file
+     * named by $KV_CLIENT_KEY, if set. Required when the cluster.conf says
+     * [security] curve = on (else kv_open fails with KV_EAUTH), unused when
+     * it does not; with a seed list target it is KV_EINVAL (a seed list
+     * cannot carry the nodes' public keys). Embedded: unused. */
+    const char *key_file;
 } kv_open_opts;
 
 /* Opens TARGET: "embedded:DIR" (created if missing), "tcp://h:p,tcp://h:p"
  * (a seed list: the cluster's layout is asked from the first node that
  * answers), or the path of a cluster.conf. On success *db is a new handle
- * the caller closes with kv_close(). */
+ * the caller closes with kv_close(). KV_EAUTH: the cluster requires a
+ * client key and none was given, or (from a seed list) a node requires
+ * CurveZMQ; kv_errmsg(NULL) says which.
+ *
+ * With CurveZMQ (docs/security.md) every call that meets a node refusing
+ * this client's key, or a node and a client disagreeing on CurveZMQ, ends
+ * at once with KV_EAUTH and kv_errmsg() says why, instead of timing out. */
 int kv_open(const char *target, const kv_open_opts *opts, kv **db);
 
 /* Closes a handle and frees everything it owns. NULL is a no-op. Every

@@ -1,7 +1,8 @@
 /*
  * store - the LevelDB adapter (see store.h). The only file that includes
  * <leveldb/c.h>. Reads verify checksums, so damaged tables are reported as
- * KV_ECORRUPT instead of being served.
+ * KV_ECORRUPT instead of being served, and the first such report is kept
+ * in the store (store_damage).
  */
 #include "store.h"
 
@@ -23,6 +24,7 @@ struct store {
     leveldb_readoptions_t *ropts;
     leveldb_writeoptions_t *wsync;
     leveldb_writeoptions_t *wnosync;
+    char damage[512]; /* the first corruption met ("": none) */
 };
 
 struct store_batch {
@@ -34,13 +36,17 @@ struct store_iter {
     leveldb_readoptions_t *ropts;
     const leveldb_snapshot_t *snap;
     struct store *s;
+    int failed; /* the error that ended the iteration (0: none) */
 };
 
-/* Maps a LevelDB error string to a code, logs it and frees it. */
-static int leveldb_error(char *msg, const char *what)
+/* Maps a LevelDB error string to a code, logs it, remembers the first
+ * corruption in S (NULL: no store yet) and frees it. */
+static int leveldb_error(struct store *s, char *msg, const char *what)
 {
     int code = strstr(msg, "Corruption") ? KV_ECORRUPT : KV_EIO;
     log_msg(LOG_ERROR, "leveldb error", "op=%s error=\"%s\"", what, msg);
+    if (code == KV_ECORRUPT && s && !s->damage[0])
+        snprintf(s->damage, sizeof(s->damage), "%s", msg);
     leveldb_free(msg);
     return code;
 }
@@ -96,13 +102,18 @@ int store_open(const char *dir, struct store **out, char *err, size_t errlen)
     s->db = leveldb_open(s->opts, dir, &lerr);
     if (lerr) {
         snprintf(err, errlen, "cannot open %s: %s", dir, lerr);
-        int code = leveldb_error(lerr, "open");
+        int code = leveldb_error(NULL, lerr, "open");
         s->db = NULL;
         store_close(s);
         return code;
     }
     *out = s;
     return KV_OK;
+}
+
+const char *store_damage(const struct store *s)
+{
+    return s && s->damage[0] ? s->damage : NULL;
 }
 
 void store_close(struct store *s)
@@ -127,7 +138,7 @@ int store_get(struct store *s, const void *key, size_t klen, void **val,
     size_t n = 0;
     char *v = leveldb_get(s->db, s->ropts, key, klen, &n, &lerr);
     if (lerr)
-        return leveldb_error(lerr, "get");
+        return leveldb_error(s, lerr, "get");
     if (!v)
         return KV_ENOTFOUND;
     void *copy = NULL;
@@ -183,7 +194,7 @@ int store_write(struct store *s, struct store_batch *b, bool sync)
     char *lerr = NULL;
     leveldb_write(s->db, sync ? s->wsync : s->wnosync, b->wb, &lerr);
     if (lerr)
-        return leveldb_error(lerr, "write");
+        return leveldb_error(s, lerr, "write");
     return KV_OK;
 }
 
@@ -202,19 +213,36 @@ struct store_iter *store_iter_new(struct store *s)
     return it;
 }
 
+/* Ends the iteration at the first error: LevelDB would skip a damaged
+ * block and go on, and a caller that checks the status only at the end
+ * would have used what came after the gap. */
+static void iter_check(struct store_iter *it)
+{
+    char *lerr = NULL;
+    leveldb_iter_get_error(it->it, &lerr);
+    if (lerr)
+        it->failed = leveldb_error(it->s, lerr, "iterate");
+}
+
 void store_iter_seek(struct store_iter *it, const void *key, size_t klen)
 {
+    if (it->failed)
+        return;
     leveldb_iter_seek(it->it, key, klen);
+    iter_check(it);
 }
 
 bool store_iter_valid(const struct store_iter *it)
 {
-    return leveldb_iter_valid(it->it) != 0;
+    return !it->failed && leveldb_iter_valid(it->it) != 0;
 }
 
 void store_iter_next(struct store_iter *it)
 {
+    if (it->failed)
+        return;
     leveldb_iter_next(it->it);
+    iter_check(it);
 }
 
 const void *store_iter_key(const struct store_iter *it, size_t *klen)
@@ -229,11 +257,7 @@ const void *store_iter_value(const struct store_iter *it, size_t *vlen)
 
 int store_iter_status(const struct store_iter *it)
 {
-    char *lerr = NULL;
-    leveldb_iter_get_error(it->it, &lerr);
-    if (lerr)
-        return leveldb_error(lerr, "iterate");
-    return KV_OK;
+    return it->failed; /* every move checked for errors */
 }
 
 void store_iter_free(struct store_iter *it)

@@ -30,6 +30,7 @@
 #endif
 
 #include "admin.h"
+#include "keys.h"
 #include "kv.h"
 
 #define ROOT_LEN 64             /* "/tmp/kvtest-XXXXXX" */
@@ -47,8 +48,9 @@ struct node {
     uint32_t id;
     uint16_t port;
     pid_t pid; /* 0: not running */
-    char addr[48];
+    char addr[300];
     char log[PATH_LEN];
+    char pub[KEYS_Z85_LEN + 1]; /* curve: its public key */
 };
 
 struct cluster {
@@ -58,6 +60,11 @@ struct cluster {
     uint32_t replicas;
     char name[64];
     char *extra;
+    char *security; /* more [security] lines, or NULL */
+    int curve;
+    char host[256];
+    char client_key[PATH_LEN];         /* curve: the client's key file */
+    char client_pub[KEYS_Z85_LEN + 1]; /* ... and its public key */
     char log_level[16];
     char dir[DIR_LEN];
     char conf[PATH_LEN];
@@ -417,13 +424,26 @@ static pid_t spawn(char *const argv[], int outfd, int errfd)
 int harness_run_kvnode(const char *const *args, int timeout_ms, int *exit_code,
                        char *out, size_t outlen, char *err, size_t errlen)
 {
+    const char *argv[32];
+    size_t n = 0;
+    argv[n++] = harness_kvnode();
+    for (; args != NULL && args[n - 1] != NULL && n < 31; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    return harness_run(argv, timeout_ms, exit_code, out, outlen, err, errlen);
+}
+
+int harness_run(const char *const *args, int timeout_ms, int *exit_code,
+                char *out, size_t outlen, char *err, size_t errlen)
+{
     int rc = KV_EIO;
     char *argv[32];
     size_t n = 0;
-    argv[n++] = (char *)harness_kvnode();
-    for (; args != NULL && args[n - 1] != NULL && n < 31; n++)
-        argv[n] = (char *)args[n - 1];
+    for (; args != NULL && args[n] != NULL && n < 31; n++)
+        argv[n] = (char *)args[n];
     argv[n] = NULL;
+    if (n == 0)
+        return KV_EINVAL;
     if (root_dir[0] == '\0' && harness_init() != 0)
         return KV_EIO;
 
@@ -512,8 +532,9 @@ static int free_port(uint16_t *port)
 
 static int write_conf(struct cluster *c)
 {
-    size_t cap = 1024 + (size_t)c->nnodes * 96 +
-                 (c->extra != NULL ? strlen(c->extra) : 0);
+    size_t cap = 1024 + (size_t)c->nnodes * 512 +
+                 (c->extra != NULL ? strlen(c->extra) : 0) +
+                 (c->security != NULL ? strlen(c->security) : 0);
     char *text = malloc(cap);
     if (text == NULL)
         return KV_ENOMEM;
@@ -527,10 +548,21 @@ static int write_conf(struct cluster *c)
                        "\n",
                        c->name, c->shards, c->replicas,
                        c->extra != NULL ? c->extra : "");
-    for (int i = 0; i < c->nnodes && len > 0 && (size_t)len < cap; i++)
+    if ((c->curve || c->security != NULL) && len > 0 && (size_t)len < cap)
+        len += snprintf(
+            text + len, cap - (size_t)len, "[security]\n%s%s%s%s%s\n",
+            c->curve ? "curve = on\n" : "", c->curve ? "client_keys = " : "",
+            c->curve ? c->client_pub : "", c->curve ? "\n" : "",
+            c->security != NULL ? c->security : "");
+    for (int i = 0; i < c->nnodes && len > 0 && (size_t)len < cap; i++) {
         len +=
             snprintf(text + len, cap - (size_t)len, "[node %u]\naddress = %s\n",
                      c->nodes[i].id, c->nodes[i].addr);
+        if (c->curve && len > 0 && (size_t)len < cap)
+            len += snprintf(text + len, cap - (size_t)len,
+                            "public_key = %s\nsecret_key_file = node-%u.key\n",
+                            c->nodes[i].pub, c->nodes[i].id);
+    }
     int rc = KV_EINTERNAL;
     if (len > 0 && (size_t)len < cap)
         rc = harness_write_file(c->conf, text, (size_t)len);
@@ -546,7 +578,7 @@ static int choose_ports(struct cluster *c)
             fprintf(stderr, "harness: no free port\n");
             return KV_EIO;
         }
-        snprintf(n->addr, sizeof n->addr, "tcp://127.0.0.1:%u",
+        snprintf(n->addr, sizeof n->addr, "tcp://%s:%u", c->host,
                  (unsigned)n->port);
     }
     return 0;
@@ -575,6 +607,11 @@ static void check_node(struct cluster *c, int i)
 
 int cluster_spawn_node(struct cluster *c, int i)
 {
+    return cluster_spawn_node_args(c, i, NULL);
+}
+
+int cluster_spawn_node_args(struct cluster *c, int i, const char *const *extra)
+{
     if (c == NULL || i < 0 || i >= c->nnodes || c->owner != getpid())
         return KV_EINVAL;
     check_node(c, i);
@@ -583,14 +620,20 @@ int cluster_spawn_node(struct cluster *c, int i)
         return KV_EINVAL;
     char idbuf[16];
     snprintf(idbuf, sizeof idbuf, "%u", n->id);
-    char *argv[] = {(char *)harness_kvnode(),
-                    "-c",
-                    c->conf,
-                    "-n",
-                    idbuf,
-                    "--log-level",
-                    c->log_level,
-                    NULL};
+    char *argv[16] = {(char *)harness_kvnode(),
+                      "-c",
+                      c->conf,
+                      "-n",
+                      idbuf,
+                      "--log-level",
+                      c->log_level,
+                      NULL};
+    for (size_t k = 7; extra != NULL && extra[k - 7] != NULL; k++) {
+        if (k >= 15)
+            return KV_EINVAL;
+        argv[k] = (char *)extra[k - 7];
+        argv[k + 1] = NULL;
+    }
     int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         fprintf(stderr, "harness: open %s: %s\n", n->log, strerror(errno));
@@ -603,6 +646,26 @@ int cluster_spawn_node(struct cluster *c, int i)
         return KV_EIO;
     }
     n->pid = pid;
+    return 0;
+}
+
+int cluster_wait_exit(struct cluster *c, int i, int timeout_ms, int *exit_code)
+{
+    if (c == NULL || i < 0 || i >= c->nnodes || c->owner != getpid() ||
+        c->nodes[i].pid <= 0)
+        return KV_EINVAL;
+    int status = 0;
+    if (!reap_within(c->nodes[i].pid, timeout_ms, &status))
+        return KV_ETIMEDOUT;
+    c->nodes[i].pid = 0;
+    if (exit_code != NULL) {
+        if (WIFEXITED(status))
+            *exit_code = WEXITSTATUS(status);
+        else if (WIFSIGNALED(status))
+            *exit_code = 128 + WTERMSIG(status);
+        else
+            *exit_code = -1;
+    }
     return 0;
 }
 
@@ -641,7 +704,7 @@ int cluster_wait_ready(struct cluster *c, int timeout_ms)
 {
     if (c == NULL || c->owner != getpid())
         return KV_EINVAL;
-    kv_open_opts oo = {.timeout_ms = 500};
+    kv_open_opts oo = {.timeout_ms = 500, .key_file = cluster_client_key(c)};
     kv *db = NULL;
     int ready[CLUSTER_MAX_NODES] = {0};
     int last = 0;
@@ -828,6 +891,7 @@ static int destroy(struct cluster *c, int keep_logs)
         harness_rmtree(c->dir);
     unregister(c);
     free(c->extra);
+    free(c->security);
     free(c);
     return rc;
 }
@@ -839,6 +903,45 @@ int cluster_stop(struct cluster *c)
     if (c->owner != getpid())
         return KV_EINVAL; /* a fork child: the nodes are not ours */
     return destroy(c, 1);
+}
+
+/* Runs `$KVNODE keygen PATH` (made in C's directory from NAME) and keeps
+ * the public key it prints in PUB. */
+static int keygen(struct cluster *c, const char *name, char *path, size_t plen,
+                  char pub[KEYS_Z85_LEN + 1])
+{
+    char out[256] = "", err[512] = "";
+    int code = -1;
+    int n = snprintf(path, plen, "%s/%s", c->dir, name);
+    if (n < 0 || (size_t)n >= plen)
+        return KV_EINVAL;
+    const char *args[] = {"keygen", path, NULL};
+    int rc = harness_run_kvnode(args, 10000, &code, out, sizeof out, err,
+                                sizeof err);
+    if (rc != 0 || code != 0 || strlen(out) != KEYS_Z85_LEN + 1 ||
+        !keys_z85_valid(out, KEYS_Z85_LEN)) {
+        fprintf(stderr, "harness: kvnode keygen %s: exit %d: %s%s\n", path,
+                code, out, err);
+        return KV_EIO;
+    }
+    memcpy(pub, out, KEYS_Z85_LEN);
+    pub[KEYS_Z85_LEN] = '\0';
+    return 0;
+}
+
+/* A key pair for every node and for the client (curve clusters). */
+static int make_keys(struct cluster *c)
+{
+    char path[PATH_LEN];
+    for (int i = 0; i < c->nnodes; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "node-%u.key", c->nodes[i].id);
+        int rc = keygen(c, name, path, sizeof path, c->nodes[i].pub);
+        if (rc != 0)
+            return rc;
+    }
+    return keygen(c, "client.key", c->client_key, sizeof c->client_key,
+                  c->client_pub);
 }
 
 /* One attempt at starting every node of C on fresh ports. */
@@ -887,9 +990,19 @@ int cluster_start_opts(struct cluster **out, int nnodes, uint32_t shards,
     snprintf(c->name, sizeof c->name, "%s", name);
     snprintf(c->log_level, sizeof c->log_level, "%s",
              level != NULL ? level : "warn");
+    snprintf(c->host, sizeof c->host, "%s",
+             o != NULL && o->host != NULL ? o->host : "127.0.0.1");
+    c->curve = o != NULL && o->curve;
     if (o != NULL && o->extra != NULL) {
         c->extra = strdup(o->extra);
         if (c->extra == NULL) {
+            rc = KV_ENOMEM;
+            goto fail_free;
+        }
+    }
+    if (o != NULL && o->security != NULL) {
+        c->security = strdup(o->security);
+        if (c->security == NULL) {
             rc = KV_ENOMEM;
             goto fail_free;
         }
@@ -908,6 +1021,10 @@ int cluster_start_opts(struct cluster **out, int nnodes, uint32_t shards,
                  c->dir, i + 1);
     }
     live[slot] = c;
+    if (c->curve && (rc = make_keys(c)) != 0) {
+        destroy(c, 1);
+        return rc;
+    }
 
     for (int attempt = 0; attempt < START_ATTEMPTS; attempt++) {
         rc = start_nodes(c);
@@ -933,6 +1050,7 @@ fail_free:
     if (c->dir[0] != '\0')
         harness_rmtree(c->dir);
     free(c->extra);
+    free(c->security);
     free(c);
     return rc;
 }
@@ -958,6 +1076,11 @@ void cluster_dump_log(const struct cluster *c, int i)
     char title[64];
     snprintf(title, sizeof title, "node %u log", c->nodes[i].id);
     dump_file_tail(title, c->nodes[i].log, LOG_TAIL_BYTES);
+}
+
+const char *cluster_client_key(const struct cluster *c)
+{
+    return c != NULL && c->curve ? c->client_key : NULL;
 }
 
 const char *cluster_conf_path(const struct cluster *c)

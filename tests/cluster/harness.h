@@ -36,6 +36,14 @@ struct cluster_opts {
     const char *extra; /* extra global lines for cluster.conf ("k = v\n"...) */
     const char *log_level; /* kvnode --log-level; NULL = $KV_TEST_LOG_LEVEL
                               or "warn" */
+    /* CurveZMQ: a key pair per node and one for the tests' client, each
+     * made by `$KVNODE keygen` in the cluster's directory, and a
+     * [security] section with curve = on and the client's public key
+     * (cluster_client_key() names its key file). */
+    int curve;
+    const char *security; /* more lines for [security] ("k = v\n"...) */
+    const char *host;     /* the nodes' host; NULL = 127.0.0.1 (ports are probed
+                             on 127.0.0.1) */
 };
 
 /* --- the test binary ------------------------------------------------------ */
@@ -81,6 +89,11 @@ int harness_write_file(const char *path, const char *text, size_t len);
 int harness_run_kvnode(const char *const *args, int timeout_ms, int *exit_code,
                        char *out, size_t outlen, char *err, size_t errlen);
 
+/* The same for any program: ARGV[0] is its path, ARGV ends with NULL (at
+ * most 31 entries). */
+int harness_run(const char *const *argv, int timeout_ms, int *exit_code,
+                char *out, size_t outlen, char *err, size_t errlen);
+
 /* --- a cluster ------------------------------------------------------------ */
 
 /* Starts NNODES (1..CLUSTER_MAX_NODES) kvnode processes of a new cluster
@@ -115,6 +128,17 @@ int cluster_restart_node(struct cluster *c, int i);
 /* Starts node I again without waiting for it. Returns 0, KV_EINVAL, KV_EIO. */
 int cluster_spawn_node(struct cluster *c, int i);
 
+/* The same with EXTRA arguments for kvnode (NULL-terminated, at most 8;
+ * e.g. "--rebuild"). */
+int cluster_spawn_node_args(struct cluster *c, int i, const char *const *extra);
+
+/* Waits at most TIMEOUT_MS for node I to exit by itself, as a test expects
+ * (it is then not reported as an unexpected death): *exit_code (may be
+ * NULL) gets its exit status, 128+N when signal N ended it. Returns 0,
+ * KV_ETIMEDOUT while it still runs, KV_EINVAL when it is not running (or
+ * a harness call already reaped it as an unexpected death). */
+int cluster_wait_exit(struct cluster *c, int i, int timeout_ms, int *exit_code);
+
 /* Waits at most TIMEOUT_MS until every running node answers a status
  * request in which every shard it holds has a known leader. Returns 0,
  * KV_ETIMEDOUT, or KV_EUNAVAILABLE when a node died meanwhile. */
@@ -128,6 +152,10 @@ int cluster_set_name(struct cluster *c, const char *name);
 /* Whether node I is running as far as the harness knows (it reaps a node
  * that has exited and remembers that as unexpected). */
 int cluster_node_running(struct cluster *c, int i);
+
+/* The key file of the tests' client of a curve cluster (pass it as
+ * kv_open_opts.key_file), or NULL when curve is off. */
+const char *cluster_client_key(const struct cluster *c);
 
 /* Accessors. Strings belong to C. */
 const char *cluster_conf_path(const struct cluster *c);

@@ -484,6 +484,58 @@ START_TEST(embedded_mode_runs_the_same_procedures)
 }
 END_TEST
 
+/* The script test plugin (tests/unit/procs/script.c) writes and replies
+ * what its argument says: effects (writes and reply together) that do not
+ * fit in one message are refused before they are proposed, since no peer
+ * could take the entry. */
+START_TEST(effects_too_big_for_one_message_are_refused)
+{
+    char conf[PATH_MAX + 512];
+    find_procs();
+    snprintf(conf, sizeof conf,
+             "procedures = %s/../testprocs/script.so\n"
+             "max_message_bytes = 16384\nmax_value_bytes = 8192\n"
+             "max_key_bytes = 1024\nmax_txn_bytes = 12288\n"
+             "proc_max_write_bytes = 12288\nproc_max_reply_bytes = 12288\n",
+             procdir);
+    struct cluster_opts o = {.extra = conf};
+    ck_assert_int_eq(cluster_start_opts(&cl, NNODES, NSHARDS, 3, &o), 0);
+    kv *h = open_handle();
+    unsigned char arg[8192];
+    char cmd[1100], fill[1001];
+    memset(fill, 'v', 1000);
+    fill[1000] = '\0';
+    for (int big = 0; big <= 1; big++) {
+        size_t n = 0;
+        int puts = big ? 6 : 2;
+        for (int i = 0; i < puts; i++) {
+            snprintf(cmd, sizeof cmd, "put {s}%d.%d %s", big, i, fill);
+            list_add(arg, &n, cmd);
+        }
+        list_add(arg, &n, big ? "reply 12000" : "reply 2000");
+        char key[32];
+        snprintf(key, sizeof key, "{s}%d.0", big);
+        void *rep = NULL;
+        size_t rlen = 0;
+        int rc =
+            kv_call(h, "script", key, strlen(key), arg, n, NULL, &rep, &rlen);
+        kv_free(rep);
+        ck_assert_msg(rc == (big ? KV_ETOOBIG : KV_OK), "%s: %s (%s)",
+                      big ? "too big" : "fits", kv_strerror(rc), kv_errmsg(h));
+        for (int i = 0; i < puts; i++) {
+            snprintf(key, sizeof key, "{s}%d.%d", big, i);
+            if (big)
+                expect_str(h, key, NULL);
+            else
+                expect_str(h, key, fill);
+        }
+    }
+    kv_close(h);
+    ck_assert_int_eq(cluster_stop(cl), 0);
+    cl = NULL;
+}
+END_TEST
+
 static Suite *procs_suite(void)
 {
     Suite *s = suite_create("procs");
@@ -505,6 +557,7 @@ static Suite *procs_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, a_plugin_that_differs_between_nodes_is_refused_by_name);
     tcase_add_test(tc, embedded_mode_runs_the_same_procedures);
+    tcase_add_test(tc, effects_too_big_for_one_message_are_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -23,7 +23,13 @@
  * cut-off leader takes writes it cannot commit, then is sent a snapshot
  * that ends inside its stale log), "bank" (cross-shard transfers and
  * audits under the random faults, failpoint crashes in the middle of
- * two-phase commit, and crashes of transactions' nodes: sim_bank.c).
+ * two-phase commit, and crashes of transactions' nodes: sim_bank.c),
+ * "counter" (calls of the procedure incr on a few hot keys, with gets and
+ * puts, under the random faults: sim_counter.c), "rebuild" (a shard's
+ * leader is cut off, the others elect a new one, and the replica that
+ * voted for it loses its disk and comes back rebuilt, hearing only the old
+ * leader, which campaigns for the very term it voted in: it must not vote
+ * again, kvnode --rebuild).
  * "all" (the default) runs "random" on every seed and each directed one on
  * the first few seeds.
  *
@@ -43,6 +49,7 @@
 #include "kv.h"
 #include "lincheck.h"
 #include "log.h"
+#include "proc.h"
 #include "raft.h"
 #include "replica.h"
 #include "shard.h"
@@ -58,21 +65,32 @@ enum sim_scenario {
     SC_RESTART,
     SC_STALE_TAIL,
     SC_BANK,
+    SC_COUNTER,
+    SC_REBUILD,
     SC_COUNT,
     SC_ALL = SC_COUNT,
 };
 
-static const char *scenario_names[] = {"random",     "leader-crash", "snapshot",
-                                       "restart",    "stale-tail",   "bank",
-                                       "all"};
+static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
+                                       "restart", "stale-tail",   "bank",
+                                       "counter", "rebuild",      "all"};
 
 #define DEFAULT_SEEDS 100
 #define DEFAULT_MAX_EVENTS 4000000u
-#define BANK_SEEDS 200 /* bank seeds of "all" (about 30 ms each) */
+#define BANK_SEEDS 200    /* bank seeds of "all" (about 30 ms each) */
+#define COUNTER_SEEDS 100 /* counter seeds of "all" */
 /* "all": how many seeds each scenario runs at most (random: every seed);
  * the snapshot ones load 12,000 writes and cost about 1-2 s a seed. */
-static const uint64_t directed_seeds[] = {UINT64_MAX, 20, 5, 20, 5,
-                                          BANK_SEEDS};
+static const uint64_t directed_seeds[] = {
+    UINT64_MAX,    /* random */
+    20,            /* leader-crash */
+    5,             /* snapshot */
+    20,            /* restart */
+    5,             /* stale-tail */
+    BANK_SEEDS,    /* bank */
+    COUNTER_SEEDS, /* counter */
+    20,            /* rebuild */
+};
 _Static_assert(sizeof(directed_seeds) / sizeof(directed_seeds[0]) == SC_COUNT,
                "one seed count per scenario");
 #define SIM_TIME_LIMIT_MS 600000 /* no seed runs longer (simulated) */
@@ -593,6 +611,119 @@ static void scenario_stale_tail(struct sim *s)
     }
 }
 
+/* The member of SHARD that is neither node index A nor B (3 nodes). */
+static int third_member(const struct sim *s, uint32_t shard, int a, int b)
+{
+    for (int i = 0; i < s->p.nnodes; i++)
+        if (i != a && i != b && shard_member(s, shard, i))
+            return i;
+    return -1;
+}
+
+/* Node index I is cut off from J (both ways) when CUT. */
+static void cut(struct sim *s, int i, int j, bool on)
+{
+    s->blocked[i][j] = s->blocked[j][i] = on;
+}
+
+/* The rebuild scenario (3 nodes): the leader L of a shard is cut off; N
+ * and X elect N, X voting for it. X then loses its disk and restarts
+ * rebuilt (replica_mark_rebuilt, as kvnode --rebuild does), reaching only
+ * L, which has not heard of N's term and campaigns for it. Had X voted
+ * again, L and N would both lead that term (sim_check_leaders), and what
+ * only N and the lost disk held could be lost. X must wait until it hears
+ * a current leader, which it does once everything heals. */
+static void scenario_rebuild(struct sim *s)
+{
+    uint32_t sh = (uint32_t)s->sc_shard;
+    int l = s->sc_node, x = s->sc_variant;
+    switch (s->sc_state) {
+    case 0: { /* cut the leader off */
+        if (s->now < s->sc_at)
+            return;
+        l = sim_shard_leader(s, sh);
+        if (l < 0)
+            return;
+        s->sc_node = l;
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l);
+        s->sc_state = 1;
+        s->sc_at = s->now;
+        sim_log(s, "rebuild: leader %d of shard %u cut off", l + 1, sh);
+        break;
+    }
+    case 1: { /* a new leader N; X, its voter, loses its disk */
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l);
+        int nl = -1;
+        for (int i = 0; i < s->p.nnodes; i++)
+            if (i != l && s->nodes[i].rep &&
+                replica_leader(s->nodes[i].rep, sh) == s->nodes[i].id)
+                nl = i;
+        if (nl < 0) {
+            if (s->now > s->sc_at + 20000)
+                sim_fail(s,
+                         "rebuild scenario: no new leader of shard %u "
+                         "in 20 s",
+                         sh);
+            return;
+        }
+        x = third_member(s, sh, l, nl);
+        if (x < 0 || !s->nodes[x].rep)
+            return;
+        struct sim_node *xn = &s->nodes[x];
+        sim_node_crash(s, xn, "rebuild: its disk is lost");
+        store_sim_wipe(xn->dir);
+        struct store *st = NULL;
+        char err[256] = "";
+        if (store_open(xn->dir, &st, err, sizeof(err)) != KV_OK ||
+            replica_mark_rebuilt(st, s->conf, xn->id, err, sizeof(err)) !=
+                KV_OK) {
+            sim_fail(s, "rebuild scenario: cannot mark node %u rebuilt: %s",
+                     xn->id, err);
+            store_close(st);
+            return;
+        }
+        store_close(st);
+        xn->restart_at = s->now + sim_range(&s->rng, 1, 300);
+        s->sc_variant = x;
+        s->sc_state = 2;
+        s->sc_at = s->now + sim_range(&s->rng, 3000, 6000);
+        s->sc_triggers++;
+        sim_log(s,
+                "rebuild: node %d leads shard %u; node %d is rebuilt and "
+                "reaches only node %d",
+                nl + 1, sh, x + 1, l + 1);
+        break;
+    }
+    case 2: /* X hears only L, until the window ends */
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, l, j, j != l && j != x);
+        for (int j = 0; j < s->p.nnodes; j++)
+            cut(s, x, j, j != l && j != x);
+        if (s->now < s->sc_at)
+            return;
+        memset(s->blocked, 0, sizeof(s->blocked));
+        s->sc_state = 3;
+        s->sc_at = s->now;
+        sim_log(s, "rebuild: healed");
+        break;
+    case 3: /* X hears a current leader of every shard */
+        if (s->nodes[x].rep && store_sim_count(s->nodes[x].dir, "R", 1) == 0) {
+            sim_log(s, "rebuild: node %d votes again", x + 1);
+            s->sc_state = 4;
+        } else if (s->now > s->sc_at + 30000) {
+            sim_fail(s,
+                     "rebuild scenario: node %d still waits for a current "
+                     "leader 30 s after the heal",
+                     x + 1);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
 static void scenario_step(struct sim *s)
 {
     if (s->phase != SIM_PH_RUN)
@@ -613,7 +744,10 @@ static void scenario_step(struct sim *s)
     case SC_BANK:
         sim_bank_faults(s);
         break;
-    default:
+    case SC_REBUILD:
+        scenario_rebuild(s);
+        break;
+    default: /* random, counter: the fault schedule only */
         break;
     }
 }
@@ -624,6 +758,8 @@ static bool run_over(struct sim *s)
         return s->sc_state == 3;
     if (s->p.scenario == SC_STALE_TAIL)
         return s->sc_state == 6;
+    if (s->p.scenario == SC_REBUILD)
+        return s->sc_state == 4;
     if (s->now < s->p.run_ms)
         return false;
     if (s->p.scenario == SC_LEADER_CRASH && s->sc_triggers < 2)
@@ -712,6 +848,25 @@ static void choose_params(struct sim *s, int scenario)
         p->tomb_gc = s->seed % 2 == 0; /* not from G: seeds stay as they were */
         break;
     }
+    case SC_COUNTER:
+        p->nnodes = sim_below(g, 4) == 0 ? 5 : 3;
+        p->nshards = (int)sim_range(g, 2, 4);
+        p->nkeys = 3;
+        p->nclients = 2; /* register clients beside the counters */
+        p->ncounter = (int)sim_range(g, 3, 8);
+        p->ncounters = (int)sim_range(g, 3, SIM_MAX_COUNTERS);
+        p->counter_puts = sim_below(g, 3) == 0;
+        p->counter_down = sim_below(g, 3) == 0;
+        p->run_ms = sim_range(g, 4000, 10000);
+        p->loss_ppm =
+            sim_below(g, 4) == 0 ? 0 : (uint32_t)sim_range(g, 0, 100000);
+        p->dup_ppm = (uint32_t)sim_range(g, 0, 50000);
+        p->slow_ppm = (uint32_t)sim_range(g, 0, 20000);
+        p->delay_max = (uint32_t)sim_range(g, 5, 30);
+        p->ancient_ppm = (uint32_t)sim_range(g, 0, 2000);
+        p->drift = sim_below(g, 3) == 0;
+        p->faults = true;
+        break;
     case SC_STALE_TAIL:
         p->nshards = 2;
         p->nkeys = 3;
@@ -720,6 +875,12 @@ static void choose_params(struct sim *s, int scenario)
         p->nghost = 1;
         p->delay_max = (uint32_t)sim_range(g, 2, 8);
         p->value_pad_max = 16;
+        break;
+    case SC_REBUILD:
+        p->nshards = (int)sim_range(g, 1, 3);
+        p->nkeys = 4;
+        p->delay_max = (uint32_t)sim_range(g, 2, 10);
+        s->sc_shard = (int)sim_below(g, (uint64_t)p->nshards);
         break;
     default: /* SC_RESTART */
         p->nnodes = s->seed % 2 ? 5 : 3;
@@ -847,6 +1008,8 @@ static void phase_step(struct sim *s)
             sim_check_final(s);
             if (s->p.nbank && !s->failed)
                 sim_bank_check_final(s);
+            if (s->p.ncounters && !s->failed)
+                sim_counter_check_final(s);
             s->phase = SIM_PH_DONE;
         } else if (s->now > s->phase_deadline) {
             if (s->p.nbank)
@@ -887,14 +1050,17 @@ static void free_sim(struct sim *s)
     }
     sim_net_free(s);
     sim_check_free(s);
+    sim_counter_free(s);
     lin_free(s->hist);
     conf_free(s->conf);
     store_sim_reset();
 }
 
-/* Runs one seed of SCENARIO. Returns 0 when it passed. */
+/* Runs one seed of SCENARIO, its nodes running the procedures of PROCS.
+ * Returns 0 when it passed. */
 static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
-                    int verbose, const char *argv0, struct totals *tot)
+                    int verbose, const char *argv0,
+                    const struct proc_registry *procs, struct totals *tot)
 {
     struct sim *s = calloc(1, sizeof(*s));
     if (!s) {
@@ -902,6 +1068,7 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
         return 1;
     }
     s->seed = seed;
+    s->procs = procs;
     s->verbose = verbose > 0;
     s->log_level = verbose > 1 ? LOG_DEBUG : LOG_INFO;
     s->max_events = max_events;
@@ -913,8 +1080,11 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
         sim_fail(s, "out of memory (history)");
     if (s->p.nbank)
         s->st.bank_seeds = 1;
+    if (s->p.ncounters)
+        s->st.counter_seeds = 1;
     if (!s->failed && build_conf(s) == 0 && build_keys(s) == 0 &&
-        (!s->p.nbank || sim_bank_keys(s) == 0)) {
+        (!s->p.nbank || sim_bank_keys(s) == 0) &&
+        (!s->p.ncounters || sim_counter_keys(s) == 0)) {
         for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
             struct sim_node *n = &s->nodes[i];
             n->sim = s;
@@ -1006,7 +1176,8 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
 static void usage(void)
 {
     fprintf(stderr, "usage: sim [--seeds N] [--seed S] [--steps N] [--scenario "
-                    "random|leader-crash|snapshot|restart|stale-tail|bank|all] "
+                    "random|leader-crash|snapshot|restart|stale-tail|bank|"
+                    "counter|all] "
                     "[--verbose [--verbose]]\n"
                     "  env KV_SIM_SEED=S replays exactly seed S\n");
 }
@@ -1077,6 +1248,15 @@ int main(int argc, char **argv)
         replay = true;
     }
     log_setup(LOG_OFF, NULL);
+    /* One registry of the built-in procedures for every node of every
+     * seed: it holds no state between calls. */
+    struct proc_registry *procs = NULL;
+    char perr[256] = "";
+    if (proc_registry_open(NULL, 0, &procs, perr, sizeof(perr)) != KV_OK) {
+        fprintf(stderr, "sim: cannot open the procedure registry: %s\n",
+                perr);
+        return 1;
+    }
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1092,7 +1272,8 @@ int main(int argc, char **argv)
         if (scenario == SC_ALL && n > directed_seeds[sc])
             n = directed_seeds[sc];
         for (uint64_t k = 0; k < n; k++) {
-            run_seed(first + k, sc, max_events, verbose, argv[0], &tot);
+            run_seed(first + k, sc, max_events, verbose, argv[0], procs,
+                     &tot);
             if (tot.seeds % 100 == 0)
                 printf("sim: %llu seeds run, %llu failed, %.1f s\n",
                        (unsigned long long)tot.seeds,
@@ -1139,6 +1320,25 @@ int main(int argc, char **argv)
                (unsigned long long)tot.st.inflight_crashes,
                (unsigned long long)tot.st.tombstones,
                (unsigned long long)tot.st.tomb_gc_seeds);
+    if (tot.st.counter_seeds)
+        printf("sim: counter (%llu seeds): incrs %llu acknowledged, %llu "
+               "unknown; answers retried: %llu unavailable, %llu timed out "
+               "in a leader's queue; %llu late answers matched the first; "
+               "gets %llu (%llu absent), %llu given up; puts %llu "
+               "acknowledged, %llu refused (condition), %llu unknown\n",
+               (unsigned long long)tot.st.counter_seeds,
+               (unsigned long long)tot.st.incr_ok,
+               (unsigned long long)tot.st.incr_unknown,
+               (unsigned long long)tot.st.incr_unavailable,
+               (unsigned long long)tot.st.incr_timedout,
+               (unsigned long long)tot.st.incr_late,
+               (unsigned long long)tot.st.cget_ok,
+               (unsigned long long)tot.st.cget_absent,
+               (unsigned long long)tot.st.cget_dropped,
+               (unsigned long long)tot.st.cput_ok,
+               (unsigned long long)tot.st.cput_failed,
+               (unsigned long long)tot.st.cput_unknown);
+    proc_registry_close(procs);
     printf("elapsed %.1f s\n", elapsed_s(&t0));
     printf("%llu passed, %llu failed\n", (unsigned long long)tot.passed,
            (unsigned long long)tot.failed);

@@ -15,6 +15,7 @@
  *   sim_client.c the clients and their workload
  *   sim_check.c  safety and convergence checks
  *   sim_bank.c   the bank workload (cross-shard transactions) and its checks
+ *   sim_counter.c the counter workload (the incr procedure) and its checks
  * They share struct sim below; nothing here is used outside tests/sim.
  */
 #ifndef KV_SIM_H
@@ -28,6 +29,7 @@
 
 struct conf;
 struct lin_history;
+struct proc_registry;
 struct lin_report;
 struct replica;
 struct store;
@@ -39,6 +41,7 @@ struct store;
 #define SIM_KEY_MAX 48
 #define SIM_BULK_KEY_BASE 1000 /* lincheck key ids of bulk (unique) keys */
 #define SIM_MAX_ACCTS 8         /* bank accounts */
+#define SIM_MAX_COUNTERS 5      /* counter keys */
 
 /* --- the seeded generator (splitmix64) ------------------------------------ */
 
@@ -113,6 +116,7 @@ enum sim_op_kind {
     SIM_DEL_IF,
     SIM_SCAN, /* a linearizable scan of one shard's register keys */
     SIM_TXN,  /* a bank transaction (Request.txn), ops in sim_op.tops */
+    SIM_INCR, /* a call of the built-in procedure incr (Request.call) */
 };
 
 enum sim_client_mode {
@@ -121,6 +125,8 @@ enum sim_client_mode {
     SIM_CLIENT_GHOST,        /* makes no ops: the name scenarios send
                                 unrecorded requests under */
     SIM_CLIENT_BANK,         /* transfers and audits (sim_bank.c) */
+    SIM_CLIENT_COUNTER,      /* incr, get and put of the counter keys
+                                (sim_counter.c) */
 };
 
 /* One op of a bank transaction: a condition or a put of a balance. */
@@ -152,6 +158,13 @@ struct sim_op {
     /* SIM_TXN: the transaction's ops */
     struct sim_txn_op tops[2 * SIM_MAX_ACCTS];
     int ntops;
+    /* counter ops: the counter key, the op's entry in sim.cops, and (with
+     * TEXT) the bytes of the incr argument or of the put value */
+    int ckey;
+    size_t cop;
+    bool text;
+    char tbuf[24];
+    size_t tlen;
 };
 
 enum sim_bank_kind {
@@ -188,6 +201,41 @@ struct sim_client {
     int final_key[3 * SIM_MAX_KEYS];
     int nfinal, final_pos;
     struct sim_bank_op bank; /* SIM_CLIENT_BANK */
+    /* SIM_CLIENT_COUNTER: its last acknowledged incr (op id, the session
+     * sequence number, the reply and its version), which a late answer to
+     * another attempt of that op must repeat */
+    uint64_t last_incr_id, last_incr_seq, last_incr_version;
+    char last_incr_reply[24];
+    size_t last_incr_rlen;
+    uint64_t cknown[SIM_MAX_COUNTERS]; /* last version seen per counter */
+};
+
+/* One op of the counter history (sim_counter.c). */
+enum sim_cop_outcome {
+    SIM_COP_RUNNING = 0,
+    SIM_COP_OK,
+    SIM_COP_UNKNOWN, /* an incr or put given up: applied once or never */
+    SIM_COP_DROPPED, /* a get given up: it tells nothing */
+    SIM_COP_FAILED,  /* a conditional put refused: never applied */
+};
+
+struct sim_cop {
+    int kind; /* SIM_INCR, SIM_GET or SIM_PUT */
+    int cond; /* a put's condition: 0, SIM_CAS (if_version = expect)
+                 or SIM_INSERT (if_absent) */
+    uint64_t expect;
+    int key; /* counter index */
+    int client;
+    bool final;         /* one of the final ops */
+    int outcome;        /* enum sim_cop_outcome */
+    uint64_t call, ret; /* stamps; ret is UINT64_MAX unless OK */
+    int64_t value;      /* OK incr: the reply; OK get: what it read (0:
+                           absent); put: the value it writes */
+    bool present;       /* OK get: the key existed */
+    uint64_t version;   /* OK: the version written or read (0: absent) */
+    uint64_t epoch;     /* the put the value counts from (0: none; a put:
+                           its own number) */
+    int64_t count;      /* the increments since, in the key's direction */
 };
 
 /* --- the simulation of one seed ------------------------------------------- */
@@ -206,6 +254,10 @@ struct sim_params {
     int scenario; /* enum sim_scenario in sim.c */
     int nnodes, nshards, nclients, nkeys, nbulk, nghost;
     int nbank, naccts;            /* bank clients and accounts */
+    int ncounter, ncounters;      /* counter clients and keys */
+    bool counter_puts;            /* counter clients also put numbers */
+    bool counter_down;            /* some counter keys count down (incr
+                                     with a negative argument) */
     uint32_t txn_timeout_ms;      /* cluster.conf (0: its default) */
     uint32_t fp_prepared_ppm;     /* crash at "txn-prepared" (per hit) */
     uint32_t fp_committed_ppm;    /* crash at "txn-committed" */
@@ -256,6 +308,13 @@ struct sim_stats {
     uint64_t bank_dropped; /* ops given up before their transaction */
     uint64_t fp_crashes, inflight_crashes;
     uint64_t tomb_gc_seeds, tombstones; /* tombstones: found at the jump */
+    /* counter */
+    uint64_t counter_seeds;
+    uint64_t incr_ok, incr_unknown;
+    uint64_t incr_unavailable, incr_timedout; /* answers retried */
+    uint64_t incr_late; /* late answers compared with the first */
+    uint64_t cget_ok, cget_absent, cget_dropped;
+    uint64_t cput_ok, cput_unknown, cput_failed;
 };
 
 struct sim {
@@ -265,6 +324,9 @@ struct sim {
     bool verbose;
     int log_level; /* enum log_level of the nodes' lines when verbose */
     struct conf *conf;
+    /* the procedures every node runs (the built-ins), opened once per run
+     * by main and borrowed by every seed */
+    const struct proc_registry *procs;
     struct sim_node nodes[SIM_MAX_NODES];
     struct sim_client clients[SIM_MAX_CLIENTS];
     int nclients;
@@ -317,6 +379,16 @@ struct sim {
     int64_t total;       /* naccts * SIM_BANK_START */
     bool final_audit_ok; /* the final audit committed */
     uint64_t wall_jump;  /* ms added to every node's wall clock */
+    /* counter keys: "{tag}cN", spread over the shards; each counts up or
+     * down (cdir +1 or -1) by 1 per incr */
+    char ckeys[SIM_MAX_COUNTERS][SIM_KEY_MAX];
+    size_t cklen[SIM_MAX_COUNTERS];
+    uint32_t ckshard[SIM_MAX_COUNTERS];
+    int cdir[SIM_MAX_COUNTERS];
+    struct sim_cop *cops; /* the counter history, in call order */
+    size_t ncops, capcops;
+    size_t *cput; /* put k (1..ncput) is cops[cput[k - 1]] */
+    size_t ncput, capcput;
     /* the first failure */
     bool failed;
     char why[2048];
@@ -434,6 +506,37 @@ void sim_bank_faults(struct sim *s);
  * to crash once the current event is over. */
 void sim_bank_failpoint(struct sim *s, struct sim_node *n, const char *name);
 
+/* --- sim_counter.c -------------------------------------------------------- */
+
+/* Put k writes k * SIM_COUNTER_EPOCH: a value tells the put it counts from
+ * (the nearest multiple) and the increments since (the rest), as long as
+ * fewer than half of it are made on one key. */
+#define SIM_COUNTER_EPOCH 1000000
+
+/* Builds the counter keys over the shard tags and their directions.
+ * Returns 0 or -1. */
+int sim_counter_keys(struct sim *s);
+/* Starts an incr, a get or a put on idle counter client C. */
+void sim_counter_start(struct sim *s, struct sim_client *c);
+/* Queues the final ops of every counter key on the counter clients: a
+ * get, an incr, a get, which must succeed. */
+void sim_counter_plan_final(struct sim *s);
+/* Starts client C's next final op. */
+void sim_counter_final(struct sim *s, struct sim_client *c);
+/* A settled answer (OK, ENOTFOUND, ECONFLICT) to C's current op. */
+void sim_counter_answer(struct sim *s, struct sim_client *c, int from,
+                        const Kv__Response *resp);
+/* C's current op gave up (its deadline passed). */
+void sim_counter_gave_up(struct sim *s, struct sim_client *c);
+/* An answer from node index FROM to an op of C that is over: a late
+ * answer to its last incr must repeat the first. */
+void sim_counter_late(struct sim *s, struct sim_client *c, int from,
+                      const Kv__Response *resp);
+/* The end-of-seed checks of the counter history and of the stores. */
+void sim_counter_check_final(struct sim *s);
+/* Frees the counter history. */
+void sim_counter_free(struct sim *s);
+
 /* --- sim_check.c ---------------------------------------------------------- */
 
 /* Election safety on node N: at most one leader per shard and term. */
@@ -448,6 +551,11 @@ void sim_check_store_log(struct sim *s, struct sim_node *n, const char *when);
 /* Records that VALUE was seen with VERSION; fails when it was seen with
  * another one (a write applied twice). */
 void sim_check_value_version(struct sim *s, uint64_t value, uint64_t version);
+/* Reads user KEY of SHARD from node N's store: KV_OK with *VAL (malloc()ed,
+ * the caller frees it), *VLEN and *VERSION; KV_ENOTFOUND; KV_ECORRUPT when
+ * the record is not one the engine writes; or the store's error. */
+int sim_store_record(struct sim_node *n, uint32_t shard, const void *key,
+                     size_t klen, void **val, size_t *vlen, uint64_t *version);
 /* Whether every member of every shard applied the same index. */
 bool sim_converged(struct sim *s, bool report);
 /* The end-of-seed checks: digests, final state, acknowledged writes,

@@ -460,27 +460,48 @@ static void check_digests(struct sim *s)
     }
 }
 
+int sim_store_record(struct sim_node *n, uint32_t shard, const void *key,
+                     size_t klen, void **val, size_t *vlen, uint64_t *version)
+{
+    unsigned char k[5 + SIM_KEY_MAX];
+    *val = NULL;
+    *vlen = 0;
+    *version = 0;
+    if (klen > SIM_KEY_MAX)
+        return KV_EINVAL;
+    shard_prefix(k, 'D', shard);
+    memcpy(k + 5, key, klen);
+    void *v = NULL;
+    size_t len = 0;
+    int rc = store_get(n->store, k, 5 + klen, &v, &len);
+    if (rc != KV_OK)
+        return rc;
+    const unsigned char *p = v;
+    if (!p || len < REC_HDR || p[0] != REC_TAG) {
+        free(v);
+        return KV_ECORRUPT;
+    }
+    *version = get_u64(p + 1);
+    *vlen = len - REC_HDR;
+    memmove(v, p + REC_HDR, *vlen);
+    *val = v;
+    return KV_OK;
+}
+
 /* Reads user KEY of SHARD from node N's store. Returns 1 (present), 0
  * (absent) or -1 (corrupt). */
 static int read_record(struct sim_node *n, uint32_t shard, const void *key,
                        size_t klen, uint64_t *value, uint64_t *version,
                        bool *valid)
 {
-    unsigned char k[5 + SIM_KEY_MAX];
-    shard_prefix(k, 'D', shard);
-    memcpy(k + 5, key, klen);
     void *v = NULL;
     size_t vlen = 0;
-    int rc = store_get(n->store, k, 5 + klen, &v, &vlen);
+    int rc = sim_store_record(n, shard, key, klen, &v, &vlen, version);
     if (rc == KV_ENOTFOUND)
         return 0;
-    const unsigned char *p = v;
-    if (rc != KV_OK || vlen < REC_HDR || p[0] != REC_TAG) {
-        free(v);
+    if (rc != KV_OK)
         return -1;
-    }
-    *version = get_u64(p + 1);
-    *valid = sim_value_decode(p + REC_HDR, vlen - REC_HDR, value) == 0;
+    *valid = sim_value_decode(v, vlen, value) == 0;
     free(v);
     return 1;
 }

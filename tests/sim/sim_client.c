@@ -15,6 +15,12 @@
  * their answers and give-ups. A transaction (SIM_TXN) refused because a
  * key is locked (ENGINE_ELOCKED: nothing applied) is sent again a little
  * later, as libkv does.
+ *
+ * Counter clients (SIM_CLIENT_COUNTER) likewise: their incr is a
+ * Request.call of the built-in procedure with a session, retried as a
+ * write; what their ops mean is sim_counter.c's. A call the leader queued
+ * and never proposed (KV_ETIMEDOUT: "waited too long for writes in
+ * flight") is sent again, as after KV_EUNAVAILABLE.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +58,8 @@ static const char *op_name(int kind)
         return "scan";
     case SIM_TXN:
         return "transaction";
+    case SIM_INCR:
+        return "incr";
     default:
         return "delete --if-version";
     }
@@ -92,16 +100,19 @@ int sim_value_decode(const void *buf, size_t len, uint64_t *value)
 
 void sim_clients_init(struct sim *s)
 {
-    s->nclients = s->p.nclients + s->p.nbulk + s->p.nghost + s->p.nbank;
+    s->nclients =
+        s->p.nclients + s->p.nbulk + s->p.nghost + s->p.nbank + s->p.ncounter;
     for (int i = 0; i < s->nclients; i++) {
         struct sim_client *c = &s->clients[i];
         memset(c, 0, sizeof(*c));
         c->idx = i;
         int bulk_end = s->p.nclients + s->p.nbulk;
-        c->mode = i < s->p.nclients               ? SIM_CLIENT_REGISTER
-                  : i < bulk_end                  ? SIM_CLIENT_BULK
-                  : i < bulk_end + s->p.nghost    ? SIM_CLIENT_GHOST
-                                                  : SIM_CLIENT_BANK;
+        int bank_end = bulk_end + s->p.nghost + s->p.nbank;
+        c->mode = i < s->p.nclients            ? SIM_CLIENT_REGISTER
+                  : i < bulk_end               ? SIM_CLIENT_BULK
+                  : i < bulk_end + s->p.nghost ? SIM_CLIENT_GHOST
+                  : i < bank_end               ? SIM_CLIENT_BANK
+                                               : SIM_CLIENT_COUNTER;
         for (size_t j = 0; j < sizeof(c->cid); j++)
             c->cid[j] = (unsigned char)sim_rand(&s->rng);
         for (int sh = 0; sh < s->p.nshards; sh++)
@@ -174,6 +185,7 @@ static void send_attempt(struct sim *s, struct sim_client *c)
     Kv__DeleteRequest del = KV__DELETE_REQUEST__INIT;
     Kv__ScanRequest scan = KV__SCAN_REQUEST__INIT;
     Kv__TxnRequest txn = KV__TXN_REQUEST__INIT;
+    Kv__CallRequest call = KV__CALL_REQUEST__INIT;
     Kv__TxnOp tops[2 * SIM_MAX_ACCTS];
     Kv__TxnOp *topp[2 * SIM_MAX_ACCTS];
     unsigned char tvals[2 * SIM_MAX_ACCTS][SIM_BANK_VALUE_MAX];
@@ -204,13 +216,26 @@ static void send_attempt(struct sim *s, struct sim_client *c)
         req.op_case = KV__REQUEST__OP_TXN;
         req.txn = &txn;
         break;
+    case SIM_INCR:
+        call.name = "incr";
+        call.key = key;
+        call.arg.data = (uint8_t *)op->tbuf;
+        call.arg.len = op->tlen;
+        req.op_case = KV__REQUEST__OP_CALL;
+        req.call = &call;
+        break;
     case SIM_PUT:
     case SIM_CAS:
     case SIM_INSERT:
-        sim_value_encode(op->value, op->pad, vbuf);
         put.key = key;
-        put.value.data = vbuf;
-        put.value.len = 8 + op->pad;
+        if (op->text) { /* a counter's number */
+            put.value.data = (uint8_t *)op->tbuf;
+            put.value.len = op->tlen;
+        } else {
+            sim_value_encode(op->value, op->pad, vbuf);
+            put.value.data = vbuf;
+            put.value.len = 8 + op->pad;
+        }
         put.if_version = op->kind == SIM_CAS ? op->expect : 0;
         put.if_absent = op->kind == SIM_INSERT;
         req.op_case = KV__REQUEST__OP_PUT;
@@ -251,7 +276,7 @@ void sim_client_begin(struct sim *s, struct sim_client *c, int kind,
     op->final = final;
     op->shard = shard;
     op->key = UINT64_MAX; /* no lincheck key */
-    if (kind == SIM_TXN)
+    if (is_write(kind))
         op->wseq = ++c->seq; /* kept by every attempt: exactly-once */
     op->id = ++s->op_ids;
     op->call = sim_stamp(s);
@@ -326,6 +351,8 @@ static void start_register_op(struct sim *s, struct sim_client *c)
 
 void sim_clients_final(struct sim *s)
 {
+    if (s->p.ncounters)
+        sim_counter_plan_final(s);
     /* the first bank client audits until an audit commits */
     for (int i = 0; i < s->nclients; i++) {
         if (s->clients[i].mode == SIM_CLIENT_BANK) {
@@ -427,6 +454,10 @@ static void give_up(struct sim *s, struct sim_client *c)
         sim_bank_gave_up(s, c);
         return;
     }
+    if (c->mode == SIM_CLIENT_COUNTER) {
+        sim_counter_gave_up(s, c);
+        return;
+    }
     if (op->final) {
         sim_fail(s,
                  "liveness: the final %s of key %.*s (shard %u) did not "
@@ -458,6 +489,11 @@ void sim_clients_step(struct sim *s)
                     sim_bank_final(s, c);
                 else if (s->phase == SIM_PH_RUN || s->phase == SIM_PH_HEAL)
                     sim_bank_start(s, c);
+            } else if (c->mode == SIM_CLIENT_COUNTER) {
+                if (s->phase == SIM_PH_FINAL && c->final_pos < c->nfinal)
+                    sim_counter_final(s, c);
+                else if (s->phase == SIM_PH_RUN || s->phase == SIM_PH_HEAL)
+                    sim_counter_start(s, c);
             } else if (s->phase == SIM_PH_FINAL) {
                 if (c->final_pos < c->nfinal)
                     begin_op(s, c, c->final_kind[c->final_pos],
@@ -564,6 +600,10 @@ static void finish(struct sim *s, struct sim_client *c, int from,
     bool reg = op->key < SIM_MAX_KEYS;
     if (c->mode == SIM_CLIENT_BANK) {
         sim_bank_answer(s, c, from, resp);
+        return;
+    }
+    if (c->mode == SIM_CLIENT_COUNTER) {
+        sim_counter_answer(s, c, from, resp);
         return;
     }
     if (op->kind == SIM_SCAN) {
@@ -691,7 +731,10 @@ void sim_client_response(struct sim *s, int ci, int from, const void *buf,
     struct sim_op *op = &c->op;
     int attempt = (int)(resp->id & 0xffff);
     if (!c->busy || resp->id >> 16 != op->id) {
-        wire_free(env); /* an answer to an op already over */
+        /* an answer to an op already over */
+        if (c->mode == SIM_CLIENT_COUNTER)
+            sim_counter_late(s, c, from, resp);
+        wire_free(env);
         return;
     }
     switch (resp->code) {
@@ -715,7 +758,25 @@ void sim_client_response(struct sim *s, int ci, int from, const void *buf,
             op->resend_at = s->now + sim_range(&s->rng, 10, 50);
         }
         break;
+    case KV_ETIMEDOUT:
+        /* Only a call left in its leader's queue (never proposed) ends so;
+         * for anything else it is an answer no node gives. */
+        if (op->kind != SIM_INCR) {
+            unexpected_answer(s, c, from, resp);
+            break;
+        }
+        s->st.incr_timedout++; /* sent again, as after KV_EUNAVAILABLE */
+        /* fall through */
     case KV_EUNAVAILABLE:
+        if (op->kind == SIM_INCR) {
+            s->st.incr_unavailable += resp->code == KV_EUNAVAILABLE;
+            sim_log(s,
+                    "client %d: incr %.*s: %s \"%s\" (attempt %d of %d, "
+                    "node %d)",
+                    c->idx, (int)op->klen, op->kbuf, kv_strerror(resp->code),
+                    resp->message ? resp->message : "", attempt, op->attempt,
+                    from + 1);
+        }
         if (attempt != op->attempt || op->resend_at)
             break;
         s->st.retries++;

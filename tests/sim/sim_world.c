@@ -232,7 +232,8 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         .wall_ms = env_wall,
         .failpoint = s->p.fp_prepared_ppm || s->p.fp_committed_ppm
                          ? env_failpoint
-                         : NULL};
+                         : NULL,
+        .procs = s->procs};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {

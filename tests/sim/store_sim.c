@@ -219,6 +219,20 @@ void store_sim_crash(const char *dir)
     clear_undo(db);
 }
 
+void store_sim_wipe(const char *dir)
+{
+    struct simdb *db = find_db(dir, false);
+    if (!db)
+        return;
+    materialize(db);
+    clear_undo(db);
+    for (size_t i = 0; i < db->n; i++) {
+        free(db->recs[i].k);
+        free(db->recs[i].v);
+    }
+    db->n = 0;
+}
+
 void store_sim_fail_writes(const char *dir, int n)
 {
     find_db(dir, true)->fail_writes = n;
@@ -300,6 +314,13 @@ void store_close(struct store *s)
         return;
     s->db->open = false;
     free(s);
+}
+
+/* Simulated records carry no checksums to fail. */
+const char *store_damage(const struct store *s)
+{
+    (void)s;
+    return NULL;
 }
 
 int store_get(struct store *s, const void *key, size_t klen, void **val,

@@ -17,6 +17,10 @@
 /* Loses every write of store DIR that no synced write has covered. */
 void store_sim_crash(const char *dir);
 
+/* Loses every record of store DIR, durable or not, as a replaced disk
+ * would (the store must be closed). */
+void store_sim_wipe(const char *dir);
+
 /* Makes the next N writes of store DIR fail with KV_EIO (0: none). */
 void store_sim_fail_writes(const char *dir, int n);
 

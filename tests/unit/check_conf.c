@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "keys.h"
 #include "kv.h"
 
 Suite *conf_suite(void);
@@ -48,6 +49,33 @@ static const char full_file[] =
     "address = tcp://10.0.0.1:7000\n"                     /* 18 */
     "[node 12]   # middle\n"                              /* 19 */
     "  address   =   tcp://node-12.example.com:7000  \n"; /* 20 */
+
+/* Z85 public keys made by kvnode keygen; the first two hold '#', which
+ * only starts a comment on their lines at the start or after a blank. */
+#define KH1 "40Vpe(eUZAXw-r[8rL/@r&o3y1Z*enq@f#KFYsA5"
+#define KH2 ")e2CZe7J^=3I1Mg[p4GoE9jqftr2>S4OG4[U#u/D"
+#define K3 "C+J!7xp(5s-CgyLU1on+<Ix7M5$tTn5unJ+e}>-v"
+#define K4 "!K-pdSioup4@cwh-(vGTLMl3k^^Ahpf87bUt2Nu."
+
+/* A curve cluster: [security] between the nodes, keys with '#' and
+ * comments after them. */
+static const char curve_file[] =
+    "cluster = secure\n"                              /* 1 */
+    "max_inflight_per_client = 64\n"                  /* 2 */
+    "[node 2]\n"                                      /* 3 */
+    "address = tcp://10.0.0.2:7000\n"                 /* 4 */
+    "public_key = " KH2 " # node 2's\n"               /* 5 */
+    "secret_key_file = keys/n2.key # its pair\n"      /* 6 */
+    "[security]   # the section\n"                    /* 7 */
+    "curve = on\n"                                    /* 8 */
+    "insecure = no\n"                                 /* 9 */
+    "client_keys = " KH1 "\t" K3 "   # two clients\n" /* 10 */
+    "client_keys_file = /etc/kv/clients.keys\n"       /* 11 */
+    "handshake_timeout_ms = 2500\n"                   /* 12 */
+    "[node 1]\n"                                      /* 13 */
+    "address = tcp://10.0.0.1:7000\n"                 /* 14 */
+    "public_key = " K4 "\n"                           /* 15 */
+    "secret_key_file = /etc/kv/n1.key\n";             /* 16 */
 
 static struct conf *parse_ok(const char *text)
 {
@@ -498,6 +526,91 @@ START_TEST(a_garbage_line_is_an_error)
 }
 END_TEST
 
+START_TEST(a_file_without_security_gets_its_defaults)
+{
+    char text[512];
+    struct conf *c;
+
+    snprintf(text, sizeof text, "cluster = local\n%s", three_nodes);
+    c = parse_ok(text);
+    ck_assert_int_eq(c->security.curve, 0);
+    ck_assert_int_eq(c->security.insecure, 0);
+    ck_assert_uint_eq(c->security.nclient_keys, 0);
+    ck_assert_ptr_null(c->security.client_keys_file);
+    ck_assert_uint_eq(c->security.handshake_timeout_ms, 5000);
+    ck_assert_uint_eq(c->max_inflight_per_client, 1024);
+    ck_assert_ptr_null(c->nodes[0].public_key);
+    ck_assert_ptr_null(c->nodes[0].secret_key_file);
+    conf_free(c);
+}
+END_TEST
+
+START_TEST(a_security_section_and_node_keys_are_parsed)
+{
+    struct conf *c = parse_ok(curve_file);
+
+    ck_assert_int_eq(c->security.curve, 1);
+    ck_assert_int_eq(c->security.insecure, 0);
+    ck_assert_uint_eq(c->security.nclient_keys, 2);
+    ck_assert_str_eq(c->security.client_keys[0], KH1);
+    ck_assert_str_eq(c->security.client_keys[1], K3);
+    ck_assert_str_eq(c->security.client_keys_file, "/etc/kv/clients.keys");
+    ck_assert_uint_eq(c->security.handshake_timeout_ms, 2500);
+    ck_assert_uint_eq(c->max_inflight_per_client, 64);
+    ck_assert_uint_eq(c->nnodes, 2);
+    ck_assert_uint_eq(c->nodes[0].id, 1);
+    ck_assert_str_eq(c->nodes[0].public_key, K4);
+    ck_assert_str_eq(c->nodes[0].secret_key_file, "/etc/kv/n1.key");
+    ck_assert_str_eq(c->nodes[1].public_key, KH2);
+    ck_assert_str_eq(c->nodes[1].secret_key_file, "keys/n2.key");
+    conf_free(c);
+}
+END_TEST
+
+START_TEST(keys_may_be_present_with_curve_off_and_insecure_is_kept)
+{
+    struct conf *c = parse_ok("cluster = a\n[security]\ncurve = off\n"
+                              "insecure = yes\n[node 1]\n"
+                              "address = tcp://0.0.0.0:1\n"
+                              "public_key = " K3 "\n");
+
+    ck_assert_int_eq(c->security.curve, 0);
+    ck_assert_int_eq(c->security.insecure, 1);
+    ck_assert_str_eq(c->nodes[0].public_key, K3);
+    ck_assert_ptr_null(c->nodes[0].secret_key_file);
+    conf_free(c);
+}
+END_TEST
+
+START_TEST(only_loopback_addresses_are_loopback)
+{
+    static const char *const yes[] = {"tcp://localhost:1",
+                                      "tcp://LocalHost:1",
+                                      "tcp://127.0.0.1:7101",
+                                      "tcp://127.255.3.4:1",
+                                      "tcp://[::1]:1",
+                                      "tcp://[0:0:0:0:0:0:0:1]:1",
+                                      "tcp://[::ffff:127.0.0.1]:1"};
+    static const char *const no[] = {"tcp://0.0.0.0:1",
+                                     "tcp://10.0.0.1:1",
+                                     "tcp://128.0.0.1:1",
+                                     "tcp://[::]:1",
+                                     "tcp://[::2]:1",
+                                     "tcp://node-1:1",
+                                     "tcp://127.0.0.1.nip.io:1",
+                                     "tcp://localhost.example:1",
+                                     "tcp://[::ffff:10.0.0.1]:1",
+                                     "not an address",
+                                     ""};
+
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        ck_assert_msg(conf_address_is_loopback(yes[i]), "%s", yes[i]);
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        ck_assert_msg(!conf_address_is_loopback(no[i]), "%s", no[i]);
+    ck_assert(!conf_address_is_loopback(NULL));
+}
+END_TEST
+
 START_TEST(a_nul_byte_is_an_error)
 {
     const char text[] = "cluster = a\nshards = 8\0junk\n[node 1]\n"
@@ -621,7 +734,7 @@ static const struct broken broken_bodies[] = {
     {"control character in data_dir", "data_dir = a\tb\n", 2,
      "control character"},
     {"address outside a node", "address = tcp://h:9\n", 2, "belongs"},
-    {"unknown section", "[security]\n", 2, "unknown section"},
+    {"unknown section", "[securty]\n", 2, "unknown section"},
     {"section of a similar name", "[nodes 4]\n", 2, "unknown section"},
     {"node without id", "[node]\n", 2, "missing node id"},
     {"node id 0", "[node 0]\n", 2, "bad node id"},
@@ -651,6 +764,72 @@ static const struct broken broken_bodies[] = {
     {"unbracketed ipv6", "[node 4]\naddress = tcp://::1:80\n", 3, "host"},
     {"unclosed ipv6", "[node 4]\naddress = tcp://[::1:80\n", 3, "']'"},
     {"ipv6 without port", "[node 4]\naddress = tcp://[::1]\n", 3, "port"},
+    /* [security] and the CurveZMQ keys */
+    {"curve neither on nor off", "[security]\ncurve = yes\n", 3,
+     "curve must be on or off, not 'yes'"},
+    {"insecure neither yes nor no", "[security]\ninsecure = on\n", 3,
+     "insecure must be yes or no"},
+    {"curve twice", "[security]\ncurve = on\ncurve = off\n", 4,
+     "duplicate key 'curve' (first set at line 3)"},
+    {"a short client key", "[security]\nclient_keys = abc\n", 3,
+     "client_keys: 'abc' is not a Z85 public key"},
+    {"a client key with a character outside Z85",
+     "[security]\nclient_keys = C+J!7xp(5s-CgyLU1on+<Ix7M5$tTn5unJ+e}>-~\n", 3,
+     "not a Z85 public key"},
+    {"a client key over 32 bits a group",
+     "[security]\nclient_keys = $$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$$\n", 3,
+     "not a Z85 public key"},
+    {"a client key listed twice",
+     "[security]\nclient_keys = " K3 " " KH1 " " K3 "\n", 3, "listed twice"},
+    {"client_keys twice",
+     "[security]\nclient_keys = " K3 "\nclient_keys = " KH1 "\n", 4,
+     "duplicate key 'client_keys'"},
+    {"handshake timeout below 100 ms",
+     "[security]\nhandshake_timeout_ms = 99\n", 3,
+     "handshake_timeout_ms: '99' is not a number of 100..3600000"},
+    {"handshake timeout over an hour",
+     "[security]\nhandshake_timeout_ms = 3600001\n", 3, "handshake_timeout_ms"},
+    {"handshake timeout not a number",
+     "[security]\nhandshake_timeout_ms = 5s\n", 3, "handshake_timeout_ms"},
+    {"control character in client_keys_file",
+     "[security]\nclient_keys_file = a\x01"
+     "b\n",
+     3, "client_keys_file contains a control character"},
+    {"global key in [security]", "[security]\nshards = 2\n", 3,
+     "must come before the first section"},
+    {"address in [security]", "[security]\naddress = tcp://h:1\n", 3,
+     "belongs in a [node ID] section"},
+    {"unknown key in [security]", "[security]\nrsa = 1\n", 3,
+     "unknown key 'rsa' in [security]"},
+    {"security key among the global keys", "curve = on\n", 2,
+     "key 'curve' belongs in the [security] section"},
+    {"node key among the global keys", "public_key = " K3 "\n", 2,
+     "key 'public_key' belongs in a [node ID] section"},
+    {"security key in a node", "[node 4]\ncurve = on\n", 3,
+     "key 'curve' belongs in the [security] section"},
+    {"two security sections", "[security]\n[security]\n", 3,
+     "duplicate section [security] (first at line 2)"},
+    {"curve on and nodes without keys", "[security]\ncurve = on\n", 4,
+     "node 1 has no public_key: curve = on (line 3) needs"},
+    {"curve on and a node without its key file",
+     "[security]\ncurve = on\n[node 4]\naddress = tcp://h:4\n"
+     "public_key = " K3 "\n",
+     4, "node 4 has no secret_key_file"},
+    {"a node key that is not Z85", "[node 4]\npublic_key = " K3 "x\n", 3,
+     "public_key of node 4 is not a Z85 key"},
+    {"a node key twice in a node",
+     "[node 4]\npublic_key = " K3 "\npublic_key = " K3 "\n", 4,
+     "duplicate key 'public_key' in [node 4] (first set at line 3)"},
+    {"two nodes with one key",
+     "[node 4]\naddress = tcp://h:4\npublic_key = " KH1 "\n[node 5]\n"
+     "address = tcp://h:5\npublic_key = " KH1 "\n",
+     7, "public_key of node 5 is already node 4's (line 4)"},
+    {"a client key that is a node's",
+     "[security]\nclient_keys = " KH2 "\n[node 4]\naddress = tcp://h:4\n"
+     "public_key = " KH2 "\n",
+     3, "is the public_key of node 4 (line 6)"},
+    {"a '#' glued to a key is part of it",
+     "[node 4]\npublic_key = " K3 "#comment\n", 3, "not a Z85 key"},
 };
 
 START_TEST(each_broken_file_reports_its_line_and_problem)
@@ -789,27 +968,48 @@ static int check_any(const char *t, size_t n, const char *what)
         ck_assert(i == 0 || c->nodes[i - 1].id < c->nodes[i].id);
         ck_assert(strncmp(c->nodes[i].address, "tcp://", 6) == 0);
         ck_assert_ptr_eq(conf_node_by_id(c, c->nodes[i].id), &c->nodes[i]);
+        const char *pk = c->nodes[i].public_key;
+        ck_assert(pk == NULL || keys_z85_valid(pk, strlen(pk)));
+        ck_assert(!c->security.curve ||
+                  (pk != NULL && c->nodes[i].secret_key_file != NULL));
+        for (size_t j = 0; pk != NULL && j < i; j++)
+            ck_assert(c->nodes[j].public_key == NULL ||
+                      strcmp(c->nodes[j].public_key, pk) != 0);
     }
+    for (size_t k = 0; k < c->security.nclient_keys; k++) {
+        const char *ck = c->security.client_keys[k];
+        ck_assert(keys_z85_valid(ck, strlen(ck)));
+        for (size_t i = 0; i < c->nnodes; i++)
+            ck_assert(c->nodes[i].public_key == NULL ||
+                      strcmp(c->nodes[i].public_key, ck) != 0);
+    }
+    ck_assert(c->security.handshake_timeout_ms >= 100 &&
+              c->security.handshake_timeout_ms <= 3600000);
+    ck_assert(c->max_inflight_per_client >= 1 &&
+              c->max_inflight_per_client <= 1000000);
     for (uint32_t s = 0; s < 16; s++)
         ck_assert_uint_lt(conf_replica(c, s, c->replicas - 1), c->nnodes);
     conf_free(c);
     return 1;
 }
 
-START_TEST(mutated_files_fail_cleanly_or_parse_consistently)
+/* 300 copies of FILE with 1 to 4 random edits each, from seed I: both
+ * outcomes must occur, each clean. */
+static void mutate_and_check(const char *file, int i)
 {
     static const char alphabet[] = "\n\n#=[] 0123456789:/.\t-az";
-    uint64_t seed = 0x9e3779b97f4a7c15ull + (uint64_t)_i;
-    size_t base = strlen(full_file);
-    char buf[sizeof full_file + 64];
+    uint64_t seed = 0x9e3779b97f4a7c15ull + (uint64_t)i;
+    size_t base = strlen(file);
+    char buf[1024];
     int valid = 0, invalid = 0;
 
+    ck_assert_uint_lt(base + 64, sizeof buf);
     for (int iter = 0; iter < 300; iter++) {
         size_t n = base;
         int edits = 1 + (int)(next_rand(&seed) % 4);
         char what[64];
 
-        memcpy(buf, full_file, base);
+        memcpy(buf, file, base);
         for (int e = 0; e < edits && n > 0; e++) {
             size_t at = next_rand(&seed) % n;
             uint64_t r = next_rand(&seed);
@@ -833,7 +1033,7 @@ START_TEST(mutated_files_fail_cleanly_or_parse_consistently)
                 break;
             }
         }
-        snprintf(what, sizeof what, "seed %d iteration %d", _i, iter);
+        snprintf(what, sizeof what, "seed %d iteration %d", i, iter);
         if (check_any(buf, n, what))
             valid++;
         else
@@ -842,6 +1042,27 @@ START_TEST(mutated_files_fail_cleanly_or_parse_consistently)
     /* both outcomes occur, so the checks above were exercised */
     ck_assert_int_gt(valid, 0);
     ck_assert_int_gt(invalid, 0);
+}
+
+START_TEST(mutated_files_fail_cleanly_or_parse_consistently)
+{
+    mutate_and_check(full_file, _i);
+}
+END_TEST
+
+START_TEST(mutated_curve_files_fail_cleanly_or_parse_consistently)
+{
+    mutate_and_check(curve_file, _i);
+}
+END_TEST
+
+START_TEST(every_prefix_of_a_curve_file_fails_cleanly_or_parses)
+{
+    size_t n = strlen(curve_file);
+
+    for (size_t len = 0; len < n; len++)
+        check_any(curve_file, len, "prefix");
+    ck_assert_int_eq(check_any(curve_file, n, "whole file"), 1);
 }
 END_TEST
 
@@ -1025,6 +1246,21 @@ START_TEST(relative_plugin_paths_are_resolved_against_the_config_folder)
 }
 END_TEST
 
+START_TEST(relative_key_files_are_resolved_against_the_config_folder)
+{
+    char want[256];
+    const char *path =
+        write_file("etc/cluster.conf", curve_file, sizeof curve_file - 1);
+    struct conf *c = load_ok(path);
+
+    snprintf(want, sizeof want, "%s/etc/keys/n2.key", tmpdir);
+    ck_assert_str_eq(c->nodes[1].secret_key_file, want);
+    ck_assert_str_eq(c->nodes[0].secret_key_file, "/etc/kv/n1.key");
+    ck_assert_str_eq(c->security.client_keys_file, "/etc/kv/clients.keys");
+    conf_free(c);
+}
+END_TEST
+
 START_TEST(a_missing_file_is_an_io_error_naming_it)
 {
     char path[256], err[512] = "", want[512];
@@ -1116,6 +1352,10 @@ Suite *conf_suite(void)
     tcase_add_test(tc, numbers_at_the_edges_of_their_ranges_are_accepted);
     tcase_add_test(tc, names_ipv4_and_bracketed_ipv6_are_valid_hosts);
     tcase_add_test(tc, a_256_node_cluster_is_accepted_and_node_257_is_not);
+    tcase_add_test(tc, a_file_without_security_gets_its_defaults);
+    tcase_add_test(tc, a_security_section_and_node_keys_are_parsed);
+    tcase_add_test(tc, keys_may_be_present_with_curve_off_and_insecure_is_kept);
+    tcase_add_test(tc, only_loopback_addresses_are_loopback);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("placement");
@@ -1153,6 +1393,9 @@ Suite *conf_suite(void)
     tcase_add_loop_test(tc, mutated_files_fail_cleanly_or_parse_consistently, 0,
                         32);
     tcase_add_test(tc, every_prefix_of_a_valid_file_fails_cleanly_or_parses);
+    tcase_add_loop_test(
+        tc, mutated_curve_files_fail_cleanly_or_parse_consistently, 0, 32);
+    tcase_add_test(tc, every_prefix_of_a_curve_file_fails_cleanly_or_parses);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
 
@@ -1164,6 +1407,8 @@ Suite *conf_suite(void)
     tcase_add_test(tc, an_absolute_data_dir_is_kept_but_cleaned);
     tcase_add_test(
         tc, relative_plugin_paths_are_resolved_against_the_config_folder);
+    tcase_add_test(tc,
+                   relative_key_files_are_resolved_against_the_config_folder);
     tcase_add_test(tc, a_missing_file_is_an_io_error_naming_it);
     tcase_add_test(tc, a_parse_error_from_a_file_names_the_file_and_line);
     tcase_add_test(tc, a_file_of_exactly_one_mebibyte_is_read);

@@ -318,6 +318,8 @@ struct store {
     uint64_t digest;
     bool snap_waiting; /* a streamed snapshot was delivered */
     uint64_t snap_wait_index, snap_wait_digest;
+    bool no_vote; /* rebuilt: no vote until a leader is heard (kept like
+                     replica.c's "R" marker) */
 };
 
 struct qmsg {
@@ -606,6 +608,8 @@ static void net_ready(struct net *nt, uint32_t id)
         /* 1. persist */
         if (rd.hs_changed)
             s->hs = rd.hs;
+        if (s->no_vote && !raft_awaits_leader(r))
+            s->no_vote = false; /* the marker goes in this Ready's batch */
         if (rd.has_snapshot) {
             s->snap_index = rd.snap_index;
             s->snap_term = rd.snap_term;
@@ -688,7 +692,8 @@ static void net_start(struct net *nt, uint32_t id)
                            .snap_term = s->snap_term,
                            .entries = ents,
                            .n_entries = k,
-                           .applied = s->applied};
+                           .applied = s->applied,
+                           .no_vote_until_leader = s->no_vote};
     nt->r[id] = raft_new(&c, &in);
     free(ents);
     REQUIRE(nt->r[id], "node %u cannot restart from its store", id);
@@ -730,6 +735,24 @@ static void net_set_log(struct net *nt, uint32_t id, const uint64_t *terms,
     s->applied = 0;
     net_start(nt, id);
     /* what was committed is applied by the restart's Ready */
+}
+
+/* Node ID loses its disk and is rebuilt (kvnode --rebuild): it restarts
+ * empty, with no vote until it hears a current leader. The others learn
+ * of the restart as the driver tells them (a new boot id). */
+static void net_rebuild(struct net *nt, uint32_t id)
+{
+    raft_free(nt->r[id]);
+    store_free(&nt->st[id]);
+    nt->st[id].no_vote = true;
+    net_start(nt, id);
+    for (uint32_t j = 1; j <= nt->n; j++) {
+        if (j == id || nt->down[j])
+            continue;
+        raft_peer_restarted(nt->r[j], id);
+        check_node(nt, j);
+        net_ready(nt, j);
+    }
 }
 
 static void net_free(struct net *nt)
@@ -2394,6 +2417,296 @@ START_TEST(restarted_replica_with_boot_quiet_withholds_votes_for_a_timeout)
 }
 END_TEST
 
+/* ==== A rebuilt replica (kvnode --rebuild) ============================ */
+
+/* Raft 5.2: "Each server will vote for at most one candidate in a given
+ * term, on a first-come-first-served basis." A replica whose data directory
+ * was rebuilt has forgotten the votes it cast (and the entries it
+ * acknowledged), so until it hears a current leader - one whose heartbeat
+ * says every other member acknowledged a round sent since the rebuild - it
+ * votes for nobody, answers no pre-vote and acknowledges nothing a stale
+ * leader could count. Then its vote in that term is the leader; it follows
+ * it, and votes again in a later term once its log holds the commit index
+ * of the first append it took. */
+START_TEST(rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader)
+{
+    struct raft_init in = {.no_vote_until_leader = true};
+    struct raft *r = mk_node(2, 3, &plain, &in);
+    ck_assert(raft_awaits_leader(r));
+    struct drained d;
+    struct raft_msg v = msg(RAFT_MSG_VOTE, 3, 2, 5);
+    ck_assert_int_eq(step_to(r, v), RAFT_OK);
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+    ck_assert_uint_eq(d.hs.term, 5); /* the term is learnt, no vote given */
+    ck_assert_uint_eq(d.hs.vote, RAFT_NONE);
+    struct raft_msg pv = msg(RAFT_MSG_PREVOTE, 3, 2, 6);
+    ck_assert_int_eq(step_to(r, pv), RAFT_OK);
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_PREVOTE_RESP, 3)->reject);
+
+    /* An append, a snapshot and heartbeats whose rounds not every other
+     * member acknowledged since: the leader may be stale; nothing is taken
+     * and nothing answered. */
+    struct raft_entry ents[2] = {{.term = 5, .index = 1},
+                                 {.term = 5, .index = 2}};
+    struct raft_msg ap = msg(RAFT_MSG_APPEND, 1, 2, 5);
+    ap.entries = ents;
+    ap.n_entries = 2;
+    ap.commit = 2;
+    ck_assert_int_eq(step_to(r, ap), RAFT_OK);
+    struct raft_msg sn = msg(RAFT_MSG_SNAPSHOT, 1, 2, 5);
+    sn.index = 9;
+    sn.log_term = 4;
+    ck_assert_int_eq(step_to(r, sn), RAFT_OK);
+    struct raft_msg hb = msg(RAFT_MSG_HEARTBEAT, 1, 2, 5);
+    hb.context = 7; /* the first round heard */
+    hb.index = 6;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    hb.context = 8;
+    hb.index = 6;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    ck_assert(raft_awaits_leader(r));
+    drain(r, &d);
+    ck_assert_uint_eq(d.n_msgs, 0);
+    ck_assert_uint_eq(d.n_entries, 0);
+    ck_assert(!d.has_snapshot);
+    ck_assert_uint_eq(d.hs.vote, RAFT_NONE);
+    ck_assert_int_eq(step_to(r, v), RAFT_OK);
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+
+    /* Every other member acknowledged round 7: the vote in term 5 is 1,
+     * and the heartbeat is answered. */
+    hb.context = 9;
+    hb.index = 7;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    drain(r, &d);
+    ck_assert(d.hs_changed);
+    ck_assert_uint_eq(d.hs.term, 5);
+    ck_assert_uint_eq(d.hs.vote, 1);
+    ck_assert_ptr_nonnull(find_msg(&d, RAFT_MSG_HEARTBEAT_RESP, 1));
+    ck_assert_int_eq(step_to(r, v), RAFT_OK); /* 3 again, term 5: no */
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+
+    /* Not yet caught up: no vote in a new term either. */
+    ck_assert(raft_awaits_leader(r));
+    struct raft_msg v6 = msg(RAFT_MSG_VOTE, 3, 2, 6);
+    v6.index = 2;
+    v6.log_term = 5;
+    ck_assert_int_eq(step_to(r, v6), RAFT_OK);
+    drain(r, &d);
+    ck_assert(find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+    raft_free(r);
+
+    /* The same, caught up by the leader's first append: it votes again. */
+    r = mk_node(2, 3, &plain, &in);
+    hb.context = 1;
+    hb.index = 0;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    hb.context = 2;
+    hb.index = 1;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    ck_assert(raft_awaits_leader(r));
+    ck_assert_int_eq(step_to(r, ap), RAFT_OK);
+    ck_assert(!raft_awaits_leader(r));
+    drain(r, &d);
+    ck_assert_uint_eq(d.n_entries, 2);
+    ck_assert_ptr_nonnull(find_msg(&d, RAFT_MSG_APPEND_RESP, 1));
+    ck_assert_int_eq(step_to(r, v6), RAFT_OK);
+    drain(r, &d);
+    ck_assert(!find_msg(&d, RAFT_MSG_VOTE_RESP, 3)->reject);
+    ck_assert_uint_eq(d.hs.vote, 3);
+    raft_free(r);
+
+    /* A new term starts the count again: rounds are per leader term. */
+    r = mk_node(2, 3, &plain, &in);
+    hb = msg(RAFT_MSG_HEARTBEAT, 1, 2, 5);
+    hb.context = 3;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    hb = msg(RAFT_MSG_HEARTBEAT, 3, 2, 6);
+    hb.context = 2; /* the first round heard in term 6 */
+    hb.index = 1;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    drain(r, &d);
+    ck_assert_uint_eq(d.hs.vote, RAFT_NONE);
+    hb.context = 4;
+    hb.index = 2;
+    ck_assert_int_eq(step_to(r, hb), RAFT_OK);
+    drain(r, &d);
+    ck_assert_uint_eq(d.hs.term, 6);
+    ck_assert_uint_eq(d.hs.vote, 3);
+    raft_free(r);
+}
+END_TEST
+
+/* A leader's heartbeats name the latest earlier round every member but
+ * the recipient acknowledged; a heartbeat naming a round not yet sent is
+ * refused. */
+START_TEST(heartbeats_name_the_round_every_other_member_acknowledged)
+{
+    struct raft *r = mk_node(1, 3, &plain, NULL);
+    make_leader(r, 3);
+    struct drained d;
+    drain(r, &d);
+    for (uint64_t round = 1; round <= 3; round++) {
+        for (int i = 0; i < HEARTBEAT; i++)
+            raft_tick(r);
+        drain(r, &d);
+        const struct seen *h2 = find_msg(&d, RAFT_MSG_HEARTBEAT, 2);
+        const struct seen *h3 = find_msg(&d, RAFT_MSG_HEARTBEAT, 3);
+        ck_assert_ptr_nonnull(h2);
+        ck_assert_ptr_nonnull(h3);
+        ck_assert_uint_eq(h2->context, round);
+        /* 2 acknowledges every round, 3 only the first */
+        ck_assert_uint_eq(h2->index, round > 1 ? 1 : 0);
+        ck_assert_uint_eq(h3->index, round - 1);
+        struct raft_msg a = msg(RAFT_MSG_HEARTBEAT_RESP, 2, 1, h2->term);
+        a.context = h2->context;
+        ck_assert_int_eq(step_to(r, a), RAFT_OK);
+        if (round == 1) {
+            a = msg(RAFT_MSG_HEARTBEAT_RESP, 3, 1, h3->term);
+            a.context = h3->context;
+            ck_assert_int_eq(step_to(r, a), RAFT_OK);
+        }
+    }
+    raft_free(r);
+
+    r = mk_node(2, 3, &plain, NULL);
+    struct raft_msg hb = msg(RAFT_MSG_HEARTBEAT, 1, 2, 1);
+    hb.context = 3;
+    hb.index = 3; /* acknowledged before it was sent */
+    ck_assert_int_eq(raft_step(r, &hb), RAFT_EINVAL);
+    raft_free(r);
+}
+END_TEST
+
+/* Raft 5.2: "If a follower receives no communication over a period of time
+ * called the election timeout, then it assumes there is no viable leader
+ * and begins an election" - except a rebuilt replica, whose campaign would
+ * need its own vote in a term it may have voted in already. */
+START_TEST(rebuilt_replica_never_campaigns_while_waiting_for_a_leader)
+{
+    struct opts o = plain;
+    o.pre_vote = true;
+    struct raft_init in = {.hs = {.term = 4}, .no_vote_until_leader = true};
+    struct raft *r = mk_node(2, 3, &o, &in);
+    struct drained d;
+    for (int i = 0; i < 10 * ELECTION; i++) {
+        raft_tick(r);
+        expect_ok(r);
+        drain(r, &d);
+        ck_assert_uint_eq(d.n_msgs, 0);
+    }
+    raft_campaign(r);
+    expect_ok(r);
+    struct raft_msg tn = msg(RAFT_MSG_TIMEOUT_NOW, 1, 2, 4);
+    ck_assert_int_eq(step_to(r, tn), RAFT_OK);
+    drain(r, &d);
+    ck_assert_uint_eq(d.n_msgs, 0);
+    struct raft_status st;
+    raft_get_status(r, &st);
+    ck_assert_int_eq(st.role, RAFT_FOLLOWER);
+    ck_assert_uint_eq(st.term, 4);
+    ck_assert(raft_awaits_leader(r));
+    raft_free(r);
+}
+END_TEST
+
+/* Raft 5.2 again, on a network: node 3 votes for 2 in term 2, is wiped and
+ * rebuilt, and hears only node 1, the stale leader of term 1, which then
+ * campaigns in term 2 too. Had node 3 taken 1 for a current leader and
+ * voted again, 1 and 2 would both lead term 2 (the network's Election
+ * Safety check would fail). It does not; once the partition heals it hears
+ * 2, and the group goes on with every replica caught up. */
+START_TEST(rebuilt_voter_never_elects_a_second_leader_in_a_term)
+{
+    struct net *nt = net_new(3, &plain, 31);
+    net_elect(nt, 1);
+    ck_assert_uint_eq(status_of(nt, 1).term, 1);
+    net_isolate(nt, 1);
+    net_elect(nt, 2);
+    ck_assert_uint_eq(status_of(nt, 2).term, 2);
+    ck_assert_uint_eq(nt->st[3].hs.vote, 2);
+    ck_assert_int_eq(net_propose(nt, 2, "only on 2 and 3", NULL), RAFT_OK);
+    net_deliver(nt, 1000);
+
+    /* 3 is rebuilt and hears only 1, still leading term 1: 2 never
+     * acknowledges 1's rounds, so 3 keeps waiting and takes nothing. */
+    net_rebuild(nt, 3);
+    ck_assert(raft_awaits_leader(nt->r[3]));
+    net_heal(nt);
+    nt->cut[2][3] = nt->cut[3][2] = true;
+    nt->cut[1][2] = nt->cut[2][1] = true;
+    for (int i = 0; i < 5 * ELECTION; i++) {
+        net_tick(nt, 1);
+        net_tick(nt, 3);
+        net_deliver(nt, 100000);
+    }
+    ck_assert_int_eq(status_of(nt, 1).role, RAFT_LEADER);
+    ck_assert_uint_eq(status_of(nt, 3).last_index, 0);
+
+    /* 1 restarts (a follower of term 1) and campaigns for term 2: 3 must
+     * not vote for it, however long it tries (were it to, the network's
+     * check would stop the test: two leaders in term 2). */
+    raft_free(nt->r[1]);
+    nt->r[1] = NULL;
+    net_start(nt, 1);
+    net_campaign(nt, 1);
+    ck_assert_int_eq(status_of(nt, 1).role, RAFT_CANDIDATE);
+    ck_assert_uint_eq(status_of(nt, 1).term, 2);
+    for (int i = 0; i < 5 * ELECTION; i++) {
+        net_tick(nt, 1);
+        net_tick(nt, 3);
+        net_deliver(nt, 100000);
+    }
+    ck_assert_int_ne(status_of(nt, 1).role, RAFT_LEADER);
+    ck_assert_int_ne(status_of(nt, 3).role, RAFT_LEADER);
+    ck_assert(raft_awaits_leader(nt->r[3]));
+    ck_assert_uint_eq(nt->st[3].hs.vote, RAFT_NONE);
+
+    /* Healed: 2, whose log holds what only 2 and the lost disk had, is
+     * elected (1 votes for it), every member acknowledges its rounds, and
+     * 3 votes again and catches up. */
+    net_heal(nt);
+    net_run(nt, 20 * ELECTION);
+    uint32_t l = net_leader(nt);
+    ck_assert_uint_ne(l, 0);
+    ck_assert(!raft_awaits_leader(nt->r[3]));
+    ck_assert(!nt->st[3].no_vote);
+    ck_assert_int_eq(net_propose(nt, l, "after", NULL), RAFT_OK);
+    net_run(nt, 5);
+    ck_assert_uint_eq(nt->st[3].applied, nt->st[l].applied);
+    net_free(nt);
+}
+END_TEST
+
+/* The rule outlives a crash before any leader was heard: the driver keeps
+ * it in storage and hands it back at the restart. */
+START_TEST(rebuilt_replica_that_restarts_before_hearing_a_leader_still_waits)
+{
+    struct net *nt = net_new(3, &plain, 32);
+    net_elect(nt, 1);
+    net_isolate(nt, 1);
+    net_rebuild(nt, 3);
+    net_tick(nt, 3);
+    net_deliver(nt, 1000);
+    raft_free(nt->r[3]); /* a crash: restart from what is stored */
+    nt->r[3] = NULL;
+    ck_assert(nt->st[3].no_vote);
+    net_start(nt, 3);
+    ck_assert(raft_awaits_leader(nt->r[3]));
+    net_campaign(nt, 2); /* 2 needs 3's vote: 1 is cut off */
+    ck_assert_int_ne(status_of(nt, 2).role, RAFT_LEADER);
+    net_heal(nt);
+    net_run(nt, 20 * ELECTION);
+    ck_assert_uint_ne(net_leader(nt), 0);
+    ck_assert(!nt->st[3].no_vote);
+    net_free(nt);
+}
+END_TEST
+
 /* ==== Pre-vote (thesis 9.6) ========================================== */
 
 /* "In the Pre-Vote algorithm, a candidate only increments its term if it
@@ -3243,6 +3556,12 @@ Suite *raft_suite(void)
           no_lease_without_check_quorum_or_before_a_commit_of_the_term,
           lease_ends_for_the_term_when_a_transfer_starts,
           restarted_replica_with_boot_quiet_withholds_votes_for_a_timeout}},
+        {"rebuilt replica",
+         {rebuilt_replica_grants_no_vote_until_it_hears_a_current_leader,
+          heartbeats_name_the_round_every_other_member_acknowledged,
+          rebuilt_replica_never_campaigns_while_waiting_for_a_leader,
+          rebuilt_voter_never_elects_a_second_leader_in_a_term,
+          rebuilt_replica_that_restarts_before_hearing_a_leader_still_waits}},
         {"pre-vote",
          {isolated_precandidate_never_increments_its_term,
           voters_grant_a_prevote_without_changing_their_state,

@@ -677,6 +677,79 @@ START_TEST(a_damaged_table_is_reported_not_served)
 }
 END_TEST
 
+/* One damaged block in the middle of a table: a read of a key in it gets
+ * KV_ECORRUPT, the store remembers what LevelDB said, and an iterator
+ * stops there: it yields the keys before the block in order, with no gap,
+ * then reports the error (LevelDB alone would skip the block). */
+START_TEST(an_iterator_stops_at_the_first_damaged_block)
+{
+    unsigned char v[CORRUPT_VLEN];
+    char key[32], table[512] = "", err[512] = "";
+    struct store_batch *b = store_batch_new();
+
+    log_setup(LOG_OFF, NULL);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_null(store_damage(st));
+    for (unsigned i = 0; i < CORRUPT_KEYS; i++) {
+        int n = snprintf(key, sizeof key, "key%06u", i);
+        corrupt_value(i, v);
+        store_batch_put(b, key, (size_t)n, v, sizeof v);
+    }
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+    reopen();
+    store_close(st);
+    st = NULL;
+    off_t size = find_table(table, sizeof table);
+    ck_assert_msg(size > (off_t)(CORRUPT_KEYS * CORRUPT_VLEN / 2),
+                  "LevelDB wrote no table of the data");
+    int fd = open(table, O_RDWR);
+    ck_assert_int_ge(fd, 0);
+    unsigned char c[16];
+    ck_assert_int_eq(pread(fd, c, sizeof c, size / 3), (ssize_t)sizeof c);
+    for (size_t i = 0; i < sizeof c; i++)
+        c[i] ^= 0xff;
+    ck_assert_int_eq(pwrite(fd, c, sizeof c, size / 3), (ssize_t)sizeof c);
+    close(fd);
+    ck_assert_msg(store_open(dbdir, &st, err, sizeof err) == KV_OK, "open: %s",
+                  err);
+    ck_assert_ptr_null(store_damage(st));
+
+    struct store_iter *it = store_iter_new(st);
+    ck_assert_ptr_nonnull(it);
+    unsigned seen = 0;
+    for (store_iter_seek(it, "", 0); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen;
+        const char *k = store_iter_key(it, &klen);
+        char want[32];
+        int n = snprintf(want, sizeof want, "key%06u", seen);
+        ck_assert_msg(klen == (size_t)n && memcmp(k, want, klen) == 0,
+                      "entry %u is %.*s: the iterator skipped a block", seen,
+                      (int)klen, k);
+        seen++;
+    }
+    ck_assert_uint_gt(seen, 0);
+    ck_assert_uint_lt(seen, CORRUPT_KEYS);
+    ck_assert_int_eq(store_iter_status(it), KV_ECORRUPT);
+    store_iter_next(it); /* stays ended */
+    ck_assert(!store_iter_valid(it));
+    store_iter_free(it);
+    const char *why = store_damage(st);
+    ck_assert_ptr_nonnull(why);
+    ck_assert_ptr_nonnull(strstr(why, "Corruption"));
+    char first[512];
+    snprintf(first, sizeof first, "%s", why);
+
+    /* The first key past the iteration's end is in the damaged block. */
+    int n = snprintf(key, sizeof key, "key%06u", seen);
+    void *got = NULL;
+    size_t glen = 0;
+    ck_assert_int_eq(store_get(st, key, (size_t)n, &got, &glen), KV_ECORRUPT);
+    ck_assert_str_eq(store_damage(st), first); /* the first one is kept */
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------ */
 
 /* The store suite: reads and writes, batches, durability, iterators and
@@ -731,6 +804,7 @@ Suite *store_suite(void)
     tcase_add_unchecked_fixture(tc, root_setup, root_teardown);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, a_damaged_table_is_reported_not_served);
+    tcase_add_test(tc, an_iterator_stops_at_the_first_damaged_block);
     suite_add_tcase(s, tc);
     return s;
 }
