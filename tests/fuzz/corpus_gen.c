@@ -1067,6 +1067,19 @@ static void raft_seeds(void)
     b_u8(&b, R_TICK);
     b_u8(&b, 10);
     put_file("raft", "single-member", b.b, b.n);
+    /* A rebuilt replica: no vote, no campaign until a leader is heard. */
+    b.n = 0;
+    b_u8(&b, 0x40 | 2);
+    b_u8(&b, 0x07);
+    b_u8(&b, 5);
+    r_step(&b, RAFT_MSG_VOTE, 3, 2, 0, 0, 0, false, 0, 0);
+    b_u8(&b, R_TICK);
+    b_u8(&b, 31);
+    r_step(&b, RAFT_MSG_HEARTBEAT, 2, 2, 0, 0, 0, false, 0, 0);
+    r_step(&b, RAFT_MSG_APPEND, 2, 2, 0, 0, 2, false, 2, 2);
+    b_u8(&b, R_QUERY);
+    b_u8(&b, 1);
+    put_file("raft", "rebuilt-waits-for-a-leader", b.b, b.n);
 }
 
 /* --- records -----------------------------------------------------------------
@@ -1353,7 +1366,6 @@ static void conf_seeds(void)
         {"bad-txn-bytes", "max_message_bytes = 5000\nmax_txn_bytes = 1000\n"
                           "max_key_bytes = 100\nmax_value_bytes = 100\n"},
         {"bad-log-level", "log_level = loud\n"},
-        {"bad-name", "cluster = a b\n"},
         {"bad-data-dir", "data_dir = a\x01z\n"},
         {"bad-procedures-twice", "procedures = a.so a.so\n"},
         {"bad-no-equals", "shards\n"},
@@ -1378,6 +1390,7 @@ static void conf_seeds(void)
     static const char *const bad_nodes[][2] = {
         {"bad-no-cluster", "shards = 2\n[node 1]\naddress = tcp://h:1\n"},
         {"bad-no-nodes", "cluster = a\n"},
+        {"bad-name", "cluster = a b\n[node 1]\naddress = tcp://h:1\n"},
         {"bad-node-no-address", "cluster = a\n[node 1]\n"},
         {"bad-node-id", "cluster = a\n[node 0]\naddress = tcp://h:1\n"},
         {"bad-node-twice", "cluster = a\n[node 1]\naddress = tcp://h:1\n"
@@ -1394,6 +1407,47 @@ static void conf_seeds(void)
     for (size_t i = 0; i < sizeof(bad_nodes) / sizeof(bad_nodes[0]); i++)
         put_file("conf", bad_nodes[i][0], bad_nodes[i][1],
                  strlen(bad_nodes[i][1]));
+        /* [security]: CurveZMQ keys (Z85, '#' among their characters). */
+#define KA "40Vpe(eUZAXw-r[8rL/@r&o3y1Z*enq@f#KFYsA5"
+#define KB ")e2CZe7J^=3I1Mg[p4GoE9jqftr2>S4OG4[U#u/D"
+#define KC "C+J!7xp(5s-CgyLU1on+<Ix7M5$tTn5unJ+e}>-v"
+    static const char *const sec[][2] = {
+        {"security-curve",
+         "cluster = s\nmax_inflight_per_client = 64\n[node 2]\n"
+         "address = tcp://10.0.0.2:7000\npublic_key = " KA " # its key\n"
+         "secret_key_file = keys/n2.key\n[security]\ncurve = on\n"
+         "insecure = no\nclient_keys = " KC "\t# a client\n"
+         "client_keys_file = /etc/kv/clients\nhandshake_timeout_ms = 2500\n"
+         "[node 1]\naddress = tcp://[::1]:7000\npublic_key = " KB "\n"
+         "secret_key_file = /etc/kv/n1.key\n"},
+        {"security-insecure", "cluster = s\n[security]\ninsecure = yes\n"
+                              "[node 1]\naddress = tcp://0.0.0.0:7000\n"},
+        {"bad-security-key-short",
+         "cluster = s\n[security]\nclient_keys = abc\n[node 1]\n"
+         "address = tcp://h:1\n"},
+        {"bad-security-curve-no-keys", "cluster = s\n[security]\ncurve = on\n"
+                                       "[node 1]\naddress = tcp://h:1\n"},
+        {"bad-security-client-is-node",
+         "cluster = s\n[security]\nclient_keys = " KA "\n[node 1]\n"
+         "address = tcp://h:1\npublic_key = " KA "\n"},
+        {"bad-security-two-nodes-one-key",
+         "cluster = s\n[node 1]\naddress = tcp://h:1\npublic_key = " KA
+         "\n[node 2]\naddress = tcp://h:2\npublic_key = " KA "\n"},
+        {"bad-security-twice", "cluster = s\n[security]\n[security]\n"
+                               "[node 1]\naddress = tcp://h:1\n"},
+        {"bad-security-handshake", "cluster = s\n[security]\n"
+                                   "handshake_timeout_ms = 5\n[node 1]\n"
+                                   "address = tcp://h:1\n"},
+        {"bad-security-key-outside", "cluster = s\ncurve = on\n[node 1]\n"
+                                     "address = tcp://h:1\n"},
+        {"bad-inflight", "cluster = s\nmax_inflight_per_client = 0\n"
+                         "[node 1]\naddress = tcp://h:1\n"},
+    };
+#undef KA
+#undef KB
+#undef KC
+    for (size_t i = 0; i < sizeof(sec) / sizeof(sec[0]); i++)
+        put_file("conf", sec[i][0], sec[i][1], strlen(sec[i][1]));
 }
 
 /* --- proc --------------------------------------------------------------------

@@ -26,6 +26,7 @@
 #include "kv.pb-c.h"
 
 struct conf;
+struct inflight;
 struct store;
 struct replica;
 struct proc_registry;
@@ -98,6 +99,9 @@ struct fuzz_node {
     char dir[32]; /* the simulated store's name */
     struct store *store;
     struct replica *rep;
+    /* Client requests held unanswered, capped per connection as kvnode
+     * does (max_inflight_per_client). */
+    struct inflight *inflight;
     uint64_t ticks;
     /* Frames sent to peers since the last fuzz_node_drop_sent(), when
      * keep_sent is set (else they are only counted). */
@@ -133,10 +137,12 @@ int fuzz_node_start(struct fuzz_node *n, char *err, size_t errlen);
  * as kvnode would. */
 void fuzz_node_run(struct fuzz_node *n, int rounds);
 
-/* Handles one frame as kvnode's handle_frame does: decode (bounded by
- * max_message_bytes), then a PeerBatch goes to replica_peer when ID is
- * "n<from>", a status request is answered from replica_status, any other
- * request goes to replica_request, a Response is dropped. */
+/* Handles one frame as kvnode's handle_frame does with CurveZMQ off:
+ * decode (bounded by max_message_bytes), then a PeerBatch goes to
+ * replica_peer when ID is "n<from>", a status request is answered from
+ * replica_status, any other request counts against its connection's
+ * max_inflight_per_client and goes to replica_request, a Response is
+ * dropped. */
 void fuzz_node_frame(struct fuzz_node *n, const void *id, size_t idlen,
                      const void *data, size_t len);
 

@@ -10,8 +10,13 @@
  * between 1 and the number of nodes, every limit in its range and
  * max_message_bytes big enough for a key, a value and the envelope,
  * max_txn_bytes and the procedure byte budgets within max_message_bytes -
- * CONF_TXN_SLACK (or 1), a log level of the four, at most 64 procedures.
- * conf_node_by_id and conf_replica must agree with the node list.
+ * CONF_TXN_SLACK (or 1), a log level of the four, at most 64 procedures,
+ * max_inflight_per_client and handshake_timeout_ms in range; every public
+ * key (a node's, or a client's in [security] client_keys) a valid Z85 key
+ * listed once, no client key a node's, and with curve = on a public key
+ * and a secret key file for every node. conf_node_by_id and conf_replica
+ * must agree with the node list; conf_address_is_loopback must take every
+ * address.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +24,9 @@
 
 #include "conf.h"
 #include "fuzz.h"
+#include "keys.h"
 #include "kv.h"
+#include "log.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -38,6 +45,64 @@ static void check_room(const struct conf *c, uint64_t v, const char *name)
         fuzz_fail("conf: %s = %llu with max_message_bytes = %llu", name,
                   (unsigned long long)v,
                   (unsigned long long)c->max_message_bytes);
+}
+
+static bool is_key(const char *k)
+{
+    return k && strlen(k) == KEYS_Z85_LEN && keys_z85_valid(k, KEYS_Z85_LEN);
+}
+
+static bool is_path(const char *p)
+{
+    if (!p)
+        return true; /* not set */
+    if (!p[0])
+        return false;
+    for (const char *q = p; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == 0x7f)
+            return false;
+    return true;
+}
+
+static void check_security(const struct conf *c)
+{
+    const struct conf_security *sec = &c->security;
+    if (c->max_inflight_per_client < 1 ||
+        c->max_inflight_per_client > CONF_INFLIGHT_LIMIT ||
+        sec->handshake_timeout_ms < CONF_HANDSHAKE_MIN ||
+        sec->handshake_timeout_ms > 3600000 ||
+        (sec->curve != 0 && sec->curve != 1) ||
+        (sec->insecure != 0 && sec->insecure != 1) ||
+        sec->nclient_keys > CONF_MAX_CLIENT_KEYS ||
+        (sec->nclient_keys && !sec->client_keys) ||
+        !is_path(sec->client_keys_file))
+        fuzz_fail("conf: [security] or max_inflight_per_client out of range");
+    for (size_t i = 0; i < c->nnodes; i++) {
+        const struct conf_node *n = &c->nodes[i];
+        conf_address_is_loopback(n->address);
+        if ((n->public_key && !is_key(n->public_key)) ||
+            !is_path(n->secret_key_file))
+            fuzz_fail("conf: node %u: a bad public key or key file", n->id);
+        if (sec->curve && (!n->public_key || !n->secret_key_file))
+            fuzz_fail("conf: curve on, node %u without its keys", n->id);
+        for (size_t j = 0; j < i && n->public_key; j++)
+            if (c->nodes[j].public_key &&
+                strcmp(c->nodes[j].public_key, n->public_key) == 0)
+                fuzz_fail("conf: nodes %u and %u share a public key",
+                          c->nodes[j].id, n->id);
+    }
+    for (size_t k = 0; k < sec->nclient_keys; k++) {
+        if (!is_key(sec->client_keys[k]))
+            fuzz_fail("conf: client key %zu is no Z85 key", k);
+        for (size_t j = 0; j < k; j++)
+            if (strcmp(sec->client_keys[j], sec->client_keys[k]) == 0)
+                fuzz_fail("conf: client key %zu listed twice", k);
+        for (size_t i = 0; i < c->nnodes; i++)
+            if (c->nodes[i].public_key &&
+                strcmp(c->nodes[i].public_key, sec->client_keys[k]) == 0)
+                fuzz_fail("conf: client key %zu is node %u's", k,
+                          c->nodes[i].id);
+    }
 }
 
 static void check(const struct conf *c)
@@ -90,6 +155,7 @@ static void check(const struct conf *c)
     for (size_t i = 0; i < c->nprocedures; i++)
         if (!c->procedures[i] || !c->procedures[i][0])
             fuzz_fail("conf: procedure %zu is empty", i);
+    check_security(c);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -100,9 +166,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         conf_parse((const char *)data, size, "fuzz.conf", &c, err, sizeof(err));
     if (rc == KV_OK) {
         check(c);
+        log_msg(LOG_DEBUG, "accepted", "nodes=%zu shards=%u curve=%d",
+                c->nnodes, c->shards, c->security.curve);
         conf_free(c);
         return 0;
     }
+    log_msg(LOG_DEBUG, "refused", "error=\"%s\"", err);
     if (c)
         fuzz_fail("conf_parse returned %d and a conf", rc);
     if (rc != KV_EINVAL && rc != KV_ENOMEM)

@@ -15,6 +15,7 @@
 
 #include "bytes.h"
 #include "conf.h"
+#include "inflight.h"
 #include "kv.h"
 #include "log.h"
 #include "proc.h"
@@ -289,6 +290,7 @@ static void env_reply(void *arg, const void *client, size_t clen,
     if (wire_encode_response(resp, &buf, &len) != KV_OK)
         fuzz_fail("harness: out of memory");
     free(buf);
+    inflight_done(n->inflight, client, clen, resp->id);
     n->replies++;
     log_msg(LOG_DEBUG, "answer",
             "node=%u id=%llu code=%d result=%d message=\"%s\"", n->id,
@@ -331,6 +333,9 @@ void fuzz_node_init(struct fuzz_node *n, const struct conf *conf, uint32_t id)
     n->conf = conf;
     n->id = id;
     snprintf(n->dir, sizeof(n->dir), "fuzz/%u", id);
+    n->inflight = inflight_new(conf->max_inflight_per_client);
+    if (!n->inflight)
+        fuzz_fail("harness: out of memory");
     char err[256] = "";
     if (store_open(n->dir, &n->store, err, sizeof(err)) != KV_OK)
         fuzz_fail("harness: cannot open the simulated store: %s", err);
@@ -374,6 +379,7 @@ void fuzz_node_run(struct fuzz_node *n, int rounds)
             break;
         replica_tick(n->rep);
         n->ticks++;
+        inflight_expire(n->inflight, n->ticks * REPLICA_TICK_MS);
     }
     if (!n->stopped && n->rep)
         flush(n);
@@ -463,6 +469,19 @@ void fuzz_node_frame(struct fuzz_node *n, const void *id, size_t idlen,
         wire_free(env);
         return;
     }
+    uint64_t timeout = env->request->timeout_ms ? env->request->timeout_ms
+                                                : n->conf->request_timeout_ms;
+    rc = inflight_add(n->inflight, id, idlen, env->request->id,
+                      n->ticks * REPLICA_TICK_MS + timeout + 1000);
+    if (rc != KV_OK) { /* kvnode answers at once, KV_EUNAVAILABLE */
+        Kv__Response r = KV__RESPONSE__INIT;
+        r.id = env->request->id;
+        r.code = rc == KV_EUNAVAILABLE ? rc : KV_EPROTO;
+        r.message = "too many requests in flight on this connection";
+        env_reply(n, id, idlen, &r);
+        wire_free(env);
+        return;
+    }
     replica_request(n->rep, id, idlen, env); /* takes env */
 }
 
@@ -528,6 +547,8 @@ void fuzz_node_close(struct fuzz_node *n)
     n->rep = NULL;
     store_close(n->store);
     n->store = NULL;
+    inflight_free(n->inflight);
+    n->inflight = NULL;
     fuzz_node_drop_sent(n);
     free(n->sent);
     n->sent = NULL;

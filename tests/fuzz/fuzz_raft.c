@@ -4,15 +4,15 @@
  *
  * The input first describes the instance: its group (1 to 5 members, this
  * one is id 1), its options and what storage handed back at start (hard
- * state, snapshot point, stored entries, applied index; raft_new refuses
- * impossible ones). Then it is a program of operations: ticks, messages
- * (any type, sender, term, index, entries...), proposals, read requests,
- * compaction, leadership transfer, campaigns, snapshot reports, peer
- * restarts and queries. After each operation the harness is the driver:
- * it takes the Ready, "persists" its hard state and entries into a model
- * of the stored log, "applies" the committed entries, and advances (an
- * operation may also hold a Ready back while more input arrives, as the
- * replica does between raft_ready and raft_advance).
+ * state, snapshot point, stored entries, applied index, whether it was
+ * rebuilt and must wait for a leader; raft_new refuses impossible ones). Then
+ * it is a program of operations: ticks, messages (any type, sender, term,
+ * index, entries...), proposals, read requests, compaction, leadership
+ * transfer, campaigns, snapshot reports, peer restarts and queries. After each
+ * operation the harness is the driver: it takes the Ready, "persists" its hard
+ * state and entries into a model of the stored log, "applies" the committed
+ * entries, and advances (an operation may also hold a Ready back while more
+ * input arrives, as the replica does between raft_ready and raft_advance).
  *
  * Findings besides crashes, leaks and undefined behaviour: a broken
  * raft_check_invariants() after any operation; a Ready that breaks its
@@ -277,6 +277,7 @@ static void run_op(struct harness *h, struct fuzz_in *in)
         raft_term_at(h->r, fuzz_u8(in));
         raft_last_index(h->r);
         raft_lease(h->r, &term, &round, &commit);
+        raft_awaits_leader(h->r);
         raft_get_status(h->r, &st);
         if (st.commit > st.last_index || st.applied > st.commit)
             fuzz_fail("status: applied %llu, commit %llu, last %llu",
@@ -317,7 +318,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                               .check_quorum = (opts & 2) != 0,
                               .boot_quiet = (opts & 4) != 0};
     /* What storage handed back. */
-    struct raft_init init = {0};
+    struct raft_init init = {.no_vote_until_leader = (shape & 0x40) != 0};
     struct raft_entry es[16];
     unsigned char blobs[16][16];
     if (shape & 0x80) {
