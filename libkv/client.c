@@ -9,6 +9,9 @@
  * request that timed out is discarded. Sockets use ZMQ_IMMEDIATE, so a
  * request to a node with no live connection is never queued: the send times
  * out and the call fails with KV_EUNAVAILABLE (the request was not sent).
+ * A node that answers KV_ECORRUPT has damaged data (docs/security.md): the
+ * request goes to the next member at once, and KV_ECORRUPT reaches the
+ * caller only when every member of the shard answered it.
  *
  * All handles of a process share one ZeroMQ context (reference counted).
  *
@@ -449,7 +452,8 @@ static void back_off(uint64_t *backoff, uint64_t deadline)
 /* Sends REQ for SHARD to the node serving it until one answers or the
  * deadline passes: it follows KV_ENOTLEADER hints, and after a node that
  * does not answer (or has no leader to name) it tries the next member of
- * the shard, backing off a little each round. A retried write is safe: it
+ * the shard, backing off a little each round; after KV_ECORRUPT it tries
+ * the next member at once. A retried write is safe: it
  * carries the same session id and sequence number, so a shard applies it
  * at most once. On KV_OK *out is the reply (its code may still be an
  * error). Failure: KV_ETIMEDOUT if a request may have been delivered,
@@ -487,6 +491,10 @@ static int route_request_from(struct client *c, uint32_t shard,
     /* Nodes this call found unreachable: a hint naming one (a follower
      * that has not noticed its leader died) is not followed. */
     bool unreachable[CONF_MAX_NODES] = {false};
+    /* Members that answered KV_ECORRUPT: damaged data there (the node
+     * stops, its shards fail over) says nothing of the other copies. */
+    bool damaged[CONF_MAX_NODES] = {false};
+    uint32_t ndamaged = 0;
     for (;;) {
         uint64_t now = now_ms();
         if (now >= deadline)
@@ -510,6 +518,27 @@ static int route_request_from(struct client *c, uint32_t shard,
                 env->response->message ? env->response->message : "key locked");
             wire_free(env);
             back_off(&backoff, deadline);
+            continue;
+        }
+        if (rc == KV_OK && env->response->code == KV_ECORRUPT &&
+            i < CONF_MAX_NODES) {
+            /* Only when every member says so is it the answer (a record
+             * damaged alike everywhere); else ask the next one at once.
+             * The same session and sequence keep a write exactly once. */
+            ndamaged += !damaged[i];
+            damaged[i] = unreachable[i] = true;
+            if (ndamaged >= c->conf->replicas) {
+                *out = env;
+                free(buf);
+                return KV_OK;
+            }
+            snprintf(last, sizeof(last), "node %u: %.200s",
+                     c->conf->nodes[i].id,
+                     env->response->message ? env->response->message
+                                            : kv_strerror(KV_ECORRUPT));
+            delivered = true; /* it may have proposed a write first */
+            wire_free(env);
+            i = next_member(c, shard, i);
             continue;
         }
         if (rc == KV_OK) {
@@ -1176,7 +1205,8 @@ struct pipe_slot {
     uint64_t attempt_deadline;
     uint64_t retry_at; /* 0: sent; else resend at this time */
     bool delivered;
-    bool refused; /* the node refused this client (KV_EAUTH) */
+    bool refused;     /* the node refused this client (KV_EAUTH) */
+    uint32_t damaged; /* KV_ECORRUPT answers to this request */
 };
 
 struct pipeline {
@@ -1288,6 +1318,7 @@ int admin_submit(kv *db, unsigned slot, struct admin_op *op)
     s->deadline = now + timeout;
     s->delivered = false;
     s->refused = false;
+    s->damaged = 0;
     op->rc = KV_OK;
     op->version = 0;
     p->busy++;
@@ -1332,6 +1363,12 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
             s->node = next_member(c, s->shard, s->node);
             s->retry_at = now + 20;
         }
+        return;
+    }
+    if (r->code == KV_ECORRUPT && ++s->damaged < c->conf->replicas) {
+        /* Damaged data on that node: another member has its own copy. */
+        s->node = next_member(c, s->shard, s->node);
+        pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
         return;
     }
     c->route[s->shard] = s->node;

@@ -18,9 +18,11 @@
  * Each time node 3 must: answer every read before it stops with the
  * acknowledged value or KV_ECORRUPT, never anything else; exit with status
  * 3 after one "data directory ... is damaged (...)" line naming the
- * rebuild command; leave DATA_DIR/3/DAMAGED. Meanwhile every key reads
- * right through the cluster (nodes 1 and 2 serve its shards), a new start
- * refuses with status 2 while DAMAGED exists, and `kvnode --rebuild`
+ * rebuild command; leave DATA_DIR/3/DAMAGED. Stale reads through libkv
+ * meanwhile (one of each three goes to node 3) all return the acknowledged
+ * value: libkv takes node 3's KV_ECORRUPT to another member. Then every
+ * key reads right through the cluster (nodes 1 and 2 serve its shards), a new
+ * start refuses with status 2 while DAMAGED exists, and `kvnode --rebuild`
  * moves the directory aside and brings the node back: once it caught up,
  * a stale read of every key from node 3 alone returns the acknowledged
  * value and version.
@@ -218,28 +220,34 @@ static void write_all(kv *h)
             VALUE_LEN, harness_now_ms() - t0);
 }
 
+/* Key I read through libkv with options O (HOW says which read) has its
+ * acknowledged value and version. */
+static void expect_get(kv *h, unsigned i, const kv_opts *o, const char *how)
+{
+    unsigned char want[VALUE_LEN];
+    char k[32];
+    size_t kl = key_of(i, k, sizeof k);
+    void *got = NULL;
+    size_t glen = 0;
+    uint64_t gver = 0;
+    int rc = kv_get(h, k, kl, o, &got, &glen, &gver);
+    ck_assert_msg(rc == KV_OK, "%s of %s: %s (%s)", how, k, kv_strerror(rc),
+                  kv_errmsg(h));
+    value_of(i, want);
+    int same = glen == VALUE_LEN && memcmp(got, want, VALUE_LEN) == 0;
+    kv_free(got);
+    ck_assert_msg(same, "%s of %s: a wrong value", how, k);
+    ck_assert_msg(gver == vers[i],
+                  "%s of %s: version %" PRIu64 ", acknowledged %" PRIu64, how,
+                  k, gver, vers[i]);
+}
+
 /* Reads every key through H (any replica the cluster picks) and checks
  * its value and version. */
 static void verify_through_cluster(kv *h)
 {
-    unsigned char want[VALUE_LEN];
-    for (unsigned i = 0; i < NKEYS; i++) {
-        char k[32];
-        size_t kl = key_of(i, k, sizeof k);
-        void *got = NULL;
-        size_t glen = 0;
-        uint64_t gver = 0;
-        int rc = kv_get(h, k, kl, NULL, &got, &glen, &gver);
-        ck_assert_msg(rc == KV_OK, "get %s through the cluster: %s (%s)", k,
-                      kv_strerror(rc), kv_errmsg(h));
-        value_of(i, want);
-        int same = glen == VALUE_LEN && memcmp(got, want, VALUE_LEN) == 0;
-        kv_free(got);
-        ck_assert_msg(same, "%s has a wrong value", k);
-        ck_assert_msg(gver == vers[i],
-                      "%s has version %" PRIu64 ", acknowledged %" PRIu64, k,
-                      gver, vers[i]);
-    }
+    for (unsigned i = 0; i < NKEYS; i++)
+        expect_get(h, i, NULL, "a get through the cluster");
 }
 
 /* Sends a stale get of key I to node NODE alone (it answers from its own
@@ -455,16 +463,24 @@ enum damage { IN_A_USER_RECORD, MIDDLE_OF_TABLE, MIDDLE_OF_LOG };
 
 /* Node NODE runs (or tries to) on damaged data. Reads every key from it
  * alone, pass after pass, until it exits: each answer must be the
- * acknowledged value or KV_ECORRUPT. Returns its exit status. */
-static int read_until_it_stops(kv *h, int node, unsigned *ecorrupt,
+ * acknowledged value or KV_ECORRUPT. Before each, an application reads
+ * the key through libkv with stale reads, once from each member (they go
+ * round robin): libkv must take a KV_ECORRUPT from NODE to another member,
+ * so the application never sees the damage. Returns NODE's exit status. */
+static int read_until_it_stops(kv *h, kv *app, int node, unsigned *ecorrupt,
                                unsigned *served)
 {
+    const kv_opts stale = {.stale = 1};
     int64_t deadline = harness_now_ms() + 90000;
     int code = -1;
     for (;;) {
         for (unsigned i = 0; i < NKEYS; i++) {
             if (cluster_wait_exit(cl, node, 0, &code) == 0)
                 return code;
+            for (unsigned m = 0; m < NNODES; m++)
+                expect_get(app, i, &stale,
+                           "a stale read through libkv while node 3 is "
+                           "damaged");
             Kv__Envelope *e = NULL;
             int rc = stale_get(h, node, i, 1000, &e);
             if (rc != KV_OK) {
@@ -533,7 +549,9 @@ static void damage_and_rebuild(enum damage where)
     ck_assert_int_eq(cluster_spawn_node(cl, node), 0);
     unsigned ecorrupt = 0, served = 0;
     int64_t t0 = harness_now_ms();
-    int code = read_until_it_stops(h, node, &ecorrupt, &served);
+    kv *app = open_handle(10000);
+    int code = read_until_it_stops(h, app, node, &ecorrupt, &served);
+    kv_close(app);
     fprintf(stderr,
             "node 3 exited with status %d after %" PRId64
             " ms: %u reads served right, %u got KV_ECORRUPT\n",
