@@ -96,7 +96,7 @@ static struct pnode **find(const struct pending *p, const void *key,
 {
     struct pnode **at = &p->buckets[h & (p->nbuckets - 1)];
     while (*at && ((*at)->hash != h || (*at)->klen != klen ||
-                   memcmp((*at)->key, key, klen) != 0))
+                   (klen && memcmp((*at)->key, key, klen) != 0)))
         at = &(*at)->next;
     return at;
 }
@@ -164,7 +164,8 @@ int pending_note(struct pending *p, uint64_t index, const void *key,
         }
         n->hash = h;
         n->klen = klen;
-        memcpy(n->key, key, klen);
+        if (klen) /* an empty key may come with no bytes at all */
+            memcpy(n->key, key, klen);
     }
     if (queue_push(p, index, n) != KV_OK) {
         free(copy);

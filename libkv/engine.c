@@ -5,6 +5,18 @@
  * from (shard, key) to the version a staged write left (0 = deleted), so
  * that conditions evaluated before the next commit see every earlier staged
  * write. Committed reads never look at the overlay.
+ *
+ * A committed generation's session ("S") slots move on into the session
+ * cache, a table of the same kind holding each session's record as the
+ * store has it. Every client write reads its session, and a client's
+ * writes come one after another: with the cache, they read no LevelDB
+ * record for it. (Data keys are not cached: most writes of a large key
+ * space would only fill the cache; measured, it cost more than it saved.)
+ * The cache holds what the store holds: filled only from generations that
+ * committed, emptied when a commit fails, when a generation wrote "S" keys
+ * around the overlay (engine_stage_raw) and when a shard is reset (a
+ * snapshot installed); bounded by CACHE_MAX_ENTRIES and CACHE_MAX_BYTES
+ * (emptied when full).
  */
 #include "engine.h"
 
@@ -19,6 +31,8 @@
 #define REC_TAG 0x01
 #define REC_HDR 9    /* tag + u64 version */
 #define PREFIX_LEN 5 /* 'D' + u32 shard */
+#define CACHE_MAX_ENTRIES 65536
+#define CACHE_MAX_BYTES (16u << 20) /* keys, replies and slots */
 
 struct overlay_slot {
     unsigned char *key; /* store key ("D" shard key); NULL = empty slot */
@@ -53,6 +67,7 @@ struct gen {
     struct overlay_slot *slots;
     size_t nslots; /* power of two */
     size_t used;
+    bool raw_s; /* engine_stage_raw() wrote an "S" key */
 };
 
 struct engine {
@@ -64,6 +79,8 @@ struct engine {
     struct gen gens[2];
     struct gen *cur;      /* where engine_stage() adds writes */
     struct gen *inflight; /* between commit_begin and commit_end, or NULL */
+    struct gen cache;     /* committed "S" slots (no batch) */
+    size_t cache_bytes;
     unsigned char *scratch;
     size_t scratch_cap;
 };
@@ -180,6 +197,7 @@ static void gen_clear(struct gen *g)
     }
     g->used = 0;
     g->nstaged = 0;
+    g->raw_s = false;
     for (size_t i = 0; i < g->ndirty; i++)
         g->is_dirty[g->dirty[i]] = false;
     g->ndirty = 0;
@@ -207,6 +225,52 @@ static void gen_release(struct gen *g)
     store_batch_free(g->batch);
 }
 
+/* --- session cache ---------------------------------------------------------
+ */
+
+static void cache_clear(struct engine *e)
+{
+    gen_clear(&e->cache);
+    e->cache_bytes = 0;
+}
+
+static size_t slot_bytes(const struct overlay_slot *s)
+{
+    return s->klen + s->vlen + sizeof(*s);
+}
+
+/* Moves the "S" slots of G, which just committed, into the cache (newer
+ * than what it holds). Out of memory, it empties the cache. */
+static void cache_absorb(struct engine *e, struct gen *g)
+{
+    struct gen *c = &e->cache;
+    for (size_t i = 0; i < g->nslots && g->used; i++) {
+        struct overlay_slot *s = &g->slots[i];
+        if (!s->key || s->key[0] != 'S')
+            continue;
+        if (c->used >= CACHE_MAX_ENTRIES ||
+            e->cache_bytes + slot_bytes(s) > CACHE_MAX_BYTES)
+            cache_clear(e);
+        if (c->used * 2 >= c->nslots && overlay_grow(c) != KV_OK) {
+            cache_clear(e);
+            return; /* the rest is freed with G */
+        }
+        struct overlay_slot *o = overlay_find(c, s->key, s->klen);
+        if (o->key) {
+            e->cache_bytes -= slot_bytes(o);
+            free(o->key);
+            free(o->val);
+        } else {
+            c->used++;
+        }
+        *o = *s;
+        e->cache_bytes += slot_bytes(o);
+        s->key = NULL;
+        s->val = NULL;
+        g->used--;
+    }
+}
+
 static int count_intents(struct engine *e, uint32_t shard,
                          struct shard_state *st);
 static int key_locked(struct engine *e, uint32_t shard, const void *key,
@@ -227,7 +291,9 @@ int engine_open(struct store *s, uint32_t nshards, struct engine **out)
     e->staged = calloc(nshards, sizeof(*e->staged));
     e->flushing = calloc(nshards, sizeof(*e->flushing));
     e->cur = &e->gens[0];
-    if (!e->applied || !e->staged || !e->flushing ||
+    e->cache.nslots = 64;
+    e->cache.slots = calloc(e->cache.nslots, sizeof(*e->cache.slots));
+    if (!e->applied || !e->staged || !e->flushing || !e->cache.slots ||
         gen_init(&e->gens[0], nshards) != KV_OK ||
         gen_init(&e->gens[1], nshards) != KV_OK)
         goto fail;
@@ -270,6 +336,9 @@ void engine_close(struct engine *e)
         return;
     gen_release(&e->gens[0]);
     gen_release(&e->gens[1]);
+    if (e->cache.slots)
+        cache_clear(e);
+    free(e->cache.slots);
     free(e->applied);
     free(e->staged);
     free(e->flushing);
@@ -422,8 +491,8 @@ static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
 
 /* Looks up the session of a client: *found and the recorded outcome, from
  * the staged generations first (a retry can be applied in the same batch as
- * the first attempt), then the store. With REPLY, also a malloc()ed copy of
- * the recorded procedure reply (NULL when there is none). */
+ * the first attempt), then the cache, then the store. With REPLY, also a
+ * malloc()ed copy of the recorded procedure reply (NULL when there is none). */
 static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
                        bool *found, uint64_t *seq, int *code, uint64_t *version,
                        void **reply, size_t *rlen)
@@ -432,8 +501,9 @@ static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
         *reply = NULL;
         *rlen = 0;
     }
-    struct gen *gens[2] = {e->cur, e->inflight};
-    for (int i = 0; i < 2; i++) {
+    struct gen *gens[3] = {e->cur, e->inflight,
+                           e->cache.used ? &e->cache : NULL};
+    for (int i = 0; i < 3; i++) {
         if (!gens[i])
             continue;
         struct overlay_slot *o = overlay_find(gens[i], sk, sklen);
@@ -572,6 +642,8 @@ void engine_stage_raw(struct engine *e, const void *key, size_t klen,
     else
         store_batch_del(e->cur->batch, key, klen);
     e->cur->nstaged++;
+    if (klen && ((const unsigned char *)key)[0] == 'S')
+        e->cur->raw_s = true; /* the cache cannot follow: emptied at commit */
 }
 
 void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
@@ -579,6 +651,7 @@ void engine_reset_shard(struct engine *e, uint32_t shard, uint64_t index,
 {
     if (shard >= e->nshards)
         return;
+    cache_clear(e); /* the shard's records were replaced in the store */
     struct shard_state st = {.version = index, .keys = keys};
     /* Unknown after a failed count: assume some, so writes look them up
      * (and the next GC, which goes through them, counts the tombstones). */
@@ -2065,7 +2138,12 @@ void engine_commit_end(struct engine *e, int rc)
         return;
     if (rc == KV_OK) {
         memcpy(e->applied, e->flushing, e->nshards * sizeof(*e->applied));
+        if (e->inflight->raw_s)
+            cache_clear(e);
+        else
+            cache_absorb(e, e->inflight);
     } else {
+        cache_clear(e);
         /* Later staged writes were evaluated against the failed ones:
          * drop them too, so that nothing depends on a write that failed. */
         memcpy(e->staged, e->applied, e->nshards * sizeof(*e->staged));

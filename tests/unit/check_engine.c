@@ -5,7 +5,8 @@
  * staged writes), per-shard key counts and applied versions, recovery by
  * reopening the store, node metadata checks, scans with every bound, and
  * the rollback of a failed commit; replicated mode: Raft indexes as versions
- * and applied index, exactly-once sessions, engine_stage_applied, raw
+ * and applied index, exactly-once sessions (also past what the session
+ * cache holds, and after a reset replaced them), engine_stage_applied, raw
  * records and engine_reset_shard; two-phase commit: intents, participant
  * and transaction records, the tombstones of resolved participants and
  * their GC. Every test runs on a real store in its own directory under
@@ -1638,6 +1639,73 @@ START_TEST(reset_shard_sets_the_applied_index_and_key_count)
 }
 END_TEST
 
+/* A snapshot install replaces a shard's records in the store (sessions
+ * included) and then resets the shard: what the engine remembered of the
+ * old sessions must not answer the new state's writes. */
+START_TEST(a_shard_reset_forgets_the_sessions_it_replaced)
+{
+    uint64_t v = 0;
+
+    ck_assert_int_eq(rput(1, "k", "v1", 0, 3, cid_a, 5, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_int_eq(rput(1, "k", "v1", 0, 4, cid_a, 5, &v), KV_OK);
+    ck_assert_uint_eq(v, 3); /* a retry: the session answers */
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    /* The install: the snapshot has neither the key nor the session. */
+    unsigned char dk[5 + 1] = {'D', 0, 0, 0, 1, 'k'};
+    unsigned char sk[5 + sizeof(cid_a) - 1] = {'S', 0, 0, 0, 1};
+    memcpy(sk + 5, cid_a, sizeof(cid_a) - 1);
+    struct store_batch *b = store_batch_new();
+    ck_assert_ptr_nonnull(b);
+    store_batch_del(b, dk, sizeof(dk));
+    store_batch_del(b, sk, sizeof(sk));
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+    engine_reset_shard(eng, 1, 100, 0);
+
+    /* The same client and seq is a new write there. */
+    ck_assert_int_eq(rput(1, "k", "v2", 0, 101, cid_a, 5, &v), KV_OK);
+    ck_assert_uint_eq(v, 101);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(1, "k", "v2", 101);
+    expect_info(1, 1, 101);
+}
+END_TEST
+
+/* More sessions than the engine keeps in memory (65,536): every retry is
+ * still answered with its first outcome, from memory or from the store. */
+START_TEST(retries_of_more_sessions_than_memory_keeps_get_their_outcome)
+{
+    enum { CLIENTS = 70000, PER_COMMIT = 1000 };
+    char cid[32], key[32];
+    uint64_t v = 0, index = 1;
+
+    for (unsigned c = 0; c < CLIENTS; c++) {
+        snprintf(cid, sizeof cid, "client-%u", c);
+        snprintf(key, sizeof key, "k%u", c % 100);
+        ck_assert_int_eq(rput(2, key, "v", 0, index, cid, 1, &v), KV_OK);
+        ck_assert_uint_eq(v, index);
+        index++;
+        if (c % PER_COMMIT == PER_COMMIT - 1)
+            ck_assert_int_eq(engine_commit(eng), KV_OK);
+    }
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    /* The first clients' sessions were dropped from memory, the last ones'
+     * were not: both kinds answer. */
+    for (unsigned c = 0; c < CLIENTS; c += 97) {
+        snprintf(cid, sizeof cid, "client-%u", c);
+        snprintf(key, sizeof key, "k%u", c % 100);
+        ck_assert_int_eq(rput(2, key, "again", 0, index++, cid, 1, &v), KV_OK);
+        ck_assert_msg(v == c + 1, "client %u: version %llu, first %u", c,
+                      (unsigned long long)v, c + 1);
+    }
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_info(2, 100, index - 1);
+    expect_value(2, "k99", "v", CLIENTS);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------ */
 
 /* ---- transactions on one shard (engine_stage_txn) ----------------------- */
@@ -2532,6 +2600,9 @@ Suite *engine_suite(void)
                    stage_applied_rejects_an_index_not_above_the_applied_one);
     tcase_add_test(tc, a_raw_record_staged_is_written_by_the_next_commit);
     tcase_add_test(tc, reset_shard_sets_the_applied_index_and_key_count);
+    tcase_add_test(tc, a_shard_reset_forgets_the_sessions_it_replaced);
+    tcase_add_test(
+        tc, retries_of_more_sessions_than_memory_keeps_get_their_outcome);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("transactions");
