@@ -492,7 +492,8 @@ void bank_report(struct bank *b)
     for (int e = 0; e < NERR; e++)
         if (t.errs[e] != 0)
             printf("chaos: unexpected result %s: %lu times (first: %s)\n",
-                   kv_strerror(-e), t.errs[e], msg[e]);
+                   e ? kv_strerror(-e) : "of a code this test does not know",
+                   t.errs[e], msg[e]);
 }
 
 /* Runs the final audit until it commits (at most FINAL_AUDIT_MS). Returns

@@ -25,7 +25,7 @@
 #define NSHARDS 8
 #define NREPLICAS 3
 #define MAX_SAMPLES 4096
-#define NERR 19 /* error codes are -1..-18 */
+#define NERR 19 /* error codes are -1..-18; [0] counts any other */
 
 enum chaos_workload {
     WORKLOAD_REGISTER, /* single-key ops, checked by lincheck */

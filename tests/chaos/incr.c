@@ -415,7 +415,8 @@ void incr_report(struct incr *w)
     for (int e = 0; e < NERR; e++)
         if (t.errs[e] != 0)
             printf("chaos: unexpected result %s: %lu times (first: %s)\n",
-                   kv_strerror(-e), t.errs[e], t.msg[e]);
+                   e ? kv_strerror(-e) : "of a code this test does not know",
+                   t.errs[e], t.msg[e]);
 }
 
 /* --- the end -------------------------------------------------------------- */
