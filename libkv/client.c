@@ -432,6 +432,15 @@ static size_t next_member(const struct client *c, uint32_t shard, size_t i)
     return conf_replica(conf, shard, 0);
 }
 
+/* Whether node index I holds a replica of SHARD. */
+static bool is_member(const struct client *c, uint32_t shard, size_t i)
+{
+    for (uint32_t r = 0; r < c->conf->replicas; r++)
+        if (conf_replica(c->conf, shard, r) == i)
+            return true;
+    return false;
+}
+
 static void sleep_ms(uint64_t ms)
 {
     struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
@@ -525,7 +534,8 @@ static int route_request_from(struct client *c, uint32_t shard,
             /* Only when every member says so is it the answer (a record
              * damaged alike everywhere); else ask the next one at once.
              * The same session and sequence keep a write exactly once. */
-            ndamaged += !damaged[i];
+            if (!damaged[i] && is_member(c, shard, i))
+                ndamaged++;
             damaged[i] = unreachable[i] = true;
             if (ndamaged >= c->conf->replicas) {
                 *out = env;
@@ -1205,9 +1215,17 @@ struct pipe_slot {
     uint64_t attempt_deadline;
     uint64_t retry_at; /* 0: sent; else resend at this time */
     bool delivered;
-    bool refused;     /* the node refused this client (KV_EAUTH) */
-    uint32_t damaged; /* KV_ECORRUPT answers to this request */
+    bool refused; /* the node refused this client (KV_EAUTH) */
+    /* Nodes that answered this request KV_ECORRUPT, and how many of them
+     * are members of its shard. */
+    uint64_t damaged[CONF_MAX_NODES / 64];
+    uint32_t ndamaged;
 };
+
+static bool slot_damaged(const struct pipe_slot *s, size_t i)
+{
+    return i < CONF_MAX_NODES && (s->damaged[i / 64] >> (i % 64) & 1);
+}
 
 struct pipeline {
     struct pipe_slot *slots;
@@ -1318,7 +1336,8 @@ int admin_submit(kv *db, unsigned slot, struct admin_op *op)
     s->deadline = now + timeout;
     s->delivered = false;
     s->refused = false;
-    s->damaged = 0;
+    memset(s->damaged, 0, sizeof(s->damaged));
+    s->ndamaged = 0;
     op->rc = KV_OK;
     op->version = 0;
     p->busy++;
@@ -1356,7 +1375,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
     if (r->code == KV_ENOTLEADER || r->code == KV_EUNAVAILABLE) {
         size_t j = r->code == KV_ENOTLEADER ? node_index(c->conf, r->leader_id)
                                             : c->conf->nnodes;
-        if (j < c->conf->nnodes && j != s->node) {
+        if (j < c->conf->nnodes && j != s->node && !slot_damaged(s, j)) {
             s->node = j;
             pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
         } else {
@@ -1365,11 +1384,17 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
         }
         return;
     }
-    if (r->code == KV_ECORRUPT && ++s->damaged < c->conf->replicas) {
-        /* Damaged data on that node: another member has its own copy. */
-        s->node = next_member(c, s->shard, s->node);
-        pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
-        return;
+    if (r->code == KV_ECORRUPT && s->node < CONF_MAX_NODES) {
+        if (!slot_damaged(s, s->node)) {
+            s->damaged[s->node / 64] |= 1ull << (s->node % 64);
+            s->ndamaged += is_member(c, s->shard, s->node);
+        }
+        if (s->ndamaged < c->conf->replicas) {
+            /* Damaged data there: another member has its own copy. */
+            s->node = next_member(c, s->shard, s->node);
+            pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+            return;
+        }
     }
     c->route[s->shard] = s->node;
     c->no_detail[s->node] = 0;
