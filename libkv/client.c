@@ -1227,6 +1227,21 @@ static bool slot_damaged(const struct pipe_slot *s, size_t i)
     return i < CONF_MAX_NODES && (s->damaged[i / 64] >> (i % 64) & 1);
 }
 
+/* Moves slot S on to the next member of its shard that has not answered
+ * it KV_ECORRUPT (or simply the next one when all have). */
+static void pipe_next(const struct client *c, struct pipe_slot *s)
+{
+    size_t i = s->node;
+    for (uint32_t r = 0; r < c->conf->replicas; r++) {
+        i = next_member(c, s->shard, i);
+        if (!slot_damaged(s, i)) {
+            s->node = i;
+            return;
+        }
+    }
+    s->node = next_member(c, s->shard, s->node);
+}
+
 struct pipeline {
     struct pipe_slot *slots;
     unsigned n;
@@ -1279,7 +1294,7 @@ static void pipe_send(struct client *c, struct pipe_slot *s, uint64_t now,
         }
         /* Not connected (down, or not yet): try the next member shortly;
          * if this one was the leader, a follower's hint brings it back. */
-        s->node = next_member(c, s->shard, s->node);
+        pipe_next(c, s);
         s->retry_at = now + 5;
         return;
     }
@@ -1379,7 +1394,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
             s->node = j;
             pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
         } else {
-            s->node = next_member(c, s->shard, s->node);
+            pipe_next(c, s);
             s->retry_at = now + 20;
         }
         return;
@@ -1391,7 +1406,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
         }
         if (s->ndamaged < c->conf->replicas) {
             /* Damaged data there: another member has its own copy. */
-            s->node = next_member(c, s->shard, s->node);
+            pipe_next(c, s);
             pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
             return;
         }
@@ -1436,7 +1451,7 @@ int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
             } else if (!s->retry_at && now >= s->attempt_deadline) {
                 /* The socket is shared by every slot: keep it (late
                  * replies are matched by request id and dropped). */
-                s->node = next_member(c, s->shard, s->node);
+                pipe_next(c, s);
                 pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
             }
         }
