@@ -404,6 +404,23 @@ static int replace(struct parser *p, char **slot, const char *v, size_t n)
     return KV_OK;
 }
 
+/* The next blank-separated word of V (N bytes) from *POS on: *W and *WN,
+ * and *POS moves past it. False when only blanks are left. */
+static bool next_word(const char *v, size_t n, size_t *pos, const char **w,
+                      size_t *wn)
+{
+    while (*pos < n && is_space(v[*pos]))
+        (*pos)++;
+    if (*pos == n)
+        return false;
+    *w = v + *pos;
+    *wn = 0;
+    while (*pos + *wn < n && !is_space((*w)[*wn]))
+        (*wn)++;
+    *pos += *wn;
+    return true;
+}
+
 /* "procedures = PATH ...": paths separated by spaces or tabs, each without
  * control characters and at most CONF_PATH_MAX bytes, at most
  * CONF_MAX_PROCEDURES of them, none listed twice. Kept as written here;
@@ -416,17 +433,9 @@ static int set_procedures(struct parser *p, const char *v, size_t n)
     c->procedures = calloc(CONF_MAX_PROCEDURES, sizeof *c->procedures);
     if (c->procedures == NULL)
         return fail_nomem(p);
-    while (pos < n) {
-        const char *w;
-        size_t wn = 0;
-        while (pos < n && is_space(v[pos]))
-            pos++;
-        if (pos == n)
-            break;
-        w = v + pos;
-        while (pos + wn < n && !is_space(w[wn]))
-            wn++;
-        pos += wn;
+    const char *w;
+    size_t wn;
+    while (next_word(v, n, &pos, &w, &wn)) {
         for (size_t i = 0; i < wn; i++)
             if ((unsigned char)w[i] < 0x20 || w[i] == 0x7f)
                 return fail(p, p->line,
@@ -581,17 +590,9 @@ static int set_client_keys(struct parser *p, const char *v, size_t n)
     struct conf_security *sec = &p->c->security;
     size_t pos = 0, cap = 0;
 
-    while (pos < n) {
-        const char *w;
-        size_t wn = 0;
-        while (pos < n && is_space(v[pos]))
-            pos++;
-        if (pos == n)
-            break;
-        w = v + pos;
-        while (pos + wn < n && !is_space(w[wn]))
-            wn++;
-        pos += wn;
+    const char *w;
+    size_t wn;
+    while (next_word(v, n, &pos, &w, &wn)) {
         if (!keys_z85_valid(w, wn))
             return fail(p, p->line,
                         "client_keys: '%s' is not a Z85 public key of 40 "
