@@ -231,16 +231,42 @@ static void teardown(void)
     rmdir(dir);
 }
 
+/* Runs one pipelined get of "k"; returns its code (version checked). */
+static int pipelined_get(kv *db)
+{
+    ck_assert_int_eq(admin_pipeline(db, 1), KV_OK);
+    struct admin_op op = {.kind = ADMIN_GET, .key = "k", .klen = 1};
+    ck_assert_int_eq(admin_submit(db, 0, &op), KV_OK);
+    unsigned done[1];
+    int n = 0;
+    for (int i = 0; i < 100 && n == 0; i++)
+        n = admin_poll(db, 100, done, 1);
+    ck_assert_int_eq(n, 1);
+    if (op.rc == KV_OK)
+        ck_assert_uint_eq(op.version, 7);
+    return op.rc;
+}
+
+/* Starts fakes scripted S1, S2, S3, gets "k" once through a handle (with
+ * PIPELINED, through the pipeline API) and stops them: the get's code,
+ * and in MSG the handle's message. F keeps the fakes' counts. */
+static int get_on(struct fake *f, enum script s1, enum script s2,
+                  enum script s3, bool pipelined, char msg[256])
+{
+    fake_start(f, s1, s2, s3);
+    kv *db = open_client(f);
+    int rc = pipelined ? pipelined_get(db) : get_k(db);
+    snprintf(msg, 256, "%s", kv_errmsg(db));
+    kv_close(db);
+    fake_stop(f);
+    return rc;
+}
+
 START_TEST(a_damaged_nodes_answer_goes_to_the_next_member)
 {
     struct fake f;
-    fake_start(&f, CORRUPT, ANSWER, ANSWER);
-    kv *db = open_client(&f);
-    int rc = get_k(db);
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", kv_errmsg(db));
-    kv_close(db);
-    fake_stop(&f);
+    int rc = get_on(&f, CORRUPT, ANSWER, ANSWER, false, msg);
     ck_assert_msg(rc == KV_OK, "get: %s (%s)", kv_strerror(rc), msg);
     ck_assert_uint_eq(f.requests[0], 1);
     ck_assert_uint_eq(f.requests[1], 1);
@@ -251,13 +277,8 @@ END_TEST
 START_TEST(a_hint_back_to_the_damaged_node_is_not_followed)
 {
     struct fake f;
-    fake_start(&f, CORRUPT, HINT_NODE_1, ANSWER);
-    kv *db = open_client(&f);
-    int rc = get_k(db);
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", kv_errmsg(db));
-    kv_close(db);
-    fake_stop(&f);
+    int rc = get_on(&f, CORRUPT, HINT_NODE_1, ANSWER, false, msg);
     ck_assert_msg(rc == KV_OK, "get: %s (%s)", kv_strerror(rc), msg);
     ck_assert_uint_eq(f.requests[0], 1);
     ck_assert_uint_ge(f.requests[2], 1);
@@ -267,13 +288,8 @@ END_TEST
 START_TEST(corruption_on_every_member_is_the_answer)
 {
     struct fake f;
-    fake_start(&f, CORRUPT, CORRUPT, CORRUPT);
-    kv *db = open_client(&f);
-    int rc = get_k(db);
     char msg[256];
-    snprintf(msg, sizeof msg, "%s", kv_errmsg(db));
-    kv_close(db);
-    fake_stop(&f);
+    int rc = get_on(&f, CORRUPT, CORRUPT, CORRUPT, false, msg);
     ck_assert_msg(rc == KV_ECORRUPT, "get: %s (%s), not KV_ECORRUPT",
                   kv_strerror(rc), msg);
     ck_assert_msg(strstr(msg, "damaged") != NULL,
@@ -305,30 +321,11 @@ START_TEST(a_write_retried_on_another_member_keeps_its_session)
 }
 END_TEST
 
-/* Runs one pipelined get of "k"; returns its code (version checked). */
-static int pipelined_get(kv *db)
-{
-    ck_assert_int_eq(admin_pipeline(db, 1), KV_OK);
-    struct admin_op op = {.kind = ADMIN_GET, .key = "k", .klen = 1};
-    ck_assert_int_eq(admin_submit(db, 0, &op), KV_OK);
-    unsigned done[1];
-    int n = 0;
-    for (int i = 0; i < 100 && n == 0; i++)
-        n = admin_poll(db, 100, done, 1);
-    ck_assert_int_eq(n, 1);
-    if (op.rc == KV_OK)
-        ck_assert_uint_eq(op.version, 7);
-    return op.rc;
-}
-
 START_TEST(the_pipeline_takes_a_damaged_nodes_answer_to_the_next_member)
 {
     struct fake f;
-    fake_start(&f, CORRUPT, HINT_NODE_1, ANSWER);
-    kv *db = open_client(&f);
-    int rc = pipelined_get(db);
-    kv_close(db);
-    fake_stop(&f);
+    char msg[256];
+    int rc = get_on(&f, CORRUPT, HINT_NODE_1, ANSWER, true, msg);
     ck_assert_int_eq(rc, KV_OK);
     ck_assert_uint_eq(f.requests[0], 1); /* the hint was not followed */
     ck_assert_uint_ge(f.requests[2], 1);
@@ -338,11 +335,8 @@ END_TEST
 START_TEST(the_pipeline_returns_corruption_on_every_member)
 {
     struct fake f;
-    fake_start(&f, CORRUPT, CORRUPT, CORRUPT);
-    kv *db = open_client(&f);
-    int rc = pipelined_get(db);
-    kv_close(db);
-    fake_stop(&f);
+    char msg[256];
+    int rc = get_on(&f, CORRUPT, CORRUPT, CORRUPT, true, msg);
     ck_assert_int_eq(rc, KV_ECORRUPT);
     for (int i = 0; i < NNODES; i++)
         ck_assert_uint_eq(f.requests[i], 1);
