@@ -21,6 +21,7 @@
 struct req {
     uint64_t id;
     uint64_t expires;
+    bool batched;
 };
 
 struct conn {
@@ -132,7 +133,7 @@ static void remove_at(struct inflight *t, struct conn **pp)
 }
 
 int inflight_add(struct inflight *t, const void *id, size_t idlen,
-                 uint64_t req_id, uint64_t expires)
+                 uint64_t req_id, uint64_t expires, bool batched)
 {
     if (!id || idlen == 0 || idlen > MAX_ID_LEN)
         return KV_EINVAL;
@@ -164,7 +165,8 @@ int inflight_add(struct inflight *t, const void *id, size_t idlen,
         c->reqs = r;
         c->cap = ncap;
     }
-    c->reqs[c->n++] = (struct req){.id = req_id, .expires = expires};
+    c->reqs[c->n++] =
+        (struct req){.id = req_id, .expires = expires, .batched = batched};
     if (fresh) {
         c->next = *pp;
         *pp = c;
@@ -175,7 +177,7 @@ int inflight_add(struct inflight *t, const void *id, size_t idlen,
 }
 
 bool inflight_done(struct inflight *t, const void *id, size_t idlen,
-                   uint64_t req_id)
+                   uint64_t req_id, bool *batched)
 {
     if (!id || idlen == 0 || idlen > MAX_ID_LEN)
         return false;
@@ -186,6 +188,8 @@ bool inflight_done(struct inflight *t, const void *id, size_t idlen,
     for (uint32_t i = 0; i < c->n; i++) {
         if (c->reqs[i].id != req_id)
             continue;
+        if (batched)
+            *batched = c->reqs[i].batched;
         /* Keep the order (oldest first): answers mostly match early. */
         memmove(&c->reqs[i], &c->reqs[i + 1],
                 (c->n - i - 1) * sizeof(c->reqs[0]));

@@ -30,16 +30,18 @@ struct inflight *inflight_new(uint32_t cap);
 void inflight_free(struct inflight *t);
 
 /* Records request REQ_ID of connection ID (IDLEN bytes, 1..255) as
- * unanswered until EXPIRES. Returns KV_OK; KV_EUNAVAILABLE when the
+ * unanswered until EXPIRES; BATCHED: it came in a Batch frame, so its
+ * answer may go in one (kv.proto). Returns KV_OK; KV_EUNAVAILABLE when the
  * connection already holds CAP requests; KV_EINVAL for a bad id; KV_ENOMEM.
  * Only KV_OK records anything. */
 int inflight_add(struct inflight *t, const void *id, size_t idlen,
-                 uint64_t req_id, uint64_t expires);
+                 uint64_t req_id, uint64_t expires, bool batched);
 
 /* Request REQ_ID of connection ID was answered: forgets one record of it.
- * Returns whether there was one. */
+ * Returns whether there was one, and then (unless BATCHED is NULL) sets
+ * *BATCHED as it was given to inflight_add. */
 bool inflight_done(struct inflight *t, const void *id, size_t idlen,
-                   uint64_t req_id);
+                   uint64_t req_id, bool *batched);
 
 /* Forgets every request whose EXPIRES is before NOW, and the connections
  * left with none. Returns how many requests it forgot. */

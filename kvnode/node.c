@@ -84,6 +84,8 @@ struct node {
     struct inflight *inflight; /* unanswered requests per connection */
     uint64_t next_expire_ms;
     uint64_t inflight_refused; /* requests refused over the cap */
+    struct held *held;         /* answers held per connection (hold_answer) */
+    size_t nheld, heldcap;
 };
 
 static uint64_t now_ms(void)
@@ -132,10 +134,104 @@ static uint64_t env_wall_ms(void *arg)
 
 /* --- sending ------------------------------------------------------------ */
 
-static void send_reply(void *arg, const void *id, size_t idlen,
-                       const Kv__Response *resp)
+/* Answers to the requests of Batch frames, held for one connection until
+ * the phase that produced them ends (flush_answers), then sent together. */
+struct held {
+    unsigned char id[MAX_ID_LEN];
+    size_t idlen;
+    ProtobufCBinaryData *frames; /* encoded Envelopes, malloc()ed */
+    size_t n, cap;
+    size_t bytes;
+};
+
+static void send_frame(struct node *n, const void *id, size_t idlen,
+                       const void *buf, size_t len)
+{
+    /* Never block the loop: a client that does not read loses replies. */
+    if (zmq_send(n->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+        zmq_send(n->router, buf, len, ZMQ_DONTWAIT);
+}
+
+/* Sends what H holds: one answer as it is, more as one Batch frame. */
+static void send_held(struct node *n, struct held *h)
+{
+    if (h->n == 1) {
+        send_frame(n, h->id, h->idlen, h->frames[0].data, h->frames[0].len);
+    } else if (h->n > 1) {
+        void *buf;
+        size_t len;
+        if (wire_encode_batch(h->frames, h->n, &buf, &len) == KV_OK) {
+            send_frame(n, h->id, h->idlen, buf, len);
+            free(buf);
+        } else {
+            log_msg(LOG_ERROR, "cannot encode a batch of answers",
+                    "answers=%zu bytes=%zu", h->n, h->bytes);
+        }
+    }
+    for (size_t i = 0; i < h->n; i++)
+        free(h->frames[i].data);
+    h->n = 0;
+    h->bytes = 0;
+}
+
+/* Sends every held answer (replica_env.flush). */
+static void flush_answers(void *arg)
 {
     struct node *n = arg;
+    for (size_t i = 0; i < n->nheld; i++)
+        send_held(n, &n->held[i]);
+    n->nheld = 0;
+}
+
+/* Holds BUF (LEN bytes, taken) for connection ID until flush_answers.
+ * Returns false when it cannot (the caller sends and frees BUF). */
+static bool hold_answer(struct node *n, const void *id, size_t idlen, void *buf,
+                        size_t len)
+{
+    /* A Batch frame stays within what the client accepts. */
+    size_t budget = n->conf->max_message_bytes, cost = len + 16;
+    if (cost > budget)
+        return false;
+    struct held *h = NULL;
+    for (size_t i = n->nheld; i-- > 0 && !h;)
+        if (n->held[i].idlen == idlen && memcmp(n->held[i].id, id, idlen) == 0)
+            h = &n->held[i];
+    if (!h) {
+        if (n->nheld == n->heldcap) {
+            size_t ncap = n->heldcap ? 2 * n->heldcap : 8;
+            struct held *nh = realloc(n->held, ncap * sizeof(*nh));
+            if (!nh)
+                return false;
+            memset(nh + n->heldcap, 0, (ncap - n->heldcap) * sizeof(*nh));
+            n->held = nh;
+            n->heldcap = ncap;
+        }
+        h = &n->held[n->nheld++];
+        memcpy(h->id, id, idlen);
+        h->idlen = idlen;
+    }
+    if (h->n && h->bytes + cost > budget)
+        send_held(n, h);
+    if (h->n == h->cap) {
+        size_t ncap = h->cap ? 2 * h->cap : 16;
+        ProtobufCBinaryData *nf = realloc(h->frames, ncap * sizeof(*nf));
+        if (!nf) {
+            send_held(n, h); /* in order: what it holds goes first */
+            return false;
+        }
+        h->frames = nf;
+        h->cap = ncap;
+    }
+    h->frames[h->n++] = (ProtobufCBinaryData){.len = len, .data = buf};
+    h->bytes += cost;
+    return true;
+}
+
+/* Encodes and sends RESP to connection ID; HOLD: with the other answers of
+ * this phase to it, in one Batch frame. */
+static void deliver(struct node *n, const void *id, size_t idlen,
+                    const Kv__Response *resp, bool hold)
+{
     void *buf;
     size_t len;
     if (store_damage(n->store) && resp->code != KV_ECORRUPT)
@@ -145,20 +241,28 @@ static void send_reply(void *arg, const void *id, size_t idlen,
                 kv__response__get_packed_size(resp));
         return;
     }
-    /* Never block the loop: a client that does not read loses replies. */
-    if (zmq_send(n->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
-        zmq_send(n->router, buf, len, ZMQ_DONTWAIT);
+    if (hold && hold_answer(n, id, idlen, buf, len))
+        return;
+    send_frame(n, id, idlen, buf, len);
     free(buf);
 }
 
+static void send_reply(struct node *n, const void *id, size_t idlen,
+                       const Kv__Response *resp)
+{
+    deliver(n, id, idlen, resp, false);
+}
+
 /* The replica's answer to a client request: it no longer counts against
- * the connection's max_inflight_per_client. */
+ * the connection's max_inflight_per_client. One that came in a Batch frame
+ * is answered in one. */
 static void answer_client(void *arg, const void *id, size_t idlen,
                           const Kv__Response *resp)
 {
     struct node *n = arg;
-    inflight_done(n->inflight, id, idlen, resp->id);
-    send_reply(n, id, idlen, resp);
+    bool batched = false;
+    inflight_done(n->inflight, id, idlen, resp->id, &batched);
+    deliver(n, id, idlen, resp, batched);
 }
 
 static void send_peer(void *arg, uint32_t to, const void *buf, size_t len)
@@ -291,12 +395,12 @@ static bool peer_key_ok(const struct node *n, const char *user, uint32_t from)
 /* Counts REQ against its connection's max_inflight_per_client. Returns
  * false (and answers it) when the connection is over the cap. */
 static bool admit_request(struct node *n, const void *id, size_t idlen,
-                          const Kv__Request *req)
+                          const Kv__Request *req, bool batched)
 {
     uint64_t timeout =
         req->timeout_ms ? req->timeout_ms : n->conf->request_timeout_ms;
     int rc = inflight_add(n->inflight, id, idlen, req->id,
-                          now_ms() + timeout + INFLIGHT_SLACK_MS);
+                          now_ms() + timeout + INFLIGHT_SLACK_MS, batched);
     if (rc == KV_OK)
         return true;
     char msg[128];
@@ -313,6 +417,49 @@ static bool admit_request(struct node *n, const void *id, size_t idlen,
     }
     reply_error(n, id, idlen, req->id, rc, msg);
     return false;
+}
+
+/* Serves the request in ENV (taken); BATCHED: it came in a Batch frame. */
+static void handle_request(struct node *n, const void *id, size_t idlen,
+                           Kv__Envelope *env, bool batched)
+{
+    n->requests++;
+    if (env->request->op_case == KV__REQUEST__OP_STATUS) {
+        handle_status(n, id, idlen, env->request);
+        wire_free(env);
+        return;
+    }
+    if (!admit_request(n, id, idlen, env->request, batched)) {
+        wire_free(env);
+        return;
+    }
+    replica_request(n->replica, id, idlen, env); /* takes env */
+}
+
+/* Serves each request of a client's Batch frame. */
+static void handle_batch(struct node *n, const void *id, size_t idlen,
+                         const Kv__Batch *b)
+{
+    for (size_t i = 0; i < b->n_frames; i++) {
+        char err[160];
+        Kv__Envelope *env = NULL;
+        int rc =
+            wire_decode(b->frames[i].data, b->frames[i].len,
+                        n->conf->max_message_bytes, &env, err, sizeof(err));
+        if (rc != KV_OK) {
+            bad_frame(n, id, idlen, err);
+            reply_error(n, id, idlen, 0, rc, err);
+            continue;
+        }
+        if (env->body_case != KV__ENVELOPE__BODY_REQUEST) {
+            bad_frame(n, id, idlen, "a batch holding other than requests");
+            reply_error(n, id, idlen, 0, KV_EPROTO,
+                        "a batch holds requests only");
+            wire_free(env);
+            continue;
+        }
+        handle_request(n, id, idlen, env, true);
+    }
 }
 
 static void handle_frame(struct node *n, const void *id, size_t idlen,
@@ -339,22 +486,17 @@ static void handle_frame(struct node *n, const void *id, size_t idlen,
         wire_free(env);
         return;
     }
+    if (env->body_case == KV__ENVELOPE__BODY_BATCH) {
+        handle_batch(n, id, idlen, env->batch);
+        wire_free(env);
+        return;
+    }
     if (env->body_case != KV__ENVELOPE__BODY_REQUEST) {
         bad_frame(n, id, idlen, "a response sent to a node");
         wire_free(env);
         return;
     }
-    n->requests++;
-    if (env->request->op_case == KV__REQUEST__OP_STATUS) {
-        handle_status(n, id, idlen, env->request);
-        wire_free(env);
-        return;
-    }
-    if (!admit_request(n, id, idlen, env->request)) {
-        wire_free(env);
-        return;
-    }
-    replica_request(n->replica, id, idlen, env); /* takes env */
+    handle_request(n, id, idlen, env, false);
 }
 
 /* Reads one message (routing id + frames) if one is ready. Returns 1 when
@@ -435,6 +577,7 @@ static int iterate(struct node *n, uint64_t wait_max)
         zap_serve(n->zap, now_ms());
     for (int i = 0; i < MAX_READS_PER_LOOP && read_one(n); i++)
         ;
+    flush_answers(n); /* stale reads, redirects: answered as they were read */
     if (store_damage(n->store))
         return KV_ECORRUPT;
     now = now_ms();
@@ -449,6 +592,7 @@ static int iterate(struct node *n, uint64_t wait_max)
     if (now >= n->next_tick_ms) /* far behind (stopped process): catch up */
         n->next_tick_ms = now + REPLICA_TICK_MS;
     rc = replica_flush(n->replica);
+    flush_answers(n);
     if (store_damage(n->store))
         return KV_ECORRUPT;
     if (rc != KV_OK)
@@ -755,6 +899,7 @@ int node_open(const struct conf *conf, uint32_t id, struct node **out,
             .arg = n,
             .send = send_peer,
             .reply = answer_client,
+            .flush = flush_answers,
             .now_ms = env_now_ms,
             .wall_ms = env_wall_ms,
             .failpoint = getenv("KV_FAILPOINT") ? env_failpoint : NULL,
@@ -818,5 +963,11 @@ void node_close(struct node *n)
         free(n->logged_peers[i]);
     free(n->logged_peers);
     inflight_free(n->inflight);
+    for (size_t i = 0; i < n->heldcap; i++) {
+        for (size_t j = 0; j < n->held[i].n; j++)
+            free(n->held[i].frames[j].data);
+        free(n->held[i].frames);
+    }
+    free(n->held);
     free(n);
 }

@@ -3745,6 +3745,8 @@ int replica_flush(struct replica *r)
     for (uint32_t s = 0; s < c->shards; s++)
         if (r->groups[s])
             answer_waiters(r, r->groups[s]);
+    if (r->env.flush)
+        r->env.flush(r->env.arg);
     /* 3. One synced batch for every group. */
     rc = engine_commit(r->engine);
     if (rc != KV_OK) {

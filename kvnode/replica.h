@@ -49,6 +49,10 @@ struct replica_env {
      * replica_request). */
     void (*reply)(void *arg, const void *client, size_t clen,
                   const Kv__Response *resp);
+    /* Optional: the answers given so far may leave now (a node holds a
+     * connection's answers to send them in one frame); called once each
+     * phase of answers is given, before the driver blocks on the disk. */
+    void (*flush)(void *arg);
     /* Optional: a monotonic clock in ms, the one that drives the ticks.
      * With it a leader serves linearizable reads under a lease (see
      * raft_lease) without a heartbeat round per read; without it (NULL)

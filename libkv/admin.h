@@ -58,7 +58,9 @@ struct admin_op {
 /* Prepares SLOTS slots on DB. KV_EINVAL for an embedded handle. */
 int admin_pipeline(kv *db, unsigned slots);
 
-/* Starts OP on a free SLOT (0 <= SLOT < slots, not busy). */
+/* Starts OP on a free SLOT (0 <= SLOT < slots, not busy). The request
+ * leaves at the next admin_poll, in one frame with the others queued for
+ * the same node. */
 int admin_submit(kv *db, unsigned slot, struct admin_op *op);
 
 /* Waits up to TIMEOUT_MS for operations to finish, retrying what needs it;

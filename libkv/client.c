@@ -1213,7 +1213,8 @@ struct pipe_slot {
     size_t len;
     uint64_t deadline;
     uint64_t attempt_deadline;
-    uint64_t retry_at; /* 0: sent; else resend at this time */
+    uint64_t retry_at; /* 0: sent or queued; else resend at this time */
+    bool queued;       /* waits for pipe_flush */
     bool delivered;
     bool refused; /* the node refused this client (KV_EAUTH) */
     /* Nodes that answered this request KV_ECORRUPT, and how many of them
@@ -1246,6 +1247,8 @@ struct pipeline {
     struct pipe_slot *slots;
     unsigned n;
     unsigned busy;
+    ProtobufCBinaryData *frames; /* pipe_flush's scratch: n of each */
+    unsigned *group;
 };
 
 static void pipeline_free(struct pipeline *p)
@@ -1255,6 +1258,8 @@ static void pipeline_free(struct pipeline *p)
     for (unsigned i = 0; i < p->n; i++)
         free(p->slots[i].buf);
     free(p->slots);
+    free(p->frames);
+    free(p->group);
     free(p);
 }
 
@@ -1266,12 +1271,14 @@ int admin_pipeline(kv *db, unsigned slots)
     struct pipeline *p = calloc(1, sizeof(*p));
     if (!p)
         return KV_ENOMEM;
+    p->n = slots;
     p->slots = calloc(slots, sizeof(*p->slots));
-    if (!p->slots) {
-        free(p);
+    p->frames = calloc(slots, sizeof(*p->frames));
+    p->group = calloc(slots, sizeof(*p->group));
+    if (!p->slots || !p->frames || !p->group) {
+        pipeline_free(p);
         return KV_ENOMEM;
     }
-    p->n = slots;
     for (unsigned i = 0; i < slots; i++)
         randombytes_buf(p->slots[i].client_id, CLIENT_ID_LEN);
     pipeline_free(c->pipe);
@@ -1279,26 +1286,78 @@ int admin_pipeline(kv *db, unsigned slots)
     return KV_OK;
 }
 
-/* Sends slot S's request to its node without blocking. */
-static void pipe_send(struct client *c, struct pipe_slot *s, uint64_t now,
-                      uint64_t attempt_ms)
+/* Queues slot S's request for its node: pipe_flush sends it. */
+static void pipe_send(struct pipe_slot *s, uint64_t now, uint64_t attempt_ms)
 {
-    void *sock = node_socket(c, s->node);
     s->retry_at = 0;
     s->attempt_deadline = now + attempt_ms;
-    if (!sock || zmq_send(sock, s->buf, s->len, ZMQ_DONTWAIT) < 0) {
-        if (sock && auth_check(c, s->node) == KV_EAUTH) {
+    s->queued = true;
+}
+
+/* Sends the requests of the K slots in P->group to node I in one frame
+ * without blocking: a Batch when there are several (kv.proto). */
+static void pipe_send_group(struct client *c, size_t i, size_t k, uint64_t now)
+{
+    struct pipeline *p = c->pipe;
+    void *sock = node_socket(c, i);
+    int rc = -1;
+    if (sock && k == 1) {
+        struct pipe_slot *s = &p->slots[p->group[0]];
+        rc = zmq_send(sock, s->buf, s->len, ZMQ_DONTWAIT);
+    } else if (sock) {
+        for (size_t j = 0; j < k; j++) {
+            struct pipe_slot *s = &p->slots[p->group[j]];
+            p->frames[j] = (ProtobufCBinaryData){.len = s->len, .data = s->buf};
+        }
+        void *buf;
+        size_t len;
+        if (wire_encode_batch(p->frames, k, &buf, &len) == KV_OK) {
+            rc = zmq_send(sock, buf, len, ZMQ_DONTWAIT);
+            free(buf);
+        }
+    }
+    bool refused = rc < 0 && sock && auth_check(c, i) == KV_EAUTH;
+    for (size_t j = 0; j < k; j++) {
+        struct pipe_slot *s = &p->slots[p->group[j]];
+        s->queued = false;
+        if (rc >= 0) {
+            s->delivered = true;
+        } else if (refused) {
             s->refused = true; /* admin_poll ends it */
             s->retry_at = now;
-            return;
+        } else {
+            /* Not connected (down, or not yet): try the next member
+             * shortly; if this one was the leader, a follower's hint
+             * brings it back. */
+            pipe_next(c, s);
+            s->retry_at = now + 5;
         }
-        /* Not connected (down, or not yet): try the next member shortly;
-         * if this one was the leader, a follower's hint brings it back. */
-        pipe_next(c, s);
-        s->retry_at = now + 5;
-        return;
     }
-    s->delivered = true;
+}
+
+/* Sends every queued request, one frame per node (split so that no frame
+ * passes max_message_bytes, the most a node reads). */
+static void pipe_flush(struct client *c)
+{
+    struct pipeline *p = c->pipe;
+    size_t budget = c->conf->max_message_bytes;
+    uint64_t now = now_ms();
+    for (size_t i = 0; i < c->conf->nnodes; i++) {
+        size_t k = 0, bytes = 0;
+        for (unsigned j = 0; j < p->n; j++) {
+            struct pipe_slot *s = &p->slots[j];
+            if (!s->op || !s->queued || s->node != i)
+                continue;
+            if (k && bytes + s->len + 16 > budget) {
+                pipe_send_group(c, i, k, now);
+                k = bytes = 0;
+            }
+            p->group[k++] = j;
+            bytes += s->len + 16;
+        }
+        if (k)
+            pipe_send_group(c, i, k, now);
+    }
 }
 
 static uint64_t pipe_attempt_ms(uint32_t timeout_ms)
@@ -1351,12 +1410,13 @@ int admin_submit(kv *db, unsigned slot, struct admin_op *op)
     s->deadline = now + timeout;
     s->delivered = false;
     s->refused = false;
+    s->queued = false;
     memset(s->damaged, 0, sizeof(s->damaged));
     s->ndamaged = 0;
     op->rc = KV_OK;
     op->version = 0;
     p->busy++;
-    pipe_send(c, s, now, pipe_attempt_ms(timeout));
+    pipe_send(s, now, pipe_attempt_ms(timeout));
     return KV_OK;
 }
 
@@ -1392,7 +1452,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
                                             : c->conf->nnodes;
         if (j < c->conf->nnodes && j != s->node && !slot_damaged(s, j)) {
             s->node = j;
-            pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+            pipe_send(s, now, pipe_attempt_ms(s->op->timeout_ms));
         } else {
             pipe_next(c, s);
             s->retry_at = now + 20;
@@ -1407,7 +1467,7 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
         if (s->ndamaged < c->conf->replicas) {
             /* Damaged data there: another member has its own copy. */
             pipe_next(c, s);
-            pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+            pipe_send(s, now, pipe_attempt_ms(s->op->timeout_ms));
             return;
         }
     }
@@ -1418,6 +1478,23 @@ static void pipe_reply(struct client *c, const Kv__Response *r, unsigned *done,
     else if (r->code == KV_OK && r->result_case == KV__RESPONSE__RESULT_GET)
         s->op->version = r->get->version;
     pipe_finish(p, s, r->code < KV_ERANGE ? KV_EPROTO : r->code, done, n);
+}
+
+/* Handles each answer of a Batch frame. */
+static void pipe_batch(struct client *c, const Kv__Batch *b, unsigned *done,
+                       size_t *n, size_t max)
+{
+    for (size_t i = 0; i < b->n_frames; i++) {
+        char err[128];
+        Kv__Envelope *env = NULL;
+        if (wire_decode(b->frames[i].data, b->frames[i].len,
+                        c->conf->max_message_bytes + 4096, &env, err,
+                        sizeof(err)) != KV_OK)
+            continue;
+        if (env->body_case == KV__ENVELOPE__BODY_RESPONSE)
+            pipe_reply(c, env->response, done, n, max);
+        wire_free(env);
+    }
 }
 
 int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
@@ -1447,14 +1524,15 @@ int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
                 continue;
             }
             if (s->retry_at && now >= s->retry_at) {
-                pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+                pipe_send(s, now, pipe_attempt_ms(s->op->timeout_ms));
             } else if (!s->retry_at && now >= s->attempt_deadline) {
                 /* The socket is shared by every slot: keep it (late
                  * replies are matched by request id and dropped). */
                 pipe_next(c, s);
-                pipe_send(c, s, now, pipe_attempt_ms(s->op->timeout_ms));
+                pipe_send(s, now, pipe_attempt_ms(s->op->timeout_ms));
             }
         }
+        pipe_flush(c);
         if (n || !p->busy)
             return (int)n;
         size_t k = 0;
@@ -1491,9 +1569,12 @@ int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max)
                     continue;
                 if (env->body_case == KV__ENVELOPE__BODY_RESPONSE)
                     pipe_reply(c, env->response, done, &n, max);
+                else if (env->body_case == KV__ENVELOPE__BODY_BATCH)
+                    pipe_batch(c, env->batch, done, &n, max);
                 wire_free(env);
             }
         }
+        pipe_flush(c); /* redirects and retries of the answers just read */
         if (n || now_ms() >= until)
             return (int)n;
     }

@@ -37,6 +37,7 @@ int wire_decode(const void *buf, size_t len, size_t max_len, Kv__Envelope **out,
         break;
     case KV__ENVELOPE__BODY_RESPONSE:
     case KV__ENVELOPE__BODY_PEER:
+    case KV__ENVELOPE__BODY_BATCH:
         break;
     default:
         snprintf(err, errlen, "frame without a body");
@@ -91,5 +92,18 @@ int wire_encode_peer(const Kv__PeerBatch *batch, void **buf, size_t *len)
     env.version = WIRE_VERSION;
     env.body_case = KV__ENVELOPE__BODY_PEER;
     env.peer = (Kv__PeerBatch *)batch;
+    return encode(&env, buf, len);
+}
+
+int wire_encode_batch(ProtobufCBinaryData *frames, size_t n, void **buf,
+                      size_t *len)
+{
+    Kv__Batch b = KV__BATCH__INIT;
+    b.n_frames = n;
+    b.frames = frames;
+    Kv__Envelope env = KV__ENVELOPE__INIT;
+    env.version = WIRE_VERSION;
+    env.body_case = KV__ENVELOPE__BODY_BATCH;
+    env.batch = &b;
     return encode(&env, buf, len);
 }

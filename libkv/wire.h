@@ -31,4 +31,9 @@ int wire_encode_request(const Kv__Request *req, void **buf, size_t *len);
 int wire_encode_response(const Kv__Response *resp, void **buf, size_t *len);
 int wire_encode_peer(const Kv__PeerBatch *batch, void **buf, size_t *len);
 
+/* Encodes N encoded envelopes (FRAMES, borrowed) as one Batch envelope into
+ * a malloc()ed buffer. Returns KV_ENOMEM. */
+int wire_encode_batch(ProtobufCBinaryData *frames, size_t n, void **buf,
+                      size_t *len);
+
 #endif

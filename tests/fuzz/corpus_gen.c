@@ -314,6 +314,47 @@ static void step_seed(const char *target, const char *name, int which,
     req_file(target, name, &r);
 }
 
+/* Copies the kept request into BUF (CAP bytes) as frame F. */
+static void keep_frame(ProtobufCBinaryData *f, unsigned char *buf, size_t cap)
+{
+    if (kept_len > cap)
+        fuzz_fail("corpus_gen: a batched request outgrew its buffer");
+    memcpy(buf, kept, kept_len);
+    *f = (ProtobufCBinaryData){.len = kept_len, .data = buf};
+}
+
+/* A pipelined client's Batch frame: a get of K, a status request, a frame
+ * that does not decode, and a response (not a request). */
+static void batch_seed(const char *k)
+{
+    unsigned char got[4][256];
+    ProtobufCBinaryData frames[4];
+    get_seed(NULL, NULL, k, false);
+    keep_frame(&frames[0], got[0], sizeof(got[0]));
+    Kv__StatusRequest st = KV__STATUS_REQUEST__INIT;
+    Kv__Request r = mk_req(19);
+    r.op_case = KV__REQUEST__OP_STATUS;
+    r.status = &st;
+    req_file(NULL, NULL, &r);
+    keep_frame(&frames[1], got[1], sizeof(got[1]));
+    memcpy(got[2], "\x0a\xff", 2);
+    frames[2] = (ProtobufCBinaryData){.len = 2, .data = got[2]};
+    Kv__Response resp = KV__RESPONSE__INIT;
+    resp.id = 20;
+    void *out;
+    size_t len;
+    if (wire_encode_response(&resp, &out, &len) != KV_OK ||
+        len > sizeof(got[3]))
+        fuzz_fail("corpus_gen: out of memory");
+    memcpy(got[3], out, len);
+    free(out);
+    frames[3] = (ProtobufCBinaryData){.len = len, .data = got[3]};
+    if (wire_encode_batch(frames, 4, &out, &len) != KV_OK)
+        fuzz_fail("corpus_gen: out of memory");
+    put_file("request", "batch", out, len);
+    free(out);
+}
+
 static void request_seeds(void)
 {
     const uint32_t S = 4; /* node 1 leads shards 0 and 2 */
@@ -358,6 +399,7 @@ static void request_seeds(void)
     r.op_case = KV__REQUEST__OP_STATUS;
     r.status = &st;
     req_file("request", "status", &r);
+    batch_seed(key(0, S, "a"));
 
     const char *a0 = key(0, S, "a"), *n0 = key(0, S, "n"), *s0 = key(0, S, "s"),
                *z0 = key(0, S, "zz"), *l0 = key(0, S, "l"),

@@ -290,7 +290,7 @@ static void env_reply(void *arg, const void *client, size_t clen,
     if (wire_encode_response(resp, &buf, &len) != KV_OK)
         fuzz_fail("harness: out of memory");
     free(buf);
-    inflight_done(n->inflight, client, clen, resp->id);
+    inflight_done(n->inflight, client, clen, resp->id, NULL);
     n->replies++;
     log_msg(LOG_DEBUG, "answer",
             "node=%u id=%llu code=%d result=%d message=\"%s\"", n->id,
@@ -432,6 +432,9 @@ static void status(struct fuzz_node *n, const Kv__Request *req)
     free(sptr);
 }
 
+static void take_request(struct fuzz_node *n, const void *id, size_t idlen,
+                         Kv__Envelope *env, bool batched);
+
 void fuzz_node_frame(struct fuzz_node *n, const void *id, size_t idlen,
                      const void *data, size_t len)
 {
@@ -451,12 +454,39 @@ void fuzz_node_frame(struct fuzz_node *n, const void *id, size_t idlen,
         wire_free(env);
         return;
     }
-    if (env->body_case != KV__ENVELOPE__BODY_REQUEST ||
+    if ((env->body_case != KV__ENVELOPE__BODY_REQUEST &&
+         env->body_case != KV__ENVELOPE__BODY_BATCH) ||
         idlen != FUZZ_ROUTING_ID_LEN ||
         memcmp(id, FUZZ_ROUTING_ID, FUZZ_ROUTING_ID_LEN) != 0) {
         wire_free(env);
         return;
     }
+    if (env->body_case == KV__ENVELOPE__BODY_REQUEST) {
+        take_request(n, id, idlen, env, false);
+        return;
+    }
+    /* A Batch: each frame that holds a request, as kvnode takes it. */
+    const Kv__Batch *b = env->batch;
+    for (size_t i = 0; i < b->n_frames && n->rep && !n->stopped; i++) {
+        Kv__Envelope *one = NULL;
+        if (wire_decode(b->frames[i].data, b->frames[i].len,
+                        n->conf->max_message_bytes, &one, err,
+                        sizeof(err)) != KV_OK)
+            continue; /* kvnode answers KV_EPROTO with id 0 */
+        if (one->body_case != KV__ENVELOPE__BODY_REQUEST) {
+            wire_free(one);
+            continue;
+        }
+        take_request(n, id, idlen, one, true);
+    }
+    wire_free(env);
+}
+
+/* A client's request (ENV, taken), as kvnode's handle_request takes it;
+ * BATCHED: it came in a Batch frame. */
+static void take_request(struct fuzz_node *n, const void *id, size_t idlen,
+                         Kv__Envelope *env, bool batched)
+{
     size_t a = 0;
     while (a < n->nasked && n->asked[a].id != env->request->id)
         a++;
@@ -471,8 +501,8 @@ void fuzz_node_frame(struct fuzz_node *n, const void *id, size_t idlen,
     }
     uint64_t timeout = env->request->timeout_ms ? env->request->timeout_ms
                                                 : n->conf->request_timeout_ms;
-    rc = inflight_add(n->inflight, id, idlen, env->request->id,
-                      n->ticks * REPLICA_TICK_MS + timeout + 1000);
+    int rc = inflight_add(n->inflight, id, idlen, env->request->id,
+                          n->ticks * REPLICA_TICK_MS + timeout + 1000, batched);
     if (rc != KV_OK) { /* kvnode answers at once, KV_EUNAVAILABLE */
         Kv__Response r = KV__RESPONSE__INIT;
         r.id = env->request->id;
