@@ -119,6 +119,22 @@ static unsigned char *encode_put(uint32_t version, const void *key, size_t klen,
     return encode(version, &req, len);
 }
 
+/* A response (what a node sends, never receives) with id ID. */
+static unsigned char *encode_response(uint64_t id, size_t *len)
+{
+    Kv__Envelope env = KV__ENVELOPE__INIT;
+    Kv__Response resp = KV__RESPONSE__INIT;
+    env.version = WIRE_VERSION;
+    env.body_case = KV__ENVELOPE__BODY_RESPONSE;
+    env.response = &resp;
+    resp.id = id;
+    *len = kv__envelope__get_packed_size(&env);
+    unsigned char *buf = malloc(*len + 1);
+    ck_assert_ptr_nonnull(buf);
+    kv__envelope__pack(&env, buf);
+    return buf;
+}
+
 static unsigned char *encode_status(uint32_t version, size_t *len)
 {
     Kv__Request req = KV__REQUEST__INIT;
@@ -558,16 +574,7 @@ START_TEST(frames_that_are_not_requests_get_an_error)
     Kv__Request req = KV__REQUEST__INIT;
     req.id = 5;
     frames[1] = encode(WIRE_VERSION, &req, &lens[1]);
-    Kv__Envelope env = KV__ENVELOPE__INIT;
-    Kv__Response resp = KV__RESPONSE__INIT;
-    env.version = WIRE_VERSION;
-    env.body_case = KV__ENVELOPE__BODY_RESPONSE;
-    env.response = &resp;
-    resp.id = 6;
-    lens[2] = kv__envelope__get_packed_size(&env);
-    frames[2] = malloc(lens[2] + 1);
-    ck_assert_ptr_nonnull(frames[2]);
-    kv__envelope__pack(&env, frames[2]);
+    frames[2] = encode_response(6, &lens[2]);
     for (int f = 0; f < 3; f++) {
         for (size_t i = 0; i < NNODES; i++) {
             Kv__Envelope *e = NULL;
@@ -609,16 +616,8 @@ static unsigned char *encode_batch(size_t *len)
     }
     frames[BATCH_PUTS].data = (uint8_t *)strdup("\x0a\xff");
     frames[BATCH_PUTS].len = 2;
-    Kv__Envelope env = KV__ENVELOPE__INIT;
-    Kv__Response resp = KV__RESPONSE__INIT;
-    env.version = WIRE_VERSION;
-    env.body_case = KV__ENVELOPE__BODY_RESPONSE;
-    env.response = &resp;
-    resp.id = 6;
-    frames[BATCH_PUTS + 1].len = kv__envelope__get_packed_size(&env);
-    frames[BATCH_PUTS + 1].data = malloc(frames[BATCH_PUTS + 1].len);
-    ck_assert_ptr_nonnull(frames[BATCH_PUTS + 1].data);
-    kv__envelope__pack(&env, frames[BATCH_PUTS + 1].data);
+    frames[BATCH_PUTS + 1].data =
+        encode_response(6, &frames[BATCH_PUTS + 1].len);
     void *buf;
     ck_assert_int_eq(wire_encode_batch(frames, BATCH_PUTS + 2, &buf, len),
                      KV_OK);
