@@ -296,44 +296,17 @@ static void handle_status(struct node *n, const void *id, size_t idlen,
 {
     const struct conf *c = n->conf;
     Kv__StatusResult st = KV__STATUS_RESULT__INIT;
-    Kv__NodeInfo *nodes = calloc(c->nnodes, sizeof(*nodes));
-    Kv__NodeInfo **nptr = calloc(c->nnodes, sizeof(*nptr));
-    Kv__ShardInfo *shards = calloc(c->shards, sizeof(*shards));
-    Kv__ShardInfo **sptr = calloc(c->shards, sizeof(*sptr));
-    if (!nodes || !nptr || !shards || !sptr) {
-        reply_error(n, id, idlen, req->id, KV_ENOMEM, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < c->nnodes; i++) {
-        kv__node_info__init(&nodes[i]);
-        nodes[i].id = c->nodes[i].id;
-        nodes[i].address = c->nodes[i].address;
-        nptr[i] = &nodes[i];
-    }
-    for (uint32_t s = 0; s < c->shards; s++) {
-        kv__shard_info__init(&shards[s]);
-        shards[s].shard = s;
-        sptr[s] = &shards[s];
-    }
-    st.cluster = c->cluster;
-    st.node_id = n->id;
-    st.shards = c->shards;
-    st.replicas = c->replicas;
-    st.n_nodes = c->nnodes;
-    st.nodes = nptr;
-    st.n_shard_info = c->shards;
-    st.shard_info = sptr;
-    st.uptime_ms = now_ms() - n->started_ms;
-    st.max_key_bytes = c->max_key_bytes;
-    st.max_value_bytes = c->max_value_bytes;
-    st.max_message_bytes = c->max_message_bytes;
-    st.max_txn_ops = c->max_txn_ops;
-    st.max_txn_bytes = c->max_txn_bytes;
-    st.requests = n->requests;
-    st.bad_frames = n->bad_frames;
     if (replica_status(n->replica, &st) != KV_OK) {
         reply_error(n, id, idlen, req->id, KV_ENOMEM, "out of memory");
     } else {
+        st.uptime_ms = now_ms() - n->started_ms;
+        st.max_key_bytes = c->max_key_bytes;
+        st.max_value_bytes = c->max_value_bytes;
+        st.max_message_bytes = c->max_message_bytes;
+        st.max_txn_ops = c->max_txn_ops;
+        st.max_txn_bytes = c->max_txn_bytes;
+        st.requests = n->requests;
+        st.bad_frames = n->bad_frames;
         Kv__Response r = KV__RESPONSE__INIT;
         r.id = req->id;
         r.result_case = KV__RESPONSE__RESULT_STATUS;
@@ -341,11 +314,6 @@ static void handle_status(struct node *n, const void *id, size_t idlen,
         send_reply(n, id, idlen, &r);
     }
     replica_status_free(&st);
-out:
-    free(nodes);
-    free(nptr);
-    free(shards);
-    free(sptr);
 }
 
 /* --- input -------------------------------------------------------------- */

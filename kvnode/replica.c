@@ -3992,6 +3992,37 @@ static int list_txn(void *arg, const struct engine_txn_info *t)
 
 int replica_status(struct replica *r, Kv__StatusResult *st)
 {
+    const struct conf *c = r->conf;
+    Kv__NodeInfo *nodes = calloc(c->nnodes, sizeof(*nodes));
+    Kv__NodeInfo **nptr = calloc(c->nnodes, sizeof(*nptr));
+    Kv__ShardInfo *shards = calloc(c->shards, sizeof(*shards));
+    Kv__ShardInfo **sptr = calloc(c->shards, sizeof(*sptr));
+    if (!nodes || !nptr || !shards || !sptr) {
+        free(nodes);
+        free(nptr);
+        free(shards);
+        free(sptr);
+        return KV_ENOMEM;
+    }
+    for (size_t i = 0; i < c->nnodes; i++) {
+        kv__node_info__init(&nodes[i]);
+        nodes[i].id = c->nodes[i].id;
+        nodes[i].address = c->nodes[i].address;
+        nptr[i] = &nodes[i];
+    }
+    for (uint32_t sh = 0; sh < c->shards; sh++) {
+        kv__shard_info__init(&shards[sh]);
+        shards[sh].shard = sh;
+        sptr[sh] = &shards[sh];
+    }
+    st->cluster = c->cluster;
+    st->node_id = r->id;
+    st->shards = c->shards;
+    st->replicas = c->replicas;
+    st->n_nodes = c->nnodes;
+    st->nodes = nptr;
+    st->n_shard_info = c->shards;
+    st->shard_info = sptr;
     st->txn_coordinators = txns_active(r->txns);
     for (size_t i = 0; i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
@@ -4038,7 +4069,7 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
 
 void replica_status_free(Kv__StatusResult *st)
 {
-    for (size_t i = 0; i < st->n_shard_info; i++) {
+    for (size_t i = 0; st->shard_info && i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
         if (si->n_members) {
             free(si->members[0]);
@@ -4052,6 +4083,16 @@ void replica_status_free(Kv__StatusResult *st)
         si->txns = NULL;
         si->n_txns = 0;
     }
+    if (st->n_nodes)
+        free(st->nodes[0]);
+    free(st->nodes);
+    if (st->n_shard_info)
+        free(st->shard_info[0]);
+    free(st->shard_info);
+    st->nodes = NULL;
+    st->n_nodes = 0;
+    st->shard_info = NULL;
+    st->n_shard_info = 0;
 }
 
 int replica_check_invariants(const struct replica *r, char *why, size_t whylen)

@@ -115,9 +115,12 @@ int replica_flush(struct replica *r);
  * deadline passes). */
 size_t replica_transfer_all(struct replica *r);
 
-/* Fills the replication part of a status reply: per shard the leader, term,
- * commit and applied index, and (where this node leads) each member's match.
- * Allocations are released by replica_status_free(st). */
+/* Fills what a status reply says of the cluster and its replication: the
+ * cluster's name, this node's id, shards and replicas, the node list, and
+ * per shard the leader, term, commit and applied index, and (where this
+ * node leads) each member's match and the transactions in progress.
+ * Allocations are released by replica_status_free(st), also after a
+ * failure (KV_ENOMEM). */
 int replica_status(struct replica *r, Kv__StatusResult *st);
 void replica_status_free(Kv__StatusResult *st);
 

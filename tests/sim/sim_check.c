@@ -141,24 +141,17 @@ static void note_leader(struct sim *s, uint32_t shard, uint64_t term,
 
 void sim_check_leaders(struct sim *s, struct sim_node *n)
 {
-    Kv__ShardInfo si[SIM_MAX_SHARDS];
-    Kv__ShardInfo *sp[SIM_MAX_SHARDS];
     Kv__StatusResult st = KV__STATUS_RESULT__INIT;
-    for (int i = 0; i < s->p.nshards; i++) {
-        kv__shard_info__init(&si[i]);
-        si[i].shard = (uint32_t)i;
-        sp[i] = &si[i];
-    }
-    st.n_shard_info = (size_t)s->p.nshards;
-    st.shard_info = sp;
     if (replica_status(n->rep, &st) != KV_OK) {
         sim_fail(s, "node %u: replica_status failed", n->id);
         replica_status_free(&st);
         return;
     }
-    for (int i = 0; i < s->p.nshards; i++)
-        if (si[i].local && si[i].role && strcmp(si[i].role, "leader") == 0)
-            note_leader(s, (uint32_t)i, si[i].term, n->id);
+    for (size_t i = 0; i < st.n_shard_info; i++) {
+        const Kv__ShardInfo *si = st.shard_info[i];
+        if (si->local && si->role && strcmp(si->role, "leader") == 0)
+            note_leader(s, si->shard, si->term, n->id);
+    }
     replica_status_free(&st);
 }
 
