@@ -65,7 +65,9 @@ int admin_submit(kv *db, unsigned slot, struct admin_op *op);
 
 /* Waits up to TIMEOUT_MS for operations to finish, retrying what needs it;
  * writes the slots that finished into DONE (at most MAX) and returns their
- * number (0 on timeout), or a negative code. */
+ * number (0 on timeout), or a negative code. Pass MAX >= slots: an answer
+ * that finds no room in DONE is dropped, and its request goes again only
+ * after its attempt timeout (answers come several to a frame). */
 int admin_poll(kv *db, int timeout_ms, unsigned *done, size_t max);
 
 #endif
