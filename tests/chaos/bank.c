@@ -244,17 +244,6 @@ static int outcome_unknown(int rc)
     return rc == KV_ETIMEDOUT || rc == KV_EUNAVAILABLE;
 }
 
-/* Counts a result code the workload does not expect. */
-static void note_error(struct bank_client *c, kv *db, int rc)
-{
-    int i = -rc;
-    if (i <= 0 || i >= NERR)
-        i = 0;
-    if (c->errs[i]++ == 0)
-        snprintf(c->errmsg[i], sizeof c->errmsg[i], "%s: %s", kv_strerror(rc),
-                 kv_errmsg(db));
-}
-
 /* One transfer between two distinct random accounts. Returns its code. */
 static int do_transfer(struct bank_client *c, kv *db, const kv_opts *o)
 {
@@ -287,7 +276,7 @@ static int do_transfer(struct bank_client *c, kv *db, const kv_opts *o)
     else if (outcome_unknown(rc))
         c->read_failed++;
     else
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     return rc;
 }
 
@@ -310,7 +299,7 @@ static int do_audit(struct bank_client *c, kv *db, const kv_opts *o)
     } else if (outcome_unknown(rc)) {
         c->audit_failed++;
     } else {
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     }
     return rc;
 }
@@ -489,11 +478,7 @@ void bank_report(struct bank *b)
            "values never written=%lu\n",
            t.audits, t.audit_conflicts, t.audit_unknown, t.audit_failed,
            t.wrong_totals, t.negatives, t.bad_values);
-    for (int e = 0; e < NERR; e++)
-        if (t.errs[e] != 0)
-            printf("chaos: unexpected result %s: %lu times (first: %s)\n",
-                   e ? kv_strerror(-e) : "of a code this test does not know",
-                   t.errs[e], msg[e]);
+    chaos_print_errors(t.errs, msg);
 }
 
 /* Runs the final audit until it commits (at most FINAL_AUDIT_MS). Returns

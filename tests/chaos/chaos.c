@@ -376,17 +376,6 @@ static int outcome_unknown(int rc)
     return rc == KV_ETIMEDOUT || rc == KV_EUNAVAILABLE;
 }
 
-/* Counts a result code the workload does not expect. */
-static void note_error(struct client *c, kv *db, int rc)
-{
-    int i = -rc;
-    if (i <= 0 || i >= NERR)
-        i = 0;
-    if (c->errs[i]++ == 0)
-        snprintf(c->errmsg[i], sizeof c->errmsg[i], "%s: %s", kv_strerror(rc),
-                 kv_errmsg(db));
-}
-
 static int pick_op(struct client *c, int key)
 {
     uint64_t x = chaos_rng_below(&c->rng, 100);
@@ -448,7 +437,7 @@ static int do_get(struct client *c, kv *db, const char *k, size_t kl,
     if (outcome_unknown(rc))
         c->read_errors++;
     else
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     return 0;
 }
 
@@ -484,7 +473,7 @@ static void do_put(struct client *c, kv *db, int kind, const char *k, size_t kl,
         return;
     }
     if (!outcome_unknown(rc))
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     set_unknown(op);
 }
 
@@ -515,7 +504,7 @@ static void do_del(struct client *c, kv *db, int kind, const char *k, size_t kl,
         return;
     }
     if (!outcome_unknown(rc))
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     set_unknown(op);
 }
 
@@ -700,6 +689,26 @@ static int probe_keys(struct run *r)
 /* --- the nemesis ---------------------------------------------------------- */
 
 /* Counts a health problem and prints it (see chaos.h). */
+void chaos_note_error(unsigned long errs[NERR], char errmsg[NERR][160], kv *db,
+                      int rc)
+{
+    int i = -rc;
+    if (i <= 0 || i >= NERR)
+        i = 0;
+    if (errs[i]++ == 0)
+        snprintf(errmsg[i], 160, "%s: %s", kv_strerror(rc), kv_errmsg(db));
+}
+
+void chaos_print_errors(const unsigned long errs[NERR],
+                        const char *const msg[NERR])
+{
+    for (int e = 0; e < NERR; e++)
+        if (errs[e] != 0)
+            printf("chaos: unexpected result %s: %lu times (first: %s)\n",
+                   e ? kv_strerror(-e) : "of a code this test does not know",
+                   errs[e], msg[e]);
+}
+
 void chaos_problem(struct run *r, const char *fmt, ...)
 {
     char msg[512];
@@ -1397,11 +1406,7 @@ static unsigned long client_report(struct run *r, const struct client *cs)
     }
     printf("chaos: reads that failed (left out of the history): %lu\n",
            read_errors);
-    for (int e = 0; e < NERR; e++)
-        if (errs[e] != 0)
-            printf("chaos: unexpected result %s: %lu times (first: %s)\n",
-                   e ? kv_strerror(-e) : "of a code this test does not know",
-                   errs[e], msg[e]);
+    chaos_print_errors(errs, msg);
     return bad;
 }
 

@@ -97,6 +97,17 @@ double chaos_rel_s(const struct run *r);
 /* Waits on r->cv (r->mu held) for at most MS milliseconds. */
 void chaos_cv_wait_ms(struct run *r, int ms);
 
+/* Counts result code RC (one the workload does not expect) in ERRS, by
+ * -RC ([0]: a code this test does not know), keeping DB's message of the
+ * first of each in ERRMSG. */
+void chaos_note_error(unsigned long errs[NERR], char errmsg[NERR][160], kv *db,
+                      int rc);
+
+/* Prints each unexpected result counted in ERRS with MSG, the first message
+ * of it. */
+void chaos_print_errors(const unsigned long errs[NERR],
+                        const char *const msg[NERR]);
+
 /* Counts a health problem of the run and prints it (main thread only). */
 __attribute__((format(printf, 2, 3))) void chaos_problem(struct run *r,
                                                          const char *fmt, ...);

@@ -138,17 +138,6 @@ static int failed_for_sure(int rc)
            rc == KV_ERANGE || rc == KV_EPROC;
 }
 
-/* Counts a result code the workload does not expect. */
-static void note_error(struct incr_client *c, kv *db, int rc)
-{
-    int i = -rc;
-    if (i <= 0 || i >= NERR)
-        i = 0;
-    if (c->errs[i]++ == 0)
-        snprintf(c->errmsg[i], sizeof c->errmsg[i], "%s: %s", kv_strerror(rc),
-                 kv_errmsg(db));
-}
-
 /* Records an acknowledged reply (room is reserved). */
 static void note_reply(struct incr_client *c, int key, const void *reply,
                        size_t rlen)
@@ -212,11 +201,11 @@ static int do_incr(struct incr_client *c, kv *db, const kv_opts *o)
         c->unknown[key]++;
     } else if (failed_for_sure(rc)) {
         c->failed_sure++;
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     } else {
         c->unexpected++;
         c->other[key]++;
-        note_error(c, db, rc);
+        chaos_note_error(c->errs, c->errmsg, db, rc);
     }
     kv_free(reply);
     return rc;
@@ -412,11 +401,7 @@ void incr_report(struct incr *w)
            "not increasing=%lu\n",
            t.acked, t.unknown, t.failed_sure, t.unexpected, t.bad_replies,
            t.disorder);
-    for (int e = 0; e < NERR; e++)
-        if (t.errs[e] != 0)
-            printf("chaos: unexpected result %s: %lu times (first: %s)\n",
-                   e ? kv_strerror(-e) : "of a code this test does not know",
-                   t.errs[e], t.msg[e]);
+    chaos_print_errors(t.errs, t.msg);
 }
 
 /* --- the end -------------------------------------------------------------- */
