@@ -1903,10 +1903,11 @@ static void print_status_json(struct cli *c, size_t n, Kv__StatusResult **sts,
         json_string(stdout, addr, strlen(addr));
         if (rcs[i] == KV_OK)
             printf(",\"up\":true,\"uptime_ms\":%llu,\"requests\":%llu,"
-                   "\"bad_frames\":%llu}",
+                   "\"bad_frames\":%llu,\"sessions_expired\":%llu}",
                    (unsigned long long)sts[i]->uptime_ms,
                    (unsigned long long)sts[i]->requests,
-                   (unsigned long long)sts[i]->bad_frames);
+                   (unsigned long long)sts[i]->bad_frames,
+                   (unsigned long long)sts[i]->sessions_expired);
         else
             printf(",\"up\":false,\"error\":\"%s\"}", cli_code_name(rcs[i]));
     }

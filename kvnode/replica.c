@@ -147,6 +147,13 @@ struct group {
     struct snap_in in;
     bool rebuilt;      /* the "R" marker is stored: no vote yet */
     uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
+    /* Session expiry: the GC entry proposed last (until applied), where
+     * the pass under way goes on (after_len 0: none under way), and when
+     * the next pass starts (the clock of the last entry that ended one). */
+    uint64_t sgc_index;
+    unsigned char sgc_after[ENGINE_MAX_CLIENT_ID];
+    size_t sgc_after_len;
+    uint64_t sgc_next_ms;
     /* Procedure calls (leader only): predictions of what is proposed and
      * not applied, the index from which they cover the log, and calls
      * waiting for an apply before they can be evaluated. */
@@ -1086,6 +1093,27 @@ static bool key_ok(struct replica *r, const void *client, size_t clen,
     return true;
 }
 
+/* Until when a write proposed now keeps its session: session_ttl_s, or
+ * twice the write's own timeout (TIMEOUT_MS) when that is longer, so that
+ * no copy of the write that its client sends can come after the session
+ * went (docs/replication.md, "Exactly-once writes"). */
+static uint64_t session_until(struct replica *r, uint32_t timeout_ms)
+{
+    uint64_t keep = (uint64_t)r->conf->session_ttl_s * 1000;
+    if (2 * (uint64_t)timeout_ms > keep)
+        keep = 2 * (uint64_t)timeout_ms;
+    return txn_wall(r) + keep;
+}
+
+/* How often a leader starts a pass of session expiry over a shard: every
+ * half session lifetime, at least once a minute. */
+#define SESSION_GC_MAX_EVERY_MS 60000
+static uint64_t session_gc_every(const struct replica *r)
+{
+    uint64_t half = (uint64_t)r->conf->session_ttl_s * 500;
+    return half < SESSION_GC_MAX_EVERY_MS ? half : SESSION_GC_MAX_EVERY_MS;
+}
+
 /* Proposes CMD (a client's write or single-shard transaction) on SHARD's
  * group and registers the client to be answered when it is applied: the
  * waiter, or NULL when the client was answered already. */
@@ -1111,6 +1139,8 @@ static struct waiter *propose_command(struct replica *r, const void *client,
     }
     cmd->client_id = req->client_id;
     cmd->seq = req->seq;
+    if (req->seq)
+        cmd->session_until_ms = session_until(r, req->timeout_ms);
     size_t n = kv__command__get_packed_size(cmd);
     if (scratch_reserve(r, n ? n : 1) != KV_OK) {
         reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
@@ -2941,6 +2971,31 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
     return KV_OK;
 }
 
+/* Applies a session GC entry; where it stopped is where the next one goes
+ * on, and a pass that went through ends until SESSION_GC_EVERY_MS later. */
+static int apply_session_gc(struct replica *r, struct group *g, uint64_t index,
+                            const Kv__SessionGc *sg)
+{
+    struct engine_session_gc out;
+    int rc = engine_stage_session_gc(r->engine, g->shard, index, sg->now_ms,
+                                     sg->ttl_ms, sg->after.data, sg->after.len,
+                                     &out);
+    if (rc == KV_EINVAL) /* a command no replica can apply: a no-op */
+        return engine_stage_applied(r->engine, g->shard, index);
+    if (rc != KV_OK)
+        return rc; /* storage failure: the node stops */
+    r->stats.applied++;
+    r->stats.sessions_expired += out.removed;
+    memcpy(g->sgc_after, out.after, out.after_len);
+    g->sgc_after_len = out.after_len;
+    if (!out.after_len)
+        g->sgc_next_ms = sg->now_ms + session_gc_every(r);
+    if (out.removed || out.dated)
+        log_msg(LOG_DEBUG, "sessions expired", "shard=%u count=%zu dated=%zu",
+                g->shard, out.removed, out.dated);
+    return KV_OK;
+}
+
 static int apply_entry(struct replica *r, struct group *g,
                        const struct raft_entry *e)
 {
@@ -2977,6 +3032,17 @@ static int apply_entry(struct replica *r, struct group *g,
             w->code = KV_EINTERNAL;
         }
         return rc == KV_EINVAL ? KV_OK : rc;
+    }
+    /* The sessions this entry writes are kept until its proposer said. */
+    engine_session_until(r->engine, cmd->seq ? cmd->session_until_ms : 0);
+    if (cmd->op_case == KV__COMMAND__OP_SESSION_GC) {
+        int rc = apply_session_gc(r, g, e->index, cmd->session_gc);
+        kv__command__free_unpacked(cmd, NULL);
+        if (w) { /* defensive: no waiter is ever registered for a GC */
+            w->done = true;
+            w->code = KV_EINTERNAL;
+        }
+        return rc;
     }
     if (cmd->op_case == KV__COMMAND__OP_EFFECT) {
         int rc = apply_effect(r, g, e->index, cmd, w);
@@ -3850,6 +3916,35 @@ static void propose_gc(struct replica *r, struct group *g, uint64_t now)
     }
 }
 
+/* Proposes the next session GC entry of G (apply_session_gc), dated NOW
+ * by this leader's clock: at once while a pass is under way, else once
+ * the next pass is due and the shard has sessions. Not while the last one
+ * proposed here is unapplied; nobody waits for it. */
+static void propose_session_gc(struct replica *r, struct group *g, uint64_t now)
+{
+    if (g->sgc_index > engine_applied(r->engine, g->shard) ||
+        (!g->sgc_after_len &&
+         (now < g->sgc_next_ms || !engine_has_sessions(r->engine, g->shard))))
+        return;
+    Kv__SessionGc sg = KV__SESSION_GC__INIT;
+    sg.now_ms = now;
+    sg.ttl_ms = (uint64_t)r->conf->session_ttl_s * 1000;
+    sg.after.data = g->sgc_after;
+    sg.after.len = g->sgc_after_len;
+    Kv__Command cmd = KV__COMMAND__INIT;
+    cmd.op_case = KV__COMMAND__OP_SESSION_GC;
+    cmd.session_gc = &sg;
+    size_t n = kv__command__get_packed_size(&cmd);
+    if (scratch_reserve(r, n ? n : 1) != KV_OK)
+        return;
+    kv__command__pack(&cmd, r->scratch);
+    uint64_t index = 0;
+    if (raft_propose(g->raft, r->scratch, n, &index) == RAFT_OK) {
+        g->sgc_index = index;
+        r->stats.proposals++;
+    }
+}
+
 static void recover_txns(struct replica *r)
 {
     struct sweep sw = {.r = r, .now = txn_wall(r)};
@@ -3864,6 +3959,7 @@ static void recover_txns(struct replica *r)
             engine_list_txns(r->engine, s, 'P', check_one, &sw);
         if (engine_gc_due(r->engine, s, sw.now))
             propose_gc(r, g, sw.now);
+        propose_session_gc(r, g, sw.now);
     }
 }
 
@@ -4024,6 +4120,7 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
     st->n_shard_info = c->shards;
     st->shard_info = sptr;
     st->txn_coordinators = txns_active(r->txns);
+    st->sessions_expired = r->stats.sessions_expired;
     for (size_t i = 0; i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
         struct group *g =

@@ -141,6 +141,7 @@ struct replica_stats {
     uint64_t dropped_msgs;
     uint64_t snapshots_sent;
     uint64_t snapshots_installed;
+    uint64_t sessions_expired; /* client sessions its applies deleted */
 };
 void replica_get_stats(const struct replica *r, struct replica_stats *st);
 

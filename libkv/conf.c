@@ -63,6 +63,7 @@ enum key_id {
     KEY_PROC_MAX_WRITE_BYTES,
     KEY_PROC_MAX_REPLY_BYTES,
     KEY_MAX_INFLIGHT_PER_CLIENT,
+    KEY_SESSION_TTL_S,
     KEY_COUNT
 };
 
@@ -95,6 +96,7 @@ static const struct key_def {
                                   CONF_MESSAGE_MAX},
     [KEY_MAX_INFLIGHT_PER_CLIENT] = {"max_inflight_per_client", 1, 1,
                                      CONF_INFLIGHT_LIMIT},
+    [KEY_SESSION_TTL_S] = {"session_ttl_s", 1, 1, CONF_SESSION_TTL_LIMIT},
 };
 
 /* ---- the [security] section and the CurveZMQ keys of nodes -------------- */
@@ -386,6 +388,9 @@ static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
         break;
     case KEY_MAX_INFLIGHT_PER_CLIENT:
         c->max_inflight_per_client = (uint32_t)x;
+        break;
+    case KEY_SESSION_TTL_S:
+        c->session_ttl_s = (uint32_t)x;
         break;
     default:
         return fail(p, p->line, "internal: %s is not a number", d->name);
@@ -1065,6 +1070,7 @@ int conf_parse(const char *text, size_t len, const char *name,
     c->proc_max_write_bytes = CONF_PROC_BYTES_DEFAULT;
     c->proc_max_reply_bytes = CONF_PROC_BYTES_DEFAULT;
     c->max_inflight_per_client = CONF_INFLIGHT_DEFAULT;
+    c->session_ttl_s = CONF_SESSION_TTL_DEFAULT;
     c->security.handshake_timeout_ms = CONF_HANDSHAKE_DEFAULT;
     c->path = strdup("");
     c->data_dir = strdup("data");

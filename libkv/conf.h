@@ -33,6 +33,8 @@
 #define CONF_PROC_BYTES_DEFAULT (1024u * 1024) /* write and reply budgets */
 #define CONF_INFLIGHT_DEFAULT 1024             /* max_inflight_per_client */
 #define CONF_INFLIGHT_LIMIT 1000000            /* its cap */
+#define CONF_SESSION_TTL_DEFAULT 3600          /* session_ttl_s: one hour */
+#define CONF_SESSION_TTL_LIMIT (30u * 86400)   /* its cap: 30 days */
 #define CONF_HANDSHAKE_DEFAULT 5000 /* [security] handshake_timeout_ms */
 #define CONF_HANDSHAKE_MIN 100
 #define CONF_MAX_CLIENT_KEYS 100000 /* keys in [security] client_keys */
@@ -99,6 +101,9 @@ struct conf {
     /* Requests a node holds unanswered for one client connection; more
      * are answered KV_EUNAVAILABLE at once. */
     uint32_t max_inflight_per_client;
+    /* How long a shard keeps a client's session after its last write
+     * (longer for a write whose timeout is longer: twice that). */
+    uint32_t session_ttl_s;
     struct conf_security security;
 };
 

@@ -39,6 +39,7 @@ struct overlay_slot {
     size_t klen;
     uint64_t version; /* 0: the staged write deleted the key */
     uint64_t seq;     /* session slots ("S" keys): the recorded write */
+    uint64_t until;   /* session slots: kept until (ms; 0: not dated) */
     int code;
     unsigned char *val; /* "I", "P", "X" slots: the staged value */
     size_t vlen;
@@ -83,6 +84,7 @@ struct engine {
     size_t cache_bytes;
     unsigned char *scratch;
     size_t scratch_cap;
+    uint64_t session_until; /* sessions written now: kept until (ms) */
 };
 
 /* Makes sure the scratch buffer holds N bytes. */
@@ -478,7 +480,21 @@ static int latest_version(struct engine *e, const unsigned char *dk,
 
 /* --- writes ------------------------------------------------------------- */
 
-#define SESSION_LEN 20 /* seq u64, code (i32 as u32), version u64 */
+/* A session record: seq (u64), code (i32 as u32), version (u64), then, when
+ * bit 63 of the stored seq is set, the time it is kept until (u64 ms), then
+ * the procedure reply, if any. Records written before sessions expired
+ * have no date; the session GC dates them (engine_stage_session_gc). */
+#define SESSION_LEN 20
+#define SESSION_DATED ((uint64_t)1 << 63)
+
+/* What a session records. */
+struct session {
+    bool found;
+    uint64_t seq;
+    int code;
+    uint64_t version;
+    uint64_t until; /* 0: not dated */
+};
 
 static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
                                   size_t *out_len)
@@ -489,40 +505,76 @@ static unsigned char *session_key(uint32_t shard, const void *cid, size_t len,
     return k;
 }
 
-/* Looks up the session of a client: *found and the recorded outcome, from
- * the staged generations first (a retry can be applied in the same batch as
- * the first attempt), then the cache, then the store. With REPLY, also a
- * malloc()ed copy of the recorded procedure reply (NULL when there is none). */
+/* Decodes a stored session record into *S; *REPLY and *RLEN (REPLY may be NULL)
+ * point at its reply inside V. */
+static int session_decode(const unsigned char *v, size_t vlen,
+                          struct session *s, const unsigned char **reply,
+                          size_t *rlen)
+{
+    if (vlen < SESSION_LEN)
+        return KV_ECORRUPT;
+    uint64_t seq = get_u64(v);
+    size_t hdr = SESSION_LEN + (seq & SESSION_DATED ? 8 : 0);
+    if (vlen < hdr)
+        return KV_ECORRUPT;
+    s->found = true;
+    s->seq = seq & ~SESSION_DATED;
+    s->code =
+        (int)(int32_t)(uint32_t)((uint32_t)v[8] << 24 | (uint32_t)v[9] << 16 |
+                                 (uint32_t)v[10] << 8 | v[11]);
+    s->version = get_u64(v + 12);
+    s->until = seq & SESSION_DATED ? get_u64(v + SESSION_LEN) : 0;
+    if (reply) {
+        *reply = v + hdr;
+        *rlen = vlen - hdr;
+    }
+    return KV_OK;
+}
+
+/* Whether a write's session is unusable: a sequence number without a
+ * client id of 1..ENGINE_MAX_CLIENT_ID bytes, or one too large to store. */
+static bool bad_session(const void *client_id, size_t len, uint64_t seq)
+{
+    return seq && (!client_id || len == 0 || len > ENGINE_MAX_CLIENT_ID ||
+                   seq >= SESSION_DATED);
+}
+
+/* Looks up the session of a client into *S, from the staged generations
+ * first (a retry can be applied in the same batch as the first attempt),
+ * then the cache, then the store. With REPLY, also a malloc()ed copy of the
+ * recorded procedure reply (NULL when there is none). */
 static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
-                       bool *found, uint64_t *seq, int *code, uint64_t *version,
-                       void **reply, size_t *rlen)
+                       struct session *s, void **reply, size_t *rlen)
 {
     if (reply) {
         *reply = NULL;
         *rlen = 0;
     }
+    *s = (struct session){0};
     struct gen *gens[3] = {e->cur, e->inflight,
                            e->cache.used ? &e->cache : NULL};
     for (int i = 0; i < 3; i++) {
         if (!gens[i])
             continue;
         struct overlay_slot *o = overlay_find(gens[i], sk, sklen);
-        if (o->key) {
-            *found = true;
-            *seq = o->seq;
-            *code = o->code;
-            *version = o->version;
-            if (reply && o->vlen) {
-                *reply = malloc(o->vlen);
-                if (!*reply)
-                    return KV_ENOMEM;
-                memcpy(*reply, o->val, o->vlen);
-                *rlen = o->vlen;
-            }
-            return KV_OK;
+        if (!o->key)
+            continue;
+        if (o->gone)
+            return KV_OK; /* expired: deleted by a staged GC */
+        *s = (struct session){.found = true,
+                              .seq = o->seq,
+                              .code = o->code,
+                              .version = o->version,
+                              .until = o->until};
+        if (reply && o->vlen) {
+            *reply = malloc(o->vlen);
+            if (!*reply)
+                return KV_ENOMEM;
+            memcpy(*reply, o->val, o->vlen);
+            *rlen = o->vlen;
         }
+        return KV_OK;
     }
-    *found = false;
     void *v = NULL;
     size_t vlen = 0;
     int rc = store_get(e->store, sk, sklen, &v, &vlen);
@@ -530,40 +582,33 @@ static int session_get(struct engine *e, const unsigned char *sk, size_t sklen,
         return KV_OK;
     if (rc != KV_OK)
         return rc;
-    if (vlen < SESSION_LEN) {
-        free(v);
-        return KV_ECORRUPT;
-    }
-    unsigned char *p = v;
-    *found = true;
-    *seq = get_u64(p);
-    *code =
-        (int)(int32_t)(uint32_t)((uint32_t)p[8] << 24 | (uint32_t)p[9] << 16 |
-                                 (uint32_t)p[10] << 8 | p[11]);
-    *version = get_u64(p + 12);
-    if (reply && vlen > SESSION_LEN) {
-        memmove(p, p + SESSION_LEN, vlen - SESSION_LEN);
-        *reply = p;
-        *rlen = vlen - SESSION_LEN;
+    const unsigned char *r = NULL;
+    size_t n = 0;
+    rc = session_decode(v, vlen, s, &r, &n);
+    if (rc == KV_OK && reply && n) {
+        memmove(v, r, n);
+        *reply = v;
+        *rlen = n;
         return KV_OK;
     }
     free(v);
-    return KV_OK;
+    return rc;
 }
 
-/* Stages a session record, and mirrors it in the overlay (taking SK).
- * REPLY (RLEN bytes, a procedure's reply) is recorded with it. Cannot fail
- * without a reply (the caller made room in the overlay); with one it may
- * fail for memory, leaving SK freed and nothing staged. */
+/* Stages session record S (with UNTIL its date, 0 for none), and mirrors
+ * it in the overlay (taking SK). REPLY (RLEN bytes, a procedure's reply)
+ * is recorded with it. Cannot fail without a reply (the caller made room
+ * in the overlay); with one it may fail for memory, leaving SK freed and
+ * nothing staged. */
 static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
-                       uint64_t seq, int code, uint64_t version,
-                       const void *reply, size_t rlen)
+                       const struct session *s, const void *reply, size_t rlen)
 {
+    size_t hdr = SESSION_LEN + (s->until ? 8 : 0);
     unsigned char *copy = NULL, *v = NULL;
-    unsigned char fixed[SESSION_LEN];
+    unsigned char fixed[SESSION_LEN + 8];
     if (rlen) {
         copy = malloc(rlen);
-        v = malloc(SESSION_LEN + rlen);
+        v = malloc(hdr + rlen);
         if (!copy || !v) {
             free(copy);
             free(v);
@@ -571,7 +616,7 @@ static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
             return KV_ENOMEM;
         }
         memcpy(copy, reply, rlen);
-        memcpy(v + SESSION_LEN, reply, rlen);
+        memcpy(v + hdr, reply, rlen);
     }
     struct overlay_slot *o = overlay_find(g, sk, sklen);
     if (o->key) {
@@ -582,19 +627,58 @@ static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
         o->klen = sklen;
         g->used++;
     }
-    o->seq = seq;
-    o->code = code;
-    o->version = version;
+    o->seq = s->seq;
+    o->code = s->code;
+    o->version = s->version;
+    o->until = s->until;
+    o->gone = false;
     free(o->val);
     o->val = copy;
     o->vlen = rlen;
     unsigned char *p = v ? v : fixed;
-    put_u64(p, seq);
-    put_u32(p + 8, (uint32_t)(int32_t)code);
-    put_u64(p + 12, version);
-    store_batch_put(g->batch, sk, sklen, p, SESSION_LEN + rlen);
+    put_u64(p, s->seq | (s->until ? SESSION_DATED : 0));
+    put_u32(p + 8, (uint32_t)(int32_t)s->code);
+    put_u64(p + 12, s->version);
+    if (s->until)
+        put_u64(p + SESSION_LEN, s->until);
+    store_batch_put(g->batch, sk, sklen, p, hdr + rlen);
     free(v);
     return KV_OK;
+}
+
+/* session_put of a client write's outcome, dated as engine_session_until
+ * said. */
+static int session_record(struct engine *e, unsigned char *sk, size_t sklen,
+                          uint64_t seq, int code, uint64_t version,
+                          const void *reply, size_t rlen)
+{
+    struct session s = {.seq = seq,
+                        .code = code,
+                        .version = version,
+                        .until = e->session_until};
+    return session_put(e->cur, sk, sklen, &s, reply, rlen);
+}
+
+/* Stages the delete of session SK (taking it), mirrored in the overlay as
+ * gone. The caller made room in the overlay. */
+static void session_del(struct gen *g, unsigned char *sk, size_t sklen)
+{
+    struct overlay_slot *o = overlay_find(g, sk, sklen);
+    if (o->key) {
+        free(sk);
+        sk = o->key;
+    } else {
+        o->key = sk;
+        o->klen = sklen;
+        g->used++;
+    }
+    free(o->val);
+    o->val = NULL;
+    o->vlen = 0;
+    o->seq = 0;
+    o->until = 0;
+    o->gone = true;
+    store_batch_del(g->batch, sk, sklen);
 }
 
 /* Notes that SHARD's "A" record changed in G. It is written once, when G
@@ -676,8 +760,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         return KV_EINVAL;
     if (w->index && w->index <= e->staged[w->shard].version)
         return KV_EINVAL;
-    if (w->seq && (!w->client_id || w->client_id_len == 0 ||
-                   w->client_id_len > ENGINE_MAX_CLIENT_ID))
+    if (bad_session(w->client_id, w->client_id_len, w->seq))
         return KV_EINVAL;
     struct gen *g = e->cur;
     if (g->used * 2 >= g->nslots && overlay_grow(g) != KV_OK)
@@ -698,16 +781,14 @@ int engine_stage(struct engine *e, const struct engine_write *w,
             rc = KV_ENOMEM;
             goto fail;
         }
-        bool found;
-        uint64_t seq = 0, sver = 0;
-        int scode = 0;
+        struct session ss;
         /* Sessions are written only at commit time in one generation per
          * client write: a client has one write in flight, so the store
          * holds every earlier one by the time a retry arrives. */
-        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver, NULL, NULL);
+        rc = session_get(e, sk, sklen, &ss, NULL, NULL);
         if (rc != KV_OK)
             goto fail;
-        if (found && seq >= w->seq) {
+        if (ss.found && ss.seq >= w->seq) {
             /* A retry of a write already applied: answer as the first time. */
             free(sk);
             free(dk);
@@ -716,8 +797,8 @@ int engine_stage(struct engine *e, const struct engine_write *w,
                 stage_shard_state(e, g, w->shard);
                 g->nstaged++;
             }
-            *version = scode == KV_OK ? sver : 0;
-            return scode;
+            *version = ss.code == KV_OK ? ss.version : 0;
+            return ss.code;
         }
     }
     bool locked;
@@ -750,7 +831,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         st->version = ver;
         stage_shard_state(e, g, w->shard);
         if (sk)
-            session_put(g, sk, sklen, w->seq, rc, 0, NULL, 0);
+            session_record(e, sk, sklen, w->seq, rc, 0, NULL, 0);
         g->nstaged++;
         free(dk);
         return rc;
@@ -776,8 +857,8 @@ int engine_stage(struct engine *e, const struct engine_write *w,
     g->nstaged++;
     overlay_set(g, slot, dk, dlen, w->op == ENGINE_PUT ? ver : 0);
     if (sk) /* no overlay growth between the two inserts: see the check above */
-        session_put(g, sk, sklen, w->seq, KV_OK, w->op == ENGINE_PUT ? ver : 0,
-                    NULL, 0);
+        session_record(e, sk, sklen, w->seq, KV_OK,
+                       w->op == ENGINE_PUT ? ver : 0, NULL, 0);
     *version = w->op == ENGINE_PUT ? ver : 0;
     return KV_OK;
 fail:
@@ -847,8 +928,7 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
         return KV_EINVAL;
     if (t->index && t->index <= e->staged[t->shard].version)
         return KV_EINVAL;
-    if (t->seq && (!t->client_id || t->client_id_len == 0 ||
-                   t->client_id_len > ENGINE_MAX_CLIENT_ID))
+    if (bad_session(t->client_id, t->client_id_len, t->seq))
         return KV_EINVAL;
     size_t maxv = 0;
     for (size_t i = 0; i < t->nops; i++) {
@@ -874,19 +954,17 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
         rc = sk ? KV_OK : KV_ENOMEM;
     }
     if (rc == KV_OK && sk) {
-        bool found;
-        uint64_t seq = 0, sver = 0;
-        int scode = 0;
-        rc = session_get(e, sk, sklen, &found, &seq, &scode, &sver,
-                         fx ? &fx->out : NULL, fx ? &fx->outlen : NULL);
-        if (fx && !(rc == KV_OK && found && seq >= t->seq)) {
+        struct session ss;
+        rc = session_get(e, sk, sklen, &ss, fx ? &fx->out : NULL,
+                         fx ? &fx->outlen : NULL);
+        if (fx && !(rc == KV_OK && ss.found && ss.seq >= t->seq)) {
             free(fx->out); /* an earlier call's reply: not this one's */
             fx->out = NULL;
             fx->outlen = 0;
         }
-        if (rc == KV_OK && found && seq >= t->seq) {
+        if (rc == KV_OK && ss.found && ss.seq >= t->seq) {
             if (fx)
-                fx->version = scode == KV_OK ? sver : 0;
+                fx->version = ss.code == KV_OK ? ss.version : 0;
             /* A retry: the first outcome again. Every write of a committed
              * transaction got its version; conditions held as asked. */
             if (t->index) {
@@ -896,12 +974,12 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
             }
             for (size_t i = 0; i < t->nops; i++) {
                 const struct engine_txn_op *op = &t->ops[i];
-                versions[i] = scode != KV_OK                      ? 0
-                              : op->kind == ENGINE_TXN_PUT        ? sver
+                versions[i] = ss.code != KV_OK                    ? 0
+                              : op->kind == ENGINE_TXN_PUT        ? ss.version
                               : op->kind == ENGINE_TXN_IF_VERSION ? op->version
                                                                   : 0;
             }
-            rc = scode;
+            rc = ss.code;
             goto out;
         }
     }
@@ -979,9 +1057,9 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
     stage_shard_state(e, g, t->shard);
     g->nstaged++;
     if (sk) {
-        int prc = session_put(g, sk, sklen, t->seq, rc,
-                              rc == KV_OK && (!fx || fx->version) ? ver : 0,
-                              fx ? fx->reply : NULL, fx ? fx->rlen : 0);
+        int prc = session_record(e, sk, sklen, t->seq, rc,
+                                 rc == KV_OK && (!fx || fx->version) ? ver : 0,
+                                 fx ? fx->reply : NULL, fx ? fx->rlen : 0);
         sk = NULL; /* taken */
         if (prc != KV_OK) {
             rc = prc; /* half staged: the caller stops (as for storage) */
@@ -1634,8 +1712,7 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
                             uint64_t now_ms, const void *client_id,
                             size_t client_id_len, uint64_t seq, int *state)
 {
-    if (seq && (!client_id || client_id_len == 0 ||
-                client_id_len > ENGINE_MAX_CLIENT_ID))
+    if (bad_session(client_id, client_id_len, seq))
         return KV_EINVAL;
     unsigned char *sk = NULL;
     size_t sklen = 0;
@@ -1652,17 +1729,15 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
         free(sk);
         return rc;
     }
-    bool found = false;
-    uint64_t had = 0, ver = 0;
-    int code = 0;
-    rc = session_get(e, sk, sklen, &found, &had, &code, &ver, NULL, NULL);
-    if (rc != KV_OK || (found && had >= seq)) {
+    struct session ss;
+    rc = session_get(e, sk, sklen, &ss, NULL, NULL);
+    if (rc != KV_OK || (ss.found && ss.seq >= seq)) {
         free(sk); /* a later write of the session is recorded: keep it */
         return rc;
     }
-    session_put(e->cur, sk, sklen, seq,
-                *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0, NULL,
-                0);
+    session_record(e, sk, sklen, seq,
+                   *state == ENGINE_TXN_COMMITTED ? KV_OK : KV_ECONFLICT, 0,
+                   NULL, 0);
     return KV_OK;
 }
 
@@ -1672,8 +1747,7 @@ int engine_stage_record_for(struct engine *e, uint32_t shard, uint64_t index,
                             const void *client_id, size_t client_id_len,
                             uint64_t seq, int *state)
 {
-    if (seq && (!client_id || client_id_len == 0 ||
-                client_id_len > ENGINE_MAX_CLIENT_ID))
+    if (bad_session(client_id, client_id_len, seq))
         return KV_EINVAL;
     if (seq && check_index(e, shard, index) == KV_OK && txn_id) {
         /* A record that exists is what counts; only when there is none
@@ -1723,11 +1797,16 @@ int engine_session_reply(struct engine *e, uint32_t shard,
     unsigned char *sk = session_key(shard, client_id, client_id_len, &sklen);
     if (!sk)
         return KV_ENOMEM;
-    bool found = false;
-    int rc = session_get(e, sk, sklen, &found, seq, code, version, reply, rlen);
+    struct session ss;
+    int rc = session_get(e, sk, sklen, &ss, reply, rlen);
     free(sk);
-    if (rc == KV_OK && !found)
+    if (rc == KV_OK && !ss.found)
         rc = KV_ENOTFOUND;
+    if (rc == KV_OK) {
+        *seq = ss.seq;
+        *code = ss.code;
+        *version = ss.version;
+    }
     return rc;
 }
 
@@ -1948,89 +2027,170 @@ uint64_t engine_tombstones(const struct engine *e, uint32_t shard)
     return shard < e->nshards ? e->staged[shard].tombs : 0;
 }
 
-static int cmp_txn_ids(const void *a, const void *b)
+/* A walk through the records under a prefix as staged: the store's records
+ * merged with the keys staged (changed or deleted) in the current and the
+ * flushing generation, in store key order. Every replica that applied the
+ * same entries walks the same keys, whatever its store has committed. */
+struct staged_walk {
+    struct store_iter *it;
+    const unsigned char *prefix;
+    size_t plen;
+    struct walk_key {
+        unsigned char *k;
+        size_t klen;
+    } * keys; /* copies of the staged keys, sorted */
+    size_t nkeys, next;
+    bool step; /* the store's key was handed out: step past it first */
+};
+
+/* Store key order (LevelDB's bytewise comparator). */
+static int cmp_bytes(const void *a, size_t alen, const void *b, size_t blen)
 {
-    return memcmp(a, b, ENGINE_TXN_ID_LEN);
+    size_t n = alen < blen ? alen : blen;
+    int c = n ? memcmp(a, b, n) : 0;
+    if (c)
+        return c;
+    return alen < blen ? -1 : alen > blen;
 }
 
-/* Appends to *IDS (*N ids, room for *CAP) the txn ids of the "P" records
- * of PREFIX staged in G (changed or deleted). */
-static int staged_part_ids(const struct gen *g, const unsigned char *prefix,
-                           unsigned char **ids, size_t *n, size_t *cap)
+static int cmp_walk_keys(const void *a, const void *b)
+{
+    const struct walk_key *x = a, *y = b;
+    return cmp_bytes(x->k, x->klen, y->k, y->klen);
+}
+
+/* Adds to W the keys under its prefix staged in G that come after AFTER. */
+static int walk_add_staged(struct staged_walk *w, const struct gen *g,
+                           const unsigned char *after, size_t alen, size_t *cap)
 {
     for (size_t i = 0; g && i < g->nslots; i++) {
         const struct overlay_slot *o = &g->slots[i];
-        if (!o->key || o->klen != PREFIX_LEN + ENGINE_TXN_ID_LEN ||
-            memcmp(o->key, prefix, PREFIX_LEN) != 0)
+        if (!o->key || o->klen < w->plen ||
+            memcmp(o->key, w->prefix, w->plen) != 0 ||
+            (after && cmp_bytes(o->key, o->klen, after, alen) <= 0))
             continue;
-        if (!buf_reserve(ids, cap, (*n + 1) * ENGINE_TXN_ID_LEN))
+        if (w->nkeys == *cap) {
+            size_t n = *cap ? *cap * 2 : 16;
+            struct walk_key *k = realloc(w->keys, n * sizeof(*k));
+            if (!k)
+                return KV_ENOMEM;
+            w->keys = k;
+            *cap = n;
+        }
+        unsigned char *k = malloc(o->klen);
+        if (!k)
             return KV_ENOMEM;
-        memcpy(*ids + *n * ENGINE_TXN_ID_LEN, o->key + PREFIX_LEN,
-               ENGINE_TXN_ID_LEN);
-        (*n)++;
+        memcpy(k, o->key, o->klen);
+        w->keys[w->nkeys++] = (struct walk_key){k, o->klen};
     }
     return KV_OK;
 }
 
-/* The tombstone GC's walk through a shard's "P" records, in txn id order,
- * as staged: the store's records merged with the staged ones. */
-struct part_walk {
-    unsigned char prefix[PREFIX_LEN];
-    uint32_t shard;
-    struct store_iter *it;
-    unsigned char *ids; /* staged txn ids, sorted */
-    size_t nids, next;
-};
+/* Starts W at the first key under PREFIX (PLEN bytes, kept by the caller)
+ * after AFTER (ALEN bytes; NULL: from the first). */
+static int staged_walk_start(struct engine *e, struct staged_walk *w,
+                             const unsigned char *prefix, size_t plen,
+                             const unsigned char *after, size_t alen)
+{
+    *w = (struct staged_walk){.prefix = prefix, .plen = plen};
+    size_t cap = 0;
+    int rc = walk_add_staged(w, e->cur, after, alen, &cap);
+    if (rc == KV_OK)
+        rc = walk_add_staged(w, e->inflight, after, alen, &cap);
+    if (rc == KV_OK && !(w->it = store_iter_new(e->store)))
+        rc = KV_ENOMEM;
+    if (rc != KV_OK)
+        return rc;
+    if (w->nkeys > 1)
+        qsort(w->keys, w->nkeys, sizeof(*w->keys), cmp_walk_keys);
+    if (!after) {
+        store_iter_seek(w->it, prefix, plen);
+        return KV_OK;
+    }
+    store_iter_seek(w->it, after, alen);
+    if (store_iter_valid(w->it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(w->it, &klen);
+        w->step = cmp_bytes(k, klen, after, alen) == 0;
+    }
+    return KV_OK;
+}
 
-/* The next record of W, as staged: its txn id (into ID) and header *PR;
- * *OK false when it does not decode (whatever reads it reports it).
+static void staged_walk_end(struct staged_walk *w)
+{
+    store_iter_free(w->it);
+    for (size_t i = 0; i < w->nkeys; i++)
+        free(w->keys[i].k);
+    free(w->keys);
+}
+
+/* The next key of W (*K, *KLEN: valid until the next call, as *VAL). When it is
+ * not staged, *VAL and *VLEN are the store's value, the latest; when it is,
+ * *VAL is NULL and the caller reads it as staged (it may be deleted there).
  * KV_ENOTFOUND at the end. */
-static int part_walk_next(struct engine *e, struct part_walk *w,
+static int staged_walk_next(struct staged_walk *w, const unsigned char **k,
+                            size_t *klen, const void **val, size_t *vlen)
+{
+    const unsigned char *sk = NULL;
+    size_t sklen = 0;
+    if (w->step)
+        store_iter_next(w->it);
+    w->step = false;
+    if (store_iter_valid(w->it)) {
+        sk = store_iter_key(w->it, &sklen);
+        if (sklen < w->plen || memcmp(sk, w->prefix, w->plen) != 0)
+            sk = NULL;
+    } else {
+        int rc = store_iter_status(w->it);
+        if (rc != KV_OK)
+            return rc;
+    }
+    const struct walk_key *o = w->next < w->nkeys ? &w->keys[w->next] : NULL;
+    if (!sk && !o)
+        return KV_ENOTFOUND;
+    int c = !sk ? 1 : !o ? -1 : cmp_bytes(sk, sklen, o->k, o->klen);
+    if (c < 0) { /* not staged: the store's value is the latest */
+        *k = sk;
+        *klen = sklen;
+        *val = store_iter_value(w->it, vlen);
+        w->step = true;
+        return KV_OK;
+    }
+    /* Staged (in one generation or both): past its copies and the store's. */
+    *k = o->k;
+    *klen = o->klen;
+    *val = NULL;
+    *vlen = 0;
+    while (w->next < w->nkeys && cmp_walk_keys(&w->keys[w->next], o) == 0)
+        w->next++;
+    if (c == 0)
+        store_iter_next(w->it);
+    return KV_OK;
+}
+
+/* The next "P" record of W, as staged: its txn id (into ID) and header
+ * *PR; *OK false when it does not decode (whatever reads it reports it).
+ * KV_ENOTFOUND at the end. */
+static int part_walk_next(struct engine *e, struct staged_walk *w,
                           unsigned char id[ENGINE_TXN_ID_LEN],
                           struct part_rec *pr, bool *ok)
 {
     for (;;) {
-        const unsigned char *sid = NULL;
-        if (store_iter_valid(w->it)) {
-            size_t klen;
-            const unsigned char *k = store_iter_key(w->it, &klen);
-            if (klen >= PREFIX_LEN && memcmp(k, w->prefix, PREFIX_LEN) == 0) {
-                if (klen != PREFIX_LEN + ENGINE_TXN_ID_LEN)
-                    return KV_ECORRUPT;
-                sid = k + PREFIX_LEN;
-            }
-        } else {
-            int rc = store_iter_status(w->it);
-            if (rc != KV_OK)
-                return rc;
-        }
-        const unsigned char *oid =
-            w->next < w->nids ? w->ids + w->next * ENGINE_TXN_ID_LEN : NULL;
-        if (!sid && !oid)
-            return KV_ENOTFOUND;
-        int c = !sid ? 1 : !oid ? -1 : memcmp(sid, oid, ENGINE_TXN_ID_LEN);
-        if (c < 0) { /* not staged: the store's value is the latest */
-            size_t vlen;
-            const unsigned char *v = store_iter_value(w->it, &vlen);
-            memcpy(id, sid, ENGINE_TXN_ID_LEN);
-            *ok = part_decode(v, vlen, pr) == KV_OK;
-            store_iter_next(w->it);
+        const unsigned char *k;
+        size_t klen, vlen;
+        const void *sv;
+        int rc = staged_walk_next(w, &k, &klen, &sv, &vlen);
+        if (rc != KV_OK)
+            return rc;
+        if (klen != PREFIX_LEN + ENGINE_TXN_ID_LEN)
+            return KV_ECORRUPT;
+        memcpy(id, k + PREFIX_LEN, ENGINE_TXN_ID_LEN);
+        if (sv) {
+            *ok = part_decode(sv, vlen, pr) == KV_OK;
             return KV_OK;
         }
-        memcpy(id, oid, ENGINE_TXN_ID_LEN);
-        /* Staged (in one generation or both): past its copies and the
-         * store's, then read as staged. */
-        while (w->next < w->nids && memcmp(w->ids + w->next * ENGINE_TXN_ID_LEN,
-                                           id, ENGINE_TXN_ID_LEN) == 0)
-            w->next++;
-        if (c == 0)
-            store_iter_next(w->it);
-        size_t klen, vlen = 0;
         void *v = NULL;
-        unsigned char *k =
-            tagged_key('P', w->shard, id, ENGINE_TXN_ID_LEN, &klen);
-        int rc = k ? rec_get(e, k, klen, &v, &vlen) : KV_ENOMEM;
-        free(k);
+        rc = rec_get(e, k, klen, &v, &vlen);
         if (rc == KV_ENOTFOUND)
             continue; /* deleted by a staged write */
         if (rc != KV_OK)
@@ -2049,19 +2209,12 @@ int engine_stage_gc(struct engine *e, uint32_t shard, uint64_t index,
     int rc = check_index(e, shard, index);
     if (rc != KV_OK)
         return KV_EINVAL;
-    struct part_walk w = {.prefix = {'P'}, .shard = shard};
-    put_u32(w.prefix + 1, shard);
-    size_t cap = 0;
-    rc = staged_part_ids(e->cur, w.prefix, &w.ids, &w.nids, &cap);
-    if (rc == KV_OK)
-        rc = staged_part_ids(e->inflight, w.prefix, &w.ids, &w.nids, &cap);
-    if (rc == KV_OK && !(w.it = store_iter_new(e->store)))
-        rc = KV_ENOMEM;
+    unsigned char prefix[PREFIX_LEN] = {'P'};
+    put_u32(prefix + 1, shard);
+    struct staged_walk w;
+    rc = staged_walk_start(e, &w, prefix, sizeof(prefix), NULL, 0);
     if (rc != KV_OK)
         goto out;
-    if (w.nids > 1)
-        qsort(w.ids, w.nids, ENGINE_TXN_ID_LEN, cmp_txn_ids);
-    store_iter_seek(w.it, w.prefix, sizeof(w.prefix));
     struct shard_state *st = &e->staged[shard];
     struct shard_state left = {0}; /* the tombstones that stay */
     size_t gone = 0;
@@ -2106,8 +2259,111 @@ int engine_stage_gc(struct engine *e, uint32_t shard, uint64_t index,
     if (removed)
         *removed = gone;
 out:
-    store_iter_free(w.it);
-    free(w.ids);
+    staged_walk_end(&w);
+    return rc;
+}
+
+/* --- session expiry ------------------------------------------------------- */
+
+void engine_session_until(struct engine *e, uint64_t until_ms)
+{
+    e->session_until = until_ms;
+}
+
+bool engine_has_sessions(struct engine *e, uint32_t shard)
+{
+    unsigned char prefix[PREFIX_LEN] = {'S'};
+    put_u32(prefix + 1, shard);
+    struct store_iter *it = store_iter_new(e->store);
+    if (!it)
+        return true; /* let the GC find out */
+    store_iter_seek(it, prefix, sizeof(prefix));
+    bool any = false;
+    if (store_iter_valid(it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        any = klen >= sizeof(prefix) && memcmp(k, prefix, sizeof(prefix)) == 0;
+    }
+    store_iter_free(it);
+    return any;
+}
+
+/* What the session GC does with session K (KLEN bytes) of what it reads
+ * from the store (SV, VLEN; NULL when staged): nothing, or delete it when
+ * its date passed, or date it when it has none. */
+static int session_gc_one(struct engine *e, const unsigned char *k, size_t klen,
+                          const void *sv, size_t vlen, uint64_t now_ms,
+                          uint64_t ttl_ms, struct engine_session_gc *out)
+{
+    struct session ss;
+    const unsigned char *sreply = NULL;
+    void *reply = NULL;
+    size_t rlen = 0;
+    int rc = sv ? session_decode(sv, vlen, &ss, &sreply, &rlen)
+                : session_get(e, k, klen, &ss, &reply, &rlen);
+    if (rc == KV_ECORRUPT)
+        return KV_OK; /* left for whatever reads it to report */
+    if (rc != KV_OK || !ss.found || (ss.until && ss.until >= now_ms)) {
+        free(reply);
+        return rc;
+    }
+    unsigned char *copy = malloc(klen);
+    rc = copy && overlay_reserve(e->cur, 1) == KV_OK ? KV_OK : KV_ENOMEM;
+    if (rc == KV_OK)
+        memcpy(copy, k, klen);
+    if (rc == KV_OK && ss.until) {
+        session_del(e->cur, copy, klen);
+        out->removed++;
+    } else if (rc == KV_OK) {
+        ss.until = now_ms + ttl_ms;
+        rc = session_put(e->cur, copy, klen, &ss, sv ? sreply : reply, rlen);
+        out->dated += rc == KV_OK;
+    } else {
+        free(copy);
+    }
+    free(reply);
+    return rc;
+}
+
+int engine_stage_session_gc(struct engine *e, uint32_t shard, uint64_t index,
+                            uint64_t now_ms, uint64_t ttl_ms, const void *after,
+                            size_t alen, struct engine_session_gc *out)
+{
+    *out = (struct engine_session_gc){0};
+    if (alen > ENGINE_MAX_CLIENT_ID || check_index(e, shard, index) != KV_OK)
+        return KV_EINVAL;
+    unsigned char prefix[PREFIX_LEN] = {'S'};
+    put_u32(prefix + 1, shard);
+    unsigned char *from = NULL;
+    size_t flen = 0;
+    if (alen && !(from = session_key(shard, after, alen, &flen)))
+        return KV_ENOMEM;
+    struct staged_walk w;
+    int rc = staged_walk_start(e, &w, prefix, sizeof(prefix), from, flen);
+    for (size_t seen = 0; rc == KV_OK && seen < ENGINE_SESSION_GC_SCAN;
+         seen++) {
+        const unsigned char *k;
+        size_t klen, vlen;
+        const void *sv;
+        rc = staged_walk_next(&w, &k, &klen, &sv, &vlen);
+        if (rc == KV_ENOTFOUND) {
+            out->after_len = 0; /* through: the next one starts over */
+            rc = KV_OK;
+            break;
+        }
+        if (rc == KV_OK &&
+            (klen <= PREFIX_LEN || klen > PREFIX_LEN + ENGINE_MAX_CLIENT_ID))
+            rc = KV_ECORRUPT;
+        if (rc != KV_OK)
+            break;
+        out->after_len = klen - PREFIX_LEN;
+        memcpy(out->after, k + PREFIX_LEN, out->after_len);
+        rc = session_gc_one(e, k, klen, sv, vlen, now_ms, ttl_ms, out);
+    }
+    if (rc == KV_OK)
+        stage_index(e, shard, index);
+    staged_walk_end(&w);
+    free(from);
     return rc;
 }
 
@@ -2166,15 +2422,6 @@ int engine_commit(struct engine *e)
 }
 
 /* --- scans -------------------------------------------------------------- */
-
-static int cmp_bytes(const void *a, size_t alen, const void *b, size_t blen)
-{
-    size_t n = alen < blen ? alen : blen;
-    int c = n ? memcmp(a, b, n) : 0;
-    if (c)
-        return c;
-    return alen < blen ? -1 : alen > blen;
-}
 
 /* Whether user key K (KLEN) is inside the scan's range (not the cursor). */
 static int in_range(const struct engine_scan *sc, const unsigned char *k,

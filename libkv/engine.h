@@ -260,6 +260,37 @@ int engine_stage_gc(struct engine *e, uint32_t shard, uint64_t index,
  * remove (staged state; cheap, from a count kept in memory). */
 bool engine_gc_due(const struct engine *e, uint32_t shard, uint64_t now_ms);
 
+/* Session expiry (docs/replication.md, "Exactly-once writes"). Every
+ * session record is dated: kept until a time (wall clock, ms since the
+ * epoch) that the proposer of the write that wrote it chose. The entries
+ * staged after engine_session_until(E, UNTIL_MS) date the sessions they
+ * write with UNTIL_MS (0: undated, as records written before sessions
+ * expired). */
+void engine_session_until(struct engine *e, uint64_t until_ms);
+
+/* Whether SHARD has committed sessions (one seek in the store). */
+bool engine_has_sessions(struct engine *e, uint32_t shard);
+
+/* How many sessions one engine_stage_session_gc looks at, at most. */
+#define ENGINE_SESSION_GC_SCAN 1024
+
+struct engine_session_gc {
+    size_t removed; /* sessions deleted: their date passed */
+    size_t dated;   /* undated sessions given a date */
+    unsigned char after[ENGINE_MAX_CLIENT_ID]; /* the last client id seen */
+    size_t after_len;                          /* 0: went through to the end */
+};
+
+/* Goes through at most ENGINE_SESSION_GC_SCAN of SHARD's sessions as
+ * staged, in client id order after AFTER (ALEN bytes; 0: from the first):
+ * deletes those kept until before NOW_MS (the proposer's clock in the
+ * entry) and dates the undated ones NOW_MS + TTL_MS. *OUT says how many,
+ * and where the next one goes on. Every replica that applied the same
+ * entries does the same. */
+int engine_stage_session_gc(struct engine *e, uint32_t shard, uint64_t index,
+                            uint64_t now_ms, uint64_t ttl_ms, const void *after,
+                            size_t alen, struct engine_session_gc *out);
+
 /* The number of tombstones SHARD holds (staged state). */
 uint64_t engine_tombstones(const struct engine *e, uint32_t shard);
 

@@ -312,9 +312,11 @@ static int64_t put_until_ok(kv *h, unsigned i, unsigned gen, uint32_t per_ms,
     return -1;
 }
 
-/* Encodes a put of K=V with session CID/SEQ into *buf (free() it). */
-static size_t encode_put(const char *k, const char *v, const unsigned char *cid,
-                         uint64_t seq, uint64_t id, void **buf)
+/* Encodes a put of K=V with session CID/SEQ and a timeout of TIMEOUT_MS
+ * into *buf (free() it). */
+static size_t encode_put_within(const char *k, const char *v,
+                                const unsigned char *cid, uint64_t seq,
+                                uint64_t id, uint32_t timeout_ms, void **buf)
 {
     Kv__Request req = KV__REQUEST__INIT;
     Kv__PutRequest p = KV__PUT_REQUEST__INIT;
@@ -323,7 +325,7 @@ static size_t encode_put(const char *k, const char *v, const unsigned char *cid,
     p.value.data = (uint8_t *)v;
     p.value.len = strlen(v);
     req.id = id;
-    req.timeout_ms = 5000;
+    req.timeout_ms = timeout_ms;
     req.client_id.data = (uint8_t *)cid;
     req.client_id.len = SESSION_ID_LEN;
     req.seq = seq;
@@ -332,6 +334,13 @@ static size_t encode_put(const char *k, const char *v, const unsigned char *cid,
     size_t len = 0;
     ck_assert_int_eq(wire_encode_request(&req, buf, &len), KV_OK);
     return len;
+}
+
+/* The same with a timeout of 5 s. */
+static size_t encode_put(const char *k, const char *v, const unsigned char *cid,
+                         uint64_t seq, uint64_t id, void **buf)
+{
+    return encode_put_within(k, v, cid, seq, id, 5000, buf);
 }
 
 /* Encodes a get of K (stale or not) into *buf (free() it). */
@@ -952,6 +961,105 @@ START_TEST(sigterm_of_a_leader_hands_its_shards_over_before_it_exits)
 }
 END_TEST
 
+/* --- session expiry ----------------------------------------------------------
+ */
+
+#define SESSION_TTL_S 2
+
+static void cluster_up_sessions(void)
+{
+    struct cluster_opts o = {.extra = "session_ttl_s = 2\n"};
+    stopped_pid = 0;
+    int rc = cluster_start_opts(&cl, NNODES, NSHARDS, 3, &o);
+    ck_assert_msg(rc == 0, "cluster did not start: %s", kv_strerror(rc));
+}
+
+/* The sessions the running nodes expired, summed. */
+static uint64_t sessions_expired(kv *h)
+{
+    Kv__StatusResult *sts[NNODES];
+    get_statuses(h, sts);
+    uint64_t n = 0;
+    for (int i = 0; i < NNODES; i++)
+        n += sts[i] ? sts[i]->sessions_expired : 0;
+    free_statuses(sts);
+    return n;
+}
+
+/* Three clients write with session_ttl_s = 2: one once and then goes
+ * quiet, one keeps writing, one writes once with a 10 s timeout (its
+ * session is kept twice that). The quiet one's session goes on every
+ * replica (a copy of its write sent after that is a new write, as
+ * docs/replication.md says); the others still answer a copy of their last
+ * write with its first outcome. */
+START_TEST(an_idle_session_expires_and_the_others_keep_their_outcomes)
+{
+    kv *h = open_handle(10000);
+    const char *k = "ttl/key";
+    uint32_t shard = kv_shard_of(k, strlen(k), NSHARDS);
+    unsigned char quiet[SESSION_ID_LEN], busy[SESSION_ID_LEN],
+        patient[SESSION_ID_LEN];
+    for (int j = 0; j < SESSION_ID_LEN; j++) {
+        quiet[j] = (unsigned char)(0x10 + j);
+        busy[j] = (unsigned char)(0x40 + j);
+        patient[j] = (unsigned char)(0x70 + j);
+    }
+    int code = 0;
+    uint64_t vq = 0, vp = 0, vb = 0, again = 0;
+    void *bq = NULL, *bp = NULL, *bb = NULL;
+    size_t lq = encode_put_within(k, "quiet", quiet, 1, 2001, 500, &bq);
+    send_write(h, shard, bq, lq, &code, &vq);
+    ck_assert_msg(code == KV_OK, "quiet put: %s", kv_strerror(code));
+    size_t lp = encode_put_within(k, "patient", patient, 1, 2002, 10000, &bp);
+    send_write(h, shard, bp, lp, &code, &vp);
+    ck_assert_msg(code == KV_OK, "patient put: %s", kv_strerror(code));
+    ck_assert_uint_eq(sessions_expired(h), 0);
+
+    /* Twice the lifetime, the busy client writing every 250 ms. */
+    int64_t until = harness_now_ms() + 2 * SESSION_TTL_S * 1000;
+    uint64_t seq = 0;
+    size_t lb = 0;
+    while (harness_now_ms() < until) {
+        free(bb);
+        seq++;
+        lb = encode_put_within(k, "busy", busy, seq, 3000 + seq, 500, &bb);
+        send_write(h, shard, bb, lb, &code, &vb);
+        ck_assert_msg(code == KV_OK, "busy put %" PRIu64 ": %s", seq,
+                      kv_strerror(code));
+        harness_sleep_ms(250);
+    }
+    send_write(h, shard, bb, lb, &code, &again);
+    ck_assert_msg(code == KV_OK && again == vb,
+                  "busy's last write again: %s, version %" PRIu64
+                  ", the first %" PRIu64,
+                  kv_strerror(code), again, vb);
+    send_write(h, shard, bp, lp, &code, &again);
+    ck_assert_msg(code == KV_OK && again == vp,
+                  "patient's write again: %s, version %" PRIu64
+                  ", the first %" PRIu64,
+                  kv_strerror(code), again, vp);
+
+    /* The quiet session went on the three replicas. */
+    int64_t deadline = harness_now_ms() + 10000;
+    uint64_t n;
+    while ((n = sessions_expired(h)) < NNODES && harness_now_ms() < deadline)
+        harness_sleep_ms(100);
+    ck_assert_msg(n == NNODES, "%" PRIu64 " sessions expired, want %d", n,
+                  NNODES);
+    send_write(h, shard, bq, lq, &code, &again);
+    ck_assert_msg(code == KV_OK && again > vb,
+                  "quiet's write again: %s, version %" PRIu64
+                  " (busy's last %" PRIu64 ")",
+                  kv_strerror(code), again, vb);
+    expect_value(h, k, "quiet", again);
+    free(bq);
+    free(bp);
+    free(bb);
+    kv_close(h);
+    stop_cluster_cleanly();
+}
+END_TEST
+
 /* --- stale reads ------------------------------------------------------------
  */
 
@@ -1073,6 +1181,13 @@ static Suite *replication_suite(void)
     tcase_add_test(tc,
                    a_follower_serves_stale_reads_while_the_leader_is_stopped);
     suite_add_tcase(s, tc);
+
+    TCase *ttl = tcase_create("sessions");
+    tcase_add_checked_fixture(ttl, cluster_up_sessions, cluster_down);
+    tcase_set_timeout(ttl, 120);
+    tcase_add_test(ttl,
+                   an_idle_session_expires_and_the_others_keep_their_outcomes);
+    suite_add_tcase(s, ttl);
 
     TCase *snap = tcase_create("snapshot");
     tcase_add_checked_fixture(snap, cluster_up_snapshot, cluster_down);

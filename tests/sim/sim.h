@@ -103,6 +103,7 @@ struct sim_node {
     uint64_t verified[SIM_MAX_SHARDS]; /* commit check done up to here */
     uint64_t snapshots_installed;      /* summed over its incarnations */
     uint64_t lease_reads;              /* likewise */
+    uint64_t sessions_expired;         /* likewise */
 };
 
 /* --- clients -------------------------------------------------------------- */
@@ -259,6 +260,7 @@ struct sim_params {
     bool counter_down;            /* some counter keys count down (incr
                                      with a negative argument) */
     uint32_t txn_timeout_ms;      /* cluster.conf (0: its default) */
+    uint32_t session_ttl_s;       /* cluster.conf (0: its default) */
     uint32_t fp_prepared_ppm;     /* crash at "txn-prepared" (per hit) */
     uint32_t fp_committed_ppm;    /* crash at "txn-committed" */
     uint32_t inflight_crash_ppm;  /* per ms: crash a node of a transaction
@@ -300,6 +302,7 @@ struct sim_stats {
     uint64_t stops, scans;
     uint64_t snapshots;
     uint64_t lease_reads; /* reads leaders served under a lease */
+    uint64_t sessions_expired; /* summed over the replicas */
     /* bank */
     uint64_t bank_seeds;
     uint64_t transfers_ok, transfers_conflict, transfers_unknown;

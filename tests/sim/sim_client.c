@@ -191,7 +191,10 @@ static void send_attempt(struct sim *s, struct sim_client *c)
     unsigned char tvals[2 * SIM_MAX_ACCTS][SIM_BANK_VALUE_MAX];
     unsigned char vbuf[8 + 4096];
     req.id = op->id << 16 | (uint64_t)op->attempt;
-    req.timeout_ms = amax;
+    /* As libkv: the time the whole call has left, over which the same
+     * write may come again (its session is kept at least twice that). */
+    req.timeout_ms =
+        op->deadline > s->now ? (uint32_t)(op->deadline - s->now) : amax;
     ProtobufCBinaryData key = {op->klen, (uint8_t *)op->kbuf};
     if (is_write(op->kind)) {
         req.client_id.data = c->cid;

@@ -253,15 +253,22 @@ int sim_node_start(struct sim *s, struct sim_node *n)
     return 0;
 }
 
+/* Adds what N's replica counted to what its earlier incarnations did. */
+static void keep_stats(struct sim_node *n)
+{
+    struct replica_stats st;
+    replica_get_stats(n->rep, &st);
+    n->snapshots_installed += st.snapshots_installed;
+    n->lease_reads += st.lease_reads;
+    n->sessions_expired += st.sessions_expired;
+}
+
 void sim_node_crash(struct sim *s, struct sim_node *n, const char *why)
 {
     if (!n->rep)
         return;
     sim_node_context(s, n);
-    struct replica_stats st;
-    replica_get_stats(n->rep, &st);
-    n->snapshots_installed += st.snapshots_installed;
-    n->lease_reads += st.lease_reads;
+    keep_stats(n);
     replica_close(n->rep);
     n->rep = NULL;
     store_close(n->store);
@@ -283,10 +290,7 @@ void sim_node_stop(struct sim *s, struct sim_node *n, const char *why)
     if (!n->rep)
         return;
     sim_node_context(s, n);
-    struct replica_stats st;
-    replica_get_stats(n->rep, &st);
-    n->snapshots_installed += st.snapshots_installed;
-    n->lease_reads += st.lease_reads;
+    keep_stats(n);
     replica_close(n->rep);
     n->rep = NULL;
     store_close(n->store); /* a clean stop: nothing is lost */

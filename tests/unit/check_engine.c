@@ -1498,6 +1498,11 @@ START_TEST(a_seq_without_a_valid_client_id_is_invalid)
     w.client_id = long_id;
     w.client_id_len = ENGINE_MAX_CLIENT_ID + 1;
     ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* too long */
+    w.client_id_len = 4;
+    w.seq = (uint64_t)1 << 63;
+    ck_assert_int_eq(engine_stage(eng, &w, &v), KV_EINVAL); /* seq too big */
+    w.seq = 1;
+    w.client_id = long_id;
     ck_assert(!engine_has_staged(eng));
     ck_assert_uint_eq(engine_applied(eng, 0), 0);
 
@@ -1703,6 +1708,162 @@ START_TEST(retries_of_more_sessions_than_memory_keeps_get_their_outcome)
     ck_assert_int_eq(engine_commit(eng), KV_OK);
     expect_info(2, 100, index - 1);
     expect_value(2, "k99", "v", CLIENTS);
+}
+END_TEST
+
+/* ---- session expiry ---------------------------------------------------- */
+
+/* The session of CID on SHARD: its seq, or 0 when there is none. */
+static uint64_t session_seq(uint32_t shard, const char *cid)
+{
+    uint64_t seq = 0, ver = 0;
+    int code = 0;
+    int rc = engine_session(eng, shard, cid, strlen(cid), &seq, &code, &ver);
+    ck_assert(rc == KV_OK || rc == KV_ENOTFOUND);
+    return rc == KV_OK ? seq : 0;
+}
+
+static struct engine_session_gc session_gc(uint32_t shard, uint64_t index,
+                                           uint64_t now, uint64_t ttl,
+                                           const char *after)
+{
+    struct engine_session_gc out;
+    ck_assert_int_eq(engine_stage_session_gc(eng, shard, index, now, ttl, after,
+                                             after ? strlen(after) : 0, &out),
+                     KV_OK);
+    return out;
+}
+
+/* A session goes once the time it was kept until passed, not before; a
+ * copy of its write arriving after that is a new write. */
+START_TEST(a_session_goes_once_its_date_passed_and_then_a_copy_applies_again)
+{
+    uint64_t v = 0;
+    engine_session_until(eng, 1000);
+    ck_assert_int_eq(rput(0, "k", "a", 0, 1, cid_a, 1, &v), KV_OK);
+    engine_session_until(eng, 5000);
+    ck_assert_int_eq(rput(0, "j", "b", 0, 2, cid_b, 1, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+
+    struct engine_session_gc gc = session_gc(0, 3, 1000, 60000, NULL);
+    ck_assert_uint_eq(gc.removed, 0);
+    ck_assert_uint_eq(gc.dated, 0);
+    ck_assert_uint_eq(gc.after_len, 0); /* went through */
+    gc = session_gc(0, 4, 1001, 60000, NULL);
+    ck_assert_uint_eq(gc.removed, 1);
+    ck_assert_uint_eq(engine_applied(eng, 0), 4);
+    /* gone as staged already, and after the commit and a reopen */
+    ck_assert_uint_eq(session_seq(0, cid_a), 0);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_uint_eq(session_seq(0, cid_a), 0);
+    ck_assert_uint_eq(session_seq(0, cid_b), 1);
+
+    /* cid_b's retry still gets its first outcome; cid_a's is applied */
+    engine_session_until(eng, 9000);
+    ck_assert_int_eq(rput(0, "j", "b", 0, 5, cid_b, 1, &v), KV_OK);
+    ck_assert_uint_eq(v, 2);
+    ck_assert_int_eq(rput(0, "k", "a", 0, 6, cid_a, 1, &v), KV_OK);
+    ck_assert_uint_eq(v, 6);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    expect_value(0, "k", "a", 6);
+    expect_value(0, "j", "b", 2);
+    ck_assert_uint_eq(session_seq(0, cid_a), 1);
+    /* an index not above the applied one is refused, staging nothing */
+    ck_assert_int_eq(engine_stage_session_gc(eng, 0, 6, 99999, 1, NULL, 0, &gc),
+                     KV_EINVAL);
+    ck_assert(!engine_has_staged(eng));
+}
+END_TEST
+
+/* Sessions written before they had dates (and a procedure's reply with
+ * one) are dated by the GC, keep their outcome, and go after that date. */
+START_TEST(an_undated_session_is_dated_first_and_keeps_its_outcome)
+{
+    uint64_t v = 0;
+    ck_assert_int_eq(rput(1, "k", "a", 0, 1, cid_a, 4, &v), KV_OK);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    /* the earlier format, with a reply: seq 7, code 0, version 9, "hi" */
+    const unsigned char old[] = {0, 0, 0, 0, 0, 0, 0, 7, 0, 0,   0,
+                                 0, 0, 0, 0, 0, 0, 0, 0, 9, 'h', 'i'};
+    put_raw('S', 1, cid_b, old, sizeof old);
+
+    struct engine_session_gc gc = session_gc(1, 2, 100, 50, NULL);
+    ck_assert_uint_eq(gc.dated, 2);
+    ck_assert_uint_eq(gc.removed, 0);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_int_eq(rput(1, "k", "again", 0, 3, cid_a, 4, &v), KV_OK);
+    ck_assert_uint_eq(v, 1);
+    uint64_t seq = 0, ver = 0;
+    int code = -1;
+    void *reply = NULL;
+    size_t rlen = 0;
+    ck_assert_int_eq(engine_session_reply(eng, 1, cid_b, strlen(cid_b), &seq,
+                                          &code, &ver, &reply, &rlen),
+                     KV_OK);
+    ck_assert_uint_eq(seq, 7);
+    ck_assert_int_eq(code, 0);
+    ck_assert_uint_eq(ver, 9);
+    ck_assert_uint_eq(rlen, 2);
+    ck_assert_mem_eq(reply, "hi", 2);
+    free(reply);
+
+    gc = session_gc(1, 4, 150, 50, NULL); /* dated 150: kept */
+    ck_assert_uint_eq(gc.removed + gc.dated, 0);
+    gc = session_gc(1, 5, 151, 50, NULL);
+    ck_assert_uint_eq(gc.removed, 2);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    ck_assert_uint_eq(session_seq(1, cid_a), 0);
+    ck_assert_uint_eq(session_seq(1, cid_b), 0);
+    expect_value(1, "k", "a", 1);
+}
+END_TEST
+
+/* One GC looks at ENGINE_SESSION_GC_SCAN sessions at most, in client id
+ * order, counting the staged ones with the stored (so replicas that
+ * committed their entries in other batches do the same), and the next
+ * goes on after the last it saw. */
+START_TEST(the_session_gc_is_bounded_resumes_and_sees_staged_sessions)
+{
+    enum { STORED = 1200, STAGED = 300 };
+    char cid[16];
+    uint64_t idx = 0, v = 0;
+    engine_session_until(eng, 10);
+    for (unsigned i = 0; i < STORED + STAGED; i++) {
+        if (i == STORED)
+            ck_assert_int_eq(engine_commit(eng), KV_OK);
+        snprintf(cid, sizeof cid, "c%05u", i);
+        ck_assert_int_eq(rput(2, "k", "v", 0, ++idx, cid, 1, &v), KV_OK);
+    }
+    /* a stored session renewed by a staged write: kept */
+    engine_session_until(eng, 1000);
+    ck_assert_int_eq(rput(2, "k", "w", 0, ++idx, "c00005", 2, &v), KV_OK);
+
+    struct engine_session_gc gc = session_gc(2, ++idx, 11, 1, NULL);
+    ck_assert_uint_eq(gc.removed, ENGINE_SESSION_GC_SCAN - 1);
+    ck_assert_uint_eq(gc.after_len, 6);
+    snprintf(cid, sizeof cid, "c%05u", ENGINE_SESSION_GC_SCAN - 1);
+    ck_assert_mem_eq(gc.after, cid, 6);
+    ck_assert_uint_eq(session_seq(2, cid), 0);
+    snprintf(cid, sizeof cid, "c%05u", ENGINE_SESSION_GC_SCAN);
+    ck_assert_uint_eq(session_seq(2, cid), 1); /* not seen yet */
+
+    char after[8];
+    memcpy(after, gc.after, gc.after_len);
+    after[gc.after_len] = '\0';
+    gc = session_gc(2, ++idx, 11, 1, after);
+    ck_assert_uint_eq(gc.removed, STORED + STAGED - ENGINE_SESSION_GC_SCAN);
+    ck_assert_uint_eq(gc.after_len, 0);
+    ck_assert_int_eq(engine_commit(eng), KV_OK);
+    reopen(NSHARDS);
+    ck_assert_uint_eq(session_seq(2, "c00005"), 2);
+    ck_assert_uint_eq(session_seq(2, "c00004"), 0);
+    ck_assert_uint_eq(session_seq(2, "c01499"), 0);
+    /* the one left is all the next pass finds */
+    gc = session_gc(2, ++idx, 11, 1, NULL);
+    ck_assert_uint_eq(gc.removed, 0);
+    ck_assert_uint_eq(gc.after_len, 0);
 }
 END_TEST
 
@@ -2603,6 +2764,11 @@ Suite *engine_suite(void)
     tcase_add_test(tc, a_shard_reset_forgets_the_sessions_it_replaced);
     tcase_add_test(
         tc, retries_of_more_sessions_than_memory_keeps_get_their_outcome);
+    tcase_add_test(
+        tc, a_session_goes_once_its_date_passed_and_then_a_copy_applies_again);
+    tcase_add_test(tc, an_undated_session_is_dated_first_and_keeps_its_outcome);
+    tcase_add_test(tc,
+                   the_session_gc_is_bounded_resumes_and_sees_staged_sessions);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("transactions");
