@@ -2971,8 +2971,9 @@ static int apply_txn_step(struct replica *r, struct group *g, uint64_t index,
     return KV_OK;
 }
 
-/* Applies a session GC entry; where it stopped is where the next one goes
- * on, and a pass that went through ends until SESSION_GC_EVERY_MS later. */
+/* Applies a session GC entry: where it stopped is where the next one goes
+ * on, and after a pass that went through, the next starts
+ * session_gc_every() after this one's date. */
 static int apply_session_gc(struct replica *r, struct group *g, uint64_t index,
                             const Kv__SessionGc *sg)
 {
@@ -3892,6 +3893,19 @@ static int check_one(void *arg, const struct engine_txn_info *t)
     return 0;
 }
 
+/* Proposes CMD, an entry of G's leader's own that nobody waits for; *INDEX
+ * gets its index (left as it was when it could not be proposed). */
+static void propose_own(struct replica *r, struct group *g,
+                        const Kv__Command *cmd, uint64_t *index)
+{
+    size_t n = kv__command__get_packed_size(cmd);
+    if (scratch_reserve(r, n ? n : 1) != KV_OK)
+        return;
+    kv__command__pack(cmd, r->scratch);
+    if (raft_propose(g->raft, r->scratch, n, index) == RAFT_OK)
+        r->stats.proposals++;
+}
+
 /* Proposes the removal of G's old tombstones (engine_stage_gc), dated
  * NOW by this leader's clock, unless the last one proposed here is not
  * applied yet. Nobody waits for it: the next sweep proposes again if
@@ -3905,15 +3919,7 @@ static void propose_gc(struct replica *r, struct group *g, uint64_t now)
     Kv__Command cmd = KV__COMMAND__INIT;
     cmd.op_case = KV__COMMAND__OP_TXN_GC;
     cmd.txn_gc = &gc;
-    size_t n = kv__command__get_packed_size(&cmd);
-    if (scratch_reserve(r, n ? n : 1) != KV_OK)
-        return;
-    kv__command__pack(&cmd, r->scratch);
-    uint64_t index = 0;
-    if (raft_propose(g->raft, r->scratch, n, &index) == RAFT_OK) {
-        g->gc_index = index;
-        r->stats.proposals++;
-    }
+    propose_own(r, g, &cmd, &g->gc_index);
 }
 
 /* Proposes the next session GC entry of G (apply_session_gc), dated NOW
@@ -3922,10 +3928,16 @@ static void propose_gc(struct replica *r, struct group *g, uint64_t now)
  * proposed here is unapplied; nobody waits for it. */
 static void propose_session_gc(struct replica *r, struct group *g, uint64_t now)
 {
-    if (g->sgc_index > engine_applied(r->engine, g->shard) ||
-        (!g->sgc_after_len &&
-         (now < g->sgc_next_ms || !engine_has_sessions(r->engine, g->shard))))
+    if (g->sgc_index > engine_applied(r->engine, g->shard))
         return;
+    if (!g->sgc_after_len) {
+        if (now < g->sgc_next_ms)
+            return;
+        if (!engine_has_sessions(r->engine, g->shard)) {
+            g->sgc_next_ms = now + session_gc_every(r);
+            return;
+        }
+    }
     Kv__SessionGc sg = KV__SESSION_GC__INIT;
     sg.now_ms = now;
     sg.ttl_ms = (uint64_t)r->conf->session_ttl_s * 1000;
@@ -3934,15 +3946,7 @@ static void propose_session_gc(struct replica *r, struct group *g, uint64_t now)
     Kv__Command cmd = KV__COMMAND__INIT;
     cmd.op_case = KV__COMMAND__OP_SESSION_GC;
     cmd.session_gc = &sg;
-    size_t n = kv__command__get_packed_size(&cmd);
-    if (scratch_reserve(r, n ? n : 1) != KV_OK)
-        return;
-    kv__command__pack(&cmd, r->scratch);
-    uint64_t index = 0;
-    if (raft_propose(g->raft, r->scratch, n, &index) == RAFT_OK) {
-        g->sgc_index = index;
-        r->stats.proposals++;
-    }
+    propose_own(r, g, &cmd, &g->sgc_index);
 }
 
 static void recover_txns(struct replica *r)

@@ -219,10 +219,12 @@ static void call_record(struct txns *t, struct coord *c)
     req.op_case = KV__REQUEST__OP_TXN_RECORD;
     req.txn_record = &rec;
     /* With the session, the home shard does not make the record again for
-     * a transaction it already decided and forgot. */
+     * a transaction it already decided and forgot; the client's timeout
+     * says how long it must keep the session for the client's retries. */
     if (c->req) {
         req.client_id = c->req->client_id;
         req.seq = c->req->seq;
+        req.timeout_ms = c->req->timeout_ms;
     }
     t->env.call(t->env.arg, c->home, &req);
     if (pp != parts)
@@ -247,6 +249,7 @@ static void call_decide(struct txns *t, struct coord *c, uint32_t shard,
     if (c->req && want != WANT_ASK && want != WANT_FORGET) {
         req.client_id = c->req->client_id;
         req.seq = c->req->seq;
+        req.timeout_ms = c->req->timeout_ms;
     }
     t->env.call(t->env.arg, shard, &req);
     c->wait = TXN_RETRY_TICKS;

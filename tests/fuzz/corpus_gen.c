@@ -593,9 +593,11 @@ static size_t commands(uint32_t shard, uint32_t nshards,
     c.put = &put;
     c.client_id = bin(FUZZ_CLIENT_ID);
     c.seq = FUZZ_CLIENT_SEQ + 1;
+    c.session_until_ms = FUZZ_WALL_BASE + 1000; /* gone by session-gc */
     names[n] = "put";
     lens[n] = pack_command(&c, cmds[n]);
     n++;
+    c.session_until_ms = 0;
     put.if_version = 3;
     put.key = bin(nk);
     c.seq = 0;
@@ -703,6 +705,18 @@ static size_t commands(uint32_t shard, uint32_t nshards,
     c.op_case = KV__COMMAND__OP_TXN_GC;
     c.txn_gc = &gc;
     names[n] = "txn-gc";
+    lens[n] = pack_command(&c, cmds[n]);
+    n++;
+    Kv__SessionGc sg = KV__SESSION_GC__INIT;
+    sg.now_ms = FUZZ_WALL_BASE + 10000000;
+    sg.ttl_ms = 3600000;
+    c.op_case = KV__COMMAND__OP_SESSION_GC;
+    c.session_gc = &sg;
+    names[n] = "session-gc";
+    lens[n] = pack_command(&c, cmds[n]);
+    n++;
+    sg.after = bin(FUZZ_CLIENT_ID);
+    names[n] = "session-gc-after";
     lens[n] = pack_command(&c, cmds[n]);
     n++;
     Kv__ProcEffect fx = KV__PROC_EFFECT__INIT;

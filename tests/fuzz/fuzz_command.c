@@ -12,7 +12,7 @@
  * replica_open loads them and the first iterations of the loop apply
  * them: apply_entry decodes each Command and hands it to the engine (a
  * write, a single-shard transaction, a two-phase commit step, a
- * tombstone GC, a procedure's effects). Then client reads of the seeded
+ * tombstone GC, a session GC, a procedure's effects). Then client reads of the seeded
  * keys, a scan of each shard and a status read the result, and 60 more
  * iterations run the recovery sweeps over what the entries left.
  *
