@@ -12,9 +12,10 @@
  * replica_open loads them and the first iterations of the loop apply
  * them: apply_entry decodes each Command and hands it to the engine (a
  * write, a single-shard transaction, a two-phase commit step, a
- * tombstone GC, a session GC, a procedure's effects). Then client reads of the seeded
- * keys, a scan of each shard and a status read the result, and 60 more
- * iterations run the recovery sweeps over what the entries left.
+ * tombstone GC, a session GC, a procedure's effects). Then client reads
+ * of the seeded keys, a scan of each shard and a status read the result,
+ * and 60 more iterations run the recovery sweeps over what the entries
+ * left.
  *
  * Every replica applies the same entries, so an entry that stops the node
  * stops every replica of its shard for good: that is a finding here (it
