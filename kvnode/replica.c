@@ -174,9 +174,10 @@ struct replica {
     bool *has_rd;
     bool *early; /* by shard: its appends go out before the fsync */
     size_t total_waiters;
-    uint64_t ticks;      /* replica_tick calls so far */
-    uint64_t boot_id;    /* random per start: peers notice our restarts */
-    uint64_t *peer_boot; /* by node index: the boot id last seen */
+    uint64_t ticks;          /* replica_tick calls so far */
+    uint64_t boot_id;        /* random per start: peers notice our restarts */
+    uint64_t *peer_boot;     /* by node index: the boot id last seen */
+    uint32_t *peer_features; /* by node index: the features it announced */
     struct replica_stats stats;
     unsigned char *scratch;
     size_t scratch_cap;
@@ -260,6 +261,28 @@ static bool is_member(const struct group *g, uint32_t id)
         if (g->members[i] == id)
             return true;
     return false;
+}
+
+/* What this version does that older ones do not, announced to peers in
+ * every PeerBatch: a leader uses one only once every member of the group
+ * announced it, so that the replicas of a shard running two versions
+ * during a rolling upgrade still apply its log alike. */
+#define FEATURE_SESSION_EXPIRY 1u /* dated sessions, SessionGc entries */
+#define FEATURES FEATURE_SESSION_EXPIRY
+
+static const struct conf_node *node_of(const struct replica *r, uint32_t id);
+
+/* Whether every other member of G announced feature F. */
+static bool group_has(const struct replica *r, const struct group *g,
+                      uint32_t f)
+{
+    for (size_t i = 0; i < g->nmembers; i++) {
+        const struct conf_node *n = node_of(r, g->members[i]);
+        if (g->members[i] != r->id &&
+            (!n || !(r->peer_features[n - r->conf->nodes] & f)))
+            return false;
+    }
+    return true;
 }
 
 static const struct conf_node *node_of(const struct replica *r, uint32_t id)
@@ -777,6 +800,7 @@ static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b)
     b->from = r->id;
     b->cluster = r->conf->cluster;
     b->boot_id = r->boot_id;
+    b->features = FEATURES;
     /* Now and then, the plugins this node loaded (their hashes). */
     const struct conf_node *node = node_of(r, to);
     size_t pi = node ? (size_t)(node - r->conf->nodes) : 0;
@@ -1093,6 +1117,19 @@ static bool key_ok(struct replica *r, const void *client, size_t clen,
     return true;
 }
 
+/* Whether REQ's session can be recorded: no sequence number, or one below
+ * 2^63 (the engine keeps the top bit) with a client id of 1 to
+ * ENGINE_MAX_CLIENT_ID bytes. */
+#define SESSION_RULE                                                           \
+    "a sequence number needs a client id of 1 to 64 bytes and must be "        \
+    "below 2^63"
+static bool session_ok(const Kv__Request *req)
+{
+    return !req->seq || (req->client_id.len > 0 &&
+                         req->client_id.len <= ENGINE_MAX_CLIENT_ID &&
+                         req->seq < 1ull << 63);
+}
+
 /* Until when a write proposed now keeps its session: session_ttl_s, or
  * twice the write's own timeout (TIMEOUT_MS) when that is longer, so that
  * no copy of the write that its client sends can come after the session
@@ -1121,10 +1158,8 @@ static struct waiter *propose_command(struct replica *r, const void *client,
                                       size_t clen, const Kv__Request *req,
                                       uint32_t shard, Kv__Command *cmd)
 {
-    if (req->seq && (req->client_id.len == 0 ||
-                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
-        reply_code(r, client, clen, req->id, KV_EINVAL,
-                   "a write with a sequence number needs a client id");
+    if (!session_ok(req)) {
+        reply_code(r, client, clen, req->id, KV_EINVAL, SESSION_RULE);
         return NULL;
     }
     struct group *g = r->groups[shard];
@@ -1139,7 +1174,7 @@ static struct waiter *propose_command(struct replica *r, const void *client,
     }
     cmd->client_id = req->client_id;
     cmd->seq = req->seq;
-    if (req->seq)
+    if (req->seq && group_has(r, g, FEATURE_SESSION_EXPIRY))
         cmd->session_until_ms = session_until(r, req->timeout_ms);
     size_t n = kv__command__get_packed_size(cmd);
     if (scratch_reserve(r, n ? n : 1) != KV_OK) {
@@ -1374,10 +1409,8 @@ static void handle_txn(struct replica *r, const void *client, size_t clen,
             reply_redirect(r, client, clen, req->id, shard);
             return;
         }
-        if (req->seq && (req->client_id.len == 0 ||
-                         req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
-            reply_code(r, client, clen, req->id, KV_EINVAL,
-                       "a write with a sequence number needs a client id");
+        if (!session_ok(req)) {
+            reply_code(r, client, clen, req->id, KV_EINVAL, SESSION_RULE);
             return;
         }
         uint64_t seq = 0, ver = 0;
@@ -2653,10 +2686,8 @@ static void handle_call(struct replica *r, const void *client, size_t clen,
         handle_read(r, client, clen, env);
         return;
     }
-    if (req->seq && (req->client_id.len == 0 ||
-                     req->client_id.len > ENGINE_MAX_CLIENT_ID)) {
-        reply_code(r, client, clen, req->id, KV_EINVAL,
-                   "a call with a sequence number needs a client id");
+    if (!session_ok(req)) {
+        reply_code(r, client, clen, req->id, KV_EINVAL, SESSION_RULE);
         goto done;
     }
     uint32_t shard = shard_of(c->key.data, c->key.len, r->conf->shards);
@@ -3373,6 +3404,7 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
                     raft_peer_restarted(r->groups[s]->raft, b->from);
         r->peer_boot[pi] = b->boot_id;
     }
+    r->peer_features[pi] = b->features;
     if (b->has_plugins)
         take_plugins(r, pi, b);
     struct raft_entry *es = NULL;
@@ -3928,8 +3960,11 @@ static void propose_gc(struct replica *r, struct group *g, uint64_t now)
  * proposed here is unapplied; nobody waits for it. */
 static void propose_session_gc(struct replica *r, struct group *g, uint64_t now)
 {
-    if (g->sgc_index > engine_applied(r->engine, g->shard))
+    if (g->sgc_index > engine_applied(r->engine, g->shard) ||
+        !group_has(r, g, FEATURE_SESSION_EXPIRY))
         return;
+    if (g->sgc_next_ms > now + session_gc_every(r))
+        g->sgc_next_ms = now + session_gc_every(r); /* a clock gone wrong */
     if (!g->sgc_after_len) {
         if (now < g->sgc_next_ms)
             return;
@@ -4245,6 +4280,7 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->has_rd = calloc(conf->shards, sizeof(*r->has_rd));
     r->early = calloc(conf->shards, sizeof(*r->early));
     r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
+    r->peer_features = calloc(conf->nnodes, sizeof(*r->peer_features));
     r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
     r->hint = calloc(conf->shards, sizeof(*r->hint));
     r->peer_plugins = calloc(conf->nnodes, sizeof(*r->peer_plugins));
@@ -4260,7 +4296,8 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->parked_calls = (seed * 0x9e3779b97f4a7c15ull) >> 4;
     r->fanout_calls = (seed * 0xc2b2ae3d27d4eb4full) >> 20;
     int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
-                     r->hint && r->txns && r->peer_plugins && r->plugins_sent
+                     r->peer_features && r->hint && r->txns &&
+                     r->peer_plugins && r->plugins_sent
                  ? KV_OK
                  : KV_ENOMEM;
     if (rc == KV_OK)
@@ -4333,6 +4370,7 @@ void replica_close(struct replica *r)
     free(r->has_rd);
     free(r->early);
     free(r->peer_boot);
+    free(r->peer_features);
     free(r->hint);
     txns_free(r->txns);
     for (size_t i = 0; i < r->nlocal; i++)

@@ -379,6 +379,31 @@ static int meta_check_one(struct engine *e, struct store_batch *b,
     return KV_OK;
 }
 
+/* The data format: 2 since session records carry the time they are kept
+ * until (a format 1 directory is read as it is and becomes format 2; a
+ * kvnode of format 1 refuses format 2, whose sessions it would misread). */
+#define FORMAT "2"
+#define FORMAT_BEFORE_DATED_SESSIONS "1"
+
+/* Upgrades a format 1 directory: from now on it may hold dated sessions. */
+static int meta_upgrade_format(struct engine *e, struct store_batch *b,
+                               int *writes)
+{
+    void *v = NULL;
+    size_t vlen = 0;
+    int rc = store_get(e->store, "Mformat", 7, &v, &vlen);
+    if (rc == KV_OK && vlen == 1 &&
+        memcmp(v, FORMAT_BEFORE_DATED_SESSIONS, 1) == 0) {
+        store_batch_put(b, "Mformat", 7, FORMAT, 1);
+        (*writes)++;
+        rc = KV_OK;
+    } else if (rc == KV_ENOTFOUND) {
+        rc = KV_OK;
+    }
+    free(v);
+    return rc;
+}
+
 int engine_check_meta(struct engine *e, const char *cluster, uint32_t node_id,
                       char *err, size_t errlen)
 {
@@ -389,7 +414,12 @@ int engine_check_meta(struct engine *e, const char *cluster, uint32_t node_id,
     if (!b)
         return KV_ENOMEM;
     int writes = 0;
-    int rc = meta_check_one(e, b, "format", "1", &writes, err, errlen);
+    int rc = meta_upgrade_format(e, b, &writes);
+    if (rc == KV_OK && !writes)
+        rc = meta_check_one(e, b, "format", FORMAT, &writes, err, errlen);
+    else if (rc != KV_OK)
+        snprintf(err, errlen, "cannot read metadata format: %s",
+                 kv_strerror(rc));
     if (rc == KV_OK)
         rc = meta_check_one(e, b, "cluster", cluster, &writes, err, errlen);
     if (rc == KV_OK)
@@ -2293,7 +2323,8 @@ bool engine_has_sessions(struct engine *e, uint32_t shard)
  * its date passed, or date it when it has none. */
 static int session_gc_one(struct engine *e, const unsigned char *k, size_t klen,
                           const void *sv, size_t vlen, uint64_t now_ms,
-                          uint64_t ttl_ms, struct engine_session_gc *out)
+                          uint64_t ttl_ms, struct engine_session_gc *out,
+                          bool *live)
 {
     struct session ss;
     const unsigned char *sreply = NULL;
@@ -2301,6 +2332,7 @@ static int session_gc_one(struct engine *e, const unsigned char *k, size_t klen,
     size_t rlen = 0;
     int rc = sv ? session_decode(sv, vlen, &ss, &sreply, &rlen)
                 : session_get(e, k, klen, &ss, &reply, &rlen);
+    *live = rc == KV_ECORRUPT || (rc == KV_OK && ss.found);
     if (rc == KV_ECORRUPT)
         return KV_OK; /* left for whatever reads it to report */
     if (rc != KV_OK || !ss.found || (ss.until && ss.until >= now_ms)) {
@@ -2315,7 +2347,7 @@ static int session_gc_one(struct engine *e, const unsigned char *k, size_t klen,
         session_del(e->cur, copy, klen);
         out->removed++;
     } else if (rc == KV_OK) {
-        ss.until = now_ms + ttl_ms;
+        ss.until = now_ms + ttl_ms >= now_ms ? now_ms + ttl_ms : UINT64_MAX;
         rc = session_put(e->cur, copy, klen, &ss, sv ? sreply : reply, rlen);
         out->dated += rc == KV_OK;
     } else {
@@ -2340,11 +2372,14 @@ int engine_stage_session_gc(struct engine *e, uint32_t shard, uint64_t index,
         return KV_ENOMEM;
     struct staged_walk w;
     int rc = staged_walk_start(e, &w, prefix, sizeof(prefix), from, flen);
-    for (size_t seen = 0; rc == KV_OK && seen < ENGINE_SESSION_GC_SCAN;
-         seen++) {
+    /* Sessions deleted by a staged write are passed over uncounted: a
+     * replica that committed the delete does not see them at all. */
+    size_t seen = 0;
+    while (rc == KV_OK && seen < ENGINE_SESSION_GC_SCAN) {
         const unsigned char *k;
         size_t klen, vlen;
         const void *sv;
+        bool live = false;
         rc = staged_walk_next(&w, &k, &klen, &sv, &vlen);
         if (rc == KV_ENOTFOUND) {
             out->after_len = 0; /* through: the next one starts over */
@@ -2356,9 +2391,12 @@ int engine_stage_session_gc(struct engine *e, uint32_t shard, uint64_t index,
             rc = KV_ECORRUPT;
         if (rc != KV_OK)
             break;
-        out->after_len = klen - PREFIX_LEN;
-        memcpy(out->after, k + PREFIX_LEN, out->after_len);
-        rc = session_gc_one(e, k, klen, sv, vlen, now_ms, ttl_ms, out);
+        rc = session_gc_one(e, k, klen, sv, vlen, now_ms, ttl_ms, out, &live);
+        if (live) {
+            seen++;
+            out->after_len = klen - PREFIX_LEN;
+            memcpy(out->after, k + PREFIX_LEN, out->after_len);
+        }
     }
     if (rc == KV_OK)
         stage_index(e, shard, index);

@@ -1060,6 +1060,62 @@ START_TEST(an_idle_session_expires_and_the_others_keep_their_outcomes)
 }
 END_TEST
 
+/* A sequence number of 2^63 or more cannot be recorded in a session: a
+ * write and a cross-shard transaction carrying one get KV_EINVAL from the
+ * leader and write nothing. */
+START_TEST(a_sequence_number_of_2_63_or_more_is_refused)
+{
+    kv *h = open_handle(10000);
+    unsigned char cid[SESSION_ID_LEN];
+    memset(cid, 0x5a, sizeof cid);
+    const uint64_t big = (uint64_t)1 << 63;
+    char k[2][32];
+    key_in_shard("big/", 0, NSHARDS, 0, k[0], sizeof k[0]);
+    key_in_shard("big/", 1, NSHARDS, 0, k[1], sizeof k[1]);
+    int code = 0;
+    uint64_t v = 0;
+    void *b = NULL;
+    size_t l = encode_put_within(k[0], "x", cid, big, 4001, 5000, &b);
+    send_write(h, 0, b, l, &code, &v);
+    free(b);
+    ck_assert_msg(code == KV_EINVAL, "put: %s", kv_strerror(code));
+
+    Kv__TxnOp ops[2] = {KV__TXN_OP__INIT, KV__TXN_OP__INIT};
+    Kv__TxnOp *pops[2] = {&ops[0], &ops[1]};
+    for (int i = 0; i < 2; i++) {
+        ops[i].kind = KV__TXN_OP__KIND__PUT;
+        ops[i].key.data = (uint8_t *)k[i];
+        ops[i].key.len = strlen(k[i]);
+        ops[i].value.data = (uint8_t *)"x";
+        ops[i].value.len = 1;
+    }
+    Kv__TxnRequest tr = KV__TXN_REQUEST__INIT;
+    tr.ops = pops;
+    tr.n_ops = 2;
+    Kv__Request rq = KV__REQUEST__INIT;
+    rq.id = 4002;
+    rq.timeout_ms = 5000;
+    rq.client_id.data = cid;
+    rq.client_id.len = sizeof cid;
+    rq.seq = big;
+    rq.op_case = KV__REQUEST__OP_TXN;
+    rq.txn = &tr;
+    ck_assert_int_eq(wire_encode_request(&rq, &b, &l), KV_OK);
+    send_write(h, 0, b, l, &code, &v);
+    free(b);
+    ck_assert_msg(code == KV_EINVAL, "transaction: %s", kv_strerror(code));
+    for (int i = 0; i < 2; i++) {
+        size_t vlen = 0;
+        void *val = NULL;
+        int rc = kv_get(h, k[i], strlen(k[i]), NULL, &val, &vlen, NULL);
+        free(val);
+        ck_assert_msg(rc == KV_ENOTFOUND, "%s: %s", k[i], kv_strerror(rc));
+    }
+    kv_close(h);
+    stop_cluster_cleanly();
+}
+END_TEST
+
 /* --- stale reads ------------------------------------------------------------
  */
 
@@ -1187,6 +1243,7 @@ static Suite *replication_suite(void)
     tcase_set_timeout(ttl, 120);
     tcase_add_test(ttl,
                    an_idle_session_expires_and_the_others_keep_their_outcomes);
+    tcase_add_test(ttl, a_sequence_number_of_2_63_or_more_is_refused);
     suite_add_tcase(s, ttl);
 
     TCase *snap = tcase_create("snapshot");

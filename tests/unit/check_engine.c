@@ -630,6 +630,44 @@ START_TEST(metadata_is_written_once_and_then_checked)
 }
 END_TEST
 
+/* Writes metadata record NAME = VALUE straight into the store. */
+static void put_meta(const char *name, const char *value)
+{
+    char key[32];
+    int klen = snprintf(key, sizeof key, "M%s", name);
+    struct store_batch *b = store_batch_new();
+    ck_assert_ptr_nonnull(b);
+    store_batch_put(b, key, (size_t)klen, value, strlen(value));
+    ck_assert_int_eq(store_write(st, b, true), KV_OK);
+    store_batch_free(b);
+}
+
+/* A directory of format 1 (sessions without dates) is read as it is and
+ * becomes format 2, which a kvnode of format 1 refuses; a format this
+ * build does not know is refused naming it. */
+START_TEST(a_format_1_directory_is_upgraded_and_an_unknown_format_refused)
+{
+    char err[256] = "";
+    put_meta("format", "1");
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+    void *v = NULL;
+    size_t vlen = 0;
+    ck_assert_int_eq(store_get(st, "Mformat", 7, &v, &vlen), KV_OK);
+    ck_assert_uint_eq(vlen, 1);
+    ck_assert_mem_eq(v, "2", 1);
+    free(v);
+    reopen(NSHARDS);
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_OK);
+
+    put_meta("format", "3");
+    ck_assert_int_eq(engine_check_meta(eng, "local", 1, err, sizeof err),
+                     KV_EINVAL);
+    ck_assert_msg(strstr(err, "format \"3\", not \"2\"") != NULL, "%s", err);
+}
+END_TEST
+
 START_TEST(metadata_of_another_cluster_is_refused_naming_it)
 {
     char err[256] = "";
@@ -1867,6 +1905,47 @@ START_TEST(the_session_gc_is_bounded_resumes_and_sees_staged_sessions)
 }
 END_TEST
 
+/* Two replicas apply the same entries, one committing between two GCs
+ * and one not: the second GC passes over what the first deleted whether
+ * the delete is committed or still staged, so both end alike. */
+START_TEST(replicas_that_commit_at_other_points_expire_the_same_sessions)
+{
+    enum { SESSIONS = 1100 };
+    char cid[16];
+    struct engine_session_gc gc[2][2];
+    for (int replica = 0; replica < 2; replica++) {
+        if (replica == 1) { /* a fresh store for the second replica */
+            close_engine();
+            rm_tree(dbdir);
+            open_engine(NSHARDS);
+        }
+        uint64_t idx = 0, v = 0;
+        engine_session_until(eng, 10);
+        for (unsigned i = 0; i < SESSIONS; i++) {
+            snprintf(cid, sizeof cid, "c%05u", i);
+            ck_assert_int_eq(rput(2, "k", "v", 0, ++idx, cid, 1, &v), KV_OK);
+        }
+        ck_assert_int_eq(engine_commit(eng), KV_OK);
+        gc[replica][0] = session_gc(2, ++idx, 11, 1, NULL);
+        if (replica == 0)
+            ck_assert_int_eq(engine_commit(eng), KV_OK);
+        gc[replica][1] = session_gc(2, ++idx, 11, 1, NULL);
+        ck_assert_int_eq(engine_commit(eng), KV_OK);
+        snprintf(cid, sizeof cid, "c%05u", SESSIONS - 1);
+        ck_assert_uint_eq(session_seq(2, cid), 0);
+        ck_assert_uint_eq(session_seq(2, "c00000"), 0);
+    }
+    for (int g = 0; g < 2; g++) {
+        ck_assert_uint_eq(gc[0][g].removed, gc[1][g].removed);
+        ck_assert_uint_eq(gc[0][g].after_len, gc[1][g].after_len);
+        ck_assert_mem_eq(gc[0][g].after, gc[1][g].after, gc[0][g].after_len);
+    }
+    ck_assert_uint_eq(gc[0][0].removed, ENGINE_SESSION_GC_SCAN);
+    ck_assert_uint_eq(gc[0][1].removed, SESSIONS - ENGINE_SESSION_GC_SCAN);
+    ck_assert_uint_eq(gc[0][1].after_len, 0);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------ */
 
 /* ---- transactions on one shard (engine_stage_txn) ----------------------- */
@@ -2712,6 +2791,8 @@ Suite *engine_suite(void)
     tcase_add_test(tc, metadata_of_another_cluster_is_refused_naming_it);
     tcase_add_test(tc, metadata_of_another_node_is_refused_naming_it);
     tcase_add_test(tc, metadata_of_another_shard_count_is_refused_naming_it);
+    tcase_add_test(
+        tc, a_format_1_directory_is_upgraded_and_an_unknown_format_refused);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("scans");
@@ -2769,6 +2850,8 @@ Suite *engine_suite(void)
     tcase_add_test(tc, an_undated_session_is_dated_first_and_keeps_its_outcome);
     tcase_add_test(tc,
                    the_session_gc_is_bounded_resumes_and_sees_staged_sessions);
+    tcase_add_test(
+        tc, replicas_that_commit_at_other_points_expire_the_same_sessions);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("transactions");
