@@ -899,6 +899,11 @@ static void choose_params(struct sim *s, int scenario)
      * apart. Not from G: seeds stay as they were. */
     if (s->seed % 3 == 1)
         p->session_ttl_s = 8;
+    /* A third of those with node 1 announcing no features, as an older
+     * version would during a rolling upgrade: no leader may expire a
+     * session of a shard it holds a replica of. */
+    if (s->seed % 9 == 4)
+        p->legacy_node = 1;
 }
 
 static int build_conf(struct sim *s)
@@ -1134,6 +1139,23 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
             for (int i = 0; i < s->p.nnodes && !s->failed; i++)
                 sim_check_commits(s, &s->nodes[i]);
     }
+    for (int i = 0; i < s->p.nnodes; i++) {
+        s->st.snapshots += installed(&s->nodes[i]);
+        s->st.lease_reads += s->nodes[i].lease_reads;
+        s->st.sessions_expired += s->nodes[i].sessions_expired;
+        if (s->nodes[i].rep) {
+            struct replica_stats rs;
+            replica_get_stats(s->nodes[i].rep, &rs);
+            s->st.lease_reads += rs.lease_reads;
+            s->st.sessions_expired += rs.sessions_expired;
+        }
+    }
+    if (!s->failed && s->p.legacy_node && (uint32_t)s->p.nnodes == s->conf->replicas &&
+        s->st.sessions_expired)
+        sim_fail(s,
+                 "legacy: %llu sessions expired while node %d, a replica of "
+                 "every shard, announced no session expiry",
+                 (unsigned long long)s->st.sessions_expired, s->p.legacy_node);
     int failed = s->failed;
     if (failed) {
         printf("FAIL seed=%llu scenario=%s t=%llums: %s\n",
@@ -1162,17 +1184,6 @@ static int run_seed(uint64_t seed, int scenario, uint64_t max_events,
                (unsigned long long)s->st.partitions);
     }
     fflush(stdout);
-    for (int i = 0; i < s->p.nnodes; i++) {
-        s->st.snapshots += installed(&s->nodes[i]);
-        s->st.lease_reads += s->nodes[i].lease_reads;
-        s->st.sessions_expired += s->nodes[i].sessions_expired;
-        if (s->nodes[i].rep) {
-            struct replica_stats rs;
-            replica_get_stats(s->nodes[i].rep, &rs);
-            s->st.lease_reads += rs.lease_reads;
-            s->st.sessions_expired += rs.sessions_expired;
-        }
-    }
     tot->seeds++;
     tot->sim_ms += s->now;
     if (failed)

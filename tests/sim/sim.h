@@ -261,6 +261,8 @@ struct sim_params {
                                      with a negative argument) */
     uint32_t txn_timeout_ms;      /* cluster.conf (0: its default) */
     uint32_t session_ttl_s;       /* cluster.conf (0: its default) */
+    int legacy_node; /* 1-based, or 0: its PeerBatches arrive without
+                        features, as from a version before them */
     uint32_t fp_prepared_ppm;     /* crash at "txn-prepared" (per hit) */
     uint32_t fp_committed_ppm;    /* crash at "txn-committed" */
     uint32_t inflight_crash_ppm;  /* per ms: crash a node of a transaction

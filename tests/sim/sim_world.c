@@ -440,6 +440,11 @@ static void deliver_peer(struct sim *s, struct sim_node *n,
         sim_after_event(s, n);
         return;
     }
+    /* An older version announces no features, and uses none: the legacy
+     * node hears of none either, so it proposes nothing its peers would
+     * not. */
+    if (s->p.legacy_node == m->from + 1 || s->p.legacy_node == (int)n->id)
+        env->peer->features = 0;
     replica_peer(n->rep, env->peer);
     bool go = sim_scenario_peer(s, n, env->peer, 1);
     wire_free(env);
