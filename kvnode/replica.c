@@ -1142,6 +1142,18 @@ static uint64_t session_until(struct replica *r, uint32_t timeout_ms)
     return txn_wall(r) + keep;
 }
 
+/* Gives CMD, proposed on G for REQ, the client's session: its id and
+ * sequence number, and until when the shard keeps it (once every replica
+ * of G knows session expiry). */
+static void set_session(struct replica *r, const struct group *g,
+                        const Kv__Request *req, Kv__Command *cmd)
+{
+    cmd->client_id = req->client_id;
+    cmd->seq = req->seq;
+    if (req->seq && group_has(r, g, FEATURE_SESSION_EXPIRY))
+        cmd->session_until_ms = session_until(r, req->timeout_ms);
+}
+
 /* How often a leader starts a pass of session expiry over a shard: every
  * half session lifetime, at least once a minute. */
 #define SESSION_GC_MAX_EVERY_MS 60000
@@ -1172,10 +1184,7 @@ static struct waiter *propose_command(struct replica *r, const void *client,
                    "too many writes in flight; retry");
         return NULL;
     }
-    cmd->client_id = req->client_id;
-    cmd->seq = req->seq;
-    if (req->seq && group_has(r, g, FEATURE_SESSION_EXPIRY))
-        cmd->session_until_ms = session_until(r, req->timeout_ms);
+    set_session(r, g, req, cmd);
     size_t n = kv__command__get_packed_size(cmd);
     if (scratch_reserve(r, n ? n : 1) != KV_OK) {
         reply_code(r, client, clen, req->id, KV_ENOMEM, "out of memory");
@@ -2331,8 +2340,7 @@ static int eval_call(struct replica *r, struct group *g, const void *client,
     Kv__Command cmd = KV__COMMAND__INIT;
     cmd.op_case = KV__COMMAND__OP_EFFECT;
     cmd.effect = &fx;
-    cmd.client_id = req->client_id;
-    cmd.seq = req->seq;
+    set_session(r, g, req, &cmd);
     /* One entry travels in one peer frame: it must fit with room for the
      * frame around it (budgets can add up to more than that). */
     size_t size = kv__command__get_packed_size(&cmd);
