@@ -170,6 +170,23 @@ static int overlay_grow(struct gen *g)
     return KV_OK;
 }
 
+/* The slot of KEY (KLEN bytes, a malloc()ed store key) in G, taking KEY:
+ * it becomes the slot's key, or is freed when the slot has one already.
+ * The caller made room in G. */
+static struct overlay_slot *overlay_claim(struct gen *g, unsigned char *key,
+                                          size_t klen)
+{
+    struct overlay_slot *o = overlay_find(g, key, klen);
+    if (o->key) {
+        free(key);
+    } else {
+        o->key = key;
+        o->klen = klen;
+        g->used++;
+    }
+    return o;
+}
+
 /* Records that KEY (a store key, whose ownership passes to the overlay when
  * the slot is new) now has VERSION. Frees KEY if the slot existed. */
 static void overlay_set(struct gen *g, struct overlay_slot *s,
@@ -648,15 +665,7 @@ static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
         memcpy(copy, reply, rlen);
         memcpy(v + hdr, reply, rlen);
     }
-    struct overlay_slot *o = overlay_find(g, sk, sklen);
-    if (o->key) {
-        free(sk);
-        sk = o->key;
-    } else {
-        o->key = sk;
-        o->klen = sklen;
-        g->used++;
-    }
+    struct overlay_slot *o = overlay_claim(g, sk, sklen);
     o->seq = s->seq;
     o->code = s->code;
     o->version = s->version;
@@ -671,7 +680,7 @@ static int session_put(struct gen *g, unsigned char *sk, size_t sklen,
     put_u64(p + 12, s->version);
     if (s->until)
         put_u64(p + SESSION_LEN, s->until);
-    store_batch_put(g->batch, sk, sklen, p, hdr + rlen);
+    store_batch_put(g->batch, o->key, sklen, p, hdr + rlen);
     free(v);
     return KV_OK;
 }
@@ -693,22 +702,14 @@ static int session_record(struct engine *e, unsigned char *sk, size_t sklen,
  * gone. The caller made room in the overlay. */
 static void session_del(struct gen *g, unsigned char *sk, size_t sklen)
 {
-    struct overlay_slot *o = overlay_find(g, sk, sklen);
-    if (o->key) {
-        free(sk);
-        sk = o->key;
-    } else {
-        o->key = sk;
-        o->klen = sklen;
-        g->used++;
-    }
+    struct overlay_slot *o = overlay_claim(g, sk, sklen);
     free(o->val);
     o->val = NULL;
     o->vlen = 0;
     o->seq = 0;
     o->until = 0;
     o->gone = true;
-    store_batch_del(g->batch, sk, sklen);
+    store_batch_del(g->batch, o->key, sklen);
 }
 
 /* Notes that SHARD's "A" record changed in G. It is written once, when G
@@ -1274,16 +1275,9 @@ static int rec_put(struct engine *e, unsigned char *k, size_t klen,
     }
     if (val)
         memcpy(copy, val, vlen);
-    struct overlay_slot *o = overlay_find(g, k, klen);
-    if (o->key) {
-        free(k);
-        k = o->key;
-        free(o->val);
-    } else {
-        o->key = k;
-        o->klen = klen;
-        g->used++;
-    }
+    struct overlay_slot *o = overlay_claim(g, k, klen);
+    k = o->key;
+    free(o->val);
     o->val = copy;
     o->vlen = val ? vlen : 0;
     o->gone = val == NULL;

@@ -32,6 +32,7 @@
 #include "admin.h"
 #include "keys.h"
 #include "kv.h"
+#include "wire.h"
 
 #define ROOT_LEN 64             /* "/tmp/kvtest-XXXXXX" */
 #define DIR_LEN (ROOT_LEN + 32) /* ROOT/cluster-XXXXXX */
@@ -1121,4 +1122,36 @@ int cluster_nnodes(const struct cluster *c)
 uint32_t cluster_shards(const struct cluster *c)
 {
     return c->shards;
+}
+
+/* --- raw requests --------------------------------------------------------- */
+
+size_t harness_encode_txn_puts(char k[][32], const char *val, const void *cid,
+                               size_t cidlen, uint64_t seq, uint64_t id,
+                               uint32_t timeout_ms, void **buf)
+{
+    Kv__TxnOp ops[2] = {KV__TXN_OP__INIT, KV__TXN_OP__INIT};
+    Kv__TxnOp *pops[2] = {&ops[0], &ops[1]};
+    for (int i = 0; i < 2; i++) {
+        ops[i].kind = KV__TXN_OP__KIND__PUT;
+        ops[i].key.data = (uint8_t *)k[i];
+        ops[i].key.len = strlen(k[i]);
+        ops[i].value.data = (uint8_t *)val;
+        ops[i].value.len = strlen(val);
+    }
+    Kv__TxnRequest tr = KV__TXN_REQUEST__INIT;
+    tr.ops = pops;
+    tr.n_ops = 2;
+    Kv__Request rq = KV__REQUEST__INIT;
+    rq.id = id;
+    rq.timeout_ms = timeout_ms;
+    rq.client_id.data = (uint8_t *)cid;
+    rq.client_id.len = cidlen;
+    rq.seq = seq;
+    rq.op_case = KV__REQUEST__OP_TXN;
+    rq.txn = &tr;
+    size_t len = 0;
+    if (wire_encode_request(&rq, buf, &len) != KV_OK)
+        abort();
+    return len;
 }

@@ -170,4 +170,13 @@ uint32_t cluster_shards(const struct cluster *c);
 /* Prints the last bytes of node I's log on stderr. */
 void cluster_dump_log(const struct cluster *c, int i);
 
+/* --- raw requests --------------------------------------------------------- */
+
+/* Encodes a frame of a transaction putting VAL at K[0] and K[1], with the
+ * session CID (CIDLEN bytes) / SEQ, request id ID and TIMEOUT_MS, into
+ * *BUF (free() it); returns its length. */
+size_t harness_encode_txn_puts(char k[][32], const char *val, const void *cid,
+                               size_t cidlen, uint64_t seq, uint64_t id,
+                               uint32_t timeout_ms, void **buf);
+
 #endif

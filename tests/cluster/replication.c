@@ -1080,27 +1080,7 @@ START_TEST(a_sequence_number_of_2_63_or_more_is_refused)
     free(b);
     ck_assert_msg(code == KV_EINVAL, "put: %s", kv_strerror(code));
 
-    Kv__TxnOp ops[2] = {KV__TXN_OP__INIT, KV__TXN_OP__INIT};
-    Kv__TxnOp *pops[2] = {&ops[0], &ops[1]};
-    for (int i = 0; i < 2; i++) {
-        ops[i].kind = KV__TXN_OP__KIND__PUT;
-        ops[i].key.data = (uint8_t *)k[i];
-        ops[i].key.len = strlen(k[i]);
-        ops[i].value.data = (uint8_t *)"x";
-        ops[i].value.len = 1;
-    }
-    Kv__TxnRequest tr = KV__TXN_REQUEST__INIT;
-    tr.ops = pops;
-    tr.n_ops = 2;
-    Kv__Request rq = KV__REQUEST__INIT;
-    rq.id = 4002;
-    rq.timeout_ms = 5000;
-    rq.client_id.data = cid;
-    rq.client_id.len = sizeof cid;
-    rq.seq = big;
-    rq.op_case = KV__REQUEST__OP_TXN;
-    rq.txn = &tr;
-    ck_assert_int_eq(wire_encode_request(&rq, &b, &l), KV_OK);
+    l = harness_encode_txn_puts(k, "x", cid, sizeof cid, big, 4002, 5000, &b);
     send_write(h, 0, b, l, &code, &v);
     free(b);
     ck_assert_msg(code == KV_EINVAL, "transaction: %s", kv_strerror(code));

@@ -373,34 +373,9 @@ static int leader_of(kv *h, uint32_t shard)
  * waits until a node died at the failpoint. Returns when it was sent. */
 static int64_t doomed_txn(kv *h, char k[][32], const char *val)
 {
-    Kv__TxnOp ops[2] = {KV__TXN_OP__INIT, KV__TXN_OP__INIT};
-    Kv__TxnOp *pops[2] = {&ops[0], &ops[1]};
-    for (int i = 0; i < 2; i++) {
-        ops[i].kind = KV__TXN_OP__KIND__PUT;
-        ops[i].key.data = (uint8_t *)k[i];
-        ops[i].key.len = strlen(k[i]);
-        ops[i].value.data = (uint8_t *)val;
-        ops[i].value.len = strlen(val);
-    }
-    Kv__TxnRequest tr = KV__TXN_REQUEST__INIT;
-    tr.ops = pops;
-    tr.n_ops = 2;
-    Kv__Request rq = KV__REQUEST__INIT;
-    rq.id = 77;
-    rq.timeout_ms = 1500;
-    rq.client_id.data = (uint8_t *)"txn-test-client!";
-    rq.client_id.len = 16;
-    rq.seq = 1;
-    rq.op_case = KV__REQUEST__OP_TXN;
-    rq.txn = &tr;
-    Kv__Envelope env = KV__ENVELOPE__INIT;
-    env.version = 1;
-    env.body_case = KV__ENVELOPE__BODY_REQUEST;
-    env.request = &rq;
-    size_t n = kv__envelope__get_packed_size(&env);
-    unsigned char *buf = malloc(n);
-    ck_assert_ptr_nonnull(buf);
-    kv__envelope__pack(&env, buf);
+    void *buf = NULL;
+    size_t n = harness_encode_txn_puts(k, val, "txn-test-client!", 16, 1, 77,
+                                       1500, &buf);
     int home = -1;
     for (int i = 0; i < 100 && home < 0; i++) {
         home = leader_of(h, kv_shard_of(k[0], strlen(k[0]), NSHARDS));
