@@ -11,7 +11,8 @@
 #   2b. $B/tests/sim --seeds 500                   (the simulator)
 #   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
 #   2d. $B/tests/chaos --workload incr             (20 s; CHAOS_INCR_S=N)
-#   2e. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
+#   2e. $B/tests/chaos --session-ttl 5             (20 s; CHAOS_SESSIONS_S=N)
+#   2f. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
 #       replays every seed; make fuzz runs them under libFuzzer)
 #   3. tests/cluster/cli.sh                        (kvclient end to end)
 #   4. $B/tests/libkv_example embedded:TMPDIR      (the documented example)
@@ -110,7 +111,15 @@ if [ -x "$B/tests/chaos" ]; then
         --workload incr --duration "${CHAOS_INCR_S:-20}"
 fi
 
-# 2e. the fuzz corpus: every seed of tests/fuzz/corpus through every fuzz
+# 2e. the chaos test's register workload with sessions of 5 s: clients
+# take new handles every second, and the sessions they leave behind expire
+# under kill -9 and SIGSTOP while lincheck watches for a write applied twice
+if [ -x "$B/tests/chaos" ]; then
+    run_step chaos-sessions env KVNODE="$B/kvnode" "$B/tests/chaos" \
+        --session-ttl 5 --duration "${CHAOS_SESSIONS_S:-20}"
+fi
+
+# 2f. the fuzz corpus: every seed of tests/fuzz/corpus through every fuzz
 # target, built without libFuzzer (a finding aborts the replay)
 nreplay=0
 for t in "$B"/fuzz-replay/*; do

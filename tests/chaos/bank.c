@@ -324,6 +324,7 @@ static void *bank_client_main(void *arg)
         c->open_failed = 1;
         goto out;
     }
+    int64_t opened = 0;
     while (!atomic_load(&r->stop_clients)) {
         uint64_t t0 = mono_ns();
         int rc = chaos_rng_below(&c->rng, AUDIT_ONE_IN) == 0
@@ -332,6 +333,7 @@ static void *bank_client_main(void *arg)
         /* A call that failed at once (no node reachable) must not spin. */
         if (rc != KV_OK && rc != KV_ECONFLICT && mono_ns() - t0 < FAST_FAIL_NS)
             harness_sleep_ms(FAST_FAIL_PAUSE_MS);
+        db = chaos_next_call(r, db, &oo, &opened);
     }
     kv_close(db);
 out:

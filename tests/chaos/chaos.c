@@ -7,7 +7,7 @@
  * once otherwise (incr workload, incr.c).
  *
  *   chaos [--duration S] [--clients N] [--keys N] [--seed S]
- *         [--kill-every MS] [--op-timeout MS]
+ *         [--kill-every MS] [--op-timeout MS] [--session-ttl S]
  *         [--workload register|bank|incr] [--accounts N] [--keep]
  *
  * This file is the driver (cluster, nemesis, probe, watchdog, options) and
@@ -79,6 +79,7 @@
 #define VALUE_LEN 16                /* values are 16 hex digits */
 
 #define STATUS_TIMEOUT_MS 500  /* one admin_status call */
+#define REOPEN_MS 1000         /* with --session-ttl: life of a kv handle */
 #define READY_TIMEOUT_MS 20000 /* every shard has a leader again */
 #define PROBE_PERIOD_MS 10     /* the probe writes this often */
 #define PROBE_TIMEOUT_MS 1000  /* timeout of one probe write */
@@ -555,17 +556,36 @@ static void *client_main(void *arg)
         c->open_failed = 1;
         goto out;
     }
+    int64_t opened = 0;
     while (!atomic_load(&r->stop_clients)) {
         if (oplog_reserve(&c->log) != 0) {
             c->log_full = 1;
             break;
         }
         client_step(c, db);
+        db = chaos_next_call(r, db, &oo, &opened);
     }
     kv_close(db);
 out:
     chaos_client_done(r);
     return NULL;
+}
+
+/* See chaos.h. */
+kv *chaos_next_call(struct run *r, kv *db, const kv_open_opts *oo,
+                    int64_t *opened_ms)
+{
+    int64_t now = harness_now_ms();
+    if (!*opened_ms)
+        *opened_ms = now;
+    if (!r->o.session_ttl_s || now - *opened_ms < REOPEN_MS)
+        return db;
+    kv *fresh = NULL;
+    if (kv_open(r->conf, oo, &fresh) != KV_OK)
+        return db;
+    kv_close(db);
+    *opened_ms = now;
+    return fresh;
 }
 
 /* One client thread finished (see chaos.h). */
@@ -735,6 +755,25 @@ static long admin_index(struct run *r, int i)
         if (admin_node_id(r->adm, j) == id)
             return (long)j;
     return -1;
+}
+
+/* Prints how many client sessions the running nodes expired (each counts
+ * since its last start). */
+static void sessions_report(struct run *r)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < NNODES; i++) {
+        long j = admin_index(r, i);
+        Kv__StatusResult *st = NULL;
+        if (j < 0 || !cluster_node_running(r->cl, i) ||
+            admin_status(r->adm, (size_t)j, STATUS_TIMEOUT_MS, &st) != KV_OK)
+            continue;
+        n += st->sessions_expired;
+        admin_status_free(st);
+    }
+    printf("chaos: sessions expired (running nodes, since their last start): "
+           "%" PRIu64 "\n",
+           n);
 }
 
 /* Fills leader[s] with the harness index of shard s's leader as the running
@@ -1188,27 +1227,30 @@ static void keep_work(struct run *r)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: chaos [--duration S] [--clients N] [--keys N] [--seed S]\n"
-            "             [--kill-every MS] [--op-timeout MS]\n"
-            "             [--workload register|bank|incr] [--accounts N] "
-            "[--keep]\n"
-            "  --duration S      seconds of load and faults (default 30)\n"
-            "  --clients N       client threads (default 8, incr 16; max %d)\n"
-            "  --workload W      register (single keys, lincheck; default),\n"
-            "                    bank (transfers and audits in transactions) "
-            "or\n"
-            "                    incr (the incr procedure on counters)\n"
-            "  --keys N          keys of the register workload (default 20),\n"
-            "                    counters of the incr workload (default 50)\n"
-            "  --accounts N      accounts of the bank workload (default 16,\n"
-            "                    %d..%d, spread over every shard)\n"
-            "  --seed S          seed of every random choice (default: time)\n"
-            "  --kill-every MS   mean time between faults (default 3000; "
-            "0: none)\n"
-            "  --op-timeout MS   timeout of one client call (default 2000)\n"
-            "  --keep            keep the temp dir (history, logs, data)\n",
-            MAX_CLIENTS, MIN_ACCOUNTS, MAX_ACCOUNTS);
+    fprintf(
+        stderr,
+        "usage: chaos [--duration S] [--clients N] [--keys N] [--seed S]\n"
+        "             [--kill-every MS] [--op-timeout MS] [--session-ttl S]\n"
+        "             [--workload register|bank|incr] [--accounts N] "
+        "[--keep]\n"
+        "  --duration S      seconds of load and faults (default 30)\n"
+        "  --clients N       client threads (default 8, incr 16; max %d)\n"
+        "  --workload W      register (single keys, lincheck; default),\n"
+        "                    bank (transfers and audits in transactions) "
+        "or\n"
+        "                    incr (the incr procedure on counters)\n"
+        "  --keys N          keys of the register workload (default 20),\n"
+        "                    counters of the incr workload (default 50)\n"
+        "  --accounts N      accounts of the bank workload (default 16,\n"
+        "                    %d..%d, spread over every shard)\n"
+        "  --seed S          seed of every random choice (default: time)\n"
+        "  --kill-every MS   mean time between faults (default 3000; "
+        "0: none)\n"
+        "  --op-timeout MS   timeout of one client call (default 2000)\n"
+        "  --session-ttl S   cluster.conf session_ttl_s (default: its "
+        "default, 3600)\n"
+        "  --keep            keep the temp dir (history, logs, data)\n",
+        MAX_CLIENTS, MIN_ACCOUNTS, MAX_ACCOUNTS);
 }
 
 /* Parses a decimal number in [LO, HI]. Returns 0 or -1. */
@@ -1291,6 +1333,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             if (parse_num(v, 100, 60000, &x) != 0)
                 goto bad;
             o->op_timeout_ms = (int)x;
+        } else if (strcmp(a, "--session-ttl") == 0) {
+            if (parse_num(v, 1, 2592000, &x) != 0)
+                goto bad;
+            o->session_ttl_s = (int)x;
         } else {
             fprintf(stderr, "chaos: unknown option %s\n", a);
             return -1;
@@ -1557,6 +1603,7 @@ static void wind_down(struct run *r, const struct load *ld, pthread_t probe,
         *bad = client_report(r, ld->cs);
         *unread = final_reads(r, fin);
     }
+    sessions_report(r);
     for (int i = 0; i < NNODES; i++) {
         if (!cluster_node_running(r->cl, i)) {
             chaos_problem(r, "node %u not running at the end",
@@ -1603,7 +1650,12 @@ static void run_init(struct run *r)
 /* Starts the cluster and the admin handle. Returns 0 or -1. */
 static int cluster_up(struct run *r)
 {
-    int rc = cluster_start(&r->cl, NNODES, NSHARDS, NREPLICAS);
+    char extra[64] = "";
+    if (r->o.session_ttl_s)
+        snprintf(extra, sizeof extra, "session_ttl_s = %d\n",
+                 r->o.session_ttl_s);
+    struct cluster_opts co = {.extra = extra[0] ? extra : NULL};
+    int rc = cluster_start_opts(&r->cl, NNODES, NSHARDS, NREPLICAS, &co);
     if (rc != 0) {
         printf("chaos: the cluster did not start: %s\n", kv_strerror(rc));
         r->cl = NULL;

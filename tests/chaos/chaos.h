@@ -40,6 +40,7 @@ struct opts {
     int accounts;      /* bank workload */
     int kill_every_ms; /* 0: no faults */
     int op_timeout_ms;
+    int session_ttl_s; /* cluster.conf session_ttl_s (0: its default) */
     int keep;
     enum chaos_workload workload;
     uint64_t seed;
@@ -115,6 +116,13 @@ __attribute__((format(printf, 2, 3))) void chaos_problem(struct run *r,
 /* Tells the driver that one client thread has finished its work (the last
  * call of every client thread). */
 void chaos_client_done(struct run *r);
+
+/* The handle for a client thread's next call: with --session-ttl, a new
+ * handle (a new session) once DB is REOPEN_MS old (*OPENED_MS: when it
+ * was opened, 0 at first), so that the sessions left behind go quiet and
+ * expire while the others write; else DB. */
+kv *chaos_next_call(struct run *r, kv *db, const kv_open_opts *oo,
+                    int64_t *opened_ms);
 
 /* --- the bank workload (bank.c) ------------------------------------------- */
 

@@ -224,6 +224,7 @@ static void *incr_client_main(void *arg)
         c->open_failed = 1;
         goto out;
     }
+    int64_t opened = 0;
     while (!atomic_load(&r->stop_clients)) {
         if (replies_reserve(c) != 0) {
             c->log_full = 1;
@@ -234,6 +235,7 @@ static void *incr_client_main(void *arg)
         /* A call that failed at once (no node reachable) must not spin. */
         if (rc != KV_OK && mono_ns() - t0 < FAST_FAIL_NS)
             harness_sleep_ms(FAST_FAIL_PAUSE_MS);
+        db = chaos_next_call(r, db, &oo, &opened);
     }
     kv_close(db);
 out:
