@@ -266,7 +266,10 @@ static bool is_member(const struct group *g, uint32_t id)
 /* What this version does that older ones do not, announced to peers in
  * every PeerBatch: a leader uses one only once every member of the group
  * announced it, so that the replicas of a shard running two versions
- * during a rolling upgrade still apply its log alike. */
+ * during a rolling upgrade still apply its log alike. What a peer
+ * announced is kept in the store ("F" + node id: u32), so that a restarted
+ * leader does not wait to hear from every member again: a peer cannot go
+ * back, since an older kvnode refuses the data directory (format 2). */
 #define FEATURE_SESSION_EXPIRY 1u /* dated sessions, SessionGc entries */
 #define FEATURES FEATURE_SESSION_EXPIRY
 
@@ -1131,11 +1134,13 @@ static bool session_ok(const Kv__Request *req)
 }
 
 /* Until when a write proposed now keeps its session: session_ttl_s, or
- * twice the write's own timeout (TIMEOUT_MS) when that is longer, so that
- * no copy of the write that its client sends can come after the session
- * went (docs/replication.md, "Exactly-once writes"). */
+ * twice the write's own timeout (TIMEOUT_MS, 0: request_timeout_ms) when
+ * that is longer, so that no copy of the write that its client sends can
+ * come after the session went (docs/replication.md, "Sessions expire"). */
 static uint64_t session_until(struct replica *r, uint32_t timeout_ms)
 {
+    if (!timeout_ms)
+        timeout_ms = r->conf->request_timeout_ms;
     uint64_t keep = (uint64_t)r->conf->session_ttl_s * 1000;
     if (2 * (uint64_t)timeout_ms > keep)
         keep = 2 * (uint64_t)timeout_ms;
@@ -3412,7 +3417,14 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
                     raft_peer_restarted(r->groups[s]->raft, b->from);
         r->peer_boot[pi] = b->boot_id;
     }
-    r->peer_features[pi] = b->features;
+    if (b->features & ~r->peer_features[pi]) {
+        r->peer_features[pi] |= b->features;
+        unsigned char fk[5], fv[4];
+        fk[0] = 'F';
+        put_u32(fk + 1, b->from);
+        put_u32(fv, r->peer_features[pi]);
+        engine_stage_raw(r->engine, fk, sizeof(fk), fv, sizeof(fv));
+    }
     if (b->has_plugins)
         take_plugins(r, pi, b);
     struct raft_entry *es = NULL;
@@ -4312,6 +4324,19 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
         rc = engine_open(store, conf->shards, &r->engine);
     if (rc == KV_OK)
         rc = engine_check_meta(r->engine, conf->cluster, id, err, errlen);
+    for (size_t i = 0; rc == KV_OK && i < conf->nnodes; i++) {
+        unsigned char fk[5];
+        fk[0] = 'F';
+        put_u32(fk + 1, conf->nodes[i].id);
+        void *v = NULL;
+        size_t vlen = 0;
+        int frc = store_get(store, fk, sizeof(fk), &v, &vlen);
+        if (frc == KV_OK && vlen == 4)
+            r->peer_features[i] = get_u32(v);
+        else if (frc != KV_ENOTFOUND && frc != KV_OK)
+            rc = frc;
+        free(v);
+    }
     for (uint32_t s = 0; rc == KV_OK && s < conf->shards; s++) {
         bool member = false;
         for (uint32_t i = 0; i < conf->replicas; i++)

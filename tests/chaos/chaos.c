@@ -774,6 +774,12 @@ static void sessions_report(struct run *r)
     printf("chaos: sessions expired (running nodes, since their last start): "
            "%" PRIu64 "\n",
            n);
+    /* Clients leave a session behind every second: over a run of several
+     * lifetimes some must have gone, whatever restarts reset. */
+    if (r->o.session_ttl_s && r->o.duration_s >= 4 * r->o.session_ttl_s &&
+        n == 0)
+        chaos_problem(r, "no session expired in %d s with session_ttl_s = %d",
+                      r->o.duration_s, r->o.session_ttl_s);
 }
 
 /* Fills leader[s] with the harness index of shard s's leader as the running

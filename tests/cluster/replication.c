@@ -1060,6 +1060,42 @@ START_TEST(an_idle_session_expires_and_the_others_keep_their_outcomes)
 }
 END_TEST
 
+/* Every node remembers which peers announced session expiry: with one
+ * replica down and both others restarted since (so neither has heard from
+ * it in this run), leaders still date sessions and expire them. */
+START_TEST(sessions_expire_with_a_replica_down_after_the_others_restarted)
+{
+    kv *h = open_handle(10000);
+    ck_assert_int_eq(cluster_kill(cl, 2, SIGKILL), 0);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(cluster_kill(cl, i, SIGTERM), 0);
+        ck_assert_int_eq(cluster_restart_node(cl, i), 0);
+    }
+    const char *k = "ttl/down";
+    uint32_t shard = kv_shard_of(k, strlen(k), NSHARDS);
+    unsigned char cid[SESSION_ID_LEN];
+    memset(cid, 0x33, sizeof cid);
+    int code = 0;
+    uint64_t v = 0;
+    void *b = NULL;
+    size_t l = encode_put_within(k, "quiet", cid, 1, 5001, 500, &b);
+    send_write(h, shard, b, l, &code, &v);
+    free(b);
+    ck_assert_msg(code == KV_OK, "put: %s", kv_strerror(code));
+    int64_t deadline = harness_now_ms() + 15000;
+    uint64_t n;
+    while ((n = sessions_expired(h)) < 2 && harness_now_ms() < deadline)
+        harness_sleep_ms(100);
+    ck_assert_msg(n == 2,
+                  "%" PRIu64 " sessions expired, want 2 (one per "
+                  "running replica)",
+                  n);
+    ck_assert_int_eq(cluster_restart_node(cl, 2), 0);
+    kv_close(h);
+    stop_cluster_cleanly();
+}
+END_TEST
+
 /* A sequence number of 2^63 or more cannot be recorded in a session: a
  * write and a cross-shard transaction carrying one get KV_EINVAL from the
  * leader and write nothing. */
@@ -1224,6 +1260,8 @@ static Suite *replication_suite(void)
     tcase_add_test(ttl,
                    an_idle_session_expires_and_the_others_keep_their_outcomes);
     tcase_add_test(ttl, a_sequence_number_of_2_63_or_more_is_refused);
+    tcase_add_test(
+        ttl, sessions_expire_with_a_replica_down_after_the_others_restarted);
     suite_add_tcase(s, ttl);
 
     TCase *snap = tcase_create("snapshot");
