@@ -660,6 +660,42 @@ static void check_history(struct sim *s)
     free(rep);
 }
 
+/* With the legacy node a replica of every shard, no leader may date a
+ * session: no stored session record has the date flag (bit 63 of its
+ * seq) on any node. */
+static void check_legacy_sessions(struct sim *s)
+{
+    if (!s->p.legacy_node || (uint32_t)s->p.nnodes != s->conf->replicas)
+        return;
+    for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
+        struct sim_node *n = &s->nodes[i];
+        struct store_iter *it = n->store ? store_iter_new(n->store) : NULL;
+        if (!it)
+            continue;
+        for (int sh = 0; sh < s->p.nshards && !s->failed; sh++) {
+            unsigned char k[5];
+            shard_prefix(k, 'S', (uint32_t)sh);
+            for (store_iter_seek(it, k, sizeof(k)); store_iter_valid(it);
+                 store_iter_next(it)) {
+                size_t klen, vlen;
+                const unsigned char *key = store_iter_key(it, &klen);
+                if (klen < sizeof(k) || memcmp(key, k, sizeof(k)) != 0)
+                    break;
+                const unsigned char *v = store_iter_value(it, &vlen);
+                if (vlen > 0 && (v[0] & 0x80)) {
+                    sim_fail(s,
+                             "legacy: node %u holds a dated session of "
+                             "shard %d while node %d announced no session "
+                             "expiry",
+                             n->id, sh, s->p.legacy_node);
+                    break;
+                }
+            }
+        }
+        store_iter_free(it);
+    }
+}
+
 void sim_check_final(struct sim *s)
 {
     for (int i = 0; i < s->p.nnodes && !s->failed; i++)
@@ -676,6 +712,8 @@ void sim_check_final(struct sim *s)
         check_acknowledged(s);
     if (!s->failed)
         check_history(s);
+    if (!s->failed)
+        check_legacy_sessions(s);
 }
 
 void sim_check_free(struct sim *s)
