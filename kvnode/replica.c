@@ -275,6 +275,13 @@ static bool is_member(const struct group *g, uint32_t id)
 
 static const struct conf_node *node_of(const struct replica *r, uint32_t id);
 
+/* The store key of what node ID announced: "F" + id. */
+static void feature_key(unsigned char k[5], uint32_t id)
+{
+    k[0] = 'F';
+    put_u32(k + 1, id);
+}
+
 /* Whether every other member of G announced feature F. */
 static bool group_has(const struct replica *r, const struct group *g,
                       uint32_t f)
@@ -1120,17 +1127,14 @@ static bool key_ok(struct replica *r, const void *client, size_t clen,
     return true;
 }
 
-/* Whether REQ's session can be recorded: no sequence number, or one below
- * 2^63 (the engine keeps the top bit) with a client id of 1 to
- * ENGINE_MAX_CLIENT_ID bytes. */
+/* Whether REQ's session can be recorded (engine_session_ok), checked
+ * before anything is proposed; SESSION_RULE says why not. */
 #define SESSION_RULE                                                           \
     "a sequence number needs a client id of 1 to 64 bytes and must be "        \
     "below 2^63"
 static bool session_ok(const Kv__Request *req)
 {
-    return !req->seq || (req->client_id.len > 0 &&
-                         req->client_id.len <= ENGINE_MAX_CLIENT_ID &&
-                         req->seq < 1ull << 63);
+    return engine_session_ok(req->client_id.data, req->client_id.len, req->seq);
 }
 
 /* Until when a write proposed now keeps its session: session_ttl_s, or
@@ -3420,8 +3424,7 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
     if (b->features & ~r->peer_features[pi]) {
         r->peer_features[pi] |= b->features;
         unsigned char fk[5], fv[4];
-        fk[0] = 'F';
-        put_u32(fk + 1, b->from);
+        feature_key(fk, b->from);
         put_u32(fv, r->peer_features[pi]);
         engine_stage_raw(r->engine, fk, sizeof(fk), fv, sizeof(fv));
     }
@@ -4326,8 +4329,7 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
         rc = engine_check_meta(r->engine, conf->cluster, id, err, errlen);
     for (size_t i = 0; rc == KV_OK && i < conf->nnodes; i++) {
         unsigned char fk[5];
-        fk[0] = 'F';
-        put_u32(fk + 1, conf->nodes[i].id);
+        feature_key(fk, conf->nodes[i].id);
         void *v = NULL;
         size_t vlen = 0;
         int frc = store_get(store, fk, sizeof(fk), &v, &vlen);

@@ -578,12 +578,10 @@ static int session_decode(const unsigned char *v, size_t vlen,
     return KV_OK;
 }
 
-/* Whether a write's session is unusable: a sequence number without a
- * client id of 1..ENGINE_MAX_CLIENT_ID bytes, or one too large to store. */
-static bool bad_session(const void *client_id, size_t len, uint64_t seq)
+bool engine_session_ok(const void *client_id, size_t len, uint64_t seq)
 {
-    return seq && (!client_id || len == 0 || len > ENGINE_MAX_CLIENT_ID ||
-                   seq >= SESSION_DATED);
+    return !seq || (client_id && len > 0 && len <= ENGINE_MAX_CLIENT_ID &&
+                    seq < SESSION_DATED);
 }
 
 /* Looks up the session of a client into *S, from the staged generations
@@ -791,7 +789,7 @@ int engine_stage(struct engine *e, const struct engine_write *w,
         return KV_EINVAL;
     if (w->index && w->index <= e->staged[w->shard].version)
         return KV_EINVAL;
-    if (bad_session(w->client_id, w->client_id_len, w->seq))
+    if (!engine_session_ok(w->client_id, w->client_id_len, w->seq))
         return KV_EINVAL;
     struct gen *g = e->cur;
     if (g->used * 2 >= g->nslots && overlay_grow(g) != KV_OK)
@@ -959,7 +957,7 @@ static int stage_txn(struct engine *e, const struct engine_txn *t,
         return KV_EINVAL;
     if (t->index && t->index <= e->staged[t->shard].version)
         return KV_EINVAL;
-    if (bad_session(t->client_id, t->client_id_len, t->seq))
+    if (!engine_session_ok(t->client_id, t->client_id_len, t->seq))
         return KV_EINVAL;
     size_t maxv = 0;
     for (size_t i = 0; i < t->nops; i++) {
@@ -1736,7 +1734,7 @@ int engine_stage_decide_for(struct engine *e, uint32_t shard, uint64_t index,
                             uint64_t now_ms, const void *client_id,
                             size_t client_id_len, uint64_t seq, int *state)
 {
-    if (bad_session(client_id, client_id_len, seq))
+    if (!engine_session_ok(client_id, client_id_len, seq))
         return KV_EINVAL;
     unsigned char *sk = NULL;
     size_t sklen = 0;
@@ -1771,7 +1769,7 @@ int engine_stage_record_for(struct engine *e, uint32_t shard, uint64_t index,
                             const void *client_id, size_t client_id_len,
                             uint64_t seq, int *state)
 {
-    if (bad_session(client_id, client_id_len, seq))
+    if (!engine_session_ok(client_id, client_id_len, seq))
         return KV_EINVAL;
     if (seq && check_index(e, shard, index) == KV_OK && txn_id) {
         /* A record that exists is what counts; only when there is none

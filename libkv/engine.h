@@ -65,6 +65,11 @@ struct engine_write {
 
 #define ENGINE_MAX_CLIENT_ID 64
 
+/* Whether a write's session can be recorded: no sequence number, or one
+ * below 2^63 (the record keeps the top bit) with a client id of 1 to
+ * ENGINE_MAX_CLIENT_ID bytes. Writes that break it are KV_EINVAL. */
+bool engine_session_ok(const void *client_id, size_t len, uint64_t seq);
+
 /* A transaction on one shard: conditions and writes applied all or none. */
 enum engine_txn_kind {
     ENGINE_TXN_PUT,
