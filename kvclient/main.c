@@ -1534,7 +1534,8 @@ struct member_view {
     const char *role; /* its own answer; NULL when down or not reported */
     int has_applied;  /* its own answer */
     uint64_t applied;
-    int has_match; /* the leader reported it: match, active and lag are set */
+    int installing; /* its own answer: it is putting a snapshot in place */
+    int has_match;  /* the leader reported it: match, active and lag are set */
     uint64_t match;
     int active;
     uint64_t lag; /* the leader's last index minus MATCH */
@@ -1689,6 +1690,7 @@ static size_t shard_members(struct cli *c, size_t n, Kv__StatusResult **sts,
                 m[i].role = si->role;
                 m[i].has_applied = 1;
                 m[i].applied = si->applied;
+                m[i].installing = si->installing;
             }
         }
         if (m[i].has_match)
@@ -1762,7 +1764,9 @@ static void print_members_text(struct cli *c, size_t n, Kv__StatusResult **sts,
             char match[24], applied[24], lag[24];
             const char *role = m[i].up ? role_text(m[i].role) : "down";
             const char *note = "";
-            if (m[i].has_match && !m[i].active)
+            if (m[i].installing)
+                note = "installing snapshot";
+            else if (m[i].has_match && !m[i].active)
                 note = "inactive";
             printf("%-6u %-6u %-12s %-10s %-10s %-10s %s\n", (unsigned)s,
                    (unsigned)m[i].id, role,
@@ -1865,9 +1869,11 @@ static void print_shard_repl_json(struct cli *c, size_t n,
         else
             fputs("null", stdout);
         if (m[i].has_applied)
-            printf(",\"applied\":%llu", (unsigned long long)m[i].applied);
+            printf(",\"applied\":%llu,\"installing\":%s",
+                   (unsigned long long)m[i].applied,
+                   m[i].installing ? "true" : "false");
         else
-            fputs(",\"applied\":null", stdout);
+            fputs(",\"applied\":null,\"installing\":null", stdout);
         if (m[i].has_match)
             printf(",\"match\":%llu,\"lag\":%llu,\"active\":%s}",
                    (unsigned long long)m[i].match, (unsigned long long)m[i].lag,

@@ -123,6 +123,21 @@ struct snap_in {
     bool complete;
 };
 
+/* A snapshot install under way (see install_step). */
+struct install {
+    bool active;
+    int phase; /* INSTALL_DELETE .. INSTALL_LOG */
+    int tag;   /* INSTALL_DELETE: the SNAP_TAGS record kind being deleted */
+    uint64_t index, term;
+    uint64_t keys;                 /* INSTALL_COUNT: data keys counted */
+    unsigned char *cursor;         /* INSTALL_COUNT: the next key to count */
+    size_t cursor_len;             /* (0: from the shard's first) */
+    struct raft_entry *deferred;   /* committed with the snapshot: applied */
+    size_t ndeferred, capdeferred; /* once it is in place */
+    uint64_t moved, deleted;       /* records, for the log */
+    uint64_t started_ms;
+};
+
 struct group {
     uint32_t shard;
     struct raft *raft;
@@ -145,8 +160,10 @@ struct group {
     } hb_sent[16];
     struct snap_out *out; /* one per member */
     struct snap_in in;
-    bool rebuilt;      /* the "R" marker is stored: no vote yet */
-    uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
+    struct install inst; /* active: the group is held (install_step) */
+    bool clearing;       /* a stream's leftover staged records go first */
+    bool rebuilt;        /* the "R" marker is stored: no vote yet */
+    uint64_t gc_index;   /* the tombstone GC proposed last (until applied) */
     /* Session expiry: the GC entry proposed last (until applied), where
      * the pass under way goes on (after_len 0: none under way), and when
      * the next pass starts (the clock of the last entry that ended one). */
@@ -172,7 +189,8 @@ struct replica {
     struct group **groups; /* by shard; NULL where this node is no member */
     struct raft_ready *rd; /* by shard: the Ready being processed */
     bool *has_rd;
-    bool *early; /* by shard: its appends go out before the fsync */
+    bool *early;      /* by shard: its appends go out before the fsync */
+    size_t bg_groups; /* groups installing a snapshot or clearing one */
     size_t total_waiters;
     uint64_t ticks;          /* replica_tick calls so far */
     uint64_t boot_id;        /* random per start: peers notice our restarts */
@@ -231,6 +249,8 @@ static bool is_peer_addr(const void *client, size_t clen, uint32_t *node)
 }
 
 static const char *role_name(enum raft_role role);
+static int apply_entry(struct replica *r, struct group *g,
+                       const struct raft_entry *e);
 
 /* --- small helpers ------------------------------------------------------ */
 
@@ -545,77 +565,89 @@ static int load_group(struct replica *r, struct group *g,
 
 /* --- snapshot install (receiver) --------------------------------------- */
 
-/* What to do with one record in rewrite_prefix(): add ops to B, and return
+/* A snapshot's records are put in place a slice per loop iteration, so the
+ * node goes on serving its other shards meanwhile. The group is held for
+ * the whole install: it takes no Ready, so it sends, persists and applies
+ * nothing of its own (raft goes on stepping what arrives and answers once
+ * the install is over, like a follower that was slow for a while), and its
+ * stale reads go to the leader. The marker ("N" + shard: index, term,
+ * phase) makes every step safe to redo after a crash. */
+enum {
+    INSTALL_DELETE = 1, /* delete the shard's records (marker phase 1) */
+    INSTALL_MOVE,       /* move the staged ones in (marker phase 2) */
+    INSTALL_COUNT,      /* count the data keys now in place */
+    INSTALL_LOG         /* marker gone: delete the log the snapshot covers */
+};
+
+#define INSTALL_COUNT_SLICE (8 * INSTALL_BATCH) /* keys counted per slice */
+
+/* What to do with one record in rewrite_slice(): add ops to B, and return
  * 0 to go on or 1 to stop (the record itself is left as it is). */
 typedef int (*rewrite_fn)(void *arg, struct store_batch *b,
                           const unsigned char *k, size_t klen, const void *v,
                           size_t vlen);
 
-/* Rewrites the records whose keys start with PREFIX (PLEN bytes) in bounded
- * batches of INSTALL_BATCH (unsynced; the caller's next synced write covers
- * them): each round visits the first records still under PREFIX, so FN
- * must remove every record it does not stop at (delete or move it). */
-static int rewrite_prefix(struct replica *r, const unsigned char *prefix,
-                          size_t plen, rewrite_fn fn, void *arg)
+/* Rewrites up to INSTALL_BATCH of the records whose keys start with PREFIX
+ * (PLEN bytes) in one synced write; *DONE says whether none are left or FN
+ * stopped. Each slice visits the first records still under PREFIX, so FN
+ * must remove every record it does not stop at (delete or move it).
+ * Synced, not left for a later synced write to cover: LevelDB closes a
+ * full log file without syncing it, so after a machine crash a later
+ * synced write (the next phase's marker) can survive an earlier unsynced
+ * one, and a marker past deletes or moves that were lost would leave the
+ * replica with other data than its peers. */
+static int rewrite_slice(struct replica *r, const unsigned char *prefix,
+                         size_t plen, rewrite_fn fn, void *arg, bool *done)
 {
-    for (;;) {
-        struct store_iter *it = store_iter_new(r->store);
-        struct store_batch *b = store_batch_new();
-        if (!it || !b) {
-            store_iter_free(it);
-            store_batch_free(b);
-            return KV_ENOMEM;
-        }
-        size_t n = 0;
-        bool stop = false;
-        for (store_iter_seek(it, prefix, plen);
-             store_iter_valid(it) && n < INSTALL_BATCH; store_iter_next(it)) {
-            size_t klen, vlen;
-            const unsigned char *k = store_iter_key(it, &klen);
-            if (klen < plen || memcmp(k, prefix, plen) != 0)
-                break;
-            const void *v = store_iter_value(it, &vlen);
-            if (fn(arg, b, k, klen, v, vlen)) {
-                stop = true;
-                break;
-            }
-            n++;
-        }
-        int rc = store_iter_status(it);
+    struct store_iter *it = store_iter_new(r->store);
+    struct store_batch *b = store_batch_new();
+    if (!it || !b) {
         store_iter_free(it);
-        if (rc == KV_OK && n)
-            rc = store_write(r->store, b, false);
         store_batch_free(b);
-        if (rc != KV_OK || stop || n < INSTALL_BATCH)
-            return rc;
+        return KV_ENOMEM;
     }
+    size_t n = 0;
+    bool stop = false;
+    for (store_iter_seek(it, prefix, plen);
+         store_iter_valid(it) && n < INSTALL_BATCH; store_iter_next(it)) {
+        size_t klen, vlen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen < plen || memcmp(k, prefix, plen) != 0)
+            break;
+        const void *v = store_iter_value(it, &vlen);
+        if (fn(arg, b, k, klen, v, vlen)) {
+            stop = true;
+            break;
+        }
+        n++;
+    }
+    int rc = store_iter_status(it);
+    store_iter_free(it);
+    if (rc == KV_OK && n)
+        rc = store_write(r->store, b, true);
+    store_batch_free(b);
+    *done = stop || n < INSTALL_BATCH;
+    return rc;
 }
 
 static int delete_record(void *arg, struct store_batch *b,
                          const unsigned char *k, size_t klen, const void *v,
                          size_t vlen)
 {
-    (void)arg;
     (void)v;
     (void)vlen;
     store_batch_del(b, k, klen);
+    (*(uint64_t *)arg)++;
     return 0;
-}
-
-/* Deletes every store key that starts with PREFIX. */
-static int delete_prefix(struct replica *r, const unsigned char *prefix,
-                         size_t plen)
-{
-    return rewrite_prefix(r, prefix, plen, delete_record, NULL);
 }
 
 /* Moves a staged "Z" shard storekey record to storekey. */
 static int move_staged(void *arg, struct store_batch *b, const unsigned char *k,
                        size_t klen, const void *v, size_t vlen)
 {
-    (void)arg;
     store_batch_put(b, k + 5, klen - 5, v, vlen);
     store_batch_del(b, k, klen);
+    (*(uint64_t *)arg)++;
     return 0;
 }
 
@@ -649,70 +681,178 @@ static int write_install_marker(struct replica *r, uint32_t shard,
     return rc;
 }
 
-/* Phase 1 deletes the shard's records; phase 2 moves the staged ones in and
- * counts the keys; then the applied state is written and the marker goes. */
-static int run_install(struct replica *r, uint32_t shard, uint64_t index,
-                       uint64_t term, int phase)
+static void install_begin(struct replica *r, struct group *g, uint64_t index,
+                          uint64_t term, int phase)
 {
-    int rc = KV_OK;
+    g->inst = (struct install){.active = true,
+                               .phase = phase,
+                               .index = index,
+                               .term = term,
+                               .started_ms = r->env.now_ms(r->env.arg)};
+    /* Snapshot streams are refused until this one is in place. */
+    g->in = (struct snap_in){
+        .complete = true, .from = 0, .index = index, .term = term};
+    r->bg_groups++;
+}
+
+/* Counts up to INSTALL_COUNT_SLICE data keys of G's shard from the
+ * cursor (the first key not counted yet); *DONE once none are left. */
+static int count_slice(struct replica *r, struct group *g, bool *done)
+{
+    struct install *in = &g->inst;
     unsigned char p[5];
-    if (phase == 1) {
-        for (int t = 0; t < SNAP_NTAGS && rc == KV_OK; t++) {
-            shard_key(p, SNAP_TAGS[t], shard);
-            rc = delete_prefix(r, p, 5);
-        }
-        if (rc == KV_OK)
-            rc = write_install_marker(r, shard, index, term, 2);
-        if (rc != KV_OK)
-            return rc;
-    }
-    /* Phase 2: move "Z" shard storekey -> storekey. */
-    uint64_t keys = 0;
-    unsigned char z[5];
-    shard_key(z, 'Z', shard);
-    rc = rewrite_prefix(r, z, 5, move_staged, NULL);
-    if (rc != KV_OK)
-        return rc;
-    /* Count the keys now in place (moved ones, and on a resumed install the
-     * ones moved before the crash). */
+    shard_key(p, 'D', g->shard);
     struct store_iter *it = store_iter_new(r->store);
     if (!it)
         return KV_ENOMEM;
-    shard_key(p, 'D', shard);
-    for (store_iter_seek(it, p, 5); store_iter_valid(it); store_iter_next(it)) {
+    if (in->cursor_len)
+        store_iter_seek(it, in->cursor, in->cursor_len);
+    else
+        store_iter_seek(it, p, sizeof(p));
+    size_t n = 0;
+    int rc = KV_OK;
+    *done = true;
+    for (; store_iter_valid(it); store_iter_next(it)) {
         size_t klen;
         const unsigned char *k = store_iter_key(it, &klen);
         if (klen < 5 || memcmp(k, p, 5) != 0)
             break;
-        keys++;
+        if (n == INSTALL_COUNT_SLICE) {
+            unsigned char *c = realloc(in->cursor, klen);
+            if (!c) {
+                rc = KV_ENOMEM;
+            } else {
+                memcpy(c, k, klen);
+                in->cursor = c;
+                in->cursor_len = klen;
+            }
+            *done = false;
+            break;
+        }
+        in->keys++;
+        n++;
     }
-    rc = store_iter_status(it);
+    if (rc == KV_OK)
+        rc = store_iter_status(it);
     store_iter_free(it);
-    if (rc != KV_OK)
-        return rc;
+    return rc;
+}
+
+/* The data is in place: the shard's applied state says so in one synced
+ * write with the marker's removal, and the engine starts over from it. */
+static int install_finish(struct replica *r, struct group *g)
+{
+    struct install *in = &g->inst;
     struct store_batch *b = store_batch_new();
     if (!b)
         return KV_ENOMEM;
     unsigned char ak[5], av[16], nk[5];
-    shard_key(ak, 'A', shard);
-    put_u64(av, index);
-    put_u64(av + 8, keys);
+    shard_key(ak, 'A', g->shard);
+    put_u64(av, in->index);
+    put_u64(av + 8, in->keys);
     store_batch_put(b, ak, 5, av, sizeof(av));
-    shard_key(nk, 'N', shard);
+    shard_key(nk, 'N', g->shard);
     store_batch_del(b, nk, 5);
-    rc = store_write(r->store, b, true);
+    int rc = store_write(r->store, b, true);
     store_batch_free(b);
     if (rc == KV_OK)
-        engine_reset_shard(r->engine, shard, index, keys);
-    (void)term;
+        engine_reset_shard(r->engine, g->shard, in->index, in->keys);
     return rc;
 }
 
-/* Finishes an install a crash interrupted, if any. */
-static int resume_install(struct replica *r, uint32_t shard)
+/* Frees what an install holds (it may have ended or not). */
+static void install_free(struct install *in)
+{
+    free(in->cursor);
+    for (size_t i = 0; i < in->ndeferred; i++)
+        free(in->deferred[i].data);
+    free(in->deferred);
+    *in = (struct install){0};
+}
+
+/* Keeps a copy of committed entry E, applied once the install is over. */
+static int install_defer(struct group *g, const struct raft_entry *e)
+{
+    struct install *in = &g->inst;
+    if (in->ndeferred == in->capdeferred) {
+        struct raft_entry *x = grow(in->deferred, &in->capdeferred, sizeof(*x));
+        if (!x)
+            return KV_ENOMEM;
+        in->deferred = x;
+    }
+    void *data = NULL;
+    if (e->len) {
+        data = malloc(e->len);
+        if (!data)
+            return KV_ENOMEM;
+        memcpy(data, e->data, e->len);
+    }
+    in->deferred[in->ndeferred] = *e;
+    in->deferred[in->ndeferred++].data = data;
+    return KV_OK;
+}
+
+/* One slice of G's install. A failure stops the node; a restart resumes
+ * from the marker. */
+static int install_step(struct replica *r, struct group *g)
+{
+    struct install *in = &g->inst;
+    unsigned char p[5];
+    bool done = false;
+    int rc = KV_OK;
+    switch (in->phase) {
+    case INSTALL_DELETE:
+        shard_key(p, SNAP_TAGS[in->tag], g->shard);
+        rc = rewrite_slice(r, p, 5, delete_record, &in->deleted, &done);
+        if (rc != KV_OK || !done || ++in->tag < SNAP_NTAGS)
+            return rc;
+        rc = write_install_marker(r, g->shard, in->index, in->term, 2);
+        in->phase = INSTALL_MOVE;
+        return rc;
+    case INSTALL_MOVE:
+        shard_key(p, 'Z', g->shard);
+        rc = rewrite_slice(r, p, 5, move_staged, &in->moved, &done);
+        if (rc == KV_OK && done)
+            in->phase = INSTALL_COUNT;
+        return rc;
+    case INSTALL_COUNT:
+        rc = count_slice(r, g, &done);
+        if (rc != KV_OK || !done)
+            return rc;
+        rc = install_finish(r, g);
+        in->phase = INSTALL_LOG;
+        return rc;
+    default:
+        break;
+    }
+    /* INSTALL_LOG: old log entries up to the snapshot are garbage. */
+    shard_key(p, 'L', g->shard);
+    rc = rewrite_slice(r, p, 5, delete_log_upto, &in->index, &done);
+    if (rc != KV_OK || !done)
+        return rc;
+    /* Entries committed in the Ready that brought the snapshot. */
+    for (size_t i = 0; i < in->ndeferred && rc == KV_OK; i++)
+        rc = apply_entry(r, g, &in->deferred[i]);
+    if (rc != KV_OK)
+        return rc;
+    uint64_t ms = r->env.now_ms(r->env.arg) - in->started_ms;
+    log_msg(LOG_INFO, "installed a snapshot",
+            "shard=%u index=%llu keys=%llu moved=%llu deleted=%llu ms=%llu",
+            g->shard, (unsigned long long)in->index,
+            (unsigned long long)in->keys, (unsigned long long)in->moved,
+            (unsigned long long)in->deleted, (unsigned long long)ms);
+    install_free(in);
+    g->in = (struct snap_in){0};
+    r->bg_groups--;
+    r->stats.snapshots_installed++;
+    return KV_OK;
+}
+
+/* An install a crash interrupted goes on from its marker, if any. */
+static int resume_install(struct replica *r, struct group *g)
 {
     unsigned char k[5];
-    shard_key(k, 'N', shard);
+    shard_key(k, 'N', g->shard);
     void *v = NULL;
     size_t vlen = 0;
     int rc = store_get(r->store, k, 5, &v, &vlen);
@@ -726,15 +866,20 @@ static int resume_install(struct replica *r, uint32_t shard)
     }
     const unsigned char *p = v;
     uint64_t index = get_u64(p), term = get_u64(p + 8);
-    int phase = p[16];
+    int phase = p[16] == 2 ? INSTALL_MOVE : INSTALL_DELETE;
     free(v);
     log_msg(LOG_WARN, "resuming an interrupted snapshot install",
-            "shard=%u index=%llu phase=%d", shard, (unsigned long long)index,
+            "shard=%u index=%llu phase=%d", g->shard, (unsigned long long)index,
             phase);
-    return run_install(r, shard, index, term, phase == 2 ? 2 : 1);
+    install_begin(r, g, index, term, phase);
+    return KV_OK;
 }
 
-/* Raft accepted the staged snapshot: make the store match it. */
+/* Raft accepted the staged snapshot: from one synced write on, the node's
+ * state is "snapshot at INDEX" (the hard state with this Ready's term and
+ * vote, the log without stale entries past it, the marker saying that the
+ * data still has to be moved in), which a restart resumes from. The data
+ * then moves in slices (install_step). */
 static int install_snapshot(struct replica *r, struct group *g,
                             const struct raft_ready *rd)
 {
@@ -744,11 +889,6 @@ static int install_snapshot(struct replica *r, struct group *g,
                 "shard=%u index=%llu", g->shard, (unsigned long long)index);
         return KV_EINTERNAL;
     }
-    /* From this synced write on, the node's state is "snapshot at INDEX":
-     * the hard state (with the term and vote of this Ready) and the log say
-     * so, stale log entries past it are gone, and the marker says the data
-     * still has to be moved in. A crash anywhere after it restarts into a
-     * state raft accepts. */
     struct store_batch *b = store_batch_new();
     if (!b)
         return KV_ENOMEM;
@@ -777,18 +917,44 @@ static int install_snapshot(struct replica *r, struct group *g,
     store_batch_free(b);
     if (rc != KV_OK)
         return rc;
-    /* Old log entries up to the snapshot are now garbage. */
-    unsigned char lp[5];
-    shard_key(lp, 'L', g->shard);
-    rc = run_install(r, g->shard, index, term, 1);
-    if (rc == KV_OK)
-        rc = rewrite_prefix(r, lp, 5, delete_log_upto, &index);
-    if (rc != KV_OK)
-        return rc; /* the node stops; a restart resumes from the marker */
-    g->in = (struct snap_in){0};
-    r->stats.snapshots_installed++;
-    log_msg(LOG_INFO, "installed a snapshot", "shard=%u index=%llu", g->shard,
+    install_begin(r, g, index, term, INSTALL_DELETE);
+    log_msg(LOG_INFO, "installing a snapshot", "shard=%u index=%llu", g->shard,
             (unsigned long long)index);
+    return KV_OK;
+}
+
+/* Whether a stream left records staged for G's shard. */
+static bool staged_left(struct replica *r, struct group *g)
+{
+    unsigned char z[5];
+    shard_key(z, 'Z', g->shard);
+    struct store_iter *it = store_iter_new(r->store);
+    if (!it)
+        return true; /* cleared in slices then, which tells the error */
+    store_iter_seek(it, z, sizeof(z));
+    bool left = false;
+    if (store_iter_valid(it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        left = klen >= 5 && memcmp(k, z, 5) == 0;
+    }
+    store_iter_free(it);
+    return left;
+}
+
+/* Deletes the records a stream left staged ("Z" + shard) a slice per
+ * iteration; a new stream waits until none are left (handle_chunk). */
+static int clear_staged(struct replica *r, struct group *g)
+{
+    unsigned char z[5];
+    uint64_t n = 0;
+    bool done = false;
+    shard_key(z, 'Z', g->shard);
+    int rc = rewrite_slice(r, z, 5, delete_record, &n, &done);
+    if (rc == KV_OK && done) {
+        g->clearing = false;
+        r->bg_groups--;
+    }
     return rc;
 }
 
@@ -1007,6 +1173,7 @@ static void group_free(struct group *g)
     for (size_t i = 0; g->out && i < g->nmembers; i++)
         store_iter_free(g->out[i].it);
     free(g->out);
+    install_free(&g->inst);
     free(g);
 }
 
@@ -1028,7 +1195,7 @@ static int group_open(struct replica *r, uint32_t shard, uint64_t seed,
         free(g);
         return KV_ENOMEM;
     }
-    int rc = resume_install(r, shard);
+    int rc = resume_install(r, g);
     struct raft_init init = {0};
     struct raft_entry *es = NULL;
     size_t ne = 0;
@@ -1544,7 +1711,8 @@ static void handle_read(struct replica *r, const void *client, size_t clen,
         stale = req->scan->stale;
     }
     struct group *g = r->groups[shard];
-    if (!g || (!stale && g->role != RAFT_LEADER)) {
+    /* A replica installing a snapshot has part of the shard's data only. */
+    if (!g || (!stale && g->role != RAFT_LEADER) || g->inst.active) {
         reply_redirect(r, client, clen, req->id, shard);
         goto done;
     }
@@ -3322,9 +3490,15 @@ static void handle_chunk(struct replica *r, uint32_t from,
         return;
     }
     if (c->seq == 0) {
-        unsigned char z[5];
-        shard_key(z, 'Z', g->shard);
-        if (delete_prefix(r, z, 5) != KV_OK)
+        /* A stream that ended early left records staged: they are deleted
+         * in slices (clear_staged) while the leader retries. */
+        if (!g->clearing && staged_left(r, g)) {
+            g->clearing = true;
+            r->bg_groups++;
+            log_msg(LOG_INFO, "deleting what an ended snapshot stream staged",
+                    "shard=%u", g->shard);
+        }
+        if (g->clearing)
             goto refuse;
         g->in = (struct snap_in){
             .active = true, .from = from, .index = c->index, .term = c->term};
@@ -3766,6 +3940,15 @@ int replica_flush(struct replica *r)
         r->has_rd[s] = false;
         if (!g)
             continue;
+        if (g->clearing && (rc = clear_staged(r, g)) != KV_OK)
+            return rc;
+        if (g->inst.active) {
+            rc = install_step(r, g);
+            if (rc != KV_OK)
+                return rc;
+            if (g->inst.active)
+                continue; /* held until its data is in place */
+        }
         if (g->role == RAFT_LEADER)
             start_reads(r, g);
         if (!raft_ready(g->raft, &r->rd[s])) {
@@ -3837,7 +4020,8 @@ int replica_flush(struct replica *r)
             }
         }
         for (size_t i = 0; i < rd->n_committed; i++) {
-            rc = apply_entry(r, g, &rd->committed[i]);
+            rc = g->inst.active ? install_defer(g, &rd->committed[i])
+                                : apply_entry(r, g, &rd->committed[i]);
             if (rc != KV_OK)
                 return rc;
         }
@@ -3890,7 +4074,8 @@ int replica_flush(struct replica *r)
         for (size_t j = 0; j < g->nmembers; j++)
             if (g->out[j].active)
                 snap_out_pump(r, g, &g->out[j]);
-        maybe_compact(r, g);
+        if (!g->inst.active)
+            maybe_compact(r, g);
     }
     run_local(r);
     run_calls(r);
@@ -4196,6 +4381,7 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
         si->term = rs.term;
         si->commit = rs.commit;
         si->role = (char *)role_name(rs.role);
+        si->installing = g->inst.active;
         engine_shard_info(r->engine, g->shard, &si->keys, &si->applied);
         if (rs.role != RAFT_LEADER || rs.n_progress == 0)
             continue;
@@ -4277,7 +4463,13 @@ uint32_t replica_leader(const struct replica *r, uint32_t shard)
 
 bool replica_has_work(const struct replica *r)
 {
-    return r->nlocal > 0;
+    return r->nlocal > 0 || r->bg_groups > 0;
+}
+
+bool replica_installing(const struct replica *r, uint32_t shard)
+{
+    const struct group *g = shard < r->conf->shards ? r->groups[shard] : NULL;
+    return g && g->inst.active;
 }
 
 void replica_get_stats(const struct replica *r, struct replica_stats *st)

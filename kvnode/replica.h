@@ -149,4 +149,8 @@ void replica_get_stats(const struct replica *r, struct replica_stats *st);
  * coordinator made to shards this node leads): the loop should not wait. */
 bool replica_has_work(const struct replica *r);
 
+/* Whether this node is putting a snapshot of SHARD in place (the group is
+ * held meanwhile). */
+bool replica_installing(const struct replica *r, uint32_t shard);
+
 #endif

@@ -935,7 +935,7 @@ else
 fi
 kvc status --json
 expect_json "status --json: leader, term, commit and members per shard" 0 \
-    'all(s["leader"] == s["node"] and s["term"] >= 1 and s["commit"] >= 1 and sorted(m["id"] for m in s["members"]) == [1, 2, 3] and [m["id"] for m in s["members"] if m["role"] == "leader"] == [s["leader"]] and all(m["up"] is True and m["active"] is True and m["lag"] >= 0 and m["match"] >= 1 and m["applied"] >= 1 for m in s["members"]) for s in d["shards"])'
+    'all(s["leader"] == s["node"] and s["term"] >= 1 and s["commit"] >= 1 and sorted(m["id"] for m in s["members"]) == [1, 2, 3] and [m["id"] for m in s["members"] if m["role"] == "leader"] == [s["leader"]] and all(m["up"] is True and m["active"] is True and m["lag"] >= 0 and m["match"] >= 1 and m["applied"] >= 1 and m["installing"] is False for m in s["members"]) for s in d["shards"])'
 kvc status --json
 expect_json "status --json: lag is the leader's match minus the member's" 0 \
     'all(m["lag"] == [x["match"] for x in s["members"] if x["id"] == s["leader"]][0] - m["match"] for s in d["shards"] for m in s["members"])'
@@ -964,7 +964,7 @@ kvc status --json
 expect_json "status --json with node 3 down" 4 \
     'd["ok"] is False and [n["up"] for n in sorted(d["nodes"], key=lambda n: n["id"])] == [True, True, False] and "error" in [n for n in d["nodes"] if n["id"] == 3][0]'
 expect_json "status --json with node 3 down: its member rows say so" 4 \
-    'all([m for m in s["members"] if m["id"] == 3][0]["up"] is False and [m for m in s["members"] if m["id"] == 3][0]["role"] is None and [m for m in s["members"] if m["id"] == 3][0]["applied"] is None for s in d["shards"])'
+    'all([m for m in s["members"] if m["id"] == 3][0]["up"] is False and [m for m in s["members"] if m["id"] == 3][0]["role"] is None and [m for m in s["members"] if m["id"] == 3][0]["applied"] is None and [m for m in s["members"] if m["id"] == 3][0]["installing"] is None for s in d["shards"])'
 expect_json "status --json with node 3 down: it handed its shards over" 4 \
     'all(s["leader"] in (1, 2) for s in d["shards"])'
 kvc status

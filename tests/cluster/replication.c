@@ -655,8 +655,10 @@ static int file_contains(const char *path, const char *text)
     return yes;
 }
 
-/* Writes SNAP_KEYS keys through the pipeline; VERS gets their versions. */
-static void snap_write_all(kv *h, uint64_t *vers)
+/* Writes keys 0..N-1 (KEYF names key I; its value is snap_value(I))
+ * through the pipeline; VERS gets their versions. */
+static void snap_write(kv *h, unsigned n,
+                       size_t (*keyf)(unsigned, char *, size_t), uint64_t *vers)
 {
     static char keys[SNAP_SLOTS][32];
     static unsigned char vals[SNAP_SLOTS][SNAP_VALUE];
@@ -668,13 +670,13 @@ static void snap_write_all(kv *h, uint64_t *vers)
     ck_assert_int_eq(admin_pipeline(h, SNAP_SLOTS), KV_OK);
     int64_t t0 = harness_now_ms();
     int64_t deadline = t0 + 400000;
-    while (acked < SNAP_KEYS) {
-        for (unsigned s = 0; s < SNAP_SLOTS && next < SNAP_KEYS; s++) {
+    while (acked < n) {
+        for (unsigned s = 0; s < SNAP_SLOTS && next < n; s++) {
             if (used[s])
                 continue;
             memset(&ops[s], 0, sizeof ops[s]);
             ops[s].kind = ADMIN_PUT;
-            ops[s].klen = snap_key(next, keys[s], sizeof keys[s]);
+            ops[s].klen = keyf(next, keys[s], sizeof keys[s]);
             ops[s].key = keys[s];
             snap_value(next, vals[s]);
             ops[s].val = vals[s];
@@ -696,13 +698,23 @@ static void snap_write_all(kv *h, uint64_t *vers)
             acked++;
         }
         ck_assert_msg(harness_now_ms() < deadline,
-                      "only %u of %u writes acknowledged in time", acked,
-                      SNAP_KEYS);
+                      "only %u of %u writes acknowledged in time", acked, n);
     }
     int64_t ms = harness_now_ms() - t0;
-    fprintf(stderr, "wrote %u keys of %u bytes in %" PRId64 " ms (%.0f/s)\n",
-            SNAP_KEYS, SNAP_VALUE, ms,
-            ms > 0 ? SNAP_KEYS * 1000.0 / (double)ms : 0.0);
+    fprintf(stderr, "wrote %u keys of %u bytes in %" PRId64 " ms (%.0f/s)\n", n,
+            SNAP_VALUE, ms, ms > 0 ? n * 1000.0 / (double)ms : 0.0);
+}
+
+/* Stops node I and deletes its data, as after a disk loss. */
+static void wipe_node(int i)
+{
+    ck_assert_int_eq(cluster_kill(cl, i, SIGTERM), 0);
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/data/%u", cluster_dir(cl),
+             cluster_node_id(cl, i));
+    ck_assert_msg(file_contains(cluster_conf_path(cl), "data_dir = data"),
+                  "the test expects data_dir = data");
+    ck_assert_int_eq(harness_rmtree(dir), 0);
 }
 
 START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
@@ -711,18 +723,11 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
     static uint64_t vers[SNAP_KEYS];
     kv *h = open_handle(10000);
 
-    /* The node is stopped and its data deleted, as after a disk loss. */
-    ck_assert_int_eq(cluster_kill(cl, wiped, SIGTERM), 0);
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/data/%u", cluster_dir(cl),
-             cluster_node_id(cl, wiped));
-    ck_assert_msg(file_contains(cluster_conf_path(cl), "data_dir = data"),
-                  "the test expects data_dir = data");
-    ck_assert_int_eq(harness_rmtree(dir), 0);
+    wipe_node(wiped);
 
     /* Meanwhile the other two take enough writes that each shard's log is
      * compacted: the wiped node can only catch up from a snapshot. */
-    snap_write_all(h, vers);
+    snap_write(h, SNAP_KEYS, snap_key, vers);
     uint64_t bytes[SNAP_SHARDS] = {0}, count[SNAP_SHARDS] = {0};
     uint64_t biggest = 0, total = 0;
     for (unsigned i = 0; i < SNAP_KEYS; i++) {
@@ -813,6 +818,164 @@ START_TEST(a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory)
     fprintf(stderr, "the wiped node returned %u sampled keys correctly\n",
             checked);
 
+    kv_close(h);
+    stop_cluster_cleanly();
+}
+END_TEST
+
+/* --- an install does not stop the node ------------------------------------ */
+
+#define INST_KEYS 16000 /* into shard 0 alone: its log is compacted */
+#define INST_OTHER 50   /* into shard 1, which stays on the log */
+#define INST_POLLS 200000
+
+static unsigned
+    inst_idx[INST_KEYS]; /* key I of the test: snap key INST_IDX[I] */
+
+static size_t inst_key(unsigned i, char *buf, size_t cap)
+{
+    return snap_key(inst_idx[i], buf, cap);
+}
+
+/* A stale get of K from node I alone: its answer's code, and through
+ * VAL/VLEN (when KV_OK) a copy of the value (free it). */
+static int stale_code_from(kv *h, int node, const char *k, unsigned char **val,
+                           size_t *vlen)
+{
+    static uint64_t next_id = 190000;
+    void *buf = NULL;
+    size_t len = encode_get(k, strlen(k), 1, ++next_id, &buf);
+    Kv__Envelope *e = NULL;
+    int rc = admin_raw(h, admin_of(h, node), buf, len, 5000, &e);
+    free(buf);
+    ck_assert_msg(rc == KV_OK, "stale get %s from node %u: %s", k,
+                  cluster_node_id(cl, node), kv_strerror(rc));
+    ck_assert(e->body_case == KV__ENVELOPE__BODY_RESPONSE);
+    int code = e->response->code;
+    *val = NULL;
+    *vlen = 0;
+    if (code == KV_OK && e->response->result_case == KV__RESPONSE__RESULT_GET) {
+        *vlen = e->response->get->value.len;
+        *val = malloc(*vlen + 1);
+        ck_assert_ptr_nonnull(*val);
+        memcpy(*val, e->response->get->value.data, *vlen);
+    }
+    wire_free(e);
+    return code;
+}
+
+START_TEST(a_replica_putting_a_snapshot_in_place_serves_its_other_shards)
+{
+    const int wiped = 2;
+    const uint32_t big = 0, other = 1;
+    static uint64_t vers[INST_KEYS];
+    kv *h = open_handle(10000);
+    for (unsigned i = 0, j = 0; i < INST_KEYS; j++) {
+        char k[32];
+        size_t kl = snap_key(j, k, sizeof k);
+        if (kv_shard_of(k, kl, SNAP_SHARDS) == big)
+            inst_idx[i++] = j;
+    }
+    /* Shard 1 gets a few keys and keeps its whole log. */
+    static char okeys[INST_OTHER][32];
+    for (int i = 0; i < INST_OTHER; i++) {
+        size_t kl = key_in_shard("other/", other, SNAP_SHARDS, i, okeys[i],
+                                 sizeof okeys[i]);
+        ck_assert_int_eq(kv_put(h, okeys[i], kl, okeys[i], kl, NULL, NULL),
+                         KV_OK);
+    }
+    /* Shard 0 takes enough writes while the node is gone that it can only
+     * catch up from a snapshot. */
+    wipe_node(wiped);
+    snap_write(h, INST_KEYS, inst_key, vers);
+    ck_assert_int_eq(cluster_restart_node(cl, wiped), 0);
+
+    /* While it reports shard 0 being put in place, the node answers: its
+     * copy of shard 1 serves stale reads, and a stale read of shard 0 is
+     * sent to the leader, never served from the part in place. */
+    unsigned seen = 0, other_served = 0, redirected = 0, after = 0;
+    int64_t deadline = harness_now_ms() + 300000;
+    for (unsigned n = 0; n < INST_POLLS; n++) {
+        Kv__StatusResult *st = NULL;
+        int rc = admin_status(h, admin_of(h, wiped), STATUS_MS, &st);
+        const Kv__ShardInfo *si = rc == KV_OK ? info_of(st, big) : NULL;
+        int installing = si != NULL && si->installing;
+        int done =
+            si != NULL && si->local && !si->installing && si->keys == INST_KEYS;
+        admin_status_free(st);
+        if (done)
+            break;
+        ck_assert_msg(harness_now_ms() < deadline,
+                      "the wiped node did not install shard 0 in 300 s");
+        if (!installing) {
+            harness_sleep_ms(1);
+            continue;
+        }
+        seen++;
+        unsigned i = (seen * 7919u) % INST_KEYS;
+        char k[32];
+        inst_key(i, k, sizeof k);
+        unsigned char *v = NULL;
+        size_t vl = 0;
+        int code = stale_code_from(h, wiped, k, &v, &vl);
+        if (code == KV_ENOTLEADER) {
+            redirected++;
+        } else {
+            /* The install ended in between: all of it is in place. */
+            unsigned char want[SNAP_VALUE];
+            snap_value(i, want);
+            ck_assert_msg(code == KV_OK,
+                          "a stale read of %s during the install: %s", k,
+                          kv_strerror(code));
+            ck_assert_msg(vl == SNAP_VALUE && memcmp(v, want, vl) == 0,
+                          "a stale read of %s during the install has a "
+                          "wrong value",
+                          k);
+            after++;
+        }
+        free(v);
+        const char *ok = okeys[seen % INST_OTHER];
+        code = stale_code_from(h, wiped, ok, &v, &vl);
+        ck_assert_msg(code == KV_OK || code == KV_ENOTFOUND,
+                      "node %u did not serve a stale read of shard 1 during "
+                      "the install: %s",
+                      cluster_node_id(cl, wiped), kv_strerror(code));
+        if (code == KV_OK) {
+            ck_assert_msg(vl == strlen(ok) && memcmp(v, ok, vl) == 0,
+                          "wrong value of %s", ok);
+            other_served++;
+        }
+        free(v);
+    }
+    fprintf(stderr,
+            "during the install: %u status answers, %u stale reads of "
+            "shard 1 served, %u of shard 0 sent to the leader, %u after it\n",
+            seen, other_served, redirected, after);
+    ck_assert_msg(seen > 0, "no status answer came while shard 0 was put in "
+                            "place");
+    ck_assert_msg(other_served > 0, "no stale read of shard 1 was served "
+                                    "while shard 0 was put in place");
+    ck_assert_msg(redirected > 0, "no stale read of shard 0 was sent to the "
+                                  "leader during the install");
+
+    /* Then it holds every key at its acknowledged version. */
+    uint64_t count[SNAP_SHARDS] = {INST_KEYS, INST_OTHER};
+    ck_assert_msg(wait_caught_up(h, wiped, SNAP_SHARDS, count, NULL, 60000) >=
+                      0,
+                  "the wiped node did not catch up");
+    for (unsigned i = 0; i < INST_KEYS; i += SNAP_CHECK_EVERY) {
+        char k[32];
+        size_t kl = inst_key(i, k, sizeof k);
+        Kv__Envelope *e = stale_get_from(h, wiped, k, kl);
+        unsigned char want[SNAP_VALUE];
+        snap_value(i, want);
+        ck_assert_msg(
+            e->response->get->value.len == SNAP_VALUE &&
+                memcmp(e->response->get->value.data, want, SNAP_VALUE) == 0 &&
+                e->response->get->version == vers[i],
+            "the wiped node has a wrong copy of %s", k);
+        wire_free(e);
+    }
     kv_close(h);
     stop_cluster_cleanly();
 }
@@ -1269,6 +1432,8 @@ static Suite *replication_suite(void)
     tcase_set_timeout(snap, 480);
     tcase_add_test(
         snap, a_wiped_replica_catches_up_through_a_snapshot_in_bounded_memory);
+    tcase_add_test(
+        snap, a_replica_putting_a_snapshot_in_place_serves_its_other_shards);
     suite_add_tcase(s, snap);
     return s;
 }

@@ -84,7 +84,7 @@ static const char *scenario_names[] = {"random",  "leader-crash", "snapshot",
 static const uint64_t directed_seeds[] = {
     UINT64_MAX,    /* random */
     20,            /* leader-crash */
-    5,             /* snapshot */
+    10,            /* snapshot (two of each variant) */
     20,            /* restart */
     5,             /* stale-tail */
     BANK_SEEDS,    /* bank */
@@ -277,6 +277,14 @@ bool sim_scenario_peer(struct sim *s, struct sim_node *n,
             crash_for_scenario(s, n, "snapshot: crash as the stream starts",
                                sim_range(&s->rng, 200, 1000));
             return false;
+        } else if (s->sc_variant == 4 && when == 1 &&
+                   batch_has_chunk(b, sh, false, true) &&
+                   !batch_has_chunk(b, sh, true, false)) {
+            /* Its first chunk is staged: the next stream finds it there
+             * and waits until it is cleared. */
+            crash_for_scenario(s, n, "snapshot: crash after the first chunk",
+                               sim_range(&s->rng, 200, 1000));
+            return false;
         }
     }
     return true;
@@ -354,7 +362,8 @@ static void scenario_snapshot(struct sim *s)
         for (int j = 0; j < s->p.nnodes; j++)
             s->blocked[f][j] = s->blocked[j][f] = j != f;
         s->sc_node = f;
-        s->sc_variant = (int)(s->seed % 3);
+        s->sc_variant = (int)(s->seed % 5);
+        s->sc_seen = 0;
         s->bulk_on = true;
         s->sc_state = 1;
         s->sc_at = s->now;
@@ -390,7 +399,16 @@ static void scenario_snapshot(struct sim *s)
         }
         break;
     }
-    case 2:
+    case 2: {
+        struct sim_node *n = &s->nodes[s->sc_node];
+        if (s->sc_variant == 3 && s->sc_triggers == 0 && n->rep &&
+            replica_installing(n->rep, sh) &&
+            ++s->sc_seen > (int)(s->seed / 5 % 4) * 10) {
+            /* Part of the data is in place: the restart resumes. */
+            crash_for_scenario(s, n, "snapshot: crash during the install",
+                               sim_range(&s->rng, 200, 1000));
+            break;
+        }
         if (installed(&s->nodes[s->sc_node]) >= 1 && s->nodes[s->sc_node].rep) {
             sim_log(s, "snapshot: node %d installed a snapshot",
                     s->sc_node + 1);
@@ -402,6 +420,7 @@ static void scenario_snapshot(struct sim *s)
                      s->sc_node + 1);
         }
         break;
+    }
     default:
         break;
     }
