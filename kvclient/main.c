@@ -40,6 +40,9 @@ enum {
 
 #define DEFAULT_TARGET "./cluster.conf"
 #define STATUS_TIMEOUT_MS 1000
+/* status notes a node whose clock runs this far behind a peer's (the
+ * threshold kvnode logs at) */
+#define CLOCK_NOTE_MS 1000
 #define MAX_TIMEOUT_MS 86400000ULL
 #define STDIN_MAX_RAW (64u * 1024 * 1024)  /* the hard cap on values */
 #define STDIN_MAX_HEX (3u * STDIN_MAX_RAW) /* hex digits plus whitespace */
@@ -1799,14 +1802,20 @@ static void print_status_text(struct cli *c, size_t n, Kv__StatusResult **sts,
     printf("\n%-6s %-28s %-5s %-10s %-10s %s\n", "NODE", "ADDRESS", "STATE",
            "UPTIME", "REQUESTS", "NOTE");
     for (i = 0; i < n; i++) {
-        char up_s[32] = "-", req[24] = "-";
+        char up_s[32] = "-", req[24] = "-", clock[64];
         const char *note = "";
         if (rcs[i] == KV_OK) {
             format_uptime(sts[i]->uptime_ms, up_s, sizeof up_s);
             snprintf(req, sizeof req, "%llu",
                      (unsigned long long)sts[i]->requests);
-            if (sts[i]->node_id != admin_node_id(c->db, i))
+            if (sts[i]->node_id != admin_node_id(c->db, i)) {
                 note = "answers with another node id";
+            } else if (sts[i]->peer_clock_ahead_ms >= CLOCK_NOTE_MS) {
+                snprintf(clock, sizeof clock, "clock %.1fs behind node %u",
+                         (double)sts[i]->peer_clock_ahead_ms / 1000.0,
+                         (unsigned)sts[i]->peer_clock_ahead_node);
+                note = clock;
+            }
         } else {
             note = kv_strerror(rcs[i]);
         }
@@ -1907,15 +1916,22 @@ static void print_status_json(struct cli *c, size_t n, Kv__StatusResult **sts,
         printf("%s{\"id\":%u,\"address\":", i ? "," : "",
                (unsigned)admin_node_id(c->db, i));
         json_string(stdout, addr, strlen(addr));
-        if (rcs[i] == KV_OK)
-            printf(",\"up\":true,\"uptime_ms\":%llu,\"requests\":%llu,"
-                   "\"bad_frames\":%llu,\"sessions_expired\":%llu}",
-                   (unsigned long long)sts[i]->uptime_ms,
-                   (unsigned long long)sts[i]->requests,
-                   (unsigned long long)sts[i]->bad_frames,
-                   (unsigned long long)sts[i]->sessions_expired);
-        else
+        if (rcs[i] != KV_OK) {
             printf(",\"up\":false,\"error\":\"%s\"}", cli_code_name(rcs[i]));
+            continue;
+        }
+        printf(",\"up\":true,\"uptime_ms\":%llu,\"requests\":%llu,"
+               "\"bad_frames\":%llu,\"sessions_expired\":%llu,"
+               "\"peer_clock_ahead_ms\":%llu,\"peer_clock_ahead_node\":",
+               (unsigned long long)sts[i]->uptime_ms,
+               (unsigned long long)sts[i]->requests,
+               (unsigned long long)sts[i]->bad_frames,
+               (unsigned long long)sts[i]->sessions_expired,
+               (unsigned long long)sts[i]->peer_clock_ahead_ms);
+        if (sts[i]->peer_clock_ahead_node)
+            printf("%u}", (unsigned)sts[i]->peer_clock_ahead_node);
+        else
+            fputs("null}", stdout);
     }
     fputs("],\"shards\":[", stdout);
     for (s = 0; s < nshards; s++) {

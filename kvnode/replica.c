@@ -210,7 +210,23 @@ struct replica {
     size_t nfanouts, capfanouts;
     uint64_t fanout_calls;
     struct peer_plugins *peer_plugins; /* by node index */
+    struct peer_clock *peer_clocks;    /* by node index */
     uint64_t *plugins_sent;            /* by node index: tick last sent */
+};
+
+/* How far a peer's wall clock runs ahead of this node's, at least: each
+ * PeerBatch carries its sender's clock, and (sent - now) is the skew minus
+ * the batch's delay, so the largest value seen is a lower bound that the
+ * fastest batches make tight. Readings count for two windows. */
+#define CLOCK_WINDOW_TICKS 1000 /* 10 s */
+#define CLOCK_WARN_MS 1000      /* a peer this far ahead is logged... */
+#define CLOCK_WARN_TICKS 6000   /* ...at most once a minute */
+struct peer_clock {
+    bool seen;
+    uint64_t since;    /* tick the current window began */
+    int64_t cur, prev; /* the largest reading of this window, the last */
+    uint32_t readings; /* in this window */
+    uint64_t warned;   /* tick of the last warning, plus 1 */
 };
 
 /* The procedure plugins a peer reported loading. */
@@ -977,6 +993,7 @@ static void send_peer(struct replica *r, uint32_t to, Kv__PeerBatch *b)
     b->cluster = r->conf->cluster;
     b->boot_id = r->boot_id;
     b->features = FEATURES;
+    b->sent_ms = txn_wall(r);
     /* Now and then, the plugins this node loaded (their hashes). */
     const struct conf_node *node = node_of(r, to);
     size_t pi = node ? (size_t)(node - r->conf->nodes) : 0;
@@ -3578,6 +3595,62 @@ static void handle_ack(struct replica *r, uint32_t from,
     }
 }
 
+/* Whether peer PI's clock reading is current; *AHEAD gets it. */
+static bool clock_ahead(const struct replica *r, size_t pi, int64_t *ahead)
+{
+    const struct peer_clock *c = &r->peer_clocks[pi];
+    if (!c->seen || r->ticks >= c->since + 2 * CLOCK_WINDOW_TICKS)
+        return false;
+    *ahead = r->ticks >= c->since + CLOCK_WINDOW_TICKS ? c->cur
+             : c->cur > c->prev                        ? c->cur
+                                                       : c->prev;
+    return true;
+}
+
+/* Takes the clock reading of a batch peer PI (node FROM) sent at SENT_MS
+ * of its wall clock. */
+static void note_clock(struct replica *r, size_t pi, uint32_t from,
+                       uint64_t sent_ms)
+{
+    struct peer_clock *c = &r->peer_clocks[pi];
+    int64_t d = (int64_t)(sent_ms - txn_wall(r));
+    if (!c->seen || r->ticks >= c->since + 2 * CLOCK_WINDOW_TICKS) {
+        *c = (struct peer_clock){.seen = true,
+                                 .since = r->ticks,
+                                 .cur = d,
+                                 .prev = d,
+                                 .warned = c->warned};
+    } else if (r->ticks >= c->since + CLOCK_WINDOW_TICKS) {
+        c->prev = c->cur;
+        c->cur = d;
+        c->since = r->ticks;
+        c->readings = 0;
+    } else if (d > c->cur) {
+        c->cur = d;
+    }
+    c->readings++;
+    int64_t ahead;
+    if (clock_ahead(r, pi, &ahead) && ahead > CLOCK_WARN_MS &&
+        (!c->warned || r->ticks + 1 >= c->warned + CLOCK_WARN_TICKS)) {
+        c->warned = r->ticks + 1;
+        log_msg(LOG_WARN, "a peer's clock is ahead of this node's",
+                "peer=%u ahead_ms=%lld hint=\"check NTP on both nodes: "
+                "session expiry and transaction deadlines use wall clocks\"",
+                from, (long long)ahead);
+    }
+}
+
+bool replica_peer_clock(const struct replica *r, uint32_t peer,
+                        int64_t *ahead_ms, uint32_t *readings)
+{
+    const struct conf_node *n = node_of(r, peer);
+    if (!n || peer == r->id ||
+        !clock_ahead(r, (size_t)(n - r->conf->nodes), ahead_ms))
+        return false;
+    *readings = r->peer_clocks[n - r->conf->nodes].readings;
+    return true;
+}
+
 void replica_peer(struct replica *r, const Kv__PeerBatch *b)
 {
     if (!node_of(r, b->from) || b->from == r->id || !b->cluster ||
@@ -3604,6 +3677,8 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
     }
     if (b->has_plugins)
         take_plugins(r, pi, b);
+    if (b->sent_ms)
+        note_clock(r, pi, b->from, b->sent_ms);
     struct raft_entry *es = NULL;
     size_t cap = 0;
     for (size_t i = 0; i < b->n_msgs; i++) {
@@ -4368,6 +4443,14 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
     st->shard_info = sptr;
     st->txn_coordinators = txns_active(r->txns);
     st->sessions_expired = r->stats.sessions_expired;
+    for (size_t i = 0; i < r->conf->nnodes; i++) {
+        int64_t ahead;
+        if (r->conf->nodes[i].id != r->id && clock_ahead(r, i, &ahead) &&
+            ahead > 0 && (uint64_t)ahead > st->peer_clock_ahead_ms) {
+            st->peer_clock_ahead_ms = (uint64_t)ahead;
+            st->peer_clock_ahead_node = r->conf->nodes[i].id;
+        }
+    }
     for (size_t i = 0; i < st->n_shard_info; i++) {
         Kv__ShardInfo *si = st->shard_info[i];
         struct group *g =
@@ -4496,6 +4579,7 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->early = calloc(conf->shards, sizeof(*r->early));
     r->peer_boot = calloc(conf->nnodes, sizeof(*r->peer_boot));
     r->peer_features = calloc(conf->nnodes, sizeof(*r->peer_features));
+    r->peer_clocks = calloc(conf->nnodes, sizeof(*r->peer_clocks));
     r->boot_id = seed * 0x9e3779b97f4a7c15ull + 1;
     r->hint = calloc(conf->shards, sizeof(*r->hint));
     r->peer_plugins = calloc(conf->nnodes, sizeof(*r->peer_plugins));
@@ -4512,7 +4596,7 @@ int replica_open(const struct conf *conf, uint32_t id, struct store *store,
     r->fanout_calls = (seed * 0xc2b2ae3d27d4eb4full) >> 20;
     int rc = r->groups && r->rd && r->has_rd && r->early && r->peer_boot &&
                      r->peer_features && r->hint && r->txns &&
-                     r->peer_plugins && r->plugins_sent
+                     r->peer_plugins && r->plugins_sent && r->peer_clocks
                  ? KV_OK
                  : KV_ENOMEM;
     if (rc == KV_OK)
@@ -4598,6 +4682,7 @@ void replica_close(struct replica *r)
     free(r->early);
     free(r->peer_boot);
     free(r->peer_features);
+    free(r->peer_clocks);
     free(r->hint);
     txns_free(r->txns);
     for (size_t i = 0; i < r->nlocal; i++)

@@ -153,4 +153,11 @@ bool replica_has_work(const struct replica *r);
  * held meanwhile). */
 bool replica_installing(const struct replica *r, uint32_t shard);
 
+/* Whether this node has a current reading of PEER's wall clock; *AHEAD_MS
+ * gets by at least how many ms it runs ahead of this node's (negative:
+ * it may run behind; the peer's own reading of this node tells), and
+ * *READINGS how many batches the current window's reading comes from. */
+bool replica_peer_clock(const struct replica *r, uint32_t peer,
+                        int64_t *ahead_ms, uint32_t *readings);
+
 #endif

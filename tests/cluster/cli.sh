@@ -904,7 +904,7 @@ else
 fi
 kvc status --json
 expect_json "status --json: cluster, nodes, shards" 0 \
-    'd["ok"] is True and d["cluster"] == "clitest" and sorted(n["id"] for n in d["nodes"]) == [1, 2, 3] and all(n["up"] for n in d["nodes"]) and [s["shard"] for s in d["shards"]] == list(range(8)) and all(s["node"] in (1, 2, 3) for s in d["shards"]) and sum(s["keys"] for s in d["shards"]) >= 22'
+    'd["ok"] is True and d["cluster"] == "clitest" and sorted(n["id"] for n in d["nodes"]) == [1, 2, 3] and all(n["up"] for n in d["nodes"]) and all(n["peer_clock_ahead_ms"] == 0 and n["peer_clock_ahead_node"] is None for n in d["nodes"]) and [s["shard"] for s in d["shards"]] == list(range(8)) and all(s["node"] in (1, 2, 3) for s in d["shards"]) and sum(s["keys"] for s in d["shards"]) >= 22'
 
 # the replication view: every shard has a leader, a term, a commit index and
 # three members, exactly one of them the leader

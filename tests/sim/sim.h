@@ -547,6 +547,9 @@ void sim_counter_free(struct sim *s);
 
 /* Election safety on node N: at most one leader per shard and term. */
 void sim_check_leaders(struct sim *s, struct sim_node *n);
+/* Clock readings: no node reads a peer's clock further ahead than it is;
+ * FINAL (healthy network): none reads it more than a few delays behind. */
+void sim_check_clocks(struct sim *s, bool final);
 /* Commit safety on node N: its committed log entries agree with every
  * other node's. */
 void sim_check_commits(struct sim *s, struct sim_node *n);

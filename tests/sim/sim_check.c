@@ -155,6 +155,41 @@ void sim_check_leaders(struct sim *s, struct sim_node *n)
     replica_status_free(&st);
 }
 
+/* --- clocks ------------------------------------------------------------------
+ */
+
+void sim_check_clocks(struct sim *s, bool final)
+{
+    for (int i = 0; i < s->p.nnodes && !s->failed; i++) {
+        struct sim_node *n = &s->nodes[i];
+        if (!n->rep)
+            continue;
+        for (int j = 0; j < s->p.nnodes && !s->failed; j++) {
+            const struct sim_node *m = &s->nodes[j];
+            int64_t ahead;
+            uint32_t readings;
+            if (j == i || !replica_peer_clock(n->rep, m->id, &ahead, &readings))
+                continue;
+            /* Every batch takes at least 1 ms, and the wall clocks differ
+             * by their fixed skews only (a jump moves all of them). */
+            int64_t skew = m->wall_skew - n->wall_skew;
+            if (ahead >= skew)
+                sim_fail(s,
+                         "clocks: node %u reads node %u's clock as %lld ms "
+                         "ahead, more than its skew of %lld ms",
+                         n->id, m->id, (long long)ahead, (long long)skew);
+            /* At the end the network is healthy: of 20 or more batches of
+             * the last seconds, some took at most 5 x delay_max. */
+            int64_t slack = 5 * (int64_t)s->p.delay_max + 1;
+            if (final && readings >= 20 && ahead < skew - slack)
+                sim_fail(s,
+                         "clocks: node %u reads node %u's clock as %lld ms "
+                         "ahead, its skew is %lld ms",
+                         n->id, m->id, (long long)ahead, (long long)skew);
+        }
+    }
+}
+
 /* --- commit safety -------------------------------------------------------- */
 
 static uint64_t hash_entry(uint32_t type, const void *data, size_t len)
@@ -714,6 +749,8 @@ void sim_check_final(struct sim *s)
         check_history(s);
     if (!s->failed)
         check_legacy_sessions(s);
+    if (!s->failed)
+        sim_check_clocks(s, true);
 }
 
 void sim_check_free(struct sim *s)

@@ -224,16 +224,16 @@ int sim_node_start(struct sim *s, struct sim_node *n)
         n->store = NULL;
         return -1;
     }
-    struct replica_env env = {
-        .arg = n,
-        .send = env_send,
-        .reply = env_reply,
-        .now_ms = env_now,
-        .wall_ms = env_wall,
-        .failpoint = s->p.fp_prepared_ppm || s->p.fp_committed_ppm
-                         ? env_failpoint
-                         : NULL,
-        .procs = s->procs};
+    struct replica_env env = {.arg = n,
+                              .send = env_send,
+                              .reply = env_reply,
+                              .now_ms = env_now,
+                              .wall_ms = env_wall,
+                              .failpoint =
+                                  s->p.fp_prepared_ppm || s->p.fp_committed_ppm
+                                      ? env_failpoint
+                                      : NULL,
+                              .procs = s->procs};
     rc = replica_open(s->conf, n->id, n->store, &env, sim_rand(&s->rng),
                       &n->rep, err, sizeof(err));
     if (rc != KV_OK) {
@@ -334,6 +334,8 @@ void sim_after_event(struct sim *s, struct sim_node *n)
     }
     if (n && n->rep && !s->failed)
         sim_check_leaders(s, n);
+    if (!s->failed)
+        sim_check_clocks(s, false);
 }
 
 /* A failpoint fired in node N during the event that just ended: it dies
