@@ -15,6 +15,7 @@
  * the tests may be loaded.
  */
 #include <check.h>
+#include <glob.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -48,6 +49,8 @@
 #define STORE_BUDGET ((64u + 2 * 16u + 16u) << 20)
 
 #define HANDOFF_LIMIT_MS 1000
+#define KV_XSTR(x) #x
+#define KV_STR(x) KV_XSTR(x)
 
 static struct cluster *cl;
 static pid_t stopped_pid; /* a node this process SIGSTOPped, or 0 */
@@ -1400,6 +1403,96 @@ START_TEST(a_follower_serves_stale_reads_while_the_leader_is_stopped)
 }
 END_TEST
 
+/* --- clocks ------------------------------------------------------------------
+ */
+
+#define SKEW_S 3 /* node 3's clock runs this far ahead (libfaketime) */
+
+/* Sets NAME to VALUE (NULL: unsets it). */
+static void put_env(const char *name, const char *value)
+{
+    if (value)
+        ck_assert_int_eq(setenv(name, value, 1), 0);
+    else
+        ck_assert_int_eq(unsetenv(name), 0);
+}
+
+START_TEST(a_node_whose_clock_runs_ahead_is_reported_by_its_peers)
+{
+    const int fast = 2;
+    kv *h = open_handle(10000);
+    glob_t g;
+    int grc = glob("/usr/lib/*/faketime/libfaketimeMT.so.1", 0, NULL, &g);
+    ck_assert_msg(grc == 0 && g.gl_pathc > 0,
+                  "libfaketime is missing (make deps installs it)");
+    char asan[512];
+    const char *a = getenv("ASAN_OPTIONS");
+    /* The preloaded library comes before AddressSanitizer's runtime. */
+    snprintf(asan, sizeof asan, "%s%sverify_asan_link_order=0", a ? a : "",
+             a ? ":" : "");
+    /* The node starts with these in its environment (and only it). */
+    const char *names[] = {"LD_PRELOAD", "FAKETIME",
+                           "FAKETIME_DONT_FAKE_MONOTONIC", "ASAN_OPTIONS"};
+    const char *values[] = {g.gl_pathv[0], "+" KV_STR(SKEW_S) "s", "1", asan};
+    char *old[4];
+    ck_assert_int_eq(cluster_kill(cl, fast, SIGTERM), 0);
+    for (int i = 0; i < 4; i++) {
+        const char *v = getenv(names[i]);
+        old[i] = v ? strdup(v) : NULL;
+        put_env(names[i], values[i]);
+    }
+    int rc = cluster_restart_node(cl, fast);
+    for (int i = 0; i < 4; i++) {
+        put_env(names[i], old[i]);
+        free(old[i]);
+    }
+    globfree(&g);
+    ck_assert_int_eq(rc, 0);
+
+    /* The two others see its clock ahead, by at most the skew (a batch's
+     * delay only hides some of it); it sees no one ahead of itself. */
+    uint32_t fid = cluster_node_id(cl, fast);
+    int64_t deadline = harness_now_ms() + 30000;
+    int seen = 0;
+    while (!seen && harness_now_ms() < deadline) {
+        Kv__StatusResult *sts[NNODES];
+        get_statuses(h, sts);
+        seen = 1;
+        for (int i = 0; i < NNODES; i++) {
+            ck_assert_msg(sts[i] == NULL ||
+                              sts[i]->peer_clock_ahead_ms <= SKEW_S * 1000,
+                          "node %u reads a clock %" PRIu64 " ms ahead",
+                          cluster_node_id(cl, i), sts[i]->peer_clock_ahead_ms);
+            if (i == fast)
+                seen &= sts[i] != NULL && sts[i]->peer_clock_ahead_ms == 0 &&
+                        sts[i]->peer_clock_ahead_node == 0;
+            else
+                seen &= sts[i] != NULL &&
+                        sts[i]->peer_clock_ahead_node == fid &&
+                        sts[i]->peer_clock_ahead_ms > (SKEW_S - 1) * 1000;
+        }
+        free_statuses(sts);
+        if (!seen)
+            harness_sleep_ms(100);
+    }
+    ck_assert_msg(seen, "the nodes did not report node %u's clock %d s ahead",
+                  fid, SKEW_S);
+    /* ... and say so in their logs. */
+    for (int i = 0; i < NNODES; i++) {
+        char path[512], want[64];
+        snprintf(path, sizeof path, "%s/node-%u.log", cluster_dir(cl),
+                 cluster_node_id(cl, i));
+        snprintf(want, sizeof want, "clock is ahead of this node's\" peer=%u",
+                 fid);
+        ck_assert_msg(file_contains(path, want) == (i != fast),
+                      "node %u's log %s the warning", cluster_node_id(cl, i),
+                      i != fast ? "lacks" : "has");
+    }
+    kv_close(h);
+    stop_cluster_cleanly();
+}
+END_TEST
+
 static Suite *replication_suite(void)
 {
     Suite *s = suite_create("replication");
@@ -1416,6 +1509,12 @@ static Suite *replication_suite(void)
     tcase_add_test(tc,
                    a_follower_serves_stale_reads_while_the_leader_is_stopped);
     suite_add_tcase(s, tc);
+
+    TCase *clk = tcase_create("clocks");
+    tcase_add_checked_fixture(clk, cluster_up_snapshot, cluster_down);
+    tcase_set_timeout(clk, 120);
+    tcase_add_test(clk, a_node_whose_clock_runs_ahead_is_reported_by_its_peers);
+    suite_add_tcase(s, clk);
 
     TCase *ttl = tcase_create("sessions");
     tcase_add_checked_fixture(ttl, cluster_up_sessions, cluster_down);
