@@ -126,7 +126,7 @@ struct snap_in {
 /* A snapshot install under way (see install_step). */
 struct install {
     bool active;
-    int phase; /* INSTALL_DELETE .. INSTALL_LOG */
+    int phase; /* INSTALL_DELETE .. INSTALL_COUNT */
     int tag;   /* INSTALL_DELETE: the SNAP_TAGS record kind being deleted */
     uint64_t index, term;
     uint64_t keys;                 /* INSTALL_COUNT: data keys counted */
@@ -225,7 +225,8 @@ struct peer_clock {
     bool seen;
     uint64_t since;    /* tick the current window began */
     int64_t cur, prev; /* the largest reading of this window, the last */
-    uint32_t readings; /* in this window */
+    uint32_t readings; /* ticks of this window with a reading */
+    uint64_t last;     /* tick of the last reading */
     uint64_t warned;   /* tick of the last warning, plus 1 */
 };
 
@@ -591,8 +592,7 @@ static int load_group(struct replica *r, struct group *g,
 enum {
     INSTALL_DELETE = 1, /* delete the shard's records (marker phase 1) */
     INSTALL_MOVE,       /* move the staged ones in (marker phase 2) */
-    INSTALL_COUNT,      /* count the data keys now in place */
-    INSTALL_LOG         /* marker gone: delete the log the snapshot covers */
+    INSTALL_COUNT       /* count the data keys now in place, then finish */
 };
 
 #define INSTALL_COUNT_SLICE (8 * INSTALL_BATCH) /* keys counted per slice */
@@ -667,19 +667,6 @@ static int move_staged(void *arg, struct store_batch *b, const unsigned char *k,
     return 0;
 }
 
-/* Deletes log entries up to *(uint64_t *)ARG. */
-static int delete_log_upto(void *arg, struct store_batch *b,
-                           const unsigned char *k, size_t klen, const void *v,
-                           size_t vlen)
-{
-    (void)v;
-    (void)vlen;
-    if (klen != 13 || get_u64(k + 5) > *(const uint64_t *)arg)
-        return 1;
-    store_batch_del(b, k, klen);
-    return 0;
-}
-
 static int write_install_marker(struct replica *r, uint32_t shard,
                                 uint64_t index, uint64_t term, int phase)
 {
@@ -697,6 +684,13 @@ static int write_install_marker(struct replica *r, uint32_t shard,
     return rc;
 }
 
+/* The monotonic clock in ms (the ticks' when the node gives none). */
+static uint64_t mono_ms(const struct replica *r)
+{
+    return r->env.now_ms ? r->env.now_ms(r->env.arg)
+                         : r->ticks * REPLICA_TICK_MS;
+}
+
 static void install_begin(struct replica *r, struct group *g, uint64_t index,
                           uint64_t term, int phase)
 {
@@ -704,7 +698,7 @@ static void install_begin(struct replica *r, struct group *g, uint64_t index,
                                .phase = phase,
                                .index = index,
                                .term = term,
-                               .started_ms = r->env.now_ms(r->env.arg)};
+                               .started_ms = mono_ms(r)};
     /* Snapshot streams are refused until this one is in place. */
     g->in = (struct snap_in){
         .complete = true, .from = 0, .index = index, .term = term};
@@ -754,22 +748,41 @@ static int count_slice(struct replica *r, struct group *g, bool *done)
     return rc;
 }
 
-/* The data is in place: the shard's applied state says so in one synced
- * write with the marker's removal, and the engine starts over from it. */
+/* The data is in place: one synced write says so (the shard's applied
+ * index and key count), removes the marker and the log entries the
+ * snapshot covers (at most the replica's log before it: compaction keeps
+ * that to about COMPACT_EVERY + COMPACT_KEEP entries), and the engine
+ * starts over from it. */
 static int install_finish(struct replica *r, struct group *g)
 {
     struct install *in = &g->inst;
     struct store_batch *b = store_batch_new();
-    if (!b)
+    struct store_iter *it = store_iter_new(r->store);
+    if (!b || !it) {
+        store_batch_free(b);
+        store_iter_free(it);
         return KV_ENOMEM;
-    unsigned char ak[5], av[16], nk[5];
+    }
+    unsigned char ak[5], av[16], nk[5], lp[5];
     shard_key(ak, 'A', g->shard);
     put_u64(av, in->index);
     put_u64(av + 8, in->keys);
     store_batch_put(b, ak, 5, av, sizeof(av));
     shard_key(nk, 'N', g->shard);
     store_batch_del(b, nk, 5);
-    int rc = store_write(r->store, b, true);
+    shard_key(lp, 'L', g->shard);
+    for (store_iter_seek(it, lp, 5); store_iter_valid(it);
+         store_iter_next(it)) {
+        size_t klen;
+        const unsigned char *k = store_iter_key(it, &klen);
+        if (klen != 13 || memcmp(k, lp, 5) != 0 || get_u64(k + 5) > in->index)
+            break;
+        store_batch_del(b, k, klen);
+    }
+    int rc = store_iter_status(it);
+    store_iter_free(it);
+    if (rc == KV_OK)
+        rc = store_write(r->store, b, true);
     store_batch_free(b);
     if (rc == KV_OK)
         engine_reset_shard(r->engine, g->shard, in->index, in->keys);
@@ -831,27 +844,21 @@ static int install_step(struct replica *r, struct group *g)
         if (rc == KV_OK && done)
             in->phase = INSTALL_COUNT;
         return rc;
-    case INSTALL_COUNT:
+    default:
         rc = count_slice(r, g, &done);
         if (rc != KV_OK || !done)
             return rc;
         rc = install_finish(r, g);
-        in->phase = INSTALL_LOG;
-        return rc;
-    default:
+        if (rc != KV_OK)
+            return rc;
         break;
     }
-    /* INSTALL_LOG: old log entries up to the snapshot are garbage. */
-    shard_key(p, 'L', g->shard);
-    rc = rewrite_slice(r, p, 5, delete_log_upto, &in->index, &done);
-    if (rc != KV_OK || !done)
-        return rc;
     /* Entries committed in the Ready that brought the snapshot. */
     for (size_t i = 0; i < in->ndeferred && rc == KV_OK; i++)
         rc = apply_entry(r, g, &in->deferred[i]);
     if (rc != KV_OK)
         return rc;
-    uint64_t ms = r->env.now_ms(r->env.arg) - in->started_ms;
+    uint64_t ms = mono_ms(r) - in->started_ms;
     log_msg(LOG_INFO, "installed a snapshot",
             "shard=%u index=%llu keys=%llu moved=%llu deleted=%llu ms=%llu",
             g->shard, (unsigned long long)in->index,
@@ -909,25 +916,29 @@ static int install_snapshot(struct replica *r, struct group *g,
     if (!b)
         return KV_ENOMEM;
     unsigned char hk[5], hv[HS_LEN], nk[5], nv[17];
+    /* Entries past INDEX that this Ready brings are stored only with the
+     * iteration's batch: until then the commit point stored is INDEX, and
+     * no stale entry past it stays (stage_entry writes the new ones). */
     if (rd->hs_changed)
         g->hs = rd->hs;
+    g->hs.commit = index;
     g->snap_index = index;
     g->snap_term = term;
-    if (g->hs.commit < index)
-        g->hs.commit = index;
     encode_hardstate(g, hk, hv);
     store_batch_put(b, hk, 5, hv, sizeof(hv));
+    if (rd->hs_changed)
+        g->hs = rd->hs; /* the whole of it goes with the batch */
+    if (g->hs.commit < index)
+        g->hs.commit = index;
     shard_key(nk, 'N', g->shard);
     put_u64(nv, index);
     put_u64(nv + 8, term);
     nv[16] = 1;
     store_batch_put(b, nk, 5, nv, sizeof(nv));
-    if (rd->truncate_after && !rd->n_entries) {
-        for (uint64_t i = index + 1; i <= rd->truncate_after; i++) {
-            unsigned char lk[13];
-            log_key(lk, g->shard, i);
-            store_batch_del(b, lk, sizeof(lk));
-        }
+    for (uint64_t i = index + 1; i <= rd->truncate_after; i++) {
+        unsigned char lk[13];
+        log_key(lk, g->shard, i);
+        store_batch_del(b, lk, sizeof(lk));
     }
     int rc = store_write(r->store, b, true);
     store_batch_free(b);
@@ -2008,6 +2019,13 @@ static void serve_parked(struct replica *r, struct parked *p, int state)
     Kv__Request *req = kv__request__unpack(NULL, p->reqlen, p->req);
     if (!req)
         return;
+    const struct group *grp = r->groups[p->shard];
+    if (!grp || grp->role != RAFT_LEADER || grp->inst.active) {
+        /* Deposed meanwhile: its copy may be behind (or being replaced). */
+        reply_redirect(r, p->client, p->clen, req->id, p->shard);
+        kv__request__free_unpacked(req, NULL);
+        return;
+    }
     const Kv__GetRequest *g = req->get;
     struct engine_intent in = {0};
     int rc =
@@ -3628,7 +3646,9 @@ static void note_clock(struct replica *r, size_t pi, uint32_t from,
     } else if (d > c->cur) {
         c->cur = d;
     }
-    c->readings++;
+    if (!c->readings || c->last != r->ticks)
+        c->readings++;
+    c->last = r->ticks;
     int64_t ahead;
     if (clock_ahead(r, pi, &ahead) && ahead > CLOCK_WARN_MS &&
         (!c->warned || r->ticks + 1 >= c->warned + CLOCK_WARN_TICKS)) {
@@ -4311,6 +4331,17 @@ void replica_tick(struct replica *r)
     }
 }
 
+/* Whether member ID answered within the last four heartbeat rounds (one
+ * putting a snapshot in place, say, does not). */
+static bool heard_lately(const struct replica *r, const struct group *g,
+                         uint32_t id)
+{
+    for (size_t j = 0; j < g->nmembers; j++)
+        if (g->members[j] == id)
+            return r->ticks - g->heard[j] <= 4 * HEARTBEAT_TICKS;
+    return false;
+}
+
 size_t replica_transfer_all(struct replica *r)
 {
     size_t led = 0;
@@ -4325,7 +4356,7 @@ size_t replica_transfer_all(struct replica *r)
         uint64_t best_match = 0;
         for (size_t i = 0; i < st.n_progress; i++) {
             const struct raft_progress *p = &st.progress[i];
-            if (p->id == r->id || !p->active)
+            if (p->id == r->id || !p->active || !heard_lately(r, g, p->id))
                 continue;
             if (best == RAFT_NONE || p->match > best_match) {
                 best = p->id;
@@ -4549,10 +4580,10 @@ bool replica_has_work(const struct replica *r)
     return r->nlocal > 0 || r->bg_groups > 0;
 }
 
-bool replica_installing(const struct replica *r, uint32_t shard)
+int replica_installing(const struct replica *r, uint32_t shard)
 {
     const struct group *g = shard < r->conf->shards ? r->groups[shard] : NULL;
-    return g && g->inst.active;
+    return g && g->inst.active ? g->inst.phase : 0;
 }
 
 void replica_get_stats(const struct replica *r, struct replica_stats *st)

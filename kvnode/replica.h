@@ -150,13 +150,14 @@ void replica_get_stats(const struct replica *r, struct replica_stats *st);
 bool replica_has_work(const struct replica *r);
 
 /* Whether this node is putting a snapshot of SHARD in place (the group is
- * held meanwhile). */
-bool replica_installing(const struct replica *r, uint32_t shard);
+ * held meanwhile): 0, or the install's phase (1: deleting the old records,
+ * 2: moving the staged ones in, 3: counting the keys). */
+int replica_installing(const struct replica *r, uint32_t shard);
 
 /* Whether this node has a current reading of PEER's wall clock; *AHEAD_MS
  * gets by at least how many ms it runs ahead of this node's (negative:
  * it may run behind; the peer's own reading of this node tells), and
- * *READINGS how many batches the current window's reading comes from. */
+ * *READINGS from batches of how many of the current window's ticks. */
 bool replica_peer_clock(const struct replica *r, uint32_t peer,
                         int64_t *ahead_ms, uint32_t *readings);
 

@@ -401,15 +401,28 @@ static void scenario_snapshot(struct sim *s)
     }
     case 2: {
         struct sim_node *n = &s->nodes[s->sc_node];
-        if (s->sc_variant == 3 && s->sc_triggers == 0 && n->rep &&
-            replica_installing(n->rep, sh) &&
-            ++s->sc_seen > (int)(s->seed / 5 % 4) * 10) {
-            /* Part of the data is in place: the restart resumes. */
-            crash_for_scenario(s, n, "snapshot: crash during the install",
-                               sim_range(&s->rng, 200, 1000));
+        /* Variant 3 crashes the node in one phase of the install (1, 2
+         * or 3 by the seed: the first one seen from it on), in the first
+         * phases a few ms into it; the restart resumes. */
+        int phase = n->rep ? replica_installing(n->rep, sh) : 0;
+        int target = 1 + (int)(s->seed / 5 % 3);
+        if (s->sc_variant == 3 && s->sc_triggers == 0 && phase >= target &&
+            (phase == 3 || s->sc_seen++ >= (int)(s->seed / 15 % 3))) {
+            char why[64];
+            snprintf(why, sizeof why, "snapshot: crash in install phase %d",
+                     phase);
+            crash_for_scenario(s, n, why, sim_range(&s->rng, 200, 1000));
             break;
         }
         if (installed(&s->nodes[s->sc_node]) >= 1 && s->nodes[s->sc_node].rep) {
+            if ((s->sc_variant == 3 || s->sc_variant == 4) &&
+                s->sc_triggers == 0) {
+                sim_fail(s,
+                         "snapshot scenario: variant %d did not crash node "
+                         "%d before its install ended",
+                         s->sc_variant, s->sc_node + 1);
+                break;
+            }
             sim_log(s, "snapshot: node %d installed a snapshot",
                     s->sc_node + 1);
             s->sc_state = 3;

@@ -377,7 +377,7 @@ struct sim {
     uint64_t sc_ghosts; /* unrecorded writes sent */
     uint64_t sc_tail;   /* the isolated leader's last stored index */
     int sc_triggers;
-    int sc_seen; /* snapshot: events seen with the install under way */
+    int sc_seen; /* snapshot: ms seen in the install phase to crash in */
     /* bank accounts: "{tag}aN", spread over the shards */
     char accts[SIM_MAX_ACCTS][SIM_KEY_MAX];
     size_t alen[SIM_MAX_ACCTS];

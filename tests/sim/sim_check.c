@@ -178,8 +178,9 @@ void sim_check_clocks(struct sim *s, bool final)
                          "clocks: node %u reads node %u's clock as %lld ms "
                          "ahead, more than its skew of %lld ms",
                          n->id, m->id, (long long)ahead, (long long)skew);
-            /* At the end the network is healthy: of 20 or more batches of
-             * the last seconds, some took at most 5 x delay_max. */
+            /* At the end the network is healthy: of the batches that came
+             * at 20 or more ticks of the last seconds (not all in one
+             * burst after a pause), some took at most 5 x delay_max. */
             int64_t slack = 5 * (int64_t)s->p.delay_max + 1;
             if (final && readings >= 20 && ahead < skew - slack)
                 sim_fail(s,
