@@ -1922,11 +1922,13 @@ static void print_status_json(struct cli *c, size_t n, Kv__StatusResult **sts,
         }
         printf(",\"up\":true,\"uptime_ms\":%llu,\"requests\":%llu,"
                "\"bad_frames\":%llu,\"sessions_expired\":%llu,"
+               "\"snapshots_installed\":%llu,"
                "\"peer_clock_ahead_ms\":%llu,\"peer_clock_ahead_node\":",
                (unsigned long long)sts[i]->uptime_ms,
                (unsigned long long)sts[i]->requests,
                (unsigned long long)sts[i]->bad_frames,
                (unsigned long long)sts[i]->sessions_expired,
+               (unsigned long long)sts[i]->snapshots_installed,
                (unsigned long long)sts[i]->peer_clock_ahead_ms);
         if (sts[i]->peer_clock_ahead_node)
             printf("%u}", (unsigned)sts[i]->peer_clock_ahead_node);

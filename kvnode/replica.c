@@ -43,9 +43,7 @@
 #define HEARTBEAT_TICKS 5
 #define MAX_INFLIGHT 256
 #define MAX_MSG_BYTES (1u << 20)
-#define COMPACT_EVERY 10000       /* compact when the log holds this many... */
-#define COMPACT_KEEP 2000         /* ...keeping this tail for slow followers */
-#define COMPACT_BYTES (64u << 20) /* or when it holds this many bytes */
+#define COMPACT_BYTES (64u << 20) /* compact a log holding this many bytes */
 #define SNAP_CHUNK_BYTES (256u << 10)
 #define SNAP_WINDOW 4        /* chunks in flight per stream */
 #define SNAP_STALL_TICKS 500 /* 5 s without an ack ends a stream */
@@ -751,7 +749,7 @@ static int count_slice(struct replica *r, struct group *g, bool *done)
 /* The data is in place: one synced write says so (the shard's applied
  * index and key count), removes the marker and the log entries the
  * snapshot covers (at most the replica's log before it: compaction keeps
- * that to about COMPACT_EVERY + COMPACT_KEEP entries), and the engine
+ * that to about 1.2 x compact_log_entries entries), and the engine
  * starts over from it. */
 static int install_finish(struct replica *r, struct group *g)
 {
@@ -3997,18 +3995,21 @@ static void run_local(struct replica *r)
 
 /* --- the driver step ------------------------------------------------------ */
 
+/* Compacts G's log once it holds compact_log_entries applied entries past
+ * a kept tail of a fifth of that (for slow followers), or COMPACT_BYTES. */
 static void maybe_compact(struct replica *r, struct group *g)
 {
     uint64_t applied = engine_applied(r->engine, g->shard);
+    uint64_t every = r->conf->compact_log_entries, keep = every / 5;
     uint64_t to;
     if (g->log_bytes >= COMPACT_BYTES && applied > g->snap_index) {
         /* Big values: memory matters more than sparing a slow follower a
          * snapshot. */
         to = applied;
         g->log_bytes = 0;
-    } else if (applied >= g->snap_index + COMPACT_EVERY + COMPACT_KEEP) {
-        to = applied - COMPACT_KEEP;
-        g->log_bytes = g->log_bytes * COMPACT_KEEP / (applied - g->snap_index);
+    } else if (applied >= g->snap_index + every + keep) {
+        to = applied - keep;
+        g->log_bytes = g->log_bytes * keep / (applied - g->snap_index);
     } else {
         return;
     }
@@ -4474,6 +4475,7 @@ int replica_status(struct replica *r, Kv__StatusResult *st)
     st->shard_info = sptr;
     st->txn_coordinators = txns_active(r->txns);
     st->sessions_expired = r->stats.sessions_expired;
+    st->snapshots_installed = r->stats.snapshots_installed;
     for (size_t i = 0; i < r->conf->nnodes; i++) {
         int64_t ahead;
         if (r->conf->nodes[i].id != r->id && clock_ahead(r, i, &ahead) &&

@@ -64,6 +64,7 @@ enum key_id {
     KEY_PROC_MAX_REPLY_BYTES,
     KEY_MAX_INFLIGHT_PER_CLIENT,
     KEY_SESSION_TTL_S,
+    KEY_COMPACT_LOG_ENTRIES,
     KEY_COUNT
 };
 
@@ -97,6 +98,8 @@ static const struct key_def {
     [KEY_MAX_INFLIGHT_PER_CLIENT] = {"max_inflight_per_client", 1, 1,
                                      CONF_INFLIGHT_LIMIT},
     [KEY_SESSION_TTL_S] = {"session_ttl_s", 1, 1, CONF_SESSION_TTL_LIMIT},
+    [KEY_COMPACT_LOG_ENTRIES] = {"compact_log_entries", 1, CONF_COMPACT_MIN,
+                                 CONF_COMPACT_LIMIT},
 };
 
 /* ---- the [security] section and the CurveZMQ keys of nodes -------------- */
@@ -391,6 +394,9 @@ static int set_number(struct parser *p, enum key_id k, const char *v, size_t n)
         break;
     case KEY_SESSION_TTL_S:
         c->session_ttl_s = (uint32_t)x;
+        break;
+    case KEY_COMPACT_LOG_ENTRIES:
+        c->compact_log_entries = (uint32_t)x;
         break;
     default:
         return fail(p, p->line, "internal: %s is not a number", d->name);
@@ -1071,6 +1077,7 @@ int conf_parse(const char *text, size_t len, const char *name,
     c->proc_max_reply_bytes = CONF_PROC_BYTES_DEFAULT;
     c->max_inflight_per_client = CONF_INFLIGHT_DEFAULT;
     c->session_ttl_s = CONF_SESSION_TTL_DEFAULT;
+    c->compact_log_entries = CONF_COMPACT_DEFAULT;
     c->security.handshake_timeout_ms = CONF_HANDSHAKE_DEFAULT;
     c->path = strdup("");
     c->data_dir = strdup("data");

@@ -35,6 +35,9 @@
 #define CONF_INFLIGHT_LIMIT 1000000            /* its cap */
 #define CONF_SESSION_TTL_DEFAULT 3600          /* session_ttl_s: one hour */
 #define CONF_SESSION_TTL_LIMIT (30u * 86400)   /* its cap: 30 days */
+#define CONF_COMPACT_DEFAULT 10000             /* compact_log_entries */
+#define CONF_COMPACT_MIN 100                   /* its floor... */
+#define CONF_COMPACT_LIMIT 10000000            /* ...and cap */
 #define CONF_HANDSHAKE_DEFAULT 5000 /* [security] handshake_timeout_ms */
 #define CONF_HANDSHAKE_MIN 100
 #define CONF_MAX_CLIENT_KEYS 100000 /* keys in [security] client_keys */
@@ -104,6 +107,10 @@ struct conf {
     /* How long a shard keeps a client's session after its last write
      * (longer for a write whose timeout is longer: twice that). */
     uint32_t session_ttl_s;
+    /* A replica compacts a shard's Raft log once it applied this many
+     * entries plus a fifth past its last compaction point, keeping that
+     * fifth for slow followers. */
+    uint32_t compact_log_entries;
     struct conf_security security;
 };
 

@@ -10,7 +10,9 @@
 #                                                  chaos: 30 s of register)
 #   2b. $B/tests/sim --seeds 500                   (the simulator)
 #   2c. $B/tests/chaos --workload bank             (20 s; CHAOS_BANK_S=N)
+#       --compact-entries 100                      (snapshots under faults)
 #   2d. $B/tests/chaos --workload incr             (20 s; CHAOS_INCR_S=N)
+#       --compact-entries 100
 #   2e. $B/tests/chaos --session-ttl 5             (20 s; CHAOS_SESSIONS_S=N)
 #   2f. every $B/fuzz-replay/* on tests/fuzz/corpus (each fuzz target
 #       replays every seed; make fuzz runs them under libFuzzer)
@@ -98,17 +100,19 @@ if [ -x "$B/tests/sim" ]; then
 fi
 
 # 2c. the chaos test's bank workload (transactions under kill -9 and
-# SIGSTOP; step 2 ran its register workload for 30 s)
+# SIGSTOP; step 2 ran its register workload for 30 s), with logs compacted
+# every 100 entries: killed nodes catch up through snapshots that carry
+# transactions in flight
 if [ -x "$B/tests/chaos" ]; then
     run_step chaos-bank env KVNODE="$B/kvnode" "$B/tests/chaos" \
-        --workload bank --duration "${CHAOS_BANK_S:-20}"
+        --workload bank --compact-entries 100 --duration "${CHAOS_BANK_S:-20}"
 fi
 
 # 2d. the chaos test's incr workload (procedure calls under kill -9 and
 # SIGSTOP: acknowledged increments applied once, the others at most once)
 if [ -x "$B/tests/chaos" ]; then
     run_step chaos-incr env KVNODE="$B/kvnode" "$B/tests/chaos" \
-        --workload incr --duration "${CHAOS_INCR_S:-20}"
+        --workload incr --compact-entries 100 --duration "${CHAOS_INCR_S:-20}"
 fi
 
 # 2e. the chaos test's register workload with sessions of 5 s: clients

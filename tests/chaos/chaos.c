@@ -8,7 +8,8 @@
  *
  *   chaos [--duration S] [--clients N] [--keys N] [--seed S]
  *         [--kill-every MS] [--op-timeout MS] [--session-ttl S]
- *         [--workload register|bank|incr] [--accounts N] [--keep]
+ *         [--compact-entries N] [--workload register|bank|incr]
+ *         [--accounts N] [--keep]
  *
  * This file is the driver (cluster, nemesis, probe, watchdog, options) and
  * the register workload; chaos.h is what the other workloads share with
@@ -759,6 +760,36 @@ static long admin_index(struct run *r, int i)
 
 /* Prints how many client sessions the running nodes expired (each counts
  * since its last start). */
+/* Adds the snapshots node I installed since its start (it is about to be
+ * killed, or the run ends). */
+static void count_installs(struct run *r, int i)
+{
+    long j = admin_index(r, i);
+    Kv__StatusResult *st = NULL;
+    if (j < 0 || !cluster_node_running(r->cl, i) ||
+        admin_status(r->adm, (size_t)j, STATUS_TIMEOUT_MS, &st) != KV_OK)
+        return;
+    r->installs += st->snapshots_installed;
+    admin_status_free(st);
+}
+
+/* With --compact-entries, nodes killed while the others write catch up
+ * through snapshots: the run must have had some. */
+static void installs_report(struct run *r)
+{
+    for (int i = 0; i < NNODES; i++)
+        count_installs(r, i);
+    printf("chaos: snapshots installed (counted at kills and at the end): "
+           "%" PRIu64 "\n",
+           r->installs);
+    if (r->o.compact_entries && r->o.kill_every_ms && r->kills > 0 &&
+        r->installs == 0)
+        chaos_problem(r,
+                      "no snapshot installed in %d s with "
+                      "compact_log_entries = %d",
+                      r->o.duration_s, r->o.compact_entries);
+}
+
 static void sessions_report(struct run *r)
 {
     uint64_t n = 0;
@@ -913,6 +944,7 @@ static void nemesis_kill(struct run *r, uint64_t *rng)
     if (shard >= 0)
         probe_fault(r);
     r->down = victim;
+    count_installs(r, victim);
     int rc = cluster_kill(r->cl, victim, SIGKILL);
     pids_refresh(r);
     r->kills++;
@@ -1237,8 +1269,8 @@ static void usage(void)
         stderr,
         "usage: chaos [--duration S] [--clients N] [--keys N] [--seed S]\n"
         "             [--kill-every MS] [--op-timeout MS] [--session-ttl S]\n"
-        "             [--workload register|bank|incr] [--accounts N] "
-        "[--keep]\n"
+        "             [--compact-entries N] [--workload register|bank|incr]\n"
+        "             [--accounts N] [--keep]\n"
         "  --duration S      seconds of load and faults (default 30)\n"
         "  --clients N       client threads (default 8, incr 16; max %d)\n"
         "  --workload W      register (single keys, lincheck; default),\n"
@@ -1255,6 +1287,10 @@ static void usage(void)
         "  --op-timeout MS   timeout of one client call (default 2000)\n"
         "  --session-ttl S   cluster.conf session_ttl_s (default: its "
         "default, 3600)\n"
+        "  --compact-entries N  cluster.conf compact_log_entries (default: "
+        "its default,\n"
+        "                    10000); the run fails if no snapshot was "
+        "installed\n"
         "  --keep            keep the temp dir (history, logs, data)\n",
         MAX_CLIENTS, MIN_ACCOUNTS, MAX_ACCOUNTS);
 }
@@ -1343,6 +1379,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             if (parse_num(v, 1, 2592000, &x) != 0)
                 goto bad;
             o->session_ttl_s = (int)x;
+        } else if (strcmp(a, "--compact-entries") == 0) {
+            if (parse_num(v, 100, 10000000, &x) != 0)
+                goto bad;
+            o->compact_entries = (int)x;
         } else {
             fprintf(stderr, "chaos: unknown option %s\n", a);
             return -1;
@@ -1610,6 +1650,7 @@ static void wind_down(struct run *r, const struct load *ld, pthread_t probe,
         *unread = final_reads(r, fin);
     }
     sessions_report(r);
+    installs_report(r);
     for (int i = 0; i < NNODES; i++) {
         if (!cluster_node_running(r->cl, i)) {
             chaos_problem(r, "node %u not running at the end",
@@ -1656,10 +1697,13 @@ static void run_init(struct run *r)
 /* Starts the cluster and the admin handle. Returns 0 or -1. */
 static int cluster_up(struct run *r)
 {
-    char extra[64] = "";
+    char extra[128] = "";
     if (r->o.session_ttl_s)
         snprintf(extra, sizeof extra, "session_ttl_s = %d\n",
                  r->o.session_ttl_s);
+    if (r->o.compact_entries)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
+                 "compact_log_entries = %d\n", r->o.compact_entries);
     struct cluster_opts co = {.extra = extra[0] ? extra : NULL};
     int rc = cluster_start_opts(&r->cl, NNODES, NSHARDS, NREPLICAS, &co);
     if (rc != 0) {

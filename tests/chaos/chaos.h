@@ -41,6 +41,7 @@ struct opts {
     int kill_every_ms; /* 0: no faults */
     int op_timeout_ms;
     int session_ttl_s; /* cluster.conf session_ttl_s (0: its default) */
+    int compact_entries; /* cluster.conf compact_log_entries (0: default) */
     int keep;
     enum chaos_workload workload;
     uint64_t seed;
@@ -80,6 +81,8 @@ struct run {
     int kills, leader_kills, pauses, unmeasured;
     int kill_ms[MAX_SAMPLES], nkill_ms;
     int pause_ms[MAX_SAMPLES], npause_ms;
+    uint64_t installs; /* snapshots the nodes installed (counted at kills
+                          and at the end) */
     int problems; /* health problems seen */
     int broken;   /* stop injecting faults */
 };

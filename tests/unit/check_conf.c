@@ -144,6 +144,7 @@ START_TEST(a_minimal_file_gets_every_default)
     ck_assert_uint_eq(c->proc_max_write_bytes, 1048576);
     ck_assert_uint_eq(c->proc_max_reply_bytes, 1048576);
     ck_assert_uint_eq(c->session_ttl_s, 3600);
+    ck_assert_uint_eq(c->compact_log_entries, 10000);
     ck_assert_uint_eq(c->nnodes, 3);
     ck_assert_str_eq(c->nodes[2].address, "tcp://127.0.0.1:7103");
     conf_free(c);
@@ -240,6 +241,7 @@ START_TEST(numbers_at_the_edges_of_their_ranges_are_accepted)
                               "max_txn_ops = 100000\n"
                               "max_txn_bytes = 67109888\n"
                               "session_ttl_s = 2592000\n"
+                              "compact_log_entries = 10000000\n"
                               "[node 65535]\naddress = tcp://h:65535\n"
                               "[node 1]\naddress = tcp://h:1\n");
 
@@ -252,12 +254,13 @@ START_TEST(numbers_at_the_edges_of_their_ranges_are_accepted)
     ck_assert_uint_eq(c->max_txn_ops, 100000);
     ck_assert_uint_eq(c->max_txn_bytes, 67113984 - 4096);
     ck_assert_uint_eq(c->session_ttl_s, 30u * 86400);
+    ck_assert_uint_eq(c->compact_log_entries, 10000000);
     ck_assert_uint_eq(c->nodes[1].id, 65535);
     conf_free(c);
     c = parse_ok("cluster = a\nshards = 1\nmax_key_bytes = 1\n"
                  "max_value_bytes = 0\nmax_message_bytes = 1025\n"
                  "request_timeout_ms = 0001\nmax_txn_ops = 1\n"
-                 "session_ttl_s = 1\n"
+                 "session_ttl_s = 1\ncompact_log_entries = 100\n"
                  "[node 1]\naddress = tcp://h:1\n");
     ck_assert_uint_eq(c->max_txn_ops, 1);
     ck_assert_uint_eq(c->max_txn_bytes, 1); /* the default, lowered */
@@ -265,6 +268,7 @@ START_TEST(numbers_at_the_edges_of_their_ranges_are_accepted)
     ck_assert_uint_eq(c->max_message_bytes, 1025);
     ck_assert_uint_eq(c->request_timeout_ms, 1);
     ck_assert_uint_eq(c->session_ttl_s, 1);
+    ck_assert_uint_eq(c->compact_log_entries, 100);
     conf_free(c);
 }
 END_TEST
@@ -688,6 +692,10 @@ static const struct broken broken_bodies[] = {
     {"zero session lifetime", "session_ttl_s = 0\n", 2,
      "session_ttl_s = 0 is out of range 1..2592000"},
     {"session lifetime over 30 days", "session_ttl_s = 2592001\n", 2,
+     "out of range"},
+    {"log compaction under 100 entries", "compact_log_entries = 99\n", 2,
+     "compact_log_entries = 99 is out of range 100..10000000"},
+    {"log compaction over the cap", "compact_log_entries = 10000001\n", 2,
      "out of range"},
     {"zero txn ops", "max_txn_ops = 0\n", 2,
      "max_txn_ops = 0 is out of range 1..100000"},
