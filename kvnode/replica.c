@@ -121,6 +121,14 @@ struct snap_in {
     bool complete;
 };
 
+/* Where a walk of one key prefix in slices goes on: the first key not
+ * visited yet (len 0: the prefix's first). Seeking there spares each slice
+ * the tombstones of the records the slices before deleted or moved. */
+struct cursor {
+    unsigned char *key;
+    size_t len;
+};
+
 /* A snapshot install under way (see install_step). */
 struct install {
     bool active;
@@ -128,8 +136,7 @@ struct install {
     int tag;   /* INSTALL_DELETE: the SNAP_TAGS record kind being deleted */
     uint64_t index, term;
     uint64_t keys;                 /* INSTALL_COUNT: data keys counted */
-    unsigned char *cursor;         /* INSTALL_COUNT: the next key to count */
-    size_t cursor_len;             /* (0: from the shard's first) */
+    struct cursor cur;             /* of the phase's walk */
     struct raft_entry *deferred;   /* committed with the snapshot: applied */
     size_t ndeferred, capdeferred; /* once it is in place */
     uint64_t moved, deleted;       /* records, for the log */
@@ -160,8 +167,9 @@ struct group {
     struct snap_in in;
     struct install inst; /* active: the group is held (install_step) */
     bool clearing;       /* a stream's leftover staged records go first */
-    bool rebuilt;        /* the "R" marker is stored: no vote yet */
-    uint64_t gc_index;   /* the tombstone GC proposed last (until applied) */
+    struct cursor clear_cur;
+    bool rebuilt;      /* the "R" marker is stored: no vote yet */
+    uint64_t gc_index; /* the tombstone GC proposed last (until applied) */
     /* Session expiry: the GC entry proposed last (until applied), where
      * the pass under way goes on (after_len 0: none under way), and when
      * the next pass starts (the clock of the last entry that ended one). */
@@ -595,23 +603,45 @@ enum {
 
 #define INSTALL_COUNT_SLICE (8 * INSTALL_BATCH) /* keys counted per slice */
 
-/* What to do with one record in rewrite_slice(): add ops to B, and return
- * 0 to go on or 1 to stop (the record itself is left as it is). */
-typedef int (*rewrite_fn)(void *arg, struct store_batch *b,
-                          const unsigned char *k, size_t klen, const void *v,
-                          size_t vlen);
+/* What to do with one record in rewrite_slice(): add ops to B that remove
+ * it (delete or move it). */
+typedef void (*rewrite_fn)(void *arg, struct store_batch *b,
+                           const unsigned char *k, size_t klen, const void *v,
+                           size_t vlen);
+
+/* Points C at key K (LEN bytes). */
+static int cursor_set(struct cursor *c, const unsigned char *k, size_t len)
+{
+    unsigned char *x = realloc(c->key, len ? len : 1);
+    if (!x)
+        return KV_ENOMEM;
+    memcpy(x, k, len);
+    c->key = x;
+    c->len = len;
+    return KV_OK;
+}
+
+/* Seeks IT to C, or to PREFIX (PLEN bytes) when C is at the start. */
+static void cursor_seek(struct store_iter *it, const struct cursor *c,
+                        const unsigned char *prefix, size_t plen)
+{
+    if (c->len)
+        store_iter_seek(it, c->key, c->len);
+    else
+        store_iter_seek(it, prefix, plen);
+}
 
 /* Rewrites up to INSTALL_BATCH of the records whose keys start with PREFIX
- * (PLEN bytes) in one synced write; *DONE says whether none are left or FN
- * stopped. Each slice visits the first records still under PREFIX, so FN
- * must remove every record it does not stop at (delete or move it).
- * Synced, not left for a later synced write to cover: LevelDB closes a
- * full log file without syncing it, so after a machine crash a later
- * synced write (the next phase's marker) can survive an earlier unsynced
- * one, and a marker past deletes or moves that were lost would leave the
- * replica with other data than its peers. */
+ * (PLEN bytes), from cursor CUR on, in one synced write; *DONE once none
+ * are left (CUR then points at the start again). Synced, not left for a
+ * later synced write to cover: LevelDB closes a full log file without
+ * syncing it, so after a machine crash a later synced write (the next
+ * phase's marker) can survive an earlier unsynced one, and a marker past
+ * deletes or moves that were lost would leave the replica with other data
+ * than its peers. */
 static int rewrite_slice(struct replica *r, const unsigned char *prefix,
-                         size_t plen, rewrite_fn fn, void *arg, bool *done)
+                         size_t plen, rewrite_fn fn, void *arg,
+                         struct cursor *cur, bool *done)
 {
     struct store_iter *it = store_iter_new(r->store);
     struct store_batch *b = store_batch_new();
@@ -621,48 +651,52 @@ static int rewrite_slice(struct replica *r, const unsigned char *prefix,
         return KV_ENOMEM;
     }
     size_t n = 0;
-    bool stop = false;
-    for (store_iter_seek(it, prefix, plen);
-         store_iter_valid(it) && n < INSTALL_BATCH; store_iter_next(it)) {
+    int rc = KV_OK;
+    *done = true;
+    for (cursor_seek(it, cur, prefix, plen); store_iter_valid(it);
+         store_iter_next(it)) {
         size_t klen, vlen;
         const unsigned char *k = store_iter_key(it, &klen);
         if (klen < plen || memcmp(k, prefix, plen) != 0)
             break;
-        const void *v = store_iter_value(it, &vlen);
-        if (fn(arg, b, k, klen, v, vlen)) {
-            stop = true;
+        if (n == INSTALL_BATCH) {
+            rc = cursor_set(cur, k, klen);
+            *done = false;
             break;
         }
+        const void *v = store_iter_value(it, &vlen);
+        fn(arg, b, k, klen, v, vlen);
         n++;
     }
-    int rc = store_iter_status(it);
+    if (rc == KV_OK)
+        rc = store_iter_status(it);
     store_iter_free(it);
     if (rc == KV_OK && n)
         rc = store_write(r->store, b, true);
     store_batch_free(b);
-    *done = stop || n < INSTALL_BATCH;
+    if (*done)
+        cur->len = 0;
     return rc;
 }
 
-static int delete_record(void *arg, struct store_batch *b,
-                         const unsigned char *k, size_t klen, const void *v,
-                         size_t vlen)
+static void delete_record(void *arg, struct store_batch *b,
+                          const unsigned char *k, size_t klen, const void *v,
+                          size_t vlen)
 {
     (void)v;
     (void)vlen;
     store_batch_del(b, k, klen);
     (*(uint64_t *)arg)++;
-    return 0;
 }
 
 /* Moves a staged "Z" shard storekey record to storekey. */
-static int move_staged(void *arg, struct store_batch *b, const unsigned char *k,
-                       size_t klen, const void *v, size_t vlen)
+static void move_staged(void *arg, struct store_batch *b,
+                        const unsigned char *k, size_t klen, const void *v,
+                        size_t vlen)
 {
     store_batch_put(b, k + 5, klen - 5, v, vlen);
     store_batch_del(b, k, klen);
     (*(uint64_t *)arg)++;
-    return 0;
 }
 
 static int write_install_marker(struct replica *r, uint32_t shard,
@@ -704,7 +738,7 @@ static void install_begin(struct replica *r, struct group *g, uint64_t index,
 }
 
 /* Counts up to INSTALL_COUNT_SLICE data keys of G's shard from the
- * cursor (the first key not counted yet); *DONE once none are left. */
+ * cursor on; *DONE once none are left. */
 static int count_slice(struct replica *r, struct group *g, bool *done)
 {
     struct install *in = &g->inst;
@@ -713,27 +747,17 @@ static int count_slice(struct replica *r, struct group *g, bool *done)
     struct store_iter *it = store_iter_new(r->store);
     if (!it)
         return KV_ENOMEM;
-    if (in->cursor_len)
-        store_iter_seek(it, in->cursor, in->cursor_len);
-    else
-        store_iter_seek(it, p, sizeof(p));
     size_t n = 0;
     int rc = KV_OK;
     *done = true;
-    for (; store_iter_valid(it); store_iter_next(it)) {
+    for (cursor_seek(it, &in->cur, p, sizeof(p)); store_iter_valid(it);
+         store_iter_next(it)) {
         size_t klen;
         const unsigned char *k = store_iter_key(it, &klen);
         if (klen < 5 || memcmp(k, p, 5) != 0)
             break;
         if (n == INSTALL_COUNT_SLICE) {
-            unsigned char *c = realloc(in->cursor, klen);
-            if (!c) {
-                rc = KV_ENOMEM;
-            } else {
-                memcpy(c, k, klen);
-                in->cursor = c;
-                in->cursor_len = klen;
-            }
+            rc = cursor_set(&in->cur, k, klen);
             *done = false;
             break;
         }
@@ -743,6 +767,8 @@ static int count_slice(struct replica *r, struct group *g, bool *done)
     if (rc == KV_OK)
         rc = store_iter_status(it);
     store_iter_free(it);
+    if (*done)
+        in->cur.len = 0;
     return rc;
 }
 
@@ -790,7 +816,7 @@ static int install_finish(struct replica *r, struct group *g)
 /* Frees what an install holds (it may have ended or not). */
 static void install_free(struct install *in)
 {
-    free(in->cursor);
+    free(in->cur.key);
     for (size_t i = 0; i < in->ndeferred; i++)
         free(in->deferred[i].data);
     free(in->deferred);
@@ -830,7 +856,8 @@ static int install_step(struct replica *r, struct group *g)
     switch (in->phase) {
     case INSTALL_DELETE:
         shard_key(p, SNAP_TAGS[in->tag], g->shard);
-        rc = rewrite_slice(r, p, 5, delete_record, &in->deleted, &done);
+        rc = rewrite_slice(r, p, 5, delete_record, &in->deleted, &in->cur,
+                           &done);
         if (rc != KV_OK || !done || ++in->tag < SNAP_NTAGS)
             return rc;
         rc = write_install_marker(r, g->shard, in->index, in->term, 2);
@@ -838,7 +865,7 @@ static int install_step(struct replica *r, struct group *g)
         return rc;
     case INSTALL_MOVE:
         shard_key(p, 'Z', g->shard);
-        rc = rewrite_slice(r, p, 5, move_staged, &in->moved, &done);
+        rc = rewrite_slice(r, p, 5, move_staged, &in->moved, &in->cur, &done);
         if (rc == KV_OK && done)
             in->phase = INSTALL_COUNT;
         return rc;
@@ -975,7 +1002,7 @@ static int clear_staged(struct replica *r, struct group *g)
     uint64_t n = 0;
     bool done = false;
     shard_key(z, 'Z', g->shard);
-    int rc = rewrite_slice(r, z, 5, delete_record, &n, &done);
+    int rc = rewrite_slice(r, z, 5, delete_record, &n, &g->clear_cur, &done);
     if (rc == KV_OK && done) {
         g->clearing = false;
         r->bg_groups--;
@@ -1200,6 +1227,7 @@ static void group_free(struct group *g)
         store_iter_free(g->out[i].it);
     free(g->out);
     install_free(&g->inst);
+    free(g->clear_cur.key);
     free(g);
 }
 

@@ -1229,9 +1229,42 @@ END_TEST
 /* Every node remembers which peers announced session expiry: with one
  * replica down and both others restarted since (so neither has heard from
  * it in this run), leaders still date sessions and expire them. */
+/* Whether node I leads a shard whose every member acknowledged its appends:
+ * they heard from it, and kept what it announced (its features, stored
+ * with the batch before the acknowledgement leaves). Waits at most
+ * TIMEOUT_MS. */
+static int wait_heard_from(kv *h, int node, int timeout_ms)
+{
+    int64_t deadline = harness_now_ms() + timeout_ms;
+    for (;;) {
+        Kv__StatusResult *sts[NNODES];
+        get_statuses(h, sts);
+        int heard = 0;
+        for (size_t k = 0; !heard && sts[node] && k < sts[node]->n_shard_info;
+             k++) {
+            const Kv__ShardInfo *si = sts[node]->shard_info[k];
+            if (!is_leader(si) || si->n_members != NNODES)
+                continue;
+            heard = 1;
+            for (size_t m = 0; m < si->n_members; m++)
+                heard &= si->members[m]->match > 0;
+        }
+        free_statuses(sts);
+        if (heard)
+            return 1;
+        if (harness_now_ms() >= deadline)
+            return 0;
+        harness_sleep_ms(50);
+    }
+}
+
 START_TEST(sessions_expire_with_a_replica_down_after_the_others_restarted)
 {
     kv *h = open_handle(10000);
+    /* The others must know node 3's features before it goes: a leader
+     * dates sessions only once every replica announced it can. */
+    ck_assert_msg(wait_heard_from(h, 2, 15000),
+                  "node 3 led no shard whose members answered it");
     ck_assert_int_eq(cluster_kill(cl, 2, SIGKILL), 0);
     for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(cluster_kill(cl, i, SIGTERM), 0);
