@@ -3709,9 +3709,17 @@ void replica_peer(struct replica *r, const Kv__PeerBatch *b)
     size_t pi = (size_t)(from - r->conf->nodes);
     if (b->boot_id && r->peer_boot[pi] != b->boot_id) {
         if (r->peer_boot[pi])
-            for (uint32_t s = 0; s < r->conf->shards; s++)
-                if (r->groups[s] && is_member(r->groups[s], b->from))
-                    raft_peer_restarted(r->groups[s]->raft, b->from);
+            for (uint32_t s = 0; s < r->conf->shards; s++) {
+                struct group *g = r->groups[s];
+                if (!g || !is_member(g, b->from))
+                    continue;
+                raft_peer_restarted(g->raft, b->from);
+                /* A stream to it lost its place with the restart: end it
+                 * now rather than after SNAP_STALL_TICKS of silence. */
+                for (size_t j = 0; j < g->nmembers; j++)
+                    if (g->out[j].active && g->out[j].peer == b->from)
+                        snap_out_end(r, g, &g->out[j], false);
+            }
         r->peer_boot[pi] = b->boot_id;
     }
     if (b->features & ~r->peer_features[pi]) {
