@@ -195,8 +195,7 @@ struct replica {
     struct group **groups; /* by shard; NULL where this node is no member */
     struct raft_ready *rd; /* by shard: the Ready being processed */
     bool *has_rd;
-    bool *early;      /* by shard: its appends go out before the fsync */
-    size_t bg_groups; /* groups installing a snapshot or clearing one */
+    bool *early; /* by shard: its appends go out before the fsync */
     size_t total_waiters;
     uint64_t ticks;          /* replica_tick calls so far */
     uint64_t boot_id;        /* random per start: peers notice our restarts */
@@ -631,27 +630,20 @@ static void cursor_seek(struct store_iter *it, const struct cursor *c,
         store_iter_seek(it, prefix, plen);
 }
 
-/* Rewrites up to INSTALL_BATCH of the records whose keys start with PREFIX
- * (PLEN bytes), from cursor CUR on, in one synced write; *DONE once none
- * are left (CUR then points at the start again). Synced, not left for a
- * later synced write to cover: LevelDB closes a full log file without
- * syncing it, so after a machine crash a later synced write (the next
- * phase's marker) can survive an earlier unsynced one, and a marker past
- * deletes or moves that were lost would leave the replica with other data
- * than its peers. */
-static int rewrite_slice(struct replica *r, const unsigned char *prefix,
-                         size_t plen, rewrite_fn fn, void *arg,
-                         struct cursor *cur, bool *done)
+/* Visits up to LIMIT of the records whose keys start with PREFIX (PLEN
+ * bytes), from cursor CUR on, with FN (which may add ops to B); *N gets how
+ * many, *DONE whether none are left (CUR then points at the start
+ * again). */
+static int walk_slice(struct replica *r, const unsigned char *prefix,
+                      size_t plen, size_t limit, rewrite_fn fn, void *arg,
+                      struct store_batch *b, struct cursor *cur, size_t *n,
+                      bool *done)
 {
     struct store_iter *it = store_iter_new(r->store);
-    struct store_batch *b = store_batch_new();
-    if (!it || !b) {
-        store_iter_free(it);
-        store_batch_free(b);
+    if (!it)
         return KV_ENOMEM;
-    }
-    size_t n = 0;
     int rc = KV_OK;
+    *n = 0;
     *done = true;
     for (cursor_seek(it, cur, prefix, plen); store_iter_valid(it);
          store_iter_next(it)) {
@@ -659,23 +651,42 @@ static int rewrite_slice(struct replica *r, const unsigned char *prefix,
         const unsigned char *k = store_iter_key(it, &klen);
         if (klen < plen || memcmp(k, prefix, plen) != 0)
             break;
-        if (n == INSTALL_BATCH) {
+        if (*n == limit) {
             rc = cursor_set(cur, k, klen);
             *done = false;
             break;
         }
         const void *v = store_iter_value(it, &vlen);
         fn(arg, b, k, klen, v, vlen);
-        n++;
+        (*n)++;
     }
     if (rc == KV_OK)
         rc = store_iter_status(it);
     store_iter_free(it);
+    if (*done)
+        cur->len = 0;
+    return rc;
+}
+
+/* Rewrites up to INSTALL_BATCH of the records under PREFIX from CUR on
+ * (walk_slice) in one synced write. Synced, not left for a later synced
+ * write to cover: LevelDB closes a full log file without syncing it, so
+ * after a machine crash a later synced write (the next phase's marker) can
+ * survive an earlier unsynced one, and a marker past deletes or moves that
+ * were lost would leave the replica with other data than its peers. */
+static int rewrite_slice(struct replica *r, const unsigned char *prefix,
+                         size_t plen, rewrite_fn fn, void *arg,
+                         struct cursor *cur, bool *done)
+{
+    struct store_batch *b = store_batch_new();
+    if (!b)
+        return KV_ENOMEM;
+    size_t n;
+    int rc =
+        walk_slice(r, prefix, plen, INSTALL_BATCH, fn, arg, b, cur, &n, done);
     if (rc == KV_OK && n)
         rc = store_write(r->store, b, true);
     store_batch_free(b);
-    if (*done)
-        cur->len = 0;
     return rc;
 }
 
@@ -734,42 +745,18 @@ static void install_begin(struct replica *r, struct group *g, uint64_t index,
     /* Snapshot streams are refused until this one is in place. */
     g->in = (struct snap_in){
         .complete = true, .from = 0, .index = index, .term = term};
-    r->bg_groups++;
 }
 
-/* Counts up to INSTALL_COUNT_SLICE data keys of G's shard from the
- * cursor on; *DONE once none are left. */
-static int count_slice(struct replica *r, struct group *g, bool *done)
+static void count_record(void *arg, struct store_batch *b,
+                         const unsigned char *k, size_t klen, const void *v,
+                         size_t vlen)
 {
-    struct install *in = &g->inst;
-    unsigned char p[5];
-    shard_key(p, 'D', g->shard);
-    struct store_iter *it = store_iter_new(r->store);
-    if (!it)
-        return KV_ENOMEM;
-    size_t n = 0;
-    int rc = KV_OK;
-    *done = true;
-    for (cursor_seek(it, &in->cur, p, sizeof(p)); store_iter_valid(it);
-         store_iter_next(it)) {
-        size_t klen;
-        const unsigned char *k = store_iter_key(it, &klen);
-        if (klen < 5 || memcmp(k, p, 5) != 0)
-            break;
-        if (n == INSTALL_COUNT_SLICE) {
-            rc = cursor_set(&in->cur, k, klen);
-            *done = false;
-            break;
-        }
-        in->keys++;
-        n++;
-    }
-    if (rc == KV_OK)
-        rc = store_iter_status(it);
-    store_iter_free(it);
-    if (*done)
-        in->cur.len = 0;
-    return rc;
+    (void)b;
+    (void)k;
+    (void)klen;
+    (void)v;
+    (void)vlen;
+    (*(uint64_t *)arg)++;
 }
 
 /* The data is in place: one synced write says so (the shard's applied
@@ -870,7 +857,10 @@ static int install_step(struct replica *r, struct group *g)
             in->phase = INSTALL_COUNT;
         return rc;
     default:
-        rc = count_slice(r, g, &done);
+        shard_key(p, 'D', g->shard);
+        size_t n;
+        rc = walk_slice(r, p, 5, INSTALL_COUNT_SLICE, count_record, &in->keys,
+                        NULL, &in->cur, &n, &done);
         if (rc != KV_OK || !done)
             return rc;
         rc = install_finish(r, g);
@@ -891,7 +881,6 @@ static int install_step(struct replica *r, struct group *g)
             (unsigned long long)in->deleted, (unsigned long long)ms);
     install_free(in);
     g->in = (struct snap_in){0};
-    r->bg_groups--;
     r->stats.snapshots_installed++;
     return KV_OK;
 }
@@ -943,7 +932,8 @@ static int install_snapshot(struct replica *r, struct group *g,
     unsigned char hk[5], hv[HS_LEN], nk[5], nv[17];
     /* Entries past INDEX that this Ready brings are stored only with the
      * iteration's batch: until then the commit point stored is INDEX, and
-     * no stale entry past it stays (stage_entry writes the new ones). */
+     * no stale entry past it stays (stage_entry writes the new ones). The
+     * Ready's whole hard state goes with that batch (replica_flush). */
     if (rd->hs_changed)
         g->hs = rd->hs;
     g->hs.commit = index;
@@ -951,10 +941,6 @@ static int install_snapshot(struct replica *r, struct group *g,
     g->snap_term = term;
     encode_hardstate(g, hk, hv);
     store_batch_put(b, hk, 5, hv, sizeof(hv));
-    if (rd->hs_changed)
-        g->hs = rd->hs; /* the whole of it goes with the batch */
-    if (g->hs.commit < index)
-        g->hs.commit = index;
     shard_key(nk, 'N', g->shard);
     put_u64(nv, index);
     put_u64(nv + 8, term);
@@ -1003,10 +989,8 @@ static int clear_staged(struct replica *r, struct group *g)
     bool done = false;
     shard_key(z, 'Z', g->shard);
     int rc = rewrite_slice(r, z, 5, delete_record, &n, &g->clear_cur, &done);
-    if (rc == KV_OK && done) {
+    if (rc == KV_OK && done)
         g->clearing = false;
-        r->bg_groups--;
-    }
     return rc;
 }
 
@@ -3555,7 +3539,6 @@ static void handle_chunk(struct replica *r, uint32_t from,
          * in slices (clear_staged) while the leader retries. */
         if (!g->clearing && staged_left(r, g)) {
             g->clearing = true;
-            r->bg_groups++;
             log_msg(LOG_INFO, "deleting what an ended snapshot stream staged",
                     "shard=%u", g->shard);
         }
@@ -4214,21 +4197,31 @@ int replica_flush(struct replica *r)
     return KV_OK;
 }
 
+/* Whether member ID answered within the last four heartbeat rounds (one
+ * putting a snapshot in place, say, does not). */
+static bool heard_lately(const struct replica *r, const struct group *g,
+                         uint32_t id)
+{
+    for (size_t j = 0; j < g->nmembers; j++)
+        if (g->members[j] == id)
+            return r->ticks - g->heard[j] <= 4 * HEARTBEAT_TICKS;
+    return false;
+}
+
 /* Leaders drift to whichever node won the last election; the placement's
  * first member is the preferred leader of each shard, which spreads
  * leadership (and so the work of serving) evenly over the nodes. A leader
  * that is not the preferred one hands over to it once it is active and
  * fully caught up, so the hand-over costs no election timeout. */
-static void balance_leader(struct group *g, uint32_t self, uint64_t now)
+static void balance_leader(const struct replica *r, struct group *g)
 {
     uint32_t preferred = g->members[0];
-    if (g->role != RAFT_LEADER || preferred == self ||
+    if (g->role != RAFT_LEADER || preferred == r->id ||
         ++g->balance_ticks < BALANCE_TICKS)
         return;
     g->balance_ticks = 0;
-    /* Heard from within a heartbeat round or two: it is up. */
-    if (now - g->heard[0] > 4 * HEARTBEAT_TICKS)
-        return;
+    if (!heard_lately(r, g, preferred))
+        return; /* down, or busy putting a snapshot in place */
     struct raft_status st;
     raft_get_status(g->raft, &st);
     for (size_t i = 0; i < st.n_progress; i++) {
@@ -4356,7 +4349,7 @@ void replica_tick(struct replica *r)
         if (!g)
             continue;
         raft_tick(g->raft);
-        balance_leader(g, r->id, r->ticks);
+        balance_leader(r, g);
         for (size_t j = 0; j < g->nmembers; j++) {
             struct snap_out *o = &g->out[j];
             if (o->active && ++o->idle > SNAP_STALL_TICKS) {
@@ -4366,17 +4359,6 @@ void replica_tick(struct replica *r)
             }
         }
     }
-}
-
-/* Whether member ID answered within the last four heartbeat rounds (one
- * putting a snapshot in place, say, does not). */
-static bool heard_lately(const struct replica *r, const struct group *g,
-                         uint32_t id)
-{
-    for (size_t j = 0; j < g->nmembers; j++)
-        if (g->members[j] == id)
-            return r->ticks - g->heard[j] <= 4 * HEARTBEAT_TICKS;
-    return false;
 }
 
 size_t replica_transfer_all(struct replica *r)
@@ -4615,7 +4597,14 @@ uint32_t replica_leader(const struct replica *r, uint32_t shard)
 
 bool replica_has_work(const struct replica *r)
 {
-    return r->nlocal > 0 || r->bg_groups > 0;
+    if (r->nlocal > 0)
+        return true;
+    for (uint32_t s = 0; s < r->conf->shards; s++) {
+        const struct group *g = r->groups[s];
+        if (g && (g->inst.active || g->clearing))
+            return true; /* the next slice waits for no message */
+    }
+    return false;
 }
 
 int replica_installing(const struct replica *r, uint32_t shard)

@@ -758,16 +758,24 @@ static long admin_index(struct run *r, int i)
     return -1;
 }
 
-/* Prints how many client sessions the running nodes expired (each counts
- * since its last start). */
-/* Adds the snapshots node I installed since its start (it is about to be
- * killed, or the run ends). */
-static void count_installs(struct run *r, int i)
+/* The status of harness node I (free with admin_status_free), or NULL
+ * when it is not running or does not answer. */
+static Kv__StatusResult *node_status(struct run *r, int i)
 {
     long j = admin_index(r, i);
     Kv__StatusResult *st = NULL;
     if (j < 0 || !cluster_node_running(r->cl, i) ||
         admin_status(r->adm, (size_t)j, STATUS_TIMEOUT_MS, &st) != KV_OK)
+        return NULL;
+    return st;
+}
+
+/* Adds the snapshots node I installed since its start (it is about to be
+ * killed, or the run ends). */
+static void count_installs(struct run *r, int i)
+{
+    Kv__StatusResult *st = node_status(r, i);
+    if (st == NULL)
         return;
     r->installs += st->snapshots_installed;
     admin_status_free(st);
@@ -790,14 +798,14 @@ static void installs_report(struct run *r)
                       r->o.duration_s, r->o.compact_entries);
 }
 
+/* Prints how many client sessions the running nodes expired (each counts
+ * since its last start). */
 static void sessions_report(struct run *r)
 {
     uint64_t n = 0;
     for (int i = 0; i < NNODES; i++) {
-        long j = admin_index(r, i);
-        Kv__StatusResult *st = NULL;
-        if (j < 0 || !cluster_node_running(r->cl, i) ||
-            admin_status(r->adm, (size_t)j, STATUS_TIMEOUT_MS, &st) != KV_OK)
+        Kv__StatusResult *st = node_status(r, i);
+        if (st == NULL)
             continue;
         n += st->sessions_expired;
         admin_status_free(st);
@@ -823,10 +831,8 @@ static void find_leaders(struct run *r, int leader[NSHARDS])
     for (int s = 0; s < NSHARDS; s++)
         leader[s] = hint[s] = -1;
     for (int i = 0; i < NNODES; i++) {
-        long j = admin_index(r, i);
-        Kv__StatusResult *st = NULL;
-        if (j < 0 || !cluster_node_running(r->cl, i) ||
-            admin_status(r->adm, (size_t)j, STATUS_TIMEOUT_MS, &st) != KV_OK)
+        Kv__StatusResult *st = node_status(r, i);
+        if (st == NULL)
             continue;
         for (size_t k = 0; k < st->n_shard_info; k++) {
             const Kv__ShardInfo *si = st->shard_info[k];

@@ -414,8 +414,9 @@ static void expect_value(kv *h, const char *k, const char *want,
 }
 
 /* Sends a stale get of K to node I alone, which answers from its own
- * copy. Returns the reply (free with wire_free), checked to be a value. */
-static Kv__Envelope *stale_get_from(kv *h, int node, const void *k, size_t kl)
+ * copy. Returns the reply (free with wire_free), checked to be a
+ * Response. */
+static Kv__Envelope *stale_ask(kv *h, int node, const void *k, size_t kl)
 {
     static uint64_t next_id = 90000;
     void *buf = NULL;
@@ -425,14 +426,29 @@ static Kv__Envelope *stale_get_from(kv *h, int node, const void *k, size_t kl)
     free(buf);
     ck_assert_msg(rc == KV_OK, "stale get %.*s from node %u: %s", (int)kl,
                   (const char *)k, cluster_node_id(cl, node), kv_strerror(rc));
-    ck_assert_msg(
-        e->body_case == KV__ENVELOPE__BODY_RESPONSE &&
-            e->response->code == KV_OK &&
-            e->response->result_case == KV__RESPONSE__RESULT_GET,
-        "stale get %.*s from node %u: code %d", (int)kl, (const char *)k,
-        cluster_node_id(cl, node),
-        e->body_case == KV__ENVELOPE__BODY_RESPONSE ? e->response->code : 0);
+    ck_assert(e->body_case == KV__ENVELOPE__BODY_RESPONSE);
     return e;
+}
+
+/* The same, checked to be a value. */
+static Kv__Envelope *stale_get_from(kv *h, int node, const void *k, size_t kl)
+{
+    Kv__Envelope *e = stale_ask(h, node, k, kl);
+    ck_assert_msg(e->response->code == KV_OK &&
+                      e->response->result_case == KV__RESPONSE__RESULT_GET,
+                  "stale get %.*s from node %u: code %d", (int)kl,
+                  (const char *)k, cluster_node_id(cl, node),
+                  e->response->code);
+    return e;
+}
+
+/* The value of the stale get answer E, or NULL. */
+static const ProtobufCBinaryData *got_value(const Kv__Envelope *e)
+{
+    return e->response->code == KV_OK &&
+                   e->response->result_case == KV__RESPONSE__RESULT_GET
+               ? &e->response->get->value
+               : NULL;
 }
 
 /* Reads every acknowledged key from node I alone: its own copy holds the
@@ -840,33 +856,6 @@ static size_t inst_key(unsigned i, char *buf, size_t cap)
     return snap_key(inst_idx[i], buf, cap);
 }
 
-/* A stale get of K from node I alone: its answer's code, and through
- * VAL/VLEN (when KV_OK) a copy of the value (free it). */
-static int stale_code_from(kv *h, int node, const char *k, unsigned char **val,
-                           size_t *vlen)
-{
-    static uint64_t next_id = 190000;
-    void *buf = NULL;
-    size_t len = encode_get(k, strlen(k), 1, ++next_id, &buf);
-    Kv__Envelope *e = NULL;
-    int rc = admin_raw(h, admin_of(h, node), buf, len, 5000, &e);
-    free(buf);
-    ck_assert_msg(rc == KV_OK, "stale get %s from node %u: %s", k,
-                  cluster_node_id(cl, node), kv_strerror(rc));
-    ck_assert(e->body_case == KV__ENVELOPE__BODY_RESPONSE);
-    int code = e->response->code;
-    *val = NULL;
-    *vlen = 0;
-    if (code == KV_OK && e->response->result_case == KV__RESPONSE__RESULT_GET) {
-        *vlen = e->response->get->value.len;
-        *val = malloc(*vlen + 1);
-        ck_assert_ptr_nonnull(*val);
-        memcpy(*val, e->response->get->value.data, *vlen);
-    }
-    wire_free(e);
-    return code;
-}
-
 START_TEST(a_replica_putting_a_snapshot_in_place_serves_its_other_shards)
 {
     const int wiped = 2;
@@ -918,9 +907,9 @@ START_TEST(a_replica_putting_a_snapshot_in_place_serves_its_other_shards)
         unsigned i = (seen * 7919u) % INST_KEYS;
         char k[32];
         inst_key(i, k, sizeof k);
-        unsigned char *v = NULL;
-        size_t vl = 0;
-        int code = stale_code_from(h, wiped, k, &v, &vl);
+        Kv__Envelope *e = stale_ask(h, wiped, k, strlen(k));
+        int code = e->response->code;
+        const ProtobufCBinaryData *v = got_value(e);
         if (code == KV_ENOTLEADER) {
             redirected++;
         } else {
@@ -930,25 +919,29 @@ START_TEST(a_replica_putting_a_snapshot_in_place_serves_its_other_shards)
             ck_assert_msg(code == KV_OK,
                           "a stale read of %s during the install: %s", k,
                           kv_strerror(code));
-            ck_assert_msg(vl == SNAP_VALUE && memcmp(v, want, vl) == 0,
+            ck_assert_msg(v && v->len == SNAP_VALUE &&
+                              memcmp(v->data, want, SNAP_VALUE) == 0,
                           "a stale read of %s during the install has a "
                           "wrong value",
                           k);
             after++;
         }
-        free(v);
+        wire_free(e);
         const char *ok = okeys[seen % INST_OTHER];
-        code = stale_code_from(h, wiped, ok, &v, &vl);
+        e = stale_ask(h, wiped, ok, strlen(ok));
+        code = e->response->code;
+        v = got_value(e);
         ck_assert_msg(code == KV_OK || code == KV_ENOTFOUND,
                       "node %u did not serve a stale read of shard 1 during "
                       "the install: %s",
                       cluster_node_id(cl, wiped), kv_strerror(code));
         if (code == KV_OK) {
-            ck_assert_msg(vl == strlen(ok) && memcmp(v, ok, vl) == 0,
+            ck_assert_msg(v && v->len == strlen(ok) &&
+                              memcmp(v->data, ok, v->len) == 0,
                           "wrong value of %s", ok);
             other_served++;
         }
-        free(v);
+        wire_free(e);
     }
     fprintf(stderr,
             "during the install: %u status answers, %u stale reads of "
